@@ -1,0 +1,319 @@
+/*
+ * msgbus.h — the whole public contract of libmsgbus: buses, messages,
+ * publishing, subscriptions, errors and logging.
+ *
+ * One publish/subscribe API over swappable broker backends, chosen at run
+ * time by a URL (or $MSGBUS_URL): kafka://, amqp:// / amqps://, mem://.
+ * The semantic model (topic, group, key, ack, confirm) is described in
+ * docs/semantics.md.
+ *
+ * Conventions used by every function below:
+ *  - Functions that can fail return msgbus_err_t; MSGBUS_OK is 0.
+ *    On failure msgbus_last_error() holds a detail message for this thread.
+ *  - Constructors write the new object through an out-parameter, which is
+ *    left untouched on failure. Every _new/_open has a _free/_close, and
+ *    _free(NULL) / _close(NULL) do nothing.
+ *  - Strings passed in are copied unless a comment says otherwise.
+ */
+#ifndef MSGBUS_MSGBUS_H
+#define MSGBUS_MSGBUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(MSGBUS_BUILDING)
+#define MSGBUS_API __attribute__((visibility("default")))
+#else
+#define MSGBUS_API
+#endif
+
+#define MSGBUS_VERSION_MAJOR 0
+#define MSGBUS_VERSION_MINOR 1
+#define MSGBUS_VERSION_PATCH 0
+#define MSGBUS_VERSION_STRING "0.1.0"
+/* Single integer for comparisons: 0xMMmmpp. */
+#define MSGBUS_VERSION_NUM \
+    ((MSGBUS_VERSION_MAJOR << 16) | (MSGBUS_VERSION_MINOR << 8) | MSGBUS_VERSION_PATCH)
+
+/* The library's version string ("0.1.0"). Static storage; any thread. */
+MSGBUS_API const char *msgbus_version(void);
+
+/* ------------------------------------------------------------------ */
+/* Errors                                                              */
+/* ------------------------------------------------------------------ */
+
+typedef enum msgbus_err {
+    MSGBUS_OK = 0,
+    MSGBUS_ERR_INVALID = 1,      /* a bad argument: NULL, bad name, bad value */
+    MSGBUS_ERR_CONFIG = 2,       /* missing/malformed URL, unknown or bad option */
+    MSGBUS_ERR_NOMEM = 3,        /* out of memory */
+    MSGBUS_ERR_TIMEOUT = 4,      /* the time given ran out */
+    MSGBUS_ERR_QUEUE_FULL = 5,   /* local queue full: poll/flush, then retry */
+    MSGBUS_ERR_CONNECT = 6,      /* broker unreachable or connection lost */
+    MSGBUS_ERR_AUTH = 7,         /* broker refused the credentials */
+    MSGBUS_ERR_TOO_LARGE = 8,    /* message larger than the broker accepts */
+    MSGBUS_ERR_BROKER = 9,       /* the broker refused the request (detail says why) */
+    MSGBUS_ERR_CLOSED = 10,      /* the bus or subscription is closed */
+    MSGBUS_ERR_DUPLICATE = 11,   /* inbox: this message was already processed */
+    MSGBUS_ERR_STATE = 12,       /* call not valid now (e.g. ack twice) */
+    MSGBUS_ERR_UNSUPPORTED = 13, /* the backend cannot do this */
+    MSGBUS_ERR_DELIVERY = 14,    /* flush: some messages were not delivered */
+    MSGBUS_ERR_STORE = 15,       /* outbox/inbox database error (detail has its text) */
+    MSGBUS_ERR_NOT_FOUND = 16,   /* no such item */
+    MSGBUS_ERR_INTERNAL = 17     /* a bug in msgbus: please report it */
+} msgbus_err_t;
+
+/* Fixed short text for an error code ("timed out"). Static; any thread. */
+MSGBUS_API const char *msgbus_strerror(msgbus_err_t err);
+
+/* The symbolic name of an error code ("MSGBUS_ERR_TIMEOUT"). Static; any thread. */
+MSGBUS_API const char *msgbus_err_name(msgbus_err_t err);
+
+/* Detail text of the most recent failure on the calling thread, e.g.
+ * "unknown option 'lingr.ms' in URL; did you mean 'linger.ms'?".
+ * Never NULL ("" before any failure). The string is thread-local and is
+ * overwritten by the next failing msgbus call on this thread. Passwords are
+ * never included. */
+MSGBUS_API const char *msgbus_last_error(void);
+
+/* ------------------------------------------------------------------ */
+/* Logging                                                             */
+/* ------------------------------------------------------------------ */
+
+typedef enum msgbus_log_level {
+    MSGBUS_LOG_ERROR = 0,
+    MSGBUS_LOG_WARN = 1,
+    MSGBUS_LOG_INFO = 2,
+    MSGBUS_LOG_DEBUG = 3
+} msgbus_log_level_t;
+
+/* Receives one log line (no trailing newline). May be called from any
+ * thread, including msgbus's own I/O threads, so it must be thread-safe and
+ * must not call back into msgbus. */
+typedef void (*msgbus_log_cb)(void *opaque, msgbus_log_level_t level, const char *line);
+
+/* Installs the process-wide log hook and the most verbose level it gets.
+ * cb NULL restores the default: lines at `max_level` or more severe to
+ * stderr (default level: MSGBUS_LOG_WARN). Any thread; affects all buses. */
+MSGBUS_API void msgbus_set_log(msgbus_log_cb cb, void *opaque, msgbus_log_level_t max_level);
+
+/* ------------------------------------------------------------------ */
+/* Messages                                                            */
+/* ------------------------------------------------------------------ */
+
+typedef struct msgbus_msg msgbus_msg_t;
+
+/* Limits checked locally, before anything reaches a broker. */
+#define MSGBUS_MAX_HEADER_NAME 255
+#define MSGBUS_MAX_ID 255
+
+/* Creates a message holding a copy of `payload` (`len` bytes; may contain
+ * NUL bytes; `payload` may be NULL when len is 0). It gets a fresh UUIDv7
+ * message id and the current time as its timestamp. Any thread. */
+MSGBUS_API msgbus_err_t msgbus_msg_new(msgbus_msg_t **out, const void *payload, size_t len);
+
+/* Frees a message. A received message that was neither acked nor nacked is
+ * left unsettled: the broker delivers it again when the subscription
+ * closes (or its connection drops). NULL is a no-op. */
+MSGBUS_API void msgbus_msg_free(msgbus_msg_t *m);
+
+/* The payload and its length. The pointer lives until the message is freed
+ * (or its payload replaced). Never NULL (an empty payload gives ""). */
+MSGBUS_API const void *msgbus_msg_payload(const msgbus_msg_t *m, size_t *len);
+
+/* Replaces the payload with a copy of `payload`. */
+MSGBUS_API msgbus_err_t msgbus_msg_set_payload(msgbus_msg_t *m, const void *payload, size_t len);
+
+/* Sets (copies) the ordering/partitioning key; key NULL removes it.
+ * Keys may be binary. */
+MSGBUS_API msgbus_err_t msgbus_msg_set_key(msgbus_msg_t *m, const void *key, size_t len);
+
+/* The key, or NULL when the message has none. Lives until the message is
+ * freed or its key replaced. */
+MSGBUS_API const void *msgbus_msg_key(const msgbus_msg_t *m, size_t *len);
+
+/* Sets (copies) a string header, replacing one with the same name.
+ * Names: 1..255 bytes of [A-Za-z0-9._:-], case-sensitive; names starting
+ * with "msgbus-" and the id headers "ce_id" / "cloudEvents:id" are reserved
+ * (use msgbus_msg_set_id). Values: any NUL-terminated string. */
+MSGBUS_API msgbus_err_t msgbus_msg_set_header(msgbus_msg_t *m, const char *name, const char *value);
+
+/* Removes a header; MSGBUS_ERR_NOT_FOUND when there is none by that name. */
+MSGBUS_API msgbus_err_t msgbus_msg_del_header(msgbus_msg_t *m, const char *name);
+
+/* The value of header `name`, or NULL. Lives until the message is freed or
+ * the header changed. */
+MSGBUS_API const char *msgbus_msg_header(const msgbus_msg_t *m, const char *name);
+
+/* Number of headers, and the i-th (0-based) in insertion order. The strings
+ * live until the message is freed or its headers changed. header_at returns
+ * MSGBUS_ERR_NOT_FOUND past the end. */
+MSGBUS_API size_t msgbus_msg_header_count(const msgbus_msg_t *m);
+MSGBUS_API msgbus_err_t msgbus_msg_header_at(const msgbus_msg_t *m, size_t i,
+                                             const char **name, const char **value);
+
+/* The message id: set by msgbus_msg_new (UUIDv7), carried across the
+ * broker. A received message from a producer that is not msgbus may have
+ * none: then NULL. */
+MSGBUS_API const char *msgbus_msg_id(const msgbus_msg_t *m);
+
+/* Replaces the message id (1..255 printable ASCII bytes, no spaces). */
+MSGBUS_API msgbus_err_t msgbus_msg_set_id(msgbus_msg_t *m, const char *id);
+
+/* Timestamp in milliseconds since the Unix epoch. */
+MSGBUS_API int64_t msgbus_msg_timestamp(const msgbus_msg_t *m);
+MSGBUS_API msgbus_err_t msgbus_msg_set_timestamp(msgbus_msg_t *m, int64_t ms);
+
+/* On a received message: the topic, the group (NULL for a broadcast
+ * subscriber) and the delivery attempt (1 on first delivery, +1 each time
+ * it is delivered again). On a message the application made: NULL, NULL, 0.
+ * Strings live until the message is freed. */
+MSGBUS_API const char *msgbus_msg_topic(const msgbus_msg_t *m);
+MSGBUS_API const char *msgbus_msg_group(const msgbus_msg_t *m);
+MSGBUS_API int msgbus_msg_attempt(const msgbus_msg_t *m);
+
+/* ------------------------------------------------------------------ */
+/* Bus                                                                 */
+/* ------------------------------------------------------------------ */
+
+typedef struct msgbus msgbus_t;
+
+/* Opens a bus on `url` — or on $MSGBUS_URL when url is NULL.
+ *   kafka://host:9092[,host2:9092][?option=value&…]
+ *   amqp://user:pass@host:5672/vhost[?…]   amqps://…
+ *   mem:// or mem://name   (in-process broker)
+ * Unset or malformed URL, an unknown scheme, or an unknown option is
+ * MSGBUS_ERR_CONFIG with a detail naming the problem; msgbus never falls
+ * back to another backend. `reserved` must be NULL (room for an options
+ * object later). Blocks while the backend connects (up to its
+ * connect timeout). Any thread. */
+MSGBUS_API msgbus_err_t msgbus_open(msgbus_t **out, const char *url, const void *reserved);
+
+/* Closes the bus: waits up to the `close_timeout_ms` option (default 5000)
+ * for outstanding confirms, serving their callbacks on the calling thread;
+ * messages still unconfirmed then are reported to their callbacks as
+ * MSGBUS_ERR_CLOSED and counted in an error log line — never dropped
+ * silently. Closes subscriptions still open (their handles become invalid).
+ * NULL is a no-op. Call once, from one thread, after other threads stopped
+ * using the bus. */
+MSGBUS_API void msgbus_close(msgbus_t *bus);
+
+/* The URL the bus was opened with, password replaced by "***". Lives
+ * until the bus is closed. */
+MSGBUS_API const char *msgbus_url(const msgbus_t *bus);
+
+/* The backend's scheme name: "kafka", "amqp", "mem". Static. */
+MSGBUS_API const char *msgbus_backend(const msgbus_t *bus);
+
+/* ------------------------------------------------------------------ */
+/* Publishing                                                          */
+/* ------------------------------------------------------------------ */
+
+/* The outcome of one published message, as given to its delivery callback. */
+typedef struct msgbus_report {
+    const char *topic;   /* the topic it was published to */
+    const char *msg_id;  /* its message id */
+    msgbus_err_t status; /* MSGBUS_OK: the broker has it durably */
+    const char *error;   /* on failure: what happened ("" on success) */
+} msgbus_report_t;
+
+/* Called once per published message with its real outcome, on the thread
+ * that calls msgbus_poll, msgbus_flush or msgbus_close. The report and its
+ * strings live only during the call. */
+typedef void (*msgbus_delivery_cb)(void *opaque, const msgbus_report_t *report);
+
+/* Publishes a copy of `m` to `topic`, asynchronously: returns once the
+ * message is queued locally; the broker's confirm arrives later (see
+ * msgbus_flush and `cb`). `m` is not kept: free or reuse it at once.
+ * `cb` (may be NULL) is called once with the outcome; a failure without a
+ * callback is logged at error level and counted by msgbus_flush.
+ * Topic names: 1..249 bytes of [A-Za-z0-9._-].
+ * Never blocks on the network. MSGBUS_ERR_QUEUE_FULL when `queue_max`
+ * messages are already awaiting confirms: serve msgbus_poll and retry.
+ * MSGBUS_ERR_TOO_LARGE when the message is larger than the backend's limit.
+ * Any thread. */
+MSGBUS_API msgbus_err_t msgbus_publish(msgbus_t *bus, const char *topic, const msgbus_msg_t *m,
+                                       msgbus_delivery_cb cb, void *opaque);
+
+/* Waits until every message published so far is confirmed or failed,
+ * serving delivery callbacks on the calling thread meanwhile. Returns
+ * MSGBUS_OK when all were confirmed; MSGBUS_ERR_DELIVERY when some failed
+ * (*failed, if given, says how many failed since the previous flush);
+ * MSGBUS_ERR_TIMEOUT when messages are still outstanding after
+ * `timeout_ms` (-1: wait forever). Any thread; blocks. */
+MSGBUS_API msgbus_err_t msgbus_flush(msgbus_t *bus, int timeout_ms, size_t *failed);
+
+/* Number of published messages still waiting for their confirm. Any thread. */
+MSGBUS_API size_t msgbus_outstanding(const msgbus_t *bus);
+
+/* Creates the storage a group needs ahead of its first consumer, so that
+ * messages published from now on are kept for it (the topic itself too).
+ * Blocks until the broker has done it. Any thread. */
+MSGBUS_API msgbus_err_t msgbus_declare(msgbus_t *bus, const char *topic, const char *group);
+
+/* ------------------------------------------------------------------ */
+/* Subscribing                                                         */
+/* ------------------------------------------------------------------ */
+
+typedef struct msgbus_sub msgbus_sub_t;
+
+/* Subscribes to `topic` as a member of `group` (members of one group share
+ * the messages; every group gets every message), or with group NULL as a
+ * broadcast subscriber that alone sees every message published after this
+ * call. Returns once the subscription is established: a message published
+ * after it returns reaches it. Group names: as topic names. Any thread;
+ * blocks up to the backend's subscribe timeout. */
+MSGBUS_API msgbus_err_t msgbus_subscribe(msgbus_t *bus, const char *topic, const char *group,
+                                         msgbus_sub_t **out);
+
+/* Waits up to `timeout_ms` (0: do not wait; -1: forever) for the next
+ * message. On MSGBUS_OK *out is a message the caller owns: settle it with
+ * msgbus_ack / msgbus_nack and free it with msgbus_msg_free.
+ * MSGBUS_ERR_TIMEOUT when none arrived; MSGBUS_ERR_CLOSED after close.
+ * Any thread; one message goes to exactly one caller. */
+MSGBUS_API msgbus_err_t msgbus_receive(msgbus_sub_t *sub, int timeout_ms, msgbus_msg_t **out);
+
+/* Settles a received message: done, do not deliver it again. Never blocks
+ * on the network. MSGBUS_ERR_STATE if it was already settled or is not a
+ * received message; MSGBUS_ERR_CLOSED if its subscription is closed (the
+ * broker will deliver it again). Any thread. */
+MSGBUS_API msgbus_err_t msgbus_ack(msgbus_msg_t *m);
+
+/* Settles a received message as failed: it is delivered again (to this or
+ * another member of the group) with its attempt count raised. Same errors
+ * as msgbus_ack. Any thread. */
+MSGBUS_API msgbus_err_t msgbus_nack(msgbus_msg_t *m);
+
+/* Closes a subscription. Messages received but not settled are delivered
+ * again to the other members of the group (or later members). Messages
+ * already received stay valid until freed. NULL is a no-op. Call from one
+ * thread, after others stopped calling msgbus_receive on it. */
+MSGBUS_API void msgbus_sub_close(msgbus_sub_t *sub);
+
+/* ------------------------------------------------------------------ */
+/* The application's event loop                                        */
+/* ------------------------------------------------------------------ */
+
+/* Serves pending delivery callbacks on the calling thread, waiting up to
+ * `timeout_ms` (0: do not wait; -1: forever) for the first one. *served
+ * (may be NULL) gets how many were served. Any thread. */
+MSGBUS_API msgbus_err_t msgbus_poll(msgbus_t *bus, int timeout_ms, int *served);
+
+/* A descriptor that is readable while the bus has work for the application:
+ * delivery callbacks for msgbus_poll or messages for msgbus_receive on any
+ * of its subscriptions. Wait on it with epoll/poll/libuv/libevent, then
+ * call msgbus_poll(bus, 0, …) and msgbus_receive(sub, 0, …) until they
+ * report nothing; it turns unreadable once all is served. It may rarely be
+ * readable with nothing to do. Owned by the bus: do not close or read it.
+ * Any thread. */
+MSGBUS_API int msgbus_fd(msgbus_t *bus);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MSGBUS_MSGBUS_H */

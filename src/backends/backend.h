@@ -1,0 +1,146 @@
+/*
+ * backend.h — the seam between the msgbus core and a broker backend.
+ *
+ * A backend is one file that fills one `struct mb_backend_ops` and is listed
+ * once in registry.c. Nothing above src/backends/ names a broker.
+ *
+ * Division of labour (the "backends push, the core owns the queues" model):
+ *  - The core owns everything the application touches: argument checks,
+ *    message ids, the count of unconfirmed messages and QUEUE_FULL, delivery
+ *    callbacks, flush, the receive queues, msgbus_poll and msgbus_fd.
+ *  - A backend moves bytes. It pushes outcomes and received messages into
+ *    the core with mb_bus_confirm() and mb_sub_push(), from any thread
+ *    (usually its own I/O thread), and the core hands them to the
+ *    application on the application's threads.
+ *
+ * Contract for each op is written next to it. Ops are called from
+ * application threads, possibly concurrently, unless noted.
+ */
+#ifndef MB_BACKEND_H
+#define MB_BACKEND_H
+
+#include "core/internal.h"
+#include "core/msg.h"
+#include "core/url.h"
+
+/* Ops layout version: members up to `release` are valid for version 1. */
+#define MB_BACKEND_VERSION 1
+
+/* Capability bits. */
+#define MB_CAP_PASSTHROUGH_OPTIONS 0x1u /* the backend validates unknown URL
+                                           options itself (librdkafka props) */
+
+struct mb_backend;     /* each backend defines its own */
+struct mb_backend_sub; /* each backend defines its own */
+struct mb_confirm;     /* core-owned token for one published message */
+
+enum mb_settle { MB_SETTLE_ACK = 0, MB_SETTLE_NACK = 1 };
+
+struct mb_backend_ops {
+    int version;                /* MB_BACKEND_VERSION */
+    const char *scheme;         /* name reported by msgbus_backend() */
+    const char *const *schemes; /* URL schemes served, NULL-terminated */
+    unsigned caps;              /* MB_CAP_* */
+    /* URL option keys the backend understands, NULL-terminated. Used for
+     * "unknown option" errors and their "did you mean" suggestions. */
+    const char *const *options;
+    /* Environment prefix for options (e.g. "KAFKA" → MSGBUS_KAFKA_*) and
+     * the separator '_' in variable names turns into ('.' or '_'). */
+    const char *env_prefix;
+    char env_separator;
+
+    /* Connects. Must look up every option it supports with mb_url_opt*()
+     * BEFORE any network I/O and then call mb_url_check_unused(url, NULL)
+     * (the core passes its own options as used), so a typo fails fast.
+     * `bus` is the handle to pass to mb_bus_confirm. Blocks up to the
+     * backend's connect timeout. Required. */
+    msgbus_err_t (*open)(msgbus_t *bus, struct mb_url *url, struct mb_backend **out);
+
+    /* Tears down. Called after every subscription was unsubscribed and
+     * after the core's flush at close: for each message still unconfirmed
+     * the backend must call mb_bus_confirm(..., MSGBUS_ERR_CLOSED, ...)
+     * before returning (or its real outcome, if known). Required. */
+    void (*close)(struct mb_backend *be);
+
+    /* Sends `m` to `topic` asynchronously. The backend copies what it needs
+     * before returning; it must not keep `m`. On MSGBUS_OK the backend owns
+     * `token` and must call mb_bus_confirm(bus, token, …) exactly once,
+     * later, from any thread, with the real outcome. On an error return the
+     * token is untouched and no confirm may follow. `m` has an id. Never
+     * blocks on the network. Required. */
+    msgbus_err_t (*publish)(struct mb_backend *be, const char *topic, const msgbus_msg_t *m,
+                            struct mb_confirm *token);
+
+    /* Pushes out anything batched locally; the core then waits for the
+     * confirms itself. Optional (NULL: nothing to push). */
+    msgbus_err_t (*flush)(struct mb_backend *be, int timeout_ms);
+
+    /* Creates topic and group storage (see msgbus_declare). group may be
+     * NULL: the topic only. Blocks. Required. */
+    msgbus_err_t (*declare)(struct mb_backend *be, const char *topic, const char *group);
+
+    /* Starts a subscription for core handle `sub` (mb_sub_topic/group say
+     * on what; group NULL: broadcast). Returns once established. From then
+     * on the backend pushes messages with mb_sub_push(sub, …). Required. */
+    msgbus_err_t (*subscribe)(struct mb_backend *be, msgbus_sub_t *sub, struct mb_backend_sub **out);
+
+    /* Stops a subscription: after it returns the backend never pushes to
+     * the sub again. Unsettled messages go back to the broker for
+     * redelivery. Messages the core still holds for the application are
+     * released by the core (see ops->release), never settled. Required. */
+    void (*unsubscribe)(struct mb_backend_sub *bs);
+
+    /* Acks or nacks a received message of this subscription. Called at
+     * most once per message, never after unsubscribe started. Never blocks
+     * on the network. Required. */
+    msgbus_err_t (*settle)(struct mb_backend_sub *bs, msgbus_msg_t *m, enum mb_settle how);
+
+    /* Frees m->backend_data (and a borrowed payload) when the message is
+     * freed. May be called after unsubscribe and after close (the backend
+     * must keep what release needs alive by reference counts of its own).
+     * Optional. */
+    void (*release)(msgbus_msg_t *m);
+};
+
+/* ---- services the core gives backends (callable from any thread) ---- */
+
+/* Reports the outcome of one published message. `token` as handed to
+ * ops->publish. `error` (may be NULL on success) is copied. */
+MB_HIDDEN void mb_bus_confirm(msgbus_t *bus, struct mb_confirm *token, msgbus_err_t status,
+                              const char *error);
+
+/* Message id and topic the token was published with (for backends that
+ * need them when the confirm arrives; valid until mb_bus_confirm). */
+MB_HIDDEN const char *mb_confirm_topic(const struct mb_confirm *token);
+
+/* A new received message for subscription `sub`: topic and group set from
+ * the sub, attempt = 1, state RECEIVED, holding a reference on the sub.
+ * The backend fills payload, key, headers, id, timestamp, position. */
+MB_HIDDEN msgbus_msg_t *mb_msg_new_received(msgbus_sub_t *sub);
+
+/* Hands received messages to the application: `first` .. a list linked by
+ * ->next (NULL-terminated), `count` long. One lock and at most one wake-up
+ * per call, so push whole batches. */
+MB_HIDDEN void mb_sub_push(msgbus_sub_t *sub, msgbus_msg_t *first, size_t count);
+
+/* Drops messages the core still queues for the application (not yet
+ * received) for which `pred` returns true; they are released, not settled.
+ * For a backend that learns they belong to a partition it lost. Returns how
+ * many were dropped. */
+MB_HIDDEN size_t mb_sub_drop(msgbus_sub_t *sub, bool (*pred)(const msgbus_msg_t *, void *),
+                             void *arg);
+
+MB_HIDDEN const char *mb_sub_topic(const msgbus_sub_t *sub);
+MB_HIDDEN const char *mb_sub_group(const msgbus_sub_t *sub); /* NULL: broadcast */
+
+/* The bus's redacted URL, for messages. */
+MB_HIDDEN const char *mb_bus_url(const msgbus_t *bus);
+
+/* ---- registry ---- */
+
+/* The backend serving `scheme`, or NULL. */
+MB_HIDDEN const struct mb_backend_ops *mb_backend_find(const char *scheme);
+/* "kafka, amqp, amqps, mem" — the schemes compiled in, for messages. */
+MB_HIDDEN const char *mb_backend_schemes(void);
+
+#endif

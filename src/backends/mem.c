@@ -1,0 +1,639 @@
+/*
+ * mem.c — the in-process broker behind mem:// and mem://name.
+ *
+ * A test transport users can rely on, so it implements the whole model of
+ * docs/semantics.md rather than a shortcut:
+ *  - a topic fans out to its groups; a group keeps its messages from the
+ *    moment it is declared or first subscribed (like a durable queue);
+ *  - members of a group share its messages; each has a prefetch window;
+ *  - per-key order holds across members: while member A has unsettled
+ *    messages with key K, further K messages go only to A ("key ownership");
+ *  - ack removes; nack and a member's close put messages back in their
+ *    original position, delivered again with the attempt raised;
+ *  - a broadcast subscriber has a private group that dies with it.
+ * Buses opened on the same name share one broker, which lives while at
+ * least one bus is open on it (the registry of named brokers is process
+ * state by nature, like the backend registry).
+ *
+ * One mutex per broker guards everything in it; delivery to the core's
+ * queues happens in one batch per member per dispatch pass.
+ */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/backend.h"
+
+#define MB_MEM_KEY_BUCKETS 1024
+#define MB_MEM_SCAN_LIMIT 4096 /* pending entries examined per dispatch */
+
+struct mb_mem_data { /* one published message, shared by every group */
+    _Atomic long refs;
+    msgbus_msg_t *msg;
+};
+
+struct mb_mem_entry { /* the message's place in one group */
+    uint64_t seq;
+    struct mb_mem_data *data;
+    int deliveries;
+    uint64_t delivery_id;
+    struct mb_backend_sub *owner; /* while in flight */
+    struct mb_mem_entry *prev, *next;
+};
+
+struct mb_mem_keyown {
+    unsigned char *key;
+    size_t len;
+    struct mb_backend_sub *owner;
+    long count;
+    struct mb_mem_keyown *next;
+};
+
+struct mb_mem_group {
+    char *name; /* NULL: a broadcast subscriber's private group */
+    struct mb_mem_topic *topic;
+    struct mb_mem_entry *head, *tail; /* pending, by seq */
+    size_t npending;
+    struct mb_backend_sub *members;
+    unsigned rr;
+    struct mb_mem_keyown *keys[MB_MEM_KEY_BUCKETS];
+    struct mb_mem_group *next;
+};
+
+struct mb_mem_topic {
+    char *name;
+    struct mb_mem_group *groups;
+    struct mb_mem_topic *next;
+};
+
+struct mb_mem_broker {
+    char *name;
+    long refs;
+    pthread_mutex_t mu;
+    struct mb_mem_topic *topics;
+    uint64_t next_seq;
+    uint64_t next_delivery;
+    struct mb_mem_broker *next;
+};
+
+struct mb_backend {
+    msgbus_t *bus;
+    struct mb_mem_broker *broker;
+    long prefetch;
+    long max_bytes;
+};
+
+struct mb_backend_sub {
+    struct mb_backend *be;
+    struct mb_mem_group *group;
+    msgbus_sub_t *sub;
+    long prefetch;
+    struct mb_mem_entry *inflight; /* doubly linked, unordered */
+    long ninflight;
+    msgbus_msg_t *batch_head, *batch_tail; /* built during a dispatch */
+    size_t batch_len;
+    struct mb_backend_sub *next;
+};
+
+static pthread_mutex_t mb_mem_registry_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct mb_mem_broker *mb_mem_brokers;
+
+/* ------------------------------------------------------------ helpers */
+
+static void mb_mem_data_unref(struct mb_mem_data *d)
+{
+    if (atomic_fetch_sub(&d->refs, 1) == 1) {
+        msgbus_msg_free(d->msg);
+        free(d);
+    }
+}
+
+static size_t mb_mem_key_bucket(const unsigned char *k, size_t n)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ k[i]) * 1099511628211ull;
+    return (size_t)(h % MB_MEM_KEY_BUCKETS);
+}
+
+static struct mb_mem_keyown **mb_mem_key_slot(struct mb_mem_group *g, const msgbus_msg_t *m)
+{
+    struct mb_mem_keyown **pp = &g->keys[mb_mem_key_bucket(m->key, m->key_len)];
+    for (; *pp; pp = &(*pp)->next)
+        if ((*pp)->len == m->key_len && memcmp((*pp)->key, m->key, m->key_len) == 0)
+            break;
+    return pp;
+}
+
+/* Records that `owner` holds one more (delta +1) or one fewer (-1) message
+ * with this key. Returns false when out of memory. */
+static bool mb_mem_key_adjust(struct mb_mem_group *g, const msgbus_msg_t *m,
+                              struct mb_backend_sub *owner, long delta)
+{
+    if (!m->key)
+        return true;
+    struct mb_mem_keyown **pp = mb_mem_key_slot(g, m);
+    if (!*pp) {
+        if (delta < 0)
+            return true;
+        struct mb_mem_keyown *k = calloc(1, sizeof *k);
+        if (!k || !(k->key = mb_memdup(m->key, m->key_len ? m->key_len : 1))) {
+            free(k);
+            return false;
+        }
+        k->len = m->key_len;
+        *pp = k;
+    }
+    struct mb_mem_keyown *k = *pp;
+    k->owner = owner;
+    k->count += delta;
+    if (k->count <= 0) {
+        *pp = k->next;
+        free(k->key);
+        free(k);
+    }
+    return true;
+}
+
+static void mb_mem_pending_insert(struct mb_mem_group *g, struct mb_mem_entry *e)
+{
+    /* Requeued entries are old, so they usually land near the head. */
+    struct mb_mem_entry *at = g->head;
+    while (at && at->seq < e->seq)
+        at = at->next;
+    e->next = at;
+    e->prev = at ? at->prev : g->tail;
+    if (e->prev)
+        e->prev->next = e;
+    else
+        g->head = e;
+    if (at)
+        at->prev = e;
+    else
+        g->tail = e;
+    g->npending++;
+}
+
+static void mb_mem_pending_remove(struct mb_mem_group *g, struct mb_mem_entry *e)
+{
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        g->head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        g->tail = e->prev;
+    e->prev = e->next = NULL;
+    g->npending--;
+}
+
+static void mb_mem_inflight_remove(struct mb_backend_sub *bs, struct mb_mem_entry *e)
+{
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        bs->inflight = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    e->prev = e->next = NULL;
+    bs->ninflight--;
+}
+
+static struct mb_backend_sub *mb_mem_least_loaded(struct mb_mem_group *g)
+{
+    size_t n = 0;
+    for (struct mb_backend_sub *m = g->members; m; m = m->next)
+        n++;
+    if (n == 0)
+        return NULL;
+    struct mb_backend_sub *best = NULL;
+    size_t start = g->rr++ % n, i = 0;
+    /* Two passes over the list starting at `start`, so ties rotate. */
+    for (size_t pass = 0; pass < 2; pass++) {
+        i = 0;
+        for (struct mb_backend_sub *m = g->members; m; m = m->next, i++) {
+            if ((pass == 0 && i < start) || (pass == 1 && i >= start))
+                continue;
+            if (m->ninflight < m->prefetch && (!best || m->ninflight < best->ninflight))
+                best = m;
+        }
+    }
+    return best;
+}
+
+/* Builds the received message for one delivery of `e` to `bs`. */
+static msgbus_msg_t *mb_mem_make_msg(struct mb_backend_sub *bs, struct mb_mem_entry *e)
+{
+    const msgbus_msg_t *src = e->data->msg;
+    msgbus_msg_t *m = mb_msg_new_received(bs->sub);
+    if (!m)
+        return NULL;
+    m->payload = src->payload; /* borrowed from the shared data */
+    m->len = src->len;
+    m->payload_borrowed = true;
+    atomic_fetch_add(&e->data->refs, 1);
+    m->backend_data = e->data;
+    if ((src->key && !(m->key = mb_memdup(src->key, src->key_len ? src->key_len : 1))) ||
+        (src->id && !(m->id = mb_strdup(src->id))))
+        goto fail;
+    m->key_len = src->key_len;
+    for (size_t i = 0; i < src->nheaders; i++)
+        if (mb_msg_put_header(m, src->headers[i].name, strlen(src->headers[i].name),
+                              src->headers[i].value, strlen(src->headers[i].value)))
+            goto fail;
+    m->timestamp = src->timestamp;
+    m->attempt = e->deliveries;
+    m->offset = (int64_t)e->delivery_id;
+    m->tag = (uint64_t)(uintptr_t)e;
+    return m;
+fail:
+    msgbus_msg_free(m);
+    return NULL;
+}
+
+/* Hands pending messages of `g` to members with room. Broker lock held. */
+static void mb_mem_dispatch(struct mb_mem_broker *b, struct mb_mem_group *g)
+{
+    if (!g->members)
+        return;
+    size_t scanned = 0;
+    struct mb_mem_entry *e = g->head;
+    while (e && scanned++ < MB_MEM_SCAN_LIMIT) {
+        struct mb_mem_entry *next = e->next;
+        const msgbus_msg_t *src = e->data->msg;
+        struct mb_backend_sub *to = NULL;
+        struct mb_mem_keyown **ko = src->key ? mb_mem_key_slot(g, src) : NULL;
+        if (ko && *ko) {
+            to = (*ko)->owner;
+            if (to->ninflight >= to->prefetch) {
+                e = next; /* held back behind its key's owner */
+                continue;
+            }
+        } else {
+            to = mb_mem_least_loaded(g);
+            if (!to)
+                break; /* every member is full */
+        }
+        e->deliveries++;
+        e->delivery_id = ++b->next_delivery;
+        msgbus_msg_t *m = mb_mem_make_msg(to, e);
+        if (!m || !mb_mem_key_adjust(g, src, to, +1)) {
+            if (m) {
+                m->state = MB_MSG_ACKED; /* never handed out */
+                msgbus_msg_free(m);
+            }
+            e->deliveries--;
+            mb_log(MSGBUS_LOG_ERROR, "mem: out of memory delivering on '%s'", g->topic->name);
+            break; /* stays pending; retried on the next dispatch */
+        }
+        mb_mem_pending_remove(g, e);
+        e->owner = to;
+        e->next = to->inflight;
+        if (to->inflight)
+            to->inflight->prev = e;
+        to->inflight = e;
+        to->ninflight++;
+        if (to->batch_tail)
+            to->batch_tail->next = m;
+        else
+            to->batch_head = m;
+        to->batch_tail = m;
+        to->batch_len++;
+        e = next;
+    }
+    for (struct mb_backend_sub *m = g->members; m; m = m->next) {
+        if (!m->batch_head)
+            continue;
+        mb_sub_push(m->sub, m->batch_head, m->batch_len);
+        m->batch_head = m->batch_tail = NULL;
+        m->batch_len = 0;
+    }
+}
+
+static struct mb_mem_topic *mb_mem_topic(struct mb_mem_broker *b, const char *name, bool create)
+{
+    for (struct mb_mem_topic *t = b->topics; t; t = t->next)
+        if (strcmp(t->name, name) == 0)
+            return t;
+    if (!create)
+        return NULL;
+    struct mb_mem_topic *t = calloc(1, sizeof *t);
+    if (!t || !(t->name = mb_strdup(name))) {
+        free(t);
+        return NULL;
+    }
+    t->next = b->topics;
+    b->topics = t;
+    return t;
+}
+
+static struct mb_mem_group *mb_mem_group_new(struct mb_mem_topic *t, const char *name)
+{
+    struct mb_mem_group *g = calloc(1, sizeof *g);
+    if (!g || (name && !(g->name = mb_strdup(name)))) {
+        free(g);
+        return NULL;
+    }
+    g->topic = t;
+    g->next = t->groups;
+    t->groups = g;
+    return g;
+}
+
+static struct mb_mem_group *mb_mem_group(struct mb_mem_topic *t, const char *name, bool create)
+{
+    for (struct mb_mem_group *g = t->groups; g; g = g->next)
+        if (g->name && strcmp(g->name, name) == 0)
+            return g;
+    return create ? mb_mem_group_new(t, name) : NULL;
+}
+
+static void mb_mem_group_free(struct mb_mem_group *g)
+{
+    for (struct mb_mem_entry *e = g->head, *n; e; e = n) {
+        n = e->next;
+        mb_mem_data_unref(e->data);
+        free(e);
+    }
+    for (size_t i = 0; i < MB_MEM_KEY_BUCKETS; i++)
+        for (struct mb_mem_keyown *k = g->keys[i], *n; k; k = n) {
+            n = k->next;
+            free(k->key);
+            free(k);
+        }
+    free(g->name);
+    free(g);
+}
+
+static void mb_mem_broker_free(struct mb_mem_broker *b)
+{
+    for (struct mb_mem_topic *t = b->topics, *tn; t; t = tn) {
+        tn = t->next;
+        for (struct mb_mem_group *g = t->groups, *gn; g; g = gn) {
+            gn = g->next;
+            mb_mem_group_free(g);
+        }
+        free(t->name);
+        free(t);
+    }
+    pthread_mutex_destroy(&b->mu);
+    free(b->name);
+    free(b);
+}
+
+/* ---------------------------------------------------------------- ops */
+
+static const char *const mb_mem_options[] = {"prefetch", "max_message_bytes", NULL};
+
+static msgbus_err_t mb_mem_open(msgbus_t *bus, struct mb_url *url, struct mb_backend **out)
+{
+    if (url->nhosts > 1 || (url->nhosts == 1 && url->hosts[0].port))
+        return mb_error(MSGBUS_ERR_CONFIG,
+                        "malformed URL '%s': mem:// takes one name and no port (mem://name)",
+                        url->redacted);
+    if (url->user)
+        return mb_error(MSGBUS_ERR_CONFIG, "malformed URL '%s': mem:// takes no credentials",
+                        url->redacted);
+    if (url->path[0])
+        return mb_error(MSGBUS_ERR_CONFIG, "malformed URL '%s': mem:// takes no path",
+                        url->redacted);
+    const char *name = url->nhosts ? url->hosts[0].host : "";
+    struct mb_backend *be = calloc(1, sizeof *be);
+    if (!be)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory opening mem://");
+    msgbus_err_t e;
+    if ((e = mb_url_opt_int(url, "prefetch", 1000, 1, 1000000, &be->prefetch)) ||
+        (e = mb_url_opt_int(url, "max_message_bytes", 64L << 20, 1, 1L << 30, &be->max_bytes))) {
+        free(be);
+        return e;
+    }
+    be->bus = bus;
+    pthread_mutex_lock(&mb_mem_registry_mu);
+    struct mb_mem_broker *b = mb_mem_brokers;
+    while (b && strcmp(b->name, name) != 0)
+        b = b->next;
+    if (!b) {
+        b = calloc(1, sizeof *b);
+        if (!b || !(b->name = mb_strdup(name))) {
+            free(b);
+            pthread_mutex_unlock(&mb_mem_registry_mu);
+            free(be);
+            return mb_error(MSGBUS_ERR_NOMEM, "out of memory opening mem://");
+        }
+        pthread_mutex_init(&b->mu, NULL);
+        b->next = mb_mem_brokers;
+        mb_mem_brokers = b;
+    }
+    b->refs++;
+    pthread_mutex_unlock(&mb_mem_registry_mu);
+    be->broker = b;
+    *out = be;
+    return MSGBUS_OK;
+}
+
+static void mb_mem_close(struct mb_backend *be)
+{
+    /* Every confirm was given inside publish: nothing is outstanding. */
+    pthread_mutex_lock(&mb_mem_registry_mu);
+    struct mb_mem_broker *b = be->broker;
+    if (--b->refs == 0) {
+        for (struct mb_mem_broker **pp = &mb_mem_brokers; *pp; pp = &(*pp)->next)
+            if (*pp == b) {
+                *pp = b->next;
+                break;
+            }
+        mb_mem_broker_free(b);
+    }
+    pthread_mutex_unlock(&mb_mem_registry_mu);
+    free(be);
+}
+
+static msgbus_err_t mb_mem_publish(struct mb_backend *be, const char *topic, const msgbus_msg_t *m,
+                                   struct mb_confirm *token)
+{
+    size_t size = mb_msg_wire_size(m);
+    if ((long)size > be->max_bytes)
+        return mb_error(MSGBUS_ERR_TOO_LARGE,
+                        "message of %zu bytes to '%s' exceeds max_message_bytes=%ld", size, topic,
+                        be->max_bytes);
+    struct mb_mem_data *d = calloc(1, sizeof *d);
+    if (!d || !(d->msg = mb_msg_clone(m))) {
+        free(d);
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory publishing to '%s'", topic);
+    }
+    atomic_init(&d->refs, 1);
+    struct mb_mem_broker *b = be->broker;
+    msgbus_err_t e = MSGBUS_OK;
+    pthread_mutex_lock(&b->mu);
+    struct mb_mem_topic *t = mb_mem_topic(b, topic, true);
+    if (!t) {
+        e = mb_error(MSGBUS_ERR_NOMEM, "out of memory publishing to '%s'", topic);
+    } else {
+        uint64_t seq = ++b->next_seq;
+        /* Allocate every entry first, so a failure changes nothing. */
+        size_t ngroups = 0;
+        for (struct mb_mem_group *g = t->groups; g; g = g->next)
+            ngroups++;
+        struct mb_mem_entry **es = ngroups ? calloc(ngroups, sizeof *es) : NULL;
+        size_t made = 0;
+        if (ngroups && es)
+            for (; made < ngroups; made++)
+                if (!(es[made] = calloc(1, sizeof **es)))
+                    break;
+        if (ngroups && (!es || made < ngroups)) {
+            for (size_t i = 0; es && i < made; i++)
+                free(es[i]);
+            e = mb_error(MSGBUS_ERR_NOMEM, "out of memory publishing to '%s'", topic);
+        } else {
+            size_t i = 0;
+            for (struct mb_mem_group *g = t->groups; g; g = g->next, i++) {
+                struct mb_mem_entry *en = es[i];
+                en->seq = seq;
+                en->data = d;
+                atomic_fetch_add(&d->refs, 1);
+                en->prev = g->tail;
+                if (g->tail)
+                    g->tail->next = en;
+                else
+                    g->head = en;
+                g->tail = en;
+                g->npending++;
+                mb_mem_dispatch(b, g);
+            }
+        }
+        free(es);
+    }
+    pthread_mutex_unlock(&b->mu);
+    mb_mem_data_unref(d);
+    if (e)
+        return e;
+    mb_bus_confirm(be->bus, token, MSGBUS_OK, NULL); /* in memory = confirmed */
+    return MSGBUS_OK;
+}
+
+static msgbus_err_t mb_mem_declare(struct mb_backend *be, const char *topic, const char *group)
+{
+    struct mb_mem_broker *b = be->broker;
+    msgbus_err_t e = MSGBUS_OK;
+    pthread_mutex_lock(&b->mu);
+    struct mb_mem_topic *t = mb_mem_topic(b, topic, true);
+    if (!t || (group && !mb_mem_group(t, group, true)))
+        e = mb_error(MSGBUS_ERR_NOMEM, "out of memory declaring '%s'", topic);
+    pthread_mutex_unlock(&b->mu);
+    return e;
+}
+
+static msgbus_err_t mb_mem_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
+                                     struct mb_backend_sub **out)
+{
+    struct mb_backend_sub *bs = calloc(1, sizeof *bs);
+    if (!bs)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory subscribing");
+    bs->be = be;
+    bs->sub = sub;
+    bs->prefetch = be->prefetch;
+    struct mb_mem_broker *b = be->broker;
+    const char *group = mb_sub_group(sub);
+    pthread_mutex_lock(&b->mu);
+    struct mb_mem_topic *t = mb_mem_topic(b, mb_sub_topic(sub), true);
+    struct mb_mem_group *g = NULL;
+    if (t)
+        g = group ? mb_mem_group(t, group, true) : mb_mem_group_new(t, NULL);
+    if (!g) {
+        pthread_mutex_unlock(&b->mu);
+        free(bs);
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory subscribing");
+    }
+    bs->group = g;
+    bs->next = g->members;
+    g->members = bs;
+    mb_mem_dispatch(b, g);
+    pthread_mutex_unlock(&b->mu);
+    *out = bs;
+    return MSGBUS_OK;
+}
+
+static void mb_mem_unsubscribe(struct mb_backend_sub *bs)
+{
+    struct mb_mem_broker *b = bs->be->broker;
+    struct mb_mem_group *g = bs->group;
+    pthread_mutex_lock(&b->mu);
+    for (struct mb_backend_sub **pp = &g->members; *pp; pp = &(*pp)->next)
+        if (*pp == bs) {
+            *pp = bs->next;
+            break;
+        }
+    while (bs->inflight) { /* unsettled: back in place for the others */
+        struct mb_mem_entry *e = bs->inflight;
+        mb_mem_inflight_remove(bs, e);
+        mb_mem_key_adjust(g, e->data->msg, bs, -1);
+        e->owner = NULL;
+        mb_mem_pending_insert(g, e);
+    }
+    if (!g->name) { /* broadcast: the private group goes with its member */
+        for (struct mb_mem_group **pp = &g->topic->groups; *pp; pp = &(*pp)->next)
+            if (*pp == g) {
+                *pp = g->next;
+                break;
+            }
+        mb_mem_group_free(g);
+    } else {
+        mb_mem_dispatch(b, g);
+    }
+    pthread_mutex_unlock(&b->mu);
+    free(bs);
+}
+
+static msgbus_err_t mb_mem_settle(struct mb_backend_sub *bs, msgbus_msg_t *m, enum mb_settle how)
+{
+    struct mb_mem_broker *b = bs->be->broker;
+    struct mb_mem_group *g = bs->group;
+    struct mb_mem_entry *e = (struct mb_mem_entry *)(uintptr_t)m->tag;
+    pthread_mutex_lock(&b->mu);
+    if (e->owner != bs || e->delivery_id != (uint64_t)m->offset) {
+        pthread_mutex_unlock(&b->mu);
+        return mb_error(MSGBUS_ERR_STATE, "message %s is no longer held by this subscriber",
+                        m->id ? m->id : "(no id)");
+    }
+    mb_mem_inflight_remove(bs, e);
+    mb_mem_key_adjust(g, e->data->msg, bs, -1);
+    e->owner = NULL;
+    if (how == MB_SETTLE_ACK) {
+        mb_mem_data_unref(e->data);
+        free(e);
+    } else {
+        mb_mem_pending_insert(g, e);
+    }
+    mb_mem_dispatch(b, g);
+    pthread_mutex_unlock(&b->mu);
+    return MSGBUS_OK;
+}
+
+static void mb_mem_release(msgbus_msg_t *m)
+{
+    if (m->backend_data)
+        mb_mem_data_unref(m->backend_data);
+    m->backend_data = NULL;
+}
+
+static const char *const mb_mem_schemes[] = {"mem", NULL};
+
+MB_HIDDEN const struct mb_backend_ops mb_mem_ops = {
+    .version = MB_BACKEND_VERSION,
+    .scheme = "mem",
+    .schemes = mb_mem_schemes,
+    .caps = 0,
+    .options = mb_mem_options,
+    .env_prefix = "MEM",
+    .env_separator = '_',
+    .open = mb_mem_open,
+    .close = mb_mem_close,
+    .publish = mb_mem_publish,
+    .flush = NULL,
+    .declare = mb_mem_declare,
+    .subscribe = mb_mem_subscribe,
+    .unsubscribe = mb_mem_unsubscribe,
+    .settle = mb_mem_settle,
+    .release = mb_mem_release,
+};

@@ -1,0 +1,762 @@
+/*
+ * bus.c — the bus: opening a backend from a URL, publishing with confirm
+ * accounting, delivery callbacks, flush, poll, the wake-up descriptor, and
+ * the subscription queues the backends push into.
+ *
+ * Backends push; the core owns every queue the application reads
+ * (see src/backends/backend.h). That is what lets receive, poll, the fd and
+ * the callbacks be written once instead of once per broker.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "backends/backend.h"
+
+#define MB_TOPIC_MAX 249
+
+struct mb_confirm {
+    msgbus_delivery_cb cb;
+    void *opaque;
+    char *topic;
+    char *id;
+    msgbus_err_t status;
+    char *error;
+    struct mb_confirm *next;
+};
+
+struct msgbus_sub {
+    msgbus_t *bus;                    /* NULL once the bus closed it */
+    const struct mb_backend_ops *ops; /* kept for release after bus close */
+    char *topic;
+    char *group;
+    struct mb_backend_sub *bs;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    msgbus_msg_t *head, *tail;
+    size_t qlen;
+    bool closed;
+    /* Held shared by ack/nack while they call the backend, exclusively by
+     * close, so a settle never races the backend's unsubscribe. */
+    pthread_rwlock_t settle_lock;
+    _Atomic long refs; /* 1 while open + 1 per live received message */
+    struct msgbus_sub *next;
+};
+
+struct msgbus {
+    const struct mb_backend_ops *ops;
+    struct mb_backend *be;
+    struct mb_url *url;
+    long queue_max;
+    long close_timeout_ms;
+    _Atomic long outstanding;
+    _Atomic long failed; /* since the previous flush */
+    _Atomic bool closing;
+
+    pthread_mutex_t mu; /* report queue; flush/poll waiters */
+    pthread_cond_t cond;
+    struct mb_confirm *rq_head, *rq_tail;
+
+    /* Wake-up descriptor: readable while work > 0 (reports + queued
+     * messages of all subs). Signalled/cleared only on transitions. */
+    int efd;
+    _Atomic long work;
+    pthread_mutex_t fd_mu;
+
+    pthread_mutex_t subs_mu;
+    struct msgbus_sub *subs;
+};
+
+/* Core options every URL may carry. */
+static const char *const mb_core_options[] = {"queue_max", "close_timeout_ms", NULL};
+
+/* ---------------------------------------------------------------- work fd */
+
+static void mb_work_add(msgbus_t *bus, long n)
+{
+    if (atomic_fetch_add(&bus->work, n) != 0)
+        return;
+    pthread_mutex_lock(&bus->fd_mu);
+    if (atomic_load(&bus->work) > 0) {
+        uint64_t one = 1;
+        ssize_t w = write(bus->efd, &one, sizeof one);
+        (void)w; /* EAGAIN only when the counter is huge: still readable */
+    }
+    pthread_mutex_unlock(&bus->fd_mu);
+}
+
+static void mb_work_sub(msgbus_t *bus, long n)
+{
+    if (n == 0 || atomic_fetch_sub(&bus->work, n) != n)
+        return;
+    /* Re-checked under fd_mu so a concurrent 0→1 signal is never eaten. */
+    pthread_mutex_lock(&bus->fd_mu);
+    if (atomic_load(&bus->work) == 0) {
+        uint64_t v;
+        ssize_t r = read(bus->efd, &v, sizeof v);
+        (void)r;
+    }
+    pthread_mutex_unlock(&bus->fd_mu);
+}
+
+MSGBUS_API int msgbus_fd(msgbus_t *bus)
+{
+    if (!bus) {
+        mb_error(MSGBUS_ERR_INVALID, "msgbus_fd: bus is NULL");
+        return -1;
+    }
+    return bus->efd;
+}
+
+/* --------------------------------------------------------------- confirms */
+
+static void mb_confirm_free(struct mb_confirm *c)
+{
+    free(c->topic);
+    free(c->id);
+    free(c->error);
+    free(c);
+}
+
+const char *mb_confirm_topic(const struct mb_confirm *token)
+{
+    return token ? token->topic : NULL;
+}
+
+const char *mb_bus_url(const msgbus_t *bus)
+{
+    return bus->url->redacted;
+}
+
+void mb_bus_confirm(msgbus_t *bus, struct mb_confirm *token, msgbus_err_t status, const char *error)
+{
+    if (status != MSGBUS_OK) {
+        atomic_fetch_add(&bus->failed, 1);
+        if (!token)
+            mb_log(MSGBUS_LOG_ERROR, "message not delivered (%s): %s", msgbus_err_name(status),
+                   error && *error ? error : msgbus_strerror(status));
+    }
+    if (token) {
+        token->status = status;
+        if (status != MSGBUS_OK)
+            token->error = mb_strdup(error && *error ? error : msgbus_strerror(status));
+        pthread_mutex_lock(&bus->mu);
+        if (bus->rq_tail)
+            bus->rq_tail->next = token;
+        else
+            bus->rq_head = token;
+        bus->rq_tail = token;
+        atomic_fetch_sub(&bus->outstanding, 1);
+        pthread_cond_broadcast(&bus->cond);
+        pthread_mutex_unlock(&bus->mu);
+        mb_work_add(bus, 1);
+        return;
+    }
+    if (atomic_fetch_sub(&bus->outstanding, 1) == 1) {
+        pthread_mutex_lock(&bus->mu);
+        pthread_cond_broadcast(&bus->cond);
+        pthread_mutex_unlock(&bus->mu);
+    }
+}
+
+/* Runs queued delivery callbacks on the calling thread; returns how many. */
+static int mb_serve_reports(msgbus_t *bus)
+{
+    pthread_mutex_lock(&bus->mu);
+    struct mb_confirm *c = bus->rq_head;
+    bus->rq_head = bus->rq_tail = NULL;
+    pthread_mutex_unlock(&bus->mu);
+    int n = 0;
+    while (c) {
+        struct mb_confirm *next = c->next;
+        msgbus_report_t r = {.topic = c->topic,
+                             .msg_id = c->id,
+                             .status = c->status,
+                             .error = c->error ? c->error : ""};
+        c->cb(c->opaque, &r);
+        mb_confirm_free(c);
+        n++;
+        c = next;
+    }
+    if (n)
+        mb_work_sub(bus, n);
+    return n;
+}
+
+MSGBUS_API msgbus_err_t msgbus_poll(msgbus_t *bus, int timeout_ms, int *served)
+{
+    if (served)
+        *served = 0;
+    if (!bus)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_poll: bus is NULL");
+    int n = mb_serve_reports(bus);
+    if (n == 0 && timeout_ms != 0) {
+        struct timespec dl;
+        mb_deadline(&dl, timeout_ms);
+        pthread_mutex_lock(&bus->mu);
+        while (!bus->rq_head) {
+            int rc = timeout_ms < 0 ? pthread_cond_wait(&bus->cond, &bus->mu)
+                                    : pthread_cond_timedwait(&bus->cond, &bus->mu, &dl);
+            if (rc == ETIMEDOUT)
+                break;
+        }
+        pthread_mutex_unlock(&bus->mu);
+        n = mb_serve_reports(bus);
+    }
+    if (served)
+        *served = n;
+    return MSGBUS_OK;
+}
+
+MSGBUS_API size_t msgbus_outstanding(const msgbus_t *bus)
+{
+    return bus ? (size_t)atomic_load(&((msgbus_t *)bus)->outstanding) : 0;
+}
+
+static msgbus_err_t mb_flush(msgbus_t *bus, int timeout_ms, size_t *failed)
+{
+    int64_t start = mb_mono_ms();
+    if (bus->ops->flush) {
+        msgbus_err_t e = bus->ops->flush(bus->be, timeout_ms);
+        if (e && e != MSGBUS_ERR_TIMEOUT)
+            return e;
+    }
+    struct timespec dl;
+    if (timeout_ms >= 0)
+        mb_deadline(&dl, timeout_ms - (mb_mono_ms() - start));
+    bool timed_out = false;
+    for (;;) {
+        mb_serve_reports(bus);
+        pthread_mutex_lock(&bus->mu);
+        while (atomic_load(&bus->outstanding) > 0 && !bus->rq_head && !timed_out) {
+            int rc = timeout_ms < 0 ? pthread_cond_wait(&bus->cond, &bus->mu)
+                                    : pthread_cond_timedwait(&bus->cond, &bus->mu, &dl);
+            if (rc == ETIMEDOUT)
+                timed_out = true;
+        }
+        bool more = bus->rq_head != NULL;
+        long left = atomic_load(&bus->outstanding);
+        pthread_mutex_unlock(&bus->mu);
+        if (more)
+            continue;
+        if (left == 0)
+            break;
+        if (timed_out) {
+            if (failed)
+                *failed = (size_t)atomic_load(&bus->failed);
+            return mb_error(MSGBUS_ERR_TIMEOUT,
+                            "flush: %ld message(s) still unconfirmed after %d ms", left, timeout_ms);
+        }
+    }
+    long f = atomic_exchange(&bus->failed, 0);
+    if (failed)
+        *failed = (size_t)f;
+    if (f > 0)
+        return mb_error(MSGBUS_ERR_DELIVERY, "flush: %ld message(s) were not delivered", f);
+    return MSGBUS_OK;
+}
+
+MSGBUS_API msgbus_err_t msgbus_flush(msgbus_t *bus, int timeout_ms, size_t *failed)
+{
+    if (failed)
+        *failed = 0;
+    if (!bus)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_flush: bus is NULL");
+    return mb_flush(bus, timeout_ms, failed);
+}
+
+/* ---------------------------------------------------------------- publish */
+
+MSGBUS_API msgbus_err_t msgbus_publish(msgbus_t *bus, const char *topic, const msgbus_msg_t *m,
+                                       msgbus_delivery_cb cb, void *opaque)
+{
+    if (!bus || !topic || !m)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_publish: %s is NULL",
+                        !bus ? "bus" : !topic ? "topic" : "message");
+    if (!mb_valid_name(topic, MB_TOPIC_MAX))
+        return mb_error(MSGBUS_ERR_INVALID,
+                        "invalid topic name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ -",
+                        topic, MB_TOPIC_MAX);
+    if (atomic_load(&bus->closing))
+        return mb_error(MSGBUS_ERR_CLOSED, "msgbus_publish: the bus is closing");
+
+    /* A received message from a foreign producer may have no id: the copy
+     * we publish gets one (the caller's message is not changed). */
+    msgbus_msg_t with_id;
+    char idbuf[37];
+    if (!m->id) {
+        with_id = *m;
+        mb_uuid7(idbuf);
+        with_id.id = idbuf;
+        m = &with_id;
+    }
+
+    if (atomic_fetch_add(&bus->outstanding, 1) >= bus->queue_max) {
+        atomic_fetch_sub(&bus->outstanding, 1);
+        return mb_error(MSGBUS_ERR_QUEUE_FULL,
+                        "%ld messages are awaiting confirms (queue_max=%ld): call msgbus_poll or "
+                        "msgbus_flush, then retry",
+                        bus->queue_max, bus->queue_max);
+    }
+    struct mb_confirm *token = NULL;
+    if (cb) {
+        token = calloc(1, sizeof *token);
+        if (!token || !(token->topic = mb_strdup(topic)) || !(token->id = mb_strdup(m->id))) {
+            if (token)
+                mb_confirm_free(token);
+            atomic_fetch_sub(&bus->outstanding, 1);
+            return mb_error(MSGBUS_ERR_NOMEM, "out of memory publishing to '%s'", topic);
+        }
+        token->cb = cb;
+        token->opaque = opaque;
+    }
+    msgbus_err_t e = bus->ops->publish(bus->be, topic, m, token);
+    if (e != MSGBUS_OK) {
+        if (token)
+            mb_confirm_free(token);
+        if (atomic_fetch_sub(&bus->outstanding, 1) == 1) {
+            pthread_mutex_lock(&bus->mu);
+            pthread_cond_broadcast(&bus->cond);
+            pthread_mutex_unlock(&bus->mu);
+        }
+    }
+    return e;
+}
+
+MSGBUS_API msgbus_err_t msgbus_declare(msgbus_t *bus, const char *topic, const char *group)
+{
+    if (!bus || !topic)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_declare: %s is NULL", !bus ? "bus" : "topic");
+    if (!mb_valid_name(topic, MB_TOPIC_MAX))
+        return mb_error(MSGBUS_ERR_INVALID,
+                        "invalid topic name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ -",
+                        topic, MB_TOPIC_MAX);
+    if (group && !mb_valid_name(group, MB_TOPIC_MAX))
+        return mb_error(MSGBUS_ERR_INVALID,
+                        "invalid group name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ -",
+                        group, MB_TOPIC_MAX);
+    return bus->ops->declare(bus->be, topic, group);
+}
+
+/* ----------------------------------------------------------- subscriptions */
+
+const char *mb_sub_topic(const msgbus_sub_t *sub)
+{
+    return sub->topic;
+}
+
+const char *mb_sub_group(const msgbus_sub_t *sub)
+{
+    return sub->group;
+}
+
+static void mb_sub_unref(msgbus_sub_t *sub)
+{
+    if (atomic_fetch_sub(&sub->refs, 1) != 1)
+        return;
+    pthread_mutex_destroy(&sub->mu);
+    pthread_cond_destroy(&sub->cond);
+    pthread_rwlock_destroy(&sub->settle_lock);
+    free(sub->topic);
+    free(sub->group);
+    free(sub);
+}
+
+msgbus_msg_t *mb_msg_new_received(msgbus_sub_t *sub)
+{
+    msgbus_msg_t *m = mb_msg_alloc();
+    if (!m)
+        return NULL;
+    atomic_fetch_add(&sub->refs, 1);
+    m->sub = sub;
+    m->topic = sub->topic;
+    m->group = sub->group;
+    m->attempt = 1;
+    atomic_store(&m->state, MB_MSG_RECEIVED);
+    return m;
+}
+
+/* Called by msgbus_msg_free for a received message. */
+void mb_sub_msg_released(msgbus_msg_t *m);
+void mb_sub_msg_released(msgbus_msg_t *m)
+{
+    msgbus_sub_t *sub = m->sub;
+    if (sub->ops->release)
+        sub->ops->release(m);
+    m->sub = NULL;
+    mb_sub_unref(sub);
+}
+
+void mb_sub_push(msgbus_sub_t *sub, msgbus_msg_t *first, size_t count)
+{
+    if (!first || count == 0)
+        return;
+    msgbus_msg_t *last = first;
+    while (last->next)
+        last = last->next;
+    pthread_mutex_lock(&sub->mu);
+    if (sub->closed) {
+        pthread_mutex_unlock(&sub->mu);
+        while (first) { /* too late: release, the broker redelivers */
+            msgbus_msg_t *n = first->next;
+            msgbus_msg_free(first);
+            first = n;
+        }
+        return;
+    }
+    if (sub->tail)
+        sub->tail->next = first;
+    else
+        sub->head = first;
+    sub->tail = last;
+    sub->qlen += count;
+    pthread_cond_broadcast(&sub->cond);
+    pthread_mutex_unlock(&sub->mu);
+    mb_work_add(sub->bus, (long)count);
+}
+
+size_t mb_sub_drop(msgbus_sub_t *sub, bool (*pred)(const msgbus_msg_t *, void *), void *arg)
+{
+    msgbus_msg_t *dropped = NULL;
+    size_t n = 0;
+    pthread_mutex_lock(&sub->mu);
+    msgbus_msg_t **pp = &sub->head, *prev = NULL;
+    while (*pp) {
+        msgbus_msg_t *m = *pp;
+        if (pred(m, arg)) {
+            *pp = m->next;
+            m->next = dropped;
+            dropped = m;
+            n++;
+        } else {
+            prev = m;
+            pp = &m->next;
+        }
+    }
+    sub->tail = prev;
+    sub->qlen -= n;
+    pthread_mutex_unlock(&sub->mu);
+    if (n)
+        mb_work_sub(sub->bus, (long)n);
+    while (dropped) {
+        msgbus_msg_t *next = dropped->next;
+        msgbus_msg_free(dropped);
+        dropped = next;
+    }
+    return n;
+}
+
+MSGBUS_API msgbus_err_t msgbus_subscribe(msgbus_t *bus, const char *topic, const char *group,
+                                         msgbus_sub_t **out)
+{
+    if (!bus || !topic || !out)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_subscribe: %s is NULL",
+                        !bus ? "bus" : !topic ? "topic" : "out");
+    if (!mb_valid_name(topic, MB_TOPIC_MAX))
+        return mb_error(MSGBUS_ERR_INVALID,
+                        "invalid topic name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ -",
+                        topic, MB_TOPIC_MAX);
+    if (group && !mb_valid_name(group, MB_TOPIC_MAX))
+        return mb_error(MSGBUS_ERR_INVALID,
+                        "invalid group name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ -",
+                        group, MB_TOPIC_MAX);
+    if (atomic_load(&bus->closing))
+        return mb_error(MSGBUS_ERR_CLOSED, "msgbus_subscribe: the bus is closing");
+    msgbus_sub_t *sub = calloc(1, sizeof *sub);
+    if (!sub)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory subscribing to '%s'", topic);
+    sub->bus = bus;
+    sub->ops = bus->ops;
+    sub->topic = mb_strdup(topic);
+    sub->group = group ? mb_strdup(group) : NULL;
+    atomic_init(&sub->refs, 1);
+    pthread_mutex_init(&sub->mu, NULL);
+    mb_cond_init(&sub->cond);
+    pthread_rwlock_init(&sub->settle_lock, NULL);
+    if (!sub->topic || (group && !sub->group)) {
+        mb_sub_unref(sub);
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory subscribing to '%s'", topic);
+    }
+    msgbus_err_t e = bus->ops->subscribe(bus->be, sub, &sub->bs);
+    if (e) {
+        mb_sub_unref(sub);
+        return e;
+    }
+    pthread_mutex_lock(&bus->subs_mu);
+    sub->next = bus->subs;
+    bus->subs = sub;
+    pthread_mutex_unlock(&bus->subs_mu);
+    *out = sub;
+    return MSGBUS_OK;
+}
+
+MSGBUS_API msgbus_err_t msgbus_receive(msgbus_sub_t *sub, int timeout_ms, msgbus_msg_t **out)
+{
+    if (!sub || !out)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_receive: %s is NULL", !sub ? "sub" : "out");
+    struct timespec dl;
+    if (timeout_ms > 0)
+        mb_deadline(&dl, timeout_ms);
+    pthread_mutex_lock(&sub->mu);
+    while (!sub->head && !sub->closed && timeout_ms != 0) {
+        int rc = timeout_ms < 0 ? pthread_cond_wait(&sub->cond, &sub->mu)
+                                : pthread_cond_timedwait(&sub->cond, &sub->mu, &dl);
+        if (rc == ETIMEDOUT)
+            break;
+    }
+    msgbus_msg_t *m = sub->head;
+    if (m) {
+        sub->head = m->next;
+        if (!sub->head)
+            sub->tail = NULL;
+        sub->qlen--;
+        m->next = NULL;
+    }
+    bool closed = sub->closed;
+    pthread_mutex_unlock(&sub->mu);
+    if (m) {
+        mb_work_sub(sub->bus, 1);
+        *out = m;
+        return MSGBUS_OK;
+    }
+    if (closed)
+        return mb_error(MSGBUS_ERR_CLOSED, "subscription to '%s' is closed", sub->topic);
+    return mb_error(MSGBUS_ERR_TIMEOUT, "no message on '%s' within %d ms", sub->topic, timeout_ms);
+}
+
+static msgbus_err_t mb_settle(msgbus_msg_t *m, enum mb_settle how)
+{
+    const char *verb = how == MB_SETTLE_ACK ? "ack" : "nack";
+    if (!m)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_%s: message is NULL", verb);
+    if (!m->sub)
+        return mb_error(MSGBUS_ERR_STATE, "msgbus_%s: not a received message", verb);
+    int expect = MB_MSG_RECEIVED;
+    if (!atomic_compare_exchange_strong(&m->state, &expect,
+                                        how == MB_SETTLE_ACK ? MB_MSG_ACKED : MB_MSG_NACKED))
+        return mb_error(MSGBUS_ERR_STATE, "msgbus_%s: message %s was already %s", verb,
+                        m->id ? m->id : "(no id)", expect == MB_MSG_ACKED ? "acked" : "nacked");
+    msgbus_sub_t *sub = m->sub;
+    pthread_rwlock_rdlock(&sub->settle_lock);
+    msgbus_err_t e;
+    if (sub->closed)
+        e = mb_error(MSGBUS_ERR_CLOSED,
+                     "msgbus_%s: the subscription to '%s' is closed; the broker delivers the "
+                     "message again",
+                     verb, sub->topic);
+    else
+        e = sub->ops->settle(sub->bs, m, how);
+    pthread_rwlock_unlock(&sub->settle_lock);
+    if (e)
+        atomic_store(&m->state, MB_MSG_RECEIVED);
+    return e;
+}
+
+MSGBUS_API msgbus_err_t msgbus_ack(msgbus_msg_t *m)
+{
+    return mb_settle(m, MB_SETTLE_ACK);
+}
+
+MSGBUS_API msgbus_err_t msgbus_nack(msgbus_msg_t *m)
+{
+    return mb_settle(m, MB_SETTLE_NACK);
+}
+
+MSGBUS_API void msgbus_sub_close(msgbus_sub_t *sub)
+{
+    if (!sub)
+        return;
+    msgbus_t *bus = sub->bus;
+    pthread_mutex_lock(&bus->subs_mu);
+    for (msgbus_sub_t **pp = &bus->subs; *pp; pp = &(*pp)->next) {
+        if (*pp == sub) {
+            *pp = sub->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&bus->subs_mu);
+
+    pthread_rwlock_wrlock(&sub->settle_lock);
+    pthread_mutex_lock(&sub->mu);
+    sub->closed = true;
+    pthread_cond_broadcast(&sub->cond);
+    pthread_mutex_unlock(&sub->mu);
+    bus->ops->unsubscribe(sub->bs);
+    sub->bs = NULL;
+    pthread_rwlock_unlock(&sub->settle_lock);
+
+    /* Messages still queued were never received: release them (the backend
+     * already gave them back to the broker). */
+    pthread_mutex_lock(&sub->mu);
+    msgbus_msg_t *m = sub->head;
+    size_t n = sub->qlen;
+    sub->head = sub->tail = NULL;
+    sub->qlen = 0;
+    pthread_mutex_unlock(&sub->mu);
+    mb_work_sub(bus, (long)n);
+    while (m) {
+        msgbus_msg_t *next = m->next;
+        msgbus_msg_free(m);
+        m = next;
+    }
+    mb_sub_unref(sub);
+}
+
+/* ------------------------------------------------------------ open/close */
+
+static bool mb_in_list(const char *key, const char *const *list)
+{
+    for (; list && *list; list++)
+        if (strcmp(key, *list) == 0)
+            return true;
+    return false;
+}
+
+/* Unknown options fail before the backend touches the network. Backends
+ * that pass options through to their client library check on their own. */
+static msgbus_err_t mb_check_known(const struct mb_url *url, const struct mb_backend_ops *ops)
+{
+    if (ops->caps & MB_CAP_PASSTHROUGH_OPTIONS)
+        return MSGBUS_OK;
+    for (size_t i = 0; i < url->nopts; i++) {
+        const char *key = url->opts[i].key;
+        if (mb_in_list(key, mb_core_options) || mb_in_list(key, ops->options))
+            continue;
+        const char *best = NULL;
+        size_t bestd = 3;
+        const char *const *lists[2] = {mb_core_options, ops->options};
+        for (int l = 0; l < 2; l++)
+            for (const char *const *k = lists[l]; k && *k; k++) {
+                size_t d = mb_edit_distance(key, *k);
+                if (d < bestd) {
+                    bestd = d;
+                    best = *k;
+                }
+            }
+        char where[200];
+        if (url->opts[i].from_env)
+            snprintf(where, sizeof where, "unknown %s option '%s' (from %s)", ops->scheme, key,
+                     url->opts[i].env_name);
+        else
+            snprintf(where, sizeof where, "unknown option '%s' in URL '%s'", key, url->redacted);
+        if (best)
+            return mb_error(MSGBUS_ERR_CONFIG, "%s; did you mean '%s'?", where, best);
+        return mb_error(MSGBUS_ERR_CONFIG, "%s", where);
+    }
+    return MSGBUS_OK;
+}
+
+static void mb_bus_free(msgbus_t *bus)
+{
+    if (bus->efd >= 0)
+        close(bus->efd);
+    pthread_mutex_destroy(&bus->mu);
+    pthread_cond_destroy(&bus->cond);
+    pthread_mutex_destroy(&bus->fd_mu);
+    pthread_mutex_destroy(&bus->subs_mu);
+    mb_url_free(bus->url);
+    free(bus);
+}
+
+MSGBUS_API msgbus_err_t msgbus_open(msgbus_t **out, const char *url_text, const void *reserved)
+{
+    if (!out)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_open: out is NULL");
+    if (reserved)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_open: the third argument must be NULL");
+    if (!url_text) {
+        url_text = getenv("MSGBUS_URL");
+        if (!url_text || !*url_text)
+            return mb_error(MSGBUS_ERR_CONFIG,
+                            "MSGBUS_URL is not set and no URL was given: set it to kafka://host:9092, "
+                            "amqp://user:pass@host/vhost or mem:// (available backends: %s)",
+                            mb_backend_schemes());
+    }
+    struct mb_url *url;
+    msgbus_err_t e = mb_url_parse(url_text, &url);
+    if (e)
+        return e;
+    const struct mb_backend_ops *ops = mb_backend_find(url->scheme);
+    if (!ops) {
+        e = mb_error(MSGBUS_ERR_CONFIG, "unknown scheme '%s' in URL '%s': this build has %s",
+                     url->scheme, url->redacted, mb_backend_schemes());
+        mb_url_free(url);
+        return e;
+    }
+    msgbus_t *bus = calloc(1, sizeof *bus);
+    if (!bus) {
+        mb_url_free(url);
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory opening a bus");
+    }
+    bus->ops = ops;
+    bus->url = url;
+    bus->efd = -1;
+    pthread_mutex_init(&bus->mu, NULL);
+    mb_cond_init(&bus->cond);
+    pthread_mutex_init(&bus->fd_mu, NULL);
+    pthread_mutex_init(&bus->subs_mu, NULL);
+    if (ops->env_prefix && (e = mb_url_add_env(url, ops->env_prefix, ops->env_separator)))
+        goto fail;
+    if ((e = mb_url_opt_int(url, "queue_max", 100000, 1, 100000000, &bus->queue_max)) ||
+        (e = mb_url_opt_int(url, "close_timeout_ms", 5000, 0, 3600000, &bus->close_timeout_ms)) ||
+        (e = mb_check_known(url, ops)))
+        goto fail;
+    bus->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (bus->efd < 0) {
+        e = mb_error(MSGBUS_ERR_INTERNAL, "eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    if ((e = ops->open(bus, url, &bus->be)))
+        goto fail;
+    mb_log(MSGBUS_LOG_INFO, "opened %s bus on %s", ops->scheme, url->redacted);
+    *out = bus;
+    return MSGBUS_OK;
+fail:
+    mb_bus_free(bus);
+    return e;
+}
+
+MSGBUS_API void msgbus_close(msgbus_t *bus)
+{
+    if (!bus)
+        return;
+    atomic_store(&bus->closing, true);
+    for (;;) {
+        pthread_mutex_lock(&bus->subs_mu);
+        msgbus_sub_t *sub = bus->subs;
+        pthread_mutex_unlock(&bus->subs_mu);
+        if (!sub)
+            break;
+        msgbus_sub_close(sub);
+    }
+    size_t failed = 0;
+    msgbus_err_t e = mb_flush(bus, (int)bus->close_timeout_ms, &failed);
+    long left = atomic_load(&bus->outstanding);
+    if (e == MSGBUS_ERR_TIMEOUT)
+        mb_log(MSGBUS_LOG_ERROR,
+               "closing %s with %ld message(s) unconfirmed after %ld ms: they are reported as "
+               "MSGBUS_ERR_CLOSED",
+               bus->url->redacted, left, bus->close_timeout_ms);
+    bus->ops->close(bus->be);
+    mb_serve_reports(bus);
+    left = atomic_load(&bus->outstanding);
+    if (left != 0)
+        mb_log(MSGBUS_LOG_ERROR, "backend %s left %ld message(s) without an outcome at close",
+               bus->ops->scheme, left);
+    mb_bus_free(bus);
+}
+
+MSGBUS_API const char *msgbus_url(const msgbus_t *bus)
+{
+    return bus ? bus->url->redacted : NULL;
+}
+
+MSGBUS_API const char *msgbus_backend(const msgbus_t *bus)
+{
+    return bus ? bus->ops->scheme : NULL;
+}

@@ -1,0 +1,58 @@
+/*
+ * internal.h — helpers shared by every part of the library: error
+ * reporting into the thread-local detail buffer, logging, clocks and small
+ * allocation wrappers. Nothing here is exported.
+ */
+#ifndef MB_INTERNAL_H
+#define MB_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "msgbus/msgbus.h"
+
+#define MB_HIDDEN __attribute__((visibility("hidden")))
+#define MB_PRINTF(a, b) __attribute__((format(printf, a, b)))
+
+/* Records `fmt` as the calling thread's msgbus_last_error() and returns
+ * `err`, so a failure path reads `return mb_error(MSGBUS_ERR_X, "...")`. */
+MB_HIDDEN msgbus_err_t mb_error(msgbus_err_t err, const char *fmt, ...) MB_PRINTF(2, 3);
+/* Prefixes the current detail with "<prefix>: " (adds context going up). */
+MB_HIDDEN msgbus_err_t mb_error_prefix(msgbus_err_t err, const char *fmt, ...) MB_PRINTF(2, 3);
+
+/* Log through the process-wide hook; cheap when the level is filtered out. */
+MB_HIDDEN void mb_log(msgbus_log_level_t level, const char *fmt, ...) MB_PRINTF(2, 3);
+MB_HIDDEN bool mb_log_enabled(msgbus_log_level_t level);
+
+/* Clocks. */
+MB_HIDDEN int64_t mb_now_ms(void);        /* wall clock, ms since epoch */
+MB_HIDDEN int64_t mb_mono_ms(void);       /* monotonic, ms */
+MB_HIDDEN int64_t mb_mono_us(void);       /* monotonic, µs */
+/* Fills a struct timespec (CLOCK_MONOTONIC) `ms` from now, for condvars
+ * created with mb_cond_init. */
+struct timespec;
+MB_HIDDEN void mb_deadline(struct timespec *ts, int64_t ms);
+
+/* Returns 0 on success like pthread_cond_init, with CLOCK_MONOTONIC. */
+#include <pthread.h>
+MB_HIDDEN int mb_cond_init(pthread_cond_t *c);
+
+/* Duplicates; NULL on out of memory (and for NULL input). */
+MB_HIDDEN char *mb_strdup(const char *s);
+MB_HIDDEN char *mb_strndup(const char *s, size_t n);
+MB_HIDDEN void *mb_memdup(const void *p, size_t n);
+
+/* Fills `out` (at least 37 bytes) with a fresh UUIDv7 string. Any thread. */
+MB_HIDDEN void mb_uuid7(char out[37]);
+
+/* Random 64-bit value from a per-thread generator (not cryptographic). */
+MB_HIDDEN uint64_t mb_random64(void);
+
+/* Name checks used by the public API (topic, group, header name, id). */
+MB_HIDDEN bool mb_valid_name(const char *s, size_t max);
+MB_HIDDEN bool mb_valid_header_name(const char *s);
+MB_HIDDEN bool mb_valid_id(const char *s);
+
+#endif

@@ -1,0 +1,312 @@
+/*
+ * msg.c — messages: payload, key, headers, id, timestamp, and the
+ * received-side fields.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/msg.h"
+
+void mb_sub_msg_released(msgbus_msg_t *m); /* bus.c: drops the sub reference */
+
+static unsigned char mb_empty[1];
+
+msgbus_msg_t *mb_msg_alloc(void)
+{
+    msgbus_msg_t *m = calloc(1, sizeof *m);
+    if (m)
+        m->payload = mb_empty;
+    return m;
+}
+
+MSGBUS_API msgbus_err_t msgbus_msg_new(msgbus_msg_t **out, const void *payload, size_t len)
+{
+    if (!out)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_new: out is NULL");
+    if (!payload && len)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_new: payload is NULL but len is %zu", len);
+    msgbus_msg_t *m = mb_msg_alloc();
+    char id[37];
+    if (!m)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a message");
+    mb_uuid7(id);
+    m->id = mb_memdup(id, sizeof id);
+    if (len) {
+        m->payload = mb_memdup(payload, len);
+        m->len = len;
+    }
+    if (!m->id || !m->payload) {
+        msgbus_msg_free(m);
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a %zu-byte message", len);
+    }
+    m->timestamp = mb_now_ms();
+    *out = m;
+    return MSGBUS_OK;
+}
+
+static void mb_headers_free(msgbus_msg_t *m)
+{
+    for (size_t i = 0; i < m->nheaders; i++) {
+        free(m->headers[i].name);
+        free(m->headers[i].value);
+    }
+    free(m->headers);
+    m->headers = NULL;
+    m->nheaders = m->cap_headers = 0;
+}
+
+MSGBUS_API void msgbus_msg_free(msgbus_msg_t *m)
+{
+    if (!m)
+        return;
+    if (m->sub)
+        mb_sub_msg_released(m); /* backend release hook + sub reference */
+    if (m->payload != mb_empty && !m->payload_borrowed)
+        free(m->payload);
+    free(m->key);
+    mb_headers_free(m);
+    free(m->id);
+    free(m);
+}
+
+msgbus_msg_t *mb_msg_clone(const msgbus_msg_t *src)
+{
+    msgbus_msg_t *m = mb_msg_alloc();
+    if (!m)
+        return NULL;
+    if (src->len && !(m->payload = mb_memdup(src->payload, src->len)))
+        goto fail;
+    m->len = src->len;
+    if (src->key && !(m->key = mb_memdup(src->key, src->key_len ? src->key_len : 1)))
+        goto fail;
+    m->key_len = src->key_len;
+    if (src->id && !(m->id = mb_strdup(src->id)))
+        goto fail;
+    m->timestamp = src->timestamp;
+    for (size_t i = 0; i < src->nheaders; i++)
+        if (mb_msg_put_header(m, src->headers[i].name, strlen(src->headers[i].name),
+                              src->headers[i].value, strlen(src->headers[i].value)))
+            goto fail;
+    return m;
+fail:
+    if (m->payload == NULL)
+        m->payload = mb_empty;
+    msgbus_msg_free(m);
+    return NULL;
+}
+
+MSGBUS_API const void *msgbus_msg_payload(const msgbus_msg_t *m, size_t *len)
+{
+    if (!m) {
+        if (len)
+            *len = 0;
+        return NULL;
+    }
+    if (len)
+        *len = m->len;
+    return m->payload;
+}
+
+MSGBUS_API msgbus_err_t msgbus_msg_set_payload(msgbus_msg_t *m, const void *payload, size_t len)
+{
+    if (!m)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_set_payload: message is NULL");
+    if (!payload && len)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_set_payload: payload is NULL but len is %zu",
+                        len);
+    unsigned char *p = mb_empty;
+    if (len && !(p = mb_memdup(payload, len)))
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a %zu-byte payload", len);
+    if (m->payload != mb_empty && !m->payload_borrowed)
+        free(m->payload);
+    m->payload_borrowed = false;
+    m->payload = p;
+    m->len = len;
+    return MSGBUS_OK;
+}
+
+MSGBUS_API msgbus_err_t msgbus_msg_set_key(msgbus_msg_t *m, const void *key, size_t len)
+{
+    if (!m)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_set_key: message is NULL");
+    unsigned char *k = NULL;
+    if (key && !(k = mb_memdup(key, len ? len : 1)))
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a key");
+    free(m->key);
+    m->key = k;
+    m->key_len = key ? len : 0;
+    return MSGBUS_OK;
+}
+
+MSGBUS_API const void *msgbus_msg_key(const msgbus_msg_t *m, size_t *len)
+{
+    if (len)
+        *len = m && m->key ? m->key_len : 0;
+    return m ? m->key : NULL;
+}
+
+static bool mb_reserved_header(const char *name)
+{
+    return strncmp(name, "msgbus-", 7) == 0 || strcmp(name, "ce_id") == 0 ||
+           strcmp(name, "cloudEvents:id") == 0;
+}
+
+msgbus_err_t mb_msg_put_header(msgbus_msg_t *m, const char *name, size_t name_len,
+                               const char *value, size_t value_len)
+{
+    for (size_t i = 0; i < m->nheaders; i++) {
+        if (strlen(m->headers[i].name) == name_len &&
+            memcmp(m->headers[i].name, name, name_len) == 0) {
+            char *v = mb_strndup(value, value_len);
+            if (!v)
+                return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a header");
+            free(m->headers[i].value);
+            m->headers[i].value = v;
+            return MSGBUS_OK;
+        }
+    }
+    if (m->nheaders == m->cap_headers) {
+        size_t cap = m->cap_headers ? m->cap_headers * 2 : 4;
+        struct mb_header *h = realloc(m->headers, cap * sizeof *h);
+        if (!h)
+            return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a header");
+        m->headers = h;
+        m->cap_headers = cap;
+    }
+    char *n = mb_strndup(name, name_len), *v = mb_strndup(value, value_len);
+    if (!n || !v) {
+        free(n);
+        free(v);
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a header");
+    }
+    m->headers[m->nheaders++] = (struct mb_header){n, v};
+    return MSGBUS_OK;
+}
+
+MSGBUS_API msgbus_err_t msgbus_msg_set_header(msgbus_msg_t *m, const char *name, const char *value)
+{
+    if (!m || !name || !value)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_set_header: %s is NULL",
+                        !m ? "message" : !name ? "name" : "value");
+    if (!mb_valid_header_name(name))
+        return mb_error(MSGBUS_ERR_INVALID,
+                        "invalid header name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ : -",
+                        name, MSGBUS_MAX_HEADER_NAME);
+    if (mb_reserved_header(name))
+        return mb_error(MSGBUS_ERR_INVALID,
+                        "header name '%s' is reserved for msgbus (use msgbus_msg_set_id for ids)",
+                        name);
+    return mb_msg_put_header(m, name, strlen(name), value, strlen(value));
+}
+
+MSGBUS_API msgbus_err_t msgbus_msg_del_header(msgbus_msg_t *m, const char *name)
+{
+    if (!m || !name)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_del_header: %s is NULL",
+                        !m ? "message" : "name");
+    for (size_t i = 0; i < m->nheaders; i++) {
+        if (strcmp(m->headers[i].name, name) == 0) {
+            free(m->headers[i].name);
+            free(m->headers[i].value);
+            memmove(&m->headers[i], &m->headers[i + 1], (m->nheaders - i - 1) * sizeof *m->headers);
+            m->nheaders--;
+            return MSGBUS_OK;
+        }
+    }
+    return mb_error(MSGBUS_ERR_NOT_FOUND, "no header named '%.64s'", name);
+}
+
+MSGBUS_API const char *msgbus_msg_header(const msgbus_msg_t *m, const char *name)
+{
+    if (!m || !name)
+        return NULL;
+    for (size_t i = 0; i < m->nheaders; i++)
+        if (strcmp(m->headers[i].name, name) == 0)
+            return m->headers[i].value;
+    return NULL;
+}
+
+MSGBUS_API size_t msgbus_msg_header_count(const msgbus_msg_t *m)
+{
+    return m ? m->nheaders : 0;
+}
+
+MSGBUS_API msgbus_err_t msgbus_msg_header_at(const msgbus_msg_t *m, size_t i, const char **name,
+                                             const char **value)
+{
+    if (!m)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_header_at: message is NULL");
+    if (i >= m->nheaders)
+        return mb_error(MSGBUS_ERR_NOT_FOUND, "header index %zu past the end (%zu headers)", i,
+                        m->nheaders);
+    if (name)
+        *name = m->headers[i].name;
+    if (value)
+        *value = m->headers[i].value;
+    return MSGBUS_OK;
+}
+
+MSGBUS_API const char *msgbus_msg_id(const msgbus_msg_t *m)
+{
+    return m ? m->id : NULL;
+}
+
+MSGBUS_API msgbus_err_t msgbus_msg_set_id(msgbus_msg_t *m, const char *id)
+{
+    if (!m || !id)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_set_id: %s is NULL", !m ? "message" : "id");
+    if (!mb_valid_id(id))
+        return mb_error(MSGBUS_ERR_INVALID,
+                        "invalid message id '%.64s': use 1..%d printable ASCII characters, no spaces",
+                        id, MSGBUS_MAX_ID);
+    char *copy = mb_strdup(id);
+    if (!copy)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory for an id");
+    free(m->id);
+    m->id = copy;
+    return MSGBUS_OK;
+}
+
+void mb_msg_take_id(msgbus_msg_t *m, char *id)
+{
+    free(m->id);
+    m->id = id;
+}
+
+MSGBUS_API int64_t msgbus_msg_timestamp(const msgbus_msg_t *m)
+{
+    return m ? m->timestamp : 0;
+}
+
+MSGBUS_API msgbus_err_t msgbus_msg_set_timestamp(msgbus_msg_t *m, int64_t ms)
+{
+    if (!m)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_set_timestamp: message is NULL");
+    if (ms < 0)
+        return mb_error(MSGBUS_ERR_INVALID, "timestamp %lld is negative", (long long)ms);
+    m->timestamp = ms;
+    return MSGBUS_OK;
+}
+
+MSGBUS_API const char *msgbus_msg_topic(const msgbus_msg_t *m)
+{
+    return m ? m->topic : NULL;
+}
+
+MSGBUS_API const char *msgbus_msg_group(const msgbus_msg_t *m)
+{
+    return m ? m->group : NULL;
+}
+
+MSGBUS_API int msgbus_msg_attempt(const msgbus_msg_t *m)
+{
+    return m ? m->attempt : 0;
+}
+
+size_t mb_msg_wire_size(const msgbus_msg_t *m)
+{
+    size_t n = m->len + m->key_len + (m->id ? strlen(m->id) : 0);
+    for (size_t i = 0; i < m->nheaders; i++)
+        n += strlen(m->headers[i].name) + strlen(m->headers[i].value) + 2;
+    return n;
+}

@@ -1,0 +1,68 @@
+/*
+ * msg.h — the layout of msgbus_msg_t, shared by the core and the backends
+ * (backends read outgoing messages directly and build received ones).
+ */
+#ifndef MB_MSG_H
+#define MB_MSG_H
+
+#include <stdatomic.h>
+
+#include "core/internal.h"
+
+struct mb_header {
+    char *name;
+    char *value;
+};
+
+enum mb_msg_state {
+    MB_MSG_APP = 0,      /* made by the application */
+    MB_MSG_RECEIVED = 1, /* received, not yet settled */
+    MB_MSG_ACKED = 2,
+    MB_MSG_NACKED = 3
+};
+
+struct msgbus_msg {
+    unsigned char *payload; /* never NULL: "" when empty */
+    size_t len;
+    unsigned char *key;     /* NULL: no key */
+    size_t key_len;
+    struct mb_header *headers;
+    size_t nheaders, cap_headers;
+    char *id;               /* NULL only on a received message without one */
+    int64_t timestamp;
+
+    /* Received messages only. topic and group point into the subscription,
+     * which the message keeps alive by a reference. */
+    const char *topic;
+    const char *group;
+    int attempt;
+    _Atomic int state;      /* enum mb_msg_state */
+    struct msgbus_sub *sub;
+    /* Broker position, for the backend's own use. */
+    int32_t partition;
+    int64_t offset;
+    uint64_t tag;
+    void *backend_data;     /* released by the backend's ops->release */
+
+    /* Payload storage not from malloc (a backend's buffer): the backend's
+     * release hook frees it, msgbus_msg_free must not. */
+    bool payload_borrowed;
+
+    struct msgbus_msg *next; /* link in the core's receive queue */
+};
+
+/* An empty message with no id (for received messages and clones). */
+MB_HIDDEN msgbus_msg_t *mb_msg_alloc(void);
+/* Deep copy of an application message (payload, key, headers, id,
+ * timestamp); NULL on out of memory. */
+MB_HIDDEN msgbus_msg_t *mb_msg_clone(const msgbus_msg_t *m);
+/* Sets a header without the reserved-name check (for backends that decode
+ * received headers, and for msgbus's own headers). */
+MB_HIDDEN msgbus_err_t mb_msg_put_header(msgbus_msg_t *m, const char *name, size_t name_len,
+                                         const char *value, size_t value_len);
+/* Takes over an id (malloc'd string) without checks. */
+MB_HIDDEN void mb_msg_take_id(msgbus_msg_t *m, char *id);
+/* Approximate wire size (payload + key + headers + id), for size limits. */
+MB_HIDDEN size_t mb_msg_wire_size(const msgbus_msg_t *m);
+
+#endif

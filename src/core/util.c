@@ -1,0 +1,202 @@
+/*
+ * util.c — clocks, string duplication, UUIDv7 ids, a per-thread random
+ * generator and the name checks shared by the public API.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "core/internal.h"
+
+int64_t mb_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t mb_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t mb_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void mb_deadline(struct timespec *ts, int64_t ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (ms % 1000) * 1000000;
+    if (ts->tv_nsec >= 1000000000) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000;
+    }
+}
+
+int mb_cond_init(pthread_cond_t *c)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(c, &a);
+    pthread_condattr_destroy(&a);
+    return rc;
+}
+
+char *mb_strdup(const char *s)
+{
+    return s ? mb_memdup(s, strlen(s) + 1) : NULL;
+}
+
+char *mb_strndup(const char *s, size_t n)
+{
+    if (!s)
+        return NULL;
+    char *p = malloc(n + 1);
+    if (p) {
+        memcpy(p, s, n);
+        p[n] = '\0';
+    }
+    return p;
+}
+
+void *mb_memdup(const void *p, size_t n)
+{
+    if (!p)
+        return NULL;
+    void *q = malloc(n ? n : 1);
+    if (q && n)
+        memcpy(q, p, n);
+    return q;
+}
+
+/* xoshiro256** per thread, seeded from getrandom: ids need uniqueness, not
+ * secrecy, and a syscall per id would cost more than the rest of publish. */
+static _Thread_local uint64_t mb_rng[4];
+static _Thread_local bool mb_rng_seeded;
+
+static inline uint64_t mb_rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+uint64_t mb_random64(void)
+{
+    if (!mb_rng_seeded) {
+        if (getrandom(mb_rng, sizeof mb_rng, 0) != (ssize_t)sizeof mb_rng) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            mb_rng[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32);
+            mb_rng[1] = (uint64_t)(uintptr_t)&ts;
+            mb_rng[2] = 0x9e3779b97f4a7c15ull;
+            mb_rng[3] = (uint64_t)pthread_self();
+        }
+        mb_rng_seeded = true;
+    }
+    uint64_t *s = mb_rng;
+    uint64_t result = mb_rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = mb_rotl(s[3], 45);
+    return result;
+}
+
+/* UUIDv7 (RFC 9562): 48-bit ms timestamp, version 7, 12 bits of sub-ms
+ * sequence so ids made by one thread in one millisecond still sort, 62
+ * random bits. */
+void mb_uuid7(char out[37])
+{
+    static _Thread_local int64_t last_ms;
+    static _Thread_local unsigned seq;
+    int64_t ms = mb_now_ms();
+    if (ms <= last_ms) {
+        /* Same millisecond (or the clock stepped back): count up; when the
+         * 12-bit counter runs out, borrow the next millisecond (RFC 9562
+         * §6.2 allows this) so ids from one thread always increase. */
+        if (++seq > 0xfff) {
+            seq = 0;
+            last_ms++;
+        }
+        ms = last_ms;
+    } else {
+        last_ms = ms;
+        seq = (unsigned)(mb_random64() & 0x3ff); /* leave room to count up */
+    }
+    uint64_t r = mb_random64();
+    unsigned char b[16];
+    for (int i = 0; i < 6; i++)
+        b[i] = (unsigned char)((uint64_t)ms >> (40 - 8 * i));
+    b[6] = (unsigned char)(0x70 | ((seq >> 8) & 0x0f));
+    b[7] = (unsigned char)(seq & 0xff);
+    b[8] = (unsigned char)(0x80 | ((r >> 56) & 0x3f));
+    for (int i = 9; i < 16; i++)
+        b[i] = (unsigned char)(r >> (8 * (15 - i)));
+    static const char hex[] = "0123456789abcdef";
+    char *p = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *p++ = '-';
+        *p++ = hex[b[i] >> 4];
+        *p++ = hex[b[i] & 15];
+    }
+    *p = '\0';
+}
+
+bool mb_valid_name(const char *s, size_t max)
+{
+    if (!s || !*s)
+        return false;
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return false;
+        if (n >= max)
+            return false;
+    }
+    return true;
+}
+
+bool mb_valid_header_name(const char *s)
+{
+    if (!s || !*s)
+        return false;
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-' || c == ':'))
+            return false;
+    }
+    return n <= MSGBUS_MAX_HEADER_NAME;
+}
+
+bool mb_valid_id(const char *s)
+{
+    if (!s || !*s)
+        return false;
+    size_t n = 0;
+    for (; s[n]; n++)
+        if ((unsigned char)s[n] <= 0x20 || (unsigned char)s[n] >= 0x7f)
+            return false;
+    return n <= MSGBUS_MAX_ID;
+}
+
+MSGBUS_API const char *msgbus_version(void)
+{
+    return MSGBUS_VERSION_STRING;
+}

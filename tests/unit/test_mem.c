@@ -1,0 +1,548 @@
+/*
+ * test_mem.c — the mem:// backend and the core around it: groups,
+ * broadcast, per-key order under concurrency, ack/nack/redelivery,
+ * declare, confirms and callbacks, the wake-up descriptor.
+ */
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+static msgbus_t *open_mem(const char *extra)
+{
+    char url[128], name[64];
+    tu_unique(name, sizeof name, "t");
+    snprintf(url, sizeof url, "mem://%s%s", name, extra ? extra : "");
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    return bus;
+}
+
+static char *payload_str(msgbus_msg_t *m)
+{
+    size_t n;
+    const char *p = msgbus_msg_payload(m, &n);
+    static _Thread_local char buf[256];
+    snprintf(buf, sizeof buf, "%.*s", (int)n, p);
+    return buf;
+}
+
+START_TEST(every_group_gets_every_message)
+{
+    msgbus_t *bus = open_mem(NULL);
+    msgbus_sub_t *a, *b;
+    tu_ck_ok(msgbus_subscribe(bus, "orders", "billing", &a));
+    tu_ck_ok(msgbus_subscribe(bus, "orders", "shipping", &b));
+    for (int i = 0; i < 10; i++) {
+        char p[16];
+        snprintf(p, sizeof p, "%d", i);
+        tu_publish_str(bus, "orders", NULL, p);
+    }
+    msgbus_sub_t *subs[2] = {a, b};
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < 10; i++) {
+            msgbus_msg_t *m = tu_receive(subs[s], 1000);
+            ck_assert_ptr_nonnull(m);
+            ck_assert_int_eq(atoi(payload_str(m)), i);
+            ck_assert_str_eq(msgbus_msg_topic(m), "orders");
+            ck_assert_str_eq(msgbus_msg_group(m), s == 0 ? "billing" : "shipping");
+            ck_assert_int_eq(msgbus_msg_attempt(m), 1);
+            tu_ck_ok(msgbus_ack(m));
+            msgbus_msg_free(m);
+        }
+    ck_assert_ptr_null(tu_receive(a, 0));
+    msgbus_sub_close(a);
+    msgbus_sub_close(b);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(members_share_and_no_message_reaches_both)
+{
+    msgbus_t *bus = open_mem("?prefetch=10");
+    msgbus_sub_t *a, *b;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &a));
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &b));
+    enum { N = 200 };
+    int seen[N] = {0}, got_a = 0, got_b = 0;
+    for (int i = 0; i < N; i++) {
+        char p[16];
+        snprintf(p, sizeof p, "%d", i);
+        tu_publish_str(bus, "t", NULL, p);
+    }
+    for (int done = 0; done < N;) {
+        msgbus_msg_t *m;
+        int got = 0;
+        while ((m = tu_receive(a, 0))) {
+            seen[atoi(payload_str(m))]++, got_a++, got++, done++;
+            msgbus_ack(m);
+            msgbus_msg_free(m);
+        }
+        while ((m = tu_receive(b, 0))) {
+            seen[atoi(payload_str(m))]++, got_b++, got++, done++;
+            msgbus_ack(m);
+            msgbus_msg_free(m);
+        }
+        ck_assert_msg(got > 0 || done == N, "stalled at %d", done);
+    }
+    for (int i = 0; i < N; i++)
+        ck_assert_int_eq(seen[i], 1);
+    ck_assert_int_gt(got_a, 0);
+    ck_assert_int_gt(got_b, 0);
+    msgbus_sub_close(a);
+    msgbus_sub_close(b);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(broadcast_sees_only_what_follows_it)
+{
+    msgbus_t *bus = open_mem(NULL);
+    msgbus_sub_t *g;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &g)); /* so the topic keeps data */
+    tu_publish_str(bus, "t", NULL, "before");
+    msgbus_sub_t *b1, *b2;
+    tu_ck_ok(msgbus_subscribe(bus, "t", NULL, &b1));
+    tu_ck_ok(msgbus_subscribe(bus, "t", NULL, &b2));
+    tu_publish_str(bus, "t", NULL, "after");
+    msgbus_sub_t *bs[2] = {b1, b2};
+    for (int i = 0; i < 2; i++) {
+        msgbus_msg_t *m = tu_receive(bs[i], 1000);
+        ck_assert_ptr_nonnull(m);
+        ck_assert_str_eq(payload_str(m), "after");
+        ck_assert_ptr_null(msgbus_msg_group(m));
+        msgbus_ack(m);
+        msgbus_msg_free(m);
+        ck_assert_ptr_null(tu_receive(bs[i], 0));
+    }
+    msgbus_sub_close(b1);
+    msgbus_sub_close(b2);
+    msgbus_sub_close(g);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(nack_redelivers_with_attempt_raised)
+{
+    msgbus_t *bus = open_mem(NULL);
+    msgbus_sub_t *s;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &s));
+    msgbus_msg_t *out;
+    tu_ck_ok(msgbus_msg_new(&out, "p\0q", 3));
+    tu_ck_ok(msgbus_msg_set_header(out, "h", "v"));
+    tu_ck_ok(msgbus_publish(bus, "t", out, NULL, NULL));
+    msgbus_msg_t *m = tu_receive(s, 1000);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_str_eq(msgbus_msg_id(m), msgbus_msg_id(out));
+    tu_ck_ok(msgbus_nack(m));
+    tu_ck_err(msgbus_ack(m), MSGBUS_ERR_STATE); /* settled already */
+    msgbus_msg_free(m);
+    m = tu_receive(s, 1000);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_int_eq(msgbus_msg_attempt(m), 2);
+    ck_assert_str_eq(msgbus_msg_id(m), msgbus_msg_id(out));
+    size_t n;
+    ck_assert_int_eq(memcmp(msgbus_msg_payload(m, &n), "p\0q", 3), 0);
+    ck_assert_uint_eq(n, 3);
+    ck_assert_str_eq(msgbus_msg_header(m, "h"), "v");
+    tu_ck_ok(msgbus_ack(m));
+    msgbus_msg_free(m);
+    ck_assert_ptr_null(tu_receive(s, 50));
+    msgbus_msg_free(out);
+    msgbus_sub_close(s);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(unacked_go_to_remaining_member_on_close)
+{
+    msgbus_t *bus = open_mem(NULL);
+    msgbus_sub_t *a, *b;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &a));
+    for (int i = 0; i < 5; i++)
+        tu_publish_str(bus, "t", NULL, "x");
+    msgbus_msg_t *held = tu_receive(a, 1000); /* received, never settled */
+    ck_assert_ptr_nonnull(held);
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &b));
+    ck_assert_ptr_null(tu_receive(b, 50)); /* a holds all five */
+    msgbus_sub_close(a);
+    tu_ck_err(msgbus_ack(held), MSGBUS_ERR_CLOSED);
+    ck_assert(strstr(msgbus_last_error(), "closed"));
+    msgbus_msg_free(held);
+    for (int i = 0; i < 5; i++) {
+        msgbus_msg_t *m = tu_receive(b, 1000);
+        ck_assert_ptr_nonnull(m);
+        ck_assert_int_eq(msgbus_msg_attempt(m), i == 0 ? 2 : 2); /* all were delivered to a */
+        msgbus_ack(m);
+        msgbus_msg_free(m);
+    }
+    ck_assert_ptr_null(tu_receive(b, 50));
+    msgbus_sub_close(b);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(acked_not_delivered_again_after_reconnect)
+{
+    msgbus_t *bus = open_mem(NULL);
+    msgbus_sub_t *s;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &s));
+    for (int i = 0; i < 3; i++)
+        tu_publish_str(bus, "t", NULL, "acked");
+    for (int i = 0; i < 3; i++) {
+        msgbus_msg_t *m = tu_receive(s, 1000);
+        tu_ck_ok(msgbus_ack(m));
+        msgbus_msg_free(m);
+    }
+    msgbus_sub_close(s);
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &s));
+    tu_publish_str(bus, "t", NULL, "marker");
+    msgbus_msg_t *m = tu_receive(s, 1000);
+    ck_assert_str_eq(payload_str(m), "marker");
+    msgbus_ack(m);
+    msgbus_msg_free(m);
+    msgbus_sub_close(s);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(declare_keeps_messages_for_a_later_consumer)
+{
+    msgbus_t *bus = open_mem(NULL);
+    tu_ck_ok(msgbus_declare(bus, "t", "late"));
+    tu_publish_str(bus, "t", NULL, "kept");
+    tu_publish_str(bus, "other", NULL, "no group: not kept");
+    msgbus_sub_t *s;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "late", &s));
+    msgbus_msg_t *m = tu_receive(s, 1000);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_str_eq(payload_str(m), "kept");
+    msgbus_ack(m);
+    msgbus_msg_free(m);
+    msgbus_sub_close(s);
+    tu_ck_err(msgbus_declare(bus, "bad topic", "g"), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_declare(bus, "t", "bad/group"), MSGBUS_ERR_INVALID);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(buses_on_one_name_share_a_broker_and_names_isolate)
+{
+    msgbus_t *p, *c, *other;
+    tu_ck_ok(msgbus_open(&p, "mem://shared-x", NULL));
+    tu_ck_ok(msgbus_open(&c, "mem://shared-x", NULL));
+    tu_ck_ok(msgbus_open(&other, "mem://shared-y", NULL));
+    msgbus_sub_t *s, *so;
+    tu_ck_ok(msgbus_subscribe(c, "t", "g", &s));
+    tu_ck_ok(msgbus_subscribe(other, "t", "g", &so));
+    tu_publish_str(p, "t", NULL, "hello");
+    msgbus_msg_t *m = tu_receive(s, 1000);
+    ck_assert_ptr_nonnull(m);
+    msgbus_ack(m);
+    msgbus_msg_free(m);
+    ck_assert_ptr_null(tu_receive(so, 50));
+    msgbus_sub_close(s);
+    msgbus_sub_close(so);
+    msgbus_close(p);
+    msgbus_close(c);
+    msgbus_close(other);
+}
+END_TEST
+
+struct cbstate {
+    int calls;
+    msgbus_err_t status;
+    char topic[64];
+    char id[64];
+};
+
+static void on_delivery(void *opaque, const msgbus_report_t *r)
+{
+    struct cbstate *st = opaque;
+    st->calls++;
+    st->status = r->status;
+    snprintf(st->topic, sizeof st->topic, "%s", r->topic);
+    snprintf(st->id, sizeof st->id, "%s", r->msg_id);
+}
+
+START_TEST(callbacks_served_by_poll_and_flush)
+{
+    msgbus_t *bus = open_mem(NULL);
+    struct cbstate st = {0};
+    msgbus_msg_t *m;
+    tu_ck_ok(msgbus_msg_new(&m, "x", 1));
+    tu_ck_ok(msgbus_publish(bus, "t", m, on_delivery, &st));
+    ck_assert_int_eq(st.calls, 0); /* only on the polling thread */
+    int served = -1;
+    tu_ck_ok(msgbus_poll(bus, 100, &served));
+    ck_assert_int_eq(served, 1);
+    ck_assert_int_eq(st.calls, 1);
+    ck_assert_int_eq(st.status, MSGBUS_OK);
+    ck_assert_str_eq(st.topic, "t");
+    ck_assert_str_eq(st.id, msgbus_msg_id(m));
+    tu_ck_ok(msgbus_publish(bus, "t", m, on_delivery, &st));
+    size_t failed = 99;
+    tu_ck_ok(msgbus_flush(bus, 1000, &failed));
+    ck_assert_uint_eq(failed, 0);
+    ck_assert_int_eq(st.calls, 2);
+    ck_assert_uint_eq(msgbus_outstanding(bus), 0);
+    tu_ck_ok(msgbus_poll(bus, 0, &served));
+    ck_assert_int_eq(served, 0);
+    msgbus_msg_free(m);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(bad_publish_input_changes_nothing)
+{
+    msgbus_t *bus = open_mem("?max_message_bytes=1024");
+    msgbus_sub_t *s;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &s));
+    msgbus_msg_t *m;
+    static char big[2048];
+    tu_ck_ok(msgbus_msg_new(&m, big, sizeof big));
+    tu_ck_err(msgbus_publish(bus, "t", m, NULL, NULL), MSGBUS_ERR_TOO_LARGE);
+    ck_assert(strstr(msgbus_last_error(), "max_message_bytes"));
+    tu_ck_err(msgbus_publish(bus, "", m, NULL, NULL), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_publish(bus, "a b", m, NULL, NULL), MSGBUS_ERR_INVALID);
+    char longtopic[300];
+    memset(longtopic, 't', sizeof longtopic - 1);
+    longtopic[sizeof longtopic - 1] = 0;
+    tu_ck_err(msgbus_publish(bus, longtopic, m, NULL, NULL), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_publish(bus, NULL, m, NULL, NULL), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_publish(bus, "t", NULL, NULL, NULL), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_publish(NULL, "t", m, NULL, NULL), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_subscribe(bus, "t", "", &s), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_flush(NULL, 0, NULL), MSGBUS_ERR_INVALID);
+    ck_assert_uint_eq(msgbus_outstanding(bus), 0);
+    ck_assert_ptr_null(tu_receive(s, 50));
+    msgbus_msg_free(m);
+    msgbus_sub_close(s);
+    msgbus_close(bus);
+    msgbus_close(NULL);
+    msgbus_sub_close(NULL);
+}
+END_TEST
+
+static int readable(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
+START_TEST(fd_readable_exactly_while_work_waits)
+{
+    msgbus_t *bus = open_mem(NULL);
+    int fd = msgbus_fd(bus);
+    ck_assert_int_ge(fd, 0);
+    msgbus_sub_t *s;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &s));
+    ck_assert(!readable(fd));
+    tu_publish_str(bus, "t", NULL, "a");
+    tu_publish_str(bus, "t", NULL, "b");
+    ck_assert(readable(fd));
+    msgbus_msg_t *m = tu_receive(s, 0);
+    msgbus_ack(m);
+    msgbus_msg_free(m);
+    ck_assert(readable(fd)); /* one still waiting */
+    m = tu_receive(s, 0);
+    msgbus_ack(m);
+    msgbus_msg_free(m);
+    ck_assert(!readable(fd));
+    struct cbstate st = {0};
+    msgbus_msg_t *out;
+    tu_ck_ok(msgbus_msg_new(&out, "x", 1));
+    tu_ck_ok(msgbus_publish(bus, "t", out, on_delivery, &st));
+    ck_assert(readable(fd)); /* a callback and a message */
+    tu_ck_ok(msgbus_poll(bus, 0, NULL));
+    ck_assert(readable(fd));
+    m = tu_receive(s, 0);
+    msgbus_ack(m);
+    msgbus_msg_free(m);
+    ck_assert(!readable(fd));
+    msgbus_msg_free(out);
+    msgbus_sub_close(s);
+    msgbus_close(bus);
+}
+END_TEST
+
+/* 4 publisher threads × 2 members of one group: every message exactly once
+ * per group, and per key in publish order. */
+enum { PUBLISHERS = 4, PER_PUBLISHER = 5000, KEYS_PER_PUBLISHER = 8 };
+
+struct pubarg {
+    msgbus_t *bus;
+    int id;
+};
+
+static void *publisher(void *arg)
+{
+    struct pubarg *a = arg;
+    for (int i = 0; i < PER_PUBLISHER; i++) {
+        char key[32], payload[64];
+        int k = i % KEYS_PER_PUBLISHER;
+        snprintf(key, sizeof key, "p%d-k%d", a->id, k);
+        snprintf(payload, sizeof payload, "%d %d %d", a->id, k, i / KEYS_PER_PUBLISHER);
+        msgbus_msg_t *m;
+        if (msgbus_msg_new(&m, payload, strlen(payload)) || msgbus_msg_set_key(m, key, strlen(key)))
+            return (void *)1;
+        msgbus_err_t e;
+        while ((e = msgbus_publish(a->bus, "load", m, NULL, NULL)) == MSGBUS_ERR_QUEUE_FULL)
+            msgbus_poll(a->bus, 1, NULL);
+        msgbus_msg_free(m);
+        if (e)
+            return (void *)1;
+    }
+    return NULL;
+}
+
+struct consarg {
+    msgbus_sub_t *sub;
+    int count;
+    int *seen;                 /* [PUBLISHERS * PER_PUBLISHER], shared */
+    int (*next)[KEYS_PER_PUBLISHER]; /* next expected seq per key, shared */
+    pthread_mutex_t *mu;
+    int order_errors;
+    int total_target;
+    int *total;
+};
+
+static void *consumer(void *arg)
+{
+    struct consarg *c = arg;
+    for (;;) {
+        pthread_mutex_lock(c->mu);
+        int done = *c->total >= c->total_target;
+        pthread_mutex_unlock(c->mu);
+        if (done)
+            break;
+        msgbus_msg_t *m = NULL;
+        if (msgbus_receive(c->sub, 50, &m) != MSGBUS_OK)
+            continue;
+        size_t n;
+        const char *p = msgbus_msg_payload(m, &n);
+        char buf[64];
+        snprintf(buf, sizeof buf, "%.*s", (int)n, p);
+        int pub, k, seq;
+        sscanf(buf, "%d %d %d", &pub, &k, &seq);
+        pthread_mutex_lock(c->mu);
+        /* Key order across both members: each key's messages arrive in
+         * sequence, whichever member gets them. */
+        if (c->next[pub][k] != seq)
+            c->order_errors++;
+        c->next[pub][k] = seq + 1;
+        c->seen[pub * PER_PUBLISHER + seq * KEYS_PER_PUBLISHER + k]++;
+        (*c->total)++;
+        pthread_mutex_unlock(c->mu);
+        c->count++;
+        msgbus_ack(m);
+        msgbus_msg_free(m);
+    }
+    return NULL;
+}
+
+START_TEST(concurrent_publishers_two_members_exactly_once_in_key_order)
+{
+    msgbus_t *bus = open_mem("?prefetch=64");
+    msgbus_sub_t *s1, *s2;
+    tu_ck_ok(msgbus_subscribe(bus, "load", "g", &s1));
+    tu_ck_ok(msgbus_subscribe(bus, "load", "g", &s2));
+    static int seen[PUBLISHERS * PER_PUBLISHER];
+    static int next[PUBLISHERS][KEYS_PER_PUBLISHER];
+    memset(seen, 0, sizeof seen);
+    memset(next, 0, sizeof next);
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    int total = 0;
+    struct consarg ca[2];
+    msgbus_sub_t *subs[2] = {s1, s2};
+    pthread_t ct[2], pt[PUBLISHERS];
+    for (int i = 0; i < 2; i++) {
+        ca[i] = (struct consarg){.sub = subs[i], .seen = seen, .next = next, .mu = &mu,
+                                 .total_target = PUBLISHERS * PER_PUBLISHER, .total = &total};
+        pthread_create(&ct[i], NULL, consumer, &ca[i]);
+    }
+    struct pubarg pa[PUBLISHERS];
+    for (int i = 0; i < PUBLISHERS; i++) {
+        pa[i] = (struct pubarg){bus, i};
+        pthread_create(&pt[i], NULL, publisher, &pa[i]);
+    }
+    for (int i = 0; i < PUBLISHERS; i++) {
+        void *r;
+        pthread_join(pt[i], &r);
+        ck_assert_ptr_null(r);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(ct[i], NULL);
+    int dups = 0, missing = 0;
+    for (int i = 0; i < PUBLISHERS * PER_PUBLISHER; i++) {
+        if (seen[i] == 0)
+            missing++;
+        if (seen[i] > 1)
+            dups++;
+    }
+    printf("concurrent: consumed %d (member 1: %d, member 2: %d), missing %d, duplicates %d, "
+           "order errors %d\n",
+           total, ca[0].count, ca[1].count, missing, dups, ca[0].order_errors + ca[1].order_errors);
+    ck_assert_int_eq(missing, 0);
+    ck_assert_int_eq(dups, 0);
+    ck_assert_int_eq(ca[0].order_errors + ca[1].order_errors, 0);
+    ck_assert_int_gt(ca[0].count, 0);
+    ck_assert_int_gt(ca[1].count, 0);
+    msgbus_sub_close(s1);
+    msgbus_sub_close(s2);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(key_held_by_one_member_while_it_has_unsettled)
+{
+    msgbus_t *bus = open_mem(NULL);
+    msgbus_sub_t *a, *b;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &a));
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &b));
+    for (int i = 0; i < 6; i++)
+        tu_publish_str(bus, "t", "same-key", "x");
+    /* All six go to one member; the other gets none of that key. */
+    int na = 0, nb = 0;
+    msgbus_msg_t *m;
+    while ((m = tu_receive(a, 0))) {
+        na++;
+        msgbus_ack(m);
+        msgbus_msg_free(m);
+    }
+    while ((m = tu_receive(b, 0))) {
+        nb++;
+        msgbus_ack(m);
+        msgbus_msg_free(m);
+    }
+    ck_assert_int_eq(na + nb, 6);
+    ck_assert_msg(na == 0 || nb == 0, "key split across members: %d / %d", na, nb);
+    msgbus_sub_close(a);
+    msgbus_sub_close(b);
+    msgbus_close(bus);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("mem");
+    TCase *tc = tcase_create("model");
+    tcase_add_test(tc, every_group_gets_every_message);
+    tcase_add_test(tc, members_share_and_no_message_reaches_both);
+    tcase_add_test(tc, broadcast_sees_only_what_follows_it);
+    tcase_add_test(tc, nack_redelivers_with_attempt_raised);
+    tcase_add_test(tc, unacked_go_to_remaining_member_on_close);
+    tcase_add_test(tc, acked_not_delivered_again_after_reconnect);
+    tcase_add_test(tc, declare_keeps_messages_for_a_later_consumer);
+    tcase_add_test(tc, buses_on_one_name_share_a_broker_and_names_isolate);
+    tcase_add_test(tc, callbacks_served_by_poll_and_flush);
+    tcase_add_test(tc, bad_publish_input_changes_nothing);
+    tcase_add_test(tc, fd_readable_exactly_while_work_waits);
+    tcase_add_test(tc, key_held_by_one_member_while_it_has_unsettled);
+    tcase_add_test(tc, concurrent_publishers_two_members_exactly_once_in_key_order);
+    suite_add_tcase(s, tc);
+    return tu_run_suite(s);
+}

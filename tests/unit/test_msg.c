@@ -1,0 +1,190 @@
+/*
+ * test_msg.c — messages and headers: binary payloads, keys, header rules,
+ * ids and timestamps, and the rule that bad input changes nothing.
+ */
+#include <string.h>
+
+#include "core/internal.h"
+#include "testutil.h"
+
+START_TEST(payload_is_copied_and_may_hold_nul_bytes)
+{
+    unsigned char buf[5] = {'a', 0, 'b', 0, 'c'};
+    msgbus_msg_t *m;
+    tu_ck_ok(msgbus_msg_new(&m, buf, sizeof buf));
+    buf[0] = 'X';
+    size_t len;
+    const unsigned char *p = msgbus_msg_payload(m, &len);
+    ck_assert_uint_eq(len, 5);
+    ck_assert_int_eq(memcmp(p, "a\0b\0c", 5), 0);
+    tu_ck_ok(msgbus_msg_set_payload(m, "xy", 2));
+    p = msgbus_msg_payload(m, &len);
+    ck_assert_uint_eq(len, 2);
+    ck_assert_int_eq(memcmp(p, "xy", 2), 0);
+    msgbus_msg_free(m);
+}
+END_TEST
+
+START_TEST(empty_payload)
+{
+    msgbus_msg_t *m;
+    tu_ck_ok(msgbus_msg_new(&m, NULL, 0));
+    size_t len = 99;
+    ck_assert_ptr_nonnull(msgbus_msg_payload(m, &len));
+    ck_assert_uint_eq(len, 0);
+    tu_ck_err(msgbus_msg_set_payload(m, NULL, 3), MSGBUS_ERR_INVALID);
+    msgbus_msg_free(m);
+    tu_ck_err(msgbus_msg_new(&m, NULL, 1), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_msg_new(NULL, "a", 1), MSGBUS_ERR_INVALID);
+}
+END_TEST
+
+START_TEST(binary_key_set_replace_remove)
+{
+    msgbus_msg_t *m;
+    tu_ck_ok(msgbus_msg_new(&m, "x", 1));
+    size_t len = 7;
+    ck_assert_ptr_null(msgbus_msg_key(m, &len));
+    ck_assert_uint_eq(len, 0);
+    tu_ck_ok(msgbus_msg_set_key(m, "k\0y", 3));
+    const char *k = msgbus_msg_key(m, &len);
+    ck_assert_uint_eq(len, 3);
+    ck_assert_int_eq(memcmp(k, "k\0y", 3), 0);
+    tu_ck_ok(msgbus_msg_set_key(m, "", 0)); /* an empty key is a key */
+    ck_assert_ptr_nonnull(msgbus_msg_key(m, &len));
+    ck_assert_uint_eq(len, 0);
+    tu_ck_ok(msgbus_msg_set_key(m, NULL, 0));
+    ck_assert_ptr_null(msgbus_msg_key(m, NULL));
+    msgbus_msg_free(m);
+}
+END_TEST
+
+START_TEST(headers_get_set_iterate_delete)
+{
+    msgbus_msg_t *m;
+    tu_ck_ok(msgbus_msg_new(&m, "x", 1));
+    tu_ck_ok(msgbus_msg_set_header(m, "content-type", "application/json"));
+    tu_ck_ok(msgbus_msg_set_header(m, "ce_type", "order.created"));
+    tu_ck_ok(msgbus_msg_set_header(m, "trace:id", ""));
+    tu_ck_ok(msgbus_msg_set_header(m, "content-type", "text/plain")); /* replaces */
+    ck_assert_uint_eq(msgbus_msg_header_count(m), 3);
+    ck_assert_str_eq(msgbus_msg_header(m, "content-type"), "text/plain");
+    ck_assert_str_eq(msgbus_msg_header(m, "trace:id"), "");
+    ck_assert_ptr_null(msgbus_msg_header(m, "Content-Type")); /* case-sensitive */
+    const char *n, *v;
+    tu_ck_ok(msgbus_msg_header_at(m, 1, &n, &v));
+    ck_assert_str_eq(n, "ce_type");
+    ck_assert_str_eq(v, "order.created");
+    tu_ck_err(msgbus_msg_header_at(m, 3, &n, &v), MSGBUS_ERR_NOT_FOUND);
+    tu_ck_ok(msgbus_msg_del_header(m, "ce_type"));
+    tu_ck_err(msgbus_msg_del_header(m, "ce_type"), MSGBUS_ERR_NOT_FOUND);
+    ck_assert_uint_eq(msgbus_msg_header_count(m), 2);
+    tu_ck_ok(msgbus_msg_header_at(m, 1, &n, &v));
+    ck_assert_str_eq(n, "trace:id");
+    msgbus_msg_free(m);
+}
+END_TEST
+
+START_TEST(invalid_header_names_refused_and_change_nothing)
+{
+    msgbus_msg_t *m;
+    tu_ck_ok(msgbus_msg_new(&m, "x", 1));
+    char longname[300];
+    memset(longname, 'a', sizeof longname - 1);
+    longname[sizeof longname - 1] = 0;
+    const char *bad[] = {"", "has space", "new\nline", "semi;colon", "ümlaut", longname};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        tu_ck_err(msgbus_msg_set_header(m, bad[i], "v"), MSGBUS_ERR_INVALID);
+        ck_assert(strstr(msgbus_last_error(), "invalid header name"));
+    }
+    const char *reserved[] = {"ce_id", "cloudEvents:id", "msgbus-attempt"};
+    for (size_t i = 0; i < 3; i++) {
+        tu_ck_err(msgbus_msg_set_header(m, reserved[i], "v"), MSGBUS_ERR_INVALID);
+        ck_assert(strstr(msgbus_last_error(), "reserved"));
+    }
+    tu_ck_err(msgbus_msg_set_header(m, NULL, "v"), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_msg_set_header(m, "n", NULL), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_msg_set_header(NULL, "n", "v"), MSGBUS_ERR_INVALID);
+    ck_assert_uint_eq(msgbus_msg_header_count(m), 0);
+    msgbus_msg_free(m);
+}
+END_TEST
+
+START_TEST(ids_are_uuid7_unique_and_settable)
+{
+    msgbus_msg_t *a, *b;
+    tu_ck_ok(msgbus_msg_new(&a, "x", 1));
+    tu_ck_ok(msgbus_msg_new(&b, "x", 1));
+    const char *ia = msgbus_msg_id(a), *ib = msgbus_msg_id(b);
+    ck_assert_uint_eq(strlen(ia), 36);
+    ck_assert_int_eq(ia[14], '7'); /* version */
+    ck_assert(strchr("89ab", ia[19]));  /* variant */
+    ck_assert_str_ne(ia, ib);
+    ck_assert_int_lt(strcmp(ia, ib), 0); /* time-ordered within a thread */
+    tu_ck_ok(msgbus_msg_set_id(a, "order-42"));
+    ck_assert_str_eq(msgbus_msg_id(a), "order-42");
+    tu_ck_err(msgbus_msg_set_id(a, "has space"), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_msg_set_id(a, ""), MSGBUS_ERR_INVALID);
+    ck_assert_str_eq(msgbus_msg_id(a), "order-42");
+    msgbus_msg_free(a);
+    msgbus_msg_free(b);
+}
+END_TEST
+
+START_TEST(many_ids_unique)
+{
+    enum { N = 20000 };
+    static char ids[N][37];
+    for (int i = 0; i < N; i++)
+        mb_uuid7(ids[i]);
+    for (int i = 1; i < N; i++)
+        ck_assert_msg(strcmp(ids[i - 1], ids[i]) < 0, "ids %d and %d not increasing", i - 1, i);
+}
+END_TEST
+
+START_TEST(timestamp_defaults_to_now)
+{
+    msgbus_msg_t *m;
+    int64_t before = mb_now_ms();
+    tu_ck_ok(msgbus_msg_new(&m, "x", 1));
+    ck_assert_int_ge(msgbus_msg_timestamp(m), before);
+    ck_assert_int_le(msgbus_msg_timestamp(m), mb_now_ms());
+    tu_ck_ok(msgbus_msg_set_timestamp(m, 1234));
+    ck_assert_int_eq(msgbus_msg_timestamp(m), 1234);
+    tu_ck_err(msgbus_msg_set_timestamp(m, -1), MSGBUS_ERR_INVALID);
+    ck_assert_int_eq(msgbus_msg_timestamp(m), 1234);
+    ck_assert_ptr_null(msgbus_msg_topic(m));
+    ck_assert_ptr_null(msgbus_msg_group(m));
+    ck_assert_int_eq(msgbus_msg_attempt(m), 0);
+    msgbus_msg_free(m);
+    msgbus_msg_free(NULL);
+}
+END_TEST
+
+START_TEST(ack_of_application_message_is_state_error)
+{
+    msgbus_msg_t *m;
+    tu_ck_ok(msgbus_msg_new(&m, "x", 1));
+    tu_ck_err(msgbus_ack(m), MSGBUS_ERR_STATE);
+    ck_assert(strstr(msgbus_last_error(), "not a received message"));
+    tu_ck_err(msgbus_nack(NULL), MSGBUS_ERR_INVALID);
+    msgbus_msg_free(m);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("msg");
+    TCase *tc = tcase_create("msg");
+    tcase_add_test(tc, payload_is_copied_and_may_hold_nul_bytes);
+    tcase_add_test(tc, empty_payload);
+    tcase_add_test(tc, binary_key_set_replace_remove);
+    tcase_add_test(tc, headers_get_set_iterate_delete);
+    tcase_add_test(tc, invalid_header_names_refused_and_change_nothing);
+    tcase_add_test(tc, ids_are_uuid7_unique_and_settable);
+    tcase_add_test(tc, many_ids_unique);
+    tcase_add_test(tc, timestamp_defaults_to_now);
+    tcase_add_test(tc, ack_of_application_message_is_state_error);
+    suite_add_tcase(s, tc);
+    return tu_run_suite(s);
+}

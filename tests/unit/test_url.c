@@ -1,0 +1,315 @@
+/*
+ * test_url.c — URL parsing: good URLs give the parts they should, bad ones
+ * give MSGBUS_ERR_CONFIG with a detail naming the problem and never the
+ * password.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/url.h"
+#include "testutil.h"
+
+static struct mb_url *parse_ok(const char *text)
+{
+    struct mb_url *u = NULL;
+    msgbus_err_t e = mb_url_parse(text, &u);
+    ck_assert_msg(e == MSGBUS_OK, "'%s' should parse: %s", text, msgbus_last_error());
+    return u;
+}
+
+START_TEST(kafka_host_list)
+{
+    struct mb_url *u = parse_ok("kafka://h1:9092,h2:9093,h3");
+    ck_assert_str_eq(u->scheme, "kafka");
+    ck_assert_uint_eq(u->nhosts, 3);
+    ck_assert_str_eq(u->hosts[0].host, "h1");
+    ck_assert_int_eq(u->hosts[0].port, 9092);
+    ck_assert_str_eq(u->hosts[1].host, "h2");
+    ck_assert_int_eq(u->hosts[1].port, 9093);
+    ck_assert_int_eq(u->hosts[2].port, 0);
+    ck_assert_ptr_null(u->user);
+    mb_url_free(u);
+}
+END_TEST
+
+START_TEST(amqp_credentials_vhost_and_options)
+{
+    struct mb_url *u = parse_ok("amqp://alice:s3cret@rabbit:5672/prod%2Fv?prefetch=500&heartbeat=30");
+    ck_assert_str_eq(u->user, "alice");
+    ck_assert_str_eq(u->password, "s3cret");
+    ck_assert_str_eq(u->path, "prod/v");
+    ck_assert(u->has_path);
+    ck_assert_uint_eq(u->nopts, 2);
+    ck_assert_str_eq(mb_url_opt(u, "prefetch"), "500");
+    ck_assert_str_eq(mb_url_opt(u, "heartbeat"), "30");
+    ck_assert_ptr_null(strstr(u->redacted, "s3cret"));
+    ck_assert_str_eq(u->redacted, "amqp://alice:***@rabbit:5672/prod%2Fv?prefetch=500&heartbeat=30");
+    mb_url_free(u);
+}
+END_TEST
+
+START_TEST(percent_decoding_everywhere)
+{
+    struct mb_url *u = parse_ok("amqp://us%40er:p%3Aw%40d@host/%2F?k%20ey=v%26al");
+    ck_assert_str_eq(u->user, "us@er");
+    ck_assert_str_eq(u->password, "p:w@d");
+    ck_assert_str_eq(u->path, "/");
+    ck_assert_str_eq(mb_url_opt(u, "k ey"), "v&al");
+    mb_url_free(u);
+}
+END_TEST
+
+START_TEST(password_with_at_sign_uses_last_at)
+{
+    struct mb_url *u = parse_ok("amqp://bob:a@b@host:5672/");
+    ck_assert_str_eq(u->password, "a@b");
+    ck_assert_str_eq(u->hosts[0].host, "host");
+    ck_assert_ptr_null(strstr(u->redacted, "a@b"));
+    mb_url_free(u);
+}
+END_TEST
+
+START_TEST(mem_forms)
+{
+    struct mb_url *u = parse_ok("mem://");
+    ck_assert_uint_eq(u->nhosts, 0);
+    ck_assert_str_eq(u->path, "");
+    mb_url_free(u);
+    u = parse_ok("mem://tests");
+    ck_assert_uint_eq(u->nhosts, 1);
+    ck_assert_str_eq(u->hosts[0].host, "tests");
+    mb_url_free(u);
+    u = parse_ok("MEM://x?prefetch=5");
+    ck_assert_str_eq(u->scheme, "mem");
+    mb_url_free(u);
+}
+END_TEST
+
+START_TEST(ipv6_hosts)
+{
+    struct mb_url *u = parse_ok("kafka://[::1]:9092,[fe80::1]");
+    ck_assert_str_eq(u->hosts[0].host, "::1");
+    ck_assert_int_eq(u->hosts[0].port, 9092);
+    ck_assert_str_eq(u->hosts[1].host, "fe80::1");
+    mb_url_free(u);
+}
+END_TEST
+
+START_TEST(empty_path_and_query_pieces)
+{
+    struct mb_url *u = parse_ok("amqp://h/?a=1&&b=");
+    ck_assert(u->has_path);
+    ck_assert_str_eq(u->path, "");
+    ck_assert_str_eq(mb_url_opt(u, "a"), "1");
+    ck_assert_str_eq(mb_url_opt(u, "b"), "");
+    mb_url_free(u);
+}
+END_TEST
+
+START_TEST(user_without_password)
+{
+    struct mb_url *u = parse_ok("amqp://guest@h");
+    ck_assert_str_eq(u->user, "guest");
+    ck_assert_ptr_null(u->password);
+    mb_url_free(u);
+}
+END_TEST
+
+/* Bad inputs: each must fail with MSGBUS_ERR_CONFIG, a detail containing
+ * `needle`, and no secret. */
+static const struct {
+    const char *url;
+    const char *needle;
+} bad[] = {
+    {"", "empty URL"},
+    {"kafka", "expected scheme://"},
+    {"://host", "expected scheme://"},
+    {"kafka:/host:9092", "expected scheme://"},
+    {"1kafka://h", "scheme"},
+    {"ka fka://h", "space"},
+    {"kafka://h:notaport", "bad port"},
+    {"kafka://h:0", "out of range"},
+    {"kafka://h:65536", "out of range"},
+    {"kafka://h:123456", "bad port"},
+    {"kafka://h:", "bad port"},
+    {"kafka://h1,,h2", "empty host"},
+    {"kafka://h1,", "empty host"},
+    {"kafka://:9092", "empty host"},
+    {"kafka://[::1", "without ']'"},
+    {"kafka://[::1]x", "after ']'"},
+    {"kafka://h o", "space"},
+    {"kafka://h\tx", "control"},
+    {"kafka://ho$t", "bad character"},
+    {"amqp://user:secret@/vhost", "credentials but no host"},
+    {"amqp://h/v%zz", "bad %-escape"},
+    {"amqp://h/v%4", "truncated"},
+    {"amqp://h/v%00", "%00"},
+    {"amqp://h?novalue", "has no value"},
+    {"amqp://h?=1", "empty name"},
+    {"amqp://h?a=1&a=2", "given twice"},
+    {"amqp://h#frag", "fragments"},
+    {"amqp://u:pa%zzss@h", "bad %-escape"},
+    {"kafka://h?x=%", "truncated"},
+    {"amqp://user:hunter2@h:99999/", "out of range"},
+};
+
+START_TEST(bad_urls_are_config_errors_naming_the_problem)
+{
+    const char *u = bad[_i].url, *needle = bad[_i].needle;
+    struct mb_url *out = (struct mb_url *)0x1;
+    msgbus_err_t e = mb_url_parse(u, &out);
+    ck_assert_msg(e == MSGBUS_ERR_CONFIG, "'%s' should be refused, got %s", u, msgbus_err_name(e));
+    ck_assert_ptr_eq(out, (struct mb_url *)0x1); /* untouched on failure */
+    ck_assert_msg(strstr(msgbus_last_error(), needle), "'%s': detail '%s' lacks '%s'", u,
+                  msgbus_last_error(), needle);
+    ck_assert_ptr_null(strstr(msgbus_last_error(), "secret"));
+    ck_assert_ptr_null(strstr(msgbus_last_error(), "hunter2"));
+}
+END_TEST
+
+START_TEST(typed_options)
+{
+    struct mb_url *u = parse_ok("amqp://h?n=42&neg=-1&big=9999&word=abc&t=true&f=off&b=maybe");
+    long v;
+    bool b;
+    tu_ck_ok(mb_url_opt_int(u, "n", 0, 0, 100, &v));
+    ck_assert_int_eq(v, 42);
+    tu_ck_ok(mb_url_opt_int(u, "absent", 7, 0, 100, &v));
+    ck_assert_int_eq(v, 7);
+    tu_ck_err(mb_url_opt_int(u, "neg", 0, 0, 100, &v), MSGBUS_ERR_CONFIG);
+    ck_assert(strstr(msgbus_last_error(), "out of range"));
+    tu_ck_err(mb_url_opt_int(u, "big", 0, 0, 100, &v), MSGBUS_ERR_CONFIG);
+    tu_ck_err(mb_url_opt_int(u, "word", 0, 0, 100, &v), MSGBUS_ERR_CONFIG);
+    ck_assert(strstr(msgbus_last_error(), "option 'word'"));
+    tu_ck_ok(mb_url_opt_bool(u, "t", false, &b));
+    ck_assert(b);
+    tu_ck_ok(mb_url_opt_bool(u, "f", true, &b));
+    ck_assert(!b);
+    tu_ck_err(mb_url_opt_bool(u, "b", true, &b), MSGBUS_ERR_CONFIG);
+    ck_assert(strstr(msgbus_last_error(), "'maybe'"));
+    mb_url_free(u);
+}
+END_TEST
+
+START_TEST(unused_option_named_with_suggestion)
+{
+    static const char *const known[] = {"linger.ms", "prefetch", NULL};
+    struct mb_url *u = parse_ok("kafka://h?lingr.ms=5");
+    tu_ck_err(mb_url_check_unused(u, known), MSGBUS_ERR_CONFIG);
+    ck_assert_msg(strstr(msgbus_last_error(), "unknown option 'lingr.ms'"), "%s", msgbus_last_error());
+    ck_assert_msg(strstr(msgbus_last_error(), "did you mean 'linger.ms'"), "%s", msgbus_last_error());
+    mb_url_opt(u, "lingr.ms");
+    tu_ck_ok(mb_url_check_unused(u, known));
+    mb_url_free(u);
+}
+END_TEST
+
+START_TEST(env_options_fill_in_and_url_wins)
+{
+    setenv("MSGBUS_TESTX_LINGER_MS", "7", 1);
+    setenv("MSGBUS_TESTX_BATCH_SIZE", "100", 1);
+    struct mb_url *u = parse_ok("kafka://h?batch.size=5");
+    tu_ck_ok(mb_url_add_env(u, "TESTX", '.'));
+    ck_assert_str_eq(mb_url_opt(u, "linger.ms"), "7");
+    ck_assert_str_eq(mb_url_opt(u, "batch.size"), "5");
+    char origin[128];
+    mb_url_opt_origin(u, "linger.ms", origin, sizeof origin);
+    ck_assert_str_eq(origin, "MSGBUS_TESTX_LINGER_MS");
+    mb_url_free(u);
+    unsetenv("MSGBUS_TESTX_LINGER_MS");
+    unsetenv("MSGBUS_TESTX_BATCH_SIZE");
+}
+END_TEST
+
+START_TEST(open_unset_env_is_config_error)
+{
+    unsetenv("MSGBUS_URL");
+    msgbus_t *bus = NULL;
+    tu_ck_err(msgbus_open(&bus, NULL, NULL), MSGBUS_ERR_CONFIG);
+    ck_assert_ptr_null(bus);
+    ck_assert(strstr(msgbus_last_error(), "MSGBUS_URL is not set"));
+    setenv("MSGBUS_URL", "", 1);
+    tu_ck_err(msgbus_open(&bus, NULL, NULL), MSGBUS_ERR_CONFIG);
+    unsetenv("MSGBUS_URL");
+}
+END_TEST
+
+START_TEST(open_reads_env_url)
+{
+    setenv("MSGBUS_URL", "mem://from-env", 1);
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, NULL, NULL));
+    ck_assert_str_eq(msgbus_url(bus), "mem://from-env");
+    ck_assert_str_eq(msgbus_backend(bus), "mem");
+    msgbus_close(bus);
+    unsetenv("MSGBUS_URL");
+}
+END_TEST
+
+START_TEST(open_unknown_scheme_lists_backends)
+{
+    msgbus_t *bus = NULL;
+    tu_ck_err(msgbus_open(&bus, "nats://u:topsecret@h:4222", NULL), MSGBUS_ERR_CONFIG);
+    ck_assert(strstr(msgbus_last_error(), "unknown scheme 'nats'"));
+    ck_assert(strstr(msgbus_last_error(), "mem://"));
+    ck_assert_ptr_null(strstr(msgbus_last_error(), "topsecret"));
+    ck_assert(strstr(msgbus_last_error(), "u:***@h"));
+}
+END_TEST
+
+START_TEST(open_unknown_option_suggests)
+{
+    msgbus_t *bus = NULL;
+    tu_ck_err(msgbus_open(&bus, "mem://x?prefech=10", NULL), MSGBUS_ERR_CONFIG);
+    ck_assert_msg(strstr(msgbus_last_error(), "unknown option 'prefech'"), "%s", msgbus_last_error());
+    ck_assert(strstr(msgbus_last_error(), "did you mean 'prefetch'"));
+    tu_ck_err(msgbus_open(&bus, "mem://x?queue_max=0", NULL), MSGBUS_ERR_CONFIG);
+    ck_assert(strstr(msgbus_last_error(), "queue_max"));
+    setenv("MSGBUS_MEM_PREFECH", "3", 1);
+    tu_ck_err(msgbus_open(&bus, "mem://x", NULL), MSGBUS_ERR_CONFIG);
+    ck_assert_msg(strstr(msgbus_last_error(), "MSGBUS_MEM_PREFECH"), "%s", msgbus_last_error());
+    unsetenv("MSGBUS_MEM_PREFECH");
+    tu_ck_err(msgbus_open(&bus, "mem://x:5", NULL), MSGBUS_ERR_CONFIG);
+    tu_ck_err(msgbus_open(&bus, "mem://u:p@x", NULL), MSGBUS_ERR_CONFIG);
+    tu_ck_err(msgbus_open(&bus, "mem://x/path", NULL), MSGBUS_ERR_CONFIG);
+    tu_ck_err(msgbus_open(&bus, "mem://x", (void *)1), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_open(NULL, "mem://x", NULL), MSGBUS_ERR_INVALID);
+    ck_assert_ptr_null(bus);
+}
+END_TEST
+
+START_TEST(edit_distance)
+{
+    ck_assert_uint_eq(mb_edit_distance("linger.ms", "lingr.ms"), 1);
+    ck_assert_uint_eq(mb_edit_distance("", "abc"), 3);
+    ck_assert_uint_eq(mb_edit_distance("same", "same"), 0);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("url");
+    TCase *tc = tcase_create("parse");
+    tcase_add_test(tc, kafka_host_list);
+    tcase_add_test(tc, amqp_credentials_vhost_and_options);
+    tcase_add_test(tc, percent_decoding_everywhere);
+    tcase_add_test(tc, password_with_at_sign_uses_last_at);
+    tcase_add_test(tc, mem_forms);
+    tcase_add_test(tc, ipv6_hosts);
+    tcase_add_test(tc, empty_path_and_query_pieces);
+    tcase_add_test(tc, user_without_password);
+    tcase_add_loop_test(tc, bad_urls_are_config_errors_naming_the_problem, 0,
+                        (int)(sizeof bad / sizeof bad[0]));
+    tcase_add_test(tc, typed_options);
+    tcase_add_test(tc, unused_option_named_with_suggestion);
+    tcase_add_test(tc, env_options_fill_in_and_url_wins);
+    tcase_add_test(tc, edit_distance);
+    suite_add_tcase(s, tc);
+    TCase *to = tcase_create("open");
+    tcase_add_test(to, open_unset_env_is_config_error);
+    tcase_add_test(to, open_reads_env_url);
+    tcase_add_test(to, open_unknown_scheme_lists_backends);
+    tcase_add_test(to, open_unknown_option_suggests);
+    suite_add_tcase(s, to);
+    return tu_run_suite(s);
+}

@@ -1,0 +1,72 @@
+/* testutil.c — see testutil.h. */
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+const char *tu_broker_url(const char *kind)
+{
+    char var[64];
+    snprintf(var, sizeof var, "MSGBUS_TEST_%s_URL", kind);
+    for (char *p = var; *p; p++)
+        if (*p >= 'a' && *p <= 'z')
+            *p = (char)(*p - 'a' + 'A');
+    const char *v = getenv(var);
+    if (!v || !*v) {
+        fprintf(stderr,
+                "FAIL: %s is not set: this test needs the real %s broker. "
+                "Start it with `scripts/brokers up` and source .brokers/env "
+                "(scripts/test does both).\n",
+                var, kind);
+        exit(1);
+    }
+    return v;
+}
+
+void tu_unique(char *buf, size_t n, const char *prefix)
+{
+    static int counter;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    unsigned r = (unsigned)(ts.tv_nsec ^ (long)getpid() * 2654435761u);
+    snprintf(buf, n, "%s-%d-%d-%08x", prefix, (int)getpid(), __atomic_add_fetch(&counter, 1, __ATOMIC_SEQ_CST), r);
+}
+
+int64_t tu_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void tu_publish_str(msgbus_t *bus, const char *topic, const char *key, const char *payload)
+{
+    msgbus_msg_t *m = NULL;
+    tu_ck_ok(msgbus_msg_new(&m, payload, strlen(payload)));
+    if (key)
+        tu_ck_ok(msgbus_msg_set_key(m, key, strlen(key)));
+    tu_ck_ok(msgbus_publish(bus, topic, m, NULL, NULL));
+    msgbus_msg_free(m);
+}
+
+msgbus_msg_t *tu_receive(msgbus_sub_t *sub, int timeout_ms)
+{
+    msgbus_msg_t *m = NULL;
+    msgbus_err_t e = msgbus_receive(sub, timeout_ms, &m);
+    if (e == MSGBUS_ERR_TIMEOUT)
+        return NULL;
+    ck_assert_msg(e == MSGBUS_OK, "receive: %s (%s)", msgbus_err_name(e), msgbus_last_error());
+    return m;
+}
+
+int tu_run_suite(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,42 @@
+/*
+ * testutil.h — small helpers shared by the test programs.
+ */
+#ifndef MSGBUS_TESTUTIL_H
+#define MSGBUS_TESTUTIL_H
+
+#include <check.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "msgbus/msgbus.h"
+
+/* The URL of a real test broker: kind is "kafka", "amqp" or "pg"; read from
+ * MSGBUS_TEST_<KIND>_URL. Missing is a hard failure (exit 1 with a message
+ * that says to run scripts/brokers up) — never a skip. */
+const char *tu_broker_url(const char *kind);
+
+/* A name unique to this process and call: "<prefix>-<pid>-<n>-<random>". */
+void tu_unique(char *buf, size_t n, const char *prefix);
+
+/* ck_assert that a msgbus call returned `want`, printing last_error. */
+#define tu_ck_ok(expr) tu_ck_err((expr), MSGBUS_OK)
+#define tu_ck_err(expr, want)                                                          \
+    do {                                                                               \
+        msgbus_err_t tu_e_ = (expr);                                                   \
+        ck_assert_msg(tu_e_ == (want), "%s: got %s, want %s (%s)", #expr,              \
+                      msgbus_err_name(tu_e_), msgbus_err_name(want), msgbus_last_error()); \
+    } while (0)
+
+/* Monotonic milliseconds. */
+int64_t tu_now_ms(void);
+
+/* Publishes `payload` (string) with optional key (NULL) to topic; ck_asserts. */
+void tu_publish_str(msgbus_t *bus, const char *topic, const char *key, const char *payload);
+
+/* Receives one message within timeout_ms; NULL on timeout. */
+msgbus_msg_t *tu_receive(msgbus_sub_t *sub, int timeout_ms);
+
+/* Runs a Check suite and returns the process exit code (0 when all passed). */
+int tu_run_suite(Suite *s);
+
+#endif
