@@ -65,16 +65,23 @@ msgbus_err_t mb_error(msgbus_err_t err, const char *fmt, ...)
 
 msgbus_err_t mb_error_prefix(msgbus_err_t err, const char *fmt, ...)
 {
-    char prefix[512], old[sizeof mb_detail];
+    char prefix[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
-    memcpy(old, mb_detail, sizeof old);
-    /* Longer than the buffer is cut, never overrun; the return value is
-     * looked at only to say so to the compiler. */
-    int n = old[0] ? snprintf(mb_detail, sizeof mb_detail, "%s: %s", prefix, old)
-                   : snprintf(mb_detail, sizeof mb_detail, "%s", prefix);
-    (void)n;
+    /* "<prefix>: <old detail>", cut to the buffer, never overrun. */
+    size_t plen = strlen(prefix), olen = strlen(mb_detail);
+    size_t sep = olen ? 2 : 0;
+    if (plen + sep >= sizeof mb_detail)
+        plen = sizeof mb_detail - 1 - sep;
+    size_t keep = sizeof mb_detail - 1 - plen - sep;
+    if (olen > keep)
+        olen = keep;
+    memmove(mb_detail + plen + sep, mb_detail, olen);
+    memcpy(mb_detail, prefix, plen);
+    if (sep)
+        memcpy(mb_detail + plen, ": ", 2);
+    mb_detail[plen + sep + olen] = '\0';
     return err;
 }
