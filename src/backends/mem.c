@@ -257,9 +257,15 @@ static void mb_mem_dispatch(struct mb_mem_broker *b, struct mb_mem_group *g)
 {
     if (!g->members)
         return;
+    /* With every member's window full nothing can move: stop before
+     * scanning, or a long backlog makes each publish walk it. */
+    long room = 0;
+    for (struct mb_backend_sub *m = g->members; m; m = m->next)
+        if (m->ninflight < m->prefetch)
+            room += m->prefetch - m->ninflight;
     size_t scanned = 0;
     struct mb_mem_entry *e = g->head;
-    while (e && scanned++ < MB_MEM_SCAN_LIMIT) {
+    while (e && room > 0 && scanned++ < MB_MEM_SCAN_LIMIT) {
         struct mb_mem_entry *next = e->next;
         const msgbus_msg_t *src = e->data->msg;
         struct mb_backend_sub *to = NULL;
@@ -294,6 +300,7 @@ static void mb_mem_dispatch(struct mb_mem_broker *b, struct mb_mem_group *g)
             to->inflight->prev = e;
         to->inflight = e;
         to->ninflight++;
+        room--;
         if (to->batch_tail)
             to->batch_tail->next = m;
         else
