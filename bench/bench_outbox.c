@@ -1,0 +1,182 @@
+/*
+ * bench_outbox.c — relay throughput of the SQLite outbox against direct
+ * publishing with confirms, same bus, same run.
+ *
+ *   bench_outbox [messages=100000] [payload_bytes=64] [batch=5000]
+ *
+ * For each bus that can be opened — mem:// always, Kafka and RabbitMQ when
+ * $MSGBUS_TEST_KAFKA_URL / $MSGBUS_TEST_AMQP_URL are set (source
+ * .brokers/env) and the backend is compiled in — it measures:
+ *   raw    : msgbus_publish of N messages + msgbus_flush (every confirm in);
+ *   msgbus : msgbus_outbox_relay draining N committed rows (the rows are
+ *            written beforehand, untimed; the relay reads, publishes, waits
+ *            for the confirms and deletes each batch in one transaction).
+ * (RabbitMQ: the topic has no queue bound, so the URL gets unroutable=ok
+ * and the broker confirms then drops; the same for both sides.)
+ * and prints
+ *   RESULT case=outbox_sqlite_<bus> msgbus=<msg/s> raw=<msg/s> ratio=<msgbus/raw>
+ */
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "msgbus/outbox.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int die(const char *what)
+{
+    fprintf(stderr, "bench_outbox: %s: %s\n", what, msgbus_last_error());
+    exit(1);
+}
+
+static msgbus_msg_t *make_msg(size_t i, size_t bytes)
+{
+    static char payload[65536];
+    memset(payload, 'x', bytes < sizeof payload ? bytes : sizeof payload);
+    msgbus_msg_t *m = NULL;
+    if (msgbus_msg_new(&m, payload, bytes) != MSGBUS_OK)
+        die("msg_new");
+    char key[16];
+    snprintf(key, sizeof key, "k%zu", i % 64);
+    msgbus_msg_set_key(m, key, strlen(key));
+    return m;
+}
+
+static double bench_raw(msgbus_t *bus, const char *topic, size_t n, size_t bytes)
+{
+    double t0 = now_s();
+    for (size_t i = 0; i < n; i++) {
+        msgbus_msg_t *m = make_msg(i, bytes);
+        msgbus_err_t e;
+        while ((e = msgbus_publish(bus, topic, m, NULL, NULL)) == MSGBUS_ERR_QUEUE_FULL)
+            msgbus_poll(bus, 10, NULL);
+        if (e != MSGBUS_OK)
+            die("publish");
+        msgbus_msg_free(m);
+    }
+    size_t failed = 0;
+    if (msgbus_flush(bus, 120000, &failed) != MSGBUS_OK)
+        die("flush");
+    return (double)n / (now_s() - t0);
+}
+
+static double bench_relay(msgbus_t *bus, const char *topic, size_t n, size_t bytes, size_t batch,
+                          const char *tag)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/msgbus-bench-outbox-%d-%s.db", (int)getpid(), tag);
+    sqlite3 *app = NULL, *rel = NULL;
+    if (sqlite3_open(path, &app) != SQLITE_OK || sqlite3_open(path, &rel) != SQLITE_OK) {
+        fprintf(stderr, "bench_outbox: cannot open %s\n", path);
+        exit(1);
+    }
+    sqlite3_exec(app, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+    sqlite3_exec(rel, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+    msgbus_outbox_t *ob = NULL, *relay = NULL;
+    if (msgbus_outbox_open_sqlite(&ob, app, NULL) != MSGBUS_OK ||
+        msgbus_outbox_open_sqlite(&relay, rel, NULL) != MSGBUS_OK)
+        die("outbox open");
+    double t0 = now_s();
+    sqlite3_exec(app, "BEGIN", NULL, NULL, NULL);
+    for (size_t i = 0; i < n; i++) {
+        msgbus_msg_t *m = make_msg(i, bytes);
+        if (msgbus_outbox_put(ob, topic, m) != MSGBUS_OK)
+            die("put");
+        msgbus_msg_free(m);
+        if (i % 1000 == 999) {
+            sqlite3_exec(app, "COMMIT", NULL, NULL, NULL);
+            sqlite3_exec(app, "BEGIN", NULL, NULL, NULL);
+        }
+    }
+    sqlite3_exec(app, "COMMIT", NULL, NULL, NULL);
+    printf("info: %s: put %zu rows at %.0f rows/s (transactions of 1000)\n", tag, n,
+           (double)n / (now_s() - t0));
+    t0 = now_s();
+    size_t total = 0;
+    while (total < n) {
+        size_t k = 0;
+        if (msgbus_outbox_relay(relay, bus, batch, 120000, &k) != MSGBUS_OK)
+            die("relay");
+        if (k == 0)
+            break;
+        total += k;
+    }
+    double rate = (double)total / (now_s() - t0);
+    if (total != n) {
+        fprintf(stderr, "bench_outbox: relayed %zu of %zu\n", total, n);
+        exit(1);
+    }
+    msgbus_outbox_close(relay);
+    msgbus_outbox_close(ob);
+    sqlite3_close(rel);
+    sqlite3_close(app);
+    unlink(path);
+    char p2[160];
+    snprintf(p2, sizeof p2, "%s-wal", path);
+    unlink(p2);
+    snprintf(p2, sizeof p2, "%s-shm", path);
+    unlink(p2);
+    return rate;
+}
+
+static void run(const char *tag, const char *url, size_t n, size_t bytes, size_t batch)
+{
+    msgbus_t *bus = NULL;
+    if (msgbus_open(&bus, url, NULL) != MSGBUS_OK) {
+        printf("info: %s skipped: cannot open bus: %s\n", tag, msgbus_last_error());
+        return;
+    }
+    char topic[96];
+    snprintf(topic, sizeof topic, "bench-outbox-%s-%d-%ld", tag, (int)getpid(), (long)time(NULL));
+    if (msgbus_declare(bus, topic, NULL) != MSGBUS_OK) {
+        printf("info: %s skipped: declare: %s\n", tag, msgbus_last_error());
+        msgbus_close(bus);
+        return;
+    }
+    /* Warm-up: connections, metadata. */
+    bench_raw(bus, topic, n / 20 + 1, bytes);
+    double raw = bench_raw(bus, topic, n, bytes);
+    double relay = bench_relay(bus, topic, n, bytes, batch, tag);
+    printf("RESULT case=outbox_sqlite_%s msgbus=%.0f raw=%.0f ratio=%.2f\n", tag, relay, raw,
+           relay / raw);
+    fflush(stdout);
+    msgbus_close(bus);
+}
+
+int main(int argc, char **argv)
+{
+    size_t n = argc > 1 ? strtoul(argv[1], NULL, 10) : 100000;
+    size_t bytes = argc > 2 ? strtoul(argv[2], NULL, 10) : 64;
+    size_t batch = argc > 3 ? strtoul(argv[3], NULL, 10) : 5000;
+    if (!n || !batch || bytes > 65536) {
+        fprintf(stderr, "usage: bench_outbox [messages] [payload_bytes<=65536] [batch]\n");
+        return 2;
+    }
+    printf("info: %zu messages of %zu bytes, relay batch %zu\n", n, bytes, batch);
+    run("mem", "mem://bench-outbox", n, bytes, batch);
+    const char *k = getenv("MSGBUS_TEST_KAFKA_URL");
+    if (k && *k)
+        run("kafka", k, n, bytes, batch);
+    else
+        printf("info: kafka skipped: MSGBUS_TEST_KAFKA_URL not set\n");
+    const char *a = getenv("MSGBUS_TEST_AMQP_URL");
+    if (a && *a) {
+        /* No queue is bound to the bench topic: let the broker drop the
+         * messages after confirming them, for both sides alike. */
+        char url[512];
+        snprintf(url, sizeof url, "%s%sunroutable=ok", a, strchr(a, '?') ? "&" : "?");
+        run("amqp", url, n, bytes, batch);
+    }
+    else
+        printf("info: amqp skipped: MSGBUS_TEST_AMQP_URL not set\n");
+    return 0;
+}

@@ -1,0 +1,492 @@
+/*
+ * outbox_sqlite.c — the SQLite outbox store.
+ *
+ * Commit order is id order here for free: SQLite has one writer at a time
+ * and AUTOINCREMENT hands out ids in insert order, never reusing one, so a
+ * transaction that commits later holds larger ids.
+ *
+ * The relay reads pending rows without holding a transaction (SQLite has a
+ * single writer: a write lock held across publish + confirm would stall
+ * the application's writes for that long) and records the outcomes in one
+ * BEGIN IMMEDIATE … COMMIT. That is safe with ONE relay per database; two
+ * relays on one SQLite outbox could publish the same rows twice (still
+ * at-least-once, same ids) — see docs/outbox.md.
+ */
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "outbox/outbox_store.h"
+
+struct mb_outbox_sqlite {
+    sqlite3 *db;
+    sqlite3_stmt *put;
+    sqlite3_stmt *claim;
+    sqlite3_stmt *claim_plain; /* when no row is 'failed': no per-key check needed */
+    sqlite3_stmt *any_failed;
+    sqlite3_stmt *mark_retry;
+    sqlite3_stmt *mark_failed;
+    sqlite3_stmt *mark_sent_many;   /* ids as a JSON array: one statement per batch */
+    sqlite3_stmt *mark_delete_many;
+    bool busy_set;
+};
+
+static struct mb_outbox_sqlite *mb_outbox_sqlite_of(msgbus_outbox_t *ob)
+{
+    return ob->store;
+}
+
+static msgbus_err_t mb_outbox_sqlite_err(msgbus_outbox_t *ob, sqlite3 *db, const char *what)
+{
+    return mb_error(MSGBUS_ERR_STORE, "outbox table '%s' (SQLite): %s: %s", ob->table, what,
+                    sqlite3_errmsg(db));
+}
+
+static msgbus_err_t mb_outbox_sqlite_exec(msgbus_outbox_t *ob, sqlite3 *db, const char *sql,
+                                          const char *what)
+{
+    char *err = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK) {
+        msgbus_err_t e = mb_error(MSGBUS_ERR_STORE, "outbox table '%s' (SQLite): %s: %s",
+                                  ob->table, what, err ? err : sqlite3_errmsg(db));
+        sqlite3_free(err);
+        return e;
+    }
+    return MSGBUS_OK;
+}
+
+static msgbus_err_t mb_outbox_sqlite_prepare(msgbus_outbox_t *ob, sqlite3 *db, sqlite3_stmt **st,
+                                             const char *fmt)
+{
+    char *sql = sqlite3_mprintf(fmt, ob->table, ob->table, ob->table, ob->table);
+    if (!sql)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory preparing outbox SQL");
+    int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
+    sqlite3_free(sql);
+    if (rc != SQLITE_OK)
+        return mb_outbox_sqlite_err(ob, db, "preparing a statement");
+    return MSGBUS_OK;
+}
+
+/* Every column of the contract must exist; extra columns are the
+ * application's business. */
+static msgbus_err_t mb_outbox_sqlite_check(msgbus_outbox_t *ob, sqlite3 *db)
+{
+    char *sql = sqlite3_mprintf("PRAGMA table_info(\"%w\")", ob->table);
+    sqlite3_stmt *st = NULL;
+    if (!sql)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory checking the outbox table");
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    sqlite3_free(sql);
+    if (rc != SQLITE_OK)
+        return mb_outbox_sqlite_err(ob, db, "reading the table's columns");
+    bool have[16] = {false};
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 1);
+        for (size_t i = 0; name && mb_outbox_columns[i]; i++)
+            if (strcmp(name, mb_outbox_columns[i]) == 0)
+                have[i] = true;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE)
+        return mb_outbox_sqlite_err(ob, db, "reading the table's columns");
+    for (size_t i = 0; mb_outbox_columns[i]; i++)
+        if (!have[i])
+            return mb_error(MSGBUS_ERR_STORE,
+                            "outbox table '%s' (SQLite) exists but has no column '%s' "
+                            "(see docs/outbox.md for the table contract)",
+                            ob->table, mb_outbox_columns[i]);
+    return MSGBUS_OK;
+}
+
+static void mb_outbox_sqlite_close(msgbus_outbox_t *ob)
+{
+    struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
+    if (!s)
+        return;
+    sqlite3_finalize(s->put);
+    sqlite3_finalize(s->claim);
+    sqlite3_finalize(s->claim_plain);
+    sqlite3_finalize(s->any_failed);
+    sqlite3_finalize(s->mark_retry);
+    sqlite3_finalize(s->mark_failed);
+    sqlite3_finalize(s->mark_sent_many);
+    sqlite3_finalize(s->mark_delete_many);
+    free(s);
+    ob->store = NULL;
+}
+
+/* ---- put ---- */
+
+static int mb_outbox_sqlite_bind_blob(sqlite3_stmt *st, int i, const void *p, size_t n)
+{
+    /* A NULL pointer would bind SQL NULL; an empty value must stay a
+     * zero-length blob (an empty key is a key). */
+    if (n == 0)
+        return sqlite3_bind_zeroblob(st, i, 0);
+    return sqlite3_bind_blob64(st, i, p, n, SQLITE_STATIC);
+}
+
+static msgbus_err_t mb_outbox_sqlite_put(msgbus_outbox_t *ob, const struct mb_outbox_put *p)
+{
+    struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
+    sqlite3_stmt *st = s->put;
+    sqlite3_reset(st);
+    sqlite3_bind_text(st, 1, p->msg_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, p->topic, -1, SQLITE_STATIC);
+    if (p->key)
+        mb_outbox_sqlite_bind_blob(st, 3, p->key, p->key_len);
+    else
+        sqlite3_bind_null(st, 3);
+    sqlite3_bind_text(st, 4, p->headers, -1, SQLITE_STATIC);
+    mb_outbox_sqlite_bind_blob(st, 5, p->payload, p->len);
+    sqlite3_bind_int64(st, 6, p->msg_ts);
+    sqlite3_bind_int64(st, 7, p->created_at);
+    int rc = sqlite3_step(st);
+    msgbus_err_t e = MSGBUS_OK;
+    if (rc != SQLITE_DONE)
+        e = mb_outbox_sqlite_err(ob, s->db, "inserting the outbox row");
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return e;
+}
+
+/* ---- relay side ---- */
+
+static msgbus_err_t mb_outbox_sqlite_check_idle(msgbus_outbox_t *ob)
+{
+    struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
+    if (!sqlite3_get_autocommit(s->db))
+        return mb_error(MSGBUS_ERR_STATE,
+                        "outbox relay: its SQLite connection is inside a transaction; the relay "
+                        "needs a connection of its own (open a second outbox on it)");
+    return MSGBUS_OK;
+}
+
+static char *mb_outbox_sqlite_text(sqlite3_stmt *st, int col)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+    return t ? mb_strdup((const char *)t) : NULL;
+}
+
+static msgbus_err_t mb_outbox_sqlite_claim(msgbus_outbox_t *ob, size_t max,
+                                           struct mb_outbox_batch *b)
+{
+    struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
+    if (!s->busy_set) {
+        /* The relay's writes queue behind the application's: wait for the
+         * write lock rather than fail the pass at once. */
+        sqlite3_busy_timeout(s->db, 5000);
+        s->busy_set = true;
+    }
+    /* The per-key check against failed rows costs an index probe per
+     * row; with no failed row at all (the normal case) it is skipped. */
+    sqlite3_reset(s->any_failed);
+    int rc = sqlite3_step(s->any_failed);
+    if (rc != SQLITE_ROW) {
+        sqlite3_reset(s->any_failed);
+        return mb_outbox_sqlite_err(ob, s->db, "looking for failed rows");
+    }
+    bool any_failed = sqlite3_column_int(s->any_failed, 0) != 0;
+    sqlite3_reset(s->any_failed);
+    sqlite3_stmt *st = any_failed ? s->claim : s->claim_plain;
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)(max > INT64_MAX ? INT64_MAX : max));
+    msgbus_err_t e = MSGBUS_OK;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct mb_outbox_row *r = mb_outbox_batch_add(b);
+        if (!r) {
+            e = mb_error(MSGBUS_ERR_NOMEM, "out of memory reading outbox rows");
+            break;
+        }
+        r->id = sqlite3_column_int64(st, 0);
+        r->msg_id = mb_outbox_sqlite_text(st, 1);
+        r->topic = mb_outbox_sqlite_text(st, 2);
+        if (sqlite3_column_type(st, 3) != SQLITE_NULL) {
+            const void *k = sqlite3_column_blob(st, 3);
+            r->key_len = (size_t)sqlite3_column_bytes(st, 3);
+            r->key = malloc(r->key_len ? r->key_len : 1);
+            if (r->key && r->key_len)
+                memcpy(r->key, k, r->key_len);
+        }
+        r->headers = mb_outbox_sqlite_text(st, 4);
+        const void *pl = sqlite3_column_blob(st, 5);
+        r->len = (size_t)sqlite3_column_bytes(st, 5);
+        r->payload = malloc(r->len ? r->len : 1);
+        if (r->payload && r->len)
+            memcpy(r->payload, pl, r->len);
+        r->msg_ts = sqlite3_column_int64(st, 6);
+        if (!r->msg_id || !r->topic || !r->payload || (sqlite3_column_type(st, 3) != SQLITE_NULL && !r->key)) {
+            e = mb_error(MSGBUS_ERR_NOMEM, "out of memory reading outbox rows (or NULL msg_id/topic)");
+            break;
+        }
+    }
+    if (e == MSGBUS_OK && rc != SQLITE_DONE)
+        e = mb_outbox_sqlite_err(ob, s->db, "reading pending rows");
+    sqlite3_reset(st);
+    return e;
+}
+
+static msgbus_err_t mb_outbox_sqlite_step(msgbus_outbox_t *ob, sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return mb_outbox_sqlite_err(ob, sqlite3_db_handle(st), "marking outbox rows");
+    return MSGBUS_OK;
+}
+
+/* The sent rows' ids as a JSON array "[1,2,3]" (sqlite's json_each reads
+ * it), so a batch is marked by one statement instead of one per row. */
+static char *mb_outbox_sqlite_sent_ids(const struct mb_outbox_batch *b, size_t *count)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < b->n; i++)
+        n += b->outcome[i] == MB_OUTBOX_SENT;
+    *count = n;
+    char *s = malloc(n * 21 + 3);
+    if (!s)
+        return NULL;
+    size_t at = 0;
+    s[at++] = '[';
+    for (size_t i = 0; i < b->n; i++) {
+        if (b->outcome[i] != MB_OUTBOX_SENT)
+            continue;
+        if (at > 1)
+            s[at++] = ',';
+        at += (size_t)sprintf(s + at, "%lld", (long long)b->rows[i].id);
+    }
+    s[at++] = ']';
+    s[at] = '\0';
+    return s;
+}
+
+static msgbus_err_t mb_outbox_sqlite_finish(msgbus_outbox_t *ob, const struct mb_outbox_batch *b,
+                                            int64_t now_ms)
+{
+    struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
+    bool any = false;
+    for (size_t i = 0; i < b->n; i++)
+        any |= b->outcome[i] != MB_OUTBOX_KEEP;
+    if (!any)
+        return MSGBUS_OK;
+    size_t nsent = 0;
+    char *ids = mb_outbox_sqlite_sent_ids(b, &nsent);
+    if (!ids)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory marking outbox rows");
+    msgbus_err_t e = mb_outbox_sqlite_exec(ob, s->db, "BEGIN IMMEDIATE", "starting the mark transaction");
+    if (e != MSGBUS_OK) {
+        free(ids);
+        return e;
+    }
+    if (nsent) {
+        sqlite3_stmt *st = ob->retention_ms == 0 ? s->mark_delete_many : s->mark_sent_many;
+        sqlite3_bind_text(st, 1, ids, -1, SQLITE_STATIC);
+        if (ob->retention_ms != 0)
+            sqlite3_bind_int64(st, 2, now_ms);
+        e = mb_outbox_sqlite_step(ob, st);
+        sqlite3_clear_bindings(st);
+    }
+    for (size_t i = 0; i < b->n && e == MSGBUS_OK; i++) {
+        sqlite3_stmt *st = NULL;
+        switch (b->outcome[i]) {
+        case MB_OUTBOX_KEEP:
+        case MB_OUTBOX_SENT:
+            continue;
+        case MB_OUTBOX_RETRY:
+            st = s->mark_retry;
+            break;
+        case MB_OUTBOX_FAILED:
+            st = s->mark_failed;
+            break;
+        }
+        sqlite3_bind_int64(st, 1, b->rows[i].id);
+        sqlite3_bind_text(st, 2, b->error[i] ? b->error[i] : "", -1, SQLITE_STATIC);
+        e = mb_outbox_sqlite_step(ob, st);
+        sqlite3_clear_bindings(st);
+    }
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_exec(ob, s->db, "COMMIT", "committing the mark transaction");
+    if (e != MSGBUS_OK && !sqlite3_get_autocommit(s->db))
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    free(ids);
+    return e;
+}
+
+static void mb_outbox_sqlite_abort(msgbus_outbox_t *ob)
+{
+    struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
+    sqlite3_reset(s->claim);
+    sqlite3_reset(s->claim_plain);
+}
+
+static msgbus_err_t mb_outbox_sqlite_run(msgbus_outbox_t *ob, const char *fmt, int64_t arg,
+                                         bool bind, size_t *n, const char *what)
+{
+    struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
+    sqlite3_stmt *st = NULL;
+    msgbus_err_t e = mb_outbox_sqlite_prepare(ob, s->db, &st, fmt);
+    if (e != MSGBUS_OK)
+        return e;
+    if (bind)
+        sqlite3_bind_int64(st, 1, arg);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        e = mb_outbox_sqlite_err(ob, s->db, what);
+    else if (n)
+        *n = (size_t)sqlite3_changes(s->db);
+    sqlite3_finalize(st);
+    return e;
+}
+
+static msgbus_err_t mb_outbox_sqlite_purge(msgbus_outbox_t *ob, int64_t before_ms, size_t *n)
+{
+    return mb_outbox_sqlite_run(ob, "DELETE FROM \"%w\" WHERE state = 'sent' AND sent_at <= ?1",
+                                before_ms, true, n, "purging sent rows");
+}
+
+static msgbus_err_t mb_outbox_sqlite_retry_failed(msgbus_outbox_t *ob, size_t *n)
+{
+    return mb_outbox_sqlite_run(ob, "UPDATE \"%w\" SET state = 'pending' WHERE state = 'failed'", 0,
+                                false, n, "retrying failed rows");
+}
+
+static msgbus_err_t mb_outbox_sqlite_stats(msgbus_outbox_t *ob, int64_t now_ms,
+                                           msgbus_outbox_stats_t *out)
+{
+    struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
+    sqlite3_stmt *st = NULL;
+    msgbus_err_t e = mb_outbox_sqlite_prepare(
+        ob, s->db, &st,
+        "SELECT (SELECT count(*) FROM \"%w\" WHERE state = 'pending'),"
+        " (SELECT created_at FROM \"%w\" WHERE state = 'pending' ORDER BY id LIMIT 1),"
+        " (SELECT count(*) FROM \"%w\" WHERE state = 'failed'),"
+        " (SELECT count(*) FROM \"%w\" WHERE state = 'sent')");
+    if (e != MSGBUS_OK)
+        return e;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        out->pending = (uint64_t)sqlite3_column_int64(st, 0);
+        if (sqlite3_column_type(st, 1) != SQLITE_NULL) {
+            int64_t age = now_ms - sqlite3_column_int64(st, 1);
+            out->oldest_pending_age_ms = age > 0 ? age : 0;
+        }
+        out->failed = (uint64_t)sqlite3_column_int64(st, 2);
+        out->sent = (uint64_t)sqlite3_column_int64(st, 3);
+    } else {
+        e = mb_outbox_sqlite_err(ob, s->db, "reading stats");
+    }
+    sqlite3_finalize(st);
+    return e;
+}
+
+static const struct mb_outbox_ops mb_outbox_sqlite_ops = {
+    .name = "sqlite",
+    .put = mb_outbox_sqlite_put,
+    .check_idle = mb_outbox_sqlite_check_idle,
+    .claim = mb_outbox_sqlite_claim,
+    .finish = mb_outbox_sqlite_finish,
+    .abort = mb_outbox_sqlite_abort,
+    .purge = mb_outbox_sqlite_purge,
+    .retry_failed = mb_outbox_sqlite_retry_failed,
+    .stats = mb_outbox_sqlite_stats,
+    .close = mb_outbox_sqlite_close,
+};
+
+/* The contract in SQL; docs/outbox.md is its prose twin. created_at and
+ * msg_id have defaults so writers in other languages can omit them. */
+static const char mb_outbox_sqlite_create[] =
+    "CREATE TABLE IF NOT EXISTS \"%w\" ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " msg_id TEXT NOT NULL DEFAULT (lower(hex(randomblob(16)))),"
+    " topic TEXT NOT NULL,"
+    " msg_key BLOB,"
+    " headers TEXT NOT NULL DEFAULT '{}',"
+    " payload BLOB NOT NULL,"
+    " msg_ts INTEGER,"
+    " created_at INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),"
+    " state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending','sent','failed')),"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " sent_at INTEGER,"
+    " error TEXT)";
+
+static const char mb_outbox_sqlite_indexes[] =
+    "CREATE INDEX IF NOT EXISTS \"%w_pending\" ON \"%w\" (id) WHERE state = 'pending';"
+    "CREATE INDEX IF NOT EXISTS \"%w_failed_key\" ON \"%w\" (msg_key, id) WHERE state = 'failed';"
+    "CREATE INDEX IF NOT EXISTS \"%w_sent\" ON \"%w\" (sent_at) WHERE state = 'sent';";
+
+msgbus_err_t msgbus_outbox_open_sqlite(msgbus_outbox_t **out, struct sqlite3 *db,
+                                       const char *table)
+{
+    if (!out)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_outbox_open_sqlite: out is NULL");
+    if (!db)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_outbox_open_sqlite: db is NULL");
+    msgbus_outbox_t *ob = NULL;
+    msgbus_err_t e = mb_outbox_new(&ob, &mb_outbox_sqlite_ops, table);
+    if (e != MSGBUS_OK)
+        return e;
+    struct mb_outbox_sqlite *s = calloc(1, sizeof *s);
+    if (!s) {
+        mb_outbox_free(ob);
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory opening the outbox");
+    }
+    s->db = db;
+    ob->store = s;
+    const char *t = ob->table;
+    char *sql = sqlite3_mprintf(mb_outbox_sqlite_create, t);
+    char *idx = sqlite3_mprintf(mb_outbox_sqlite_indexes, t, t, t, t, t, t);
+    if (!sql || !idx)
+        e = mb_error(MSGBUS_ERR_NOMEM, "out of memory opening the outbox");
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_exec(ob, db, sql, "creating the table");
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_check(ob, db);
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_exec(ob, db, idx, "creating the indexes");
+    sqlite3_free(sql);
+    sqlite3_free(idx);
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_prepare(
+            ob, db, &s->put,
+            "INSERT INTO \"%w\" (msg_id, topic, msg_key, headers, payload, msg_ts, created_at, state)"
+            " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')");
+    if (e == MSGBUS_OK)
+        /* A keyed row waits while an earlier row of its key is 'failed';
+         * earlier pending rows of the key come first in id order anyway. */
+        e = mb_outbox_sqlite_prepare(
+            ob, db, &s->claim,
+            "SELECT id, msg_id, topic, msg_key, headers, payload, coalesce(msg_ts, created_at)"
+            " FROM \"%w\" AS o WHERE state = 'pending' AND (msg_key IS NULL OR NOT EXISTS"
+            " (SELECT 1 FROM \"%w\" AS f WHERE f.state = 'failed' AND f.msg_key = o.msg_key"
+            " AND f.id < o.id)) ORDER BY id LIMIT ?1");
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_prepare(
+            ob, db, &s->claim_plain,
+            "SELECT id, msg_id, topic, msg_key, headers, payload, coalesce(msg_ts, created_at)"
+            " FROM \"%w\" WHERE state = 'pending' ORDER BY id LIMIT ?1");
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_prepare(ob, db, &s->any_failed,
+                                     "SELECT EXISTS (SELECT 1 FROM \"%w\" WHERE state = 'failed')");
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_prepare(ob, db, &s->mark_delete_many,
+                                     "DELETE FROM \"%w\" WHERE id IN (SELECT value FROM json_each(?1))");
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_prepare(ob, db, &s->mark_sent_many,
+                                     "UPDATE \"%w\" SET state = 'sent', sent_at = ?2, error = NULL"
+                                     " WHERE id IN (SELECT value FROM json_each(?1))");
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_prepare(ob, db, &s->mark_retry,
+                                     "UPDATE \"%w\" SET attempts = attempts + 1, error = ?2"
+                                     " WHERE id = ?1");
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_prepare(ob, db, &s->mark_failed,
+                                     "UPDATE \"%w\" SET state = 'failed', attempts = attempts + 1,"
+                                     " error = ?2 WHERE id = ?1");
+    if (e != MSGBUS_OK) {
+        mb_outbox_sqlite_close(ob);
+        mb_outbox_free(ob);
+        return e;
+    }
+    *out = ob;
+    return MSGBUS_OK;
+}

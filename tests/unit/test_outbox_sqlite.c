@@ -1,0 +1,531 @@
+/*
+ * test_outbox_sqlite.c — the outbox's promises on the SQLite store, relayed
+ * into the in-process mem:// broker: a rollback leaves no message, a commit
+ * publishes once with the stored id, order holds (overall and per key),
+ * retention and purge, a poison row is moved aside while other keys flow,
+ * table checks, the background relay, and bad arguments.
+ */
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "msgbus/outbox.h"
+#include "testutil.h"
+
+/* One test's world: a database file with two connections (the
+ * application's and the relay's), an outbox on each, and a mem:// bus
+ * with a broadcast subscriber on the topic. */
+struct world {
+    char path[128];
+    sqlite3 *app, *rel;
+    msgbus_outbox_t *ob, *relay;
+    msgbus_t *bus;
+    msgbus_sub_t *sub;
+    char topic[64];
+};
+
+static void exec(sqlite3 *db, const char *sql)
+{
+    char *err = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
+    ck_assert_msg(rc == SQLITE_OK, "%s: %s", sql, err ? err : "?");
+}
+
+static sqlite3 *open_db(const char *path)
+{
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+    exec(db, "PRAGMA journal_mode=WAL");
+    sqlite3_busy_timeout(db, 5000);
+    return db;
+}
+
+static void world_open_opts(struct world *w, const char *bus_opts)
+{
+    memset(w, 0, sizeof *w);
+    char name[64];
+    tu_unique(name, sizeof name, "ob");
+    snprintf(w->path, sizeof w->path, "/tmp/msgbus-%s.db", name);
+    w->app = open_db(w->path);
+    w->rel = open_db(w->path);
+    tu_ck_ok(msgbus_outbox_open_sqlite(&w->ob, w->app, NULL));
+    tu_ck_ok(msgbus_outbox_open_sqlite(&w->relay, w->rel, NULL));
+    char url[160];
+    snprintf(url, sizeof url, "mem://%s%s", name, bus_opts);
+    tu_ck_ok(msgbus_open(&w->bus, url, NULL));
+    tu_unique(w->topic, sizeof w->topic, "orders");
+    tu_ck_ok(msgbus_subscribe(w->bus, w->topic, NULL, &w->sub));
+}
+
+static void world_open(struct world *w)
+{
+    world_open_opts(w, "");
+}
+
+static void world_close(struct world *w)
+{
+    msgbus_sub_close(w->sub);
+    msgbus_outbox_close(w->relay);
+    msgbus_outbox_close(w->ob);
+    msgbus_close(w->bus);
+    sqlite3_close(w->rel);
+    sqlite3_close(w->app);
+    char p[160];
+    unlink(w->path);
+    snprintf(p, sizeof p, "%s-wal", w->path);
+    unlink(p);
+    snprintf(p, sizeof p, "%s-shm", w->path);
+    unlink(p);
+}
+
+/* Puts a message with payload `text` and optional key; returns its id
+ * (static buffer). */
+static const char *put(struct world *w, const char *key, const char *text)
+{
+    static char id[64];
+    msgbus_msg_t *m = NULL;
+    tu_ck_ok(msgbus_msg_new(&m, text, strlen(text)));
+    if (key)
+        tu_ck_ok(msgbus_msg_set_key(m, key, strlen(key)));
+    tu_ck_ok(msgbus_msg_set_header(m, "content-type", "text/plain"));
+    tu_ck_ok(msgbus_outbox_put(w->ob, w->topic, m));
+    snprintf(id, sizeof id, "%s", msgbus_msg_id(m));
+    msgbus_msg_free(m);
+    return id;
+}
+
+static size_t relay_all(struct world *w, size_t batch)
+{
+    size_t total = 0, n = 0;
+    do {
+        tu_ck_ok(msgbus_outbox_relay(w->relay, w->bus, batch, 5000, &n));
+        total += n;
+    } while (n > 0);
+    return total;
+}
+
+static int count_rows(sqlite3 *db, const char *where)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM msgbus_outbox WHERE %s", where);
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    int n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return n;
+}
+
+START_TEST(rollback_leaves_no_message)
+{
+    struct world w;
+    world_open(&w);
+    exec(w.app, "BEGIN");
+    put(&w, "k", "never");
+    exec(w.app, "ROLLBACK");
+    size_t n = 99;
+    tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 100, 1000, &n));
+    printf("rollback: relayed %zu, rows %d\n", n, count_rows(w.app, "1"));
+    ck_assert_uint_eq(n, 0);
+    ck_assert_int_eq(count_rows(w.app, "1"), 0);
+    ck_assert_ptr_null(tu_receive(w.sub, 100));
+    world_close(&w);
+}
+END_TEST
+
+START_TEST(commit_publishes_once_with_the_stored_id)
+{
+    struct world w;
+    world_open(&w);
+    exec(w.app, "BEGIN");
+    char id[64];
+    snprintf(id, sizeof id, "%s", put(&w, "order-7", "hello"));
+    /* Not committed yet: the relay's connection must not see it. */
+    size_t n = 99;
+    tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 100, 1000, &n));
+    ck_assert_uint_eq(n, 0);
+    exec(w.app, "COMMIT");
+    tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 100, 5000, &n));
+    ck_assert_uint_eq(n, 1);
+    msgbus_msg_t *in = tu_receive(w.sub, 2000);
+    ck_assert_ptr_nonnull(in);
+    size_t len, klen;
+    const char *p = msgbus_msg_payload(in, &len);
+    const char *k = msgbus_msg_key(in, &klen);
+    ck_assert_uint_eq(len, 5);
+    ck_assert_mem_eq(p, "hello", 5);
+    ck_assert_uint_eq(klen, 7);
+    ck_assert_mem_eq(k, "order-7", 7);
+    ck_assert_str_eq(msgbus_msg_id(in), id);
+    ck_assert_str_eq(msgbus_msg_header(in, "content-type"), "text/plain");
+    msgbus_ack(in);
+    msgbus_msg_free(in);
+    tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 100, 1000, &n));
+    ck_assert_uint_eq(n, 0);
+    ck_assert_ptr_null(tu_receive(w.sub, 100));
+    ck_assert_int_eq(count_rows(w.app, "1"), 0); /* default retention: deleted */
+    world_close(&w);
+}
+END_TEST
+
+START_TEST(autocommit_put_is_its_own_transaction)
+{
+    struct world w;
+    world_open(&w);
+    put(&w, NULL, "auto");
+    ck_assert_int_eq(count_rows(w.rel, "state = 'pending'"), 1);
+    ck_assert_uint_eq(relay_all(&w, 10), 1);
+    world_close(&w);
+}
+END_TEST
+
+START_TEST(rows_are_published_in_commit_order)
+{
+    struct world w;
+    world_open(&w);
+    enum { N = 300 };
+    for (int t = 0; t < N / 30; t++) {
+        exec(w.app, "BEGIN");
+        for (int i = 0; i < 30; i++) {
+            char key[8], text[16];
+            snprintf(key, sizeof key, "k%d", (t * 30 + i) % 7);
+            snprintf(text, sizeof text, "%d", t * 30 + i);
+            put(&w, (i % 5) ? key : NULL, text);
+        }
+        exec(w.app, "COMMIT");
+    }
+    size_t sent = relay_all(&w, 17); /* batches that cut transactions apart */
+    int got = 0;
+    msgbus_msg_t *in;
+    while ((in = tu_receive(w.sub, 500)) != NULL) {
+        size_t len;
+        const char *p = msgbus_msg_payload(in, &len);
+        char text[16];
+        snprintf(text, sizeof text, "%.*s", (int)len, p);
+        ck_assert_int_eq(atoi(text), got);
+        got++;
+        msgbus_ack(in);
+        msgbus_msg_free(in);
+    }
+    printf("order: put %d, relayed %zu, received in order %d\n", N, sent, got);
+    ck_assert_uint_eq(sent, N);
+    ck_assert_int_eq(got, N);
+    world_close(&w);
+}
+END_TEST
+
+START_TEST(retention_keeps_sent_rows_until_purged)
+{
+    struct world w;
+    world_open(&w);
+    tu_ck_ok(msgbus_outbox_set_retention(w.relay, 60000));
+    for (int i = 0; i < 10; i++)
+        put(&w, "k", "x");
+    ck_assert_uint_eq(relay_all(&w, 4), 10);
+    msgbus_outbox_stats_t st;
+    tu_ck_ok(msgbus_outbox_stats(w.relay, &st));
+    ck_assert_uint_eq(st.sent, 10);
+    ck_assert_uint_eq(st.pending, 0);
+    size_t purged = 99;
+    tu_ck_ok(msgbus_outbox_purge(w.relay, &purged));
+    ck_assert_uint_eq(purged, 0); /* younger than a minute */
+    tu_ck_ok(msgbus_outbox_set_retention(w.relay, 1));
+    usleep(20000);
+    tu_ck_ok(msgbus_outbox_purge(w.relay, &purged));
+    printf("retention: kept 10 sent rows, purged %zu\n", purged);
+    ck_assert_uint_eq(purged, 10);
+    ck_assert_int_eq(count_rows(w.app, "1"), 0);
+    tu_ck_err(msgbus_outbox_set_retention(w.relay, -2), MSGBUS_ERR_INVALID);
+    world_close(&w);
+}
+END_TEST
+
+START_TEST(stats_report_pending_count_and_age)
+{
+    struct world w;
+    world_open(&w);
+    msgbus_outbox_stats_t st;
+    tu_ck_ok(msgbus_outbox_stats(w.relay, &st));
+    ck_assert_uint_eq(st.pending, 0);
+    ck_assert_int_eq(st.oldest_pending_age_ms, 0);
+    put(&w, NULL, "a");
+    put(&w, NULL, "b");
+    usleep(30000);
+    tu_ck_ok(msgbus_outbox_stats(w.relay, &st));
+    printf("stats: pending %llu, oldest %lld ms\n", (unsigned long long)st.pending,
+           (long long)st.oldest_pending_age_ms);
+    ck_assert_uint_eq(st.pending, 2);
+    ck_assert_int_ge(st.oldest_pending_age_ms, 30);
+    world_close(&w);
+}
+END_TEST
+
+/* Rows written by another language's code, straight into the table. */
+static void raw_row(struct world *w, const char *topic, const char *key, const char *headers,
+                    const char *payload)
+{
+    char *sql = sqlite3_mprintf("INSERT INTO msgbus_outbox (topic, msg_key, headers, payload) "
+                                "VALUES (%Q, CAST(%Q AS BLOB), %Q, CAST(%Q AS BLOB))",
+                                topic, key, headers ? headers : "{}", payload);
+    exec(w->app, sql);
+    sqlite3_free(sql);
+}
+
+START_TEST(poison_row_is_moved_aside_while_other_keys_flow)
+{
+    struct world w;
+    world_open(&w);
+    raw_row(&w, "bad topic!", "A", NULL, "poison-A1"); /* invalid topic: never deliverable */
+    raw_row(&w, w.topic, "A", NULL, "A2");             /* same key: must wait behind it */
+    raw_row(&w, w.topic, "B", NULL, "B1");
+    raw_row(&w, w.topic, "C", "[1,2]", "poison-C1"); /* headers not an object */
+    raw_row(&w, w.topic, NULL, "{\"x-trace\":\"t1\"}", "free");
+    raw_row(&w, w.topic, "B", NULL, "B2");
+    size_t n = 0;
+    tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 100, 5000, &n));
+    ck_assert_uint_eq(n, 3); /* B1, free, B2 */
+    char got[4][16];
+    int ngot = 0;
+    msgbus_msg_t *in;
+    while ((in = tu_receive(w.sub, 300)) != NULL) {
+        size_t len;
+        const char *p = msgbus_msg_payload(in, &len);
+        ck_assert_int_lt(ngot, 4);
+        snprintf(got[ngot++], 16, "%.*s", (int)len, p);
+        if (strcmp(got[ngot - 1], "free") == 0)
+            ck_assert_str_eq(msgbus_msg_header(in, "x-trace"), "t1");
+        msgbus_ack(in);
+        msgbus_msg_free(in);
+    }
+    ck_assert_int_eq(ngot, 3);
+    ck_assert_str_eq(got[0], "B1");
+    ck_assert_str_eq(got[1], "free");
+    ck_assert_str_eq(got[2], "B2");
+    msgbus_outbox_stats_t st;
+    tu_ck_ok(msgbus_outbox_stats(w.relay, &st));
+    printf("poison: published %zu, failed %llu, pending %llu\n", n,
+           (unsigned long long)st.failed, (unsigned long long)st.pending);
+    ck_assert_uint_eq(st.failed, 2);
+    ck_assert_uint_eq(st.pending, 1); /* A2 waits behind the failed A1 */
+    ck_assert_int_eq(count_rows(w.app, "state = 'failed' AND error LIKE '%topic%'"), 1);
+    ck_assert_int_eq(count_rows(w.app, "state = 'failed' AND error LIKE '%JSON object%'"), 1);
+    /* Not retried forever: another pass publishes nothing and changes nothing. */
+    tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 100, 1000, &n));
+    ck_assert_uint_eq(n, 0);
+    ck_assert_int_eq(count_rows(w.app, "state = 'failed' AND attempts = 1"), 2);
+    /* The operator fixes A1 and retries: A1 then A2 flow, in order. */
+    char *fix = sqlite3_mprintf("UPDATE msgbus_outbox SET topic = %Q WHERE topic = 'bad topic!'",
+                                w.topic);
+    exec(w.app, fix);
+    sqlite3_free(fix);
+    exec(w.app, "DELETE FROM msgbus_outbox WHERE payload = CAST('poison-C1' AS BLOB)");
+    size_t retried = 0;
+    tu_ck_ok(msgbus_outbox_retry_failed(w.relay, &retried));
+    ck_assert_uint_eq(retried, 1);
+    tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 100, 5000, &n));
+    ck_assert_uint_eq(n, 2);
+    in = tu_receive(w.sub, 1000);
+    ck_assert_ptr_nonnull(in);
+    size_t len;
+    ck_assert_mem_eq(msgbus_msg_payload(in, &len), "poison-A1", 9);
+    msgbus_ack(in);
+    msgbus_msg_free(in);
+    in = tu_receive(w.sub, 1000);
+    ck_assert_ptr_nonnull(in);
+    ck_assert_mem_eq(msgbus_msg_payload(in, &len), "A2", 2);
+    msgbus_ack(in);
+    msgbus_msg_free(in);
+    world_close(&w);
+}
+END_TEST
+
+START_TEST(too_large_row_is_moved_aside_and_blocks_only_its_key)
+{
+    struct world w;
+    world_open_opts(&w, "?max_message_bytes=2000");
+    static char big[5000];
+    memset(big, 'x', sizeof big - 1);
+    put(&w, "K", "K1");
+    put(&w, "K", big); /* the broker will never take it */
+    put(&w, "K", "K3");
+    put(&w, "L", "L1");
+    put(&w, NULL, "free");
+    size_t n = 0;
+    tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 100, 5000, &n));
+    ck_assert_uint_eq(n, 3); /* K1, L1, free */
+    int got = 0;
+    msgbus_msg_t *in;
+    while ((in = tu_receive(w.sub, 300)) != NULL) {
+        size_t len;
+        const char *p = msgbus_msg_payload(in, &len);
+        ck_assert_uint_lt(len, 100); /* never the big one, never K3 */
+        ck_assert(!(len == 2 && memcmp(p, "K3", 2) == 0));
+        got++;
+        msgbus_ack(in);
+        msgbus_msg_free(in);
+    }
+    msgbus_outbox_stats_t st;
+    tu_ck_ok(msgbus_outbox_stats(w.relay, &st));
+    printf("too large: published %zu, received %d, failed %llu, pending %llu\n", n, got,
+           (unsigned long long)st.failed, (unsigned long long)st.pending);
+    ck_assert_int_eq(got, 3);
+    ck_assert_uint_eq(st.failed, 1);
+    ck_assert_uint_eq(st.pending, 1); /* K3 waits behind the failed row */
+    ck_assert_int_eq(count_rows(w.app, "state = 'failed' AND length(payload) = 4999 AND error <> ''"), 1);
+    /* deleting the failed row unblocks its key */
+    exec(w.app, "DELETE FROM msgbus_outbox WHERE state = 'failed'");
+    tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 100, 5000, &n));
+    ck_assert_uint_eq(n, 1);
+    in = tu_receive(w.sub, 1000);
+    ck_assert_ptr_nonnull(in);
+    size_t len;
+    ck_assert_mem_eq(msgbus_msg_payload(in, &len), "K3", 2);
+    msgbus_ack(in);
+    msgbus_msg_free(in);
+    world_close(&w);
+}
+END_TEST
+
+START_TEST(existing_table_is_checked)
+{
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(":memory:", &db), SQLITE_OK);
+    exec(db, "CREATE TABLE legacy (id INTEGER PRIMARY KEY, msg_id TEXT, topic TEXT, payload BLOB)");
+    msgbus_outbox_t *ob = NULL;
+    tu_ck_err(msgbus_outbox_open_sqlite(&ob, db, "legacy"), MSGBUS_ERR_STORE);
+    printf("table check: %s\n", msgbus_last_error());
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "msg_key"));
+    ck_assert_ptr_null(ob);
+    tu_ck_err(msgbus_outbox_open_sqlite(&ob, db, "bad-name"), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_outbox_open_sqlite(&ob, db, "x\"; DROP TABLE legacy; --"), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_outbox_open_sqlite(&ob, db, ""), MSGBUS_ERR_INVALID);
+    /* A custom name works and a second open checks it fine. */
+    tu_ck_ok(msgbus_outbox_open_sqlite(&ob, db, "events_out"));
+    msgbus_outbox_close(ob);
+    tu_ck_ok(msgbus_outbox_open_sqlite(&ob, db, "events_out"));
+    msgbus_outbox_close(ob);
+    sqlite3_close(db);
+}
+END_TEST
+
+START_TEST(relay_refuses_a_connection_inside_a_transaction)
+{
+    struct world w;
+    world_open(&w);
+    exec(w.rel, "BEGIN");
+    size_t n;
+    tu_ck_err(msgbus_outbox_relay(w.relay, w.bus, 10, 100, &n), MSGBUS_ERR_STATE);
+    exec(w.rel, "ROLLBACK");
+    world_close(&w);
+}
+END_TEST
+
+START_TEST(bad_arguments_are_refused)
+{
+    struct world w;
+    world_open(&w);
+    msgbus_outbox_t *ob = NULL;
+    msgbus_msg_t *m = NULL;
+    tu_ck_ok(msgbus_msg_new(&m, "x", 1));
+    tu_ck_err(msgbus_outbox_open_sqlite(NULL, w.app, NULL), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_outbox_open_sqlite(&ob, NULL, NULL), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_outbox_put(NULL, "t", m), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_outbox_put(w.ob, NULL, m), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_outbox_put(w.ob, "t", NULL), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_outbox_put(w.ob, "no spaces", m), MSGBUS_ERR_INVALID);
+    tu_ck_ok(msgbus_msg_set_header(m, "bin", "\xff\xfe"));
+    tu_ck_err(msgbus_outbox_put(w.ob, "t", m), MSGBUS_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "UTF-8"));
+    ck_assert_int_eq(count_rows(w.app, "1"), 0); /* nothing written by a refused put */
+    size_t n = 7;
+    tu_ck_err(msgbus_outbox_relay(NULL, w.bus, 10, 100, &n), MSGBUS_ERR_INVALID);
+    ck_assert_uint_eq(n, 0);
+    tu_ck_err(msgbus_outbox_relay(w.relay, NULL, 10, 100, &n), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_outbox_relay(w.relay, w.bus, 0, 100, &n), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_outbox_relay(w.relay, w.bus, 10, -5, &n), MSGBUS_ERR_INVALID);
+    msgbus_outbox_stats_t st;
+    tu_ck_err(msgbus_outbox_stats(NULL, &st), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_outbox_stats(w.relay, NULL), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_outbox_purge(NULL, NULL), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_outbox_relay_start(NULL, w.bus, NULL), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_outbox_relay_start(w.relay, NULL, NULL), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_outbox_relay_stop(w.relay), MSGBUS_ERR_STATE);
+    msgbus_outbox_relay_wake(NULL);
+    msgbus_outbox_close(NULL);
+    msgbus_msg_free(m);
+    world_close(&w);
+}
+END_TEST
+
+START_TEST(background_relay_publishes_on_wake_and_drains_on_stop)
+{
+    struct world w;
+    world_open(&w);
+    msgbus_outbox_relay_opts_t o = {.batch_max = 50, .poll_interval_ms = 60000};
+    tu_ck_ok(msgbus_outbox_relay_start(w.relay, w.bus, &o));
+    tu_ck_err(msgbus_outbox_relay_start(w.relay, w.bus, &o), MSGBUS_ERR_STATE);
+    size_t n;
+    tu_ck_err(msgbus_outbox_relay(w.relay, w.bus, 10, 100, &n), MSGBUS_ERR_STATE);
+    enum { N = 500 };
+    exec(w.app, "BEGIN");
+    for (int i = 0; i < N; i++) {
+        char text[16], key[8];
+        snprintf(text, sizeof text, "%d", i);
+        snprintf(key, sizeof key, "k%d", i % 3);
+        put(&w, key, text);
+    }
+    exec(w.app, "COMMIT");
+    int64_t t0 = tu_now_ms();
+    msgbus_outbox_relay_wake(w.relay); /* the poll interval is a minute: only the wake can do it */
+    int got = 0;
+    msgbus_msg_t *in;
+    while (got < N && (in = tu_receive(w.sub, 5000)) != NULL) {
+        size_t len;
+        const char *p = msgbus_msg_payload(in, &len);
+        char text[16];
+        snprintf(text, sizeof text, "%.*s", (int)len, p);
+        ck_assert_int_eq(atoi(text), got);
+        got++;
+        msgbus_ack(in);
+        msgbus_msg_free(in);
+    }
+    printf("background: %d of %d received in order within %lld ms\n", got, N,
+           (long long)(tu_now_ms() - t0));
+    ck_assert_int_eq(got, N);
+    tu_ck_ok(msgbus_outbox_relay_stop(w.relay));
+    msgbus_outbox_stats_t st;
+    tu_ck_ok(msgbus_outbox_stats(w.relay, &st));
+    ck_assert_uint_eq(st.pending, 0);
+    /* stopped: a new row stays pending */
+    put(&w, NULL, "late");
+    usleep(50000);
+    tu_ck_ok(msgbus_outbox_stats(w.relay, &st));
+    ck_assert_uint_eq(st.pending, 1);
+    /* close stops a running relay itself */
+    tu_ck_ok(msgbus_outbox_relay_start(w.relay, w.bus, NULL));
+    world_close(&w);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("outbox_sqlite");
+    TCase *tc = tcase_create("outbox");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, rollback_leaves_no_message);
+    tcase_add_test(tc, commit_publishes_once_with_the_stored_id);
+    tcase_add_test(tc, autocommit_put_is_its_own_transaction);
+    tcase_add_test(tc, rows_are_published_in_commit_order);
+    tcase_add_test(tc, retention_keeps_sent_rows_until_purged);
+    tcase_add_test(tc, stats_report_pending_count_and_age);
+    tcase_add_test(tc, poison_row_is_moved_aside_while_other_keys_flow);
+    tcase_add_test(tc, too_large_row_is_moved_aside_and_blocks_only_its_key);
+    tcase_add_test(tc, existing_table_is_checked);
+    tcase_add_test(tc, relay_refuses_a_connection_inside_a_transaction);
+    tcase_add_test(tc, bad_arguments_are_refused);
+    tcase_add_test(tc, background_relay_publishes_on_wake_and_drains_on_stop);
+    suite_add_tcase(s, tc);
+    return tu_run_suite(s);
+}
