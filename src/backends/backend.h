@@ -63,8 +63,10 @@ struct mb_backend_ops {
     void (*close)(struct mb_backend *be);
 
     /* Sends `m` to `topic` asynchronously. The backend copies what it needs
-     * before returning; it must not keep `m`. On MSGBUS_OK the backend owns
-     * `token` and must call mb_bus_confirm(bus, token, …) exactly once,
+     * before returning; it must not keep `m`. `token` is NULL when the
+     * application gave no delivery callback — the confirm is still owed.
+     * On MSGBUS_OK the backend owns `token` and must call
+     * mb_bus_confirm(bus, token, …) exactly once,
      * later, from any thread, with the real outcome. On an error return the
      * token is untouched and no confirm may follow. `m` has an id. Never
      * blocks on the network. Required. */

@@ -1,0 +1,283 @@
+/*
+ * bench_amqp.c — publish throughput of msgbus's AMQP backend against raw
+ * rabbitmq-c 0.11 on the same broker, in the same run, alternating.
+ *
+ * Both sides put the same message on the wire: persistent (delivery_mode 2),
+ * message id, timestamp, the two headers msgbus always writes
+ * (cloudEvents:id, msgbus-timestamp-ms), mandatory, to a durable topic exchange with one
+ * durable queue bound, publisher confirms with the same window (1000 by
+ * default) and a wait for every confirm at the end. The queue is purged
+ * between runs so every run starts from the same broker state.
+ *
+ *   bench_amqp [url] [messages] [rounds]
+ *   url defaults to $MSGBUS_TEST_AMQP_URL, messages to 100000, rounds to 3.
+ * Prints per case the median rate of each side and the median of the
+ * per-round ratios (robust against load that drifts during the run):
+ *   RESULT case=<name> msgbus=<msg/s> raw=<msg/s> ratio=<msgbus/raw>
+ */
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "msgbus/msgbus.h"
+
+#define WINDOW 1000
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void die(const char *what, const char *detail)
+{
+    fprintf(stderr, "bench_amqp: %s: %s\n", what, detail);
+    exit(1);
+}
+
+static void check_reply(amqp_rpc_reply_t r, const char *what)
+{
+    if (r.reply_type != AMQP_RESPONSE_NORMAL)
+        die(what, r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION
+                      ? amqp_error_string2(r.library_error)
+                      : "broker refused");
+}
+
+/* ---- raw rabbitmq-c --------------------------------------------------------- */
+
+static amqp_connection_state_t raw_connect(const struct amqp_connection_info *ci)
+{
+    amqp_connection_state_t c = amqp_new_connection();
+    amqp_socket_t *s = amqp_tcp_socket_new(c);
+    if (amqp_socket_open(s, ci->host, ci->port) != AMQP_STATUS_OK)
+        die("raw connect", ci->host);
+    check_reply(amqp_login(c, ci->vhost && *ci->vhost ? ci->vhost : "/", 0, 131072, 10,
+                           AMQP_SASL_METHOD_PLAIN, ci->user, ci->password),
+                "raw login");
+    amqp_channel_open(c, 1);
+    check_reply(amqp_get_rpc_reply(c), "channel.open");
+    return c;
+}
+
+static void raw_topology(amqp_connection_state_t c, const char *topic, const char *queue)
+{
+    amqp_exchange_declare(c, 1, amqp_cstring_bytes(topic), amqp_cstring_bytes("topic"), 0, 1, 0,
+                          0, amqp_empty_table);
+    check_reply(amqp_get_rpc_reply(c), "exchange.declare");
+    amqp_queue_declare(c, 1, amqp_cstring_bytes(queue), 0, 1, 0, 0, amqp_empty_table);
+    check_reply(amqp_get_rpc_reply(c), "queue.declare");
+    amqp_queue_bind(c, 1, amqp_cstring_bytes(queue), amqp_cstring_bytes(topic),
+                    amqp_cstring_bytes("#"), amqp_empty_table);
+    check_reply(amqp_get_rpc_reply(c), "queue.bind");
+}
+
+static void raw_purge(amqp_connection_state_t c, const char *queue)
+{
+    amqp_queue_purge(c, 1, amqp_cstring_bytes(queue));
+    check_reply(amqp_get_rpc_reply(c), "queue.purge");
+}
+
+/* Reads confirms until at most `keep` are outstanding. */
+static void raw_wait_confirms(amqp_connection_state_t c, uint64_t sent, uint64_t *acked,
+                              uint64_t keep)
+{
+    while (sent - *acked > keep) {
+        amqp_frame_t f;
+        if (amqp_simple_wait_frame(c, &f) != AMQP_STATUS_OK)
+            die("raw confirms", "connection failed");
+        if (f.frame_type != AMQP_FRAME_METHOD)
+            continue;
+        if (f.payload.method.id == AMQP_BASIC_ACK_METHOD) {
+            amqp_basic_ack_t *a = f.payload.method.decoded;
+            if (a->multiple)
+                *acked = a->delivery_tag;
+            else
+                (*acked)++; /* single acks arrive in order for a single queue */
+        } else if (f.payload.method.id == AMQP_BASIC_NACK_METHOD) {
+            die("raw confirms", "broker nacked");
+        }
+        amqp_maybe_release_buffers(c);
+    }
+}
+
+/* `same_headers`: also write the two headers msgbus writes on every message
+ * (cloudEvents:id and msgbus-timestamp-ms), so the broker does the same work
+ * for both sides; without them (false) it shows what the table costs. */
+static double raw_run(const struct amqp_connection_info *ci, const char *topic,
+                      const char *queue, size_t n, size_t size, bool same_headers)
+{
+    amqp_connection_state_t c = raw_connect(ci);
+    raw_topology(c, topic, queue);
+    amqp_confirm_select(c, 1);
+    check_reply(amqp_get_rpc_reply(c), "confirm.select");
+    char *body = malloc(size);
+    memset(body, 'x', size);
+    char id[64];
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof p);
+    p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG;
+    p.delivery_mode = 2;
+    amqp_table_entry_t hdr[2];
+    hdr[0].key = amqp_cstring_bytes("cloudEvents:id");
+    hdr[0].value.kind = AMQP_FIELD_KIND_UTF8;
+    hdr[1].key = amqp_cstring_bytes("msgbus-timestamp-ms");
+    hdr[1].value.kind = AMQP_FIELD_KIND_I64;
+    if (same_headers) {
+        p._flags |= AMQP_BASIC_HEADERS_FLAG;
+        p.headers.num_entries = 2;
+        p.headers.entries = hdr;
+    }
+    uint64_t acked = 0;
+    double t0 = now_s();
+    for (size_t i = 0; i < n; i++) {
+        /* An id as long as a UUIDv7, like msgbus's. */
+        snprintf(id, sizeof id, "00000000-0000-7000-8000-%012zu", i);
+        p.message_id = amqp_cstring_bytes(id);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        p.timestamp = (uint64_t)ts.tv_sec;
+        hdr[0].value.value.bytes = p.message_id;
+        hdr[1].value.value.i64 = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        amqp_bytes_t b = {size, body};
+        if (amqp_basic_publish(c, 1, amqp_cstring_bytes(topic), amqp_empty_bytes, 1, 0, &p, b) !=
+            AMQP_STATUS_OK)
+            die("raw publish", "failed");
+        raw_wait_confirms(c, i + 1, &acked, WINDOW - 1);
+    }
+    raw_wait_confirms(c, n, &acked, 0);
+    double rate = n / (now_s() - t0);
+    amqp_channel_close(c, 1, AMQP_REPLY_SUCCESS);
+    amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(c);
+    free(body);
+    return rate;
+}
+
+/* ---- msgbus ------------------------------------------------------------------------ */
+
+static double msgbus_run(const char *url, const char *topic, size_t n, size_t size)
+{
+    msgbus_t *bus;
+    char full[1024];
+    snprintf(full, sizeof full, "%s%sconfirm_window=%d", url, strchr(url, '?') ? "&" : "?",
+             WINDOW);
+    if (msgbus_open(&bus, full, NULL) != MSGBUS_OK)
+        die("msgbus_open", msgbus_last_error());
+    if (msgbus_declare(bus, topic, "bench") != MSGBUS_OK)
+        die("msgbus_declare", msgbus_last_error());
+    char *body = malloc(size);
+    memset(body, 'x', size);
+    msgbus_msg_t *m;
+    double t0 = now_s();
+    for (size_t i = 0; i < n; i++) {
+        /* A fresh message each time, as an application would (new id). */
+        if (msgbus_msg_new(&m, body, size) != MSGBUS_OK)
+            die("msgbus_msg_new", msgbus_last_error());
+        msgbus_err_t e;
+        while ((e = msgbus_publish(bus, topic, m, NULL, NULL)) == MSGBUS_ERR_QUEUE_FULL)
+            msgbus_poll(bus, 1, NULL);
+        if (e != MSGBUS_OK)
+            die("msgbus_publish", msgbus_last_error());
+        msgbus_msg_free(m);
+        if ((i & 1023) == 0)
+            msgbus_poll(bus, 0, NULL);
+    }
+    size_t failed = 0;
+    if (msgbus_flush(bus, 120000, &failed) != MSGBUS_OK)
+        die("msgbus_flush", msgbus_last_error());
+    double rate = n / (now_s() - t0);
+    msgbus_close(bus);
+    free(body);
+    return rate;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv)
+{
+    const char *url = argc > 1 ? argv[1] : getenv("MSGBUS_TEST_AMQP_URL");
+    size_t n = argc > 2 ? strtoul(argv[2], NULL, 10) : 100000;
+    int rounds = argc > 3 ? atoi(argv[3]) : 3;
+    if (!url || !*url)
+        die("no broker", "pass a URL or set MSGBUS_TEST_AMQP_URL (scripts/brokers up)");
+    if (rounds < 1 || rounds > 15)
+        rounds = 3;
+
+    /* rabbitmq-c parses the same URL for the raw side (without the query). */
+    char raw_url[1024];
+    snprintf(raw_url, sizeof raw_url, "%s", url);
+    char *q = strchr(raw_url, '?');
+    if (q)
+        *q = '\0';
+    struct amqp_connection_info ci;
+    amqp_default_connection_info(&ci);
+    if (amqp_parse_url(raw_url, &ci) != AMQP_STATUS_OK)
+        die("bad URL", url);
+    if (ci.vhost && strcmp(ci.vhost, "") == 0)
+        ci.vhost = "/";
+
+    static const struct { const char *name; size_t size; } cases[] = {
+        {"persistent_64B", 64}, {"persistent_1KiB", 1024}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char topic[128], queue[160];
+        snprintf(topic, sizeof topic, "bench-amqp-%d-%zu", (int)getpid(), k);
+        snprintf(queue, sizeof queue, "%s.bench", topic); /* msgbus's group queue */
+        double mb[16], raw[16];
+        /* An admin connection: same topology for both, emptied before each run. */
+        amqp_connection_state_t admin = raw_connect(&ci);
+        raw_topology(admin, topic, queue);
+        for (int r = 0; r < rounds; r++) {
+            /* Alternate who goes first so broker warm-up favours neither. */
+            if (r % 2 == 0) {
+                raw_purge(admin, queue);
+                mb[r] = msgbus_run(url, topic, n, cases[k].size);
+                raw_purge(admin, queue);
+                raw[r] = raw_run(&ci, topic, queue, n, cases[k].size, true);
+            } else {
+                raw_purge(admin, queue);
+                raw[r] = raw_run(&ci, topic, queue, n, cases[k].size, true);
+                raw_purge(admin, queue);
+                mb[r] = msgbus_run(url, topic, n, cases[k].size);
+            }
+            fprintf(stderr, "  %s round %d: msgbus %.0f/s raw %.0f/s\n", cases[k].name, r + 1,
+                    mb[r], raw[r]);
+        }
+        /* The ratio is the median of the per-round ratios: each round's
+         * two runs are back to back, so load from other processes on a
+         * shared machine hits both sides of a pair alike. */
+        double ratio[16];
+        for (int r = 0; r < rounds; r++)
+            ratio[r] = mb[r] / raw[r];
+        qsort(mb, rounds, sizeof mb[0], cmp_double);
+        qsort(raw, rounds, sizeof raw[0], cmp_double);
+        qsort(ratio, rounds, sizeof ratio[0], cmp_double);
+        double m = mb[rounds / 2], w = raw[rounds / 2];
+        printf("RESULT case=%s msgbus=%.0f raw=%.0f ratio=%.2f\n", cases[k].name, m, w,
+               ratio[rounds / 2]);
+        /* For the record: the same raw publisher without a headers table. */
+        raw_purge(admin, queue);
+        double bare = raw_run(&ci, topic, queue, n, cases[k].size, false);
+        printf("INFO case=%s raw_without_headers=%.0f (RabbitMQ's cost of any headers table)\n",
+               cases[k].name, bare);
+        fflush(stdout);
+        /* Remove the bench's queue and exchange. */
+        amqp_connection_state_t c = admin;
+        amqp_queue_delete(c, 1, amqp_cstring_bytes(queue), 0, 0);
+        amqp_get_rpc_reply(c);
+        amqp_exchange_delete(c, 1, amqp_cstring_bytes(topic), 0);
+        amqp_get_rpc_reply(c);
+        amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+        amqp_destroy_connection(c);
+    }
+    return 0;
+}

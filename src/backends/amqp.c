@@ -1,0 +1,274 @@
+/*
+ * amqp.c — the AMQP 0-9-1 backend's ops table (amqp:// and amqps://), over
+ * rabbitmq-c 0.11. These functions run on application threads: they check,
+ * encode and queue work for the bus's I/O thread (amqp_io.c), which owns
+ * the connection. Only open (first connect), declare, subscribe and
+ * unsubscribe wait for the network; publish and settle never do.
+ *
+ * Topology (DESIGN.md §2): topic → durable `topic` exchange named after it;
+ * group → durable queue "<topic>.<group>" bound with "#"; broadcast →
+ * exclusive auto-delete server-named queue. See docs/amqp.md.
+ */
+#include "backends/amqp.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+static void mb_amqp_free(struct mb_backend *be)
+{
+    while (be->decls) {
+        struct mb_amqp_decl *d = be->decls;
+        be->decls = d->next;
+        free(d->topic);
+        free(d->group);
+        free(d);
+    }
+    mb_amqp_conf_free(&be->conf);
+    if (be->wake_fd >= 0)
+        close(be->wake_fd);
+    pthread_mutex_destroy(&be->lock);
+    pthread_cond_destroy(&be->cond);
+    free(be);
+}
+
+static msgbus_err_t mb_amqp_open(msgbus_t *bus, struct mb_url *url, struct mb_backend **out)
+{
+    struct mb_backend *be = calloc(1, sizeof *be);
+    if (!be)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+    be->bus = bus;
+    be->wake_fd = -1;
+    pthread_mutex_init(&be->lock, NULL);
+    mb_cond_init(&be->cond);
+    /* Every option is read (and a typo refused) before any network I/O. */
+    msgbus_err_t e = mb_amqp_conf_parse(url, &be->conf);
+    if (e) {
+        mb_amqp_free(be);
+        return e;
+    }
+    be->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (be->wake_fd < 0) {
+        mb_amqp_free(be);
+        return mb_error(MSGBUS_ERR_INTERNAL, "eventfd failed");
+    }
+    be->next_channel = MB_AMQP_FIRST_SUB_CHANNEL;
+    /* The first connection is made here, on the caller's thread, so that a
+     * wrong password or a dead host fails msgbus_open itself. */
+    if ((e = mb_amqp_connect(be)) != MSGBUS_OK) {
+        mb_amqp_free(be);
+        return e;
+    }
+    if (pthread_create(&be->thread, NULL, mb_amqp_io_main, be) != 0) {
+        amqp_destroy_connection(be->conn);
+        mb_amqp_free(be);
+        return mb_error(MSGBUS_ERR_INTERNAL, "cannot start the AMQP I/O thread");
+    }
+    be->thread_started = true;
+    *out = be;
+    return MSGBUS_OK;
+}
+
+static void mb_amqp_close(struct mb_backend *be)
+{
+    pthread_mutex_lock(&be->lock);
+    be->stopping = true;
+    pthread_mutex_unlock(&be->lock);
+    mb_amqp_wake(be);
+    if (be->thread_started)
+        pthread_join(be->thread, NULL);
+    mb_amqp_free(be);
+}
+
+/* Hands `op` to the I/O thread. Control requests wait for its answer. */
+static msgbus_err_t mb_amqp_submit(struct mb_backend *be, struct mb_amqp_op *op, bool wait)
+{
+    pthread_mutex_lock(&be->lock);
+    if (be->stopping) {
+        pthread_mutex_unlock(&be->lock);
+        return mb_error(MSGBUS_ERR_CLOSED, "the bus is closing");
+    }
+    if (be->op_tail)
+        be->op_tail->next = op;
+    else
+        be->op_head = op;
+    be->op_tail = op;
+    bool wake = mb_amqp_need_wake(be);
+    pthread_mutex_unlock(&be->lock);
+    if (wake)
+        mb_amqp_wake(be);
+    if (!wait)
+        return MSGBUS_OK;
+    pthread_mutex_lock(&be->lock);
+    while (!op->done)
+        pthread_cond_wait(&be->cond, &be->lock);
+    pthread_mutex_unlock(&be->lock);
+    if (op->result)
+        return mb_error(op->result, "%s", op->detail);
+    return MSGBUS_OK;
+}
+
+static msgbus_err_t mb_amqp_publish(struct mb_backend *be, const char *topic,
+                                    const msgbus_msg_t *m, struct mb_confirm *token)
+{
+    if (m->len > (size_t)be->conf.max_message_bytes)
+        return mb_error(MSGBUS_ERR_TOO_LARGE,
+                        "message of %zu bytes is larger than max_message_bytes=%ld (RabbitMQ's "
+                        "max_message_size; default 128 MiB)",
+                        m->len, be->conf.max_message_bytes);
+    if (m->key && m->key_len > 255)
+        return mb_error(MSGBUS_ERR_INVALID,
+                        "key of %zu bytes: an AMQP routing key holds at most 255 bytes",
+                        m->key_len);
+    size_t props = mb_amqp_props_size(m);
+    if (props > (size_t)be->conf.frame_max - 64)
+        return mb_error(MSGBUS_ERR_TOO_LARGE,
+                        "the message's headers take about %zu bytes, more than one AMQP frame "
+                        "(frame_max=%ld)",
+                        props, be->conf.frame_max);
+    struct mb_amqp_out *o = mb_amqp_out_new(topic, NULL, 0, m, 1, false);
+    if (!o)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+    o->token = token;
+    o->queued_ms = mb_mono_ms();
+    pthread_mutex_lock(&be->lock);
+    if (be->stopping) {
+        pthread_mutex_unlock(&be->lock);
+        mb_amqp_out_free(o);
+        return mb_error(MSGBUS_ERR_CLOSED, "the bus is closing");
+    }
+    if (be->pub_tail)
+        be->pub_tail->next = o;
+    else
+        be->pub_head = o;
+    be->pub_tail = o;
+    bool wake = mb_amqp_need_wake(be);
+    pthread_mutex_unlock(&be->lock);
+    if (wake)
+        mb_amqp_wake(be);
+    return MSGBUS_OK;
+}
+
+static struct mb_amqp_op *mb_amqp_op_new(enum mb_amqp_op_kind kind, struct mb_backend *be)
+{
+    struct mb_amqp_op *op = calloc(1, sizeof *op);
+    if (op) {
+        op->kind = kind;
+        op->deadline_ms = mb_mono_ms() + be->conf.subscribe_timeout_ms;
+    }
+    return op;
+}
+
+static msgbus_err_t mb_amqp_declare(struct mb_backend *be, const char *topic, const char *group)
+{
+    char q[512];
+    msgbus_err_t e;
+    if (group && (e = mb_amqp_group_queue(topic, group, q, sizeof q)))
+        return e;
+    struct mb_amqp_op *op = mb_amqp_op_new(MB_AMQP_OP_DECLARE, be);
+    if (!op)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+    op->topic = (char *)topic;
+    op->group = (char *)group;
+    e = mb_amqp_submit(be, op, true);
+    free(op);
+    return e;
+}
+
+static void mb_amqp_sub_free(struct mb_backend_sub *bs)
+{
+    free(bs->tags);
+    free(bs->topic);
+    free(bs->group);
+    free(bs);
+}
+
+static msgbus_err_t mb_amqp_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
+                                      struct mb_backend_sub **out)
+{
+    const char *topic = mb_sub_topic(sub), *group = mb_sub_group(sub);
+    char q[512];
+    msgbus_err_t e;
+    if (group && (e = mb_amqp_group_queue(topic, group, q, sizeof q)))
+        return e;
+    struct mb_backend_sub *bs = calloc(1, sizeof *bs);
+    struct mb_amqp_op *op = mb_amqp_op_new(MB_AMQP_OP_SUBSCRIBE, be);
+    if (!bs || !op || !(bs->topic = mb_strdup(topic)) || (group && !(bs->group = mb_strdup(group)))) {
+        free(op);
+        if (bs)
+            mb_amqp_sub_free(bs);
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+    }
+    bs->be = be;
+    bs->sub = sub;
+    op->sub = bs;
+    e = mb_amqp_submit(be, op, true);
+    free(op);
+    if (e) {
+        mb_error_prefix(e, "subscribing to '%s'%s%s", topic, group ? " as group " : "",
+                        group ? group : "");
+        mb_amqp_sub_free(bs);
+        return e;
+    }
+    *out = bs;
+    return MSGBUS_OK;
+}
+
+static void mb_amqp_unsubscribe(struct mb_backend_sub *bs)
+{
+    struct mb_amqp_op op = {.kind = MB_AMQP_OP_UNSUBSCRIBE, .sub = bs};
+    mb_amqp_submit(bs->be, &op, true);
+    mb_amqp_sub_free(bs);
+}
+
+static msgbus_err_t mb_amqp_settle(struct mb_backend_sub *bs, msgbus_msg_t *m, enum mb_settle how)
+{
+    struct mb_backend *be = bs->be;
+    struct mb_amqp_op *op = calloc(1, sizeof *op);
+    if (!op)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+    op->kind = MB_AMQP_OP_SETTLE;
+    op->sub = bs;
+    op->tag = m->tag;
+    op->epoch = (unsigned)m->offset;
+    op->how = how;
+    /* A classic queue keeps no delivery count: the I/O thread republishes
+     * this copy with the attempt raised (see amqp_consume.c). */
+    if (how == MB_SETTLE_NACK && !(bs->group && be->conf.quorum)) {
+        op->copy = mb_msg_clone(m);
+        if (!op->copy) {
+            free(op);
+            return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+        }
+        op->copy->attempt = m->attempt;
+    }
+    msgbus_err_t e = mb_amqp_submit(be, op, false);
+    if (e) {
+        msgbus_msg_free(op->copy);
+        free(op);
+    }
+    return e;
+}
+
+static const char *const mb_amqp_schemes[] = {"amqp", "amqps", NULL};
+
+const struct mb_backend_ops mb_amqp_ops = {
+    .version = MB_BACKEND_VERSION,
+    .scheme = "amqp",
+    .schemes = mb_amqp_schemes,
+    .caps = MB_CAP_PASSTHROUGH_OPTIONS, /* x-… queue arguments: checked in amqp_conf.c */
+    .options = mb_amqp_option_names,
+    .env_prefix = "AMQP",
+    .env_separator = '_',
+    .open = mb_amqp_open,
+    .close = mb_amqp_close,
+    .publish = mb_amqp_publish,
+    .flush = NULL,
+    .declare = mb_amqp_declare,
+    .subscribe = mb_amqp_subscribe,
+    .unsubscribe = mb_amqp_unsubscribe,
+    .settle = mb_amqp_settle,
+    .release = NULL,
+};

@@ -1,0 +1,318 @@
+/*
+ * amqp.h — internals of the AMQP 0-9-1 backend (rabbitmq-c 0.11), shared by
+ * its files:
+ *   amqp.c         the ops table: open/close/publish/declare/subscribe/settle
+ *   amqp_conf.c    URL options → struct mb_amqp_conf, topology names
+ *   amqp_codec.c   msgbus message ↔ AMQP properties/headers/body
+ *   amqp_conn.c    connecting (TCP/TLS, login, failover), errors, exchanges
+ *   amqp_io.c      the I/O thread: loop, reconnect, publish + confirms
+ *   amqp_consume.c the I/O thread's consumer half: deliveries, acks, nacks
+ *
+ * Threads: exactly one I/O thread per bus owns the rabbitmq-c connection
+ * (it is not thread-safe). Application threads never touch it: they append
+ * work to two queues under `lock` (publishes; settles and control requests)
+ * and wake the thread through an eventfd once per batch — only when the
+ * queue goes from "nobody will look" to "somebody must look" (`wake_pending`).
+ * Control requests (declare, subscribe, unsubscribe) are the only calls that
+ * wait for the I/O thread, on `cond`.
+ *
+ * Channels: 1 publishes in confirm mode, 2 runs topology RPCs, 3.. are one
+ * per subscription (its own prefetch; closing it returns its unacked
+ * messages). Subscription channel numbers are not reused soon, so frames of
+ * a closed channel still queued inside rabbitmq-c can never be mistaken for
+ * a new subscription's.
+ */
+#ifndef MB_AMQP_H
+#define MB_AMQP_H
+
+#include <amqp.h>
+#include <pthread.h>
+
+#include "backends/backend.h"
+
+#define MB_AMQP_PUB_CHANNEL 1
+#define MB_AMQP_CTL_CHANNEL 2
+#define MB_AMQP_FIRST_SUB_CHANNEL 3
+#define MB_AMQP_DETAIL 512
+
+/* Header names msgbus writes and strips again on receipt. */
+#define MB_AMQP_H_ID "cloudEvents:id"
+#define MB_AMQP_H_ATTEMPT "msgbus-attempt"
+#define MB_AMQP_H_TS_MS "msgbus-timestamp-ms"
+#define MB_AMQP_H_KEY "msgbus-key"
+#define MB_AMQP_H_DELIVERY_COUNT "x-delivery-count"
+
+MB_HIDDEN extern const struct mb_backend_ops mb_amqp_ops;
+
+/* ---- configuration (amqp_conf.c) ----------------------------------------- */
+
+struct mb_amqp_qarg {
+    char *name;
+    char *value; /* as written; typed when the table is built */
+};
+
+struct mb_amqp_conf {
+    bool tls;
+    struct mb_url_host *hosts; /* copies; port filled in (5672 / 5671) */
+    size_t nhosts;
+    char *user, *password, *vhost;
+    long prefetch;             /* basic.qos per subscription */
+    long heartbeat_s;          /* 0: off */
+    long connect_timeout_ms;
+    long confirm_window;       /* max unconfirmed publishes on the wire */
+    long max_message_bytes;    /* body limit checked before sending */
+    long frame_max;
+    long subscribe_timeout_ms; /* subscribe/declare wait for a connection */
+    long reconnect_min_ms, reconnect_max_ms;
+    long message_timeout_ms;   /* unsent message fails after this (0: never) */
+    long rpc_timeout_ms;
+    bool quorum;               /* queue_type=quorum for group queues */
+    bool unroutable_ok;        /* unroutable=ok: report success, log a warning */
+    struct mb_amqp_qarg *qargs; /* x-… queue arguments */
+    size_t nqargs;
+    char *cacert, *cert, *key;
+    bool verify_peer, verify_hostname;
+};
+
+/* Reads every option this backend knows from `url` (marking them used),
+ * then checks that none is left unused. MSGBUS_ERR_CONFIG names a bad one. */
+MB_HIDDEN msgbus_err_t mb_amqp_conf_parse(struct mb_url *url, struct mb_amqp_conf *c);
+MB_HIDDEN void mb_amqp_conf_free(struct mb_amqp_conf *c);
+
+/* "<topic>.<group>"; MSGBUS_ERR_INVALID when longer than AMQP's 255. */
+MB_HIDDEN msgbus_err_t mb_amqp_group_queue(const char *topic, const char *group, char *buf,
+                                           size_t n);
+
+/* The queue arguments table for a group queue (x-queue-type + x-… options).
+ * Entries point into `c` and into `store` (numbers parsed); n <= cap. */
+MB_HIDDEN size_t mb_amqp_queue_args(const struct mb_amqp_conf *c, amqp_table_entry_t *entries,
+                                    size_t cap);
+
+MB_HIDDEN extern const char *const mb_amqp_option_names[];
+
+/* ---- outgoing messages (amqp_codec.c) ------------------------------------ */
+
+struct mb_amqp_out {
+    struct mb_amqp_out *next;
+    struct mb_confirm *token; /* the core's (NULL when the caller gave no callback) */
+    bool internal;            /* msgbus's own republish of a nacked message: no confirm */
+    uint64_t seq;             /* confirm sequence number once sent */
+    int64_t queued_ms;        /* mb_mono_ms() when handed over */
+    int channel_errors;       /* publish-channel failures this message lived through */
+    bool unroutable;
+    char *return_text;        /* basic.return reply text (malloc) */
+    const char *topic;        /* the exchange ("" for a republish) */
+    const char *msg_id;
+    amqp_bytes_t routing_key, body;
+    amqp_basic_properties_t props;
+    /* A republish acks its original once confirmed. */
+    struct mb_backend_sub *orig_sub;
+    unsigned orig_epoch;
+    uint64_t orig_tag;
+    /* table entries and strings follow in the same allocation */
+};
+
+/* Builds the wire form of `m` in one allocation: exchange `exchange`,
+ * routing key `rk` (NULL: m's key), attempt header when attempt > 1, and
+ * msgbus-key when the routing key is not the message's key. */
+MB_HIDDEN struct mb_amqp_out *mb_amqp_out_new(const char *exchange, const void *rk,
+                                              size_t rk_len, const msgbus_msg_t *m, int attempt,
+                                              bool keep_key_header);
+MB_HIDDEN void mb_amqp_out_free(struct mb_amqp_out *o);
+/* Bytes the properties (mostly the headers table) take on the wire. */
+MB_HIDDEN size_t mb_amqp_props_size(const msgbus_msg_t *m);
+
+/* Fills a received message from a content header and routing key.
+ * Returns false on out of memory. */
+MB_HIDDEN bool mb_amqp_decode(msgbus_msg_t *m, const amqp_basic_properties_t *p,
+                              amqp_bytes_t routing_key, bool redelivered);
+
+/* ---- subscriptions ---------------------------------------------------------- */
+
+/* A delivered-but-not-settled tag, in delivery (= tag) order. */
+struct mb_amqp_tag {
+    uint64_t tag;
+    uint8_t state; /* MB_AMQP_TAG_* */
+};
+enum { MB_AMQP_TAG_OPEN = 0, MB_AMQP_TAG_ACK_NOW = 1, MB_AMQP_TAG_DONE = 2 };
+
+/* Content being assembled on one channel: method, then header, then body. */
+struct mb_amqp_asm {
+    int kind;              /* 0 none, 1 deliver, 2 return */
+    msgbus_msg_t *msg;     /* deliver */
+    uint64_t tag;
+    bool redelivered;
+    char *routing_key;
+    size_t rk_len;
+    size_t body_size, got;
+    char *reply_text;      /* return */
+    int reply_code;
+};
+
+struct mb_backend_sub {
+    struct mb_backend *be;
+    msgbus_sub_t *sub;
+    char *topic;
+    char *group;           /* NULL: broadcast */
+    char queue[256];       /* queue name, server-named for broadcast */
+    /* I/O thread only: */
+    amqp_channel_t channel;   /* 0: not established on the current connection */
+    unsigned epoch;           /* bumped every time it is (re)established */
+    bool quorum;
+    bool removed;
+    struct mb_amqp_tag *tags;
+    size_t tag_head, tag_len, tag_cap;
+    bool acks_pending;
+    struct mb_amqp_asm as;
+    msgbus_msg_t *batch_head, *batch_tail;
+    size_t batch_n;
+    struct mb_backend_sub *next;
+};
+
+/* ---- requests from application threads ------------------------------------------ */
+
+enum mb_amqp_op_kind {
+    MB_AMQP_OP_SETTLE,
+    MB_AMQP_OP_DECLARE,
+    MB_AMQP_OP_SUBSCRIBE,
+    MB_AMQP_OP_UNSUBSCRIBE
+};
+
+struct mb_amqp_op {
+    struct mb_amqp_op *next;
+    enum mb_amqp_op_kind kind;
+    struct mb_backend_sub *sub;
+    /* settle */
+    uint64_t tag;
+    unsigned epoch;
+    enum mb_settle how;
+    msgbus_msg_t *copy;   /* nack on a classic queue: what to republish */
+    /* declare */
+    char *topic, *group;
+    /* control result */
+    int64_t deadline_ms;
+    bool done;
+    msgbus_err_t result;
+    char detail[MB_AMQP_DETAIL];
+};
+
+/* Topics whose exchange exists on the current connection. */
+struct mb_amqp_topic {
+    char *name;
+    int64_t failed_until_ms; /* declare failed: fail publishes until then */
+    char *failure;
+    struct mb_amqp_topic *next;
+};
+
+/* A (topic, group) declared by msgbus_declare, re-declared on reconnect. */
+struct mb_amqp_decl {
+    char *topic, *group;
+    struct mb_amqp_decl *next;
+};
+
+struct mb_backend {
+    msgbus_t *bus;
+    struct mb_amqp_conf conf;
+
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int wake_fd;
+    /* under lock: */
+    bool wake_pending;
+    bool stopping;
+    struct mb_amqp_out *pub_head, *pub_tail;
+    struct mb_amqp_op *op_head, *op_tail;
+
+    /* I/O thread only (and open, before the thread starts): */
+    amqp_connection_state_t conn;
+    size_t host_index;
+    int64_t next_connect_ms;
+    long backoff_ms;
+    bool pub_channel_ok, ctl_channel_ok;
+    struct mb_amqp_out *send_head, *send_tail;
+    struct mb_amqp_out *infl_head, *infl_tail;
+    size_t ninflight;
+    uint64_t next_seq;
+    struct mb_amqp_asm ret_as; /* basic.return on the publish channel */
+    struct mb_amqp_topic *topics;
+    struct mb_amqp_decl *decls;
+    struct mb_backend_sub *subs;
+    struct mb_amqp_op *waiting; /* control requests waiting for a connection */
+    uint16_t next_channel;
+    int channel_max;
+    bool corked;
+};
+
+/* ---- the I/O thread (amqp_io.c) -------------------------------------------------- */
+
+/* Connects to the first host that answers (failover in URL order starting
+ * at be->host_index) and opens the publish and control channels. On failure
+ * returns the error with mb_error set. Called by open (before the thread)
+ * and by the thread when reconnecting. */
+MB_HIDDEN msgbus_err_t mb_amqp_connect(struct mb_backend *be);
+MB_HIDDEN void *mb_amqp_io_main(void *arg);
+/* Wakes the I/O thread unless a wake-up is already pending (call with lock
+ * held; returns whether the caller must write the eventfd after unlock). */
+MB_HIDDEN bool mb_amqp_need_wake(struct mb_backend *be);
+MB_HIDDEN void mb_amqp_wake(struct mb_backend *be);
+
+/* Classifies a failed RPC reply; writes the detail; on a channel or
+ * connection close answers the broker's close. *conn_lost says whether the
+ * connection is gone. */
+MB_HIDDEN msgbus_err_t mb_amqp_reply_error(struct mb_backend *be, amqp_rpc_reply_t r,
+                                           amqp_channel_t ch, const char *what, char *detail,
+                                           size_t n, bool *conn_lost);
+MB_HIDDEN void mb_amqp_conn_lost(struct mb_backend *be, const char *why);
+/* Declares the topic's exchange on `ch` (RPC). */
+MB_HIDDEN msgbus_err_t mb_amqp_declare_exchange(struct mb_backend *be, amqp_channel_t ch,
+                                                const char *topic, char *detail, size_t n,
+                                                bool *conn_lost);
+
+/* amqp_conn.c helpers used by the loop. */
+MB_HIDDEN void mb_amqp_send_close_ok(struct mb_backend *be, amqp_channel_t ch);
+MB_HIDDEN msgbus_err_t mb_amqp_open_channel(struct mb_backend *be, amqp_channel_t ch,
+                                            bool confirm, char *detail, size_t n,
+                                            bool *conn_lost);
+MB_HIDDEN bool mb_amqp_ensure_ctl(struct mb_backend *be, char *detail, size_t n,
+                                  bool *conn_lost);
+MB_HIDDEN void mb_amqp_topics_clear(struct mb_backend *be);
+/* The topic's exchange exists on this connection (declared once per
+ * connection); false with a detail when publishes to it must fail. */
+MB_HIDDEN bool mb_amqp_topic_ready(struct mb_backend *be, const char *topic, char *detail,
+                                   size_t n);
+
+/* ---- the consumer half (amqp_consume.c) ---------------------------------------------- */
+
+MB_HIDDEN msgbus_err_t mb_amqp_sub_establish(struct mb_backend *be, struct mb_backend_sub *bs,
+                                             char *detail, size_t n, bool *conn_lost);
+MB_HIDDEN msgbus_err_t mb_amqp_declare_group(struct mb_backend *be, amqp_channel_t ch,
+                                             const char *topic, const char *group, char *queue,
+                                             size_t qn, char *detail, size_t n, bool *conn_lost);
+MB_HIDDEN void mb_amqp_sub_reset(struct mb_backend *be, struct mb_backend_sub *bs);
+MB_HIDDEN struct mb_backend_sub *mb_amqp_sub_by_channel(struct mb_backend *be,
+                                                        amqp_channel_t ch);
+/* Handles one frame on a subscription channel. */
+MB_HIDDEN void mb_amqp_sub_frame(struct mb_backend *be, struct mb_backend_sub *bs,
+                                 const amqp_frame_t *f);
+/* Applies one settle request (I/O thread). */
+MB_HIDDEN void mb_amqp_settle_apply(struct mb_backend *be, struct mb_amqp_op *op);
+/* Delivered-tag bookkeeping (pure, unit-tested). */
+MB_HIDDEN void mb_amqp_tag_push(struct mb_backend_sub *bs, uint64_t tag);
+MB_HIDDEN struct mb_amqp_tag *mb_amqp_tag_find(struct mb_backend_sub *bs, uint64_t tag);
+/* Turns the tags marked ACK_NOW into acks: *multi (0: none) is the tag to
+ * ack with multiple=true — the last one in the run of settled tags at the
+ * front — and up to `cap` tags after an unsettled one go into singles[]
+ * (returned count). Marks them done. Call again while it returns `cap`. */
+MB_HIDDEN size_t mb_amqp_ack_plan(struct mb_backend_sub *bs, uint64_t *multi,
+                                  uint64_t *singles, size_t cap);
+/* Sends the batched acks of every subscription. */
+MB_HIDDEN void mb_amqp_flush_acks(struct mb_backend *be);
+/* Hands assembled messages to the core, one push per subscription. */
+MB_HIDDEN void mb_amqp_push_batches(struct mb_backend *be);
+/* A republish of a nacked message finished: ack (ok) or requeue its original. */
+MB_HIDDEN void mb_amqp_republish_done(struct mb_backend *be, struct mb_amqp_out *o, bool ok);
+MB_HIDDEN void mb_amqp_asm_clear(struct mb_amqp_asm *as);
+
+#endif

@@ -1,0 +1,297 @@
+/*
+ * amqp_conn.c — connecting (TCP or TLS, login, the publish and control
+ * channels, failover between the URL's hosts), turning rabbitmq-c replies
+ * into msgbus errors that carry the broker's own text, and declaring topic
+ * exchanges once per connection. Runs on the I/O thread, and in open for
+ * the first connection.
+ */
+#include "backends/amqp.h"
+
+#include <amqp_ssl_socket.h>
+#include <amqp_tcp_socket.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- errors ----------------------------------------------------------------- */
+
+void mb_amqp_send_close_ok(struct mb_backend *be, amqp_channel_t ch)
+{
+    if (ch == 0) {
+        amqp_connection_close_ok_t ok = {0};
+        amqp_send_method(be->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+    } else {
+        amqp_channel_close_ok_t ok = {0};
+        amqp_send_method(be->conn, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+    }
+}
+
+static msgbus_err_t mb_amqp_code_err(int code)
+{
+    switch (code) {
+    case 403: /* ACCESS_REFUSED */
+    case 530: /* NOT_ALLOWED (e.g. no access to the vhost) */
+        return MSGBUS_ERR_AUTH;
+    case 404:
+        return MSGBUS_ERR_NOT_FOUND;
+    case 320: /* CONNECTION_FORCED: broker shutting down */
+        return MSGBUS_ERR_CONNECT;
+    default:
+        return MSGBUS_ERR_BROKER;
+    }
+}
+
+msgbus_err_t mb_amqp_reply_error(struct mb_backend *be, amqp_rpc_reply_t r, amqp_channel_t ch,
+                                 const char *what, char *detail, size_t n, bool *conn_lost)
+{
+    *conn_lost = false;
+    switch (r.reply_type) {
+    case AMQP_RESPONSE_NORMAL:
+        return MSGBUS_OK;
+    case AMQP_RESPONSE_NONE:
+        snprintf(detail, n, "%s: no reply from the broker", what);
+        *conn_lost = true;
+        return MSGBUS_ERR_CONNECT;
+    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+        snprintf(detail, n, "%s: %s", what, amqp_error_string2(r.library_error));
+        *conn_lost = true;
+        return r.library_error == AMQP_STATUS_TIMEOUT ? MSGBUS_ERR_TIMEOUT : MSGBUS_ERR_CONNECT;
+    case AMQP_RESPONSE_SERVER_EXCEPTION:
+        if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+            const amqp_channel_close_t *c = r.reply.decoded;
+            snprintf(detail, n, "%s: the broker closed the channel: %u %.*s", what,
+                     c->reply_code, (int)c->reply_text.len, (const char *)c->reply_text.bytes);
+            mb_amqp_send_close_ok(be, ch);
+            if (ch == MB_AMQP_PUB_CHANNEL)
+                be->pub_channel_ok = false;
+            if (ch == MB_AMQP_CTL_CHANNEL)
+                be->ctl_channel_ok = false;
+            return mb_amqp_code_err(c->reply_code);
+        }
+        if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+            const amqp_connection_close_t *c = r.reply.decoded;
+            snprintf(detail, n, "%s: the broker closed the connection: %u %.*s", what,
+                     c->reply_code, (int)c->reply_text.len, (const char *)c->reply_text.bytes);
+            mb_amqp_send_close_ok(be, 0);
+            *conn_lost = true;
+            return mb_amqp_code_err(c->reply_code);
+        }
+        snprintf(detail, n, "%s: unexpected method 0x%08x from the broker", what,
+                 (unsigned)r.reply.id);
+        *conn_lost = true;
+        return MSGBUS_ERR_BROKER;
+    }
+    snprintf(detail, n, "%s: unknown failure", what);
+    *conn_lost = true;
+    return MSGBUS_ERR_INTERNAL;
+}
+
+/* ---- connecting ----------------------------------------------------------------- */
+
+static struct timeval mb_amqp_tv(long ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    return tv;
+}
+
+msgbus_err_t mb_amqp_open_channel(struct mb_backend *be, amqp_channel_t ch, bool confirm,
+                                         char *detail, size_t n, bool *conn_lost)
+{
+    amqp_channel_open(be->conn, ch);
+    msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, "channel.open",
+                                         detail, n, conn_lost);
+    if (e || !confirm)
+        return e;
+    amqp_confirm_select(be->conn, ch);
+    return mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, "confirm.select", detail,
+                               n, conn_lost);
+}
+
+static msgbus_err_t mb_amqp_tls_setup(struct mb_backend *be, amqp_socket_t *s, char *detail,
+                                      size_t n)
+{
+    const struct mb_amqp_conf *c = &be->conf;
+    amqp_ssl_socket_set_verify_peer(s, c->verify_peer);
+    amqp_ssl_socket_set_verify_hostname(s, c->verify_hostname);
+    if (c->cacert && amqp_ssl_socket_set_cacert(s, c->cacert) != AMQP_STATUS_OK) {
+        snprintf(detail, n, "cannot load CA certificates from cacert='%s'", c->cacert);
+        return MSGBUS_ERR_CONFIG;
+    }
+    if (c->cert && amqp_ssl_socket_set_key(s, c->cert, c->key) != AMQP_STATUS_OK) {
+        snprintf(detail, n, "cannot load client certificate '%s' with key '%s'", c->cert,
+                 c->key);
+        return MSGBUS_ERR_CONFIG;
+    }
+    return MSGBUS_OK;
+}
+
+static msgbus_err_t mb_amqp_connect_host(struct mb_backend *be, const struct mb_url_host *h,
+                                         char *detail, size_t n)
+{
+    const struct mb_amqp_conf *c = &be->conf;
+    amqp_connection_state_t conn = amqp_new_connection();
+    if (!conn) {
+        snprintf(detail, n, "out of memory");
+        return MSGBUS_ERR_NOMEM;
+    }
+    be->conn = conn;
+    msgbus_err_t e = MSGBUS_OK;
+    bool lost;
+    amqp_socket_t *s = c->tls ? amqp_ssl_socket_new(conn) : amqp_tcp_socket_new(conn);
+    if (!s) {
+        snprintf(detail, n, "cannot create a %s socket", c->tls ? "TLS" : "TCP");
+        e = MSGBUS_ERR_CONNECT;
+        goto fail;
+    }
+    if (c->tls && (e = mb_amqp_tls_setup(be, s, detail, n)))
+        goto fail;
+    struct timeval tv = mb_amqp_tv(c->connect_timeout_ms);
+    int st = amqp_socket_open_noblock(s, h->host, h->port, &tv);
+    if (st != AMQP_STATUS_OK) {
+        const char *extra = "";
+        if (st == AMQP_STATUS_SSL_PEER_VERIFY_FAILED)
+            extra = " (the server certificate is not signed by a CA in cacert)";
+        else if (st == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED)
+            extra = " (the certificate does not name this host; tls_verify_hostname=false "
+                    "turns the check off)";
+        snprintf(detail, n, "cannot connect to %s:%d%s: %s%s", h->host, h->port,
+                 c->tls ? " over TLS" : "", amqp_error_string2(st), extra);
+        e = MSGBUS_ERR_CONNECT;
+        goto fail;
+    }
+    amqp_set_handshake_timeout(conn, &tv);
+    struct timeval rpc = mb_amqp_tv(c->rpc_timeout_ms);
+    amqp_set_rpc_timeout(conn, &rpc);
+    amqp_rpc_reply_t r = amqp_login(conn, c->vhost, 0, (int)c->frame_max, (int)c->heartbeat_s,
+                                    AMQP_SASL_METHOD_PLAIN, c->user, c->password);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+        char what[300];
+        snprintf(what, sizeof what, "login to %s:%d as '%s' (vhost '%s')", h->host, h->port,
+                 c->user, c->vhost);
+        e = mb_amqp_reply_error(be, r, 0, what, detail, n, &lost);
+        if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+            r.library_error == AMQP_STATUS_TIMEOUT)
+            e = MSGBUS_ERR_CONNECT;
+        goto fail;
+    }
+    be->channel_max = amqp_get_channel_max(conn);
+    if (be->channel_max <= 0)
+        be->channel_max = 65535;
+    if ((e = mb_amqp_open_channel(be, MB_AMQP_PUB_CHANNEL, true, detail, n, &lost)) ||
+        (e = mb_amqp_open_channel(be, MB_AMQP_CTL_CHANNEL, false, detail, n, &lost)))
+        goto fail;
+    be->pub_channel_ok = be->ctl_channel_ok = true;
+    be->next_seq = 0;
+    return MSGBUS_OK;
+fail:
+    amqp_destroy_connection(conn);
+    be->conn = NULL;
+    return e;
+}
+
+msgbus_err_t mb_amqp_connect(struct mb_backend *be)
+{
+    char detail[MB_AMQP_DETAIL] = "", all[MB_AMQP_DETAIL * 2] = "";
+    msgbus_err_t e = MSGBUS_ERR_CONNECT;
+    for (size_t k = 0; k < be->conf.nhosts; k++) {
+        size_t i = (be->host_index + k) % be->conf.nhosts;
+        e = mb_amqp_connect_host(be, &be->conf.hosts[i], detail, sizeof detail);
+        if (e == MSGBUS_OK) {
+            be->host_index = i;
+            return MSGBUS_OK;
+        }
+        size_t used = strlen(all);
+        snprintf(all + used, sizeof all - used, "%s%s", used ? "; " : "", detail);
+        /* Refused credentials or a bad TLS file will not get better on the
+         * next host of the same cluster. */
+        if (e == MSGBUS_ERR_AUTH || e == MSGBUS_ERR_CONFIG || e == MSGBUS_ERR_NOMEM)
+            break;
+    }
+    /* Failover: the next attempt starts with the host after the failed one. */
+    be->host_index = (be->host_index + 1) % be->conf.nhosts;
+    return mb_error(e, "%s: %s", mb_bus_url(be->bus), all);
+}
+
+/* ---- topology ---------------------------------------------------------------------- */
+
+bool mb_amqp_ensure_ctl(struct mb_backend *be, char *detail, size_t n, bool *conn_lost)
+{
+    if (be->ctl_channel_ok)
+        return true;
+    if (mb_amqp_open_channel(be, MB_AMQP_CTL_CHANNEL, false, detail, n, conn_lost))
+        return false;
+    be->ctl_channel_ok = true;
+    return true;
+}
+
+msgbus_err_t mb_amqp_declare_exchange(struct mb_backend *be, amqp_channel_t ch,
+                                      const char *topic, char *detail, size_t n,
+                                      bool *conn_lost)
+{
+    amqp_exchange_declare(be->conn, ch, amqp_cstring_bytes(topic), amqp_cstring_bytes("topic"),
+                          0, 1, 0, 0, amqp_empty_table);
+    char what[300];
+    snprintf(what, sizeof what, "declaring exchange '%s'", topic);
+    return mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, n, conn_lost);
+}
+
+static struct mb_amqp_topic *mb_amqp_topic_find(struct mb_backend *be, const char *name)
+{
+    for (struct mb_amqp_topic *t = be->topics; t; t = t->next)
+        if (strcmp(t->name, name) == 0)
+            return t;
+    return NULL;
+}
+
+void mb_amqp_topics_clear(struct mb_backend *be)
+{
+    while (be->topics) {
+        struct mb_amqp_topic *t = be->topics;
+        be->topics = t->next;
+        free(t->name);
+        free(t->failure);
+        free(t);
+    }
+}
+
+/* The topic's exchange exists on this connection (declared once per
+ * connection, on the control channel so that a refusal — an exchange of
+ * another type by that name — cannot close the publish channel). Returns
+ * false and a detail when publishes to it must fail. */
+bool mb_amqp_topic_ready(struct mb_backend *be, const char *topic, char *detail, size_t n)
+{
+    struct mb_amqp_topic *t = mb_amqp_topic_find(be, topic);
+    int64_t now = mb_mono_ms();
+    if (t && !t->failure)
+        return true;
+    if (t && t->failed_until_ms > now) {
+        snprintf(detail, n, "%s", t->failure);
+        return false;
+    }
+    bool lost = false;
+    msgbus_err_t e = MSGBUS_ERR_CONNECT;
+    if (mb_amqp_ensure_ctl(be, detail, n, &lost))
+        e = mb_amqp_declare_exchange(be, MB_AMQP_CTL_CHANNEL, topic, detail, n, &lost);
+    if (lost) {
+        mb_amqp_conn_lost(be, detail);
+        return false;
+    }
+    if (!t) {
+        t = calloc(1, sizeof *t);
+        if (!t || !(t->name = mb_strdup(topic))) {
+            free(t);
+            snprintf(detail, n, "out of memory");
+            return false;
+        }
+        t->next = be->topics;
+        be->topics = t;
+    }
+    free(t->failure);
+    t->failure = NULL;
+    if (e == MSGBUS_OK)
+        return true;
+    t->failure = mb_strdup(detail);
+    t->failed_until_ms = now + 1000;
+    return false;
+}
+

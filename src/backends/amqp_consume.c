@@ -1,0 +1,460 @@
+/*
+ * amqp_consume.c — the consumer half of the AMQP I/O thread: topology for
+ * groups and broadcast subscribers, assembling deliveries (method, header,
+ * body frames) into msgbus messages, and settling them.
+ *
+ * Acks are batched: the application's acks since the last wake-up are
+ * applied together; the longest run of settled tags at the front of the
+ * channel's delivered-but-unsettled list becomes one basic.ack with
+ * multiple=true, the rest go out one by one (a message the application
+ * holds for long must not stall acks of later ones, or prefetch runs dry).
+ *
+ * Nack: on a quorum queue basic.nack(requeue) — the broker counts the
+ * return in x-delivery-count. A classic queue keeps no count, so msgbus
+ * publishes a copy with msgbus-attempt = attempt + 1 to the same queue
+ * (default exchange, confirmed) and acks the original only once the copy is
+ * confirmed; until then the original stays unacked, so a crash or a lost
+ * connection in between can duplicate the message but never lose it.
+ *
+ * A received message remembers its subscription's epoch (m->offset) and
+ * delivery tag (m->tag); after a reconnect the epoch changes and settling
+ * an old message does nothing — the broker has already put it back.
+ */
+#include "backends/amqp.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void mb_amqp_asm_clear(struct mb_amqp_asm *as)
+{
+    if (as->msg)
+        msgbus_msg_free(as->msg);
+    free(as->routing_key);
+    free(as->reply_text);
+    memset(as, 0, sizeof *as);
+}
+
+struct mb_backend_sub *mb_amqp_sub_by_channel(struct mb_backend *be, amqp_channel_t ch)
+{
+    for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next)
+        if (bs->channel == ch)
+            return bs;
+    return NULL;
+}
+
+/* ---- topology --------------------------------------------------------------- */
+
+msgbus_err_t mb_amqp_declare_group(struct mb_backend *be, amqp_channel_t ch, const char *topic,
+                                   const char *group, char *queue, size_t qn, char *detail,
+                                   size_t n, bool *lost)
+{
+    msgbus_err_t e = mb_amqp_group_queue(topic, group, queue, qn);
+    if (e) {
+        snprintf(detail, n, "%s", msgbus_last_error());
+        return e;
+    }
+    if ((e = mb_amqp_declare_exchange(be, ch, topic, detail, n, lost)))
+        return e;
+    amqp_table_entry_t entries[64];
+    amqp_table_t args = {(int)mb_amqp_queue_args(&be->conf, entries, 64), entries};
+    amqp_queue_declare(be->conn, ch, amqp_cstring_bytes(queue), 0, 1, 0, 0, args);
+    char what[600];
+    snprintf(what, sizeof what, "declaring queue '%s'%s", queue,
+             be->conf.quorum ? " (quorum)" : "");
+    if ((e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, n, lost)))
+        return e;
+    amqp_queue_bind(be->conn, ch, amqp_cstring_bytes(queue), amqp_cstring_bytes(topic),
+                    amqp_cstring_bytes("#"), amqp_empty_table);
+    snprintf(what, sizeof what, "binding queue '%s' to exchange '%s'", queue, topic);
+    return mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, n, lost);
+}
+
+static amqp_channel_t mb_amqp_alloc_channel(struct mb_backend *be)
+{
+    for (int tries = 0; tries < 65536; tries++) {
+        if (be->next_channel < MB_AMQP_FIRST_SUB_CHANNEL || be->next_channel > be->channel_max)
+            be->next_channel = MB_AMQP_FIRST_SUB_CHANNEL;
+        amqp_channel_t ch = be->next_channel++;
+        if (!mb_amqp_sub_by_channel(be, ch))
+            return ch;
+    }
+    return 0;
+}
+
+msgbus_err_t mb_amqp_sub_establish(struct mb_backend *be, struct mb_backend_sub *bs,
+                                   char *detail, size_t n, bool *lost)
+{
+    *lost = false;
+    amqp_channel_t ch = mb_amqp_alloc_channel(be);
+    if (!ch) {
+        snprintf(detail, n, "no free AMQP channel (channel_max %d)", be->channel_max);
+        return MSGBUS_ERR_BROKER;
+    }
+    msgbus_err_t e;
+    amqp_channel_open(be->conn, ch);
+    if ((e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, "channel.open", detail,
+                                 n, lost)))
+        return e;
+    amqp_basic_qos(be->conn, ch, 0, (uint16_t)be->conf.prefetch, 0);
+    if ((e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, "basic.qos", detail, n,
+                                 lost)))
+        return e;
+    if (bs->group) {
+        e = mb_amqp_declare_group(be, ch, bs->topic, bs->group, bs->queue, sizeof bs->queue,
+                                  detail, n, lost);
+    } else if (!(e = mb_amqp_declare_exchange(be, ch, bs->topic, detail, n, lost))) {
+        /* Broadcast: a server-named queue that lives as long as this
+         * channel's consumer; it sees messages published from now on. */
+        amqp_queue_declare_ok_t *ok =
+            amqp_queue_declare(be->conn, ch, amqp_empty_bytes, 0, 0, 1, 1, amqp_empty_table);
+        e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch,
+                                "declaring a broadcast queue", detail, n, lost);
+        if (!e && ok) {
+            snprintf(bs->queue, sizeof bs->queue, "%.*s", (int)ok->queue.len,
+                     (const char *)ok->queue.bytes);
+            amqp_queue_bind(be->conn, ch, ok->queue, amqp_cstring_bytes(bs->topic),
+                            amqp_cstring_bytes("#"), amqp_empty_table);
+            e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch,
+                                    "binding the broadcast queue", detail, n, lost);
+        }
+    }
+    if (e)
+        return e;
+    amqp_basic_consume(be->conn, ch, amqp_cstring_bytes(bs->queue), amqp_empty_bytes, 0, 0, 0,
+                       amqp_empty_table);
+    char what[300];
+    snprintf(what, sizeof what, "consuming from queue '%s'", bs->queue);
+    if ((e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, n, lost)))
+        return e;
+    bs->channel = ch;
+    bs->epoch++;
+    bs->quorum = bs->group && be->conf.quorum;
+    bs->tag_head = bs->tag_len = 0;
+    return MSGBUS_OK;
+}
+
+static bool mb_amqp_old_epoch(const msgbus_msg_t *m, void *arg)
+{
+    return m->offset == *(const int64_t *)arg;
+}
+
+/* Forgets everything the subscription had on its (now gone) channel. */
+void mb_amqp_sub_reset(struct mb_backend *be, struct mb_backend_sub *bs)
+{
+    bs->channel = 0;
+    bs->tag_head = bs->tag_len = 0;
+    bs->acks_pending = false;
+    mb_amqp_asm_clear(&bs->as);
+    while (bs->batch_head) {
+        msgbus_msg_t *m = bs->batch_head;
+        bs->batch_head = m->next;
+        m->next = NULL;
+        msgbus_msg_free(m);
+    }
+    bs->batch_tail = NULL;
+    bs->batch_n = 0;
+    /* Messages the application has not received yet will come again. */
+    if (!bs->removed) {
+        int64_t epoch = bs->epoch;
+        size_t n = mb_sub_drop(bs->sub, mb_amqp_old_epoch, &epoch);
+        if (n)
+            mb_log(MSGBUS_LOG_DEBUG, "amqp: dropped %zu queued messages of '%s'; the broker "
+                                     "delivers them again",
+                   n, bs->topic);
+    }
+    /* Republished copies of nacked messages no longer have an original to ack. */
+    for (struct mb_amqp_out *o = be->send_head; o; o = o->next)
+        if (o->orig_sub == bs)
+            o->orig_sub = NULL;
+    for (struct mb_amqp_out *o = be->infl_head; o; o = o->next)
+        if (o->orig_sub == bs)
+            o->orig_sub = NULL;
+}
+
+/* ---- deliveries -------------------------------------------------------------------- */
+
+void mb_amqp_tag_push(struct mb_backend_sub *bs, uint64_t tag)
+{
+    if (bs->tag_head + bs->tag_len == bs->tag_cap) {
+        if (bs->tag_head > 0) {
+            memmove(bs->tags, bs->tags + bs->tag_head, bs->tag_len * sizeof *bs->tags);
+            bs->tag_head = 0;
+        }
+        if (bs->tag_len == bs->tag_cap) {
+            size_t cap = bs->tag_cap ? bs->tag_cap * 2 : 256;
+            struct mb_amqp_tag *t = realloc(bs->tags, cap * sizeof *t);
+            if (!t)
+                return; /* unsettled bookkeeping lost: the tag is acked singly */
+            bs->tags = t;
+            bs->tag_cap = cap;
+        }
+    }
+    bs->tags[bs->tag_head + bs->tag_len].tag = tag;
+    bs->tags[bs->tag_head + bs->tag_len].state = MB_AMQP_TAG_OPEN;
+    bs->tag_len++;
+}
+
+struct mb_amqp_tag *mb_amqp_tag_find(struct mb_backend_sub *bs, uint64_t tag)
+{
+    size_t lo = bs->tag_head, hi = bs->tag_head + bs->tag_len;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (bs->tags[mid].tag < tag)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < bs->tag_head + bs->tag_len && bs->tags[lo].tag == tag)
+        return &bs->tags[lo];
+    return NULL;
+}
+
+static void mb_amqp_tags_pop(struct mb_backend_sub *bs)
+{
+    while (bs->tag_len && bs->tags[bs->tag_head].state == MB_AMQP_TAG_DONE) {
+        bs->tag_head++;
+        bs->tag_len--;
+    }
+    if (!bs->tag_len)
+        bs->tag_head = 0;
+}
+
+static void mb_amqp_deliver_done(struct mb_backend_sub *bs)
+{
+    struct mb_amqp_asm *as = &bs->as;
+    msgbus_msg_t *m = as->msg;
+    as->msg = NULL;
+    m->tag = as->tag;
+    m->offset = bs->epoch;
+    mb_amqp_tag_push(bs, as->tag);
+    m->next = NULL;
+    if (bs->batch_tail)
+        bs->batch_tail->next = m;
+    else
+        bs->batch_head = m;
+    bs->batch_tail = m;
+    bs->batch_n++;
+    mb_amqp_asm_clear(as);
+}
+
+static void mb_amqp_sub_channel_closed(struct mb_backend *be, struct mb_backend_sub *bs,
+                                       const amqp_channel_close_t *c)
+{
+    amqp_channel_t ch = bs->channel;
+    mb_log(MSGBUS_LOG_ERROR, "amqp: the broker closed the channel of the subscription to '%s': "
+                             "%u %.*s; re-subscribing",
+           bs->topic, c->reply_code, (int)c->reply_text.len, (const char *)c->reply_text.bytes);
+    amqp_channel_close_ok_t ok = {0};
+    amqp_send_method(be->conn, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+    mb_amqp_sub_reset(be, bs);
+    char detail[MB_AMQP_DETAIL];
+    bool lost = false;
+    if (mb_amqp_sub_establish(be, bs, detail, sizeof detail, &lost) != MSGBUS_OK) {
+        if (lost)
+            mb_amqp_conn_lost(be, detail);
+        else
+            mb_log(MSGBUS_LOG_ERROR, "amqp: re-subscribing to '%s': %s", bs->topic, detail);
+    }
+}
+
+void mb_amqp_sub_frame(struct mb_backend *be, struct mb_backend_sub *bs, const amqp_frame_t *f)
+{
+    struct mb_amqp_asm *as = &bs->as;
+    if (f->frame_type == AMQP_FRAME_METHOD) {
+        switch (f->payload.method.id) {
+        case AMQP_BASIC_DELIVER_METHOD: {
+            const amqp_basic_deliver_t *d = f->payload.method.decoded;
+            mb_amqp_asm_clear(as);
+            as->kind = 1;
+            as->tag = d->delivery_tag;
+            as->redelivered = d->redelivered;
+            as->routing_key = mb_strndup(d->routing_key.bytes, d->routing_key.len);
+            as->rk_len = d->routing_key.len;
+            as->msg = mb_msg_new_received(bs->sub);
+            if (!as->routing_key || !as->msg) {
+                mb_log(MSGBUS_LOG_ERROR, "amqp: out of memory receiving a message; it is "
+                                         "requeued");
+                amqp_basic_nack(be->conn, bs->channel, d->delivery_tag, 0, 1);
+                mb_amqp_asm_clear(as);
+            }
+            return;
+        }
+        case AMQP_CHANNEL_CLOSE_METHOD:
+            mb_amqp_sub_channel_closed(be, bs, f->payload.method.decoded);
+            return;
+        case AMQP_BASIC_CANCEL_METHOD:
+            mb_log(MSGBUS_LOG_ERROR, "amqp: the broker cancelled the subscription to '%s' "
+                                     "(queue '%s' deleted?)",
+                   bs->topic, bs->queue);
+            return;
+        default:
+            return;
+        }
+    }
+    if (as->kind != 1)
+        return;
+    if (f->frame_type == AMQP_FRAME_HEADER) {
+        amqp_bytes_t rk = {as->rk_len, as->routing_key};
+        msgbus_msg_t *m = as->msg;
+        size_t size = (size_t)f->payload.properties.body_size;
+        if (!mb_amqp_decode(m, f->payload.properties.decoded, rk, as->redelivered)) {
+            mb_log(MSGBUS_LOG_ERROR, "amqp: out of memory decoding a message; it is requeued");
+            amqp_basic_nack(be->conn, bs->channel, as->tag, 0, 1);
+            mb_amqp_asm_clear(as);
+            return;
+        }
+        as->body_size = size;
+        as->got = 0;
+        if (size) {
+            /* One byte more, NUL: a text payload can be read as a string. */
+            unsigned char *buf = malloc(size + 1);
+            if (!buf) {
+                amqp_basic_nack(be->conn, bs->channel, as->tag, 0, 1);
+                mb_amqp_asm_clear(as);
+                return;
+            }
+            /* A fresh received message holds the core's static empty
+             * payload: replaced, never freed. */
+            buf[size] = '\0';
+            m->payload = buf;
+            m->payload_borrowed = false;
+            m->len = size;
+        }
+    } else if (f->frame_type == AMQP_FRAME_BODY && as->msg && as->body_size) {
+        size_t len = f->payload.body_fragment.len;
+        if (len > as->body_size - as->got)
+            len = as->body_size - as->got;
+        memcpy(as->msg->payload + as->got, f->payload.body_fragment.bytes, len);
+        as->got += len;
+    } else {
+        return;
+    }
+    if (as->got >= as->body_size)
+        mb_amqp_deliver_done(bs);
+}
+
+void mb_amqp_push_batches(struct mb_backend *be)
+{
+    for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next) {
+        if (!bs->batch_n)
+            continue;
+        msgbus_msg_t *head = bs->batch_head;
+        size_t n = bs->batch_n;
+        bs->batch_head = bs->batch_tail = NULL;
+        bs->batch_n = 0;
+        mb_sub_push(bs->sub, head, n);
+    }
+}
+
+/* ---- settling -------------------------------------------------------------------------- */
+
+static void mb_amqp_nack_requeue(struct mb_backend *be, struct mb_backend_sub *bs,
+                                 struct mb_amqp_tag *t)
+{
+    int st = amqp_basic_nack(be->conn, bs->channel, t->tag, 0, 1);
+    t->state = MB_AMQP_TAG_DONE;
+    if (st != AMQP_STATUS_OK) {
+        char why[MB_AMQP_DETAIL];
+        snprintf(why, sizeof why, "basic.nack: %s", amqp_error_string2(st));
+        mb_amqp_conn_lost(be, why);
+    }
+}
+
+void mb_amqp_settle_apply(struct mb_backend *be, struct mb_amqp_op *op)
+{
+    struct mb_backend_sub *bs = op->sub;
+    struct mb_amqp_tag *t = NULL;
+    if (be->conn && bs->channel && !bs->removed && op->epoch == bs->epoch)
+        t = mb_amqp_tag_find(bs, op->tag);
+    if (t && t->state == MB_AMQP_TAG_OPEN) {
+        if (op->how == MB_SETTLE_ACK) {
+            t->state = MB_AMQP_TAG_ACK_NOW;
+            bs->acks_pending = true;
+        } else if (bs->quorum || !op->copy) {
+            mb_amqp_nack_requeue(be, bs, t);
+        } else {
+            struct mb_amqp_out *o = mb_amqp_out_new("", bs->queue, strlen(bs->queue), op->copy,
+                                                    op->copy->attempt + 1, true);
+            if (!o) {
+                mb_amqp_nack_requeue(be, bs, t);
+            } else {
+                /* Jumps the queue of publishes: a retry is not application
+                 * data and must not wait behind a long backlog. */
+                o->queued_ms = mb_mono_ms();
+                o->internal = true;
+                o->orig_sub = bs;
+                o->orig_epoch = bs->epoch;
+                o->orig_tag = op->tag;
+                o->next = be->send_head;
+                be->send_head = o;
+                if (!be->send_tail)
+                    be->send_tail = o;
+            }
+        }
+    }
+    msgbus_msg_free(op->copy);
+    free(op);
+}
+
+void mb_amqp_republish_done(struct mb_backend *be, struct mb_amqp_out *o, bool ok)
+{
+    struct mb_backend_sub *bs = o->orig_sub;
+    if (!bs || !be->conn || bs->removed || !bs->channel || bs->epoch != o->orig_epoch)
+        return;
+    struct mb_amqp_tag *t = mb_amqp_tag_find(bs, o->orig_tag);
+    if (!t || t->state != MB_AMQP_TAG_OPEN)
+        return;
+    if (ok) {
+        t->state = MB_AMQP_TAG_ACK_NOW;
+        bs->acks_pending = true;
+    } else {
+        mb_amqp_nack_requeue(be, bs, t);
+    }
+}
+
+size_t mb_amqp_ack_plan(struct mb_backend_sub *bs, uint64_t *multi, uint64_t *singles,
+                        size_t cap)
+{
+    size_t i = bs->tag_head, end = bs->tag_head + bs->tag_len, n = 0;
+    *multi = 0;
+    for (; i < end && bs->tags[i].state != MB_AMQP_TAG_OPEN; i++) {
+        if (bs->tags[i].state == MB_AMQP_TAG_ACK_NOW)
+            *multi = bs->tags[i].tag;
+        bs->tags[i].state = MB_AMQP_TAG_DONE;
+    }
+    for (; i < end && n < cap; i++) {
+        if (bs->tags[i].state != MB_AMQP_TAG_ACK_NOW)
+            continue;
+        singles[n++] = bs->tags[i].tag;
+        bs->tags[i].state = MB_AMQP_TAG_DONE;
+    }
+    mb_amqp_tags_pop(bs);
+    return n;
+}
+
+void mb_amqp_flush_acks(struct mb_backend *be)
+{
+    uint64_t singles[256], multi;
+    for (struct mb_backend_sub *bs = be->subs; bs && be->conn; bs = bs->next) {
+        if (!bs->acks_pending || !bs->channel)
+            continue;
+        bs->acks_pending = false;
+        int st = AMQP_STATUS_OK;
+        for (;;) {
+            size_t n = mb_amqp_ack_plan(bs, &multi, singles, 256);
+            if (multi)
+                st = amqp_basic_ack(be->conn, bs->channel, multi, 1);
+            for (size_t k = 0; k < n && st == AMQP_STATUS_OK; k++)
+                st = amqp_basic_ack(be->conn, bs->channel, singles[k], 0);
+            if (st != AMQP_STATUS_OK || n < 256)
+                break;
+        }
+        if (st != AMQP_STATUS_OK) {
+            char why[MB_AMQP_DETAIL];
+            snprintf(why, sizeof why, "basic.ack: %s", amqp_error_string2(st));
+            mb_amqp_conn_lost(be, why);
+            return;
+        }
+    }
+}

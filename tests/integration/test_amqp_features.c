@@ -1,0 +1,260 @@
+/*
+ * test_amqp_features.c — what only the AMQP backend promises, on the real
+ * RabbitMQ: error codes that say what happened, failover between hosts,
+ * unroutable and broker-refused (basic.nack) outcomes, queue arguments,
+ * quorum queues, and nack → redelivery with the attempt raised on both
+ * classic and quorum queues.
+ */
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+/* Deletes a test's queue and exchange with rabbitmq-c directly (msgbus has
+ * no delete), so tests that leave messages behind do not litter the broker. */
+static void drop_topology(const char *topic, const char *group)
+{
+    char url[1024], q[600];
+    snprintf(url, sizeof url, "%s", tu_broker_url("amqp"));
+    char *query = strchr(url, '?');
+    if (query)
+        *query = '\0';
+    struct amqp_connection_info ci;
+    if (amqp_parse_url(url, &ci) != AMQP_STATUS_OK)
+        return;
+    amqp_connection_state_t c = amqp_new_connection();
+    amqp_socket_t *s = amqp_tcp_socket_new(c);
+    if (s && amqp_socket_open(s, ci.host, ci.port) == AMQP_STATUS_OK &&
+        amqp_login(c, ci.vhost && *ci.vhost ? ci.vhost : "/", 0, 131072, 0,
+                   AMQP_SASL_METHOD_PLAIN, ci.user, ci.password)
+                .reply_type == AMQP_RESPONSE_NORMAL &&
+        amqp_channel_open(c, 1)) {
+        snprintf(q, sizeof q, "%s.%s", topic, group);
+        amqp_queue_delete(c, 1, amqp_cstring_bytes(q), 0, 0);
+        amqp_exchange_delete(c, 1, amqp_cstring_bytes(topic), 0);
+        amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    }
+    amqp_destroy_connection(c);
+}
+
+/* "host:port/vhost…" of the test broker, without credentials. */
+static const char *broker_rest(void)
+{
+    const char *u = tu_broker_url("amqp");
+    const char *at = strrchr(u, '@');
+    return at ? at + 1 : u + strlen("amqp://");
+}
+
+static void url_with(char *buf, size_t n, const char *query)
+{
+    const char *base = tu_broker_url("amqp");
+    snprintf(buf, n, "%s%s%s", base, strchr(base, '?') ? "&" : "?", query);
+}
+
+struct outcome {
+    int calls;
+    msgbus_err_t status;
+    char error[512];
+};
+
+static void on_report(void *opaque, const msgbus_report_t *r)
+{
+    struct outcome *o = opaque;
+    o->calls++;
+    o->status = r->status;
+    snprintf(o->error, sizeof o->error, "%s", r->error ? r->error : "");
+}
+
+START_TEST(wrong_password_is_auth_error)
+{
+    char url[1024];
+    snprintf(url, sizeof url, "amqp://guest:not-the-password@%s", broker_rest());
+    msgbus_t *bus = NULL;
+    tu_ck_err(msgbus_open(&bus, url, NULL), MSGBUS_ERR_AUTH);
+    printf("wrong password: %s\n", msgbus_last_error());
+    ck_assert(strstr(msgbus_last_error(), "ACCESS_REFUSED"));
+    ck_assert(!strstr(msgbus_last_error(), "not-the-password"));
+}
+END_TEST
+
+START_TEST(failover_skips_a_dead_host)
+{
+    char url[1024];
+    snprintf(url, sizeof url, "amqp://guest:guest@127.0.0.1:1,%s", broker_rest());
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    char topic[128];
+    tu_unique(topic, sizeof topic, "failover");
+    tu_ck_ok(msgbus_declare(bus, topic, "g"));
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(oversized_message_is_refused_before_sending)
+{
+    char url[1024], topic[128];
+    url_with(url, sizeof url, "max_message_bytes=1000");
+    tu_unique(topic, sizeof topic, "big");
+    msgbus_t *bus;
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    char payload[1001] = {0};
+    msgbus_msg_t *m;
+    tu_ck_ok(msgbus_msg_new(&m, payload, sizeof payload));
+    tu_ck_err(msgbus_publish(bus, topic, m, NULL, NULL), MSGBUS_ERR_TOO_LARGE);
+    ck_assert(strstr(msgbus_last_error(), "max_message_bytes"));
+    ck_assert_uint_eq(msgbus_outstanding(bus), 0);
+    tu_ck_ok(msgbus_msg_set_payload(m, payload, 1000));
+    tu_ck_ok(msgbus_declare(bus, topic, "g"));
+    tu_ck_ok(msgbus_publish(bus, topic, m, NULL, NULL));
+    tu_ck_ok(msgbus_flush(bus, 10000, NULL));
+    msgbus_msg_free(m);
+    msgbus_close(bus);
+    drop_topology(topic, "g");
+}
+END_TEST
+
+START_TEST(unroutable_is_reported_unless_allowed)
+{
+    char topic[128], url[1024];
+    tu_unique(topic, sizeof topic, "nobody");
+    msgbus_t *bus;
+    tu_ck_ok(msgbus_open(&bus, tu_broker_url("amqp"), NULL));
+    struct outcome o = {0};
+    msgbus_msg_t *m;
+    tu_ck_ok(msgbus_msg_new(&m, "x", 1));
+    tu_ck_ok(msgbus_publish(bus, topic, m, on_report, &o));
+    size_t failed = 0;
+    tu_ck_err(msgbus_flush(bus, 10000, &failed), MSGBUS_ERR_DELIVERY);
+    ck_assert_uint_eq(failed, 1);
+    ck_assert_int_eq(o.calls, 1);
+    ck_assert_int_eq(o.status, MSGBUS_ERR_BROKER);
+    printf("unroutable: %s\n", o.error);
+    ck_assert(strstr(o.error, "unroutable"));
+    msgbus_close(bus);
+
+    url_with(url, sizeof url, "unroutable=ok");
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    memset(&o, 0, sizeof o);
+    tu_ck_ok(msgbus_publish(bus, topic, m, on_report, &o));
+    tu_ck_ok(msgbus_flush(bus, 10000, NULL));
+    ck_assert_int_eq(o.calls, 1);
+    ck_assert_int_eq(o.status, MSGBUS_OK);
+    msgbus_msg_free(m);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(queue_arguments_reach_the_broker)
+{
+    /* x-max-length=1 with reject-publish: the broker nacks the overflow. */
+    char url[1024], topic[128];
+    url_with(url, sizeof url, "x-max-length=1&x-overflow=reject-publish");
+    tu_unique(topic, sizeof topic, "qargs");
+    msgbus_t *bus;
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    tu_ck_ok(msgbus_declare(bus, topic, "g"));
+    struct outcome o[3] = {{0}};
+    for (int i = 0; i < 3; i++) {
+        msgbus_msg_t *m;
+        tu_ck_ok(msgbus_msg_new(&m, "x", 1));
+        tu_ck_ok(msgbus_publish(bus, topic, m, on_report, &o[i]));
+        msgbus_msg_free(m);
+        /* One at a time, so the order at the queue is certain. */
+        msgbus_flush(bus, 10000, NULL);
+    }
+    ck_assert_int_eq(o[0].status, MSGBUS_OK);
+    ck_assert_int_eq(o[1].status, MSGBUS_ERR_BROKER);
+    ck_assert_int_eq(o[2].status, MSGBUS_ERR_BROKER);
+    printf("nacked by the broker: %s\n", o[1].error);
+    ck_assert(strstr(o[1].error, "basic.nack"));
+    msgbus_close(bus);
+
+    /* Declaring the same queue with other arguments: the broker's text. */
+    url_with(url, sizeof url, "queue_type=quorum");
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    tu_ck_err(msgbus_declare(bus, topic, "g"), MSGBUS_ERR_BROKER);
+    printf("inequivalent queue: %s\n", msgbus_last_error());
+    ck_assert(strstr(msgbus_last_error(), "PRECONDITION_FAILED"));
+    /* The bus still works afterwards. */
+    char other[128];
+    tu_unique(other, sizeof other, "qargs2");
+    tu_ck_ok(msgbus_declare(bus, other, "g"));
+    msgbus_close(bus);
+    drop_topology(topic, "g");
+    drop_topology(other, "g");
+}
+END_TEST
+
+static void nack_round_trip(const char *query)
+{
+    char url[1024], topic[128];
+    url_with(url, sizeof url, query);
+    tu_unique(topic, sizeof topic, "nack");
+    msgbus_t *bus;
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    msgbus_sub_t *sub;
+    tu_ck_ok(msgbus_subscribe(bus, topic, "workers", &sub));
+    msgbus_msg_t *m;
+    tu_ck_ok(msgbus_msg_new(&m, "retry me", 8));
+    tu_ck_ok(msgbus_msg_set_key(m, "order-7", 7));
+    tu_ck_ok(msgbus_msg_set_header(m, "trace", "t-1"));
+    tu_ck_ok(msgbus_msg_set_timestamp(m, 1700000000123));
+    char id[64];
+    snprintf(id, sizeof id, "%s", msgbus_msg_id(m));
+    tu_ck_ok(msgbus_publish(bus, topic, m, NULL, NULL));
+    msgbus_msg_free(m);
+    tu_ck_ok(msgbus_flush(bus, 10000, NULL));
+
+    for (int attempt = 1; attempt <= 3; attempt++) {
+        msgbus_msg_t *in = tu_receive(sub, 10000);
+        ck_assert_msg(in != NULL, "attempt %d not delivered", attempt);
+        ck_assert_int_eq(msgbus_msg_attempt(in), attempt);
+        ck_assert_str_eq(msgbus_msg_id(in), id);
+        size_t kl;
+        const char *k = msgbus_msg_key(in, &kl);
+        ck_assert_int_eq(kl, 7);
+        ck_assert_int_eq(memcmp(k, "order-7", 7), 0);
+        ck_assert_str_eq(msgbus_msg_header(in, "trace"), "t-1");
+        ck_assert_int_eq(msgbus_msg_timestamp(in), 1700000000123);
+        if (attempt < 3)
+            tu_ck_ok(msgbus_nack(in));
+        else
+            tu_ck_ok(msgbus_ack(in));
+        msgbus_msg_free(in);
+    }
+    ck_assert_ptr_null(tu_receive(sub, 1500));
+    printf("%s: nack → attempts 1, 2, 3 then ack; nothing after\n", query);
+    msgbus_sub_close(sub);
+    msgbus_close(bus);
+}
+
+START_TEST(nack_raises_attempt_on_classic_queue)
+{
+    nack_round_trip("queue_type=classic");
+}
+END_TEST
+
+START_TEST(nack_raises_attempt_on_quorum_queue)
+{
+    nack_round_trip("queue_type=quorum");
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("amqp_features");
+    TCase *tc = tcase_create("features");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, wrong_password_is_auth_error);
+    tcase_add_test(tc, failover_skips_a_dead_host);
+    tcase_add_test(tc, oversized_message_is_refused_before_sending);
+    tcase_add_test(tc, unroutable_is_reported_unless_allowed);
+    tcase_add_test(tc, queue_arguments_reach_the_broker);
+    tcase_add_test(tc, nack_raises_attempt_on_classic_queue);
+    tcase_add_test(tc, nack_raises_attempt_on_quorum_queue);
+    suite_add_tcase(s, tc);
+    return tu_run_suite(s);
+}
