@@ -1,0 +1,93 @@
+/*
+ * kafka.h — what the Kafka backend's files share: the backend state, the
+ * configuration helpers (kafka.c) and the consumer half (kafka_consumer.c).
+ * Private to src/backends/kafka*.c.
+ */
+#ifndef MB_KAFKA_H
+#define MB_KAFKA_H
+
+#include <librdkafka/rdkafka.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "backends/backend.h"
+
+/* A librdkafka property the user gave (URL query or MSGBUS_KAFKA_*), kept
+ * so that it can be applied to every handle the backend creates. */
+struct mb_kafka_prop {
+    char *key;
+    char *value;
+};
+
+struct mb_backend {
+    msgbus_t *bus;
+    char *bootstrap;             /* "h1:9092,h2:9092" */
+    struct mb_kafka_prop *props; /* the user's passthrough properties */
+    size_t nprops;
+
+    /* msgbus-level options (see docs/kafka.md). */
+    long partitions;          /* for topics msgbus creates */
+    long replication_factor;
+    long connect_timeout_ms;  /* open, metadata and admin requests */
+    long subscribe_timeout_ms;
+    long commit_interval_ms;  /* async commits of the acked prefix */
+    long max_unacked;       /* unacked messages per subscription before
+                                 fetching pauses */
+    bool create_topics;       /* subscribe creates a missing topic */
+    long max_message_bytes;   /* the producer's message.max.bytes */
+
+    rd_kafka_t *producer;     /* also serves metadata and Admin requests */
+    pthread_t poll_thread;    /* serves delivery reports */
+    _Atomic bool stopping;
+};
+
+/* Builds a configuration for a handle of `type`: bootstrap servers,
+ * msgbus's defaults for that type, then the user's properties (which win).
+ * On failure returns NULL with the error recorded. */
+MB_HIDDEN rd_kafka_conf_t *mb_kafka_conf_new(struct mb_backend *be, rd_kafka_type_t type,
+                                             const char *const *defaults);
+
+/* Maps a librdkafka error code to msgbus's. */
+MB_HIDDEN msgbus_err_t mb_kafka_err(rd_kafka_resp_err_t err);
+
+/* Creates `topic` through the Admin API when missing (partitions and
+ * replication factor from the options), then waits until its partitions
+ * have leaders. */
+MB_HIDDEN msgbus_err_t mb_kafka_ensure_topic(struct mb_backend *be, const char *topic);
+
+/* Number of partitions of `topic` as the cluster reports it, waiting up to
+ * the connect timeout for leaders. MSGBUS_ERR_NOT_FOUND when the topic does
+ * not exist. */
+MB_HIDDEN msgbus_err_t mb_kafka_topic_partitions(struct mb_backend *be, rd_kafka_t *rk,
+                                                 const char *topic, int *out);
+
+/* kafka_group.c */
+typedef void (*mb_kafka_rebalance_fn)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                                      rd_kafka_topic_partition_list_t *parts, void *opaque);
+typedef void (*mb_kafka_commit_fn)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                                   rd_kafka_topic_partition_list_t *offsets, void *opaque);
+/* A consumer for `group_id` with msgbus's consumer settings (no auto
+ * commit, no auto offset store); callbacks may be NULL. NULL on failure,
+ * with the error recorded. */
+MB_HIDDEN rd_kafka_t *mb_kafka_consumer_new(struct mb_backend *be, const char *group_id,
+                                            void *opaque, mb_kafka_rebalance_fn rebalance_cb,
+                                            mb_kafka_commit_fn commit_cb);
+/* End offset / committed offsets, retrying transient errors up to timeout_ms. */
+MB_HIDDEN rd_kafka_resp_err_t mb_kafka_end_offset(rd_kafka_t *rk, const char *topic,
+                                                  int32_t partition, int timeout_ms, int64_t *hi);
+MB_HIDDEN rd_kafka_resp_err_t mb_kafka_committed(rd_kafka_t *rk,
+                                                 rd_kafka_topic_partition_list_t *parts,
+                                                 int timeout_ms);
+/* Commits the current end for each partition where `group` has no
+ * committed offset (declare). */
+MB_HIDDEN msgbus_err_t mb_kafka_declare_group(struct mb_backend *be, const char *topic,
+                                              const char *group);
+
+/* kafka_consumer.c */
+MB_HIDDEN msgbus_err_t mb_kafka_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
+                                          struct mb_backend_sub **out);
+MB_HIDDEN void mb_kafka_unsubscribe(struct mb_backend_sub *bs);
+MB_HIDDEN msgbus_err_t mb_kafka_settle(struct mb_backend_sub *bs, msgbus_msg_t *m,
+                                       enum mb_settle how);
+
+#endif

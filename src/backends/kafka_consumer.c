@@ -1,0 +1,695 @@
+/*
+ * kafka_consumer.c — the Kafka backend's subscriptions: one librdkafka
+ * high-level consumer and one thread per subscription, acked-prefix
+ * commits, nack redelivery, flow control and rebalances (group plumbing
+ * shared with declare is in kafka_group.c).
+ *
+ * Invariants:
+ *  - Only the subscription's thread calls into its rd_kafka_t (poll,
+ *    commit, assign, close). Application threads (settle) touch only the
+ *    per-partition tables, under bs->mu.
+ *  - Per assigned partition we keep the offsets delivered and not yet
+ *    acked, in delivery order. The commit point is the first unacked
+ *    delivered offset, or the offset after the last delivered one when all
+ *    are acked: a crash redelivers only messages at or after it.
+ *  - Positions are resolved explicitly at assignment (committed offset, else
+ *    the partition's end), never left to auto.offset.reset, so subscribe()
+ *    returning means a message published afterwards is received.
+ *  - Each assignment of a partition gets a new generation, stamped on the
+ *    messages (m->tag). A settle for an older generation is ignored: the
+ *    partition was revoked and its new owner receives the message again.
+ */
+#include "backends/kafka.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MB_KAFKA_BATCH 1000
+
+struct mb_kafka_part {
+    bool assigned;
+    uint64_t gen;
+    int64_t committed; /* last commit point handed to librdkafka */
+    int64_t next;      /* offset after the last delivered message */
+    size_t unacked;    /* entries in [head, tail) not acked */
+    int64_t *offs;     /* in-flight offsets [head, tail), increasing */
+    bool *acked;
+    size_t head, tail, cap;
+};
+
+struct mb_backend_sub {
+    struct mb_backend *be;
+    msgbus_sub_t *sub;
+    const char *topic;
+    const char *group; /* NULL: broadcast */
+    char group_id[96];
+    rd_kafka_t *rk;
+    pthread_t thread;
+    bool thread_started;
+    _Atomic bool stop;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool ready; /* the first assignment is in place */
+    struct mb_kafka_part *parts;
+    size_t nparts; /* indexed by partition number */
+    uint64_t gen_counter;
+    bool dirty; /* the commit point moved since the last commit */
+    int64_t last_commit_ms;
+    /* Delivered and not yet acked, over all partitions: the backend stops
+     * fetching (pauses its partitions) at max_unacked, so a backlog is
+     * not pulled into memory faster than the application settles it. */
+    size_t unacked;
+    pthread_cond_t room; /* signalled when unacked falls to max_unacked/2 */
+    bool waiting_room;
+    bool paused; /* subscription thread only */
+};
+
+/* ---- per-partition tables (bs->mu held) --------------------------------- */
+
+static struct mb_kafka_part *mb_kafka_part_get(struct mb_backend_sub *bs, int32_t partition,
+                                               bool create)
+{
+    if (partition < 0)
+        return NULL;
+    if ((size_t)partition >= bs->nparts) {
+        if (!create)
+            return NULL;
+        size_t n = (size_t)partition + 1;
+        struct mb_kafka_part *p = realloc(bs->parts, n * sizeof *p);
+        if (!p)
+            return NULL;
+        memset(p + bs->nparts, 0, (n - bs->nparts) * sizeof *p);
+        bs->parts = p;
+        bs->nparts = n;
+    }
+    return &bs->parts[partition];
+}
+
+static int64_t mb_kafka_part_point(const struct mb_kafka_part *p)
+{
+    return p->head < p->tail ? p->offs[p->head] : p->next;
+}
+
+static bool mb_kafka_part_push(struct mb_kafka_part *p, int64_t offset)
+{
+    if (p->head > 0 && p->tail == p->cap) { /* slide down before growing */
+        memmove(p->offs, p->offs + p->head, (p->tail - p->head) * sizeof *p->offs);
+        memmove(p->acked, p->acked + p->head, (p->tail - p->head) * sizeof *p->acked);
+        p->tail -= p->head;
+        p->head = 0;
+    }
+    if (p->tail == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 1024;
+        int64_t *o = realloc(p->offs, cap * sizeof *o);
+        if (!o)
+            return false;
+        p->offs = o;
+        bool *a = realloc(p->acked, cap * sizeof *a);
+        if (!a)
+            return false;
+        p->acked = a;
+        p->cap = cap;
+    }
+    p->offs[p->tail] = offset;
+    p->acked[p->tail] = false;
+    p->tail++;
+    p->unacked++;
+    p->next = offset + 1;
+    return true;
+}
+
+static bool mb_kafka_part_ack(struct mb_kafka_part *p, int64_t offset)
+{
+    size_t lo = p->head, hi = p->tail;
+    while (lo < hi) { /* binary search: offsets are increasing */
+        size_t mid = lo + (hi - lo) / 2;
+        if (p->offs[mid] < offset)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    bool found = lo < p->tail && p->offs[lo] == offset && !p->acked[lo];
+    if (found) {
+        p->acked[lo] = true;
+        p->unacked--;
+    }
+    while (p->head < p->tail && p->acked[p->head])
+        p->head++;
+    if (p->head == p->tail)
+        p->head = p->tail = 0;
+    return found;
+}
+
+static void mb_kafka_part_reset(struct mb_backend_sub *bs, struct mb_kafka_part *p, int64_t start)
+{
+    bs->unacked -= p->unacked;
+    p->unacked = 0;
+    p->head = p->tail = 0;
+    p->next = start;
+    p->committed = start;
+}
+
+/* Builds the list of commit points that moved (for `only` partitions when
+ * given). Marks them committed. NULL when nothing to commit. bs->mu held. */
+static rd_kafka_topic_partition_list_t *
+mb_kafka_commit_list(struct mb_backend_sub *bs, const rd_kafka_topic_partition_list_t *only)
+{
+    rd_kafka_topic_partition_list_t *l = NULL;
+    for (size_t i = 0; i < bs->nparts; i++) {
+        struct mb_kafka_part *p = &bs->parts[i];
+        if (!p->assigned)
+            continue;
+        if (only) {
+            bool in = false;
+            for (int k = 0; k < only->cnt; k++)
+                if (only->elems[k].partition == (int32_t)i)
+                    in = true;
+            if (!in)
+                continue;
+        }
+        int64_t point = mb_kafka_part_point(p);
+        if (point <= p->committed)
+            continue;
+        if (!l)
+            l = rd_kafka_topic_partition_list_new(8);
+        rd_kafka_topic_partition_list_add(l, bs->topic, (int32_t)i)->offset = point;
+        p->committed = point;
+    }
+    bs->dirty = false;
+    return l;
+}
+
+/* Commits the acked prefix: asynchronously while running, synchronously on
+ * revocation and close. Broadcast subscribers have throw-away groups and do
+ * not commit. Subscription thread only. */
+static void mb_kafka_commit(struct mb_backend_sub *bs, const rd_kafka_topic_partition_list_t *only,
+                            bool sync)
+{
+    if (!bs->group)
+        return;
+    pthread_mutex_lock(&bs->mu);
+    rd_kafka_topic_partition_list_t *l = mb_kafka_commit_list(bs, only);
+    bs->last_commit_ms = mb_mono_ms();
+    pthread_mutex_unlock(&bs->mu);
+    if (!l)
+        return;
+    rd_kafka_resp_err_t err = rd_kafka_commit(bs->rk, l, sync ? 0 : 1);
+    if (err && sync)
+        mb_log(MSGBUS_LOG_WARN, "kafka: committing offsets of group '%s' on '%s' failed: %s; "
+               "messages after the last commit will be delivered again",
+               bs->group_id, bs->topic, rd_kafka_err2str(err));
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+static void mb_kafka_offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                                      rd_kafka_topic_partition_list_t *offsets, void *opaque)
+{
+    struct mb_backend_sub *bs = opaque;
+    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        mb_log(MSGBUS_LOG_WARN, "kafka: async commit for group '%s' on '%s' failed: %s",
+               bs->group_id, bs->topic, rd_kafka_err2str(err));
+}
+
+/* ---- rebalances ------------------------------------------------------------ */
+
+/* Fills each partition's start offset: the group's committed offset, else
+ * the partition's current end (a new group starts at "latest as of
+ * assignment"; a declared group has committed offsets, so it starts where
+ * declare fixed it). */
+static void mb_kafka_resolve_positions(struct mb_backend_sub *bs,
+                                       rd_kafka_topic_partition_list_t *parts)
+{
+    int timeout = (int)bs->be->connect_timeout_ms;
+    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (bs->group) {
+        err = mb_kafka_committed(bs->rk, parts, timeout);
+        if (err) {
+            /* Never guess "the end" here: that would skip what the group
+             * has not consumed. librdkafka then reads the committed offsets
+             * itself when it starts fetching (auto.offset.reset=earliest if
+             * there are none: duplicates at worst, never loss). */
+            mb_log(MSGBUS_LOG_WARN, "kafka: reading committed offsets of group '%s' failed: %s; "
+                   "starting from the group's stored positions",
+                   bs->group_id, rd_kafka_err2str(err));
+            for (int i = 0; i < parts->cnt; i++)
+                parts->elems[i].offset = RD_KAFKA_OFFSET_STORED;
+            return;
+        }
+    } else {
+        for (int i = 0; i < parts->cnt; i++)
+            parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+    }
+    rd_kafka_topic_partition_list_t *fixed = NULL;
+    for (int i = 0; i < parts->cnt; i++) {
+        rd_kafka_topic_partition_t *tp = &parts->elems[i];
+        if (tp->offset >= 0)
+            continue;
+        int64_t hi = 0;
+        rd_kafka_resp_err_t werr = mb_kafka_end_offset(bs->rk, tp->topic, tp->partition, timeout,
+                                                       &hi);
+        if (werr) {
+            /* Last resort: let librdkafka resolve (stored offset, else
+             * auto.offset.reset=earliest: duplicates, never loss). */
+            mb_log(MSGBUS_LOG_ERROR, "kafka: end offset of %s[%d] unknown: %s; starting at the "
+                   "group's stored position", tp->topic, (int)tp->partition,
+                   rd_kafka_err2str(werr));
+            tp->offset = RD_KAFKA_OFFSET_STORED;
+        } else {
+            tp->offset = hi;
+            if (bs->group) {
+                if (!fixed)
+                    fixed = rd_kafka_topic_partition_list_new(parts->cnt);
+                rd_kafka_topic_partition_list_add(fixed, tp->topic, tp->partition)->offset = hi;
+            }
+        }
+    }
+    if (!fixed)
+        return;
+    /* Persist the start at once: otherwise a member that closes (or dies)
+     * before acking anything in the partition leaves no commit, and the
+     * next member would start at the then-current end, skipping what this
+     * one was given but never acked. */
+    err = rd_kafka_commit(bs->rk, fixed, 0);
+    if (err)
+        mb_log(MSGBUS_LOG_WARN, "kafka: committing the start positions of group '%s' failed: "
+               "%s", bs->group_id, rd_kafka_err2str(err));
+    rd_kafka_topic_partition_list_destroy(fixed);
+}
+
+static bool mb_kafka_drop_pred(const msgbus_msg_t *m, void *arg)
+{
+    const rd_kafka_topic_partition_list_t *revoked = arg;
+    for (int i = 0; i < revoked->cnt; i++)
+        if (revoked->elems[i].partition == m->partition)
+            return true;
+    return false;
+}
+
+static void mb_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                                  rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    struct mb_backend_sub *bs = opaque;
+    bool cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        mb_kafka_resolve_positions(bs, parts);
+        pthread_mutex_lock(&bs->mu);
+        for (int i = 0; i < parts->cnt; i++) {
+            struct mb_kafka_part *p = mb_kafka_part_get(bs, parts->elems[i].partition, true);
+            if (!p)
+                continue;
+            p->assigned = true;
+            p->gen = ++bs->gen_counter;
+            mb_kafka_part_reset(bs, p, parts->elems[i].offset >= 0 ? parts->elems[i].offset : -1);
+        }
+        pthread_mutex_unlock(&bs->mu);
+        rd_kafka_error_t *e = NULL;
+        rd_kafka_resp_err_t aerr = RD_KAFKA_RESP_ERR_NO_ERROR;
+        if (cooperative)
+            e = rd_kafka_incremental_assign(rk, parts);
+        else
+            aerr = rd_kafka_assign(rk, parts);
+        if (e) {
+            mb_log(MSGBUS_LOG_ERROR, "kafka: assign failed: %s", rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+        } else if (aerr) {
+            mb_log(MSGBUS_LOG_ERROR, "kafka: assign failed: %s", rd_kafka_err2str(aerr));
+        }
+        if (mb_log_enabled(MSGBUS_LOG_DEBUG))
+            for (int i = 0; i < parts->cnt; i++)
+                mb_log(MSGBUS_LOG_DEBUG, "kafka: group '%s' assigned %s[%d] at offset %lld",
+                       bs->group_id, parts->elems[i].topic, (int)parts->elems[i].partition,
+                       (long long)parts->elems[i].offset);
+        pthread_mutex_lock(&bs->mu);
+        bs->paused = false; /* the loop pauses the new assignment if needed */
+        bs->ready = true;
+        pthread_cond_broadcast(&bs->cv);
+        pthread_mutex_unlock(&bs->mu);
+        return;
+    }
+
+    /* Revocation (or a rebalance error): commit what was acked, then forget
+     * the partitions. Messages still queued for the application are
+     * dropped; ones it holds can no longer be settled (their settle is
+     * ignored) — the new owner receives them again from the commit point. */
+    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+        mb_kafka_commit(bs, parts, true);
+    else
+        mb_log(MSGBUS_LOG_WARN, "kafka: rebalance error in group '%s': %s", bs->group_id,
+               rd_kafka_err2str(err));
+    pthread_mutex_lock(&bs->mu);
+    for (int i = 0; i < parts->cnt; i++) {
+        struct mb_kafka_part *p = mb_kafka_part_get(bs, parts->elems[i].partition, false);
+        if (p) {
+            p->assigned = false;
+            p->gen = ++bs->gen_counter;
+            mb_kafka_part_reset(bs, p, -1);
+        }
+    }
+    pthread_mutex_unlock(&bs->mu);
+    size_t dropped = mb_sub_drop(bs->sub, mb_kafka_drop_pred, parts);
+    if (dropped)
+        mb_log(MSGBUS_LOG_INFO, "kafka: rebalance of group '%s' dropped %zu queued messages",
+               bs->group_id, dropped);
+    if (cooperative) {
+        rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
+        if (e)
+            rd_kafka_error_destroy(e);
+    } else {
+        rd_kafka_assign(rk, NULL);
+    }
+}
+
+/* ---- receiving ----------------------------------------------------------- */
+
+/* Copies a record into a new received message, or NULL (logged). */
+static msgbus_msg_t *mb_kafka_convert(struct mb_backend_sub *bs, const rd_kafka_message_t *rkm)
+{
+    msgbus_msg_t *m = mb_msg_new_received(bs->sub);
+    if (!m)
+        return NULL;
+    if (msgbus_msg_set_payload(m, rkm->payload, rkm->len) != MSGBUS_OK)
+        goto fail;
+    if (rkm->key && msgbus_msg_set_key(m, rkm->key, rkm->key_len) != MSGBUS_OK)
+        goto fail;
+    rd_kafka_headers_t *hdrs = NULL;
+    if (rd_kafka_message_headers(rkm, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        const char *name;
+        const void *value;
+        size_t size;
+        for (size_t i = 0; !rd_kafka_header_get_all(hdrs, i, &name, &value, &size); i++) {
+            if (strcmp(name, "ce_id") == 0) {
+                char *id = mb_strndup(value ? value : "", size);
+                if (!id)
+                    goto fail;
+                mb_msg_take_id(m, id);
+            } else if (mb_msg_put_header(m, name, strlen(name), value ? value : "", size) !=
+                       MSGBUS_OK) {
+                goto fail;
+            }
+        }
+    }
+    rd_kafka_timestamp_type_t tstype;
+    int64_t ts = rd_kafka_message_timestamp(rkm, &tstype);
+    m->timestamp = ts >= 0 ? ts : mb_now_ms();
+    m->partition = rkm->partition;
+    m->offset = rkm->offset;
+    return m;
+fail:
+    msgbus_msg_free(m);
+    return NULL;
+}
+
+/* Converts and registers one batch, then hands it to the core in one push. */
+static void mb_kafka_deliver(struct mb_backend_sub *bs, rd_kafka_message_t **rkms, size_t n)
+{
+    msgbus_msg_t *first = NULL, **link = &first;
+    size_t count = 0;
+    msgbus_msg_t *conv[MB_KAFKA_BATCH];
+    for (size_t i = 0; i < n; i++) {
+        rd_kafka_message_t *rkm = rkms[i];
+        conv[i] = NULL;
+        if (rkm->err) {
+            if (rkm->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                mb_log(MSGBUS_LOG_WARN, "kafka: consumer of '%s' (group '%s'): %s", bs->topic,
+                       bs->group_id, rd_kafka_message_errstr(rkm));
+        } else {
+            conv[i] = mb_kafka_convert(bs, rkm);
+            if (!conv[i])
+                mb_log(MSGBUS_LOG_ERROR, "kafka: out of memory converting %s[%d]@%lld; it will "
+                       "be delivered again after a restart", bs->topic, (int)rkm->partition,
+                       (long long)rkm->offset);
+        }
+        rd_kafka_message_destroy(rkm);
+    }
+    pthread_mutex_lock(&bs->mu);
+    for (size_t i = 0; i < n; i++) {
+        msgbus_msg_t *m = conv[i];
+        if (!m)
+            continue;
+        struct mb_kafka_part *p = mb_kafka_part_get(bs, m->partition, false);
+        /* A record of a partition no longer ours, or older than the
+         * assignment's start, is not delivered. */
+        if (!p || !p->assigned || (p->next >= 0 && m->offset < p->next) ||
+            !mb_kafka_part_push(p, m->offset)) {
+            conv[i] = NULL;
+            pthread_mutex_unlock(&bs->mu);
+            msgbus_msg_free(m);
+            pthread_mutex_lock(&bs->mu);
+            continue;
+        }
+        m->tag = p->gen;
+        bs->unacked++;
+        *link = m;
+        link = &m->next;
+        count++;
+    }
+    pthread_mutex_unlock(&bs->mu);
+    *link = NULL;
+    if (count)
+        mb_sub_push(bs->sub, first, count);
+}
+
+/* Stops or restarts fetching on the whole current assignment. librdkafka
+ * resumes a paused partition from the position the application consumed,
+ * so nothing is skipped. Subscription thread only. */
+static void mb_kafka_pause(struct mb_backend_sub *bs, bool pause)
+{
+    rd_kafka_topic_partition_list_t *l = NULL;
+    if (rd_kafka_assignment(bs->rk, &l) != RD_KAFKA_RESP_ERR_NO_ERROR || !l)
+        return;
+    rd_kafka_resp_err_t err = pause ? rd_kafka_pause_partitions(bs->rk, l)
+                                    : rd_kafka_resume_partitions(bs->rk, l);
+    if (err)
+        mb_log(MSGBUS_LOG_WARN, "kafka: %s fetching for group '%s' failed: %s",
+               pause ? "pausing" : "resuming", bs->group_id, rd_kafka_err2str(err));
+    else
+        bs->paused = pause;
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* max_unacked messages are unacked: stop taking more. A working
+ * application drains half of them in milliseconds, so first just wait for
+ * that (librdkafka keeps prefetching meanwhile, within its own queue
+ * limits). When the application makes no room for a while, pause the
+ * partitions instead, so the thread goes back to serving rebalances.
+ * (Pausing every time would throw away librdkafka's prefetched data and
+ * refetch it: several times slower.) Subscription thread only. */
+static void mb_kafka_wait_for_room(struct mb_backend_sub *bs)
+{
+    size_t half = (size_t)bs->be->max_unacked / 2;
+    int64_t give_up = mb_mono_ms() + 1000;
+    bool room;
+    pthread_mutex_lock(&bs->mu);
+    bs->waiting_room = true;
+    while (!(room = bs->unacked <= half) && !atomic_load(&bs->stop) && mb_mono_ms() < give_up) {
+        struct timespec dl;
+        mb_deadline(&dl, 20);
+        pthread_cond_timedwait(&bs->room, &bs->mu, &dl);
+    }
+    bs->waiting_room = false;
+    pthread_mutex_unlock(&bs->mu);
+    if (!room && !atomic_load(&bs->stop))
+        mb_kafka_pause(bs, true);
+}
+
+static void *mb_kafka_consumer_main(void *arg)
+{
+    struct mb_backend_sub *bs = arg;
+    rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(bs->rk);
+    rd_kafka_message_t *rkms[MB_KAFKA_BATCH];
+    while (!atomic_load(&bs->stop)) {
+        /* Block for the first message (this also serves rebalances), then
+         * take whatever else is already there without waiting. */
+        /* While paused, come back soon to resume once acks catch up. */
+        rd_kafka_message_t *rkm = rd_kafka_consumer_poll(bs->rk, bs->paused ? 5 : 100);
+        size_t n = 0;
+        if (rkm) {
+            rkms[n++] = rkm;
+            ssize_t more = rd_kafka_consume_batch_queue(q, 0, rkms + 1, MB_KAFKA_BATCH - 1);
+            if (more > 0)
+                n += (size_t)more;
+        }
+        if (n)
+            mb_kafka_deliver(bs, rkms, n);
+        pthread_mutex_lock(&bs->mu);
+        bool due = bs->dirty && mb_mono_ms() - bs->last_commit_ms >= bs->be->commit_interval_ms;
+        size_t unacked = bs->unacked;
+        pthread_mutex_unlock(&bs->mu);
+        if (due)
+            mb_kafka_commit(bs, NULL, false);
+        size_t max = (size_t)bs->be->max_unacked;
+        if (!bs->paused && unacked >= max)
+            mb_kafka_wait_for_room(bs);
+        else if (bs->paused && unacked <= max / 2)
+            mb_kafka_pause(bs, false);
+    }
+    rd_kafka_queue_destroy(q);
+    mb_kafka_commit(bs, NULL, true);
+    /* Leaves the group: the revocation callback commits and drops. */
+    rd_kafka_consumer_close(bs->rk);
+    return NULL;
+}
+
+/* ---- settle ------------------------------------------------------------- */
+
+msgbus_err_t mb_kafka_settle(struct mb_backend_sub *bs, msgbus_msg_t *m, enum mb_settle how)
+{
+    pthread_mutex_lock(&bs->mu);
+    struct mb_kafka_part *p = mb_kafka_part_get(bs, m->partition, false);
+    if (!p || !p->assigned || p->gen != m->tag) {
+        pthread_mutex_unlock(&bs->mu);
+        /* Documented: the partition moved in a rebalance; its new owner
+         * gets the message again from the last commit point. */
+        mb_log(MSGBUS_LOG_DEBUG, "kafka: %s of %s[%d]@%lld ignored: the partition was revoked",
+               how == MB_SETTLE_ACK ? "ack" : "nack", bs->topic, (int)m->partition,
+               (long long)m->offset);
+        return MSGBUS_OK;
+    }
+    if (how == MB_SETTLE_ACK) {
+        int64_t before = mb_kafka_part_point(p);
+        if (mb_kafka_part_ack(p, m->offset) && --bs->unacked <= (size_t)bs->be->max_unacked / 2 &&
+            bs->waiting_room)
+            pthread_cond_signal(&bs->room);
+        if (mb_kafka_part_point(p) != before)
+            bs->dirty = true;
+        pthread_mutex_unlock(&bs->mu);
+        return MSGBUS_OK;
+    }
+    pthread_mutex_unlock(&bs->mu);
+
+    /* nack: deliver a copy again right away with attempt + 1. The offset
+     * stays in flight (uncommitted) until that copy is acked, and only
+     * this partition's commit point waits for it. */
+    msgbus_msg_t *again = mb_msg_new_received(bs->sub);
+    if (!again)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory redelivering a nacked message");
+    msgbus_err_t e = msgbus_msg_set_payload(again, m->payload, m->len);
+    if (!e && m->key)
+        e = msgbus_msg_set_key(again, m->key, m->key_len);
+    for (size_t i = 0; !e && i < m->nheaders; i++)
+        e = mb_msg_put_header(again, m->headers[i].name, strlen(m->headers[i].name),
+                              m->headers[i].value, strlen(m->headers[i].value));
+    if (!e && m->id) {
+        char *id = mb_strdup(m->id);
+        if (!id)
+            e = MSGBUS_ERR_NOMEM;
+        else
+            mb_msg_take_id(again, id);
+    }
+    if (e) {
+        msgbus_msg_free(again);
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory redelivering a nacked message");
+    }
+    again->timestamp = m->timestamp;
+    again->partition = m->partition;
+    again->offset = m->offset;
+    again->tag = m->tag;
+    again->attempt = m->attempt + 1;
+    again->next = NULL;
+    mb_sub_push(bs->sub, again, 1);
+    return MSGBUS_OK;
+}
+
+/* ---- subscribe / unsubscribe ------------------------------------------- */
+
+static void mb_kafka_sub_free(struct mb_backend_sub *bs)
+{
+    for (size_t i = 0; i < bs->nparts; i++) {
+        free(bs->parts[i].offs);
+        free(bs->parts[i].acked);
+    }
+    free(bs->parts);
+    pthread_cond_destroy(&bs->cv);
+    pthread_cond_destroy(&bs->room);
+    pthread_mutex_destroy(&bs->mu);
+    free(bs);
+}
+
+msgbus_err_t mb_kafka_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
+                                struct mb_backend_sub **out)
+{
+    const char *topic = mb_sub_topic(sub);
+    msgbus_err_t e;
+    if (be->create_topics) {
+        if ((e = mb_kafka_ensure_topic(be, topic)) != MSGBUS_OK)
+            return e;
+    }
+    struct mb_backend_sub *bs = calloc(1, sizeof *bs);
+    if (!bs)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+    bs->be = be;
+    bs->sub = sub;
+    bs->topic = topic;
+    bs->group = mb_sub_group(sub);
+    pthread_mutex_init(&bs->mu, NULL);
+    mb_cond_init(&bs->cv);
+    mb_cond_init(&bs->room);
+    if (bs->group) {
+        snprintf(bs->group_id, sizeof bs->group_id, "%s", bs->group);
+    } else {
+        char uuid[37];
+        mb_uuid7(uuid);
+        snprintf(bs->group_id, sizeof bs->group_id, "msgbus-broadcast-%s", uuid);
+    }
+    bs->rk = mb_kafka_consumer_new(be, bs->group_id, bs, mb_kafka_rebalance_cb,
+                                   mb_kafka_offset_commit_cb);
+    if (!bs->rk) {
+        mb_kafka_sub_free(bs);
+        return MSGBUS_ERR_CONFIG;
+    }
+    if (!be->create_topics) {
+        int n;
+        if ((e = mb_kafka_topic_partitions(be, bs->rk, topic, &n)) != MSGBUS_OK) {
+            rd_kafka_destroy(bs->rk);
+            mb_kafka_sub_free(bs);
+            return e;
+        }
+    }
+    rd_kafka_poll_set_consumer(bs->rk);
+    rd_kafka_topic_partition_list_t *tl = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(tl, topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t err = rd_kafka_subscribe(bs->rk, tl);
+    rd_kafka_topic_partition_list_destroy(tl);
+    if (err) {
+        rd_kafka_destroy(bs->rk);
+        mb_kafka_sub_free(bs);
+        return mb_error(mb_kafka_err(err), "kafka: subscribing to '%s': %s", topic,
+                        rd_kafka_err2str(err));
+    }
+    bs->last_commit_ms = mb_mono_ms();
+    if (pthread_create(&bs->thread, NULL, mb_kafka_consumer_main, bs) != 0) {
+        rd_kafka_destroy(bs->rk);
+        mb_kafka_sub_free(bs);
+        return mb_error(MSGBUS_ERR_INTERNAL, "kafka: cannot start the consumer thread");
+    }
+    bs->thread_started = true;
+
+    struct timespec deadline;
+    mb_deadline(&deadline, be->subscribe_timeout_ms);
+    pthread_mutex_lock(&bs->mu);
+    while (!bs->ready)
+        if (pthread_cond_timedwait(&bs->cv, &bs->mu, &deadline) != 0)
+            break;
+    bool ready = bs->ready;
+    pthread_mutex_unlock(&bs->mu);
+    if (!ready) {
+        mb_kafka_unsubscribe(bs);
+        return mb_error(MSGBUS_ERR_TIMEOUT,
+                        "kafka: subscribing to '%s' as group '%s': no partition assignment "
+                        "within %ld ms (subscribe_timeout_ms)",
+                        topic, bs->group ? bs->group : "(broadcast)", be->subscribe_timeout_ms);
+    }
+    *out = bs;
+    return MSGBUS_OK;
+}
+
+void mb_kafka_unsubscribe(struct mb_backend_sub *bs)
+{
+    atomic_store(&bs->stop, true);
+    if (bs->thread_started)
+        pthread_join(bs->thread, NULL);
+    rd_kafka_destroy(bs->rk);
+    mb_kafka_sub_free(bs);
+}

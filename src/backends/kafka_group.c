@@ -1,0 +1,167 @@
+/*
+ * kafka_group.c — the Kafka backend's consumer-group plumbing shared by
+ * subscriptions and declare: creating consumer handles with msgbus's
+ * settings, reading committed and end offsets through the transient errors
+ * that follow topic creation or a broker restart, and declare's fixing of a
+ * group's starting positions.
+ */
+#include "backends/kafka.h"
+
+#include <stdio.h>
+#include <time.h>
+
+/* ---- offsets ---------------------------------------------------------------- */
+
+/* Errors right after a topic is created or a broker restarts: leaders and
+ * coordinators move; asking again shortly succeeds. */
+static bool mb_kafka_retriable(rd_kafka_resp_err_t err)
+{
+    switch (err) {
+    case RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION:
+    case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+    case RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS:
+    case RD_KAFKA_RESP_ERR_NOT_COORDINATOR:
+    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR_OFFSET_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+    case RD_KAFKA_RESP_ERR__TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__WAIT_COORD:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void mb_kafka_nap(void)
+{
+    struct timespec ts = {0, 100 * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* The partition's end offset, retrying transient errors up to timeout_ms. */
+rd_kafka_resp_err_t mb_kafka_end_offset(rd_kafka_t *rk, const char *topic, int32_t partition,
+                                        int timeout_ms, int64_t *hi)
+{
+    int64_t deadline = mb_mono_ms() + timeout_ms, lo = 0;
+    for (;;) {
+        int64_t left = deadline - mb_mono_ms();
+        rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(
+            rk, topic, partition, &lo, hi, (int)(left > 100 ? left : 100));
+        if (!err || !mb_kafka_retriable(err) || mb_mono_ms() >= deadline)
+            return err;
+        mb_kafka_nap();
+    }
+}
+
+/* The group's committed offsets, retrying transient errors. */
+rd_kafka_resp_err_t mb_kafka_committed(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts,
+                                       int timeout_ms)
+{
+    int64_t deadline = mb_mono_ms() + timeout_ms;
+    for (;;) {
+        int64_t left = deadline - mb_mono_ms();
+        rd_kafka_resp_err_t err = rd_kafka_committed(rk, parts, (int)(left > 100 ? left : 100));
+        if (!err || !mb_kafka_retriable(err) || mb_mono_ms() >= deadline)
+            return err;
+        mb_kafka_nap();
+    }
+}
+
+static const char *const mb_kafka_consumer_defaults[] = {
+    "enable.auto.commit", "false", "enable.auto.offset.store", "false",
+    /* Only used when a committed offset is out of range (deleted by
+     * retention): start at the oldest kept, never skip. New groups are
+     * positioned explicitly at assignment. */
+    "auto.offset.reset", "earliest",
+    /* librdkafka 2.0.2 stops fetching a partition whose local queue holds
+     * queued.min.messages (default 100,000) and looks again only on its
+     * broker thread's periodic wake-up: a stall of up to ~1 s whenever a
+     * consumer is briefly slower than the fetcher. Memory stays bounded by
+     * queued.max.messages.kbytes (64 MB), which becomes the limit. */
+    "queued.min.messages", "1000000", NULL};
+
+rd_kafka_t *mb_kafka_consumer_new(struct mb_backend *be, const char *group_id, void *opaque,
+                                  mb_kafka_rebalance_fn rebalance_cb, mb_kafka_commit_fn commit_cb)
+{
+    rd_kafka_conf_t *conf = mb_kafka_conf_new(be, RD_KAFKA_CONSUMER, mb_kafka_consumer_defaults);
+    if (!conf)
+        return NULL;
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, "group.id", group_id, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        mb_error(MSGBUS_ERR_CONFIG, "kafka: group id '%s': %s", group_id, errstr);
+        return NULL;
+    }
+    if (rebalance_cb)
+        rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+    if (commit_cb)
+        rd_kafka_conf_set_offset_commit_cb(conf, commit_cb);
+    rd_kafka_conf_set_opaque(conf, opaque);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        mb_error(MSGBUS_ERR_CONFIG, "kafka: cannot create a consumer: %s", errstr);
+    }
+    return rk;
+}
+
+/* ---- declare: fix a group's starting position --------------------------- */
+
+/* For each partition without a committed offset for `group`, commits the
+ * current end, so everything published after declare returns is kept for
+ * the group. Partitions that already have one are left alone. */
+msgbus_err_t mb_kafka_declare_group(struct mb_backend *be, const char *topic, const char *group)
+{
+    int n = 0;
+    msgbus_err_t e = mb_kafka_topic_partitions(be, be->producer, topic, &n);
+    if (e)
+        return e;
+    rd_kafka_t *rk = mb_kafka_consumer_new(be, group, NULL, NULL, NULL);
+    if (!rk)
+        return MSGBUS_ERR_CONFIG;
+    int timeout = (int)be->connect_timeout_ms;
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(n);
+    for (int i = 0; i < n; i++)
+        rd_kafka_topic_partition_list_add(parts, topic, i);
+    rd_kafka_topic_partition_list_t *todo = rd_kafka_topic_partition_list_new(n);
+    rd_kafka_resp_err_t err = mb_kafka_committed(rk, parts, timeout);
+    if (err) {
+        e = mb_error(mb_kafka_err(err), "kafka: declare '%s' group '%s': reading committed "
+                     "offsets: %s", topic, group, rd_kafka_err2str(err));
+        goto out;
+    }
+    for (int i = 0; i < parts->cnt; i++) {
+        if (parts->elems[i].offset >= 0)
+            continue;
+        int64_t hi;
+        err = mb_kafka_end_offset(rk, topic, parts->elems[i].partition, timeout, &hi);
+        if (err) {
+            e = mb_error(mb_kafka_err(err), "kafka: declare '%s' group '%s': end offset of "
+                         "partition %d: %s", topic, group, (int)parts->elems[i].partition,
+                         rd_kafka_err2str(err));
+            goto out;
+        }
+        rd_kafka_topic_partition_list_add(todo, topic, parts->elems[i].partition)->offset = hi;
+    }
+    if (todo->cnt > 0) {
+        err = rd_kafka_commit(rk, todo, 0);
+        if (err == RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID ||
+            err == RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION ||
+            err == RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS) {
+            /* The group has live members: they already positioned
+             * themselves (msgbus subscribers start at the end). */
+            mb_log(MSGBUS_LOG_INFO, "kafka: declare '%s' group '%s': group is active (%s); "
+                   "left its positions alone", topic, group, rd_kafka_err2str(err));
+        } else if (err) {
+            e = mb_error(mb_kafka_err(err), "kafka: declare '%s' group '%s': committing start "
+                         "offsets: %s", topic, group, rd_kafka_err2str(err));
+        }
+    }
+out:
+    rd_kafka_topic_partition_list_destroy(todo);
+    rd_kafka_topic_partition_list_destroy(parts);
+    rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    return e;
+}

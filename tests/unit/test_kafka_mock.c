@@ -1,0 +1,245 @@
+/*
+ * test_kafka_mock.c — the Kafka backend's error paths against librdkafka's
+ * in-process mock cluster (rd_kafka_mock_*): no broker needed, each test
+ * runs in about a second.
+ *
+ * Promises tested: an unreachable cluster is MSGBUS_ERR_CONNECT within the
+ * configured timeout; a property librdkafka refuses is named in the error
+ * with librdkafka's text; msgbus-owned properties are refused; oversized
+ * messages are MSGBUS_ERR_TOO_LARGE, before sending and when the broker
+ * refuses them; request errors the broker returns reach each message's
+ * callback exactly once with their real outcome; retriable errors are
+ * retried by the idempotent producer without duplicates in the reports.
+ */
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+/* A mock cluster lives inside a librdkafka handle of its own. */
+struct mock {
+    rd_kafka_t *rk;
+    rd_kafka_mock_cluster_t *mc;
+    char url[512];
+};
+
+static void mock_start(struct mock *mk, const char *query)
+{
+    char errstr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "log_level", "0", errstr, sizeof errstr);
+    mk->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    ck_assert_msg(mk->rk != NULL, "rd_kafka_new: %s", errstr);
+    mk->mc = rd_kafka_mock_cluster_new(mk->rk, 1);
+    ck_assert_ptr_nonnull(mk->mc);
+    ck_assert_int_eq(rd_kafka_mock_topic_create(mk->mc, "t1", 1, 1), 0);
+    snprintf(mk->url, sizeof mk->url, "kafka://%s%s%s", rd_kafka_mock_cluster_bootstraps(mk->mc),
+             query && *query ? "?" : "", query ? query : "");
+}
+
+static void mock_stop(struct mock *mk)
+{
+    rd_kafka_mock_cluster_destroy(mk->mc);
+    rd_kafka_destroy(mk->rk);
+}
+
+struct reports {
+    int ok, failed;
+    msgbus_err_t last_status;
+    char last_error[512];
+};
+
+static void on_report(void *opaque, const msgbus_report_t *r)
+{
+    struct reports *rp = opaque;
+    if (r->status == MSGBUS_OK) {
+        rp->ok++;
+    } else {
+        rp->failed++;
+        rp->last_status = r->status;
+        snprintf(rp->last_error, sizeof rp->last_error, "%s", r->error);
+    }
+}
+
+static void publish(msgbus_t *bus, const char *topic, size_t len, struct reports *rp)
+{
+    char *buf = calloc(1, len + 1);
+    memset(buf, 'x', len);
+    msgbus_msg_t *m = NULL;
+    tu_ck_ok(msgbus_msg_new(&m, buf, len));
+    tu_ck_ok(msgbus_publish(bus, topic, m, on_report, rp));
+    msgbus_msg_free(m);
+    free(buf);
+}
+
+START_TEST(broker_down_is_connect_error_within_timeout)
+{
+    struct mock mk;
+    mock_start(&mk, "connect_timeout_ms=800");
+    rd_kafka_mock_broker_set_down(mk.mc, 1);
+    msgbus_t *bus = NULL;
+    int64_t t0 = tu_now_ms();
+    tu_ck_err(msgbus_open(&bus, mk.url, NULL), MSGBUS_ERR_CONNECT);
+    int64_t took = tu_now_ms() - t0;
+    printf("broker down: open failed after %lld ms: %s\n", (long long)took, msgbus_last_error());
+    ck_assert_ptr_null(bus);
+    ck_assert_int_ge(took, 700);
+    ck_assert_int_lt(took, 2500);
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "connect_timeout_ms"));
+    mock_stop(&mk);
+}
+END_TEST
+
+START_TEST(nothing_listening_is_connect_error)
+{
+    msgbus_t *bus = NULL;
+    int64_t t0 = tu_now_ms();
+    tu_ck_err(msgbus_open(&bus, "kafka://127.0.0.1:1?connect_timeout_ms=500", NULL),
+              MSGBUS_ERR_CONNECT);
+    ck_assert_int_lt(tu_now_ms() - t0, 2000);
+    ck_assert_ptr_null(bus);
+}
+END_TEST
+
+START_TEST(refused_property_is_named_with_librdkafka_text)
+{
+    struct mock mk;
+    mock_start(&mk, "linger.ms=banana");
+    msgbus_t *bus = NULL;
+    tu_ck_err(msgbus_open(&bus, mk.url, NULL), MSGBUS_ERR_CONFIG);
+    printf("refused: %s\n", msgbus_last_error());
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "linger.ms"));
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "Invalid value"));
+    mock_stop(&mk);
+
+    mock_start(&mk, "lingr.ms=5");
+    tu_ck_err(msgbus_open(&bus, mk.url, NULL), MSGBUS_ERR_CONFIG);
+    printf("unknown: %s\n", msgbus_last_error());
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "lingr.ms"));
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "No such configuration property"));
+    mock_stop(&mk);
+
+    mock_start(&mk, "group.id=mine");
+    tu_ck_err(msgbus_open(&bus, mk.url, NULL), MSGBUS_ERR_CONFIG);
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "group.id"));
+    ck_assert_ptr_null(bus);
+    mock_stop(&mk);
+}
+END_TEST
+
+START_TEST(environment_property_passes_through)
+{
+    struct mock mk;
+    mock_start(&mk, NULL);
+    setenv("MSGBUS_KAFKA_LINGER_MS", "nope", 1);
+    msgbus_t *bus = NULL;
+    tu_ck_err(msgbus_open(&bus, mk.url, NULL), MSGBUS_ERR_CONFIG);
+    printf("env: %s\n", msgbus_last_error());
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "linger.ms"));
+    setenv("MSGBUS_KAFKA_LINGER_MS", "2", 1);
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    unsetenv("MSGBUS_KAFKA_LINGER_MS");
+    msgbus_close(bus);
+    mock_stop(&mk);
+}
+END_TEST
+
+START_TEST(too_large_is_refused_before_sending)
+{
+    struct mock mk;
+    mock_start(&mk, "message.max.bytes=10000");
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    char *big = calloc(1, 20000);
+    msgbus_msg_t *m = NULL;
+    tu_ck_ok(msgbus_msg_new(&m, big, 20000));
+    tu_ck_err(msgbus_publish(bus, "t1", m, NULL, NULL), MSGBUS_ERR_TOO_LARGE);
+    printf("too large: %s\n", msgbus_last_error());
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "message.max.bytes"));
+    ck_assert_uint_eq(msgbus_outstanding(bus), 0);
+    msgbus_msg_free(m);
+    free(big);
+    msgbus_close(bus);
+    mock_stop(&mk);
+}
+END_TEST
+
+START_TEST(every_message_confirmed_once)
+{
+    struct mock mk;
+    mock_start(&mk, NULL);
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    struct reports rp = {0};
+    for (int i = 0; i < 500; i++)
+        publish(bus, "t1", 64, &rp);
+    tu_ck_ok(msgbus_flush(bus, 5000, NULL));
+    printf("confirmed: ok=%d failed=%d\n", rp.ok, rp.failed);
+    ck_assert_int_eq(rp.ok, 500);
+    ck_assert_int_eq(rp.failed, 0);
+    msgbus_close(bus);
+    ck_assert_int_eq(rp.ok, 500);
+    mock_stop(&mk);
+}
+END_TEST
+
+START_TEST(broker_request_error_reaches_the_callback)
+{
+    struct mock mk;
+    mock_start(&mk, NULL);
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    struct reports rp = {0};
+    publish(bus, "t1", 10, &rp); /* warm up: producer id and leader known */
+    tu_ck_ok(msgbus_flush(bus, 5000, NULL));
+
+    /* Broker-side size refusal: not retriable. */
+    rd_kafka_mock_push_request_errors(mk.mc, 0 /* Produce */, 1,
+                                      RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+    publish(bus, "t1", 10, &rp);
+    size_t failed = 0;
+    tu_ck_err(msgbus_flush(bus, 5000, &failed), MSGBUS_ERR_DELIVERY);
+    printf("broker refusal: failed=%zu status=%s error=%s\n", failed,
+           msgbus_err_name(rp.last_status), rp.last_error);
+    ck_assert_uint_eq(failed, 1);
+    ck_assert_int_eq(rp.failed, 1);
+    ck_assert_int_eq(rp.last_status, MSGBUS_ERR_TOO_LARGE);
+    ck_assert_ptr_nonnull(strstr(rp.last_error, "MSG_SIZE_TOO_LARGE"));
+
+    /* Retriable errors: the idempotent producer retries; one report each. */
+    rd_kafka_mock_push_request_errors(mk.mc, 0, 2, RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                                      RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT);
+    for (int i = 0; i < 10; i++)
+        publish(bus, "t1", 10, &rp);
+    tu_ck_ok(msgbus_flush(bus, 10000, NULL));
+    printf("retried: ok=%d failed=%d\n", rp.ok, rp.failed);
+    ck_assert_int_eq(rp.ok, 11);
+    ck_assert_int_eq(rp.failed, 1);
+    msgbus_close(bus);
+    mock_stop(&mk);
+}
+END_TEST
+
+static Suite *kafka_mock_suite(void)
+{
+    Suite *s = suite_create("kafka_mock");
+    TCase *tc = tcase_create("errors");
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, broker_down_is_connect_error_within_timeout);
+    tcase_add_test(tc, nothing_listening_is_connect_error);
+    tcase_add_test(tc, refused_property_is_named_with_librdkafka_text);
+    tcase_add_test(tc, environment_property_passes_through);
+    tcase_add_test(tc, too_large_is_refused_before_sending);
+    tcase_add_test(tc, every_message_confirmed_once);
+    tcase_add_test(tc, broker_request_error_reaches_the_callback);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    return tu_run_suite(kafka_mock_suite());
+}
