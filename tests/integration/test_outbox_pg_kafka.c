@@ -1,0 +1,7 @@
+/*
+ * test_outbox_pg_kafka.c — relay processes on the real PostgreSQL into the
+ * real Kafka broker: three at once on 50,000 rows, and one killed
+ * with SIGKILL 20 times. The scenarios are in test_outbox_pg_common.h.
+ */
+#define OUTBOX_BUS_KIND "kafka"
+#include "test_outbox_pg_common.h"
