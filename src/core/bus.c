@@ -117,9 +117,7 @@ MSGBUS_API int msgbus_fd(msgbus_t *bus)
 
 static void mb_confirm_free(struct mb_confirm *c)
 {
-    free(c->topic);
-    free(c->id);
-    free(c->error);
+    free(c->error); /* topic and id live in the token's own allocation */
     free(c);
 }
 
@@ -305,13 +303,20 @@ MSGBUS_API msgbus_err_t msgbus_publish(msgbus_t *bus, const char *topic, const m
     }
     struct mb_confirm *token = NULL;
     if (cb) {
-        token = calloc(1, sizeof *token);
-        if (!token || !(token->topic = mb_strdup(topic)) || !(token->id = mb_strdup(m->id))) {
-            if (token)
-                mb_confirm_free(token);
+        /* One allocation for the token and its strings: this is per message. */
+        size_t tl = strlen(topic) + 1, il = strlen(m->id) + 1;
+        token = malloc(sizeof *token + tl + il);
+        if (!token) {
             atomic_fetch_sub(&bus->outstanding, 1);
             return mb_error(MSGBUS_ERR_NOMEM, "out of memory publishing to '%s'", topic);
         }
+        token->topic = (char *)(token + 1);
+        token->id = token->topic + tl;
+        memcpy(token->topic, topic, tl);
+        memcpy(token->id, m->id, il);
+        token->error = NULL;
+        token->next = NULL;
+        token->status = MSGBUS_OK;
         token->cb = cb;
         token->opaque = opaque;
     }
