@@ -18,6 +18,9 @@
 
 #include "testutil.h"
 
+#define CF_FIRST_MS 30000 /* wait for a first message */
+#define CF_NEXT_MS 10000  /* wait for each further message */
+
 /* The backend under test ("mem", "kafka", "amqp") and the URL every test
  * opens its buses on. Set once by main() before the suite forks. */
 static const char *cf_backend;
@@ -208,6 +211,14 @@ static bool cf_payload_is(const msgbus_msg_t *m, const char *s)
     size_t len = 0;
     const void *p = msgbus_msg_payload(m, &len);
     return len == strlen(s) && memcmp(p, s, len) == 0;
+}
+
+/* Receives exactly one message within CF_FIRST_MS; ck_asserts. */
+static msgbus_msg_t *cf_receive_one(msgbus_sub_t *sub)
+{
+    msgbus_msg_t *m = tu_receive(sub, CF_FIRST_MS);
+    ck_assert_msg(m != NULL, "no message within %d ms", CF_FIRST_MS);
+    return m;
 }
 
 /* Flushes with a generous bound for real brokers; ck_asserts MSGBUS_OK. */
