@@ -295,13 +295,17 @@ START_TEST(relay_killed_20_times_loses_nothing)
     scene_open(&s, N, K, N / 4);
     int kills = 0, kills_busy = 0, spawned = 0;
     unsigned seed = (unsigned)getpid();
-    while (kills < 20 && spawned < 200) {
+    /* Count only kills that land while rows are pending: keep killing (up
+     * to 200 relays) until 20 of those happened, feeding rows in small
+     * steps so there is work at each kill even on a fast, idle machine. */
+    const int step = (N - N / 4) / 25;
+    while (kills_busy < 20 && spawned < 200) {
         /* more rows arrive, then a relay that runs until killed, with
          * small batches so it is mid-batch most of the time */
-        scene_put(&s, s.written + (N - N / 4) / 20 < N ? s.written + (N - N / 4) / 20 : N);
+        scene_put(&s, s.written + step < N ? s.written + step : N);
         pid_t pid = spawn_relay(s.table, s.topic, 25, true);
         spawned++;
-        usleep((useconds_t)(100000 + rand_r(&seed) % 300000));
+        usleep((useconds_t)(20000 + rand_r(&seed) % 100000));
         long pend = pending_rows(&s);
         kill(pid, SIGKILL);
         int st = 0;
@@ -324,8 +328,7 @@ START_TEST(relay_killed_20_times_loses_nothing)
            OUTBOX_BUS_KIND, kills, kills_busy, N, s.con.received, s.con.dup, s.con.unique,
            s.con.order_errors, s.con.id_errors, pend);
     ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-    ck_assert_int_ge(kills, 20);
-    ck_assert_int_ge(kills_busy, 15);
+    ck_assert_int_ge(kills_busy, 20); /* killed mid-work at least 20 times */
     ck_assert_int_eq(s.con.unique, N);      /* every committed row published */
     ck_assert_int_eq(s.con.id_errors, 0);   /* every copy carries the row's id */
     ck_assert_int_eq(s.con.order_errors, 0);
