@@ -111,6 +111,11 @@ struct mb_backend_ops {
 MB_HIDDEN void mb_bus_confirm(msgbus_t *bus, struct mb_confirm *token, msgbus_err_t status,
                               const char *error);
 
+/* Reports success for `n` published messages at once: as n calls of
+ * mb_bus_confirm(bus, tokens[i], MSGBUS_OK, NULL) (NULL entries allowed),
+ * but with one lock and at most one wake-up for the whole batch. */
+MB_HIDDEN void mb_bus_confirm_batch(msgbus_t *bus, struct mb_confirm *const *tokens, size_t n);
+
 /* Message id and topic the token was published with (for backends that
  * need them when the confirm arrives; valid until mb_bus_confirm). */
 MB_HIDDEN const char *mb_confirm_topic(const struct mb_confirm *token);

@@ -272,14 +272,28 @@ static msgbus_err_t mb_kafka_bootstrap(struct mb_backend *be, const struct mb_ur
 
 /* ---- producer ------------------------------------------------------------ */
 
+/* Hands the gathered successful reports to the core. */
+static void mb_kafka_dr_flush(struct mb_backend *be)
+{
+    mb_bus_confirm_batch(be->bus, be->dr_batch, be->dr_n);
+    be->dr_n = 0;
+}
+
 static void mb_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 {
+    (void)rk;
     struct mb_backend *be = opaque;
     struct mb_confirm *token = rkm->_private;
     if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        mb_bus_confirm(be->bus, token, MSGBUS_OK, NULL);
+        /* Confirms per message cost a lock and maybe an eventfd write
+         * each; gather them and push once per rd_kafka_poll. */
+        be->dr_batch[be->dr_n++] = token;
+        if (be->dr_n == sizeof be->dr_batch / sizeof be->dr_batch[0])
+            mb_kafka_dr_flush(be);
         return;
     }
+    /* Keep reports in delivery order: earlier successes go first. */
+    mb_kafka_dr_flush(be);
     char detail[600];
     const char *topic = rkm->rkt ? rd_kafka_topic_name(rkm->rkt)
                         : token     ? mb_confirm_topic(token)
@@ -301,8 +315,10 @@ static void mb_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *
 static void *mb_kafka_poll_main(void *arg)
 {
     struct mb_backend *be = arg;
-    while (!atomic_load(&be->stopping))
+    while (!atomic_load(&be->stopping)) {
         rd_kafka_poll(be->producer, 100);
+        mb_kafka_dr_flush(be);
+    }
     return NULL;
 }
 
@@ -553,7 +569,9 @@ static void mb_kafka_close(struct mb_backend *be)
         rd_kafka_flush(be->producer, 5000);
     }
     rd_kafka_poll(be->producer, 0);
+    mb_kafka_dr_flush(be);
     rd_kafka_destroy(be->producer);
+    mb_kafka_dr_flush(be); /* destroy may serve the last reports */
     mb_kafka_free(be);
 }
 
@@ -575,5 +593,5 @@ MB_HIDDEN const struct mb_backend_ops mb_kafka_ops = {
     .subscribe = mb_kafka_subscribe,
     .unsubscribe = mb_kafka_unsubscribe,
     .settle = mb_kafka_settle,
-    .release = NULL,
+    .release = mb_kafka_release,
 };

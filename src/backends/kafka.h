@@ -39,6 +39,12 @@ struct mb_backend {
     rd_kafka_t *producer;     /* also serves metadata and Admin requests */
     pthread_t poll_thread;    /* serves delivery reports */
     _Atomic bool stopping;
+    /* Successful delivery reports gathered during one rd_kafka_poll and
+     * handed to the core in one mb_bus_confirm_batch (one lock, one
+     * wake-up). Touched only by the thread serving reports: the poll
+     * thread, then close after joining it. */
+    struct mb_confirm *dr_batch[1024];
+    size_t dr_n;
 };
 
 /* Builds a configuration for a handle of `type`: bootstrap servers,
@@ -87,6 +93,8 @@ MB_HIDDEN msgbus_err_t mb_kafka_declare_group(struct mb_backend *be, const char 
 MB_HIDDEN msgbus_err_t mb_kafka_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
                                           struct mb_backend_sub **out);
 MB_HIDDEN void mb_kafka_unsubscribe(struct mb_backend_sub *bs);
+/* ops->release: destroys the record a received message borrows from. */
+MB_HIDDEN void mb_kafka_release(msgbus_msg_t *m);
 MB_HIDDEN msgbus_err_t mb_kafka_settle(struct mb_backend_sub *bs, msgbus_msg_t *m,
                                        enum mb_settle how);
 

@@ -162,6 +162,41 @@ void mb_bus_confirm(msgbus_t *bus, struct mb_confirm *token, msgbus_err_t status
     }
 }
 
+void mb_bus_confirm_batch(msgbus_t *bus, struct mb_confirm *const *tokens, size_t n)
+{
+    if (n == 0)
+        return;
+    /* Link the reports first so the lock covers one splice, not n. */
+    struct mb_confirm *head = NULL, *tail = NULL;
+    long reports = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct mb_confirm *t = tokens[i];
+        if (!t)
+            continue;
+        t->status = MSGBUS_OK;
+        t->next = NULL;
+        if (tail)
+            tail->next = t;
+        else
+            head = t;
+        tail = t;
+        reports++;
+    }
+    pthread_mutex_lock(&bus->mu);
+    if (head) {
+        if (bus->rq_tail)
+            bus->rq_tail->next = head;
+        else
+            bus->rq_head = head;
+        bus->rq_tail = tail;
+    }
+    atomic_fetch_sub(&bus->outstanding, (long)n);
+    pthread_cond_broadcast(&bus->cond);
+    pthread_mutex_unlock(&bus->mu);
+    if (reports)
+        mb_work_add(bus, reports);
+}
+
 /* Runs queued delivery callbacks on the calling thread; returns how many. */
 static int mb_serve_reports(msgbus_t *bus)
 {
