@@ -365,7 +365,7 @@ static msgbus_err_t mb_kafka_publish(struct mb_backend *be, const char *topic,
 /* ---- topics --------------------------------------------------------------- */
 
 msgbus_err_t mb_kafka_topic_partitions(struct mb_backend *be, rd_kafka_t *rk, const char *topic,
-                                       int *out)
+                                       bool just_created, int *out)
 {
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
     if (!rkt)
@@ -395,7 +395,8 @@ msgbus_err_t mb_kafka_topic_partitions(struct mb_backend *be, rd_kafka_t *rk, co
             *out = n;
             break;
         }
-        if (err == RD_KAFKA_RESP_ERR_NO_ERROR && terr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
+        if (err == RD_KAFKA_RESP_ERR_NO_ERROR && terr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART &&
+            !just_created) {
             e = mb_error(MSGBUS_ERR_NOT_FOUND,
                          "topic '%s' does not exist on %s: create it with msgbus_declare (or "
                          "let subscribe create it: create_topics=true)",
@@ -464,7 +465,7 @@ msgbus_err_t mb_kafka_ensure_topic(struct mb_backend *be, const char *topic)
     if (e)
         return e;
     int n;
-    return mb_kafka_topic_partitions(be, be->producer, topic, &n);
+    return mb_kafka_topic_partitions(be, be->producer, topic, true, &n);
 }
 
 static msgbus_err_t mb_kafka_declare(struct mb_backend *be, const char *topic, const char *group)

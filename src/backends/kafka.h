@@ -63,9 +63,11 @@ MB_HIDDEN msgbus_err_t mb_kafka_ensure_topic(struct mb_backend *be, const char *
 
 /* Number of partitions of `topic` as the cluster reports it, waiting up to
  * the connect timeout for leaders. MSGBUS_ERR_NOT_FOUND when the topic does
- * not exist. */
+ * not exist — unless `just_created`: then "unknown topic" means the
+ * broker's metadata has not caught up with the creation yet, and it keeps
+ * asking until the timeout. */
 MB_HIDDEN msgbus_err_t mb_kafka_topic_partitions(struct mb_backend *be, rd_kafka_t *rk,
-                                                 const char *topic, int *out);
+                                                 const char *topic, bool just_created, int *out);
 
 /* kafka_group.c */
 typedef void (*mb_kafka_rebalance_fn)(rd_kafka_t *rk, rd_kafka_resp_err_t err,

@@ -741,7 +741,7 @@ msgbus_err_t mb_kafka_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
     }
     if (!be->create_topics) {
         int n;
-        if ((e = mb_kafka_topic_partitions(be, bs->rk, topic, &n)) != MSGBUS_OK) {
+        if ((e = mb_kafka_topic_partitions(be, bs->rk, topic, false, &n)) != MSGBUS_OK) {
             rd_kafka_destroy(bs->rk);
             mb_kafka_sub_free(bs);
             return e;

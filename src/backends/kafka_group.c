@@ -115,7 +115,7 @@ rd_kafka_t *mb_kafka_consumer_new(struct mb_backend *be, const char *group_id, v
 msgbus_err_t mb_kafka_declare_group(struct mb_backend *be, const char *topic, const char *group)
 {
     int n = 0;
-    msgbus_err_t e = mb_kafka_topic_partitions(be, be->producer, topic, &n);
+    msgbus_err_t e = mb_kafka_topic_partitions(be, be->producer, topic, false, &n);
     if (e)
         return e;
     rd_kafka_t *rk = mb_kafka_consumer_new(be, group, NULL, NULL, NULL);
