@@ -667,17 +667,8 @@ static msgbus_err_t mb_check_known(const struct mb_url *url, const struct mb_bac
         const char *key = url->opts[i].key;
         if (mb_in_list(key, mb_core_options) || mb_in_list(key, ops->options))
             continue;
-        const char *best = NULL;
-        size_t bestd = 3;
         const char *const *lists[2] = {mb_core_options, ops->options};
-        for (int l = 0; l < 2; l++)
-            for (const char *const *k = lists[l]; k && *k; k++) {
-                size_t d = mb_edit_distance(key, *k);
-                if (d < bestd) {
-                    bestd = d;
-                    best = *k;
-                }
-            }
+        const char *best = mb_url_suggest(key, lists, 2);
         char where[200];
         if (url->opts[i].from_env)
             snprintf(where, sizeof where, "unknown %s option '%s' (from %s)", ops->scheme, key,

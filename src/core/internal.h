@@ -6,6 +6,7 @@
 #ifndef MB_INTERNAL_H
 #define MB_INTERNAL_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -29,14 +30,12 @@ MB_HIDDEN bool mb_log_enabled(msgbus_log_level_t level);
 /* Clocks. */
 MB_HIDDEN int64_t mb_now_ms(void);        /* wall clock, ms since epoch */
 MB_HIDDEN int64_t mb_mono_ms(void);       /* monotonic, ms */
-MB_HIDDEN int64_t mb_mono_us(void);       /* monotonic, µs */
 /* Fills a struct timespec (CLOCK_MONOTONIC) `ms` from now, for condvars
  * created with mb_cond_init. */
 struct timespec;
 MB_HIDDEN void mb_deadline(struct timespec *ts, int64_t ms);
 
 /* Returns 0 on success like pthread_cond_init, with CLOCK_MONOTONIC. */
-#include <pthread.h>
 MB_HIDDEN int mb_cond_init(pthread_cond_t *c);
 
 /* Duplicates; NULL on out of memory (and for NULL input). */

@@ -462,21 +462,28 @@ size_t mb_edit_distance(const char *a, const char *b)
     return row[lb];
 }
 
+const char *mb_url_suggest(const char *key, const char *const *const *lists, size_t nlists)
+{
+    const char *best = NULL;
+    size_t bestd = 3; /* suggest only close matches */
+    for (size_t l = 0; l < nlists; l++)
+        for (const char *const *k = lists[l]; k && *k; k++) {
+            size_t d = mb_edit_distance(key, *k);
+            if (d < bestd) {
+                bestd = d;
+                best = *k;
+            }
+        }
+    return best;
+}
+
 msgbus_err_t mb_url_check_unused(const struct mb_url *url, const char *const *known)
 {
     for (size_t i = 0; i < url->nopts; i++) {
         const struct mb_url_opt *o = &url->opts[i];
         if (o->used)
             continue;
-        const char *best = NULL;
-        size_t bestd = 3; /* suggest only close matches */
-        for (const char *const *k = known; k && *k; k++) {
-            size_t d = mb_edit_distance(o->key, *k);
-            if (d < bestd) {
-                bestd = d;
-                best = *k;
-            }
-        }
+        const char *best = mb_url_suggest(o->key, &known, 1);
         char where[160];
         if (o->from_env)
             snprintf(where, sizeof where, "unknown option '%s' (from %s)", o->key, o->env_name);

@@ -65,4 +65,9 @@ MB_HIDDEN msgbus_err_t mb_url_check_unused(const struct mb_url *url, const char 
 /* Edit distance, for suggestions. */
 MB_HIDDEN size_t mb_edit_distance(const char *a, const char *b);
 
+/* The closest name to `key` (edit distance under 3) among `nlists`
+ * NULL-terminated lists, or NULL: the "did you mean" of option errors. */
+MB_HIDDEN const char *mb_url_suggest(const char *key, const char *const *const *lists,
+                                     size_t nlists);
+
 #endif
