@@ -288,6 +288,56 @@ MSGBUS_API msgbus_err_t msgbus_ack(msgbus_msg_t *m);
  * as msgbus_ack. Any thread. */
 MSGBUS_API msgbus_err_t msgbus_nack(msgbus_msg_t *m);
 
+/* Like msgbus_subscribe, with per-subscription options given as
+ * "name=value&name=value" (the syntax of URL query options; NULL or ""
+ * for the defaults). Options not given take their value from the bus URL
+ * (same names), then the defaults below. An unknown name or a bad value is
+ * MSGBUS_ERR_CONFIG naming it, and nothing is subscribed.
+ *   retry_max_attempts  5      deliveries before dead-lettering; 0: retry
+ *                              forever (never dead-letter)
+ *   retry_initial_ms    200    delay before the 2nd delivery
+ *   retry_multiplier    2.0    each further delay is the previous × this
+ *   retry_max_ms        10000  ceiling of one delay
+ *   retry_jitter        0.2    each delay is randomised by ± this fraction
+ *   dlq                 on     off: never dead-letter (then
+ *                              retry_max_attempts must be 0: msgbus does not
+ *                              drop messages)
+ *   dlq_topic           <topic>.dlq  where dead letters go (not in the URL)
+ *   dlq_group           dlq    the group declared on the dead-letter topic
+ *                              so its messages are kept until read
+ * See docs/semantics.md, "Retry and dead letters". */
+MSGBUS_API msgbus_err_t msgbus_subscribe_ex(msgbus_t *bus, const char *topic, const char *group,
+                                            const char *options, msgbus_sub_t **out);
+
+/* msgbus_nack with the reason it failed (copied; NULL allowed). The
+ * reason of the last nack travels in the dead letter's msgbus-dlq-error
+ * header. Same errors as msgbus_ack. Any thread. */
+MSGBUS_API msgbus_err_t msgbus_nack_reason(msgbus_msg_t *m, const char *reason);
+
+/* Settles a received message by sending it to its subscription's
+ * dead-letter topic at once, whatever its attempt count (a poison message
+ * the handler recognises). The original is acked only after the broker
+ * confirmed the dead letter. Never blocks on the network.
+ * MSGBUS_ERR_STATE when dead-lettering is off for the subscription or the
+ * message was already settled. Any thread. */
+MSGBUS_API msgbus_err_t msgbus_dead_letter(msgbus_msg_t *m, const char *reason);
+
+/* Moves dead letters back to the topics they came from (their
+ * msgbus-dlq-topic header): consumes `dlq_topic` as group `dlq_group`
+ * (NULL: "dlq"), republishes each message with its payload, key, id and
+ * application headers (the msgbus-dlq-* headers removed, attempt count
+ * starting again at 1), and acks it on the dead-letter topic once the
+ * republish is confirmed. Stops after `max` messages (0: no limit) or when
+ * none arrived for `idle_ms`. *moved (may be NULL) gets how many were moved.
+ * Every group of the original topic sees a replayed message again (with
+ * the same id, so an inbox drops it where it was applied). Messages
+ * without a msgbus-dlq-topic header are left on the dead-letter topic and
+ * reported as MSGBUS_ERR_NOT_FOUND after the others were moved. Blocks.
+ * Any thread. */
+MSGBUS_API msgbus_err_t msgbus_dlq_replay(msgbus_t *bus, const char *dlq_topic,
+                                          const char *dlq_group, size_t max, int idle_ms,
+                                          size_t *moved);
+
 /* Closes a subscription. Messages received but not settled are delivered
  * again to the other members of the group (or later members). Messages
  * already received stay valid until freed. NULL is a no-op. Call from one
