@@ -791,3 +791,36 @@ MSGBUS_API const char *msgbus_backend(const msgbus_t *bus)
 {
     return bus ? bus->ops->scheme : NULL;
 }
+
+/* ------------------------------------------------ retry and dead letters */
+/* Placeholders while the retry/dead-letter work is in progress: they
+ * report MSGBUS_ERR_UNSUPPORTED instead of pretending. */
+
+MSGBUS_API msgbus_err_t msgbus_subscribe_ex(msgbus_t *bus, const char *topic, const char *group,
+                                            const char *options, msgbus_sub_t **out)
+{
+    if (options && *options)
+        return mb_error(MSGBUS_ERR_UNSUPPORTED, "subscription options are not implemented yet");
+    return msgbus_subscribe(bus, topic, group, out);
+}
+
+MSGBUS_API msgbus_err_t msgbus_nack_reason(msgbus_msg_t *m, const char *reason)
+{
+    (void)reason;
+    return mb_settle(m, MB_SETTLE_NACK);
+}
+
+MSGBUS_API msgbus_err_t msgbus_dead_letter(msgbus_msg_t *m, const char *reason)
+{
+    (void)m;
+    (void)reason;
+    return mb_error(MSGBUS_ERR_UNSUPPORTED, "msgbus_dead_letter is not implemented yet");
+}
+
+MSGBUS_API msgbus_err_t msgbus_dlq_replay(msgbus_t *bus, const char *dlq_topic,
+                                          const char *dlq_group, size_t max, int idle_ms,
+                                          size_t *moved)
+{
+    (void)bus, (void)dlq_topic, (void)dlq_group, (void)max, (void)idle_ms, (void)moved;
+    return mb_error(MSGBUS_ERR_UNSUPPORTED, "msgbus_dlq_replay is not implemented yet");
+}

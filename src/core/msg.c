@@ -14,8 +14,10 @@ static unsigned char mb_empty[1];
 msgbus_msg_t *mb_msg_alloc(void)
 {
     msgbus_msg_t *m = calloc(1, sizeof *m);
-    if (m)
+    if (m) {
         m->payload = mb_empty;
+        atomic_init(&m->refs, 1);
+    }
     return m;
 }
 
@@ -59,6 +61,8 @@ MSGBUS_API void msgbus_msg_free(msgbus_msg_t *m)
 {
     if (!m)
         return;
+    if (m->sub && atomic_fetch_sub(&m->refs, 1) != 1)
+        return; /* the core still holds it (retry timer, dead letter) */
     if (m->sub)
         mb_sub_msg_released(m); /* backend release hook + sub reference */
     if (m->payload != mb_empty && !m->payload_borrowed)

@@ -49,7 +49,19 @@ struct msgbus_msg {
     bool payload_borrowed;
 
     struct msgbus_msg *next; /* link in the core's receive queue */
+
+    /* Received messages only: references. The application's handle is one;
+     * the core takes more while a nacked message waits for its retry or a
+     * dead letter waits for its confirm (mb_msg_ref). msgbus_msg_free drops
+     * one and frees at zero. */
+    _Atomic int refs;
 };
+
+/* Takes one more reference on a received message. */
+static inline void mb_msg_ref(msgbus_msg_t *m)
+{
+    atomic_fetch_add(&m->refs, 1);
+}
 
 /* An empty message with no id (for received messages and clones). */
 MB_HIDDEN msgbus_msg_t *mb_msg_alloc(void);
