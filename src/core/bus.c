@@ -16,68 +16,17 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "backends/backend.h"
-
-#define MB_TOPIC_MAX 249
-
-struct mb_confirm {
-    msgbus_delivery_cb cb;
-    void *opaque;
-    char *topic;
-    char *id;
-    msgbus_err_t status;
-    char *error;
-    struct mb_confirm *next;
-};
-
-struct msgbus_sub {
-    msgbus_t *bus;                    /* NULL once the bus closed it */
-    const struct mb_backend_ops *ops; /* kept for release after bus close */
-    char *topic;
-    char *group;
-    struct mb_backend_sub *bs;
-    pthread_mutex_t mu;
-    pthread_cond_t cond;
-    msgbus_msg_t *head, *tail;
-    size_t qlen;
-    bool closed;
-    /* Held shared by ack/nack while they call the backend, exclusively by
-     * close, so a settle never races the backend's unsubscribe. */
-    pthread_rwlock_t settle_lock;
-    _Atomic long refs; /* 1 while open + 1 per live received message */
-    struct msgbus_sub *next;
-};
-
-struct msgbus {
-    const struct mb_backend_ops *ops;
-    struct mb_backend *be;
-    struct mb_url *url;
-    long queue_max;
-    long close_timeout_ms;
-    _Atomic long outstanding;
-    _Atomic long failed; /* since the previous flush */
-    _Atomic bool closing;
-
-    pthread_mutex_t mu; /* report queue; flush/poll waiters */
-    pthread_cond_t cond;
-    struct mb_confirm *rq_head, *rq_tail;
-
-    /* Wake-up descriptor: readable while work > 0 (reports + queued
-     * messages of all subs). Signalled/cleared only on transitions. */
-    int efd;
-    _Atomic long work;
-    pthread_mutex_t fd_mu;
-
-    pthread_mutex_t subs_mu;
-    struct msgbus_sub *subs;
-};
+#include "core/bus.h"
 
 /* Core options every URL may carry. */
-static const char *const mb_core_options[] = {"queue_max", "close_timeout_ms", NULL};
+static const char *const mb_core_options[] = {
+    "queue_max",        "close_timeout_ms", "retry_max_attempts", "retry_initial_ms",
+    "retry_multiplier", "retry_max_ms",     "retry_jitter",       "dlq",
+    "dlq_group",        NULL};
 
 /* ---------------------------------------------------------------- work fd */
 
-static void mb_work_add(msgbus_t *bus, long n)
+void mb_work_add(msgbus_t *bus, long n)
 {
     if (atomic_fetch_add(&bus->work, n) != 0)
         return;
@@ -90,7 +39,7 @@ static void mb_work_add(msgbus_t *bus, long n)
     pthread_mutex_unlock(&bus->fd_mu);
 }
 
-static void mb_work_sub(msgbus_t *bus, long n)
+void mb_work_sub(msgbus_t *bus, long n)
 {
     if (n == 0 || atomic_fetch_sub(&bus->work, n) != n)
         return;
@@ -133,6 +82,13 @@ const char *mb_bus_url(const msgbus_t *bus)
 
 void mb_bus_confirm(msgbus_t *bus, struct mb_confirm *token, msgbus_err_t status, const char *error)
 {
+    if (token && token->internal) {
+        token->status = status;
+        if (status != MSGBUS_OK)
+            token->error = mb_strdup(error && *error ? error : msgbus_strerror(status));
+        mb_retry_confirmed(bus, token);
+        return;
+    }
     if (status != MSGBUS_OK) {
         atomic_fetch_add(&bus->failed, 1);
         if (!token)
@@ -168,12 +124,17 @@ void mb_bus_confirm_batch(msgbus_t *bus, struct mb_confirm *const *tokens, size_
         return;
     /* Link the reports first so the lock covers one splice, not n. */
     struct mb_confirm *head = NULL, *tail = NULL;
-    long reports = 0;
+    long reports = 0, internal = 0;
     for (size_t i = 0; i < n; i++) {
         struct mb_confirm *t = tokens[i];
         if (!t)
             continue;
         t->status = MSGBUS_OK;
+        if (t->internal) {
+            mb_retry_confirmed(bus, t);
+            internal++;
+            continue;
+        }
         t->next = NULL;
         if (tail)
             tail->next = t;
@@ -190,7 +151,7 @@ void mb_bus_confirm_batch(msgbus_t *bus, struct mb_confirm *const *tokens, size_
             bus->rq_head = head;
         bus->rq_tail = tail;
     }
-    atomic_fetch_sub(&bus->outstanding, (long)n);
+    atomic_fetch_sub(&bus->outstanding, (long)n - internal);
     pthread_cond_broadcast(&bus->cond);
     pthread_mutex_unlock(&bus->mu);
     if (reports)
@@ -354,6 +315,7 @@ MSGBUS_API msgbus_err_t msgbus_publish(msgbus_t *bus, const char *topic, const m
         token->status = MSGBUS_OK;
         token->cb = cb;
         token->opaque = opaque;
+        token->internal = false;
     }
     msgbus_err_t e = bus->ops->publish(bus->be, topic, m, token);
     if (e != MSGBUS_OK) {
@@ -395,13 +357,14 @@ const char *mb_sub_group(const msgbus_sub_t *sub)
     return sub->group;
 }
 
-static void mb_sub_unref(msgbus_sub_t *sub)
+void mb_sub_unref(msgbus_sub_t *sub)
 {
     if (atomic_fetch_sub(&sub->refs, 1) != 1)
         return;
     pthread_mutex_destroy(&sub->mu);
     pthread_cond_destroy(&sub->cond);
     pthread_rwlock_destroy(&sub->settle_lock);
+    mb_retry_policy_free(&sub->policy);
     free(sub->topic);
     free(sub->group);
     free(sub);
@@ -449,6 +412,13 @@ void mb_sub_push(msgbus_sub_t *sub, msgbus_msg_t *first, size_t count)
         }
         return;
     }
+    if (sub->holds) {
+        count = mb_hold_filter(sub, &first, &last, count);
+        if (count == 0) {
+            pthread_mutex_unlock(&sub->mu);
+            return;
+        }
+    }
     if (sub->tail)
         sub->tail->next = first;
     else
@@ -491,29 +461,34 @@ size_t mb_sub_drop(msgbus_sub_t *sub, bool (*pred)(const msgbus_msg_t *, void *)
     return n;
 }
 
-MSGBUS_API msgbus_err_t msgbus_subscribe(msgbus_t *bus, const char *topic, const char *group,
-                                         msgbus_sub_t **out)
+msgbus_err_t mb_check_name(const char *what, const char *name)
 {
-    if (!bus || !topic || !out)
-        return mb_error(MSGBUS_ERR_INVALID, "msgbus_subscribe: %s is NULL",
-                        !bus ? "bus" : !topic ? "topic" : "out");
-    if (!mb_valid_name(topic, MB_TOPIC_MAX))
+    if (!mb_valid_name(name, MB_TOPIC_MAX))
         return mb_error(MSGBUS_ERR_INVALID,
-                        "invalid topic name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ -",
-                        topic, MB_TOPIC_MAX);
-    if (group && !mb_valid_name(group, MB_TOPIC_MAX))
-        return mb_error(MSGBUS_ERR_INVALID,
-                        "invalid group name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ -",
-                        group, MB_TOPIC_MAX);
-    if (atomic_load(&bus->closing))
+                        "invalid %s name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ -", what,
+                        name, MB_TOPIC_MAX);
+    return MSGBUS_OK;
+}
+
+/* Subscribes with `pol`, which the subscription takes over (also on
+ * failure: it is freed then). */
+msgbus_err_t mb_subscribe_policy(msgbus_t *bus, const char *topic, const char *group,
+                                 struct mb_retry_policy *pol, msgbus_sub_t **out)
+{
+    if (atomic_load(&bus->closing)) {
+        mb_retry_policy_free(pol);
         return mb_error(MSGBUS_ERR_CLOSED, "msgbus_subscribe: the bus is closing");
+    }
     msgbus_sub_t *sub = calloc(1, sizeof *sub);
-    if (!sub)
+    if (!sub) {
+        mb_retry_policy_free(pol);
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory subscribing to '%s'", topic);
+    }
     sub->bus = bus;
     sub->ops = bus->ops;
     sub->topic = mb_strdup(topic);
     sub->group = group ? mb_strdup(group) : NULL;
+    sub->policy = *pol;
     atomic_init(&sub->refs, 1);
     pthread_mutex_init(&sub->mu, NULL);
     mb_cond_init(&sub->cond);
@@ -533,6 +508,12 @@ MSGBUS_API msgbus_err_t msgbus_subscribe(msgbus_t *bus, const char *topic, const
     pthread_mutex_unlock(&bus->subs_mu);
     *out = sub;
     return MSGBUS_OK;
+}
+
+MSGBUS_API msgbus_err_t msgbus_subscribe(msgbus_t *bus, const char *topic, const char *group,
+                                         msgbus_sub_t **out)
+{
+    return msgbus_subscribe_ex(bus, topic, group, NULL, out);
 }
 
 MSGBUS_API msgbus_err_t msgbus_receive(msgbus_sub_t *sub, int timeout_ms, msgbus_msg_t **out)
@@ -569,42 +550,40 @@ MSGBUS_API msgbus_err_t msgbus_receive(msgbus_sub_t *sub, int timeout_ms, msgbus
     return mb_error(MSGBUS_ERR_TIMEOUT, "no message on '%s' within %d ms", sub->topic, timeout_ms);
 }
 
-static msgbus_err_t mb_settle(msgbus_msg_t *m, enum mb_settle how)
+msgbus_err_t mb_sub_settle(msgbus_sub_t *sub, msgbus_msg_t *m, enum mb_settle how)
 {
-    const char *verb = how == MB_SETTLE_ACK ? "ack" : "nack";
-    if (!m)
-        return mb_error(MSGBUS_ERR_INVALID, "msgbus_%s: message is NULL", verb);
-    if (!m->sub)
-        return mb_error(MSGBUS_ERR_STATE, "msgbus_%s: not a received message", verb);
-    int expect = MB_MSG_RECEIVED;
-    if (!atomic_compare_exchange_strong(&m->state, &expect,
-                                        how == MB_SETTLE_ACK ? MB_MSG_ACKED : MB_MSG_NACKED))
-        return mb_error(MSGBUS_ERR_STATE, "msgbus_%s: message %s was already %s", verb,
-                        m->id ? m->id : "(no id)", expect == MB_MSG_ACKED ? "acked" : "nacked");
-    msgbus_sub_t *sub = m->sub;
     pthread_rwlock_rdlock(&sub->settle_lock);
     msgbus_err_t e;
     if (sub->closed)
         e = mb_error(MSGBUS_ERR_CLOSED,
                      "msgbus_%s: the subscription to '%s' is closed; the broker delivers the "
                      "message again",
-                     verb, sub->topic);
+                     how == MB_SETTLE_ACK ? "ack" : "nack", sub->topic);
     else
         e = sub->ops->settle(sub->bs, m, how);
     pthread_rwlock_unlock(&sub->settle_lock);
-    if (e)
-        atomic_store(&m->state, MB_MSG_RECEIVED);
     return e;
 }
 
 MSGBUS_API msgbus_err_t msgbus_ack(msgbus_msg_t *m)
 {
-    return mb_settle(m, MB_SETTLE_ACK);
+    if (!m)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_ack: message is NULL");
+    if (!m->sub)
+        return mb_error(MSGBUS_ERR_STATE, "msgbus_ack: not a received message");
+    int expect = MB_MSG_RECEIVED;
+    if (!atomic_compare_exchange_strong(&m->state, &expect, MB_MSG_ACKED))
+        return mb_error(MSGBUS_ERR_STATE, "msgbus_ack: message %s was already %s",
+                        m->id ? m->id : "(no id)", expect == MB_MSG_ACKED ? "acked" : "nacked");
+    msgbus_err_t e = mb_sub_settle(m->sub, m, MB_SETTLE_ACK);
+    if (e)
+        atomic_store(&m->state, MB_MSG_RECEIVED);
+    return e;
 }
 
 MSGBUS_API msgbus_err_t msgbus_nack(msgbus_msg_t *m)
 {
-    return mb_settle(m, MB_SETTLE_NACK);
+    return msgbus_nack_reason(m, NULL);
 }
 
 MSGBUS_API void msgbus_sub_close(msgbus_sub_t *sub)
@@ -612,6 +591,11 @@ MSGBUS_API void msgbus_sub_close(msgbus_sub_t *sub)
     if (!sub)
         return;
     msgbus_t *bus = sub->bus;
+    /* Dead letters on their way are let finish (up to close_timeout_ms), so
+     * closing right after a dead letter does not send it twice. */
+    int64_t until = mb_mono_ms() + bus->close_timeout_ms;
+    while (atomic_load(&sub->dead_letters) > 0 && mb_mono_ms() < until)
+        usleep(2000);
     pthread_mutex_lock(&bus->subs_mu);
     for (msgbus_sub_t **pp = &bus->subs; *pp; pp = &(*pp)->next) {
         if (*pp == sub) {
@@ -629,6 +613,7 @@ MSGBUS_API void msgbus_sub_close(msgbus_sub_t *sub)
     bus->ops->unsubscribe(sub->bs);
     sub->bs = NULL;
     pthread_rwlock_unlock(&sub->settle_lock);
+    mb_holds_free(sub);
 
     /* Messages still queued were never received: release them (the backend
      * already gave them back to the broker). */
@@ -684,12 +669,15 @@ static msgbus_err_t mb_check_known(const struct mb_url *url, const struct mb_bac
 
 static void mb_bus_free(msgbus_t *bus)
 {
+    mb_retry_release(bus);
     if (bus->efd >= 0)
         close(bus->efd);
     pthread_mutex_destroy(&bus->mu);
     pthread_cond_destroy(&bus->cond);
     pthread_mutex_destroy(&bus->fd_mu);
     pthread_mutex_destroy(&bus->subs_mu);
+    pthread_mutex_destroy(&bus->worker_mu);
+    mb_retry_policy_free(&bus->policy);
     mb_url_free(bus->url);
     free(bus);
 }
@@ -731,10 +719,12 @@ MSGBUS_API msgbus_err_t msgbus_open(msgbus_t **out, const char *url_text, const 
     mb_cond_init(&bus->cond);
     pthread_mutex_init(&bus->fd_mu, NULL);
     pthread_mutex_init(&bus->subs_mu, NULL);
+    pthread_mutex_init(&bus->worker_mu, NULL);
     if (ops->env_prefix && (e = mb_url_add_env(url, ops->env_prefix, ops->env_separator)))
         goto fail;
     if ((e = mb_url_opt_int(url, "queue_max", 100000, 1, 100000000, &bus->queue_max)) ||
         (e = mb_url_opt_int(url, "close_timeout_ms", 5000, 0, 3600000, &bus->close_timeout_ms)) ||
+        (e = mb_retry_policy_from_url(url, &bus->policy)) ||
         (e = mb_check_known(url, ops)))
         goto fail;
     bus->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -773,6 +763,7 @@ MSGBUS_API void msgbus_close(msgbus_t *bus)
                "closing %s with %ld message(s) unconfirmed after %ld ms: they are reported as "
                "MSGBUS_ERR_CLOSED",
                bus->url->redacted, left, bus->close_timeout_ms);
+    mb_retry_stop(bus);
     bus->ops->close(bus->be);
     mb_serve_reports(bus);
     left = atomic_load(&bus->outstanding);
@@ -790,37 +781,4 @@ MSGBUS_API const char *msgbus_url(const msgbus_t *bus)
 MSGBUS_API const char *msgbus_backend(const msgbus_t *bus)
 {
     return bus ? bus->ops->scheme : NULL;
-}
-
-/* ------------------------------------------------ retry and dead letters */
-/* Placeholders while the retry/dead-letter work is in progress: they
- * report MSGBUS_ERR_UNSUPPORTED instead of pretending. */
-
-MSGBUS_API msgbus_err_t msgbus_subscribe_ex(msgbus_t *bus, const char *topic, const char *group,
-                                            const char *options, msgbus_sub_t **out)
-{
-    if (options && *options)
-        return mb_error(MSGBUS_ERR_UNSUPPORTED, "subscription options are not implemented yet");
-    return msgbus_subscribe(bus, topic, group, out);
-}
-
-MSGBUS_API msgbus_err_t msgbus_nack_reason(msgbus_msg_t *m, const char *reason)
-{
-    (void)reason;
-    return mb_settle(m, MB_SETTLE_NACK);
-}
-
-MSGBUS_API msgbus_err_t msgbus_dead_letter(msgbus_msg_t *m, const char *reason)
-{
-    (void)m;
-    (void)reason;
-    return mb_error(MSGBUS_ERR_UNSUPPORTED, "msgbus_dead_letter is not implemented yet");
-}
-
-MSGBUS_API msgbus_err_t msgbus_dlq_replay(msgbus_t *bus, const char *dlq_topic,
-                                          const char *dlq_group, size_t max, int idle_ms,
-                                          size_t *moved)
-{
-    (void)bus, (void)dlq_topic, (void)dlq_group, (void)max, (void)idle_ms, (void)moved;
-    return mb_error(MSGBUS_ERR_UNSUPPORTED, "msgbus_dlq_replay is not implemented yet");
 }

@@ -400,6 +400,42 @@ void mb_url_opt_origin(const struct mb_url *url, const char *key, char *buf, siz
         snprintf(buf, n, "option '%s'", key);
 }
 
+msgbus_err_t mb_url_parse_options(const char *text, struct mb_url **out)
+{
+    struct mb_url *url = calloc(1, sizeof *url);
+    if (!url || !(url->redacted = mb_strdup(text ? text : "")) || !(url->scheme = mb_strdup(""))) {
+        mb_url_free(url);
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory parsing options");
+    }
+    msgbus_err_t e = mb_parse_query(url, url->redacted);
+    if (e) {
+        mb_url_free(url);
+        return e;
+    }
+    *out = url;
+    return MSGBUS_OK;
+}
+
+msgbus_err_t mb_url_opt_double(const struct mb_url *url, const char *key, double def, double min,
+                               double max, double *out)
+{
+    const char *v = mb_url_opt(url, key);
+    if (!v) {
+        *out = def;
+        return MSGBUS_OK;
+    }
+    char origin[128], *end;
+    mb_url_opt_origin(url, key, origin, sizeof origin);
+    errno = 0;
+    double x = strtod(v, &end);
+    if (!*v || *end || errno || x != x)
+        return mb_error(MSGBUS_ERR_CONFIG, "%s: '%s' is not a number", origin, v);
+    if (x < min || x > max)
+        return mb_error(MSGBUS_ERR_CONFIG, "%s: %g is out of range %g..%g", origin, x, min, max);
+    *out = x;
+    return MSGBUS_OK;
+}
+
 msgbus_err_t mb_url_opt_int(const struct mb_url *url, const char *key, long def, long min,
                             long max, long *out)
 {

@@ -55,6 +55,11 @@ MB_HIDDEN msgbus_err_t mb_url_opt_int(const struct mb_url *url, const char *key,
                                       long min, long max, long *out);
 MB_HIDDEN msgbus_err_t mb_url_opt_bool(const struct mb_url *url, const char *key, bool def,
                                        bool *out);
+MB_HIDDEN msgbus_err_t mb_url_opt_double(const struct mb_url *url, const char *key, double def,
+                                         double min, double max, double *out);
+/* Parses a bare option list "k=v&k=v" (the query syntax; "" allowed) into
+ * an mb_url with only options, for per-call options strings. */
+MB_HIDDEN msgbus_err_t mb_url_parse_options(const char *text, struct mb_url **out);
 /* How the option is called in messages: "option 'x'" or "MSGBUS_KAFKA_X". */
 MB_HIDDEN void mb_url_opt_origin(const struct mb_url *url, const char *key, char *buf, size_t n);
 

@@ -24,6 +24,7 @@
 #include "conformance_util.h"
 #include "conformance_errors.h"
 #include "conformance_fd.h"
+#include "conformance_retry.h"
 
 /* ------------------------------------------------------- round trips */
 
@@ -759,5 +760,9 @@ int main(int argc, char **argv)
     cf_add(s, "unreachable", unreachable_broker_fails_clearly_within_the_timeout, 60);
     cf_add(s, "bad_input", bad_input_gives_clear_errors_and_changes_nothing, 60);
     cf_add(s, "fd", fd_is_readable_while_work_waits_and_not_after, 90);
+    cf_add(s, "retry_dlq", retry_counts_attempts_backs_off_then_dead_letters, 120);
+    cf_add(s, "poison_key", poison_message_delays_only_its_own_key, 120);
+    cf_add(s, "dlq_replay", dead_letter_at_once_then_replay_moves_it_back, 120);
+    cf_add(s, "retry_options", retry_options_are_checked_and_change_nothing_when_wrong, 60);
     return tu_run_suite(s);
 }
