@@ -720,7 +720,7 @@ MSGBUS_API msgbus_err_t msgbus_open(msgbus_t **out, const char *url_text, const 
     pthread_mutex_init(&bus->fd_mu, NULL);
     pthread_mutex_init(&bus->subs_mu, NULL);
     pthread_mutex_init(&bus->worker_mu, NULL);
-    if (ops->env_prefix && (e = mb_url_add_env(url, ops->env_prefix, ops->env_separator)))
+    if (ops->env_prefix && (e = mb_url_add_env(url, ops->env_prefix, ops->env_separator, mb_core_options)))
         goto fail;
     if ((e = mb_url_opt_int(url, "queue_max", 100000, 1, 100000000, &bus->queue_max)) ||
         (e = mb_url_opt_int(url, "close_timeout_ms", 5000, 0, 3600000, &bus->close_timeout_ms)) ||

@@ -345,7 +345,16 @@ msgbus_err_t mb_url_parse(const char *text, struct mb_url **out)
     return MSGBUS_OK;
 }
 
-msgbus_err_t mb_url_add_env(struct mb_url *url, const char *prefix, char sep)
+static bool mb_in(const char *key, const char *const *list)
+{
+    for (; list && *list; list++)
+        if (strcmp(key, *list) == 0)
+            return true;
+    return false;
+}
+
+msgbus_err_t mb_url_add_env(struct mb_url *url, const char *prefix, char sep,
+                            const char *const *keep)
 {
     char full[64];
     int plen = snprintf(full, sizeof full, "MSGBUS_%s_", prefix);
@@ -364,11 +373,12 @@ msgbus_err_t mb_url_add_env(struct mb_url *url, const char *prefix, char sep)
             free(value);
             return mb_error(MSGBUS_ERR_NOMEM, "out of memory reading %s*", full);
         }
-        for (char *p = key; *p; p++) {
+        for (char *p = key; *p; p++)
             *p = (char)tolower((unsigned char)*p);
-            if (*p == '_')
-                *p = sep;
-        }
+        if (!mb_in(key, keep))
+            for (char *p = key; *p; p++)
+                if (*p == '_')
+                    *p = sep;
         if (mb_find_opt(url, key)) { /* the URL wins */
             free(key);
             free(env_name);

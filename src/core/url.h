@@ -43,9 +43,12 @@ MB_HIDDEN void mb_url_free(struct mb_url *url);
 
 /* Adds options from environment variables MSGBUS_<PREFIX>_<NAME>=value
  * (prefix upper case, e.g. "KAFKA"). <NAME> is lower-cased and each '_'
- * replaced by `sep` when sep is not '_' ("LINGER_MS" → "linger.ms").
+ * replaced by `sep` when sep is not '_' ("LINGER_MS" → "linger.ms"),
+ * except for names in `keep` (NULL-terminated, may be NULL), which keep
+ * their '_' ("QUEUE_MAX" → "queue_max": msgbus's own options).
  * An option already in the URL wins over the variable. */
-MB_HIDDEN msgbus_err_t mb_url_add_env(struct mb_url *url, const char *prefix, char sep);
+MB_HIDDEN msgbus_err_t mb_url_add_env(struct mb_url *url, const char *prefix, char sep,
+                                      const char *const *keep);
 
 /* The option's value (and marks it used), or NULL when absent. */
 MB_HIDDEN const char *mb_url_opt(const struct mb_url *url, const char *key);

@@ -107,7 +107,7 @@ START_TEST(environment_variables_set_options)
     setenv("MSGBUS_AMQP_PREFETCH", "42", 1);
     setenv("MSGBUS_AMQP_CONFIRM_WINDOW", "7", 1);
     struct mb_url *u = parse("amqp://h/?confirm_window=9");
-    tu_ck_ok(mb_url_add_env(u, "AMQP", '_'));
+    tu_ck_ok(mb_url_add_env(u, "AMQP", '_', NULL));
     struct mb_amqp_conf c;
     tu_ck_ok(mb_amqp_conf_parse(u, &c));
     ck_assert_int_eq(c.prefetch, 42);
@@ -117,7 +117,7 @@ START_TEST(environment_variables_set_options)
 
     setenv("MSGBUS_AMQP_PREFECH", "1", 1);
     u = parse("amqp://h/");
-    tu_ck_ok(mb_url_add_env(u, "AMQP", '_'));
+    tu_ck_ok(mb_url_add_env(u, "AMQP", '_', NULL));
     msgbus_err_t e = mb_amqp_conf_parse(u, &c);
     mb_amqp_conf_free(&c);
     mb_url_free(u);
