@@ -162,8 +162,26 @@ static msgbus_err_t mb_amqp_connect_host(struct mb_backend *be, const struct mb_
     amqp_set_handshake_timeout(conn, &tv);
     struct timeval rpc = mb_amqp_tv(c->rpc_timeout_ms);
     amqp_set_rpc_timeout(conn, &rpc);
-    amqp_rpc_reply_t r = amqp_login(conn, c->vhost, 0, (int)c->frame_max, (int)c->heartbeat_s,
-                                    AMQP_SASL_METHOD_PLAIN, c->user, c->password);
+    /* Announce connection.blocked: without it RabbitMQ stalls publishers in
+     * a resource alarm without telling them (rabbitmq-c merges this table
+     * into its own default capabilities). */
+    amqp_table_entry_t caps_e[] = {
+        {.key = amqp_cstring_bytes("connection.blocked"),
+         .value = {.kind = AMQP_FIELD_KIND_BOOLEAN, .value = {.boolean = 1}}},
+        {.key = amqp_cstring_bytes("authentication_failure_close"),
+         .value = {.kind = AMQP_FIELD_KIND_BOOLEAN, .value = {.boolean = 1}}},
+    };
+    amqp_table_entry_t props_e[] = {
+        {.key = amqp_cstring_bytes("capabilities"),
+         .value = {.kind = AMQP_FIELD_KIND_TABLE,
+                   .value = {.table = {.num_entries = 2, .entries = caps_e}}}},
+        {.key = amqp_cstring_bytes("product"),
+         .value = {.kind = AMQP_FIELD_KIND_UTF8, .value = {.bytes = amqp_cstring_bytes("msgbus")}}},
+    };
+    amqp_table_t props = {.num_entries = 2, .entries = props_e};
+    amqp_rpc_reply_t r = amqp_login_with_properties(conn, c->vhost, 0, (int)c->frame_max,
+                                                    (int)c->heartbeat_s, &props,
+                                                    AMQP_SASL_METHOD_PLAIN, c->user, c->password);
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
         char what[300];
         snprintf(what, sizeof what, "login to %s:%d as '%s' (vhost '%s')", h->host, h->port,

@@ -3,7 +3,7 @@
  *
  * main() makes a CA, a server certificate for "localhost" and an unrelated
  * second CA with openssl, and starts a second private RabbitMQ node with
- * only a TLS listener on 127.0.0.1 (tests/integration/amqp_tls_node.sh; it
+ * only a TLS listener on 127.0.0.1 (tests/integration/amqp_private_node.sh; it
  * leaves the shared test node alone), runs the tests, and stops that node
  * by pid. Promises:
  *  - a client trusting the right CA connects, publishes and receives;
@@ -105,12 +105,12 @@ int main(void)
         return 1;
     }
     *cut = '\0';
-    port = 21000 + (int)(getpid() % 50) * 20; /* see amqp_tls_node.sh */
+    port = 21000 + (int)(getpid() % 50) * 20; /* see amqp_private_node.sh */
     const char *p = getenv("MSGBUS_TEST_AMQPS_PORT");
     if (p && *p)
         port = atoi(p);
     snprintf(dir, sizeof dir, "%s/.brokers/amqp-tls-%d", root, (int)getpid());
-    snprintf(script, sizeof script, "%s/tests/integration/amqp_tls_node.sh", root);
+    snprintf(script, sizeof script, "%s/tests/integration/amqp_private_node.sh", root);
 
     char cmd[6000];
     int64_t t0 = tu_now_ms();

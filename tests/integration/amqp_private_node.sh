@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# amqp_tls_node.sh — a second, private RabbitMQ node with a TLS listener on
-# loopback, for tests/integration/test_amqp_tls.c. It never touches the
-# shared test node started by scripts/brokers: its own node name, epmd port,
-# distribution ports, cookie and data directory (under .brokers/), stopped
-# by its own pids.
+# amqp_private_node.sh — a second, private RabbitMQ node on loopback, for
+# tests that need a broker of their own: TLS (test_amqp_tls.c), or a plain
+# listener to freeze and starve (test_amqp_node_faults.c). It never touches
+# the shared test node started by scripts/brokers: its own node name, epmd
+# port, distribution ports, cookie and data directory (under .brokers/),
+# stopped by its own pids.
 #
-#   amqp_tls_node.sh start DIR TLS_PORT   make a CA, a server certificate for
-#                                         "localhost", a second unrelated CA,
-#                                         start the node; prints nothing on success
-#   amqp_tls_node.sh stop DIR             stop the node and its epmd, by pid
+#   amqp_private_node.sh start DIR PORT [tls|plain]
+#                                     tls (default): make a CA, a server
+#                                     certificate for "localhost", a second
+#                                     unrelated CA, listen with TLS on PORT;
+#                                     plain: listen on PORT without TLS.
+#                                     Prints nothing on success.
+#   amqp_private_node.sh ctl DIR ARGS...  rabbitmqctl ARGS... against the node
+#   amqp_private_node.sh pid DIR        the node's OS pid
+#   amqp_private_node.sh stop DIR       stop the node and its epmd, by pid
 #
 # Files left in DIR: ca.pem (signs the server), other-ca.pem (does not),
 # server.pem / server.key, log/.
@@ -62,16 +68,24 @@ make_certs() {
 }
 
 start() {
-    local port=${1:?tls port}
+    local port=${1:?port} mode=${2:-tls}
     rm -rf "$D"
     mkdir -p "$D/home" "$D/mnesia" "$D/log"
-    make_certs
+    [[ $mode == tls ]] && make_certs
     (umask 077 && printf 'MSGBUSTLS%s' "$RANDOM$RANDOM" >"$D/home/.erlang.cookie")
     chmod 0400 "$D/home/.erlang.cookie"
     printf '[].\n' >"$D/enabled_plugins"
     printf '[].\n' >"$D/advanced.config"
     : >"$D/rabbitmq-env.conf"
-    cat >"$D/rabbitmq.conf" <<EOF
+    if [[ $mode == plain ]]; then
+        cat >"$D/rabbitmq.conf" <<EOF
+loopback_users.guest = true
+listeners.tcp.default = 127.0.0.1:$port
+log.file.level = info
+log.console = false
+EOF
+    else
+        cat >"$D/rabbitmq.conf" <<EOF
 loopback_users.guest = true
 listeners.tcp = none
 listeners.ssl.default = 127.0.0.1:$port
@@ -83,6 +97,7 @@ ssl_options.fail_if_no_peer_cert = false
 log.file.level = info
 log.console = false
 EOF
+    fi
     node_env "$port"
     echo "$port" >"$D/port"
     ERL_EPMD_ADDRESS=127.0.0.1 setsid nohup epmd -port "$ERL_EPMD_PORT" </dev/null >>"$D/log/epmd.log" 2>&1 &
@@ -96,14 +111,14 @@ EOF
     if ! "$RMQ_BIN/rabbitmqctl" -q wait --timeout 90 "$D/rabbitmq.pid" </dev/null >>"$D/log/startup.log" 2>&1; then
         tail -n 30 "$D/log/startup.log" "$D/log/"*.log >&2 || true
         stop
-        echo "amqp_tls_node: the TLS node did not start" >&2
+        echo "amqp_private_node: the node did not start" >&2
         exit 1
     fi
     for ((i = 0; i < 100; i++)); do
         timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null && return 0
         sleep 0.1
     done
-    echo "amqp_tls_node: nothing listens on 127.0.0.1:$port" >&2
+    echo "amqp_private_node: nothing listens on 127.0.0.1:$port" >&2
     stop
     exit 1
 }
@@ -124,8 +139,15 @@ stop() {
     rm -f "$D/rabbitmq.pid" "$D/epmd.pid"
 }
 
+ctl() {
+    node_env "$(cat "$D/port")"
+    "$RMQ_BIN/rabbitmqctl" -q "$@" </dev/null
+}
+
 case $cmd in
-start) start "${3:?tls port}" ;;
+start) start "${3:?port}" "${4:-tls}" ;;
+ctl) shift 2; ctl "$@" ;;
+pid) tr -dc 0-9 <"$D/rabbitmq.pid"; echo ;;
 stop) stop ;;
-*) echo "usage: $0 start DIR PORT | stop DIR" >&2; exit 2 ;;
+*) echo "usage: $0 start DIR PORT [tls|plain] | ctl DIR ARGS... | pid DIR | stop DIR" >&2; exit 2 ;;
 esac
