@@ -11,6 +11,36 @@ void mb_sub_msg_released(msgbus_msg_t *m); /* bus.c: drops the sub reference */
 
 static unsigned char mb_empty[1];
 
+/* Payloads up to this size live in the message's own allocation. */
+#define MB_INLINE_PAYLOAD 1024
+
+static void mb_free_id(msgbus_msg_t *m)
+{
+    if (m->id != m->idbuf)
+        free(m->id);
+    m->id = NULL;
+}
+
+static void mb_free_payload(msgbus_msg_t *m)
+{
+    if (m->payload != mb_empty && !m->payload_borrowed && !m->payload_inline)
+        free(m->payload);
+    m->payload = mb_empty;
+    m->payload_borrowed = m->payload_inline = false;
+}
+
+/* Sets m->id to a copy of `id` in idbuf when it fits; false on no memory. */
+static bool mb_copy_id(msgbus_msg_t *m, const char *id)
+{
+    size_t n = strlen(id);
+    if (n < sizeof m->idbuf) {
+        memcpy(m->idbuf, id, n + 1);
+        m->id = m->idbuf;
+        return true;
+    }
+    return (m->id = mb_memdup(id, n + 1)) != NULL;
+}
+
 msgbus_msg_t *mb_msg_alloc(void)
 {
     msgbus_msg_t *m = calloc(1, sizeof *m);
@@ -27,20 +57,26 @@ MSGBUS_API msgbus_err_t msgbus_msg_new(msgbus_msg_t **out, const void *payload, 
         return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_new: out is NULL");
     if (!payload && len)
         return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_new: payload is NULL but len is %zu", len);
-    msgbus_msg_t *m = mb_msg_alloc();
-    char id[37];
+    /* One allocation for the struct, its id and a small payload: this runs
+     * once per published message. */
+    size_t inl = len <= MB_INLINE_PAYLOAD ? len : 0;
+    msgbus_msg_t *m = malloc(sizeof *m + inl);
     if (!m)
-        return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a message");
-    mb_uuid7(id);
-    m->id = mb_memdup(id, sizeof id);
-    if (len) {
-        m->payload = mb_memdup(payload, len);
-        m->len = len;
-    }
-    if (!m->id || !m->payload) {
-        msgbus_msg_free(m);
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a %zu-byte message", len);
+    memset(m, 0, sizeof *m);
+    atomic_init(&m->refs, 1);
+    m->payload = mb_empty;
+    mb_uuid7(m->idbuf);
+    m->id = m->idbuf;
+    if (inl) {
+        m->payload = (unsigned char *)(m + 1);
+        memcpy(m->payload, payload, len);
+        m->payload_inline = true;
+    } else if (len && !(m->payload = mb_memdup(payload, len))) {
+        free(m);
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a %zu-byte message", len);
     }
+    m->len = len;
     m->timestamp = mb_now_ms();
     *out = m;
     return MSGBUS_OK;
@@ -65,11 +101,10 @@ MSGBUS_API void msgbus_msg_free(msgbus_msg_t *m)
         return; /* the core still holds it (retry timer, dead letter) */
     if (m->sub)
         mb_sub_msg_released(m); /* backend release hook + sub reference */
-    if (m->payload != mb_empty && !m->payload_borrowed)
-        free(m->payload);
+    mb_free_payload(m);
     free(m->key);
     mb_headers_free(m);
-    free(m->id);
+    mb_free_id(m);
     free(m);
 }
 
@@ -84,7 +119,7 @@ msgbus_msg_t *mb_msg_clone(const msgbus_msg_t *src)
     if (src->key && !(m->key = mb_memdup(src->key, src->key_len ? src->key_len : 1)))
         goto fail;
     m->key_len = src->key_len;
-    if (src->id && !(m->id = mb_strdup(src->id)))
+    if (src->id && !mb_copy_id(m, src->id))
         goto fail;
     m->timestamp = src->timestamp;
     for (size_t i = 0; i < src->nheaders; i++)
@@ -121,9 +156,7 @@ MSGBUS_API msgbus_err_t msgbus_msg_set_payload(msgbus_msg_t *m, const void *payl
     unsigned char *p = mb_empty;
     if (len && !(p = mb_memdup(payload, len)))
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a %zu-byte payload", len);
-    if (m->payload != mb_empty && !m->payload_borrowed)
-        free(m->payload);
-    m->payload_borrowed = false;
+    mb_free_payload(m);
     m->payload = p;
     m->len = len;
     return MSGBUS_OK;
@@ -263,17 +296,24 @@ MSGBUS_API msgbus_err_t msgbus_msg_set_id(msgbus_msg_t *m, const char *id)
         return mb_error(MSGBUS_ERR_INVALID,
                         "invalid message id '%.64s': use 1..%d printable ASCII characters, no spaces",
                         id, MSGBUS_MAX_ID);
+    if (strlen(id) < sizeof m->idbuf) {
+        memmove(m->idbuf, id, strlen(id) + 1); /* id may be m->id itself */
+        if (m->id != m->idbuf)
+            free(m->id);
+        m->id = m->idbuf;
+        return MSGBUS_OK;
+    }
     char *copy = mb_strdup(id);
     if (!copy)
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory for an id");
-    free(m->id);
+    mb_free_id(m);
     m->id = copy;
     return MSGBUS_OK;
 }
 
 void mb_msg_take_id(msgbus_msg_t *m, char *id)
 {
-    free(m->id);
+    mb_free_id(m);
     m->id = id;
 }
 

@@ -47,6 +47,12 @@ struct msgbus_msg {
     /* Payload storage not from malloc (a backend's buffer): the backend's
      * release hook frees it, msgbus_msg_free must not. */
     bool payload_borrowed;
+    /* Payload stored right after the struct, in the same allocation
+     * (msgbus_msg_new of a small payload): never freed on its own. */
+    bool payload_inline;
+    /* Storage for an id of up to 36 characters (every UUIDv7), so a new
+     * message is one allocation; m->id points here or to a malloc'd string. */
+    char idbuf[37];
 
     struct msgbus_msg *next; /* link in the core's receive queue */
 

@@ -72,63 +72,75 @@ void *mb_memdup(const void *p, size_t n)
     return q;
 }
 
-/* xoshiro256** per thread, seeded from getrandom: ids need uniqueness, not
- * secrecy, and a syscall per id would cost more than the rest of publish. */
-static _Thread_local uint64_t mb_rng[4];
-static _Thread_local bool mb_rng_seeded;
+/* Per-thread state of the id generator, in one thread-local block: in a
+ * shared library each thread-local access can cost a __tls_get_addr call,
+ * so the hot paths take the block's address once.
+ * xoshiro256** seeded from getrandom: ids need uniqueness, not secrecy, and
+ * a syscall per id would cost more than the rest of publish. */
+struct mb_tls {
+    uint64_t rng[4];
+    bool seeded;
+    int64_t last_ms;
+    unsigned seq;
+};
+static _Thread_local struct mb_tls mb_tls;
 
 static inline uint64_t mb_rotl(uint64_t x, int k)
 {
     return (x << k) | (x >> (64 - k));
 }
 
-uint64_t mb_random64(void)
+static uint64_t mb_rand(struct mb_tls *t)
 {
-    if (!mb_rng_seeded) {
-        if (getrandom(mb_rng, sizeof mb_rng, 0) != (ssize_t)sizeof mb_rng) {
+    uint64_t *s = t->rng;
+    if (!t->seeded) {
+        if (getrandom(s, sizeof t->rng, 0) != (ssize_t)sizeof t->rng) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
-            mb_rng[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32);
-            mb_rng[1] = (uint64_t)(uintptr_t)&ts;
-            mb_rng[2] = 0x9e3779b97f4a7c15ull;
-            mb_rng[3] = (uint64_t)pthread_self();
+            s[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32);
+            s[1] = (uint64_t)(uintptr_t)&ts;
+            s[2] = 0x9e3779b97f4a7c15ull;
+            s[3] = (uint64_t)pthread_self();
         }
-        mb_rng_seeded = true;
+        t->seeded = true;
     }
-    uint64_t *s = mb_rng;
     uint64_t result = mb_rotl(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
+    uint64_t x = s[1] << 17;
     s[2] ^= s[0];
     s[3] ^= s[1];
     s[1] ^= s[2];
     s[0] ^= s[3];
-    s[2] ^= t;
+    s[2] ^= x;
     s[3] = mb_rotl(s[3], 45);
     return result;
 }
 
+uint64_t mb_random64(void)
+{
+    return mb_rand(&mb_tls);
+}
+
 /* UUIDv7 (RFC 9562): 48-bit ms timestamp, version 7, 12 bits of sub-ms
- * sequence so ids made by one thread in one millisecond still sort, 62
- * random bits. */
+ * sequence (monotonic within a thread), variant 10, 62 random bits. */
 void mb_uuid7(char out[37])
 {
-    static _Thread_local int64_t last_ms;
-    static _Thread_local unsigned seq;
+    struct mb_tls *t = &mb_tls;
     int64_t ms = mb_now_ms();
-    if (ms <= last_ms) {
+    if (ms <= t->last_ms) {
         /* Same millisecond (or the clock stepped back): count up; when the
          * 12-bit counter runs out, borrow the next millisecond (RFC 9562
          * §6.2 allows this) so ids from one thread always increase. */
-        if (++seq > 0xfff) {
-            seq = 0;
-            last_ms++;
+        if (++t->seq > 0xfff) {
+            t->seq = 0;
+            t->last_ms++;
         }
-        ms = last_ms;
+        ms = t->last_ms;
     } else {
-        last_ms = ms;
-        seq = (unsigned)(mb_random64() & 0x3ff); /* leave room to count up */
+        t->last_ms = ms;
+        t->seq = (unsigned)(mb_rand(t) & 0x3ff); /* leave room to count up */
     }
-    uint64_t r = mb_random64();
+    unsigned seq = t->seq;
+    uint64_t r = mb_rand(t);
     unsigned char b[16];
     for (int i = 0; i < 6; i++)
         b[i] = (unsigned char)((uint64_t)ms >> (40 - 8 * i));
