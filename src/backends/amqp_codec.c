@@ -9,7 +9,7 @@
  *   delivery_mode 2 (persistent); content_type mirrors a "content-type" header
  *   routing key = the message key; a republished copy (nack on a classic
  *                 queue) is routed by queue name and keeps its key in
- *                 msgbus-key, its attempt in msgbus-attempt.
+ *                 msgbus-key (absent: no key), its attempt in msgbus-attempt.
  * Incoming: msgbus's own headers are turned back into id / timestamp / key /
  * attempt and not shown as headers; other scalar header values from foreign
  * producers are shown as their decimal or true/false text.
@@ -207,6 +207,7 @@ bool mb_amqp_decode(msgbus_msg_t *m, const amqp_basic_properties_t *p, amqp_byte
     int64_t attempt = 0, delivery_count = -1, ts_ms = -1;
     const amqp_bytes_t *key = routing_key.len ? &routing_key : NULL;
     const amqp_bytes_t *ce_id = NULL;
+    bool copy = false, key_header = false; /* a republished copy, and its key header */
 
     if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
         for (int i = 0; i < p->headers.num_entries; i++) {
@@ -214,6 +215,7 @@ bool mb_amqp_decode(msgbus_msg_t *m, const amqp_basic_properties_t *p, amqp_byte
             const amqp_field_value_t *v = &e->value;
             if (mb_amqp_bytes_is(e->key, MB_AMQP_H_ATTEMPT)) {
                 mb_amqp_field_int(v, &attempt);
+                copy = true;
                 continue;
             }
             if (mb_amqp_bytes_is(e->key, MB_AMQP_H_DELIVERY_COUNT)) {
@@ -225,8 +227,10 @@ bool mb_amqp_decode(msgbus_msg_t *m, const amqp_basic_properties_t *p, amqp_byte
                 continue;
             }
             if (mb_amqp_bytes_is(e->key, MB_AMQP_H_KEY)) {
-                if (v->kind == AMQP_FIELD_KIND_UTF8 || v->kind == AMQP_FIELD_KIND_BYTES)
+                if (v->kind == AMQP_FIELD_KIND_UTF8 || v->kind == AMQP_FIELD_KIND_BYTES) {
                     key = &v->value.bytes;
+                    key_header = true;
+                }
                 continue;
             }
             if (mb_amqp_bytes_is(e->key, MB_AMQP_H_ID)) {
@@ -253,6 +257,10 @@ bool mb_amqp_decode(msgbus_msg_t *m, const amqp_basic_properties_t *p, amqp_byte
             return false;
         mb_msg_take_id(m, s);
     }
+    /* A republished copy is routed by queue name and carries its key in
+     * msgbus-key; without that header the message had no key. */
+    if (copy && !key_header)
+        key = NULL;
     if (ts_ms >= 0)
         m->timestamp = ts_ms;
     else if (p->_flags & AMQP_BASIC_TIMESTAMP_FLAG)

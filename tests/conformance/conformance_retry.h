@@ -265,6 +265,12 @@ START_TEST(retry_options_are_checked_and_change_nothing_when_wrong)
     msgbus_msg_free(m);
     cf_flush_ok(bus);
     msgbus_msg_t *r = cf_receive_one(sub);
+    ck_assert_ptr_null(msgbus_msg_key(r, NULL));
+    tu_ck_ok(msgbus_nack(r)); /* a keyless message comes back keyless */
+    msgbus_msg_free(r);
+    r = cf_receive_one(sub);
+    ck_assert_int_eq(msgbus_msg_attempt(r), 2);
+    ck_assert_msg(msgbus_msg_key(r, NULL) == NULL, "a keyless message got a key on redelivery");
     tu_ck_err(msgbus_dead_letter(r, "no"), MSGBUS_ERR_STATE);
     ck_assert_msg(strstr(msgbus_last_error(), "dlq=off"), "%s", msgbus_last_error());
     tu_ck_ok(msgbus_ack(r)); /* dead_letter changed nothing: ack still works */
