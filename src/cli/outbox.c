@@ -1,0 +1,412 @@
+/*
+ * outbox.c — `msgbus outbox relay|put|stats STORE`: the outbox relay as a
+ * process of its own, plus two helpers for operators and scripts.
+ *
+ * STORE is sqlite:///absolute/path.db (sqlite://relative/path.db), or a
+ * PostgreSQL connection string (postgresql://… or "host=… dbname=…").
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifdef MSGBUS_HAVE_SQLITE
+#include <sqlite3.h>
+#endif
+#ifdef MSGBUS_HAVE_PG
+#include <libpq-fe.h>
+#endif
+
+#include <msgbus/outbox.h>
+
+#include "cli.h"
+
+static const char outbox_help[] =
+    "usage: msgbus outbox relay [options] STORE\n"
+    "       msgbus outbox put [options] STORE TOPIC [MESSAGE...]\n"
+    "       msgbus outbox stats [options] STORE\n"
+    "\n"
+    "STORE is sqlite:///path/to/app.db (sqlite://relative.db) or a PostgreSQL\n"
+    "connection string (postgresql://user:pass@host/db, or 'host=... dbname=...').\n"
+    "\n"
+    "relay   publishes committed outbox rows to the bus of --url / $MSGBUS_URL,\n"
+    "        in commit order, until SIGTERM or SIGINT; then finishes the pass in\n"
+    "        flight (publish, confirms, marking rows sent) and exits 0.\n"
+    "put     writes the messages (read as 'msgbus pub' reads them: arguments,\n"
+    "        -f files or stdin lines; -k, -K, -H, -n as there) as pending rows\n"
+    "        for TOPIC, all in one transaction.\n"
+    "stats   prints {\"pending\",\"failed\",\"sent\",\"oldest_pending_age_ms\"}.\n"
+    "\n"
+    "options:\n"
+    "  -u, --url URL           broker URL for relay (default: $MSGBUS_URL)\n"
+    "      --table NAME        outbox table (default: msgbus_outbox)\n"
+    "      --batch N           relay: rows per pass (default 500)\n"
+    "      --poll-interval MS  relay: re-check for rows this often (default 1000)\n"
+    "      --confirm-timeout MS  relay: wait for confirms per pass (default 10000)\n"
+    "      --once              relay: relay until no row is pending, then exit\n"
+    "  -k, -K, -H, -f, -n      put: as for 'msgbus pub'\n"
+    "  -q, --quiet             no status lines on stderr\n"
+    "  -v, --verbose           library log at info level (-vv: debug)\n"
+    "  -h, --help              this text\n"
+    "\n"
+    "exit: 0 ok (relay: stopped by a signal, or --once finished), 1 usage/config,\n"
+    "      2 broker or database unreachable, 4 store error (see docs/cli.md)\n";
+
+typedef struct store {
+    msgbus_outbox_t *ob;
+#ifdef MSGBUS_HAVE_SQLITE
+    sqlite3 *db;
+#endif
+#ifdef MSGBUS_HAVE_PG
+    PGconn *pg;
+#endif
+    int is_sqlite;
+} store_t;
+
+static void store_close(store_t *s)
+{
+    msgbus_outbox_close(s->ob);
+    s->ob = NULL;
+#ifdef MSGBUS_HAVE_SQLITE
+    if (s->db)
+        sqlite3_close(s->db);
+    s->db = NULL;
+#endif
+#ifdef MSGBUS_HAVE_PG
+    if (s->pg)
+        PQfinish(s->pg);
+    s->pg = NULL;
+#endif
+}
+
+static int store_open(const char *cmd, const char *spec, const char *table, int create,
+                      store_t *s)
+{
+    memset(s, 0, sizeof *s);
+    msgbus_err_t e;
+    if (!strncmp(spec, "sqlite://", 9)) {
+        const char *path = spec + 9;
+        if (!*path)
+            return cli_usage_error(cmd, "'%s' names no file (use sqlite:///path/to/app.db)", spec);
+#ifdef MSGBUS_HAVE_SQLITE
+        s->is_sqlite = 1;
+        /* The relay and stats never create a database: a mistyped path is
+         * an error, not an empty outbox. */
+        int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0);
+        if (sqlite3_open_v2(path, &s->db, flags, NULL) != SQLITE_OK) {
+            fprintf(stderr, "msgbus %s: cannot open SQLite database '%s': %s\n", cmd, path,
+                    s->db ? sqlite3_errmsg(s->db) : "out of memory");
+            store_close(s);
+            return CLI_STORE;
+        }
+        sqlite3_busy_timeout(s->db, 5000);
+        e = msgbus_outbox_open_sqlite(&s->ob, s->db, table);
+#else
+        (void)create;
+        fprintf(stderr, "msgbus %s: this msgbus was built without SQLite\n", cmd);
+        return CLI_UNSUPPORTED;
+#endif
+    } else if (!strncmp(spec, "postgresql://", 13) || !strncmp(spec, "postgres://", 11) ||
+               strchr(spec, '=')) {
+#ifdef MSGBUS_HAVE_PG
+        s->pg = PQconnectdb(spec);
+        if (!s->pg || PQstatus(s->pg) != CONNECTION_OK) {
+            /* libpq's message names host and port, never the password. */
+            fprintf(stderr, "msgbus %s: cannot connect to PostgreSQL: %s", cmd,
+                    s->pg ? PQerrorMessage(s->pg) : "out of memory\n");
+            store_close(s);
+            return CLI_CONNECT;
+        }
+        e = msgbus_outbox_open_pg(&s->ob, s->pg, table);
+#else
+        fprintf(stderr, "msgbus %s: this msgbus was built without PostgreSQL\n", cmd);
+        return CLI_UNSUPPORTED;
+#endif
+    } else {
+        return cli_usage_error(cmd,
+                               "STORE must be sqlite:///path or a PostgreSQL connection "
+                               "string (postgresql://...), not '%s'",
+                               spec);
+    }
+    if (e) {
+        store_close(s);
+        return cli_fail(cmd, "cannot open the outbox", e);
+    }
+    return CLI_OK;
+}
+
+/* BEGIN / COMMIT / ROLLBACK on the store's connection. */
+static int store_exec(const char *cmd, store_t *s, const char *q)
+{
+#ifdef MSGBUS_HAVE_SQLITE
+    if (s->db) {
+        char *err = NULL;
+        if (sqlite3_exec(s->db, q, NULL, NULL, &err) != SQLITE_OK) {
+            fprintf(stderr, "msgbus %s: %s: %s\n", cmd, q, err ? err : "failed");
+            sqlite3_free(err);
+            return CLI_STORE;
+        }
+        return CLI_OK;
+    }
+#endif
+#ifdef MSGBUS_HAVE_PG
+    if (s->pg) {
+        PGresult *r = PQexec(s->pg, q);
+        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok)
+            fprintf(stderr, "msgbus %s: %s: %s", cmd, q, PQerrorMessage(s->pg));
+        PQclear(r);
+        return ok ? CLI_OK : CLI_STORE;
+    }
+#endif
+    (void)cmd, (void)q;
+    return CLI_FAILED;
+}
+
+static int print_stats(const char *cmd, store_t *s, FILE *out)
+{
+    msgbus_outbox_stats_t st;
+    msgbus_err_t e = msgbus_outbox_stats(s->ob, &st);
+    if (e)
+        return cli_fail(cmd, "stats", e);
+    fprintf(out,
+            "{\"pending\":%llu,\"failed\":%llu,\"sent\":%llu,\"oldest_pending_age_ms\":%lld}\n",
+            (unsigned long long)st.pending, (unsigned long long)st.failed,
+            (unsigned long long)st.sent, (long long)st.oldest_pending_age_ms);
+    return CLI_OK;
+}
+
+/* Relays with msgbus_outbox_relay passes until a pass finds nothing. */
+static int relay_once(store_t *s, msgbus_t *bus, const msgbus_outbox_relay_opts_t *o, int quiet)
+{
+    size_t total = 0;
+    for (;;) {
+        size_t n = 0;
+        msgbus_err_t e = msgbus_outbox_relay(s->ob, bus, o->batch_max, o->confirm_timeout_ms, &n);
+        total += n;
+        if (e)
+            return cli_fail("outbox relay", "relay pass", e);
+        if (n == 0)
+            break;
+    }
+    if (!quiet)
+        fprintf(stderr, "msgbus outbox relay: %zu rows relayed\n", total);
+    return CLI_OK;
+}
+
+static int relay(const char *store_spec, const char *url, const char *table,
+                 const msgbus_outbox_relay_opts_t *o, int once, int quiet)
+{
+    /* SIGTERM and SIGINT are taken with sigwait by this thread alone: block
+     * them before the library starts its threads, which inherit the mask. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    store_t s;
+    int rc = store_open("outbox relay", store_spec, table, 0, &s);
+    if (rc)
+        return rc;
+    msgbus_t *bus;
+    if ((rc = cli_open_bus("outbox relay", url, &bus))) {
+        store_close(&s);
+        return rc;
+    }
+    if (once) {
+        rc = relay_once(&s, bus, o, quiet);
+        msgbus_close(bus);
+        store_close(&s);
+        return rc;
+    }
+    msgbus_err_t e = msgbus_outbox_relay_start(s.ob, bus, o);
+    if (e) {
+        rc = cli_fail("outbox relay", "start", e);
+        msgbus_close(bus);
+        store_close(&s);
+        return rc;
+    }
+    if (!quiet)
+        fprintf(stderr, "msgbus outbox relay: relaying %s to %s; stop with SIGTERM\n",
+                s.is_sqlite ? store_spec : "PostgreSQL", msgbus_url(bus));
+    int sig = 0;
+    while (sigwait(&sigs, &sig) != 0)
+        ;
+    if (!quiet)
+        fprintf(stderr, "msgbus outbox relay: %s: finishing the pass in flight\n",
+                sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    e = msgbus_outbox_relay_stop(s.ob);
+    if (e && !quiet) /* the rows of a failed pass stay pending: nothing is lost */
+        fprintf(stderr,
+                "msgbus outbox relay: the last pass failed: %s (%s); its rows stay pending\n",
+                msgbus_strerror(e), msgbus_last_error());
+    if (!quiet) {
+        fprintf(stderr, "msgbus outbox relay: stopped; outbox now ");
+        print_stats("outbox relay", &s, stderr);
+    }
+    msgbus_close(bus);
+    store_close(&s);
+    return CLI_OK;
+}
+
+static int put(int argc, char **argv, const char *store_spec, const char *table,
+               cli_msg_opts_t *mo, uint64_t count, int quiet)
+{
+    if (argc < 1)
+        return cli_usage_error("outbox put", "needs STORE and TOPIC");
+    const char *topic = argv[0];
+    mo->args = argv + 1;
+    mo->n_args = argc - 1;
+    if (mo->n_args && mo->n_files)
+        return cli_usage_error("outbox put", "give messages as arguments or with -f, not both");
+    store_t s;
+    int rc = store_open("outbox put", store_spec, table, 1, &s);
+    if (rc)
+        return rc;
+    cli_source_t *src;
+    if ((rc = cli_source_open("outbox put", mo, &src))) {
+        store_close(&s);
+        return rc;
+    }
+    if (count)
+        cli_source_keep_lines(src);
+    rc = store_exec("outbox put", &s, s.is_sqlite ? "BEGIN IMMEDIATE" : "BEGIN");
+    uint64_t n = 0;
+    while (!rc && !cli_stop && (count == 0 || n < count)) {
+        msgbus_msg_t *m = cli_source_next(src, &rc);
+        if (!m && !rc && count && n > 0) { /* inputs used up: start over */
+            cli_source_rewind(src);
+            m = cli_source_next(src, &rc);
+        }
+        if (!m)
+            break;
+        msgbus_err_t e = msgbus_outbox_put(s.ob, topic, m);
+        msgbus_msg_free(m);
+        if (e)
+            rc = cli_fail("outbox put", "put", e);
+        else
+            n++;
+    }
+    cli_source_close(src);
+    if (rc)
+        store_exec("outbox put", &s, "ROLLBACK");
+    else
+        rc = store_exec("outbox put", &s, "COMMIT");
+    if (!quiet)
+        fprintf(stderr, "msgbus outbox put: %llu rows for '%s' %s\n", (unsigned long long)n,
+                topic, rc ? "rolled back" : "committed");
+    store_close(&s);
+    return rc;
+}
+
+int cli_outbox(int argc, char **argv)
+{
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        fputs(outbox_help, stdout);
+        return CLI_OK;
+    }
+    if (argc < 2 ||
+        (strcmp(argv[1], "relay") && strcmp(argv[1], "put") && strcmp(argv[1], "stats")))
+        return cli_usage_error("outbox", "needs one of: relay, put, stats");
+    const char *sub = argv[1];
+    char cmd[32];
+    snprintf(cmd, sizeof cmd, "outbox %s", sub);
+    argc--, argv++;
+    enum { OPT_TABLE = 256, OPT_BATCH, OPT_POLL, OPT_CONFIRM, OPT_ONCE };
+    static const struct option opts[] = {
+        {"url", required_argument, 0, 'u'},
+        {"table", required_argument, 0, OPT_TABLE},
+        {"batch", required_argument, 0, OPT_BATCH},
+        {"poll-interval", required_argument, 0, OPT_POLL},
+        {"confirm-timeout", required_argument, 0, OPT_CONFIRM},
+        {"once", no_argument, 0, OPT_ONCE},
+        {"key", required_argument, 0, 'k'},
+        {"key-delim", required_argument, 0, 'K'},
+        {"header", required_argument, 0, 'H'},
+        {"file", required_argument, 0, 'f'},
+        {"count", required_argument, 0, 'n'},
+        {"quiet", no_argument, 0, 'q'},
+        {"verbose", no_argument, 0, 'v'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    const char *url = NULL, *table = NULL;
+    msgbus_outbox_relay_opts_t ro;
+    memset(&ro, 0, sizeof ro);
+    cli_msg_opts_t mo;
+    memset(&mo, 0, sizeof mo);
+    uint64_t v, count = 0;
+    int once = 0, quiet = 0, verbose = 0, c;
+    while ((c = getopt_long(argc, argv, "u:k:K:H:f:n:qvh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'u': url = optarg; break;
+        case OPT_TABLE: table = optarg; break;
+        case OPT_BATCH:
+            if (cli_parse_u64(cmd, "--batch", optarg, &v) || v == 0 || v > 1000000)
+                return cli_usage_error(cmd, "--batch must be 1..1000000");
+            ro.batch_max = (size_t)v;
+            break;
+        case OPT_POLL:
+            if (cli_parse_u64(cmd, "--poll-interval", optarg, &v) || v == 0 || v > 3600000)
+                return cli_usage_error(cmd, "--poll-interval must be 1..3600000 ms");
+            ro.poll_interval_ms = (int)v;
+            break;
+        case OPT_CONFIRM:
+            if (cli_parse_u64(cmd, "--confirm-timeout", optarg, &v) || v == 0 || v > 3600000)
+                return cli_usage_error(cmd, "--confirm-timeout must be 1..3600000 ms");
+            ro.confirm_timeout_ms = (int)v;
+            break;
+        case OPT_ONCE: once = 1; break;
+        case 'k': mo.key = optarg; break;
+        case 'K': mo.key_delim = optarg; break;
+        case 'H':
+            if (cli_add_header(cmd, &mo, optarg))
+                return CLI_USAGE;
+            break;
+        case 'f':
+            if (mo.n_files == sizeof mo.files / sizeof mo.files[0])
+                return cli_usage_error(cmd, "too many -f files");
+            mo.files[mo.n_files++] = optarg;
+            break;
+        case 'n':
+            if (cli_parse_u64(cmd, "--count", optarg, &count))
+                return CLI_USAGE;
+            break;
+        case 'q': quiet = 1; break;
+        case 'v': verbose++; break;
+        case 'h': fputs(outbox_help, stdout); return CLI_OK;
+        default: return cli_usage_error(cmd, "unknown option");
+        }
+    }
+    if (optind >= argc)
+        return cli_usage_error(cmd, "missing STORE (sqlite:///path or postgresql://...)");
+    const char *store_spec = argv[optind++];
+    cli_set_verbosity(verbose);
+    if (!strcmp(sub, "put")) {
+        if (mo.key && mo.key_delim)
+            return cli_usage_error(cmd, "-k and -K exclude each other");
+        /* No signal handler: SIGINT/SIGTERM end the process inside its
+         * transaction, so nothing is written. */
+        signal(SIGPIPE, SIG_IGN);
+        return put(argc - optind, argv + optind, store_spec, table, &mo, count, quiet);
+    }
+    if (optind < argc)
+        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    if (!ro.batch_max)
+        ro.batch_max = 500;
+    if (!ro.confirm_timeout_ms)
+        ro.confirm_timeout_ms = 10000;
+    if (!strcmp(sub, "relay"))
+        return relay(store_spec, url, table, &ro, once, quiet);
+    store_t s;
+    int rc = store_open(cmd, store_spec, table, 0, &s);
+    if (rc)
+        return rc;
+    rc = print_stats(cmd, &s, stdout);
+    store_close(&s);
+    return rc;
+}
