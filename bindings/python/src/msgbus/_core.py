@@ -1,0 +1,622 @@
+"""Bus, Delivery, Subscription and Message: the Python face of msgbus.h."""
+from __future__ import annotations
+
+import ctypes
+import itertools
+import threading
+import weakref
+from ctypes import byref, c_char_p, c_int, c_size_t, c_void_p
+from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Union)
+
+from . import _lib
+from .errors import (ClosedError, DeliveryError, InvalidError, MsgbusError, UnsupportedError,
+                     check, make_error)
+
+Bytes = Union[bytes, bytearray, memoryview, str]
+HeaderValue = Union[str, bytes]
+
+_WAIT_SLICE_MS = 200  # blocking C waits are cut into slices so Ctrl-C works
+
+
+def _b(value: Bytes, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise InvalidError(f"{what} must be bytes or str, not {type(value).__name__}")
+
+
+def _cstr(value: Optional[str], what: str) -> Optional[bytes]:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidError(f"{what} must be a str, not {type(value).__name__}")
+    b = value.encode("utf-8")
+    if b"\0" in b:
+        raise InvalidError(f"{what} must not contain NUL characters")
+    return b
+
+
+def _hval(value: HeaderValue, name: str) -> bytes:
+    if isinstance(value, str):
+        b = value.encode("utf-8", "surrogateescape")
+    elif isinstance(value, (bytes, bytearray)):
+        b = bytes(value)
+    else:
+        raise InvalidError(f"header '{name}': value must be str or bytes, "
+                           f"not {type(value).__name__}")
+    if b"\0" in b:
+        raise InvalidError(f"header '{name}': value must not contain NUL bytes")
+    return b
+
+
+def _ms(timeout: Optional[float]) -> int:
+    """Seconds (None: forever) → the C convention (-1: forever)."""
+    if timeout is None:
+        return -1
+    if timeout < 0:
+        raise InvalidError(f"timeout must be >= 0 seconds or None, not {timeout}")
+    return int(timeout * 1000 + 0.5)
+
+
+def _dec(b: Optional[bytes]) -> Optional[str]:
+    return None if b is None else b.decode("utf-8", "surrogateescape")
+
+
+def build_message(payload: Bytes, key: Optional[Bytes] = None,
+                  headers: Optional[Mapping[str, HeaderValue]] = None,
+                  id: Optional[str] = None, timestamp: Optional[int] = None) -> int:
+    """Makes a C msgbus_msg_t (caller frees it) and returns its address."""
+    lib = _lib.load()
+    pb = _b(payload, "payload")
+    ptr = c_void_p()
+    check(lib.msgbus_msg_new(byref(ptr), pb, len(pb)))
+    m = int(ptr.value or 0)
+    try:
+        if key is not None:
+            kb = _b(key, "key")
+            check(lib.msgbus_msg_set_key(m, kb, len(kb)))
+        if headers:
+            for name, value in headers.items():
+                check(lib.msgbus_msg_set_header(m, _cstr(name, "header name"),
+                                                _hval(value, name)))
+        if id is not None:
+            check(lib.msgbus_msg_set_id(m, _cstr(id, "message id")))
+        if timestamp is not None:
+            check(lib.msgbus_msg_set_timestamp(m, int(timestamp)))
+    except BaseException:
+        lib.msgbus_msg_free(m)
+        raise
+    return m
+
+
+# ------------------------------------------------------------------ delivery
+
+_pending: Dict[int, "Delivery"] = {}
+_ids = itertools.count(1)
+_cb_obj: Any = None
+_cb_lock = threading.Lock()  # a Delivery's status and its done-callbacks
+
+
+def _on_delivery(opaque: Optional[int], report: Any) -> None:
+    # Runs on the thread that calls msgbus_poll/flush/close. Must not raise.
+    try:
+        d = _pending.pop(opaque or 0, None)
+        if d is not None:
+            r = report.contents
+            d._finish(r.status, r.error)
+    except BaseException:  # pragma: no cover - never let an exception into C
+        pass
+
+
+def _delivery_cb() -> Any:
+    global _cb_obj
+    if _cb_obj is None:
+        _cb_obj = _lib.DELIVERY_CB(_on_delivery)  # kept for the life of the process
+    return _cb_obj
+
+
+class Delivery:
+    """The broker's confirm of one published message, future-like.
+
+    Settled by the delivery callback, which msgbus serves on a thread that
+    calls :meth:`Bus.poll`, :meth:`Bus.flush` or :meth:`Bus.close`;
+    :meth:`result` and :meth:`exception` serve it themselves while they wait.
+    """
+
+    __slots__ = ("_bus", "topic", "message_id", "_status", "_exc", "_callbacks", "__weakref__")
+
+    def __init__(self, bus: "Bus", topic: str, message_id: str):
+        self._bus = bus
+        self.topic = topic
+        """The topic the message was published to."""
+        self.message_id = message_id
+        """The message id (the same one consumers see)."""
+        self._status: Optional[int] = None
+        self._exc: Optional[MsgbusError] = None
+        self._callbacks: Optional[List[Callable[["Delivery"], Any]]] = None
+
+    def _finish(self, status: int, error: Optional[bytes]) -> None:
+        if status != 0:
+            self._exc = make_error(status, (error or b"").decode("utf-8", "replace"))
+        with _cb_lock:
+            self._status = status
+            self._bus = None  # type: ignore[assignment]
+            cbs, self._callbacks = self._callbacks, None
+        for fn in cbs or ():
+            try:
+                fn(self)
+            except Exception:  # like concurrent.futures: a callback's error is not ours
+                import logging
+                logging.getLogger("msgbus").exception("Delivery done-callback raised")
+
+    def done(self) -> bool:
+        """True once the outcome is known."""
+        return self._status is not None
+
+    def _wait(self, timeout: Optional[float]) -> None:
+        if self._status is not None:
+            return
+        import time
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._status is None:
+            bus = self._bus
+            if bus is None or bus._ptr is None:
+                if self._status is None:
+                    raise ClosedError("the bus closed before the confirm was served")
+                break
+            left = _WAIT_SLICE_MS if deadline is None else \
+                min(_WAIT_SLICE_MS, max(0, int((deadline - time.monotonic()) * 1000)))
+            try:
+                bus.poll(left / 1000.0)
+            except ClosedError:  # closed meanwhile by another thread
+                if self._status is None:
+                    raise
+                break
+            if self._status is None and deadline is not None and time.monotonic() >= deadline:
+                from .errors import TimeoutError as MTimeout
+                raise MTimeout(f"no confirm for message {self.message_id} within {timeout} s")
+
+    def result(self, timeout: Optional[float] = None) -> str:
+        """Waits (serving the bus's callbacks) for the confirm and returns the
+        message id; raises the delivery's error (e.g. :class:`ClosedError`,
+        :class:`TooLargeError`), or :class:`msgbus.TimeoutError` if `timeout`
+        seconds pass first."""
+        self._wait(timeout)
+        if self._exc is not None:
+            raise self._exc
+        return self.message_id
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[MsgbusError]:
+        """Like :meth:`result`, but returns the error (None on success)."""
+        self._wait(timeout)
+        return self._exc
+
+    def add_done_callback(self, fn: Callable[["Delivery"], Any]) -> None:
+        """Calls ``fn(self)`` when the outcome is known (at once if it is), on
+        the thread serving the callback. `fn` runs inside poll/flush/close:
+        it must not close the bus, and waiting there for another delivery
+        would block the thread that serves the confirms."""
+        with _cb_lock:
+            if self._status is None:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def __repr__(self) -> str:
+        state = "pending" if self._status is None else \
+            ("confirmed" if self._status == 0 else f"failed: {self._exc}")
+        return f"<Delivery {self.topic} {self.message_id} {state}>"
+
+
+# ------------------------------------------------------------------ message
+
+_release_lock = threading.Lock()
+
+
+class Message:
+    """A received message.
+
+    Its fields are read once, at receipt: ``payload`` (bytes), ``key``
+    (bytes or None), ``headers`` (dict str → str; values that are not UTF-8
+    keep their bytes as surrogate escapes), ``id``, ``attempt`` (1 on first
+    delivery), ``topic``, ``group`` (None for a broadcast subscriber) and
+    ``timestamp`` (ms since the epoch). Settle it once with :meth:`ack`,
+    :meth:`nack` or :meth:`dead_letter`. A message dropped unsettled is
+    delivered again when its subscription closes.
+    """
+
+    __slots__ = ("_ptr", "payload", "key", "headers", "id", "attempt", "topic", "group",
+                 "timestamp", "_settled", "__weakref__")
+
+    def __init__(self, ptr: int):
+        lib = _lib.load()
+        self._ptr: Optional[int] = ptr
+        n = c_size_t()
+        p = lib.msgbus_msg_payload(ptr, byref(n))
+        self.payload: bytes = ctypes.string_at(p, n.value) if n.value else b""
+        k = lib.msgbus_msg_key(ptr, byref(n))
+        self.key: Optional[bytes] = None if not k else ctypes.string_at(k, n.value)
+        hs: Dict[str, str] = {}
+        cnt = lib.msgbus_msg_header_count(ptr)
+        if cnt:
+            hn, hv = c_char_p(), c_char_p()
+            for i in range(cnt):
+                if lib.msgbus_msg_header_at(ptr, i, byref(hn), byref(hv)) == 0:
+                    hs[(hn.value or b"").decode("utf-8", "surrogateescape")] = \
+                        (hv.value or b"").decode("utf-8", "surrogateescape")
+        self.headers: Dict[str, str] = hs
+        self.id: Optional[str] = _dec(lib.msgbus_msg_id(ptr))
+        self.attempt: int = lib.msgbus_msg_attempt(ptr)
+        self.topic: Optional[str] = _dec(lib.msgbus_msg_topic(ptr))
+        self.group: Optional[str] = _dec(lib.msgbus_msg_group(ptr))
+        self.timestamp: int = lib.msgbus_msg_timestamp(ptr)
+        self._settled = False
+
+    def _release(self) -> None:
+        with _release_lock:
+            p, self._ptr = self._ptr, None
+        if p:
+            _lib.load().msgbus_msg_free(p)
+
+    def __del__(self) -> None:
+        try:
+            self._release()
+        except Exception:
+            pass
+
+    def _settle(self, fn: Callable[[int], int], what: str) -> None:
+        p = self._ptr
+        if p is None:
+            if self._settled:
+                from .errors import StateError
+                raise StateError(f"{what}: the message was already settled")
+            raise ClosedError(f"{what}: the message's bus is closed (it will be delivered again)")
+        check(fn(p))
+        self._settled = True
+        self._release()  # the core keeps what it still needs (refs)
+
+    def ack(self) -> None:
+        """Done: never deliver it again. Never blocks on the network.
+        :class:`StateError` if already settled; :class:`ClosedError` if its
+        subscription or bus is closed (the broker delivers it again)."""
+        self._settle(_lib.load().msgbus_ack, "ack")
+
+    def nack(self, reason: Optional[str] = None) -> None:
+        """Failed: deliver it again with ``attempt`` + 1. ``reason`` travels in
+        the dead letter's ``msgbus-dlq-error`` header if it ends up there
+        (needs ``msgbus_nack_reason``; :class:`UnsupportedError` otherwise)."""
+        lib = _lib.load()
+        if reason is None:
+            self._settle(lib.msgbus_nack, "nack")
+            return
+        if not hasattr(lib, "msgbus_nack_reason"):
+            raise UnsupportedError("nack(reason): this libmsgbus has no msgbus_nack_reason")
+        r = _cstr(reason, "reason")
+        self._settle(lambda p: lib.msgbus_nack_reason(p, r), "nack")
+
+    def dead_letter(self, reason: Optional[str] = None) -> None:
+        """Sends it to its subscription's dead-letter topic at once (a poison
+        message). :class:`StateError` when dead-lettering is off."""
+        lib = _lib.load()
+        if not hasattr(lib, "msgbus_dead_letter"):
+            raise UnsupportedError("dead_letter: this libmsgbus has no msgbus_dead_letter")
+        r = _cstr(reason, "reason")
+        self._settle(lambda p: lib.msgbus_dead_letter(p, r), "dead_letter")
+
+    @property
+    def settled(self) -> bool:
+        """True after a successful ack, nack or dead_letter."""
+        return self._settled
+
+    def __repr__(self) -> str:
+        return (f"<Message {self.topic}/{self.group} id={self.id} attempt={self.attempt} "
+                f"key={self.key!r} {len(self.payload)} bytes>")
+
+
+# ------------------------------------------------------------------ subscription
+
+class Subscription:
+    """A subscription to a topic, made by :meth:`Bus.subscribe`.
+
+    Iterate over it to receive messages (blocks; ends when it is closed), or
+    call :meth:`receive` with a timeout. Use it as a context manager, or
+    call :meth:`close`.
+    """
+
+    def __init__(self, bus: "Bus", ptr: int, topic: str, group: Optional[str]):
+        self._bus = bus
+        self._ptr: Optional[int] = ptr
+        self.topic = topic
+        self.group = group
+
+    def receive(self, timeout: Optional[float] = None) -> Optional[Message]:
+        """The next message, waiting up to `timeout` seconds (None: forever,
+        0: do not wait); None when none arrived. :class:`ClosedError` after
+        close."""
+        lib = _lib.load()
+        out = c_void_p()
+        total = _ms(timeout)
+        while True:
+            p = self._ptr
+            if p is None:
+                raise ClosedError(f"subscription to '{self.topic}' is closed")
+            step = _WAIT_SLICE_MS if total < 0 else min(total, _WAIT_SLICE_MS)
+            rc = lib.msgbus_receive(p, step, byref(out))
+            if rc == 0:
+                m = Message(int(out.value or 0))
+                self._bus._track(m)
+                return m
+            if rc != 4:  # not a timeout
+                check(rc)
+            if total >= 0:
+                total -= step
+                if total <= 0:
+                    return None
+
+    def messages(self, idle_timeout: Optional[float] = None) -> Iterator[Message]:
+        """Yields messages until the subscription closes or, with
+        `idle_timeout`, until none arrived for that many seconds."""
+        while True:
+            try:
+                m = self.receive(idle_timeout)
+            except ClosedError:
+                return
+            if m is None:
+                return
+            yield m
+
+    def __iter__(self) -> Iterator[Message]:
+        return self.messages(None)
+
+    def fileno(self) -> int:
+        """The bus's descriptor (see :meth:`Bus.fileno`)."""
+        return self._bus.fileno()
+
+    def close(self) -> None:
+        """Closes the subscription: its unsettled messages go to other members.
+        Messages already received keep their fields; settling them raises
+        :class:`ClosedError`. Idempotent."""
+        p, self._ptr = self._ptr, None
+        if p:
+            _lib.load().msgbus_sub_close(p)
+            self._bus._subs.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.topic} group={self.group} {'closed' if self.closed else 'open'}>"
+
+
+def _options(options: Optional[Mapping[str, Any]]) -> Optional[bytes]:
+    if not options:
+        return None
+    parts = []
+    for k, v in options.items():
+        if v is True:
+            v = "on"
+        elif v is False:
+            v = "off"
+        k, v = str(k), str(v)
+        for s, what in ((k, "name"), (v, "value")):
+            if not s or any(c in s for c in "&=\0"):
+                raise InvalidError(f"subscription option {what} {s!r}: must be non-empty "
+                                   "and contain no '&', '=' or NUL")
+        parts.append(f"{k}={v}")
+    return "&".join(parts).encode()
+
+
+# ------------------------------------------------------------------ bus
+
+class Bus:
+    """A connection to a broker, chosen by URL.
+
+    ``Bus(url)`` opens it (``url`` None: ``$MSGBUS_URL``); use it as a
+    context manager or call :meth:`close`. URLs: ``kafka://host:9092``,
+    ``amqp://user:pass@host:5672/vhost``, ``mem://`` (options in the query,
+    see the README). Raises :class:`ConfigError` for a missing, malformed
+    or unknown URL/option and :class:`ConnectError` when the broker cannot
+    be reached.
+
+    Publishing, flushing, polling and receiving may be called from any
+    thread; close it once, after other threads stopped using it.
+    """
+
+    def __init__(self, url: Optional[str] = None):
+        lib = _lib.load()
+        self._ptr: Optional[int] = None
+        self._subs: "weakref.WeakSet[Subscription]" = weakref.WeakSet()
+        self._msgs: "weakref.WeakSet[Message]" = weakref.WeakSet()
+        self._dependents: "weakref.WeakSet[Any]" = weakref.WeakSet()  # outbox relays
+        self._cb = _delivery_cb()
+        ptr = c_void_p()
+        check(lib.msgbus_open(byref(ptr), _cstr(url, "url"), None))
+        self._ptr = ptr.value
+
+    # -- helpers
+    def _p(self) -> int:
+        p = self._ptr
+        if p is None:
+            raise ClosedError("the bus is closed")
+        return p
+
+    def _track(self, m: Message) -> None:
+        self._msgs.add(m)
+
+    # -- properties
+    @property
+    def url(self) -> str:
+        """The URL it was opened with, password replaced by ``***``."""
+        return str(_lib.load().msgbus_url(self._p()).decode())
+
+    @property
+    def backend(self) -> str:
+        """``"kafka"``, ``"amqp"`` or ``"mem"``."""
+        return str(_lib.load().msgbus_backend(self._p()).decode())
+
+    @property
+    def outstanding(self) -> int:
+        """Published messages still waiting for their confirm."""
+        return int(_lib.load().msgbus_outstanding(self._p()))
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    # -- publishing
+    def publish(self, topic: str, payload: Bytes, key: Optional[Bytes] = None,
+                headers: Optional[Mapping[str, HeaderValue]] = None, *,
+                id: Optional[str] = None, timestamp: Optional[int] = None) -> Delivery:
+        """Publishes a message asynchronously and returns its :class:`Delivery`.
+
+        ``payload`` and ``key`` are bytes (a str is encoded as UTF-8);
+        ``headers`` maps names to str values; ``id`` replaces the fresh
+        UUIDv7 id; ``timestamp`` is ms since the epoch. Never blocks on the
+        network. :class:`QueueFullError` when ``queue_max`` messages await
+        confirms (call :meth:`poll` or :meth:`flush`, then retry);
+        :class:`InvalidError` for a bad topic or header name.
+        """
+        lib = _lib.load()
+        bus = self._p()
+        tb = _cstr(topic, "topic")
+        m = build_message(payload, key, headers, id, timestamp)
+        try:
+            mid = lib.msgbus_msg_id(m).decode()
+            token = next(_ids)
+            d = Delivery(self, topic, mid)
+            _pending[token] = d
+            rc = lib.msgbus_publish(bus, tb, m, self._cb, token)
+            if rc != 0:
+                _pending.pop(token, None)
+                check(rc)
+        finally:
+            lib.msgbus_msg_free(m)
+        return d
+
+    def flush(self, timeout: Optional[float] = None) -> None:
+        """Waits until every message published so far is confirmed or failed,
+        serving delivery callbacks on this thread. Raises
+        :class:`DeliveryError` (``.failed`` = how many failed since the
+        previous flush) or :class:`msgbus.TimeoutError`."""
+        lib = _lib.load()
+        failed = c_size_t()
+        rc = lib.msgbus_flush(self._p(), _ms(timeout), byref(failed))
+        if rc != 0:
+            e = make_error(rc)
+            if isinstance(e, DeliveryError):
+                e.failed = failed.value
+            raise e
+
+    def poll(self, timeout: Optional[float] = 0) -> int:
+        """Serves pending delivery callbacks on this thread, waiting up to
+        `timeout` seconds (0: do not wait, None: forever) for the first one;
+        returns how many were served."""
+        served = c_int()
+        check(_lib.load().msgbus_poll(self._p(), _ms(timeout), byref(served)))
+        return served.value
+
+    def declare(self, topic: str, group: Optional[str] = None) -> None:
+        """Creates the topic and the group's storage ahead of its first
+        consumer, so messages published from now on are kept for it."""
+        check(_lib.load().msgbus_declare(self._p(), _cstr(topic, "topic"),
+                                         _cstr(group, "group")))
+
+    # -- subscribing
+    def subscribe(self, topic: str, group: Optional[str] = None,
+                  options: Optional[Mapping[str, Any]] = None) -> Subscription:
+        """Subscribes to `topic` as a member of `group` (None: a broadcast
+        subscriber that sees every message published after this call).
+        `options` (e.g. ``{"retry_max_attempts": 3, "dlq": True}``) are
+        per-subscription options, see ``msgbus_subscribe_ex``."""
+        lib = _lib.load()
+        out = c_void_p()
+        opts = _options(options)
+        if opts is None:
+            check(lib.msgbus_subscribe(self._p(), _cstr(topic, "topic"), _cstr(group, "group"),
+                                       byref(out)))
+        else:
+            if not hasattr(lib, "msgbus_subscribe_ex"):
+                raise UnsupportedError("subscribe(options=…): this libmsgbus has no "
+                                       "msgbus_subscribe_ex")
+            check(lib.msgbus_subscribe_ex(self._p(), _cstr(topic, "topic"),
+                                          _cstr(group, "group"), opts, byref(out)))
+        s = Subscription(self, int(out.value or 0), topic, group)
+        self._subs.add(s)
+        return s
+
+    def dlq_replay(self, dlq_topic: str, dlq_group: Optional[str] = None, max: int = 0,
+                   idle_timeout: float = 1.0) -> int:
+        """Moves dead letters back to their topics (see ``msgbus_dlq_replay``);
+        returns how many were moved."""
+        lib = _lib.load()
+        if not hasattr(lib, "msgbus_dlq_replay"):
+            raise UnsupportedError("dlq_replay: this libmsgbus has no msgbus_dlq_replay")
+        moved = c_size_t()
+        check(lib.msgbus_dlq_replay(self._p(), _cstr(dlq_topic, "dlq_topic"),
+                                    _cstr(dlq_group, "dlq_group"), max, _ms(idle_timeout),
+                                    byref(moved)))
+        return moved.value
+
+    # -- event loops
+    def fileno(self) -> int:
+        """A descriptor that is readable while the bus has work: delivery
+        callbacks for :meth:`poll` or messages for ``receive``. Register it
+        with ``selectors`` or ``asyncio`` (``loop.add_reader``), then call
+        ``poll(0)`` and ``receive(0)`` until they report nothing. Owned by
+        the bus: do not close or read it."""
+        return int(_lib.load().msgbus_fd(self._p()))
+
+    # -- closing
+    def close(self) -> None:
+        """Closes the bus: waits up to ``close_timeout_ms`` for outstanding
+        confirms (their deliveries are settled; still unconfirmed ones fail
+        with :class:`ClosedError`), closes its subscriptions and releases
+        received messages that were not freed yet (unsettled ones are
+        delivered again), after closing outbox relays that publish into
+        it. Idempotent."""
+        p = self._ptr
+        if p is None:
+            return
+        lib = _lib.load()
+        for dep in list(self._dependents):
+            dep.close()  # a relay must stop before its bus closes
+        for m in list(self._msgs):
+            m._release()
+        for s in list(self._subs):
+            s.close()
+        self._ptr = None
+        lib.msgbus_close(p)
+        # Deliveries of this bus that close could not report (none expected).
+        for token, d in list(_pending.items()):
+            if d._bus is self:
+                _pending.pop(token, None)
+                d._finish(10, b"the bus was closed before the confirm arrived")
+
+    def __enter__(self) -> "Bus":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        if self._ptr is None:
+            return "<Bus closed>"
+        return f"<Bus {self.url}>"

@@ -1,0 +1,267 @@
+"""The idempotent consumer (inbox) from Python.
+
+:class:`Inbox` claims message ids with the application's own ``sqlite3``
+or ``psycopg`` connection, inside the application's own transaction,
+following the table contract of docs/inbox.md — so Python and C consumers
+may share one table. :class:`MemoryInbox` is the C library's bounded
+in-memory store.
+"""
+from __future__ import annotations
+
+import enum
+from ctypes import byref, c_void_p
+from typing import Any, Callable, Optional, Union
+
+from . import _lib
+from ._core import Message, _cstr
+from ._sql import (CONSUMER_RE, check_id, check_table, kind, now_ms, pg_status, quote_table,
+                   require_txn_for_claim)
+from .errors import ClosedError, InvalidError, StateError, StoreError, check
+
+DEFAULT_TABLE = "msgbus_inbox"
+
+
+class Outcome(enum.Enum):
+    """What :meth:`Inbox.handle` did with a message."""
+
+    APPLIED = "applied"      #: handler succeeded, committed, acked
+    DUPLICATE = "duplicate"  #: processed before: acked, handler not called
+    REJECTED = "rejected"    #: handler raised: rolled back, nacked (redelivered)
+
+
+def _message_id(msg: Union[Message, str]) -> str:
+    if isinstance(msg, Message):
+        if msg.id is None:
+            raise InvalidError("message has no id (its producer is not msgbus): claim an id of "
+                               "your own with claim(id) or dead-letter it")
+        return msg.id
+    return check_id(msg)
+
+
+class Inbox:
+    """An inbox for consumer `consumer` on the application's connection `conn`.
+
+    ``claim(msg)`` returns True the first time an id is claimed and False
+    for a duplicate (already claimed and committed, or claimed earlier in
+    the same transaction). Claims join the transaction open on `conn`; the
+    inbox never begins, commits or rolls back (except in :meth:`handle`).
+    With ``create=True`` (default) the table is created if missing, which
+    must happen outside a transaction.
+    """
+
+    def __init__(self, conn: Any, consumer: str, table: str = DEFAULT_TABLE,
+                 create: bool = True):
+        self._kind = kind(conn)
+        if not isinstance(consumer, str) or not CONSUMER_RE.match(consumer):
+            raise InvalidError(f"consumer {consumer!r}: use 1..255 characters of "
+                               "A-Z a-z 0-9 . _ -")
+        check_table(table, self._kind == "pg")
+        self.conn = conn
+        self.consumer = consumer
+        self.table = table
+        self._q = quote_table(table)
+        self._ph = "?" if self._kind == "sqlite" else "%s"
+        if create:
+            self.create_table()
+
+    @property
+    def store(self) -> str:
+        """``"sqlite"`` or ``"pg"``."""
+        return self._kind
+
+    def create_table(self) -> None:
+        """Creates the table and its index (docs/inbox.md, exact DDL) if missing.
+        Outside a transaction (StateError otherwise). On PostgreSQL in
+        non-autocommit mode it commits the DDL it ran."""
+        c = self.conn
+        q = self._q
+        idx = f'"{self.table.split(".")[-1]}_claimed_idx"'
+        cur = c.cursor()
+        try:
+            if self._kind == "sqlite":
+                if c.in_transaction:
+                    raise StateError("inbox: create the table outside a transaction")
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {q} ("
+                            " consumer TEXT NOT NULL,"
+                            " message_id TEXT NOT NULL,"
+                            " claimed_at INTEGER NOT NULL DEFAULT"
+                            " (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),"
+                            " PRIMARY KEY (consumer, message_id)"
+                            ") WITHOUT ROWID")
+                cur.execute(f"CREATE INDEX IF NOT EXISTS {idx} ON {q} (consumer, claimed_at)")
+            else:
+                if pg_status(c) != "idle":
+                    raise StateError("inbox: create the table outside a transaction")
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                            (f"msgbus_inbox:{self.table}",))
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {q} ("
+                            " consumer TEXT NOT NULL,"
+                            " message_id TEXT NOT NULL,"
+                            " claimed_at BIGINT NOT NULL DEFAULT"
+                            " (extract(epoch FROM clock_timestamp()) * 1000)::bigint,"
+                            " PRIMARY KEY (consumer, message_id))")
+                cur.execute(f"CREATE INDEX IF NOT EXISTS {idx} ON {q} (consumer, claimed_at)")
+                if not getattr(c, "autocommit", False):
+                    c.commit()
+        finally:
+            cur.close()
+
+    def claim(self, msg: Union[Message, str]) -> bool:
+        """Records that this consumer processes `msg` (a :class:`Message` or
+        an id), inside the open transaction. True the first time, False when
+        it is a duplicate. :class:`StateError` when no transaction is open
+        (autocommit) or the PG transaction failed; :class:`InvalidError` for
+        a message without an id; :class:`StoreError` for database errors."""
+        mid = _message_id(msg)
+        require_txn_for_claim(self.conn, self._kind)
+        ph = self._ph
+        cur = self.conn.cursor()
+        try:
+            cur.execute(f"INSERT INTO {self._q} (consumer, message_id, claimed_at) "
+                        f"VALUES ({ph}, {ph}, {ph}) "
+                        "ON CONFLICT (consumer, message_id) DO NOTHING",
+                        (self.consumer, mid, now_ms()))
+            n = int(cur.rowcount)
+        except Exception as e:
+            raise StoreError(f"inbox claim in {self.table}: {e}") from e
+        finally:
+            cur.close()
+        return n == 1
+
+    def forget(self, msg: Union[Message, str]) -> bool:
+        """Deletes the claim of `msg` inside the open transaction; False when
+        there was none."""
+        mid = _message_id(msg)
+        ph = self._ph
+        cur = self.conn.cursor()
+        try:
+            cur.execute(f"DELETE FROM {self._q} WHERE consumer = {ph} AND message_id = {ph}",
+                        (self.consumer, mid))
+            n = int(cur.rowcount)
+        except Exception as e:
+            raise StoreError(f"inbox forget in {self.table}: {e}") from e
+        finally:
+            cur.close()
+        return n == 1
+
+    def purge(self, older_than_ms: int) -> int:
+        """Deletes this consumer's claims at least `older_than_ms` old; returns
+        how many. Joins an open transaction (it does not commit)."""
+        if older_than_ms < 0:
+            raise InvalidError(f"older_than_ms must be >= 0, not {older_than_ms}")
+        ph = self._ph
+        cur = self.conn.cursor()
+        try:
+            cur.execute(f"DELETE FROM {self._q} WHERE consumer = {ph} AND claimed_at <= {ph}",
+                        (self.consumer, now_ms() - older_than_ms))
+            return max(int(cur.rowcount), 0)
+        except Exception as e:
+            raise StoreError(f"inbox purge in {self.table}: {e}") from e
+        finally:
+            cur.close()
+
+    def _in_txn(self) -> bool:
+        if self._kind == "sqlite":
+            return bool(self.conn.in_transaction)
+        return pg_status(self.conn) != "idle"
+
+    def handle(self, msg: Message, handler: Callable[[Message], Any]) -> Outcome:
+        """Processes `msg` effectively once, like ``msgbus_inbox_handle``:
+        begin; claim — a duplicate is rolled back and acked, the handler not
+        called; ``handler(msg)`` applies the effects with the same
+        connection (it must not commit); if it raises, roll back, nack
+        and return REJECTED; else commit, then ack. A transaction already
+        open is :class:`StateError` (the message is left unsettled)."""
+        c = self.conn
+        if self._in_txn():
+            raise StateError("inbox handle: a transaction is already open on the connection")
+        _message_id(msg)
+        try:
+            if self._kind == "sqlite":
+                c.execute("BEGIN IMMEDIATE")  # takes the write lock up front, like C
+            elif getattr(c, "autocommit", False):
+                cur = c.cursor()
+                try:
+                    cur.execute("BEGIN")
+                finally:
+                    cur.close()
+            first = self.claim(msg)
+        except BaseException:
+            if self._in_txn():
+                c.rollback()
+            msg.nack()
+            raise
+        if not first:
+            c.rollback()
+            msg.ack()
+            return Outcome.DUPLICATE
+        try:
+            handler(msg)
+        except Exception:
+            if self._in_txn():
+                c.rollback()
+            msg.nack()
+            return Outcome.REJECTED
+        except BaseException:  # KeyboardInterrupt, SystemExit: undo, leave unsettled
+            if self._in_txn():
+                c.rollback()
+            raise
+        if not self._in_txn():
+            msg.nack()
+            raise StateError("inbox handle: the handler ended the transaction")
+        try:
+            c.commit()
+        except Exception as e:
+            try:
+                c.rollback()
+            finally:
+                msg.nack()
+            raise StoreError(f"inbox handle: commit failed: {e}") from e
+        msg.ack()
+        return Outcome.APPLIED
+
+
+class MemoryInbox:
+    """The C library's bounded in-memory inbox (``msgbus_inbox_open_memory``):
+    at most `capacity` ids, each for at most `ttl_ms` (0: no time limit);
+    claims take effect at once and are forgotten when the process ends."""
+
+    def __init__(self, consumer: str, capacity: int = 100000, ttl_ms: int = 0):
+        out = c_void_p()
+        check(_lib.load().msgbus_inbox_open_memory(byref(out), _cstr(consumer, "consumer"),
+                                                   capacity, ttl_ms))
+        self._p: Optional[int] = out.value
+        self.consumer = consumer
+
+    def _ptr(self) -> int:
+        if self._p is None:
+            raise ClosedError("the inbox is closed")
+        return self._p
+
+    def claim(self, msg: Union[Message, str]) -> bool:
+        """True the first time, False for a duplicate."""
+        rc = _lib.load().msgbus_inbox_claim_id(self._ptr(), _cstr(_message_id(msg), "id"))
+        if rc == 11:
+            return False
+        check(rc)
+        return True
+
+    def close(self) -> None:
+        p, self._p = self._p, None
+        if p:
+            _lib.load().msgbus_inbox_close(p)
+
+    def __enter__(self) -> "MemoryInbox":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+__all__ = ["Inbox", "MemoryInbox", "Outcome", "DEFAULT_TABLE"]

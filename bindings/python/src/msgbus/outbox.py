@@ -1,0 +1,333 @@
+"""The transactional outbox from Python.
+
+Write outbox rows with the application's own ``sqlite3`` or ``psycopg``
+connection, inside the application's own transaction: :func:`put` never
+begins, commits or rolls back. The rows follow the table contract of
+docs/outbox.md, so the C relay publishes them; :class:`Relay` runs that C
+relay (``msgbus_outbox_relay*``) on a connection of its own.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+from ctypes import byref, c_char_p, c_int, c_size_t, c_void_p
+from typing import Any, Dict, Mapping, Optional, Union
+
+from . import _lib
+from ._core import Bus, _b, _cstr, _ms
+from ._sql import HEADER_RE, NAME_RE, check_id, check_table, kind, pg_status, quote_table, uuid7
+from .errors import ClosedError, ConnectError, InvalidError, StateError, StoreError, check, \
+    make_error
+
+DEFAULT_TABLE = "msgbus_outbox"
+
+_SQLITE_DDL = [
+    'CREATE TABLE IF NOT EXISTS {q} ('
+    ' id INTEGER PRIMARY KEY AUTOINCREMENT,'
+    ' msg_id TEXT NOT NULL DEFAULT (lower(hex(randomblob(16)))),'
+    ' topic TEXT NOT NULL,'
+    ' msg_key BLOB,'
+    " headers TEXT NOT NULL DEFAULT '{{}}',"
+    ' payload BLOB NOT NULL,'
+    ' msg_ts INTEGER,'
+    " created_at INTEGER NOT NULL DEFAULT"
+    " (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),"
+    " state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending','sent','failed')),"
+    ' attempts INTEGER NOT NULL DEFAULT 0,'
+    ' sent_at INTEGER,'
+    ' error TEXT)',
+    'CREATE INDEX IF NOT EXISTS "{t}_pending" ON {q} (id) WHERE state = \'pending\'',
+    'CREATE INDEX IF NOT EXISTS "{t}_failed_key" ON {q} (msg_key, id) WHERE state = \'failed\'',
+    'CREATE INDEX IF NOT EXISTS "{t}_sent" ON {q} (sent_at) WHERE state = \'sent\'',
+]
+
+_PG_DDL = [
+    'CREATE TABLE IF NOT EXISTS {q} ('
+    ' id bigserial PRIMARY KEY,'
+    ' msg_id text NOT NULL DEFAULT gen_random_uuid()::text,'
+    ' topic text NOT NULL,'
+    ' msg_key bytea,'
+    " headers jsonb NOT NULL DEFAULT '{{}}',"
+    ' payload bytea NOT NULL,'
+    ' msg_ts bigint,'
+    ' created_at bigint NOT NULL DEFAULT'
+    ' (extract(epoch FROM clock_timestamp()) * 1000)::bigint,'
+    " state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending','sent','failed')),"
+    ' attempts integer NOT NULL DEFAULT 0,'
+    ' sent_at bigint,'
+    ' error text)',
+    'CREATE INDEX IF NOT EXISTS "{t}_pending" ON {q} (id) WHERE state = \'pending\'',
+    'CREATE INDEX IF NOT EXISTS "{t}_failed_key" ON {q} (msg_key, id) WHERE state = \'failed\'',
+    'CREATE INDEX IF NOT EXISTS "{t}_sent" ON {q} (sent_at) WHERE state = \'sent\'',
+]
+
+
+def create_table(conn: Any, table: str = DEFAULT_TABLE) -> None:
+    """Creates the outbox table and its indexes (docs/outbox.md) if missing,
+    with the application's connection. It does not commit: on SQLite run it
+    outside a transaction (the sqlite3 module then applies DDL at once); on
+    PostgreSQL commit afterwards. The C relay creates the same table when it
+    opens, so this is only needed when writers start before the relay."""
+    k = kind(conn)
+    check_table(table, False)
+    q = quote_table(table)
+    cur = conn.cursor()
+    try:
+        for stmt in (_SQLITE_DDL if k == "sqlite" else _PG_DDL):
+            cur.execute(stmt.format(q=q, t=table))
+    finally:
+        cur.close()
+
+
+def _headers_json(headers: Optional[Mapping[str, Union[str, bytes]]]) -> str:
+    out: Dict[str, str] = {}
+    for name, value in (headers or {}).items():
+        if not isinstance(name, str) or not HEADER_RE.match(name):
+            raise InvalidError(f"header name {name!r}: use 1..255 characters of "
+                               "A-Z a-z 0-9 . _ : -")
+        if name.startswith("msgbus-") or name in ("ce_id", "cloudEvents:id"):
+            raise InvalidError(f"header name '{name}' is reserved for msgbus "
+                               "(give the message id as id=)")
+        if isinstance(value, (bytes, bytearray)):
+            try:
+                value = bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidError(f"header '{name}': value is not UTF-8 (JSON cannot hold "
+                                   "it)") from None
+        if not isinstance(value, str):
+            raise InvalidError(f"header '{name}': value must be str, not "
+                               f"{type(value).__name__}")
+        if "\0" in value:
+            raise InvalidError(f"header '{name}': value must not contain NUL")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidError(f"header '{name}': value is not UTF-8 (JSON cannot hold "
+                               "it)") from None
+        out[name] = value
+    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+
+
+def put(conn: Any, topic: str, payload: Union[bytes, str],
+        key: Optional[Union[bytes, str]] = None,
+        headers: Optional[Mapping[str, Union[str, bytes]]] = None, *, id: Optional[str] = None,
+        timestamp: Optional[int] = None, table: str = DEFAULT_TABLE) -> str:
+    """Writes one pending outbox row with `conn` (``sqlite3`` or ``psycopg``)
+    and returns its message id (`id`, or a fresh UUIDv7).
+
+    The INSERT joins the transaction the application has open on `conn`
+    and is never committed or rolled back here: the row becomes visible to
+    the relay when the application commits and vanishes if it rolls back.
+    (Python's sqlite3 module and psycopg open a transaction implicitly
+    before an INSERT unless the connection is in autocommit mode; in
+    autocommit mode the INSERT commits at once.) A bad topic, header name,
+    non-UTF-8 header value or malformed id raises :class:`InvalidError` and
+    writes nothing; a database error raises :class:`StoreError`; a failed
+    PostgreSQL transaction :class:`StateError`.
+    """
+    k = kind(conn)
+    check_table(table, False)
+    if not isinstance(topic, str) or not NAME_RE.match(topic):
+        raise InvalidError(f"invalid topic name {topic!r}: use 1..249 characters of "
+                           "A-Z a-z 0-9 . _ -")
+    mid = check_id(id) if id is not None else uuid7()
+    hj = _headers_json(headers)
+    pb = _b(payload, "payload")
+    kb = None if key is None else _b(key, "key")
+    ts = None if timestamp is None else int(timestamp)
+    q = quote_table(table)
+    if k == "pg":
+        if pg_status(conn) == "inerror":
+            raise StateError("outbox put: the PostgreSQL transaction has failed; roll back")
+        sql = (f"INSERT INTO {q} (msg_id, topic, msg_key, headers, payload, msg_ts) "
+               "VALUES (%s, %s, %s, %s::jsonb, %s, %s)")
+    else:
+        sql = (f"INSERT INTO {q} (msg_id, topic, msg_key, headers, payload, msg_ts) "
+               "VALUES (?, ?, ?, ?, ?, ?)")
+    cur = conn.cursor()
+    try:
+        cur.execute(sql, (mid, topic, kb, hj, pb, ts))
+    except Exception as e:
+        raise StoreError(f"outbox put into {table}: {e}") from e
+    finally:
+        cur.close()
+    return mid
+
+
+# ------------------------------------------------------------------ the C relay
+
+_sqlite_lib: Any = None
+_pq_lib: Any = None
+
+
+def _sqlite() -> Any:
+    global _sqlite_lib
+    if _sqlite_lib is None:
+        lib = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
+        lib.sqlite3_open_v2.argtypes = [c_char_p, ctypes.POINTER(c_void_p), c_int, c_char_p]
+        lib.sqlite3_open_v2.restype = c_int
+        lib.sqlite3_close_v2.argtypes = [c_void_p]
+        lib.sqlite3_close_v2.restype = c_int
+        lib.sqlite3_errmsg.argtypes = [c_void_p]
+        lib.sqlite3_errmsg.restype = c_char_p
+        _sqlite_lib = lib
+    return _sqlite_lib
+
+
+def _pq() -> Any:
+    global _pq_lib
+    if _pq_lib is None:
+        lib = ctypes.CDLL(ctypes.util.find_library("pq") or "libpq.so.5")
+        lib.PQconnectdb.argtypes = [c_char_p]
+        lib.PQconnectdb.restype = c_void_p
+        lib.PQstatus.argtypes = [c_void_p]
+        lib.PQstatus.restype = c_int
+        lib.PQerrorMessage.argtypes = [c_void_p]
+        lib.PQerrorMessage.restype = c_char_p
+        lib.PQfinish.argtypes = [c_void_p]
+        lib.PQfinish.restype = None
+        _pq_lib = lib
+    return _pq_lib
+
+
+class Relay:
+    """The C outbox relay, on a database connection of its own (never the
+    application's: the relay begins and commits transactions on it).
+
+    Make one with :meth:`sqlite` (a database file) or :meth:`pg` (a libpq
+    connection string); it opens that connection in C, opens an outbox on it
+    (``msgbus_outbox_open_*``, creating the table if missing) and publishes
+    into `bus`. Call :meth:`run_once` from your loop, or :meth:`start` the
+    background thread. Close it (or use ``with``) before closing the bus;
+    :meth:`Bus.close` closes relays still open on it first.
+    """
+
+    def __init__(self, ob: int, conn: int, store: str, bus: Bus):
+        self._ob: Optional[int] = ob
+        self._conn: Optional[int] = conn
+        self._store = store
+        self._bus = bus
+        bus._dependents.add(self)  # closing the bus closes the relay first
+
+    @classmethod
+    def sqlite(cls, path: str, bus: Bus, table: Optional[str] = None) -> "Relay":
+        """A relay on its own SQLite connection to the database file `path`."""
+        lib = _lib.load()
+        sq = _sqlite()
+        db = c_void_p()
+        rc = sq.sqlite3_open_v2(_cstr(path, "path"), byref(db), 0x02 | 0x04, None)
+        if rc != 0:
+            msg = sq.sqlite3_errmsg(db).decode() if db.value else f"code {rc}"
+            sq.sqlite3_close_v2(db)
+            raise StoreError(f"relay: cannot open SQLite database {path!r}: {msg}")
+        ob = c_void_p()
+        e = lib.msgbus_outbox_open_sqlite(byref(ob), db, _cstr(table, "table"))
+        if e != 0:
+            err = make_error(e)
+            sq.sqlite3_close_v2(db)
+            raise err
+        return cls(int(ob.value or 0), int(db.value or 0), "sqlite", bus)
+
+    @classmethod
+    def pg(cls, conninfo: str, bus: Bus, table: Optional[str] = None) -> "Relay":
+        """A relay on its own PostgreSQL connection (`conninfo`: a libpq
+        connection string or URL)."""
+        lib = _lib.load()
+        pq = _pq()
+        conn = pq.PQconnectdb(_cstr(conninfo, "conninfo"))
+        if not conn or pq.PQstatus(conn) != 0:
+            msg = pq.PQerrorMessage(conn).decode(errors="replace").strip() if conn else \
+                "out of memory"
+            if conn:
+                pq.PQfinish(conn)
+            raise ConnectError(f"relay: cannot connect to PostgreSQL: {msg}")
+        ob = c_void_p()
+        e = lib.msgbus_outbox_open_pg(byref(ob), conn, _cstr(table, "table"))
+        if e != 0:
+            err = make_error(e)
+            pq.PQfinish(conn)
+            raise err
+        return cls(int(ob.value or 0), int(conn), "pg", bus)
+
+    def _p(self) -> int:
+        if self._ob is None:
+            raise ClosedError("the relay is closed")
+        return self._ob
+
+    def run_once(self, max_rows: int = 500, timeout: Optional[float] = 10.0) -> int:
+        """One relay pass (``msgbus_outbox_relay``): publishes up to
+        `max_rows` pending rows in commit order, waits up to `timeout`
+        seconds (None: forever) for the confirms, marks them sent; returns
+        how many were marked. Transient failures raise (rows stay pending)."""
+        n = c_size_t()
+        check(_lib.load().msgbus_outbox_relay(self._p(), self._bus._p(), max_rows,
+                                              _ms(timeout), byref(n)))
+        return n.value
+
+    def start(self, batch_max: int = 0, confirm_timeout_ms: int = 0, poll_interval_ms: int = 0,
+              backoff_min_ms: int = 0, backoff_max_ms: int = 0) -> None:
+        """Starts the background relay thread (zero options: the defaults of
+        outbox.h)."""
+        o = _lib.OutboxRelayOpts(batch_max, confirm_timeout_ms, poll_interval_ms,
+                                 backoff_min_ms, backoff_max_ms)
+        check(_lib.load().msgbus_outbox_relay_start(self._p(), self._bus._p(), byref(o)))
+
+    def wake(self) -> None:
+        """Nudges the background relay to run a pass now (e.g. after a commit)."""
+        _lib.load().msgbus_outbox_relay_wake(self._p())
+
+    def stop(self) -> None:
+        """Stops the background relay; raises the last pass's error, if any."""
+        check(_lib.load().msgbus_outbox_relay_stop(self._p()))
+
+    def set_retention(self, keep_ms: int) -> None:
+        """0: delete rows once confirmed; > 0: keep them as sent that long; -1: forever."""
+        check(_lib.load().msgbus_outbox_set_retention(self._p(), keep_ms))
+
+    def purge(self) -> int:
+        """Deletes sent rows older than the retention time; returns how many."""
+        n = c_size_t()
+        check(_lib.load().msgbus_outbox_purge(self._p(), byref(n)))
+        return n.value
+
+    def retry_failed(self) -> int:
+        """Moves 'failed' rows back to 'pending'; returns how many."""
+        n = c_size_t()
+        check(_lib.load().msgbus_outbox_retry_failed(self._p(), byref(n)))
+        return n.value
+
+    def stats(self) -> Dict[str, int]:
+        """``pending``, ``failed``, ``sent`` and ``oldest_pending_age_ms``."""
+        st = _lib.OutboxStats()
+        check(_lib.load().msgbus_outbox_stats(self._p(), byref(st)))
+        return {"pending": st.pending, "failed": st.failed, "sent": st.sent,
+                "oldest_pending_age_ms": st.oldest_pending_age_ms}
+
+    def close(self) -> None:
+        """Stops the background relay if it runs, closes the outbox and its
+        connection. Idempotent."""
+        ob, self._ob = self._ob, None
+        if ob:
+            _lib.load().msgbus_outbox_close(ob)
+        conn, self._conn = self._conn, None
+        if conn:
+            if self._store == "sqlite":
+                _sqlite().sqlite3_close_v2(conn)
+            else:
+                _pq().PQfinish(conn)
+
+    def __enter__(self) -> "Relay":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+__all__ = ["put", "create_table", "Relay", "DEFAULT_TABLE"]
