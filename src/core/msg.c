@@ -311,6 +311,19 @@ MSGBUS_API msgbus_err_t msgbus_msg_set_id(msgbus_msg_t *m, const char *id)
     return MSGBUS_OK;
 }
 
+msgbus_err_t mb_msg_copy_id(msgbus_msg_t *m, const char *id, size_t len)
+{
+    char *to = len < sizeof m->idbuf ? m->idbuf : malloc(len + 1);
+    if (!to)
+        return MSGBUS_ERR_NOMEM;
+    memcpy(to, id, len);
+    to[len] = '\0';
+    if (m->id && m->id != m->idbuf)
+        free(m->id);
+    m->id = to;
+    return MSGBUS_OK;
+}
+
 void mb_msg_take_id(msgbus_msg_t *m, char *id)
 {
     mb_free_id(m);

@@ -80,6 +80,10 @@ MB_HIDDEN msgbus_err_t mb_msg_put_header(msgbus_msg_t *m, const char *name, size
                                          const char *value, size_t value_len);
 /* Takes over an id (malloc'd string) without checks. */
 MB_HIDDEN void mb_msg_take_id(msgbus_msg_t *m, char *id);
+/* Sets the id of a message that has none to a copy of the `len` bytes at
+ * `id` (no NUL needed), in idbuf when it fits, without checks (for
+ * backends that decode received ids: no allocation for a UUID). */
+MB_HIDDEN msgbus_err_t mb_msg_copy_id(msgbus_msg_t *m, const char *id, size_t len);
 /* Approximate wire size (payload + key + headers + id), for size limits. */
 MB_HIDDEN size_t mb_msg_wire_size(const msgbus_msg_t *m);
 
