@@ -3,9 +3,11 @@
  * broker, in the same run, alternating (msgbus first on even rounds, raw
  * first on odd ones), median of the rounds.
  *
- *   bench_kafka [messages=200000] [rounds=3] [case-filter]
+ *   bench_kafka [messages=200000] [rounds=3] [case-filter] [side]
  *   (URL from MSGBUS_TEST_KAFKA_URL; case-filter: run only cases whose name
- *   contains it, e.g. "consume" or "_64")
+ *   contains it, e.g. "consume" or "_64"; side: "msgbus" or "raw" runs only
+ *   that side, for profilers such as callgrind; the RESULT line then shows
+ *   0 for the other side)
  *
  * Cases: produce_64 / produce_1024 — publish N messages with a delivery
  * report for each, until the last report; consume_64 / consume_1024 —
@@ -15,10 +17,13 @@
  *
  * Fairness: the raw client gets exactly the librdkafka settings msgbus
  * uses (idempotent producer, acks=all, defaults otherwise; consumer with
- * auto commit and offset store off, queued.min.messages=1000000) and
- * produces the same record: the
- * payload, the key-less partitioner, and the 36-byte id header (ce_id)
- * msgbus adds to every message.
+ * auto commit and offset store off, queued.min.messages=1000000; both
+ * sides' non-default properties are printed once, "config ...", msgbus's
+ * from its debug log) and produces the same record: the payload, the
+ * key-less partitioner, and the 36-byte id header (ce_id) msgbus adds to
+ * every message. On consume the raw loop reads that id header from each
+ * record, as a raw user who wants message ids must (msgbus hands every
+ * received message its id).
  */
 #include <librdkafka/rdkafka.h>
 #include <stdatomic.h>
@@ -35,6 +40,12 @@ static const char *g_hosts; /* 127.0.0.1:9092 */
 static long g_n = 200000;
 static int g_rounds = 3;
 static const char *g_filter = "";
+static const char *g_side = ""; /* "", "msgbus" or "raw" */
+
+static int side(const char *name)
+{
+    return !*g_side || strcmp(g_side, name) == 0;
+}
 
 static double now_s(void)
 {
@@ -235,6 +246,14 @@ static double consume_raw(const char *topic, const char *group)
         if (got == 0)
             t0 = last_commit = now_s();
         got++;
+        /* The message id, as msgbus gives it to its receivers. */
+        rd_kafka_headers_t *h = NULL;
+        const void *id = NULL;
+        size_t idlen = 0;
+        if (rd_kafka_message_headers(m, &h) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+            rd_kafka_header_get_last(h, "ce_id", &id, &idlen) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+            idlen != 36)
+            die("raw consume", "record without a 36-byte ce_id header");
         rd_kafka_message_destroy(m);
         double t = now_s();
         if (t - last_commit >= 0.1) {
@@ -250,6 +269,70 @@ static double consume_raw(const char *topic, const char *group)
     rd_kafka_consumer_close(rk);
     rd_kafka_destroy(rk);
     return (double)(g_n - 1) / t;
+}
+
+/* ---- settings check -------------------------------------------------------- */
+
+/* Prints the properties of `c` that differ from librdkafka's defaults,
+ * callbacks left out (the same filter msgbus's debug log uses). */
+static void print_raw_config(const char *what, rd_kafka_conf_t *c)
+{
+    rd_kafka_conf_t *def = rd_kafka_conf_new();
+    size_t n = 0, dn = 0;
+    const char **kv = rd_kafka_conf_dump(c, &n), **dkv = rd_kafka_conf_dump(def, &dn);
+    fprintf(stderr, "config raw %s:", what);
+    for (size_t i = 0; i + 1 < n; i += 2) {
+        size_t kl = strlen(kv[i]);
+        if ((kl > 3 && strcmp(kv[i] + kl - 3, "_cb") == 0) || strcmp(kv[i], "opaque") == 0 ||
+            strcmp(kv[i], "default_topic_conf") == 0)
+            continue;
+        const char *dv = NULL;
+        for (size_t k = 0; k + 1 < dn; k += 2)
+            if (strcmp(dkv[k], kv[i]) == 0)
+                dv = dkv[k + 1];
+        if (!dv || strcmp(dv, kv[i + 1]) != 0)
+            fprintf(stderr, " %s=%s", kv[i], kv[i + 1]);
+    }
+    rd_kafka_conf_dump_free(kv, n);
+    rd_kafka_conf_dump_free(dkv, dn);
+    rd_kafka_topic_conf_t *tc = rd_kafka_conf_get_default_topic_conf(c);
+    rd_kafka_topic_conf_t *dtc = rd_kafka_topic_conf_new();
+    if (tc) {
+        kv = rd_kafka_topic_conf_dump(tc, &n);
+        dkv = rd_kafka_topic_conf_dump(dtc, &dn);
+        for (size_t i = 0; i + 1 < n; i += 2) {
+            size_t kl = strlen(kv[i]);
+            if ((kl > 3 && strcmp(kv[i] + kl - 3, "_cb") == 0) || strcmp(kv[i], "opaque") == 0)
+                continue;
+            const char *dv = NULL;
+            for (size_t k = 0; k + 1 < dn; k += 2)
+                if (strcmp(dkv[k], kv[i]) == 0)
+                    dv = dkv[k + 1];
+            if (!dv || strcmp(dv, kv[i + 1]) != 0)
+                fprintf(stderr, " %s=%s", kv[i], kv[i + 1]);
+        }
+        rd_kafka_conf_dump_free(kv, n);
+        rd_kafka_conf_dump_free(dkv, dn);
+    }
+    rd_kafka_topic_conf_destroy(dtc);
+    fprintf(stderr, "\n");
+    rd_kafka_conf_destroy(def);
+    rd_kafka_conf_destroy(c);
+}
+
+/* msgbus logs its librdkafka settings at debug level ("kafka producer
+ * config: ..."): print the first of each kind. */
+static void config_log(void *opaque, msgbus_log_level_t level, const char *line)
+{
+    (void)opaque;
+    static int seen_producer, seen_consumer;
+    if (level == MSGBUS_LOG_ERROR)
+        fprintf(stderr, "msgbus: %s\n", line);
+    int *seen = strstr(line, "kafka producer config:") ? &seen_producer
+                : strstr(line, "kafka consumer config:") ? &seen_consumer
+                                                           : NULL;
+    if (seen && !(*seen)++)
+        fprintf(stderr, "config msgbus: %s\n", line);
 }
 
 /* ---- driver ---------------------------------------------------------------- */
@@ -269,7 +352,7 @@ static double median(double *v, int n)
 static void result(const char *name, double *mb, double *raw)
 {
     double m = median(mb, g_rounds), r = median(raw, g_rounds);
-    printf("RESULT case=%s msgbus=%.0f raw=%.0f ratio=%.3f\n", name, m, r, m / r);
+    printf("RESULT case=%s msgbus=%.0f raw=%.0f ratio=%.3f\n", name, m, r, r > 0 ? m / r : 0);
     fflush(stdout);
 }
 
@@ -281,17 +364,32 @@ int main(int argc, char **argv)
         g_rounds = atoi(argv[2]);
     if (argc > 3)
         g_filter = argv[3];
+    if (argc > 4)
+        g_side = argv[4];
     g_url = getenv("MSGBUS_TEST_KAFKA_URL");
     if (!g_url || strncmp(g_url, "kafka://", 8) != 0)
         die("MSGBUS_TEST_KAFKA_URL", "not set (run scripts/brokers up; source .brokers/env)");
     g_hosts = g_url + 8;
-    if (g_rounds < 1 || g_rounds > 15 || g_n < 2)
-        die("arguments", "bench_kafka [messages>=2] [rounds 1..15]");
+    if (g_rounds < 1 || g_rounds > 15 || g_n < 2 ||
+        (*g_side && strcmp(g_side, "msgbus") != 0 && strcmp(g_side, "raw") != 0))
+        die("arguments", "bench_kafka [messages>=2] [rounds 1..15] [case-filter] [msgbus|raw]");
 
-    msgbus_set_log(NULL, NULL, MSGBUS_LOG_ERROR);
+    /* Both sides' settings once: msgbus's from its debug log (a declare
+     * with a group creates a consumer), raw's from raw_conf. */
+    msgbus_set_log(config_log, NULL, MSGBUS_LOG_DEBUG);
     msgbus_t *bus = NULL;
     if (msgbus_open(&bus, g_url, NULL) != MSGBUS_OK)
         die("open", msgbus_last_error());
+    {
+        char topic[128], group[128];
+        unique(topic, sizeof topic, "bench-config");
+        unique(group, sizeof group, "bench-config");
+        if (msgbus_declare(bus, topic, group) != MSGBUS_OK)
+            die("declare", msgbus_last_error());
+    }
+    msgbus_set_log(NULL, NULL, MSGBUS_LOG_ERROR);
+    print_raw_config("producer", raw_conf(RD_KAFKA_PRODUCER, NULL));
+    print_raw_config("consumer", raw_conf(RD_KAFKA_CONSUMER, "bench-group"));
     rd_kafka_t *producer = raw_producer();
     size_t sizes[] = {64, 1024};
     double mb[16], raw[16];
@@ -305,12 +403,17 @@ int main(int argc, char **argv)
         if (msgbus_declare(bus, topic, NULL) != MSGBUS_OK)
             die("declare", msgbus_last_error());
         for (int r = 0; r < g_rounds; r++) {
+            mb[r] = raw[r] = 0;
             if (r % 2 == 0) {
-                mb[r] = produce_msgbus(bus, topic, size);
-                raw[r] = produce_raw(producer, topic, size);
+                if (side("msgbus"))
+                    mb[r] = produce_msgbus(bus, topic, size);
+                if (side("raw"))
+                    raw[r] = produce_raw(producer, topic, size);
             } else {
-                raw[r] = produce_raw(producer, topic, size);
-                mb[r] = produce_msgbus(bus, topic, size);
+                if (side("raw"))
+                    raw[r] = produce_raw(producer, topic, size);
+                if (side("msgbus"))
+                    mb[r] = produce_msgbus(bus, topic, size);
             }
             fprintf(stderr, "produce_%zu round %d: msgbus=%.0f raw=%.0f\n", size, r, mb[r], raw[r]);
         }
@@ -322,14 +425,21 @@ int main(int argc, char **argv)
 
         for (int r = 0; r < g_rounds; r++) {
             char t1[128], g1[128], t2[128], g2[128];
-            fill_topic(bus, producer, t1, sizeof t1, g1, sizeof g1, size);
-            fill_topic(bus, producer, t2, sizeof t2, g2, sizeof g2, size);
+            mb[r] = raw[r] = 0;
+            if (side("msgbus"))
+                fill_topic(bus, producer, t1, sizeof t1, g1, sizeof g1, size);
+            if (side("raw"))
+                fill_topic(bus, producer, t2, sizeof t2, g2, sizeof g2, size);
             if (r % 2 == 0) {
-                mb[r] = consume_msgbus(bus, t1, g1);
-                raw[r] = consume_raw(t2, g2);
+                if (side("msgbus"))
+                    mb[r] = consume_msgbus(bus, t1, g1);
+                if (side("raw"))
+                    raw[r] = consume_raw(t2, g2);
             } else {
-                raw[r] = consume_raw(t2, g2);
-                mb[r] = consume_msgbus(bus, t1, g1);
+                if (side("raw"))
+                    raw[r] = consume_raw(t2, g2);
+                if (side("msgbus"))
+                    mb[r] = consume_msgbus(bus, t1, g1);
             }
             fprintf(stderr, "consume_%zu round %d: msgbus=%.0f raw=%.0f\n", size, r, mb[r], raw[r]);
         }

@@ -37,12 +37,28 @@ struct mb_backend {
     long max_message_bytes;   /* the producer's message.max.bytes */
 
     rd_kafka_t *producer;     /* also serves metadata and Admin requests */
-    pthread_t poll_thread;    /* serves delivery reports */
+    pthread_t poll_thread;    /* serves delivery reports while nobody publishes */
     _Atomic bool stopping;
+    /* Delivery reports are served (rd_kafka_poll on the producer) by
+     * whichever thread holds dr_mu: a publishing thread every
+     * MB_KAFKA_SERVE_EVERY publishes (try-lock, never waits), else the
+     * poll thread. Serving on the thread that allocated librdkafka's
+     * message copies frees them there too; freeing them on the poll
+     * thread contended for glibc's arena lock with the publisher. The
+     * lock also keeps the batches below in delivery order. */
+    pthread_mutex_t dr_mu;
+    _Atomic unsigned long published; /* publishes so far: the poll thread
+                                        stands back while this moves */
+    _Atomic unsigned long served;    /* non-blocking serves so far */
+    /* msgbus_flush (ops->flush) wakes the poll thread from its nap and
+     * makes it wait for reports at once: a publisher that flushes has
+     * stopped publishing for now. */
+    pthread_mutex_t nap_mu;
+    pthread_cond_t nap_cv;
+    bool wake; /* nap_mu held */
     /* Successful delivery reports gathered during one rd_kafka_poll and
      * handed to the core in one mb_bus_confirm_batch (one lock, one
-     * wake-up). Touched only by the thread serving reports: the poll
-     * thread, then close after joining it. */
+     * wake-up). dr_mu held (or the poll thread joined, at close). */
     struct mb_confirm *dr_batch[1024];
     size_t dr_n;
 };

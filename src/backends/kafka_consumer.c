@@ -32,7 +32,11 @@
  * copied: destroying a record on the application's thread (atomics on
  * librdkafka's shared buffer and partition refcounts) costs more than
  * copying a small payload. bench_kafka 13:45 UTC 2026-11-24: borrowing
- * helped consume_1024 but consume_64 dropped from ~0.56 to ~0.48. */
+ * helped consume_1024 but consume_64 dropped from ~0.56 to ~0.48.
+ * Short payloads are copied into one block per delivered batch (the
+ * batch's slab), not into a malloc of their own: messages are allocated
+ * on the subscription's thread and freed on the application's, where
+ * every free may wait for the allocator's lock of the other thread. */
 #define MB_KAFKA_BORROW_MIN 512
 
 struct mb_kafka_part {
@@ -63,12 +67,14 @@ struct mb_kafka_rkref {
 struct mb_kafka_batch;
 struct mb_kafka_held { /* m->backend_data of a received message */
     struct mb_kafka_batch *batch;
-    rd_kafka_message_t *rkm;
+    rd_kafka_message_t *rkm; /* NULL: the payload is a copy in the slab */
 };
 
-/* One allocation per delivered batch, not per message. */
+/* One allocation per delivered batch, not per message: the held[]
+ * entries, then the slab of short payloads' copies. It lives until its
+ * last message is freed. */
 struct mb_kafka_batch {
-    _Atomic long refs; /* held records, + 1 while being delivered */
+    _Atomic long refs; /* messages holding it, + 1 while being delivered */
     struct mb_kafka_rkref *owner;
     struct mb_kafka_held held[];
 };
@@ -95,7 +101,8 @@ void mb_kafka_release(msgbus_msg_t *m)
     if (!h)
         return;
     m->backend_data = NULL;
-    rd_kafka_message_destroy(h->rkm);
+    if (h->rkm)
+        rd_kafka_message_destroy(h->rkm);
     mb_kafka_batch_drop(h->batch);
 }
 
@@ -185,6 +192,8 @@ static bool mb_kafka_part_push(struct mb_kafka_part *p, int64_t offset)
 static bool mb_kafka_part_ack(struct mb_kafka_part *p, int64_t offset)
 {
     size_t lo = p->head, hi = p->tail;
+    if (lo < hi && p->offs[lo] == offset) /* the usual case: acks in order */
+        hi = lo;
     while (lo < hi) { /* binary search: offsets are increasing */
         size_t mid = lo + (hi - lo) / 2;
         if (p->offs[mid] < offset)
@@ -426,25 +435,31 @@ static void mb_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 /* ---- receiving ----------------------------------------------------------- */
 
 /* Turns a record into a new received message, or NULL. With `held` the
- * message borrows the payload and takes the record over (destroyed by
- * mb_kafka_release, also on failure here); without, the payload is copied
- * and the caller keeps the record. */
+ * message holds a reference on held->batch (dropped by mb_kafka_release,
+ * also on failure here) and either copies the payload to `slab` (then the
+ * caller keeps the record) or, `slab` NULL, borrows the payload and takes
+ * the record over (destroyed by mb_kafka_release, also on failure here).
+ * Without `held` the payload is copied to a malloc of its own and the
+ * caller keeps the record. */
 static msgbus_msg_t *mb_kafka_convert(struct mb_backend_sub *bs, rd_kafka_message_t *rkm,
-                                      struct mb_kafka_held *held)
+                                      struct mb_kafka_held *held, unsigned char *slab)
 {
     msgbus_msg_t *m = mb_msg_new_received(bs->sub);
     if (!m) {
         if (held) {
-            rd_kafka_message_destroy(rkm);
+            if (!slab)
+                rd_kafka_message_destroy(rkm);
             mb_kafka_batch_drop(held->batch);
         }
         return NULL;
     }
     if (held) {
-        held->rkm = rkm;
+        held->rkm = slab ? NULL : rkm;
         m->backend_data = held;
         if (rkm->payload && rkm->len) {
-            m->payload = rkm->payload;
+            if (slab)
+                memcpy(slab, rkm->payload, rkm->len);
+            m->payload = slab ? slab : rkm->payload;
             m->len = rkm->len;
             m->payload_borrowed = true;
         }
@@ -460,10 +475,8 @@ static msgbus_msg_t *mb_kafka_convert(struct mb_backend_sub *bs, rd_kafka_messag
         size_t size;
         for (size_t i = 0; !rd_kafka_header_get_all(hdrs, i, &name, &value, &size); i++) {
             if (strcmp(name, "ce_id") == 0) {
-                char *id = mb_strndup(value ? value : "", size);
-                if (!id)
+                if (mb_msg_copy_id(m, value ? value : "", size) != MSGBUS_OK)
                     goto fail;
-                mb_msg_take_id(m, id);
             } else if (mb_msg_put_header(m, name, strlen(name), value ? value : "", size) !=
                        MSGBUS_OK) {
                 goto fail;
@@ -487,8 +500,14 @@ static void mb_kafka_deliver(struct mb_backend_sub *bs, rd_kafka_message_t **rkm
     msgbus_msg_t *first = NULL, **link = &first;
     size_t count = 0;
     msgbus_msg_t *conv[MB_KAFKA_BATCH];
-    /* Out of memory for the batch: copy the payloads instead. */
-    struct mb_kafka_batch *b = malloc(sizeof *b + n * sizeof b->held[0]);
+    /* The batch: held[] and the slab for the short payloads. Out of
+     * memory for it: copy each payload to a malloc of its own instead. */
+    size_t slab_len = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!rkms[i]->err && rkms[i]->len < MB_KAFKA_BORROW_MIN)
+            slab_len += rkms[i]->len;
+    struct mb_kafka_batch *b = malloc(sizeof *b + n * sizeof b->held[0] + slab_len);
+    unsigned char *slab = b ? (unsigned char *)&b->held[n] : NULL;
     if (b) {
         atomic_init(&b->refs, 1); /* ours until the loop is done */
         b->owner = bs->rkref;
@@ -506,13 +525,19 @@ static void mb_kafka_deliver(struct mb_backend_sub *bs, rd_kafka_message_t **rkm
             int32_t part = rkm->partition;
             int64_t off = rkm->offset;
             struct mb_kafka_held *held = NULL;
-            if (b && rkm->len >= MB_KAFKA_BORROW_MIN) {
+            unsigned char *copy_to = NULL;
+            if (b) {
                 held = &b->held[i];
                 held->batch = b;
                 atomic_fetch_add(&b->refs, 1);
-                taken = true;
+                if (rkm->len >= MB_KAFKA_BORROW_MIN) {
+                    taken = true;
+                } else {
+                    copy_to = slab;
+                    slab += rkm->len;
+                }
             }
-            conv[i] = mb_kafka_convert(bs, rkm, held);
+            conv[i] = mb_kafka_convert(bs, rkm, held, copy_to);
             if (!conv[i])
                 mb_log(MSGBUS_LOG_ERROR, "kafka: out of memory converting %s[%d]@%lld; it will "
                        "be delivered again after a restart", bs->topic, (int)part,
