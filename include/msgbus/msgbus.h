@@ -283,9 +283,11 @@ MSGBUS_API msgbus_err_t msgbus_receive(msgbus_sub_t *sub, int timeout_ms, msgbus
  * broker will deliver it again). Any thread. */
 MSGBUS_API msgbus_err_t msgbus_ack(msgbus_msg_t *m);
 
-/* Settles a received message as failed: it is delivered again (to this or
- * another member of the group) with its attempt count raised. Same errors
- * as msgbus_ack. Any thread. */
+/* Settles a received message as failed: after the subscription's retry
+ * backoff it is delivered again (to this or another member of the group)
+ * with its attempt count raised; after the last attempt it goes to the
+ * dead-letter topic (see msgbus_subscribe_ex). Never blocks. Same errors as
+ * msgbus_ack. Any thread. */
 MSGBUS_API msgbus_err_t msgbus_nack(msgbus_msg_t *m);
 
 /* Like msgbus_subscribe, with per-subscription options given as
@@ -305,11 +307,14 @@ MSGBUS_API msgbus_err_t msgbus_nack(msgbus_msg_t *m);
  *   dlq_topic           <topic>.dlq  where dead letters go (not in the URL)
  *   dlq_group           dlq    the group declared on the dead-letter topic
  *                              so its messages are kept until read
- * See docs/semantics.md, "Retry and dead letters". */
+ * `options` is read during the call, not kept. Any thread; blocks like
+ * msgbus_subscribe. See docs/semantics.md, "Retry and dead letters". */
 MSGBUS_API msgbus_err_t msgbus_subscribe_ex(msgbus_t *bus, const char *topic, const char *group,
                                             const char *options, msgbus_sub_t **out);
 
 /* msgbus_nack with the reason it failed (copied; NULL allowed). The
+ * message stays the caller's to free; msgbus keeps what it needs for the
+ * retry or the dead letter (freeing it at once is fine). The
  * reason of the last nack travels in the dead letter's msgbus-dlq-error
  * header. Same errors as msgbus_ack. Any thread. */
 MSGBUS_API msgbus_err_t msgbus_nack_reason(msgbus_msg_t *m, const char *reason);
