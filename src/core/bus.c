@@ -413,7 +413,7 @@ void mb_sub_push(msgbus_sub_t *sub, msgbus_msg_t *first, size_t count)
         return;
     }
     if (sub->holds) {
-        count = mb_hold_filter(sub, &first, &last, count);
+        count = mb_hold_filter(sub, &first, &last);
         if (count == 0) {
             pthread_mutex_unlock(&sub->mu);
             return;

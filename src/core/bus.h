@@ -111,8 +111,7 @@ MB_HIDDEN msgbus_err_t mb_retry_policy_from_url(struct mb_url *url, struct mb_re
 MB_HIDDEN void mb_retry_policy_free(struct mb_retry_policy *p);
 /* Called by mb_sub_push under sub->mu: takes messages whose key is held
  * out of the chain [*first..] (returns how many remain in the chain). */
-MB_HIDDEN size_t mb_hold_filter(msgbus_sub_t *sub, msgbus_msg_t **first, msgbus_msg_t **last,
-                                size_t count);
+MB_HIDDEN size_t mb_hold_filter(msgbus_sub_t *sub, msgbus_msg_t **first, msgbus_msg_t **last);
 /* Frees the holds of a closing subscription (their messages released). */
 MB_HIDDEN void mb_holds_free(msgbus_sub_t *sub);
 /* An internal confirm (token->internal) reached the core. */

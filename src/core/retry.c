@@ -206,11 +206,10 @@ static size_t mb_hold_maybe_release(msgbus_sub_t *sub, struct mb_hold *h)
     return n;
 }
 
-size_t mb_hold_filter(msgbus_sub_t *sub, msgbus_msg_t **first, msgbus_msg_t **last, size_t count)
+size_t mb_hold_filter(msgbus_sub_t *sub, msgbus_msg_t **first, msgbus_msg_t **last)
 {
     msgbus_msg_t *oh = NULL, *ot = NULL, *m = *first;
     size_t n = 0;
-    (void)count;
     while (m) {
         msgbus_msg_t *next = m->next;
         m->next = NULL;
