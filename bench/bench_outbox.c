@@ -2,15 +2,18 @@
  * bench_outbox.c — relay throughput of the SQLite outbox against direct
  * publishing with confirms, same bus, same run.
  *
- *   bench_outbox [messages=100000] [payload_bytes=64] [batch=5000]
+ *   bench_outbox [messages=100000] [payload_bytes=64] [batch=10000] [rounds=5]
  *
  * For each bus that can be opened — mem:// always, Kafka and RabbitMQ when
  * $MSGBUS_TEST_KAFKA_URL / $MSGBUS_TEST_AMQP_URL are set (source
- * .brokers/env) and the backend is compiled in — it measures:
+ * .brokers/env) and the backend is compiled in — it measures, in
+ * alternating rounds:
  *   raw    : msgbus_publish of N messages + msgbus_flush (every confirm in);
- *   msgbus : msgbus_outbox_relay draining N committed rows (the rows are
- *            written beforehand, untimed; the relay reads, publishes, waits
- *            for the confirms and deletes each batch in one transaction).
+ *   msgbus : msgbus_outbox_relay calls of `batch` rows draining N committed
+ *            rows (written beforehand, untimed; the relay reads, publishes,
+ *            waits for the confirms and deletes, slice by slice).
+ * Each phase also prints the CPU it used (this process, and the machine),
+ * which says whether a side was short of CPU or waiting.
  * (RabbitMQ: the topic has no queue bound, so the URL gets unroutable=ok
  * and the broker confirms then drops; the same for both sides.)
  * and prints
@@ -20,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +34,44 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* CPU use of a phase: this process (user+sys) and the whole machine
+ * (every core, from /proc/stat), so a figure says whether the phase was
+ * short of CPU or waiting. */
+struct cpu_mark {
+    double t, proc, busy, total;
+};
+
+static void cpu_mark(struct cpu_mark *m)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    m->t = now_s();
+    m->proc = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+              (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+    m->busy = m->total = 0;
+    FILE *f = fopen("/proc/stat", "r");
+    unsigned long long v[8] = {0};
+    if (f && fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                    &v[4], &v[5], &v[6], &v[7]) == 8) {
+        for (int i = 0; i < 8; i++)
+            m->total += (double)v[i];
+        m->busy = m->total - (double)v[3] - (double)v[4];
+    }
+    if (f)
+        fclose(f);
+}
+
+static void cpu_report(const char *what, const struct cpu_mark *a)
+{
+    struct cpu_mark b;
+    cpu_mark(&b);
+    double wall = b.t - a->t;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    double machine = b.total > a->total ? (b.busy - a->busy) / (b.total - a->total) : 0;
+    printf("info: %s: %.3f s, this process %.2f cores, machine %.0f%% busy of %ld cores\n", what,
+           wall, wall > 0 ? (b.proc - a->proc) / wall : 0, machine * 100, ncpu);
 }
 
 static int die(const char *what)
@@ -51,8 +93,10 @@ static msgbus_msg_t *make_msg(size_t i, size_t bytes)
     return m;
 }
 
-static double bench_raw(msgbus_t *bus, const char *topic, size_t n, size_t bytes)
+static double bench_raw(msgbus_t *bus, const char *topic, size_t n, size_t bytes, const char *tag)
 {
+    struct cpu_mark cm;
+    cpu_mark(&cm);
     double t0 = now_s();
     for (size_t i = 0; i < n; i++) {
         msgbus_msg_t *m = make_msg(i, bytes);
@@ -66,7 +110,10 @@ static double bench_raw(msgbus_t *bus, const char *topic, size_t n, size_t bytes
     size_t failed = 0;
     if (msgbus_flush(bus, 120000, &failed) != MSGBUS_OK)
         die("flush");
-    return (double)n / (now_s() - t0);
+    double rate = (double)n / (now_s() - t0);
+    if (tag)
+        cpu_report(tag, &cm);
+    return rate;
 }
 
 static double bench_relay(msgbus_t *bus, const char *topic, size_t n, size_t bytes, size_t batch,
@@ -100,6 +147,10 @@ static double bench_relay(msgbus_t *bus, const char *topic, size_t n, size_t byt
     sqlite3_exec(app, "COMMIT", NULL, NULL, NULL);
     printf("info: %s: put %zu rows at %.0f rows/s (transactions of 1000)\n", tag, n,
            (double)n / (now_s() - t0));
+    char what[64];
+    snprintf(what, sizeof what, "%s relay", tag);
+    struct cpu_mark cm;
+    cpu_mark(&cm);
     t0 = now_s();
     size_t total = 0;
     while (total < n) {
@@ -111,6 +162,7 @@ static double bench_relay(msgbus_t *bus, const char *topic, size_t n, size_t byt
         total += k;
     }
     double rate = (double)total / (now_s() - t0);
+    cpu_report(what, &cm);
     if (total != n) {
         fprintf(stderr, "bench_outbox: relayed %zu of %zu\n", total, n);
         exit(1);
@@ -128,7 +180,23 @@ static double bench_relay(msgbus_t *bus, const char *topic, size_t n, size_t byt
     return rate;
 }
 
-static void run(const char *tag, const char *url, size_t n, size_t bytes, size_t batch)
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, size_t n)
+{
+    qsort(v, n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* Rounds alternate direct and relay on the same bus and topic, so both
+ * meet the same broker state (segment rolls, JIT, the other load on the
+ * machine); the line reports each side's median. */
+static void run(const char *tag, const char *url, size_t n, size_t bytes, size_t batch,
+                size_t rounds)
 {
     msgbus_t *bus = NULL;
     if (msgbus_open(&bus, url, NULL) != MSGBUS_OK) {
@@ -143,11 +211,18 @@ static void run(const char *tag, const char *url, size_t n, size_t bytes, size_t
         return;
     }
     /* Warm-up: connections, metadata. */
-    bench_raw(bus, topic, n / 20 + 1, bytes);
-    double raw = bench_raw(bus, topic, n, bytes);
-    double relay = bench_relay(bus, topic, n, bytes, batch, tag);
-    printf("RESULT case=outbox_sqlite_%s msgbus=%.0f raw=%.0f ratio=%.2f\n", tag, relay, raw,
-           relay / raw);
+    bench_raw(bus, topic, n / 20 + 1, bytes, NULL);
+    double raw[64], relay[64];
+    char what[64];
+    snprintf(what, sizeof what, "%s direct", tag);
+    for (size_t r = 0; r < rounds; r++) {
+        raw[r] = bench_raw(bus, topic, n, bytes, what);
+        relay[r] = bench_relay(bus, topic, n, bytes, batch, tag);
+        printf("info: %s round %zu: relay %.0f/s direct %.0f/s ratio %.2f\n", tag, r + 1,
+               relay[r], raw[r], relay[r] / raw[r]);
+    }
+    double mr = median(relay, rounds), md = median(raw, rounds);
+    printf("RESULT case=outbox_sqlite_%s msgbus=%.0f raw=%.0f ratio=%.2f\n", tag, mr, md, mr / md);
     fflush(stdout);
     msgbus_close(bus);
 }
@@ -156,16 +231,19 @@ int main(int argc, char **argv)
 {
     size_t n = argc > 1 ? strtoul(argv[1], NULL, 10) : 100000;
     size_t bytes = argc > 2 ? strtoul(argv[2], NULL, 10) : 64;
-    size_t batch = argc > 3 ? strtoul(argv[3], NULL, 10) : 5000;
-    if (!n || !batch || bytes > 65536) {
-        fprintf(stderr, "usage: bench_outbox [messages] [payload_bytes<=65536] [batch]\n");
+    size_t batch = argc > 3 ? strtoul(argv[3], NULL, 10) : 10000;
+    size_t rounds = argc > 4 ? strtoul(argv[4], NULL, 10) : 5;
+    if (!n || !batch || bytes > 65536 || !rounds || rounds > 64) {
+        fprintf(stderr,
+                "usage: bench_outbox [messages] [payload_bytes<=65536] [batch] [rounds<=64]\n");
         return 2;
     }
-    printf("info: %zu messages of %zu bytes, relay batch %zu\n", n, bytes, batch);
-    run("mem", "mem://bench-outbox", n, bytes, batch);
+    printf("info: %zu messages of %zu bytes, relay batch %zu, %zu rounds\n", n, bytes, batch,
+           rounds);
+    run("mem", "mem://bench-outbox", n, bytes, batch, rounds);
     const char *k = getenv("MSGBUS_TEST_KAFKA_URL");
     if (k && *k)
-        run("kafka", k, n, bytes, batch);
+        run("kafka", k, n, bytes, batch, rounds);
     else
         printf("info: kafka skipped: MSGBUS_TEST_KAFKA_URL not set\n");
     const char *a = getenv("MSGBUS_TEST_AMQP_URL");
@@ -174,7 +252,7 @@ int main(int argc, char **argv)
          * messages after confirming them, for both sides alike. */
         char url[512];
         snprintf(url, sizeof url, "%s%sunroutable=ok", a, strchr(a, '?') ? "&" : "?");
-        run("amqp", url, n, bytes, batch);
+        run("amqp", url, n, bytes, batch, rounds);
     }
     else
         printf("info: amqp skipped: MSGBUS_TEST_AMQP_URL not set\n");
