@@ -103,7 +103,7 @@ MSGBUS_API msgbus_err_t msgbus_outbox_relay(msgbus_outbox_t *ob, msgbus_t *bus, 
 
 /* Options of the background relay; zero fields take the defaults. */
 typedef struct msgbus_outbox_relay_opts {
-    size_t batch_max;       /* rows per pass (default 500) */
+    size_t batch_max;       /* rows per pass (default 10000) */
     int confirm_timeout_ms; /* per pass (default 10000) */
     int poll_interval_ms;   /* idle re-check without a wake-up (default 1000) */
     int backoff_min_ms;     /* first retry delay after a failure (default 100) */

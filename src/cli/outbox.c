@@ -43,7 +43,7 @@ static const char outbox_help[] =
     "options:\n"
     "  -u, --url URL           broker URL for relay (default: $MSGBUS_URL)\n"
     "      --table NAME        outbox table (default: msgbus_outbox)\n"
-    "      --batch N           relay: rows per pass (default 500)\n"
+    "      --batch N           relay: rows per pass (default 10000)\n"
     "      --poll-interval MS  relay: re-check for rows this often (default 1000)\n"
     "      --confirm-timeout MS  relay: wait for confirms per pass (default 10000)\n"
     "      --once              relay: relay until no row is pending, then exit\n"
@@ -397,7 +397,7 @@ int cli_outbox(int argc, char **argv)
     if (optind < argc)
         return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
     if (!ro.batch_max)
-        ro.batch_max = 500;
+        ro.batch_max = 10000;
     if (!ro.confirm_timeout_ms)
         ro.confirm_timeout_ms = 10000;
     if (!strcmp(sub, "relay"))

@@ -253,22 +253,19 @@ static int64_t mb_outbox_pg_int8(const char *p)
     return (int64_t)v;
 }
 
-static void *mb_outbox_pg_copy(const PGresult *r, int row, int col, size_t *len, bool text)
+static void *mb_outbox_pg_copy(struct mb_outbox_batch *b, const PGresult *r, int row, int col,
+                               size_t *len)
 {
     int n = PQgetlength(r, row, col);
-    char *p = malloc((size_t)n + 1);
-    if (!p)
-        return NULL;
-    memcpy(p, PQgetvalue(r, row, col), (size_t)n);
-    p[n] = '\0';
     if (len)
         *len = (size_t)n;
-    (void)text;
-    return p;
+    return mb_outbox_batch_copy(b, PQgetvalue(r, row, col), (size_t)n);
 }
 
-static msgbus_err_t mb_outbox_pg_claim(msgbus_outbox_t *ob, size_t max, struct mb_outbox_batch *b)
+static msgbus_err_t mb_outbox_pg_claim(msgbus_outbox_t *ob, size_t max, int64_t after,
+                                       struct mb_outbox_batch *b)
 {
+    (void)after; /* one claim per pass here (ops.overlap is false): it starts at the oldest row */
     struct mb_outbox_pg *s = mb_outbox_pg_of(ob);
     msgbus_err_t e = mb_outbox_pg_cmd(ob, "BEGIN", "starting the relay transaction");
     if (e != MSGBUS_OK)
@@ -368,12 +365,12 @@ static msgbus_err_t mb_outbox_pg_claim(msgbus_outbox_t *ob, size_t max, struct m
             break;
         }
         r->id = mb_outbox_pg_int8(PQgetvalue(rr, i, 0));
-        r->msg_id = mb_outbox_pg_copy(rr, i, 1, NULL, true);
-        r->topic = mb_outbox_pg_copy(rr, i, 2, NULL, true);
+        r->msg_id = mb_outbox_pg_copy(b, rr, i, 1, NULL);
+        r->topic = mb_outbox_pg_copy(b, rr, i, 2, NULL);
         if (!PQgetisnull(rr, i, 3))
-            r->key = mb_outbox_pg_copy(rr, i, 3, &r->key_len, false);
-        r->headers = mb_outbox_pg_copy(rr, i, 4, NULL, true);
-        r->payload = mb_outbox_pg_copy(rr, i, 5, &r->len, false);
+            r->key = mb_outbox_pg_copy(b, rr, i, 3, &r->key_len);
+        r->headers = mb_outbox_pg_copy(b, rr, i, 4, NULL);
+        r->payload = mb_outbox_pg_copy(b, rr, i, 5, &r->len);
         r->msg_ts = mb_outbox_pg_int8(PQgetvalue(rr, i, 6));
         if (!r->msg_id || !r->topic || !r->headers || !r->payload ||
             (!PQgetisnull(rr, i, 3) && !r->key)) {
@@ -534,6 +531,7 @@ static const struct mb_outbox_ops mb_outbox_pg_ops = {
     .put = mb_outbox_pg_put,
     .check_idle = mb_outbox_pg_check_idle,
     .claim = mb_outbox_pg_claim,
+    .overlap = false, /* a claim is a transaction holding row locks until finish */
     .finish = mb_outbox_pg_finish,
     .abort = mb_outbox_pg_abort,
     .purge = mb_outbox_pg_purge,

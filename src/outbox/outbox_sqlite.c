@@ -29,6 +29,8 @@ struct mb_outbox_sqlite {
     sqlite3_stmt *mark_failed;
     sqlite3_stmt *mark_sent_many;   /* ids as a JSON array: one statement per batch */
     sqlite3_stmt *mark_delete_many;
+    sqlite3_stmt *mark_sent_range; /* a dense batch: by its id range */
+    sqlite3_stmt *mark_delete_range;
     bool busy_set;
 };
 
@@ -113,6 +115,8 @@ static void mb_outbox_sqlite_close(msgbus_outbox_t *ob)
     sqlite3_finalize(s->mark_failed);
     sqlite3_finalize(s->mark_sent_many);
     sqlite3_finalize(s->mark_delete_many);
+    sqlite3_finalize(s->mark_sent_range);
+    sqlite3_finalize(s->mark_delete_range);
     free(s);
     ob->store = NULL;
 }
@@ -164,13 +168,7 @@ static msgbus_err_t mb_outbox_sqlite_check_idle(msgbus_outbox_t *ob)
     return MSGBUS_OK;
 }
 
-static char *mb_outbox_sqlite_text(sqlite3_stmt *st, int col)
-{
-    const unsigned char *t = sqlite3_column_text(st, col);
-    return t ? mb_strdup((const char *)t) : NULL;
-}
-
-static msgbus_err_t mb_outbox_sqlite_claim(msgbus_outbox_t *ob, size_t max,
+static msgbus_err_t mb_outbox_sqlite_claim(msgbus_outbox_t *ob, size_t max, int64_t after,
                                            struct mb_outbox_batch *b)
 {
     struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
@@ -191,8 +189,13 @@ static msgbus_err_t mb_outbox_sqlite_claim(msgbus_outbox_t *ob, size_t max,
     bool any_failed = sqlite3_column_int(s->any_failed, 0) != 0;
     sqlite3_reset(s->any_failed);
     sqlite3_stmt *st = any_failed ? s->claim : s->claim_plain;
+    /* Without failed rows the claim skips no pending row, and no row can
+     * become pending below the largest id read: ids are handed out in
+     * commit order by the single writer (top of this file). */
+    b->dense = !any_failed;
     sqlite3_reset(st);
     sqlite3_bind_int64(st, 1, (sqlite3_int64)(max > INT64_MAX ? INT64_MAX : max));
+    sqlite3_bind_int64(st, 2, after);
     msgbus_err_t e = MSGBUS_OK;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct mb_outbox_row *r = mb_outbox_batch_add(b);
@@ -201,23 +204,26 @@ static msgbus_err_t mb_outbox_sqlite_claim(msgbus_outbox_t *ob, size_t max,
             break;
         }
         r->id = sqlite3_column_int64(st, 0);
-        r->msg_id = mb_outbox_sqlite_text(st, 1);
-        r->topic = mb_outbox_sqlite_text(st, 2);
-        if (sqlite3_column_type(st, 3) != SQLITE_NULL) {
+        /* Text first, then its length: the order sqlite3_column_bytes
+         * documents for a value converted to text. */
+        const unsigned char *t = sqlite3_column_text(st, 1);
+        r->msg_id = t ? mb_outbox_batch_copy(b, t, (size_t)sqlite3_column_bytes(st, 1)) : NULL;
+        t = sqlite3_column_text(st, 2);
+        r->topic = t ? mb_outbox_batch_copy(b, t, (size_t)sqlite3_column_bytes(st, 2)) : NULL;
+        bool has_key = sqlite3_column_type(st, 3) != SQLITE_NULL;
+        if (has_key) {
             const void *k = sqlite3_column_blob(st, 3);
             r->key_len = (size_t)sqlite3_column_bytes(st, 3);
-            r->key = malloc(r->key_len ? r->key_len : 1);
-            if (r->key && r->key_len)
-                memcpy(r->key, k, r->key_len);
+            r->key = mb_outbox_batch_copy(b, k, r->key_len);
         }
-        r->headers = mb_outbox_sqlite_text(st, 4);
+        t = sqlite3_column_text(st, 4);
+        r->headers = t ? mb_outbox_batch_copy(b, t, (size_t)sqlite3_column_bytes(st, 4)) : NULL;
         const void *pl = sqlite3_column_blob(st, 5);
         r->len = (size_t)sqlite3_column_bytes(st, 5);
-        r->payload = malloc(r->len ? r->len : 1);
-        if (r->payload && r->len)
-            memcpy(r->payload, pl, r->len);
+        r->payload = mb_outbox_batch_copy(b, pl, r->len);
         r->msg_ts = sqlite3_column_int64(st, 6);
-        if (!r->msg_id || !r->topic || !r->payload || (sqlite3_column_type(st, 3) != SQLITE_NULL && !r->key)) {
+        if (!r->msg_id || !r->topic || !r->payload || (has_key && !r->key) ||
+            (!r->headers && sqlite3_column_type(st, 4) != SQLITE_NULL)) {
             e = mb_error(MSGBUS_ERR_NOMEM, "out of memory reading outbox rows (or NULL msg_id/topic)");
             break;
         }
@@ -272,15 +278,37 @@ static msgbus_err_t mb_outbox_sqlite_finish(msgbus_outbox_t *ob, const struct mb
     if (!any)
         return MSGBUS_OK;
     size_t nsent = 0;
-    char *ids = mb_outbox_sqlite_sent_ids(b, &nsent);
-    if (!ids)
+    for (size_t i = 0; i < b->n; i++)
+        nsent += b->outcome[i] == MB_OUTBOX_SENT;
+    /* The common case, every row of a dense batch sent: one range. */
+    bool range = b->dense && nsent == b->n;
+    char *ids = range ? NULL : mb_outbox_sqlite_sent_ids(b, &nsent);
+    if (!range && !ids)
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory marking outbox rows");
     msgbus_err_t e = mb_outbox_sqlite_exec(ob, s->db, "BEGIN IMMEDIATE", "starting the mark transaction");
     if (e != MSGBUS_OK) {
         free(ids);
         return e;
     }
-    if (nsent) {
+    if (range) {
+        sqlite3_stmt *st = ob->retention_ms == 0 ? s->mark_delete_range : s->mark_sent_range;
+        sqlite3_bind_int64(st, 1, b->rows[0].id);
+        sqlite3_bind_int64(st, 2, b->rows[b->n - 1].id);
+        if (ob->retention_ms != 0)
+            sqlite3_bind_int64(st, 3, now_ms);
+        e = mb_outbox_sqlite_step(ob, st);
+        /* Fewer: the application deleted some (harmless). More: a pending
+         * row this batch never read has an id in the range (written with
+         * an explicit id?): roll back rather than mark it unpublished. */
+        if (e == MSGBUS_OK && (size_t)sqlite3_changes(s->db) > nsent)
+            e = mb_error(MSGBUS_ERR_STORE,
+                         "outbox table '%s' (SQLite): marking rows %lld..%lld would change %d "
+                         "rows, not %zu: a pending row was written with an explicit id "
+                         "(let the database assign ids; see docs/outbox.md)",
+                         ob->table, (long long)b->rows[0].id, (long long)b->rows[b->n - 1].id,
+                         sqlite3_changes(s->db), nsent);
+        sqlite3_clear_bindings(st);
+    } else if (nsent) {
         sqlite3_stmt *st = ob->retention_ms == 0 ? s->mark_delete_many : s->mark_sent_many;
         sqlite3_bind_text(st, 1, ids, -1, SQLITE_STATIC);
         if (ob->retention_ms != 0)
@@ -384,6 +412,7 @@ static const struct mb_outbox_ops mb_outbox_sqlite_ops = {
     .put = mb_outbox_sqlite_put,
     .check_idle = mb_outbox_sqlite_check_idle,
     .claim = mb_outbox_sqlite_claim,
+    .overlap = true, /* claims read without a transaction (see the top of this file) */
     .finish = mb_outbox_sqlite_finish,
     .abort = mb_outbox_sqlite_abort,
     .purge = mb_outbox_sqlite_purge,
@@ -456,17 +485,25 @@ msgbus_err_t msgbus_outbox_open_sqlite(msgbus_outbox_t **out, struct sqlite3 *db
         e = mb_outbox_sqlite_prepare(
             ob, db, &s->claim,
             "SELECT id, msg_id, topic, msg_key, headers, payload, coalesce(msg_ts, created_at)"
-            " FROM \"%w\" AS o WHERE state = 'pending' AND (msg_key IS NULL OR NOT EXISTS"
+            " FROM \"%w\" AS o WHERE state = 'pending' AND id > ?2 AND (msg_key IS NULL OR NOT EXISTS"
             " (SELECT 1 FROM \"%w\" AS f WHERE f.state = 'failed' AND f.msg_key = o.msg_key"
             " AND f.id < o.id)) ORDER BY id LIMIT ?1");
     if (e == MSGBUS_OK)
         e = mb_outbox_sqlite_prepare(
             ob, db, &s->claim_plain,
             "SELECT id, msg_id, topic, msg_key, headers, payload, coalesce(msg_ts, created_at)"
-            " FROM \"%w\" WHERE state = 'pending' ORDER BY id LIMIT ?1");
+            " FROM \"%w\" WHERE state = 'pending' AND id > ?2 ORDER BY id LIMIT ?1");
     if (e == MSGBUS_OK)
         e = mb_outbox_sqlite_prepare(ob, db, &s->any_failed,
                                      "SELECT EXISTS (SELECT 1 FROM \"%w\" WHERE state = 'failed')");
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_prepare(ob, db, &s->mark_delete_range,
+                                     "DELETE FROM \"%w\" WHERE id BETWEEN ?1 AND ?2"
+                                     " AND state = 'pending'");
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_prepare(ob, db, &s->mark_sent_range,
+                                     "UPDATE \"%w\" SET state = 'sent', sent_at = ?3, error = NULL"
+                                     " WHERE id BETWEEN ?1 AND ?2 AND state = 'pending'");
     if (e == MSGBUS_OK)
         e = mb_outbox_sqlite_prepare(ob, db, &s->mark_delete_many,
                                      "DELETE FROM \"%w\" WHERE id IN (SELECT value FROM json_each(?1))");

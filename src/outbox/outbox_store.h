@@ -12,8 +12,9 @@
 #include "core/internal.h"
 #include "msgbus/outbox.h"
 
-/* One claimed row, as the relay publishes it. Strings are NUL-terminated
- * copies owned by the batch. */
+/* One claimed row, as the relay publishes it. Strings and blobs are
+ * NUL-terminated copies in the batch's own storage (mb_outbox_batch_copy),
+ * freed together by mb_outbox_batch_clear. */
 struct mb_outbox_row {
     int64_t id;
     char *msg_id;
@@ -34,9 +35,16 @@ enum mb_outbox_outcome {
     MB_OUTBOX_FAILED = 3  /* never deliverable: state 'failed' with error */
 };
 
+struct mb_outbox_chunk; /* outbox.c */
+
 struct mb_outbox_batch {
     struct mb_outbox_row *rows;
     size_t n, cap;
+    struct mb_outbox_chunk *chunks; /* the rows' strings and blobs */
+    /* Set by a claim that took every pending row with an id between the
+     * batch's first and last: the store may then mark the batch by that
+     * id range instead of by a list of ids. */
+    bool dense;
     enum mb_outbox_outcome *outcome; /* filled by the relay, n entries */
     char **error;                    /* error text per row (RETRY/FAILED), or NULL */
 };
@@ -60,10 +68,15 @@ struct mb_outbox_ops {
     msgbus_err_t (*put)(msgbus_outbox_t *ob, const struct mb_outbox_put *p);
     /* MSGBUS_ERR_STATE unless the connection is outside any transaction. */
     msgbus_err_t (*check_idle)(msgbus_outbox_t *ob);
-    /* Claims up to `max` publishable rows in id order into `b` (which is
-     * empty on entry). May leave a transaction open (PG holds its claim
-     * until finish/abort). */
-    msgbus_err_t (*claim)(msgbus_outbox_t *ob, size_t max, struct mb_outbox_batch *b);
+    /* Claims up to `max` publishable rows with ids above `after`, in id
+     * order, into `b` (which is empty on entry). May leave a transaction
+     * open (PG holds its claim until finish/abort). */
+    msgbus_err_t (*claim)(msgbus_outbox_t *ob, size_t max, int64_t after,
+                          struct mb_outbox_batch *b);
+    /* Whether a new claim may start while earlier claimed batches are
+     * still unfinished (no transaction held between claim and finish).
+     * Then the relay keeps two slices of a pass in flight. */
+    bool overlap;
     /* Applies the outcomes in one transaction and commits (ends the claim). */
     msgbus_err_t (*finish)(msgbus_outbox_t *ob, const struct mb_outbox_batch *b, int64_t now_ms);
     /* Gives the claim up (rollback); best effort. */
@@ -97,6 +110,9 @@ MB_HIDDEN void mb_outbox_free(msgbus_outbox_t *ob);
 /* Batch helpers for the stores. */
 MB_HIDDEN struct mb_outbox_row *mb_outbox_batch_add(struct mb_outbox_batch *b);
 MB_HIDDEN void mb_outbox_batch_clear(struct mb_outbox_batch *b);
+/* A NUL-terminated copy of n bytes at p in the batch's storage; NULL when
+ * out of memory. */
+MB_HIDDEN void *mb_outbox_batch_copy(struct mb_outbox_batch *b, const void *p, size_t n);
 
 /* The column names every outbox table must have (NULL-terminated), for
  * the stores' table checks. */

@@ -1,7 +1,8 @@
 /*
  * relay.c — the outbox relay: one pass (claim rows, publish them, wait for
- * confirms, record outcomes in one transaction) and the background thread
- * that repeats passes with wake-ups and failure back-off.
+ * confirms, record outcomes, in slices of one transaction each that
+ * overlap where the store allows) and the background thread that repeats
+ * passes with wake-ups and failure back-off.
  *
  * Ordering rules a pass keeps, whatever the store:
  *  - rows are published in id order, which the stores make commit order;
@@ -11,7 +12,9 @@
  *    with the same id — at-least-once, never a gap in a key's order as
  *    far as the outbox can see);
  *  - a row that fails before reaching the broker stops every later row of
- *    its key in the batch from being published at all.
+ *    its key in the pass from being published at all;
+ *  - a transient failure (broker, bus, timeout) stops the pass from
+ *    claiming more; the slices in flight are still settled.
  * Confirms come back through per-message delivery callbacks, which the
  * core may serve on any thread that polls the bus; they write into a
  * reference-counted context so a pass that gives up waiting (timeout)
@@ -19,6 +22,8 @@
  */
 #include <errno.h>
 #include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -131,13 +136,60 @@ fail:
     return e;
 }
 
-static bool mb_relay_key_in(const struct mb_outbox_row *r, const struct mb_outbox_row **keys,
-                            size_t nkeys)
+/* ---- keys that may no longer be marked sent in this pass ---- */
+
+/* An earlier row of each of these keys was not marked sent, so no later
+ * row of the key may be (it stays pending and is published again after
+ * it). Copies: the slice a key came from may be freed first. */
+struct mb_relay_keys {
+    struct mb_relay_key {
+        unsigned char *p;
+        size_t n;
+    } *k;
+    size_t n, cap;
+    bool all; /* out of memory recording one: every keyed row counts as held */
+};
+
+static bool mb_relay_keys_has(const struct mb_relay_keys *ks, const struct mb_outbox_row *r)
 {
-    for (size_t i = 0; i < nkeys; i++)
-        if (keys[i]->key_len == r->key_len && memcmp(keys[i]->key, r->key, r->key_len) == 0)
+    if (!r->key)
+        return false;
+    if (ks->all)
+        return true;
+    for (size_t i = 0; i < ks->n; i++)
+        if (ks->k[i].n == r->key_len && memcmp(ks->k[i].p, r->key, r->key_len) == 0)
             return true;
     return false;
+}
+
+static void mb_relay_keys_add(struct mb_relay_keys *ks, const struct mb_outbox_row *r)
+{
+    if (!r->key || mb_relay_keys_has(ks, r))
+        return;
+    if (ks->n == ks->cap) {
+        size_t cap = ks->cap ? ks->cap * 2 : 8;
+        struct mb_relay_key *k = realloc(ks->k, cap * sizeof *k);
+        if (!k) {
+            ks->all = true;
+            return;
+        }
+        ks->k = k;
+        ks->cap = cap;
+    }
+    unsigned char *p = malloc(r->key_len ? r->key_len : 1);
+    if (!p) {
+        ks->all = true;
+        return;
+    }
+    memcpy(p, r->key, r->key_len);
+    ks->k[ks->n++] = (struct mb_relay_key){p, r->key_len};
+}
+
+static void mb_relay_keys_free(struct mb_relay_keys *ks)
+{
+    for (size_t i = 0; i < ks->n; i++)
+        free(ks->k[i].p);
+    free(ks->k);
 }
 
 /* Remaining ms of a deadline (-1: none). */
@@ -149,78 +201,134 @@ static int mb_relay_left(int64_t deadline)
     return left > 0 ? (int)(left > 1000000000 ? 1000000000 : left) : 0;
 }
 
-/* ---- one pass ---- */
+/* ---- one pass, in slices ---- */
 
-static msgbus_err_t mb_relay_pass(msgbus_outbox_t *ob, msgbus_t *bus, size_t max_rows,
-                                  int timeout_ms, size_t *n_published)
+/* A pass works through its rows in slices. With a store that can claim
+ * while earlier claims are unfinished (SQLite), up to MB_RELAY_DEPTH
+ * slices are in flight: the broker confirms the oldest while newer ones
+ * are read and published, and the oldest is marked while the newer ones
+ * are on their way. Waiting for each batch's confirms before reading the
+ * next left the relay idle for a broker round trip per batch (Kafka:
+ * linger.ms plus acks=all); docs/outbox.md has the figures. Each slice is
+ * marked in one transaction. A store whose claim holds a transaction (PG)
+ * takes the whole pass as one slice. */
+struct mb_relay_slice {
+    struct mb_outbox_batch b;
+    struct mb_relay_ctx *ctx;
+    bool *published;
+    size_t npub;
+};
+
+/* The state of one pass: the first failure that stops it, and the keys
+ * held back so far. */
+struct mb_relay_run {
+    msgbus_outbox_t *ob;
+    msgbus_t *bus;
+    int timeout_ms;
+    int64_t deadline;
+    msgbus_err_t transient; /* broker or bus trouble: no more claims */
+    char why[512];
+    /* Keys with a row not marked sent, from the slices settled so far, in
+     * id order: a later row of one stays pending. */
+    struct mb_relay_keys held;
+    /* Keys with a row that failed while being published, in any slice not
+     * yet settled: later rows of theirs are not published at all. */
+    struct mb_relay_keys skip;
+};
+
+static void mb_relay_stop(struct mb_relay_run *run, msgbus_err_t e, const char *fmt, ...)
+    MB_PRINTF(3, 4);
+
+static void mb_relay_stop(struct mb_relay_run *run, msgbus_err_t e, const char *fmt, ...)
 {
-    struct mb_outbox_batch b = {0};
-    msgbus_err_t e = ob->ops->check_idle(ob);
-    if (e != MSGBUS_OK)
-        return e;
-    e = ob->ops->claim(ob, max_rows, &b);
-    if (e != MSGBUS_OK) {
-        ob->ops->abort(ob);
-        mb_outbox_batch_clear(&b);
-        return e;
-    }
-    if (b.n == 0) {
-        ob->ops->abort(ob);
-        mb_outbox_batch_clear(&b);
-        return MSGBUS_OK;
-    }
-    b.outcome = calloc(b.n, sizeof *b.outcome);
-    b.error = calloc(b.n, sizeof *b.error);
-    struct mb_relay_ctx *ctx = calloc(1, sizeof *ctx);
-    const struct mb_outbox_row **blocked = calloc(b.n, sizeof *blocked);
-    if (ctx)
-        ctx->slots = calloc(b.n, sizeof *ctx->slots);
-    if (!b.outcome || !b.error || !ctx || !ctx->slots || !blocked) {
-        if (ctx)
-            free(ctx->slots);
-        free(ctx);
-        free(blocked);
-        ob->ops->abort(ob);
-        mb_outbox_batch_clear(&b);
-        return mb_error(MSGBUS_ERR_NOMEM, "out of memory in the outbox relay");
-    }
-    pthread_mutex_init(&ctx->mu, NULL);
-    ctx->refs = 1;
-    ctx->n = b.n;
-    size_t nblocked = 0;
-    int64_t deadline = timeout_ms < 0 ? -1 : mb_mono_ms() + timeout_ms;
-    msgbus_err_t transient = MSGBUS_OK;
-    char transient_why[512] = "";
-    bool *published = calloc(b.n, sizeof *published);
-    if (!published) { /* nothing published: every row stays pending */
-        transient = mb_error(MSGBUS_ERR_NOMEM, "out of memory in the outbox relay");
-        snprintf(transient_why, sizeof transient_why, "%s", msgbus_last_error());
-    }
+    if (run->transient != MSGBUS_OK)
+        return;
+    run->transient = e;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(run->why, sizeof run->why, fmt, ap);
+    va_end(ap);
+}
 
-    /* Publish in id order. */
-    for (size_t i = 0; published && i < b.n && transient == MSGBUS_OK; i++) {
-        struct mb_outbox_row *r = &b.rows[i];
-        b.outcome[i] = MB_OUTBOX_KEEP;
-        if (r->key && nblocked && mb_relay_key_in(r, blocked, nblocked))
+#ifndef MB_RELAY_DEPTH
+#define MB_RELAY_DEPTH 4 /* slices in flight */
+#endif
+#ifndef MB_RELAY_SLICE_MAX
+#define MB_RELAY_SLICE_MAX 2048
+#endif
+
+/* Rows per slice: with overlap an eighth of the pass, between 64 and
+ * MB_RELAY_SLICE_MAX rows; without, the pass in slices of at most
+ * MB_RELAY_SLICE_MAX (one claim transaction each). Either way a pass holds
+ * at most MB_RELAY_DEPTH * MB_RELAY_SLICE_MAX rows in memory. */
+static size_t mb_relay_slice_rows(const msgbus_outbox_t *ob, size_t max_rows)
+{
+    if (!ob->ops->overlap || max_rows <= 64)
+        return max_rows > MB_RELAY_SLICE_MAX ? MB_RELAY_SLICE_MAX : max_rows;
+    size_t n = max_rows / 8;
+    return n < 64 ? 64 : n > MB_RELAY_SLICE_MAX ? MB_RELAY_SLICE_MAX : n;
+}
+
+/* Frees what a slice holds; confirms still to come find the context alive. */
+static void mb_relay_slice_clear(struct mb_relay_slice *sl)
+{
+    if (sl->ctx) {
+        pthread_mutex_lock(&sl->ctx->mu);
+        mb_relay_ctx_unref_locked(sl->ctx);
+    }
+    free(sl->published);
+    mb_outbox_batch_clear(&sl->b);
+    memset(sl, 0, sizeof *sl);
+}
+
+/* Publishes a claimed slice in id order. Rows of held keys are skipped; a
+ * row that can never be published is marked failed and holds its key; a
+ * transient failure stops the slice and the pass. Returns a store-level
+ * error (out of memory) only. */
+static msgbus_err_t mb_relay_publish(struct mb_relay_run *run, struct mb_relay_slice *sl)
+{
+    struct mb_outbox_batch *b = &sl->b;
+    msgbus_outbox_t *ob = run->ob;
+    b->outcome = calloc(b->n, sizeof *b->outcome); /* MB_OUTBOX_KEEP */
+    b->error = calloc(b->n, sizeof *b->error);
+    sl->published = calloc(b->n, sizeof *sl->published);
+    sl->ctx = calloc(1, sizeof *sl->ctx);
+    if (sl->ctx && !(sl->ctx->slots = calloc(b->n, sizeof *sl->ctx->slots))) {
+        free(sl->ctx);
+        sl->ctx = NULL;
+    }
+    if (sl->ctx) {
+        pthread_mutex_init(&sl->ctx->mu, NULL);
+        sl->ctx->refs = 1;
+        sl->ctx->n = b->n;
+    }
+    if (!b->outcome || !b->error || !sl->published || !sl->ctx)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory in the outbox relay");
+    struct mb_relay_ctx *ctx = sl->ctx;
+
+    for (size_t i = 0; i < b->n && run->transient == MSGBUS_OK; i++) {
+        struct mb_outbox_row *r = &b->rows[i];
+        if (mb_relay_keys_has(&run->held, r) || mb_relay_keys_has(&run->skip, r))
             continue;
         msgbus_msg_t *m = NULL;
-        e = mb_relay_build(r, &m);
+        msgbus_err_t e = mb_relay_build(r, &m);
         if (e == MSGBUS_OK) {
             ctx->slots[i].ctx = ctx;
             pthread_mutex_lock(&ctx->mu);
             ctx->refs++;
             pthread_mutex_unlock(&ctx->mu);
             for (;;) {
-                e = msgbus_publish(bus, r->topic, m, mb_relay_on_report, &ctx->slots[i]);
+                e = msgbus_publish(run->bus, r->topic, m, mb_relay_on_report, &ctx->slots[i]);
                 if (e != MSGBUS_ERR_QUEUE_FULL)
                     break;
-                int left = mb_relay_left(deadline);
+                int left = mb_relay_left(run->deadline);
                 if (left == 0) {
                     e = mb_error(MSGBUS_ERR_TIMEOUT,
-                                 "outbox relay: the bus queue stayed full for %d ms", timeout_ms);
+                                 "outbox relay: the bus queue stayed full for %d ms",
+                                 run->timeout_ms);
                     break;
                 }
-                msgbus_poll(bus, left < 0 || left > 10 ? 10 : left, NULL);
+                msgbus_poll(run->bus, left < 0 || left > 10 ? 10 : left, NULL);
             }
             msgbus_msg_free(m);
             if (e != MSGBUS_OK) {
@@ -228,119 +336,182 @@ static msgbus_err_t mb_relay_pass(msgbus_outbox_t *ob, msgbus_t *bus, size_t max
                 ctx->refs--; /* no callback will come */
                 pthread_mutex_unlock(&ctx->mu);
             } else {
-                published[i] = true;
+                sl->published[i] = true;
+                sl->npub++;
+                continue;
             }
         }
-        if (e == MSGBUS_OK)
-            continue;
         if (e == MSGBUS_ERR_NOMEM || !mb_relay_permanent(e)) {
             /* Broker or bus trouble: stop here, the rest waits for the
              * next pass (after a back-off). */
-            transient = e;
-            snprintf(transient_why, sizeof transient_why, "%s", msgbus_last_error());
+            mb_relay_stop(run, e, "%s", msgbus_last_error());
             break;
         }
-        b.outcome[i] = MB_OUTBOX_FAILED;
-        b.error[i] = mb_strdup(msgbus_last_error());
+        b->outcome[i] = MB_OUTBOX_FAILED;
+        b->error[i] = mb_strdup(msgbus_last_error());
         mb_log(MSGBUS_LOG_ERROR, "outbox %s: row %lld (id %s) moved aside as failed: %s",
                ob->table, (long long)r->id, r->msg_id ? r->msg_id : "?", msgbus_last_error());
-        if (r->key)
-            blocked[nblocked++] = r;
+        mb_relay_keys_add(&run->skip, r);
     }
+    /* Push out what the backend batches locally; the confirms are awaited
+     * in mb_relay_settle. */
+    if (sl->npub > 0) {
+        msgbus_err_t fe = msgbus_flush(run->bus, 0, NULL);
+        if (fe != MSGBUS_OK && fe != MSGBUS_ERR_DELIVERY && fe != MSGBUS_ERR_TIMEOUT)
+            mb_relay_stop(run, fe, "outbox relay: flush: %s", msgbus_last_error());
+    }
+    return MSGBUS_OK;
+}
 
-    /* Wait for the confirms of what was published. One msgbus_flush with
-     * timeout 0 pushes out whatever the backend batches locally; then
-     * msgbus_poll serves callbacks as they come. A full flush would wait
-     * for every message on the bus — with several relays or a busy
-     * application on one bus, that is never — so the count in ctx is what
-     * decides (another thread polling the bus may serve some of ours). */
-    size_t npub = 0;
-    for (size_t i = 0; published && i < b.n; i++)
-        npub += published[i];
-    if (npub > 0) {
-        msgbus_err_t fe = msgbus_flush(bus, 0, NULL);
-        if (fe != MSGBUS_OK && fe != MSGBUS_ERR_DELIVERY && fe != MSGBUS_ERR_TIMEOUT &&
-            transient == MSGBUS_OK) {
-            transient = fe; /* e.g. the bus is closed */
-            snprintf(transient_why, sizeof transient_why, "outbox relay: flush: %s",
-                     msgbus_last_error());
-        }
-    }
+/* Waits for a slice's confirms, decides each row's outcome (keeping the
+ * per-key rule across the pass) and records them in one transaction.
+ * *n_sent gets the rows marked sent. Returns a store error only. */
+static msgbus_err_t mb_relay_settle(struct mb_relay_run *run, struct mb_relay_slice *sl,
+                                    size_t *n_sent)
+{
+    struct mb_outbox_batch *b = &sl->b;
+    msgbus_outbox_t *ob = run->ob;
+    struct mb_relay_ctx *ctx = sl->ctx;
+    *n_sent = 0;
+    if (!b->outcome || !b->error || !sl->published || !ctx)
+        return MSGBUS_OK; /* set-up ran out of memory: nothing was published */
+
+    /* The count in ctx decides, not a full flush: with several relays or
+     * a busy application on one bus, a flush that waits for every
+     * message on the bus might never return (another thread polling the
+     * bus may serve some of our callbacks too). */
     for (;;) {
         pthread_mutex_lock(&ctx->mu);
         size_t done = ctx->done;
         pthread_mutex_unlock(&ctx->mu);
-        if (done >= npub)
+        if (done >= sl->npub)
             break;
-        int left = mb_relay_left(deadline);
+        int left = mb_relay_left(run->deadline);
         if (left == 0)
             break;
-        msgbus_poll(bus, left < 0 || left > 50 ? 50 : left, NULL);
+        msgbus_poll(run->bus, left < 0 || left > 50 ? 50 : left, NULL);
     }
 
-    /* Outcomes, then the per-key rule. */
+    /* Outcomes in id order; a row of a held key stays pending even if the
+     * broker took it (it is published again after the earlier row). */
     pthread_mutex_lock(&ctx->mu);
-    for (size_t i = 0; published && i < b.n; i++) {
-        if (!published[i])
-            continue;
-        struct mb_relay_slot *s = &ctx->slots[i];
-        if (!s->done) {
-            b.outcome[i] = MB_OUTBOX_RETRY;
-            b.error[i] = mb_strdup("no broker confirm within the relay timeout");
-            if (transient == MSGBUS_OK) {
-                transient = MSGBUS_ERR_TIMEOUT;
-                snprintf(transient_why, sizeof transient_why,
-                         "outbox relay: %zu of %zu messages unconfirmed after %d ms",
-                         npub - ctx->done, npub, timeout_ms);
-            }
-        } else if (s->status == MSGBUS_OK) {
-            b.outcome[i] = MB_OUTBOX_SENT;
-        } else if (mb_relay_permanent(s->status)) {
-            b.outcome[i] = MB_OUTBOX_FAILED;
-            b.error[i] = mb_strdup(s->error);
-            mb_log(MSGBUS_LOG_ERROR, "outbox %s: row %lld (id %s) moved aside as failed: %s",
-                   ob->table, (long long)b.rows[i].id, b.rows[i].msg_id, s->error);
-        } else {
-            b.outcome[i] = MB_OUTBOX_RETRY;
-            b.error[i] = mb_strdup(s->error);
-            if (transient == MSGBUS_OK) {
-                transient = s->status;
-                snprintf(transient_why, sizeof transient_why, "outbox relay: publish failed: %s",
-                         s->error ? s->error : msgbus_strerror(s->status));
+    for (size_t i = 0; i < b->n; i++) {
+        const struct mb_outbox_row *r = &b->rows[i];
+        if (sl->published[i]) {
+            struct mb_relay_slot *s = &ctx->slots[i];
+            if (!s->done) {
+                b->outcome[i] = MB_OUTBOX_RETRY;
+                b->error[i] = mb_strdup("no broker confirm within the relay timeout");
+                mb_relay_stop(run, MSGBUS_ERR_TIMEOUT,
+                              "outbox relay: %zu of %zu messages unconfirmed after %d ms",
+                              sl->npub - ctx->done, sl->npub, run->timeout_ms);
+            } else if (s->status == MSGBUS_OK) {
+                b->outcome[i] = MB_OUTBOX_SENT;
+            } else if (mb_relay_permanent(s->status)) {
+                b->outcome[i] = MB_OUTBOX_FAILED;
+                b->error[i] = mb_strdup(s->error);
+                mb_log(MSGBUS_LOG_ERROR, "outbox %s: row %lld (id %s) moved aside as failed: %s",
+                       ob->table, (long long)r->id, r->msg_id, s->error);
+            } else {
+                b->outcome[i] = MB_OUTBOX_RETRY;
+                b->error[i] = mb_strdup(s->error);
+                mb_relay_stop(run, s->status, "outbox relay: publish failed: %s",
+                              s->error ? s->error : msgbus_strerror(s->status));
             }
         }
-    }
-    mb_relay_ctx_unref_locked(ctx); /* pending callbacks keep it alive */
-    free(published);
-
-    nblocked = 0;
-    for (size_t i = 0; i < b.n; i++) {
-        const struct mb_outbox_row *r = &b.rows[i];
         if (!r->key)
             continue;
-        bool broken = nblocked && mb_relay_key_in(r, blocked, nblocked);
-        if (broken) {
-            if (b.outcome[i] == MB_OUTBOX_SENT)
-                b.outcome[i] = MB_OUTBOX_KEEP; /* re-published after the earlier one */
-        } else if (b.outcome[i] != MB_OUTBOX_SENT) {
-            blocked[nblocked++] = r;
+        if (mb_relay_keys_has(&run->held, r)) {
+            if (b->outcome[i] == MB_OUTBOX_SENT)
+                b->outcome[i] = MB_OUTBOX_KEEP;
+        } else if (b->outcome[i] != MB_OUTBOX_SENT) {
+            mb_relay_keys_add(&run->held, r);
         }
     }
-    free(blocked);
+    pthread_mutex_unlock(&ctx->mu);
 
     size_t nsent = 0;
-    for (size_t i = 0; i < b.n; i++)
-        nsent += b.outcome[i] == MB_OUTBOX_SENT;
-    e = ob->ops->finish(ob, &b, mb_now_ms());
-    mb_outbox_batch_clear(&b);
+    for (size_t i = 0; i < b->n; i++)
+        nsent += b->outcome[i] == MB_OUTBOX_SENT;
+    msgbus_err_t e = ob->ops->finish(ob, b, mb_now_ms());
     if (e != MSGBUS_OK) {
         ob->ops->abort(ob);
         return e;
     }
+    *n_sent = nsent;
+    return MSGBUS_OK;
+}
+
+static msgbus_err_t mb_relay_pass(msgbus_outbox_t *ob, msgbus_t *bus, size_t max_rows,
+                                  int timeout_ms, size_t *n_published)
+{
+    msgbus_err_t e = ob->ops->check_idle(ob);
+    if (e != MSGBUS_OK)
+        return e;
+    struct mb_relay_run run = {
+        .ob = ob,
+        .bus = bus,
+        .timeout_ms = timeout_ms,
+        .deadline = timeout_ms < 0 ? -1 : mb_mono_ms() + timeout_ms,
+    };
+    size_t per_slice = mb_relay_slice_rows(ob, max_rows);
+    size_t depth = ob->ops->overlap ? MB_RELAY_DEPTH : 1;
+    struct mb_relay_slice ring[MB_RELAY_DEPTH];
+    memset(ring, 0, sizeof ring);
+    size_t head = 0, count = 0, claimed = 0, sent = 0;
+    int64_t after = 0;
+    bool more = true;
+    msgbus_err_t claim_err = MSGBUS_OK; /* no more claims; slices in flight still settle */
+    char claim_why[512] = "";
+    msgbus_err_t store = MSGBUS_OK;     /* marking failed: slices in flight are given up */
+
+    for (;;) {
+        if (more && store == MSGBUS_OK && claim_err == MSGBUS_OK &&
+            run.transient == MSGBUS_OK && claimed < max_rows && count < depth) {
+            struct mb_relay_slice *sl = &ring[(head + count) % MB_RELAY_DEPTH];
+            size_t want = max_rows - claimed < per_slice ? max_rows - claimed : per_slice;
+            e = ob->ops->claim(ob, want, after, &sl->b);
+            if (e != MSGBUS_OK || sl->b.n == 0) {
+                ob->ops->abort(ob);
+                mb_relay_slice_clear(sl);
+                claim_err = e;
+                if (e != MSGBUS_OK)
+                    snprintf(claim_why, sizeof claim_why, "%s", msgbus_last_error());
+                more = false;
+                continue;
+            }
+            count++;
+            claimed += sl->b.n;
+            after = sl->b.rows[sl->b.n - 1].id;
+            more = sl->b.n == want;
+            e = mb_relay_publish(&run, sl);
+            if (e != MSGBUS_OK) /* out of memory: nothing more is published */
+                mb_relay_stop(&run, e, "%s", msgbus_last_error());
+            continue;
+        }
+        if (count == 0)
+            break;
+        struct mb_relay_slice *sl = &ring[head];
+        size_t n = 0;
+        if (store == MSGBUS_OK)
+            store = mb_relay_settle(&run, sl, &n);
+        /* After a store error the slices still in flight are given up:
+         * their rows stay pending and are published again, same ids. */
+        sent += n;
+        mb_relay_slice_clear(sl);
+        head = (head + 1) % MB_RELAY_DEPTH;
+        count--;
+    }
+    mb_relay_keys_free(&run.held);
+    mb_relay_keys_free(&run.skip);
     if (n_published)
-        *n_published = nsent;
-    if (transient != MSGBUS_OK)
-        return mb_error(transient, "%s", transient_why);
+        *n_published = sent;
+    if (store != MSGBUS_OK)
+        return store;
+    if (claim_err != MSGBUS_OK)
+        return mb_error(claim_err, "%s", claim_why);
+    if (run.transient != MSGBUS_OK)
+        return mb_error(run.transient, "%s", run.why);
     return MSGBUS_OK;
 }
 
@@ -458,7 +629,7 @@ msgbus_err_t msgbus_outbox_relay_start(msgbus_outbox_t *ob, msgbus_t *bus,
         return mb_error(MSGBUS_ERR_INVALID,
                         "msgbus_outbox_relay_start: negative times in options are invalid");
     if (!o.batch_max)
-        o.batch_max = 500;
+        o.batch_max = 10000;
     if (!o.confirm_timeout_ms)
         o.confirm_timeout_ms = 10000;
     if (!o.poll_interval_ms)

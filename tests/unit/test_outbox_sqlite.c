@@ -388,6 +388,113 @@ START_TEST(too_large_row_is_moved_aside_and_blocks_only_its_key)
 }
 END_TEST
 
+/* A pass of 1000 rows works in slices of 125 with four in flight: the
+ * failed row's key must be held across slices (its earlier rows sent, its
+ * later rows not published), every other key must flow in order, and the
+ * failed row's earlier same-key rows, published in the same slice, must
+ * still be marked sent. */
+START_TEST(overlapping_slices_keep_order_and_hold_a_failed_key)
+{
+    struct world w;
+    world_open_opts(&w, "?max_message_bytes=2000");
+    enum { N = 400, BAD = 150 };
+    static char big[3000];
+    memset(big, 'x', sizeof big - 1);
+    exec(w.app, "BEGIN");
+    for (int i = 0; i < N; i++) {
+        char key[8], text[16];
+        snprintf(key, sizeof key, "K%d", i % 10);
+        snprintf(text, sizeof text, "%d", i);
+        put(&w, key, i == BAD ? big : text);
+    }
+    exec(w.app, "COMMIT");
+    size_t n = 0;
+    tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 1000, 5000, &n));
+    int last[10], got = 0, held_back = 0;
+    for (int k = 0; k < 10; k++)
+        last[k] = -1;
+    msgbus_msg_t *in;
+    while ((in = tu_receive(w.sub, 300)) != NULL) {
+        size_t len;
+        const char *p = msgbus_msg_payload(in, &len);
+        ck_assert_uint_lt(len, 16);
+        char text[16];
+        snprintf(text, sizeof text, "%.*s", (int)len, p);
+        int i = atoi(text);
+        ck_assert_int_gt(i, last[i % 10]); /* per-key order */
+        ck_assert(!(i % 10 == BAD % 10 && i > BAD)); /* nothing after the failed row */
+        last[i % 10] = i;
+        got++;
+        msgbus_ack(in);
+        msgbus_msg_free(in);
+    }
+    for (int i = BAD + 10; i < N; i += 10)
+        held_back++;
+    msgbus_outbox_stats_t st;
+    tu_ck_ok(msgbus_outbox_stats(w.relay, &st));
+    printf("slices: %d rows, relayed %zu, received %d, failed %llu, pending %llu\n", N, n, got,
+           (unsigned long long)st.failed, (unsigned long long)st.pending);
+    ck_assert_uint_eq(n, (size_t)(N - 1 - held_back));
+    ck_assert_int_eq(got, N - 1 - held_back);
+    ck_assert_int_eq(last[BAD % 10], BAD - 10); /* the earlier rows of the key went */
+    ck_assert_uint_eq(st.failed, 1);
+    ck_assert_uint_eq(st.pending, (unsigned long long)held_back);
+    /* With the failed row gone, its key follows, in order. */
+    exec(w.app, "DELETE FROM msgbus_outbox WHERE state = 'failed'");
+    ck_assert_uint_eq(relay_all(&w, 1000), (size_t)held_back);
+    while ((in = tu_receive(w.sub, 300)) != NULL) {
+        size_t len;
+        const char *p = msgbus_msg_payload(in, &len);
+        char text[16];
+        snprintf(text, sizeof text, "%.*s", (int)len, p);
+        int i = atoi(text);
+        ck_assert_int_eq(i % 10, BAD % 10);
+        ck_assert_int_gt(i, last[i % 10]);
+        last[i % 10] = i;
+        got++;
+        msgbus_ack(in);
+        msgbus_msg_free(in);
+    }
+    ck_assert_int_eq(got, N - 1);
+    ck_assert_int_eq(count_rows(w.app, "1"), 0);
+    world_close(&w);
+}
+END_TEST
+
+/* Whole slices are marked by id range; with retention the range must mark
+ * exactly the pass's rows sent, and a second pass find nothing. */
+START_TEST(retention_marks_overlapping_slices_sent)
+{
+    struct world w;
+    world_open(&w);
+    tu_ck_ok(msgbus_outbox_set_retention(w.relay, 60000));
+    exec(w.app, "BEGIN");
+    for (int i = 0; i < 1000; i++)
+        put(&w, i % 3 ? "k" : NULL, "x");
+    exec(w.app, "COMMIT");
+    size_t n = 0;
+    tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 800, 5000, &n));
+    ck_assert_uint_eq(n, 800);
+    put(&w, "k", "late");
+    ck_assert_uint_eq(relay_all(&w, 800), 201);
+    int got = 0;
+    msgbus_msg_t *in;
+    while ((in = tu_receive(w.sub, 300)) != NULL) {
+        got++;
+        msgbus_ack(in);
+        msgbus_msg_free(in);
+    }
+    msgbus_outbox_stats_t st;
+    tu_ck_ok(msgbus_outbox_stats(w.relay, &st));
+    printf("retention slices: received %d, sent %llu, pending %llu\n", got,
+           (unsigned long long)st.sent, (unsigned long long)st.pending);
+    ck_assert_int_eq(got, 1001);
+    ck_assert_uint_eq(st.sent, 1001);
+    ck_assert_uint_eq(st.pending, 0);
+    world_close(&w);
+}
+END_TEST
+
 START_TEST(existing_table_is_checked)
 {
     sqlite3 *db = NULL;
@@ -522,6 +629,8 @@ int main(void)
     tcase_add_test(tc, stats_report_pending_count_and_age);
     tcase_add_test(tc, poison_row_is_moved_aside_while_other_keys_flow);
     tcase_add_test(tc, too_large_row_is_moved_aside_and_blocks_only_its_key);
+    tcase_add_test(tc, overlapping_slices_keep_order_and_hold_a_failed_key);
+    tcase_add_test(tc, retention_marks_overlapping_slices_sent);
     tcase_add_test(tc, existing_table_is_checked);
     tcase_add_test(tc, relay_refuses_a_connection_inside_a_transaction);
     tcase_add_test(tc, bad_arguments_are_refused);
