@@ -83,11 +83,17 @@ MSGBUS_API msgbus_err_t msgbus_outbox_put(msgbus_outbox_t *ob, const char *topic
                                           const msgbus_msg_t *m);
 
 /* One relay pass: publishes up to `max_rows` pending rows to `bus` in id
- * (= commit) order, waits up to `timeout_ms` (-1: forever) for the
- * broker's confirms, then in ONE transaction marks the confirmed rows sent
- * (or deletes them, see retention), moves rows the broker will never take
- * (MSGBUS_ERR_TOO_LARGE, MSGBUS_ERR_INVALID, a malformed row) aside as
- * state 'failed' with their error, and leaves every other row pending.
+ * (= commit) order and waits up to `timeout_ms` (-1: forever, for the
+ * whole pass) for the broker's confirms. It works in slices of at most
+ * 2048 rows, each recorded in ONE transaction once its confirms are in:
+ * confirmed rows marked sent (or deleted, see retention), rows the broker
+ * will never take (MSGBUS_ERR_TOO_LARGE, MSGBUS_ERR_INVALID, a malformed
+ * row) moved aside as state 'failed' with their error, every other row
+ * left pending. On SQLite up to four slices are in flight at once (one
+ * being confirmed while the next are read and published); on PostgreSQL
+ * one at a time (a claim holds row locks). When the call returns, every
+ * row it published has been recorded — unless recording failed
+ * (MSGBUS_ERR_STORE): those rows stay pending and go out again, same ids.
  * Per-key order: a row is never published while an earlier row with the
  * same key is unsent (pending or failed): a failed row blocks its key —
  * and only its key — until an operator deletes or retries it.
