@@ -204,20 +204,22 @@ static msgbus_err_t mb_outbox_sqlite_claim(msgbus_outbox_t *ob, size_t max, int6
             break;
         }
         r->id = sqlite3_column_int64(st, 0);
-        /* Text first, then its length: the order sqlite3_column_bytes
-         * documents for a value converted to text. */
-        const unsigned char *t = sqlite3_column_text(st, 1);
-        r->msg_id = t ? mb_outbox_batch_copy(b, t, (size_t)sqlite3_column_bytes(st, 1)) : NULL;
-        t = sqlite3_column_text(st, 2);
-        r->topic = t ? mb_outbox_batch_copy(b, t, (size_t)sqlite3_column_bytes(st, 2)) : NULL;
+        /* Text columns are used as C strings (an id, a topic, JSON), so
+         * strlen gives the length that matters: cheaper than another
+         * sqlite3_column_bytes call, each of which takes the connection's
+         * mutex. */
+        const char *t = (const char *)sqlite3_column_text(st, 1);
+        r->msg_id = t ? mb_outbox_batch_copy(b, t, strlen(t)) : NULL;
+        t = (const char *)sqlite3_column_text(st, 2);
+        r->topic = t ? mb_outbox_batch_copy(b, t, strlen(t)) : NULL;
         bool has_key = sqlite3_column_type(st, 3) != SQLITE_NULL;
         if (has_key) {
             const void *k = sqlite3_column_blob(st, 3);
             r->key_len = (size_t)sqlite3_column_bytes(st, 3);
             r->key = mb_outbox_batch_copy(b, k, r->key_len);
         }
-        t = sqlite3_column_text(st, 4);
-        r->headers = t ? mb_outbox_batch_copy(b, t, (size_t)sqlite3_column_bytes(st, 4)) : NULL;
+        t = (const char *)sqlite3_column_text(st, 4);
+        r->headers = t ? mb_outbox_batch_copy(b, t, strlen(t)) : NULL;
         const void *pl = sqlite3_column_blob(st, 5);
         r->len = (size_t)sqlite3_column_bytes(st, 5);
         r->payload = mb_outbox_batch_copy(b, pl, r->len);

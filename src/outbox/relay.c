@@ -305,6 +305,10 @@ static msgbus_err_t mb_relay_publish(struct mb_relay_run *run, struct mb_relay_s
     if (!b->outcome || !b->error || !sl->published || !sl->ctx)
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory in the outbox relay");
     struct mb_relay_ctx *ctx = sl->ctx;
+    /* A reference per row that may get a callback, taken before any is
+     * published (no callback can run yet: no lock needed); the rows that
+     * were not published give theirs back after the loop. */
+    ctx->refs += b->n;
 
     for (size_t i = 0; i < b->n && run->transient == MSGBUS_OK; i++) {
         struct mb_outbox_row *r = &b->rows[i];
@@ -314,9 +318,6 @@ static msgbus_err_t mb_relay_publish(struct mb_relay_run *run, struct mb_relay_s
         msgbus_err_t e = mb_relay_build(r, &m);
         if (e == MSGBUS_OK) {
             ctx->slots[i].ctx = ctx;
-            pthread_mutex_lock(&ctx->mu);
-            ctx->refs++;
-            pthread_mutex_unlock(&ctx->mu);
             for (;;) {
                 e = msgbus_publish(run->bus, r->topic, m, mb_relay_on_report, &ctx->slots[i]);
                 if (e != MSGBUS_ERR_QUEUE_FULL)
@@ -331,11 +332,7 @@ static msgbus_err_t mb_relay_publish(struct mb_relay_run *run, struct mb_relay_s
                 msgbus_poll(run->bus, left < 0 || left > 10 ? 10 : left, NULL);
             }
             msgbus_msg_free(m);
-            if (e != MSGBUS_OK) {
-                pthread_mutex_lock(&ctx->mu);
-                ctx->refs--; /* no callback will come */
-                pthread_mutex_unlock(&ctx->mu);
-            } else {
+            if (e == MSGBUS_OK) {
                 sl->published[i] = true;
                 sl->npub++;
                 continue;
@@ -353,6 +350,9 @@ static msgbus_err_t mb_relay_publish(struct mb_relay_run *run, struct mb_relay_s
                ob->table, (long long)r->id, r->msg_id ? r->msg_id : "?", msgbus_last_error());
         mb_relay_keys_add(&run->skip, r);
     }
+    pthread_mutex_lock(&ctx->mu);
+    ctx->refs -= b->n - sl->npub; /* no callback will come for these */
+    pthread_mutex_unlock(&ctx->mu);
     /* Push out what the backend batches locally; the confirms are awaited
      * in mb_relay_settle. */
     if (sl->npub > 0) {
