@@ -24,6 +24,7 @@ struct mb_outbox_sqlite {
     sqlite3_stmt *put;
     sqlite3_stmt *claim;
     sqlite3_stmt *claim_plain; /* when no row is 'failed': no per-key check needed */
+    sqlite3_stmt *first_pending;
     sqlite3_stmt *any_failed;
     sqlite3_stmt *mark_retry;
     sqlite3_stmt *mark_failed;
@@ -110,6 +111,7 @@ static void mb_outbox_sqlite_close(msgbus_outbox_t *ob)
     sqlite3_finalize(s->put);
     sqlite3_finalize(s->claim);
     sqlite3_finalize(s->claim_plain);
+    sqlite3_finalize(s->first_pending);
     sqlite3_finalize(s->any_failed);
     sqlite3_finalize(s->mark_retry);
     sqlite3_finalize(s->mark_failed);
@@ -188,6 +190,23 @@ static msgbus_err_t mb_outbox_sqlite_claim(msgbus_outbox_t *ob, size_t max, int6
     }
     bool any_failed = sqlite3_column_int(s->any_failed, 0) != 0;
     sqlite3_reset(s->any_failed);
+    if (!any_failed && after == 0) {
+        /* claim_plain walks the table by id from `after`, skipping the
+         * rows that are not pending; start it at the first pending row
+         * (one probe of the _pending index) rather than at the retained
+         * sent rows below it. */
+        sqlite3_reset(s->first_pending);
+        rc = sqlite3_step(s->first_pending);
+        if (rc != SQLITE_ROW) {
+            sqlite3_reset(s->first_pending);
+            return mb_outbox_sqlite_err(ob, s->db, "looking for the first pending row");
+        }
+        bool none = sqlite3_column_type(s->first_pending, 0) == SQLITE_NULL;
+        after = sqlite3_column_int64(s->first_pending, 0) - 1;
+        sqlite3_reset(s->first_pending);
+        if (none)
+            return MSGBUS_OK;
+    }
     sqlite3_stmt *st = any_failed ? s->claim : s->claim_plain;
     /* Without failed rows the claim skips no pending row, and no row can
      * become pending below the largest id read: ids are handed out in
@@ -493,8 +512,13 @@ msgbus_err_t msgbus_outbox_open_sqlite(msgbus_outbox_t **out, struct sqlite3 *db
     if (e == MSGBUS_OK)
         e = mb_outbox_sqlite_prepare(
             ob, db, &s->claim_plain,
+            /* By id, not through the _pending index: one b-tree walk
+             * instead of an index walk plus a table probe per row. */
             "SELECT id, msg_id, topic, msg_key, headers, payload, coalesce(msg_ts, created_at)"
-            " FROM \"%w\" WHERE state = 'pending' AND id > ?2 ORDER BY id LIMIT ?1");
+            " FROM \"%w\" NOT INDEXED WHERE id > ?2 AND state = 'pending' ORDER BY id LIMIT ?1");
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_prepare(ob, db, &s->first_pending,
+                                     "SELECT min(id) FROM \"%w\" WHERE state = 'pending'");
     if (e == MSGBUS_OK)
         e = mb_outbox_sqlite_prepare(ob, db, &s->any_failed,
                                      "SELECT EXISTS (SELECT 1 FROM \"%w\" WHERE state = 'failed')");
