@@ -266,13 +266,43 @@ MSGBUS_API msgbus_err_t msgbus_flush(msgbus_t *bus, int timeout_ms, size_t *fail
 
 /* ---------------------------------------------------------------- publish */
 
+/* The topic name this thread last published to, known to be valid:
+ * publishers mostly repeat their topic, and comparing it with this copy
+ * costs less than checking each character again. Whether a name is valid
+ * depends on its characters only, so a copy per thread needs no lock and
+ * outlives any bus. */
+struct mb_valid_topic {
+    size_t len; /* 0: none yet */
+    char name[MB_TOPIC_MAX + 1];
+};
+static _Thread_local struct mb_valid_topic mb_valid_topic;
+
+/* Checks `topic` like mb_valid_name(topic, MB_TOPIC_MAX); on success sets
+ * *len to strlen(topic). */
+static bool mb_check_topic(const char *topic, size_t *len)
+{
+    size_t n = strlen(topic);
+    *len = n;
+    if (n > MB_TOPIC_MAX)
+        return false;
+    struct mb_valid_topic *v = &mb_valid_topic;
+    if (n != 0 && n == v->len && memcmp(v->name, topic, n) == 0)
+        return true;
+    if (!mb_valid_name(topic, MB_TOPIC_MAX))
+        return false;
+    memcpy(v->name, topic, n + 1);
+    v->len = n;
+    return true;
+}
+
 MSGBUS_API msgbus_err_t msgbus_publish(msgbus_t *bus, const char *topic, const msgbus_msg_t *m,
                                        msgbus_delivery_cb cb, void *opaque)
 {
     if (!bus || !topic || !m)
         return mb_error(MSGBUS_ERR_INVALID, "msgbus_publish: %s is NULL",
                         !bus ? "bus" : !topic ? "topic" : "message");
-    if (!mb_valid_name(topic, MB_TOPIC_MAX))
+    size_t topic_len;
+    if (!mb_check_topic(topic, &topic_len))
         return mb_error(MSGBUS_ERR_INVALID,
                         "invalid topic name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ -",
                         topic, MB_TOPIC_MAX);
@@ -300,7 +330,7 @@ MSGBUS_API msgbus_err_t msgbus_publish(msgbus_t *bus, const char *topic, const m
     struct mb_confirm *token = NULL;
     if (cb) {
         /* One allocation for the token and its strings: this is per message. */
-        size_t tl = strlen(topic) + 1, il = strlen(m->id) + 1;
+        size_t tl = topic_len + 1, il = strlen(m->id) + 1;
         token = malloc(sizeof *token + tl + il);
         if (!token) {
             atomic_fetch_sub(&bus->outstanding, 1);

@@ -45,6 +45,8 @@ MB_HIDDEN void *mb_memdup(const void *p, size_t n);
 
 /* Fills `out` (at least 37 bytes) with a fresh UUIDv7 string. Any thread. */
 MB_HIDDEN void mb_uuid7(char out[37]);
+/* mb_uuid7 for a clock reading (mb_now_ms) the caller already has. */
+MB_HIDDEN void mb_uuid7_at(char out[37], int64_t ms);
 
 /* Random 64-bit value from a per-thread generator (not cryptographic). */
 MB_HIDDEN uint64_t mb_random64(void);

@@ -66,7 +66,9 @@ MSGBUS_API msgbus_err_t msgbus_msg_new(msgbus_msg_t **out, const void *payload, 
     memset(m, 0, sizeof *m);
     atomic_init(&m->refs, 1);
     m->payload = mb_empty;
-    mb_uuid7(m->idbuf);
+    /* The id and the timestamp come from one reading of the clock. */
+    int64_t now = mb_now_ms();
+    mb_uuid7_at(m->idbuf, now);
     m->id = m->idbuf;
     if (inl) {
         m->payload = (unsigned char *)(m + 1);
@@ -77,7 +79,7 @@ MSGBUS_API msgbus_err_t msgbus_msg_new(msgbus_msg_t **out, const void *payload, 
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a %zu-byte message", len);
     }
     m->len = len;
-    m->timestamp = mb_now_ms();
+    m->timestamp = now;
     *out = m;
     return MSGBUS_OK;
 }
@@ -102,8 +104,11 @@ MSGBUS_API void msgbus_msg_free(msgbus_msg_t *m)
     if (m->sub)
         mb_sub_msg_released(m); /* backend release hook + sub reference */
     mb_free_payload(m);
-    free(m->key);
-    mb_headers_free(m);
+    /* Most messages have neither: skip the calls. */
+    if (m->key)
+        free(m->key);
+    if (m->headers)
+        mb_headers_free(m);
     mb_free_id(m);
     free(m);
 }

@@ -90,20 +90,29 @@ static inline uint64_t mb_rotl(uint64_t x, int k)
     return (x << k) | (x >> (64 - k));
 }
 
-static uint64_t mb_rand(struct mb_tls *t)
+/* Seeds the generator of this thread: once per thread, out of the way of
+ * the hot path. */
+__attribute__((noinline, cold)) static void mb_seed(struct mb_tls *t)
 {
     uint64_t *s = t->rng;
-    if (!t->seeded) {
-        if (getrandom(s, sizeof t->rng, 0) != (ssize_t)sizeof t->rng) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            s[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32);
-            s[1] = (uint64_t)(uintptr_t)&ts;
-            s[2] = 0x9e3779b97f4a7c15ull;
-            s[3] = (uint64_t)pthread_self();
-        }
-        t->seeded = true;
+    if (getrandom(s, sizeof t->rng, 0) != (ssize_t)sizeof t->rng) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        s[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32);
+        s[1] = (uint64_t)(uintptr_t)&ts;
+        s[2] = 0x9e3779b97f4a7c15ull;
+        s[3] = (uint64_t)pthread_self();
     }
+    t->seeded = true;
+}
+
+/* Inline, so that callers holding the block's address do not look it up
+ * again (an out-of-line copy for &mb_tls alone did, twice per draw). */
+static inline uint64_t mb_rand(struct mb_tls *t)
+{
+    uint64_t *s = t->rng;
+    if (__builtin_expect(!t->seeded, 0))
+        mb_seed(t);
     uint64_t result = mb_rotl(s[1] * 5, 7) * 9;
     uint64_t x = s[1] << 17;
     s[2] ^= s[0];
@@ -120,12 +129,41 @@ uint64_t mb_random64(void)
     return mb_rand(&mb_tls);
 }
 
+/* The 8 lowercase hex digits of x as the bytes of a 64-bit word in memory
+ * order: each nibble spread to a byte, then '0' + n, plus 'a' - '0' - 10
+ * where n > 9 — no table and no branch (ids are made per message). */
+static inline uint64_t mb_hex8(uint32_t x)
+{
+    uint64_t v = x;
+    v = (v | (v << 16)) & 0x0000ffff0000ffffull;
+    v = (v | (v << 8)) & 0x00ff00ff00ff00ffull;
+    v = (v | (v << 4)) & 0x0f0f0f0f0f0f0f0full; /* first digit in the top byte */
+    uint64_t letters = ((v + 0x0606060606060606ull) >> 4) & 0x0101010101010101ull;
+    v += 0x3030303030303030ull + letters * ('a' - '0' - 10);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return v;
+#else
+    return __builtin_bswap64(v);
+#endif
+}
+
+/* Writes the 16 bytes hi (big-endian) then lo as 32 hex digits. */
+static inline void mb_hex32(char hex[32], uint64_t hi, uint64_t lo)
+{
+    uint64_t w[4] = {mb_hex8((uint32_t)(hi >> 32)), mb_hex8((uint32_t)hi),
+                     mb_hex8((uint32_t)(lo >> 32)), mb_hex8((uint32_t)lo)};
+    memcpy(hex, w, 32);
+}
+
 /* UUIDv7 (RFC 9562): 48-bit ms timestamp, version 7, 12 bits of sub-ms
- * sequence (monotonic within a thread), variant 10, 62 random bits. */
-void mb_uuid7(char out[37])
+ * sequence (monotonic within a thread), variant 10, 62 random bits.
+ * `ms` is the wall clock (mb_now_ms) the caller read. */
+void mb_uuid7_at(char out[37], int64_t ms)
 {
     struct mb_tls *t = &mb_tls;
-    int64_t ms = mb_now_ms();
+    /* Hide where t points, or GCC computes &mb_tls (a __tls_get_addr
+     * call in a shared library) again inside each inlined mb_rand. */
+    __asm__("" : "+r"(t));
     if (ms <= t->last_ms) {
         /* Same millisecond (or the clock stepped back): count up; when the
          * 12-bit counter runs out, borrow the next millisecond (RFC 9562
@@ -139,25 +177,29 @@ void mb_uuid7(char out[37])
         t->last_ms = ms;
         t->seq = (unsigned)(mb_rand(t) & 0x3ff); /* leave room to count up */
     }
-    unsigned seq = t->seq;
     uint64_t r = mb_rand(t);
-    unsigned char b[16];
-    for (int i = 0; i < 6; i++)
-        b[i] = (unsigned char)((uint64_t)ms >> (40 - 8 * i));
-    b[6] = (unsigned char)(0x70 | ((seq >> 8) & 0x0f));
-    b[7] = (unsigned char)(seq & 0xff);
-    b[8] = (unsigned char)(0x80 | ((r >> 56) & 0x3f));
-    for (int i = 9; i < 16; i++)
-        b[i] = (unsigned char)(r >> (8 * (15 - i)));
-    static const char hex[] = "0123456789abcdef";
-    char *p = out;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            *p++ = '-';
-        *p++ = hex[b[i] >> 4];
-        *p++ = hex[b[i] & 15];
-    }
-    *p = '\0';
+    /* The 16 bytes as two big-endian halves: ms(48) ver(4) seq(12) and
+     * var(2) rand(62). */
+    uint64_t hi = ((uint64_t)ms << 16) | 0x7000u | (t->seq & 0xfffu);
+    uint64_t lo = (r & 0x3fffffffffffffffull) | 0x8000000000000000ull;
+    char hex[32];
+    mb_hex32(hex, hi, lo);
+    /* xxxxxxxx-xxxx-7xxx-yxxx-xxxxxxxxxxxx: 8, 4, 4, 4, 12 digits. */
+    memcpy(out, hex, 8);
+    out[8] = '-';
+    memcpy(out + 9, hex + 8, 4);
+    out[13] = '-';
+    memcpy(out + 14, hex + 12, 4);
+    out[18] = '-';
+    memcpy(out + 19, hex + 16, 4);
+    out[23] = '-';
+    memcpy(out + 24, hex + 20, 12);
+    out[36] = '\0';
+}
+
+void mb_uuid7(char out[37])
+{
+    mb_uuid7_at(out, mb_now_ms());
 }
 
 /* Characters allowed in topic and group names: A-Z a-z 0-9 . _ - (a table:

@@ -313,6 +313,16 @@ START_TEST(bad_publish_input_changes_nothing)
     longtopic[sizeof longtopic - 1] = 0;
     tu_ck_err(msgbus_publish(bus, longtopic, m, NULL, NULL), MSGBUS_ERR_INVALID);
     tu_ck_err(msgbus_publish(bus, NULL, m, NULL, NULL), MSGBUS_ERR_INVALID);
+    /* A valid topic is remembered per thread; names that differ from it
+     * by one character, or by a character more, are still checked. */
+    msgbus_msg_t *small;
+    tu_ck_ok(msgbus_msg_new(&small, "s", 1));
+    tu_ck_ok(msgbus_publish(bus, "t.valid-1", small, NULL, NULL));
+    tu_ck_err(msgbus_publish(bus, "t.valid-!", small, NULL, NULL), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_publish(bus, "t.valid-1 ", small, NULL, NULL), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_publish(bus, "t valid-1", small, NULL, NULL), MSGBUS_ERR_INVALID);
+    tu_ck_ok(msgbus_flush(bus, 1000, NULL));
+    msgbus_msg_free(small);
     tu_ck_err(msgbus_publish(bus, "t", NULL, NULL, NULL), MSGBUS_ERR_INVALID);
     tu_ck_err(msgbus_publish(NULL, "t", m, NULL, NULL), MSGBUS_ERR_INVALID);
     tu_ck_err(msgbus_subscribe(bus, "t", "", &s), MSGBUS_ERR_INVALID);

@@ -2,6 +2,7 @@
  * test_msg.c — messages and headers: binary payloads, keys, header rules,
  * ids and timestamps, and the rule that bad input changes nothing.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/internal.h"
@@ -142,6 +143,38 @@ START_TEST(many_ids_unique)
 }
 END_TEST
 
+/* Every character of many ids, and the time in them: the 48-bit
+ * millisecond field is the message's timestamp (or, when one millisecond
+ * ran out of sequence numbers, a little later — never earlier). */
+START_TEST(id_format_and_time)
+{
+    enum { N = 5000 };
+    for (int i = 0; i < N; i++) {
+        msgbus_msg_t *m;
+        tu_ck_ok(msgbus_msg_new(&m, "x", 1));
+        const char *id = msgbus_msg_id(m);
+        ck_assert_uint_eq(strlen(id), 36);
+        for (int j = 0; j < 36; j++) {
+            if (j == 8 || j == 13 || j == 18 || j == 23)
+                ck_assert_msg(id[j] == '-', "id %s: no dash at %d", id, j);
+            else
+                ck_assert_msg(strchr("0123456789abcdef", id[j]) && id[j],
+                              "id %s: '%c' at %d is not lowercase hex", id, id[j], j);
+        }
+        ck_assert_int_eq(id[14], '7');
+        ck_assert(strchr("89ab", id[19]));
+        char hex[13];
+        memcpy(hex, id, 8);
+        memcpy(hex + 8, id + 9, 4);
+        hex[12] = '\0';
+        int64_t ms = (int64_t)strtoll(hex, NULL, 16);
+        ck_assert_int_ge(ms, msgbus_msg_timestamp(m));
+        ck_assert_int_le(ms, msgbus_msg_timestamp(m) + 1 + N / 3072);
+        msgbus_msg_free(m);
+    }
+}
+END_TEST
+
 START_TEST(timestamp_defaults_to_now)
 {
     msgbus_msg_t *m;
@@ -182,6 +215,7 @@ int main(void)
     tcase_add_test(tc, headers_get_set_iterate_delete);
     tcase_add_test(tc, invalid_header_names_refused_and_change_nothing);
     tcase_add_test(tc, ids_are_uuid7_unique_and_settable);
+    tcase_add_test(tc, id_format_and_time);
     tcase_add_test(tc, many_ids_unique);
     tcase_add_test(tc, timestamp_defaults_to_now);
     tcase_add_test(tc, ack_of_application_message_is_state_error);
