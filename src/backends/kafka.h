@@ -19,6 +19,10 @@ struct mb_kafka_prop {
     char *value;
 };
 
+#define MB_KAFKA_TOPICS 64
+
+struct mb_kafka_topic; /* kafka.c */
+
 struct mb_backend {
     msgbus_t *bus;
     char *bootstrap;             /* "h1:9092,h2:9092" */
@@ -61,6 +65,13 @@ struct mb_backend {
      * wake-up). dr_mu held (or the poll thread joined, at close). */
     struct mb_confirm *dr_batch[1024];
     size_t dr_n;
+    /* Producer topic handles (kafka.c, mb_kafka_topic): the first
+     * MB_KAFKA_TOPICS topics published to, held until close. Appended
+     * under topics_mu, published by the release store of ntopics, read
+     * without a lock. */
+    pthread_mutex_t topics_mu;
+    _Atomic size_t ntopics;
+    struct mb_kafka_topic *topics[MB_KAFKA_TOPICS];
 };
 
 /* Builds a configuration for a handle of `type`: bootstrap servers,

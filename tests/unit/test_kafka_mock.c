@@ -186,6 +186,80 @@ START_TEST(every_message_confirmed_once)
 }
 END_TEST
 
+/* Reads every partition of `topic` from the start with a plain consumer
+ * and checks that each of the `n` records carries the topic's own name. */
+static void expect_records_named(struct mock *mk, const char *topic, int n)
+{
+    char errstr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", rd_kafka_mock_cluster_bootstraps(mk->mc), errstr,
+                      sizeof errstr);
+    rd_kafka_conf_set(conf, "group.id", "check", errstr, sizeof errstr);
+    rd_kafka_conf_set(conf, "fetch.wait.max.ms", "10", errstr, sizeof errstr);
+    rd_kafka_conf_set(conf, "log_level", "0", errstr, sizeof errstr);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    ck_assert_msg(rk != NULL, "rd_kafka_new: %s", errstr);
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    ck_assert_int_eq(rd_kafka_metadata(rk, 0, rkt, &md, 5000), 0);
+    ck_assert_int_eq(md->topic_cnt, 1);
+    rd_kafka_topic_partition_list_t *tl = rd_kafka_topic_partition_list_new(1);
+    for (int p = 0; p < md->topics[0].partition_cnt; p++)
+        rd_kafka_topic_partition_list_add(tl, topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(rkt);
+    ck_assert_int_eq(rd_kafka_assign(rk, tl), 0);
+    rd_kafka_topic_partition_list_destroy(tl);
+    int got = 0;
+    for (int tries = 0; got < n && tries < 100; tries++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
+        if (!m)
+            continue;
+        if (!m->err) {
+            ck_assert_msg(m->len == strlen(topic) && memcmp(m->payload, topic, m->len) == 0,
+                          "a record in '%s' says '%.*s'", topic, (int)m->len,
+                          (const char *)m->payload);
+            got++;
+        }
+        rd_kafka_message_destroy(m);
+    }
+    ck_assert_int_eq(got, n);
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+}
+
+/* The producer keeps handles for its first 64 topics and names the rest
+ * per message: both paths must land every record in its own topic. */
+START_TEST(records_reach_their_topic_past_the_handle_cache)
+{
+    enum { TOPICS = 70, EACH = 5 };
+    struct mock mk;
+    mock_start(&mk, NULL);
+    msgbus_t *bus = NULL; /* the mock cluster creates each topic on first use */
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    struct reports rp = {0};
+    for (int i = 0; i < EACH; i++) {
+        for (int t = 0; t < TOPICS; t++) {
+            char name[32];
+            snprintf(name, sizeof name, "topic-%02d", t);
+            msgbus_msg_t *m = NULL;
+            tu_ck_ok(msgbus_msg_new(&m, name, strlen(name)));
+            tu_ck_ok(msgbus_publish(bus, name, m, on_report, &rp));
+            msgbus_msg_free(m);
+        }
+    }
+    tu_ck_ok(msgbus_flush(bus, 10000, NULL));
+    printf("topics: %d, confirmed ok=%d failed=%d\n", TOPICS, rp.ok, rp.failed);
+    ck_assert_int_eq(rp.ok, TOPICS * EACH);
+    msgbus_close(bus);
+    expect_records_named(&mk, "topic-00", EACH);
+    expect_records_named(&mk, "topic-63", EACH);
+    expect_records_named(&mk, "topic-64", EACH);
+    expect_records_named(&mk, "topic-69", EACH);
+    mock_stop(&mk);
+}
+END_TEST
+
 START_TEST(broker_request_error_reaches_the_callback)
 {
     struct mock mk;
@@ -234,6 +308,7 @@ static Suite *kafka_mock_suite(void)
     tcase_add_test(tc, environment_property_passes_through);
     tcase_add_test(tc, too_large_is_refused_before_sending);
     tcase_add_test(tc, every_message_confirmed_once);
+    tcase_add_test(tc, records_reach_their_topic_past_the_handle_cache);
     tcase_add_test(tc, broker_request_error_reaches_the_callback);
     suite_add_tcase(s, tc);
     return s;
