@@ -109,9 +109,40 @@ rd_kafka_t *mb_kafka_consumer_new(struct mb_backend *be, const char *group_id, v
 
 /* ---- declare: fix a group's starting position --------------------------- */
 
+/* Reads the committed offsets of `parts` and moves the partitions that have
+ * none into `todo` with the partition's current end. */
+static msgbus_err_t mb_kafka_uncommitted(rd_kafka_t *rk, const char *topic, const char *group,
+                                         rd_kafka_topic_partition_list_t *parts,
+                                         rd_kafka_topic_partition_list_t *todo, int timeout)
+{
+    rd_kafka_resp_err_t err = mb_kafka_committed(rk, parts, timeout);
+    if (err)
+        return mb_error(mb_kafka_err(err), "kafka: declare '%s' group '%s': reading committed "
+                        "offsets: %s", topic, group, rd_kafka_err2str(err));
+    for (int i = 0; i < parts->cnt; i++) {
+        if (parts->elems[i].offset >= 0)
+            continue;
+        int64_t hi;
+        err = mb_kafka_end_offset(rk, topic, parts->elems[i].partition, timeout, &hi);
+        if (err)
+            return mb_error(mb_kafka_err(err), "kafka: declare '%s' group '%s': end offset of "
+                            "partition %d: %s", topic, group, (int)parts->elems[i].partition,
+                            rd_kafka_err2str(err));
+        rd_kafka_topic_partition_list_add(todo, topic, parts->elems[i].partition)->offset = hi;
+    }
+    return MSGBUS_OK;
+}
+
 /* For each partition without a committed offset for `group`, commits the
  * current end, so everything published after declare returns is kept for
- * the group. Partitions that already have one are left alone. */
+ * the group. Partitions that already have one are left alone.
+ *
+ * A group with live members refuses a commit from outside it. A msgbus
+ * member commits its start position as soon as it is assigned, so declare
+ * waits (up to connect_timeout_ms) until every partition has a committed
+ * offset: returning before that would let a message published right after
+ * declare land below the end a joining member is about to read, and the
+ * group would never see it. */
 msgbus_err_t mb_kafka_declare_group(struct mb_backend *be, const char *topic, const char *group)
 {
     int n = 0;
@@ -122,44 +153,38 @@ msgbus_err_t mb_kafka_declare_group(struct mb_backend *be, const char *topic, co
     if (!rk)
         return MSGBUS_ERR_CONFIG;
     int timeout = (int)be->connect_timeout_ms;
+    int64_t deadline = mb_mono_ms() + timeout;
     rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(n);
     for (int i = 0; i < n; i++)
         rd_kafka_topic_partition_list_add(parts, topic, i);
-    rd_kafka_topic_partition_list_t *todo = rd_kafka_topic_partition_list_new(n);
-    rd_kafka_resp_err_t err = mb_kafka_committed(rk, parts, timeout);
-    if (err) {
-        e = mb_error(mb_kafka_err(err), "kafka: declare '%s' group '%s': reading committed "
-                     "offsets: %s", topic, group, rd_kafka_err2str(err));
-        goto out;
-    }
-    for (int i = 0; i < parts->cnt; i++) {
-        if (parts->elems[i].offset >= 0)
-            continue;
-        int64_t hi;
-        err = mb_kafka_end_offset(rk, topic, parts->elems[i].partition, timeout, &hi);
-        if (err) {
-            e = mb_error(mb_kafka_err(err), "kafka: declare '%s' group '%s': end offset of "
-                         "partition %d: %s", topic, group, (int)parts->elems[i].partition,
-                         rd_kafka_err2str(err));
-            goto out;
-        }
-        rd_kafka_topic_partition_list_add(todo, topic, parts->elems[i].partition)->offset = hi;
-    }
-    if (todo->cnt > 0) {
+    rd_kafka_topic_partition_list_t *todo = NULL;
+    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+    for (;;) {
+        if (todo)
+            rd_kafka_topic_partition_list_destroy(todo);
+        todo = rd_kafka_topic_partition_list_new(n);
+        if ((e = mb_kafka_uncommitted(rk, topic, group, parts, todo, timeout)) || todo->cnt == 0)
+            break;
         err = rd_kafka_commit(rk, todo, 0);
-        if (err == RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID ||
-            err == RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION ||
-            err == RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS) {
-            /* The group has live members: they already positioned
-             * themselves (msgbus subscribers start at the end). */
-            mb_log(MSGBUS_LOG_INFO, "kafka: declare '%s' group '%s': group is active (%s); "
-                   "left its positions alone", topic, group, rd_kafka_err2str(err));
-        } else if (err) {
-            e = mb_error(mb_kafka_err(err), "kafka: declare '%s' group '%s': committing start "
-                         "offsets: %s", topic, group, rd_kafka_err2str(err));
+        if (err != RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID &&
+            err != RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION &&
+            err != RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS) {
+            if (err)
+                e = mb_error(mb_kafka_err(err), "kafka: declare '%s' group '%s': committing "
+                             "start offsets: %s", topic, group, rd_kafka_err2str(err));
+            break;
         }
+        if (mb_mono_ms() >= deadline) {
+            /* Members that are not msgbus's may keep positions of their own
+             * without committing; theirs is the say. */
+            mb_log(MSGBUS_LOG_WARN, "kafka: declare '%s' group '%s': the group is active (%s) "
+                   "and %d partition(s) still have no committed offset after %d ms; left its "
+                   "positions to its members", topic, group, rd_kafka_err2str(err), todo->cnt,
+                   timeout);
+            break;
+        }
+        mb_kafka_nap();
     }
-out:
     rd_kafka_topic_partition_list_destroy(todo);
     rd_kafka_topic_partition_list_destroy(parts);
     rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
