@@ -38,6 +38,9 @@ struct mb_confirm {
     /* A publish msgbus makes for itself (a dead letter): its outcome goes
      * to the retry worker, not to the application's callbacks. */
     bool internal;
+    /* A block of MB_TOKEN_STRINGS bytes of strings, recycled through the
+     * per-thread token cache (bus.c) instead of freed. */
+    bool pooled;
 };
 
 struct msgbus_sub {

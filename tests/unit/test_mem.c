@@ -296,6 +296,74 @@ START_TEST(callbacks_served_by_poll_and_flush)
 }
 END_TEST
 
+/* Confirm tokens are recycled per thread (bus.c): every report must still
+ * name its own topic and id, whether the strings fit a recycled block or
+ * not, and a thread that publishes and polls then exits leaves nothing
+ * behind (ASan's leak check runs on this test). */
+struct token_check {
+    int calls, wrong;
+    char topic[MSGBUS_MAX_ID + 300], id[MSGBUS_MAX_ID + 1];
+};
+
+static void on_token_report(void *opaque, const msgbus_report_t *r)
+{
+    struct token_check *tc = opaque;
+    tc->calls++;
+    if (r->status != MSGBUS_OK || strcmp(r->topic, tc->topic) != 0 || strcmp(r->msg_id, tc->id))
+        tc->wrong++;
+}
+
+static void *publish_mixed_sizes(void *arg)
+{
+    msgbus_t *bus = arg;
+    enum { N = 3000 };
+    struct token_check *checks = calloc(N, sizeof *checks);
+    ck_assert_ptr_nonnull(checks);
+    for (int i = 0; i < N; i++) {
+        struct token_check *tc = &checks[i];
+        /* Short, then a topic of 240 characters, then a long id. */
+        size_t tlen = i % 3 == 1 ? 240 : 1 + (size_t)i % 20;
+        memset(tc->topic, 'a' + i % 26, tlen);
+        tc->topic[tlen] = '\0';
+        msgbus_msg_t *m = NULL;
+        tu_ck_ok(msgbus_msg_new(&m, "x", 1));
+        if (i % 3 == 2) {
+            size_t ilen = 150 + (size_t)i % 50;
+            memset(tc->id, 'A' + i % 26, ilen);
+            snprintf(tc->id + ilen, sizeof tc->id - ilen, "-%d", i);
+            tu_ck_ok(msgbus_msg_set_id(m, tc->id));
+        } else {
+            snprintf(tc->id, sizeof tc->id, "%s", msgbus_msg_id(m));
+        }
+        tu_ck_ok(msgbus_publish(bus, tc->topic, m, on_token_report, tc));
+        msgbus_msg_free(m);
+        if (i % 100 == 99)
+            tu_ck_ok(msgbus_poll(bus, 0, NULL));
+    }
+    tu_ck_ok(msgbus_flush(bus, 5000, NULL));
+    int calls = 0, wrong = 0;
+    for (int i = 0; i < N; i++) {
+        calls += checks[i].calls;
+        wrong += checks[i].wrong;
+        ck_assert_int_eq(checks[i].calls, 1);
+    }
+    printf("recycled tokens: %d reports, %d naming the wrong topic or id\n", calls, wrong);
+    ck_assert_int_eq(wrong, 0);
+    free(checks);
+    return NULL;
+}
+
+START_TEST(reports_name_their_topic_and_id_with_recycled_tokens)
+{
+    msgbus_t *bus = open_mem(NULL);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, publish_mixed_sizes, bus), 0);
+    ck_assert_int_eq(pthread_join(th, NULL), 0);
+    publish_mixed_sizes(bus); /* and on this thread, which outlives the bus */
+    msgbus_close(bus);
+}
+END_TEST
+
 START_TEST(bad_publish_input_changes_nothing)
 {
     msgbus_t *bus = open_mem("?max_message_bytes=1024");
@@ -549,6 +617,7 @@ int main(void)
     tcase_add_test(tc, declare_keeps_messages_for_a_later_consumer);
     tcase_add_test(tc, buses_on_one_name_share_a_broker_and_names_isolate);
     tcase_add_test(tc, callbacks_served_by_poll_and_flush);
+    tcase_add_test(tc, reports_name_their_topic_and_id_with_recycled_tokens);
     tcase_add_test(tc, bad_publish_input_changes_nothing);
     tcase_add_test(tc, fd_readable_exactly_while_work_waits);
     tcase_add_test(tc, key_held_by_one_member_while_it_has_unsettled);
