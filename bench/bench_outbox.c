@@ -11,7 +11,10 @@
  *   raw    : msgbus_publish of N messages + msgbus_flush (every confirm in);
  *   msgbus : msgbus_outbox_relay calls of `batch` rows draining N committed
  *            rows (written beforehand, untimed; the relay reads, publishes,
- *            waits for the confirms and deletes, slice by slice).
+ *            waits for the confirms and deletes, slice by slice);
+ *   alone  : SQLite by itself reading and deleting the same rows in the
+ *            same transactions, no publishing: the ceiling of any relay on
+ *            this table, printed as the highest ratio it allows.
  * Each phase also prints the CPU it used (this process, and the machine),
  * which says whether a side was short of CPU or waiting.
  * (RabbitMQ: the topic has no queue bound, so the URL gets unroutable=ok
@@ -20,6 +23,7 @@
  *   RESULT case=outbox_sqlite_<bus> msgbus=<msg/s> raw=<msg/s> ratio=<msgbus/raw>
  */
 #include <sqlite3.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,15 +67,19 @@ static void cpu_mark(struct cpu_mark *m)
         fclose(f);
 }
 
-static void cpu_report(const char *what, const struct cpu_mark *a)
+/* Prints a phase's CPU use; returns the core-seconds it took, of the whole
+ * machine (broker included) when `machine_wide`, else of this process. */
+static double cpu_report(const char *what, const struct cpu_mark *a, bool machine_wide)
 {
     struct cpu_mark b;
     cpu_mark(&b);
     double wall = b.t - a->t;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     double machine = b.total > a->total ? (b.busy - a->busy) / (b.total - a->total) : 0;
+    double proc = b.proc - a->proc;
     printf("info: %s: %.3f s, this process %.2f cores, machine %.0f%% busy of %ld cores\n", what,
-           wall, wall > 0 ? (b.proc - a->proc) / wall : 0, machine * 100, ncpu);
+           wall, wall > 0 ? proc / wall : 0, machine * 100, ncpu);
+    return machine_wide ? machine * (double)ncpu * wall : proc;
 }
 
 static int die(const char *what)
@@ -93,7 +101,8 @@ static msgbus_msg_t *make_msg(size_t i, size_t bytes)
     return m;
 }
 
-static double bench_raw(msgbus_t *bus, const char *topic, size_t n, size_t bytes, const char *tag)
+static double bench_raw(msgbus_t *bus, const char *topic, size_t n, size_t bytes, const char *tag,
+                        double *cpu)
 {
     struct cpu_mark cm;
     cpu_mark(&cm);
@@ -112,7 +121,104 @@ static double bench_raw(msgbus_t *bus, const char *topic, size_t n, size_t bytes
         die("flush");
     double rate = (double)n / (now_s() - t0);
     if (tag)
-        cpu_report(tag, &cm);
+        *cpu = cpu_report(tag, &cm, true);
+    return rate;
+}
+
+/* The store alone: the same rows read in id order and deleted by id range,
+ * `batch` rows per transaction, as the relay's claim and mark do, with no
+ * publishing at all. No relay on this table contract can go faster, so
+ * floor/direct bounds the ratio whatever the broker. */
+static double bench_store_alone(size_t n, size_t bytes, size_t batch, const char *tag,
+                                double *cpu)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/msgbus-bench-outbox-%d-%s-alone.db", (int)getpid(), tag);
+    sqlite3 *db = NULL;
+    if (sqlite3_open(path, &db) != SQLITE_OK) {
+        fprintf(stderr, "bench_outbox: cannot open %s\n", path);
+        exit(1);
+    }
+    sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+    msgbus_outbox_t *ob = NULL;
+    if (msgbus_outbox_open_sqlite(&ob, db, NULL) != MSGBUS_OK)
+        die("outbox open");
+    sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+    for (size_t i = 0; i < n; i++) {
+        msgbus_msg_t *m = make_msg(i, bytes);
+        if (msgbus_outbox_put(ob, "bench-alone", m) != MSGBUS_OK)
+            die("put");
+        msgbus_msg_free(m);
+    }
+    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    msgbus_outbox_close(ob);
+    sqlite3_stmt *sel = NULL, *del = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT id, msg_id, topic, msg_key, headers, payload,"
+                           " coalesce(msg_ts, created_at) FROM " MSGBUS_OUTBOX_TABLE
+                           " NOT INDEXED WHERE id > ?2 AND state = 'pending' ORDER BY id LIMIT ?1",
+                           -1, &sel, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db,
+                           "DELETE FROM " MSGBUS_OUTBOX_TABLE
+                           " WHERE id BETWEEN ?1 AND ?2 AND state = 'pending'",
+                           -1, &del, NULL) != SQLITE_OK) {
+        fprintf(stderr, "bench_outbox: %s\n", sqlite3_errmsg(db));
+        exit(1);
+    }
+    struct cpu_mark cm;
+    cpu_mark(&cm);
+    double t0 = now_s();
+    size_t total = 0, bytes_seen = 0;
+    sqlite3_int64 after = 0;
+    for (;;) {
+        sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+        sqlite3_bind_int64(sel, 1, (sqlite3_int64)batch);
+        sqlite3_bind_int64(sel, 2, after);
+        sqlite3_int64 lo = 0, hi = 0;
+        size_t k = 0;
+        while (sqlite3_step(sel) == SQLITE_ROW) {
+            hi = sqlite3_column_int64(sel, 0);
+            if (!k)
+                lo = hi;
+            for (int c = 1; c <= 5; c++)
+                bytes_seen += (size_t)sqlite3_column_bytes(sel, c) +
+                              (sqlite3_column_blob(sel, c) != NULL);
+            bytes_seen += (size_t)sqlite3_column_int64(sel, 6) & 1;
+            k++;
+        }
+        sqlite3_reset(sel);
+        if (k) {
+            sqlite3_bind_int64(del, 1, lo);
+            sqlite3_bind_int64(del, 2, hi);
+            if (sqlite3_step(del) != SQLITE_DONE || (size_t)sqlite3_changes(db) != k) {
+                fprintf(stderr, "bench_outbox: delete: %s\n", sqlite3_errmsg(db));
+                exit(1);
+            }
+            sqlite3_reset(del);
+        }
+        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+        if (!k)
+            break;
+        total += k;
+        after = hi;
+    }
+    double rate = (double)total / (now_s() - t0);
+    char what[64];
+    snprintf(what, sizeof what, "%s SQLite alone", tag);
+    *cpu = cpu_report(what, &cm, false);
+    if (total != n || bytes_seen == 0) {
+        fprintf(stderr, "bench_outbox: store alone read %zu of %zu rows\n", total, n);
+        exit(1);
+    }
+    sqlite3_finalize(sel);
+    sqlite3_finalize(del);
+    sqlite3_close(db);
+    unlink(path);
+    char p2[192];
+    snprintf(p2, sizeof p2, "%s-wal", path);
+    unlink(p2);
+    snprintf(p2, sizeof p2, "%s-shm", path);
+    unlink(p2);
     return rate;
 }
 
@@ -162,7 +268,7 @@ static double bench_relay(msgbus_t *bus, const char *topic, size_t n, size_t byt
         total += k;
     }
     double rate = (double)total / (now_s() - t0);
-    cpu_report(what, &cm);
+    cpu_report(what, &cm, true);
     if (total != n) {
         fprintf(stderr, "bench_outbox: relayed %zu of %zu\n", total, n);
         exit(1);
@@ -211,17 +317,28 @@ static void run(const char *tag, const char *url, size_t n, size_t bytes, size_t
         return;
     }
     /* Warm-up: connections, metadata. */
-    bench_raw(bus, topic, n / 20 + 1, bytes, NULL);
-    double raw[64], relay[64];
+    bench_raw(bus, topic, n / 20 + 1, bytes, NULL, NULL);
+    double raw[64], relay[64], alone[64], cbound[64];
     char what[64];
     snprintf(what, sizeof what, "%s direct", tag);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     for (size_t r = 0; r < rounds; r++) {
-        raw[r] = bench_raw(bus, topic, n, bytes, what);
+        double direct_cpu = 0, alone_cpu = 0;
+        raw[r] = bench_raw(bus, topic, n, bytes, what, &direct_cpu);
         relay[r] = bench_relay(bus, topic, n, bytes, batch, tag);
-        printf("info: %s round %zu: relay %.0f/s direct %.0f/s ratio %.2f\n", tag, r + 1,
-               relay[r], raw[r], relay[r] / raw[r]);
+        alone[r] = bench_store_alone(n, bytes, batch, tag, &alone_cpu);
+        /* The relay does what direct publishing does (with the broker's
+         * share) plus the store's work; with every core busy it can reach
+         * at most ncpu / (both costs per row). */
+        cbound[r] = (double)ncpu / ((direct_cpu + alone_cpu) / (double)n) / raw[r];
+        printf("info: %s round %zu: relay %.0f/s direct %.0f/s ratio %.2f; SQLite alone %.0f/s\n",
+               tag, r + 1, relay[r], raw[r], relay[r] / raw[r], alone[r]);
     }
-    double mr = median(relay, rounds), md = median(raw, rounds);
+    double mr = median(relay, rounds), md = median(raw, rounds), ma = median(alone, rounds);
+    printf("info: %s: SQLite alone (read + delete, no publishing) %.0f rows/s: no relay on this "
+           "table passes ratio %.2f; with this machine's %ld cores shared by the broker, the "
+           "CPU it all takes allows at most %.2f\n",
+           tag, ma, ma / md, ncpu, median(cbound, rounds));
     printf("RESULT case=outbox_sqlite_%s msgbus=%.0f raw=%.0f ratio=%.2f\n", tag, mr, md, mr / md);
     fflush(stdout);
     msgbus_close(bus);
