@@ -363,18 +363,17 @@ static msgbus_err_t mb_relay_publish(struct mb_relay_run *run, struct mb_relay_s
     return MSGBUS_OK;
 }
 
-/* Waits for a slice's confirms, decides each row's outcome (keeping the
- * per-key rule across the pass) and records them in one transaction.
- * *n_sent gets the rows marked sent. Returns a store error only. */
-static msgbus_err_t mb_relay_settle(struct mb_relay_run *run, struct mb_relay_slice *sl,
-                                    size_t *n_sent)
+/* Waits for a slice's confirms and decides each row's outcome, keeping the
+ * per-key rule across the pass; the store is not touched. *n_sent gets the
+ * rows to be marked sent. */
+static void mb_relay_decide(struct mb_relay_run *run, struct mb_relay_slice *sl, size_t *n_sent)
 {
     struct mb_outbox_batch *b = &sl->b;
     msgbus_outbox_t *ob = run->ob;
     struct mb_relay_ctx *ctx = sl->ctx;
     *n_sent = 0;
     if (!b->outcome || !b->error || !sl->published || !ctx)
-        return MSGBUS_OK; /* set-up ran out of memory: nothing was published */
+        return; /* set-up ran out of memory: nothing was published */
 
     /* The count in ctx decides, not a full flush: with several relays or
      * a busy application on one bus, a flush that waits for every
@@ -430,15 +429,305 @@ static msgbus_err_t mb_relay_settle(struct mb_relay_run *run, struct mb_relay_sl
     }
     pthread_mutex_unlock(&ctx->mu);
 
-    size_t nsent = 0;
     for (size_t i = 0; i < b->n; i++)
-        nsent += b->outcome[i] == MB_OUTBOX_SENT;
+        *n_sent += b->outcome[i] == MB_OUTBOX_SENT;
+}
+
+/* Waits for a slice's confirms, decides each row's outcome and records
+ * them in one transaction. *n_sent gets the rows marked sent. Returns a
+ * store error only. */
+static msgbus_err_t mb_relay_settle(struct mb_relay_run *run, struct mb_relay_slice *sl,
+                                    size_t *n_sent)
+{
+    msgbus_outbox_t *ob = run->ob;
+    struct mb_outbox_batch *b = &sl->b;
+    size_t nsent = 0;
+    *n_sent = 0;
+    mb_relay_decide(run, sl, &nsent);
+    if (!b->outcome || !b->error || !sl->published || !sl->ctx)
+        return MSGBUS_OK;
     msgbus_err_t e = ob->ops->finish(ob, b, mb_now_ms());
     if (e != MSGBUS_OK) {
         ob->ops->abort(ob);
         return e;
     }
     *n_sent = nsent;
+    return MSGBUS_OK;
+}
+
+/* ---- a pass with the store on a thread of its own ---- */
+
+/* A long SQLite pass spends about as long in the store (reading rows,
+ * deleting or marking them) as in publishing them, and doing one after the
+ * other left a core idle. So when the first slice of a pass comes back
+ * full, the store's work moves to a worker thread for the rest of the
+ * pass: it claims the next slices ahead and marks the settled ones, in the
+ * order the pass asks, while the calling thread builds, publishes and
+ * decides. The connection is used by one thread at a time (the caller
+ * waits in msgbus_outbox_relay meanwhile), so any SQLite threading mode
+ * will do. The decisions, and so every ordering rule above, stay on the
+ * calling thread and are made in id order as before. */
+#define MB_RELAY_RING (MB_RELAY_DEPTH + 2)
+
+enum mb_piped_state {
+    MB_SL_FREE,
+    MB_SL_CLAIMING,  /* queued for, or in, the worker's claim */
+    MB_SL_CLAIMED,   /* rows in b; not yet published */
+    MB_SL_EMPTY,     /* the claim found nothing (or failed): the end */
+    MB_SL_SENT,      /* published, confirms awaited */
+    MB_SL_MARKING,   /* outcomes decided; queued for, or in, finish */
+    MB_SL_MARKED,    /* finish done (or given up after a store error) */
+};
+
+struct mb_piped_slice {
+    struct mb_relay_slice sl;
+    enum mb_piped_state state;
+    size_t want;
+    int64_t now;
+    size_t n_sent;
+};
+
+struct mb_piped {
+    msgbus_outbox_t *ob;
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t work, done;
+    size_t queue[2 * MB_RELAY_RING]; /* slice indexes, in the order asked */
+    size_t qhead, qlen;
+    bool stop;
+    /* The worker's own state, read by the caller only under mu. */
+    int64_t after;          /* last id claimed */
+    bool ended;             /* a claim came back short, empty or failed */
+    msgbus_err_t claim_err; /* why claiming ended, if it failed */
+    char claim_why[512];
+    msgbus_err_t store_err; /* the first finish that failed: later ones are skipped */
+    char store_why[512];
+    struct mb_piped_slice ring[MB_RELAY_RING];
+};
+
+static void *mb_piped_main(void *arg)
+{
+    struct mb_piped *p = arg;
+    msgbus_outbox_t *ob = p->ob;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (p->qlen == 0 && !p->stop)
+            pthread_cond_wait(&p->work, &p->mu);
+        if (p->qlen == 0)
+            break;
+        struct mb_piped_slice *ps = &p->ring[p->queue[p->qhead]];
+        p->qhead = (p->qhead + 1) % (2 * MB_RELAY_RING);
+        p->qlen--;
+        bool claiming = ps->state == MB_SL_CLAIMING;
+        bool skip = claiming ? p->ended : p->store_err != MSGBUS_OK;
+        int64_t after = p->after;
+        pthread_mutex_unlock(&p->mu);
+
+        msgbus_err_t e = MSGBUS_OK;
+        char why[512] = "";
+        enum mb_piped_state next;
+        if (claiming) {
+            if (!skip)
+                e = ob->ops->claim(ob, ps->want, after, &ps->sl.b);
+            if (skip || e != MSGBUS_OK || ps->sl.b.n == 0) {
+                if (!skip)
+                    ob->ops->abort(ob);
+                if (e != MSGBUS_OK)
+                    snprintf(why, sizeof why, "%s", msgbus_last_error());
+                next = MB_SL_EMPTY;
+            } else {
+                next = MB_SL_CLAIMED;
+            }
+        } else {
+            if (!skip && (e = ob->ops->finish(ob, &ps->sl.b, ps->now)) != MSGBUS_OK) {
+                snprintf(why, sizeof why, "%s", msgbus_last_error());
+                ob->ops->abort(ob);
+            }
+            if (skip || e != MSGBUS_OK)
+                ps->n_sent = 0; /* given up: its rows stay pending */
+            next = MB_SL_MARKED;
+        }
+
+        pthread_mutex_lock(&p->mu);
+        if (claiming && next == MB_SL_CLAIMED) {
+            p->after = ps->sl.b.rows[ps->sl.b.n - 1].id;
+            p->ended = ps->sl.b.n < ps->want;
+        } else if (claiming) {
+            p->ended = true;
+            if (e != MSGBUS_OK && p->claim_err == MSGBUS_OK) {
+                p->claim_err = e;
+                memcpy(p->claim_why, why, sizeof why);
+            }
+        } else if (e != MSGBUS_OK && p->store_err == MSGBUS_OK) {
+            p->store_err = e;
+            memcpy(p->store_why, why, sizeof why);
+        }
+        ps->state = next;
+        pthread_cond_broadcast(&p->done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* The rest of a pass whose first slice, `first` (full, not yet published),
+ * says there is more. Leaves *started false, with nothing done to `first`,
+ * when the worker cannot start: the caller then goes on alone. Returns a
+ * store error only. */
+static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_slice *first,
+                                   size_t per_slice, size_t max_rows, size_t *sent,
+                                   msgbus_err_t *claim_err, char *claim_why, size_t why_size,
+                                   bool *started)
+{
+    *started = false;
+    struct mb_piped *p = calloc(1, sizeof *p);
+    if (!p)
+        return MSGBUS_OK;
+    p->ob = run->ob;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->work, NULL);
+    pthread_cond_init(&p->done, NULL);
+    p->after = first->b.rows[first->b.n - 1].id;
+    if (pthread_create(&p->th, NULL, mb_piped_main, p) != 0) {
+        pthread_cond_destroy(&p->done);
+        pthread_cond_destroy(&p->work);
+        pthread_mutex_destroy(&p->mu);
+        free(p);
+        return MSGBUS_OK;
+    }
+    *started = true;
+    p->ring[0].sl = *first;
+    p->ring[0].state = MB_SL_CLAIMED;
+    p->ring[0].want = per_slice;
+    memset(first, 0, sizeof *first);
+
+    /* Monotonic counters; a slice's index is counter % MB_RELAY_RING.
+     * claim_at <= pub_at <= settle_at <= reap_at, read from the right. */
+    size_t claim_at = 1, pub_at = 0, settle_at = 0, reap_at = 0;
+    size_t requested = per_slice;
+    bool ended = false; /* seen an EMPTY slice: no more claims */
+    msgbus_err_t store = MSGBUS_OK;
+    char store_why[512] = "";
+
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        bool progressed = false;
+        /* Reap: marked (or empty) slices, oldest first. */
+        while (reap_at < settle_at) {
+            struct mb_piped_slice *ps = &p->ring[reap_at % MB_RELAY_RING];
+            if (ps->state != MB_SL_MARKED && ps->state != MB_SL_EMPTY)
+                break;
+            *sent += ps->n_sent;
+            if (p->store_err != MSGBUS_OK && store == MSGBUS_OK) {
+                store = p->store_err;
+                memcpy(store_why, p->store_why, sizeof store_why);
+            }
+            pthread_mutex_unlock(&p->mu);
+            mb_relay_slice_clear(&ps->sl);
+            pthread_mutex_lock(&p->mu);
+            ps->state = MB_SL_FREE;
+            reap_at++;
+            progressed = true;
+        }
+        if (p->store_err != MSGBUS_OK && store == MSGBUS_OK) {
+            store = p->store_err;
+            memcpy(store_why, p->store_why, sizeof store_why);
+        }
+        bool stopping = store != MSGBUS_OK || run->transient != MSGBUS_OK;
+        /* Claim ahead: at most two slices claimed and not yet published. */
+        if (!ended && !stopping && requested < max_rows && claim_at - reap_at < MB_RELAY_RING &&
+            claim_at - pub_at < 2) {
+            struct mb_piped_slice *ps = &p->ring[claim_at % MB_RELAY_RING];
+            ps->want = max_rows - requested < per_slice ? max_rows - requested : per_slice;
+            requested += ps->want;
+            ps->state = MB_SL_CLAIMING;
+            p->queue[(p->qhead + p->qlen) % (2 * MB_RELAY_RING)] = claim_at % MB_RELAY_RING;
+            p->qlen++;
+            pthread_cond_signal(&p->work);
+            claim_at++;
+            progressed = true;
+        }
+        /* Publish the next claimed slice while the confirms of at most
+         * MB_RELAY_DEPTH earlier ones are awaited. */
+        if (pub_at < claim_at && pub_at - settle_at < MB_RELAY_DEPTH) {
+            struct mb_piped_slice *ps = &p->ring[pub_at % MB_RELAY_RING];
+            if (ps->state == MB_SL_EMPTY) {
+                ended = true;
+                pub_at++;
+                progressed = true;
+            } else if (ps->state == MB_SL_CLAIMED) {
+                pub_at++;
+                progressed = true;
+                if (stopping) {
+                    /* Claimed after the pass stopped: left pending. */
+                    ps->state = MB_SL_EMPTY;
+                } else {
+                    pthread_mutex_unlock(&p->mu);
+                    msgbus_err_t e = mb_relay_publish(run, &ps->sl);
+                    if (e != MSGBUS_OK)
+                        mb_relay_stop(run, e, "%s", msgbus_last_error());
+                    pthread_mutex_lock(&p->mu);
+                    ps->state = MB_SL_SENT;
+                }
+                continue;
+            }
+        }
+        /* Settle the oldest published slice once the window is full, or
+         * when nothing else can move. */
+        if (settle_at < pub_at) {
+            struct mb_piped_slice *ps = &p->ring[settle_at % MB_RELAY_RING];
+            bool window_full = pub_at - settle_at >= MB_RELAY_DEPTH;
+            bool claims_done = ended || stopping || requested >= max_rows;
+            bool nothing_to_publish = pub_at == claim_at && claims_done;
+            if (ps->state == MB_SL_EMPTY) {
+                settle_at++;
+                progressed = true;
+                continue;
+            }
+            if (ps->state == MB_SL_SENT && (window_full || nothing_to_publish || stopping)) {
+                settle_at++;
+                if (store != MSGBUS_OK) {
+                    /* Given up: the rows stay pending, published again. */
+                    ps->state = MB_SL_MARKED;
+                    ps->n_sent = 0;
+                    continue;
+                }
+                pthread_mutex_unlock(&p->mu);
+                mb_relay_decide(run, &ps->sl, &ps->n_sent);
+                bool any = ps->sl.b.outcome && ps->sl.b.error && ps->sl.published && ps->sl.ctx;
+                ps->now = mb_now_ms();
+                pthread_mutex_lock(&p->mu);
+                if (any) {
+                    ps->state = MB_SL_MARKING;
+                    p->queue[(p->qhead + p->qlen) % (2 * MB_RELAY_RING)] =
+                        (settle_at - 1) % MB_RELAY_RING;
+                    p->qlen++;
+                    pthread_cond_signal(&p->work);
+                } else {
+                    ps->state = MB_SL_MARKED;
+                    ps->n_sent = 0;
+                }
+                continue;
+            }
+        }
+        if (reap_at == claim_at)
+            break; /* everything asked for is done */
+        if (!progressed)
+            pthread_cond_wait(&p->done, &p->mu);
+    }
+    p->stop = true;
+    pthread_cond_signal(&p->work);
+    if (p->claim_err != MSGBUS_OK) {
+        *claim_err = p->claim_err;
+        snprintf(claim_why, why_size, "%s", p->claim_why);
+    }
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->th, NULL);
+    pthread_cond_destroy(&p->done);
+    pthread_cond_destroy(&p->work);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+    if (store != MSGBUS_OK)
+        return mb_error(store, "%s", store_why);
     return MSGBUS_OK;
 }
 
@@ -464,6 +753,37 @@ static msgbus_err_t mb_relay_pass(msgbus_outbox_t *ob, msgbus_t *bus, size_t max
     msgbus_err_t claim_err = MSGBUS_OK; /* no more claims; slices in flight still settle */
     char claim_why[512] = "";
     msgbus_err_t store = MSGBUS_OK;     /* marking failed: slices in flight are given up */
+
+    /* A long pass on a store that overlaps gets a worker for the store
+     * (mb_relay_piped) once its first slice comes back full. */
+    if (depth > 1 && max_rows > per_slice) {
+        struct mb_relay_slice *sl = &ring[0];
+        e = ob->ops->claim(ob, per_slice, 0, &sl->b);
+        if (e != MSGBUS_OK || sl->b.n == 0) {
+            ob->ops->abort(ob);
+            mb_relay_slice_clear(sl);
+            claim_err = e;
+            if (e != MSGBUS_OK)
+                snprintf(claim_why, sizeof claim_why, "%s", msgbus_last_error());
+            more = false;
+        } else {
+            bool started = false;
+            if (sl->b.n == per_slice) {
+                store = mb_relay_piped(&run, sl, per_slice, max_rows, &sent, &claim_err,
+                                       claim_why, sizeof claim_why, &started);
+                if (started)
+                    more = false; /* the whole pass is done */
+            }
+            if (!started) { /* on this thread: the loop below takes it from here */
+                count = 1;
+                claimed = sl->b.n;
+                after = sl->b.rows[sl->b.n - 1].id;
+                more = sl->b.n == per_slice;
+                if ((e = mb_relay_publish(&run, sl)) != MSGBUS_OK)
+                    mb_relay_stop(&run, e, "%s", msgbus_last_error());
+            }
+        }
+    }
 
     for (;;) {
         if (more && store == MSGBUS_OK && claim_err == MSGBUS_OK &&
