@@ -662,6 +662,7 @@ static void mb_amqp_shutdown(struct mb_backend *be)
 
 void *mb_amqp_io_main(void *arg)
 {
+    mb_thread_name("msgbus-amqp");
     struct mb_backend *be = arg;
     /* What the last poll() said; the first round looks at everything. Only
      * a readable eventfd is drained and only a readable socket (or data

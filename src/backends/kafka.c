@@ -445,6 +445,7 @@ static void mb_kafka_serve_now(struct mb_backend *be)
  * after a msgbus_flush (mb_kafka_flush wakes this thread) not even that. */
 static void *mb_kafka_poll_main(void *arg)
 {
+    mb_thread_name("msgbus-kpoll");
     struct mb_backend *be = arg;
     unsigned long seen = atomic_load(&be->published);
     while (!atomic_load(&be->stopping)) {

@@ -621,6 +621,7 @@ static void mb_kafka_wait_for_room(struct mb_backend_sub *bs)
 
 static void *mb_kafka_consumer_main(void *arg)
 {
+    mb_thread_name("msgbus-ksub");
     struct mb_backend_sub *bs = arg;
     rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(bs->rk);
     rd_kafka_message_t *rkms[MB_KAFKA_BATCH];

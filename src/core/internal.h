@@ -35,6 +35,10 @@ MB_HIDDEN int64_t mb_mono_ms(void);       /* monotonic, ms */
 struct timespec;
 MB_HIDDEN void mb_deadline(struct timespec *ts, int64_t ms);
 
+/* Names the calling thread (at most 15 characters shown), so top -H, perf
+ * and debuggers tell msgbus's threads from the application's. */
+MB_HIDDEN void mb_thread_name(const char *name);
+
 /* Returns 0 on success like pthread_cond_init, with CLOCK_MONOTONIC. */
 MB_HIDDEN int mb_cond_init(pthread_cond_t *c);
 

@@ -331,6 +331,7 @@ static void mb_dlq_confirmed(struct mb_retry_worker *w, struct mb_confirm *c);
 
 static void *mb_worker_main(void *arg)
 {
+    mb_thread_name("msgbus-retry");
     struct mb_retry_worker *w = arg;
     pthread_mutex_lock(&w->mu);
     while (!w->stop) {

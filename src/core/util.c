@@ -35,6 +35,11 @@ void mb_deadline(struct timespec *ts, int64_t ms)
     }
 }
 
+void mb_thread_name(const char *name)
+{
+    (void)pthread_setname_np(pthread_self(), name);
+}
+
 int mb_cond_init(pthread_cond_t *c)
 {
     pthread_condattr_t a;

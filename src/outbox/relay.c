@@ -507,6 +507,7 @@ struct mb_piped {
 
 static void *mb_piped_main(void *arg)
 {
+    mb_thread_name("msgbus-ostore");
     struct mb_piped *p = arg;
     msgbus_outbox_t *ob = p->ob;
     pthread_mutex_lock(&p->mu);
@@ -886,6 +887,7 @@ static void mb_relay_wait(struct mb_outbox_thread *t, int ms, bool wakeable)
 
 static void *mb_relay_main(void *arg)
 {
+    mb_thread_name("msgbus-relay");
     struct mb_outbox_thread *t = arg;
     msgbus_outbox_t *ob = t->ob;
     int backoff = 0;
