@@ -259,8 +259,9 @@ static void mb_relay_stop(struct mb_relay_run *run, msgbus_err_t e, const char *
 
 /* Rows per slice: with overlap an eighth of the pass, between 64 and
  * MB_RELAY_SLICE_MAX rows; without, the pass in slices of at most
- * MB_RELAY_SLICE_MAX (one claim transaction each). Either way a pass holds
- * at most MB_RELAY_DEPTH * MB_RELAY_SLICE_MAX rows in memory. */
+ * MB_RELAY_SLICE_MAX (one claim transaction each). A pass holds at most
+ * max_rows rows in memory, and never more than MB_RELAY_RING (with the
+ * store on a worker) or MB_RELAY_DEPTH slices of MB_RELAY_SLICE_MAX. */
 static size_t mb_relay_slice_rows(const msgbus_outbox_t *ob, size_t max_rows)
 {
     if (!ob->ops->overlap || max_rows <= 64)
@@ -467,7 +468,11 @@ static msgbus_err_t mb_relay_settle(struct mb_relay_run *run, struct mb_relay_sl
  * waits in msgbus_outbox_relay meanwhile), so any SQLite threading mode
  * will do. The decisions, and so every ordering rule above, stay on the
  * calling thread and are made in id order as before. */
-#define MB_RELAY_RING (MB_RELAY_DEPTH + 2)
+#ifndef MB_PIPED_WINDOW
+#define MB_PIPED_WINDOW 8 /* published slices awaiting confirms */
+#endif
+/* The window, two claimed ahead, two being marked. */
+#define MB_RELAY_RING (MB_PIPED_WINDOW + 4)
 
 enum mb_piped_state {
     MB_SL_FREE,
@@ -648,8 +653,11 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
             progressed = true;
         }
         /* Publish the next claimed slice while the confirms of at most
-         * MB_RELAY_DEPTH earlier ones are awaited. */
-        if (pub_at < claim_at && pub_at - settle_at < MB_RELAY_DEPTH) {
+         * MB_PIPED_WINDOW earlier ones are awaited: with the store off this
+         * thread, publishing outruns a Kafka confirm's latency (linger.ms
+         * plus acks=all), and four slices left it waiting for confirms
+         * half the pass. */
+        if (pub_at < claim_at && pub_at - settle_at < MB_PIPED_WINDOW) {
             struct mb_piped_slice *ps = &p->ring[pub_at % MB_RELAY_RING];
             if (ps->state == MB_SL_EMPTY) {
                 ended = true;
@@ -676,7 +684,7 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
          * when nothing else can move. */
         if (settle_at < pub_at) {
             struct mb_piped_slice *ps = &p->ring[settle_at % MB_RELAY_RING];
-            bool window_full = pub_at - settle_at >= MB_RELAY_DEPTH;
+            bool window_full = pub_at - settle_at >= MB_PIPED_WINDOW;
             bool claims_done = ended || stopping || requested >= max_rows;
             bool nothing_to_publish = pub_at == claim_at && claims_done;
             if (ps->state == MB_SL_EMPTY) {
