@@ -125,6 +125,15 @@ MB_HIDDEN const char *mb_confirm_topic(const struct mb_confirm *token);
  * The backend fills payload, key, headers, id, timestamp, position. */
 MB_HIDDEN msgbus_msg_t *mb_msg_new_received(msgbus_sub_t *sub);
 
+/* The same for a backend that takes the references on the sub for a whole
+ * batch at once (mb_sub_ref_batch), instead of one atomic operation per
+ * message on a counter the application's thread decrements as it frees
+ * messages. Each reference taken must end in exactly one message made
+ * here or one mb_sub_unref_batch. */
+MB_HIDDEN void mb_sub_ref_batch(msgbus_sub_t *sub, long n);
+MB_HIDDEN void mb_sub_unref_batch(msgbus_sub_t *sub, long n);
+MB_HIDDEN msgbus_msg_t *mb_msg_new_received_reffed(msgbus_sub_t *sub);
+
 /* Hands received messages to the application: `first` .. a list linked by
  * ->next (NULL-terminated), `count` long. One lock and at most one wake-up
  * per call, so push whole batches. */

@@ -444,8 +444,9 @@ static void mb_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 static msgbus_msg_t *mb_kafka_convert(struct mb_backend_sub *bs, rd_kafka_message_t *rkm,
                                       struct mb_kafka_held *held, unsigned char *slab)
 {
-    msgbus_msg_t *m = mb_msg_new_received(bs->sub);
+    msgbus_msg_t *m = mb_msg_new_received_reffed(bs->sub); /* mb_kafka_deliver took the ref */
     if (!m) {
+        mb_sub_unref_batch(bs->sub, 1);
         if (held) {
             if (!slab)
                 rd_kafka_message_destroy(rkm);
@@ -502,17 +503,26 @@ static void mb_kafka_deliver(struct mb_backend_sub *bs, rd_kafka_message_t **rkm
     msgbus_msg_t *conv[MB_KAFKA_BATCH];
     /* The batch: held[] and the slab for the short payloads. Out of
      * memory for it: copy each payload to a malloc of its own instead. */
-    size_t slab_len = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!rkms[i]->err && rkms[i]->len < MB_KAFKA_BORROW_MIN)
+    size_t slab_len = 0, records = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (rkms[i]->err)
+            continue;
+        records++;
+        if (rkms[i]->len < MB_KAFKA_BORROW_MIN)
             slab_len += rkms[i]->len;
+    }
     struct mb_kafka_batch *b = malloc(sizeof *b + n * sizeof b->held[0] + slab_len);
     unsigned char *slab = b ? (unsigned char *)&b->held[n] : NULL;
     if (b) {
-        atomic_init(&b->refs, 1); /* ours until the loop is done */
+        /* One reference per record, + ours until the loop is done: taken
+         * at once, as the sub's below (the application's thread drops
+         * them one by one as it frees messages). */
+        atomic_init(&b->refs, (long)records + 1);
         b->owner = bs->rkref;
         atomic_fetch_add(&b->owner->refs, 1);
     }
+    if (records)
+        mb_sub_ref_batch(bs->sub, (long)records);
     for (size_t i = 0; i < n; i++) {
         rd_kafka_message_t *rkm = rkms[i];
         conv[i] = NULL;
@@ -529,7 +539,6 @@ static void mb_kafka_deliver(struct mb_backend_sub *bs, rd_kafka_message_t **rkm
             if (b) {
                 held = &b->held[i];
                 held->batch = b;
-                atomic_fetch_add(&b->refs, 1);
                 if (rkm->len >= MB_KAFKA_BORROW_MIN) {
                     taken = true;
                 } else {

@@ -477,12 +477,33 @@ void mb_sub_unref(msgbus_sub_t *sub)
     free(sub);
 }
 
+void mb_sub_ref_batch(msgbus_sub_t *sub, long n)
+{
+    atomic_fetch_add(&sub->refs, n);
+}
+
+void mb_sub_unref_batch(msgbus_sub_t *sub, long n)
+{
+    if (n > 1)
+        atomic_fetch_sub(&sub->refs, n - 1); /* the sub itself holds one more */
+    if (n > 0)
+        mb_sub_unref(sub);
+}
+
 msgbus_msg_t *mb_msg_new_received(msgbus_sub_t *sub)
+{
+    atomic_fetch_add(&sub->refs, 1);
+    msgbus_msg_t *m = mb_msg_new_received_reffed(sub);
+    if (!m)
+        mb_sub_unref(sub);
+    return m;
+}
+
+msgbus_msg_t *mb_msg_new_received_reffed(msgbus_sub_t *sub)
 {
     msgbus_msg_t *m = mb_msg_alloc();
     if (!m)
         return NULL;
-    atomic_fetch_add(&sub->refs, 1);
     m->sub = sub;
     m->topic = sub->topic;
     m->group = sub->group;
