@@ -88,6 +88,17 @@ static int die(const char *what)
     exit(1);
 }
 
+/* A database file with its WAL and shared-memory files. */
+static void remove_db(const char *path)
+{
+    char p[256];
+    unlink(path);
+    snprintf(p, sizeof p, "%s-wal", path);
+    unlink(p);
+    snprintf(p, sizeof p, "%s-shm", path);
+    unlink(p);
+}
+
 static msgbus_msg_t *make_msg(size_t i, size_t bytes)
 {
     static char payload[65536];
@@ -213,12 +224,7 @@ static double bench_store_alone(size_t n, size_t bytes, size_t batch, const char
     sqlite3_finalize(sel);
     sqlite3_finalize(del);
     sqlite3_close(db);
-    unlink(path);
-    char p2[192];
-    snprintf(p2, sizeof p2, "%s-wal", path);
-    unlink(p2);
-    snprintf(p2, sizeof p2, "%s-shm", path);
-    unlink(p2);
+    remove_db(path);
     return rate;
 }
 
@@ -277,12 +283,7 @@ static double bench_relay(msgbus_t *bus, const char *topic, size_t n, size_t byt
     msgbus_outbox_close(ob);
     sqlite3_close(rel);
     sqlite3_close(app);
-    unlink(path);
-    char p2[160];
-    snprintf(p2, sizeof p2, "%s-wal", path);
-    unlink(p2);
-    snprintf(p2, sizeof p2, "%s-shm", path);
-    unlink(p2);
+    remove_db(path);
     return rate;
 }
 

@@ -763,37 +763,6 @@ static msgbus_err_t mb_relay_pass(msgbus_outbox_t *ob, msgbus_t *bus, size_t max
     char claim_why[512] = "";
     msgbus_err_t store = MSGBUS_OK;     /* marking failed: slices in flight are given up */
 
-    /* A long pass on a store that overlaps gets a worker for the store
-     * (mb_relay_piped) once its first slice comes back full. */
-    if (depth > 1 && max_rows > per_slice) {
-        struct mb_relay_slice *sl = &ring[0];
-        e = ob->ops->claim(ob, per_slice, 0, &sl->b);
-        if (e != MSGBUS_OK || sl->b.n == 0) {
-            ob->ops->abort(ob);
-            mb_relay_slice_clear(sl);
-            claim_err = e;
-            if (e != MSGBUS_OK)
-                snprintf(claim_why, sizeof claim_why, "%s", msgbus_last_error());
-            more = false;
-        } else {
-            bool started = false;
-            if (sl->b.n == per_slice) {
-                store = mb_relay_piped(&run, sl, per_slice, max_rows, &sent, &claim_err,
-                                       claim_why, sizeof claim_why, &started);
-                if (started)
-                    more = false; /* the whole pass is done */
-            }
-            if (!started) { /* on this thread: the loop below takes it from here */
-                count = 1;
-                claimed = sl->b.n;
-                after = sl->b.rows[sl->b.n - 1].id;
-                more = sl->b.n == per_slice;
-                if ((e = mb_relay_publish(&run, sl)) != MSGBUS_OK)
-                    mb_relay_stop(&run, e, "%s", msgbus_last_error());
-            }
-        }
-    }
-
     for (;;) {
         if (more && store == MSGBUS_OK && claim_err == MSGBUS_OK &&
             run.transient == MSGBUS_OK && claimed < max_rows && count < depth) {
@@ -813,6 +782,18 @@ static msgbus_err_t mb_relay_pass(msgbus_outbox_t *ob, msgbus_t *bus, size_t max
             claimed += sl->b.n;
             after = sl->b.rows[sl->b.n - 1].id;
             more = sl->b.n == want;
+            if (depth > 1 && claimed == sl->b.n && more && claimed < max_rows) {
+                /* The first slice of a long pass came back full: the rest
+                 * of the pass gets a worker for the store. */
+                bool started = false;
+                store = mb_relay_piped(&run, sl, per_slice, max_rows, &sent, &claim_err,
+                                       claim_why, sizeof claim_why, &started);
+                if (started) {
+                    count = 0; /* the slice went with it; the pass is done */
+                    more = false;
+                    continue;
+                }
+            }
             e = mb_relay_publish(&run, sl);
             if (e != MSGBUS_OK) /* out of memory: nothing more is published */
                 mb_relay_stop(&run, e, "%s", msgbus_last_error());
