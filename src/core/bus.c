@@ -100,9 +100,19 @@ static void mb_token_cache_drop(void *arg)
     tc->n = 0;
 }
 
+static _Atomic bool mb_token_key_made;
+
 static void mb_token_key_init(void)
 {
-    (void)pthread_key_create(&mb_token_key, mb_token_cache_drop);
+    atomic_store(&mb_token_key_made, pthread_key_create(&mb_token_key, mb_token_cache_drop) == 0);
+}
+
+/* A library unloaded with dlclose must not leave threads a destructor
+ * that points into unmapped code: their caches are then left behind. */
+__attribute__((destructor)) static void mb_token_key_delete(void)
+{
+    if (atomic_load(&mb_token_key_made))
+        pthread_key_delete(mb_token_key);
 }
 
 static struct mb_confirm *mb_token_new(size_t strings)
