@@ -133,6 +133,10 @@ MB_HIDDEN msgbus_msg_t *mb_msg_new_received(msgbus_sub_t *sub);
 MB_HIDDEN void mb_sub_ref_batch(msgbus_sub_t *sub, long n);
 MB_HIDDEN void mb_sub_unref_batch(msgbus_sub_t *sub, long n);
 MB_HIDDEN msgbus_msg_t *mb_msg_new_received_reffed(msgbus_sub_t *sub);
+/* mb_msg_new_received_reffed, made in `storage` (not NULL: the backend's
+ * own block, which its release hook must keep alive until it is called
+ * for this message) instead of a malloc of its own. */
+MB_HIDDEN msgbus_msg_t *mb_msg_new_received_in(msgbus_sub_t *sub, msgbus_msg_t *storage);
 
 /* Hands received messages to the application: `first` .. a list linked by
  * ->next (NULL-terminated), `count` long. One lock and at most one wake-up

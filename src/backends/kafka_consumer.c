@@ -76,6 +76,7 @@ struct mb_kafka_held { /* m->backend_data of a received message */
 struct mb_kafka_batch {
     _Atomic long refs; /* messages holding it, + 1 while being delivered */
     struct mb_kafka_rkref *owner;
+    msgbus_msg_t *msgs; /* n message structs, after held[n]; then the slab */
     struct mb_kafka_held held[];
 };
 
@@ -444,7 +445,10 @@ static void mb_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 static msgbus_msg_t *mb_kafka_convert(struct mb_backend_sub *bs, rd_kafka_message_t *rkm,
                                       struct mb_kafka_held *held, unsigned char *slab)
 {
-    msgbus_msg_t *m = mb_msg_new_received_reffed(bs->sub); /* mb_kafka_deliver took the ref */
+    /* mb_kafka_deliver took the ref. With `held`, the message itself lives
+     * in the batch too, next to held[] (see mb_kafka_deliver). */
+    msgbus_msg_t *storage = held ? &held->batch->msgs[held - held->batch->held] : NULL;
+    msgbus_msg_t *m = mb_msg_new_received_in(bs->sub, storage);
     if (!m) {
         mb_sub_unref_batch(bs->sub, 1);
         if (held) {
@@ -511,9 +515,15 @@ static void mb_kafka_deliver(struct mb_backend_sub *bs, rd_kafka_message_t **rkm
         if (rkms[i]->len < MB_KAFKA_BORROW_MIN)
             slab_len += rkms[i]->len;
     }
-    struct mb_kafka_batch *b = malloc(sizeof *b + n * sizeof b->held[0] + slab_len);
-    unsigned char *slab = b ? (unsigned char *)&b->held[n] : NULL;
+    /* One block for the batch: held[n], the n message structs (made on
+     * this thread, freed on the application's: one malloc and one
+     * cross-thread free per batch instead of per message), the slab. */
+    struct mb_kafka_batch *b =
+        malloc(sizeof *b + n * (sizeof b->held[0] + sizeof(msgbus_msg_t)) + slab_len);
+    unsigned char *slab = NULL;
     if (b) {
+        b->msgs = (msgbus_msg_t *)(void *)&b->held[n];
+        slab = (unsigned char *)&b->msgs[n];
         /* One reference per record, + ours until the loop is done: taken
          * at once, as the sub's below (the application's thread drops
          * them one by one as it frees messages). */

@@ -511,8 +511,15 @@ msgbus_msg_t *mb_msg_new_received(msgbus_sub_t *sub)
 
 msgbus_msg_t *mb_msg_new_received_reffed(msgbus_sub_t *sub)
 {
-    msgbus_msg_t *m = mb_msg_alloc();
-    if (!m)
+    return mb_msg_new_received_in(sub, NULL);
+}
+
+msgbus_msg_t *mb_msg_new_received_in(msgbus_sub_t *sub, msgbus_msg_t *storage)
+{
+    msgbus_msg_t *m = storage;
+    if (m)
+        mb_msg_init_embedded(m);
+    else if (!(m = mb_msg_alloc()))
         return NULL;
     m->sub = sub;
     m->topic = sub->topic;
@@ -527,9 +534,11 @@ void mb_sub_msg_released(msgbus_msg_t *m);
 void mb_sub_msg_released(msgbus_msg_t *m)
 {
     msgbus_sub_t *sub = m->sub;
+    m->sub = NULL;
+    /* m is not touched after the hook: an embedded message's block may go
+     * with it. */
     if (sub->ops->release)
         sub->ops->release(m);
-    m->sub = NULL;
     mb_sub_unref(sub);
 }
 

@@ -51,6 +51,14 @@ msgbus_msg_t *mb_msg_alloc(void)
     return m;
 }
 
+void mb_msg_init_embedded(msgbus_msg_t *m)
+{
+    memset(m, 0, sizeof *m);
+    m->payload = mb_empty;
+    atomic_init(&m->refs, 1);
+    m->embedded = true;
+}
+
 MSGBUS_API msgbus_err_t msgbus_msg_new(msgbus_msg_t **out, const void *payload, size_t len)
 {
     if (!out)
@@ -101,7 +109,8 @@ MSGBUS_API void msgbus_msg_free(msgbus_msg_t *m)
         return;
     if (m->sub && atomic_fetch_sub(&m->refs, 1) != 1)
         return; /* the core still holds it (retry timer, dead letter) */
-    if (m->sub)
+    bool embedded = m->embedded;
+    if (m->sub && !embedded)
         mb_sub_msg_released(m); /* backend release hook + sub reference */
     mb_free_payload(m);
     /* Most messages have neither: skip the calls. */
@@ -110,7 +119,10 @@ MSGBUS_API void msgbus_msg_free(msgbus_msg_t *m)
     if (m->headers)
         mb_headers_free(m);
     mb_free_id(m);
-    free(m);
+    if (embedded)
+        mb_sub_msg_released(m); /* last: may free the block m lives in */
+    else
+        free(m);
 }
 
 msgbus_msg_t *mb_msg_clone(const msgbus_msg_t *src)

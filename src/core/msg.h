@@ -50,6 +50,10 @@ struct msgbus_msg {
     /* Payload stored right after the struct, in the same allocation
      * (msgbus_msg_new of a small payload): never freed on its own. */
     bool payload_inline;
+    /* The struct itself lives in a backend's block (a Kafka batch): the
+     * backend's release hook gives it back, msgbus_msg_free must not free
+     * it, and must not touch it after the release. */
+    bool embedded;
     /* Storage for an id of up to 36 characters (every UUIDv7), so a new
      * message is one allocation; m->id points here or to a malloc'd string. */
     char idbuf[37];
@@ -71,6 +75,9 @@ static inline void mb_msg_ref(msgbus_msg_t *m)
 
 /* An empty message with no id (for received messages and clones). */
 MB_HIDDEN msgbus_msg_t *mb_msg_alloc(void);
+/* Initializes caller-provided storage as an empty message (refs 1) whose
+ * struct msgbus_msg_free will not free (see `embedded`). */
+MB_HIDDEN void mb_msg_init_embedded(msgbus_msg_t *m);
 /* Deep copy of an application message (payload, key, headers, id,
  * timestamp); NULL on out of memory. */
 MB_HIDDEN msgbus_msg_t *mb_msg_clone(const msgbus_msg_t *m);
