@@ -60,6 +60,24 @@ START_TEST(missing_topic_without_creation_is_not_found)
 }
 END_TEST
 
+/* Subscribes `group` and checks that the first message it gets is the
+ * one published right after declare; acks it, returns the subscription. */
+static msgbus_sub_t *first_is_after_declare(msgbus_t *bus, const char *topic, const char *group)
+{
+    msgbus_sub_t *sub = NULL;
+    tu_ck_ok(msgbus_subscribe(bus, topic, group, &sub));
+    msgbus_msg_t *m = tu_receive(sub, 10000);
+    ck_assert_ptr_nonnull(m);
+    size_t len;
+    const char *p = msgbus_msg_payload(m, &len);
+    printf("declared group first got: %.*s\n", (int)len, p);
+    ck_assert_int_eq((int)len, 13);
+    ck_assert_int_eq(memcmp(p, "after-declare", 13), 0);
+    tu_ck_ok(msgbus_ack(m));
+    msgbus_msg_free(m);
+    return sub;
+}
+
 START_TEST(declare_fixes_group_start)
 {
     char topic[128], group[128];
@@ -74,17 +92,7 @@ START_TEST(declare_fixes_group_start)
     tu_ck_ok(msgbus_declare(bus, topic, group)); /* idempotent */
     tu_publish_str(bus, topic, "k", "after-declare");
     tu_ck_ok(msgbus_flush(bus, 10000, NULL));
-    msgbus_sub_t *sub = NULL;
-    tu_ck_ok(msgbus_subscribe(bus, topic, group, &sub));
-    msgbus_msg_t *m = tu_receive(sub, 10000);
-    ck_assert_ptr_nonnull(m);
-    size_t len;
-    const char *p = msgbus_msg_payload(m, &len);
-    printf("declared group first got: %.*s\n", (int)len, p);
-    ck_assert_int_eq((int)len, 13);
-    ck_assert_int_eq(memcmp(p, "after-declare", 13), 0);
-    tu_ck_ok(msgbus_ack(m));
-    msgbus_msg_free(m);
+    msgbus_sub_t *sub = first_is_after_declare(bus, topic, group);
     ck_assert_ptr_null(tu_receive(sub, 1000));
     msgbus_sub_close(sub);
     msgbus_close(bus);
@@ -185,17 +193,7 @@ START_TEST(declare_waits_for_a_joining_member)
     rd_kafka_destroy(lm.rk);
 
     /* The group, now in msgbus's hands, starts where its member did. */
-    msgbus_sub_t *sub = NULL;
-    tu_ck_ok(msgbus_subscribe(bus, topic, group, &sub));
-    msgbus_msg_t *m = tu_receive(sub, 10000);
-    ck_assert_ptr_nonnull(m);
-    size_t len;
-    const char *p = msgbus_msg_payload(m, &len);
-    ck_assert_int_eq((int)len, 13);
-    ck_assert_int_eq(memcmp(p, "after-declare", 13), 0);
-    tu_ck_ok(msgbus_ack(m));
-    msgbus_msg_free(m);
-    msgbus_sub_close(sub);
+    msgbus_sub_close(first_is_after_declare(bus, topic, group));
     msgbus_close(bus);
 }
 END_TEST
