@@ -125,15 +125,15 @@ MB_HIDDEN const char *mb_confirm_topic(const struct mb_confirm *token);
  * The backend fills payload, key, headers, id, timestamp, position. */
 MB_HIDDEN msgbus_msg_t *mb_msg_new_received(msgbus_sub_t *sub);
 
-/* The same for a backend that takes the references on the sub for a whole
- * batch at once (mb_sub_ref_batch), instead of one atomic operation per
- * message on a counter the application's thread decrements as it frees
- * messages. Each reference taken must end in exactly one message made
- * here or one mb_sub_unref_batch. */
+/* For a backend that takes the references on the sub for a whole batch at
+ * once (mb_sub_ref_batch), instead of one atomic operation per message on
+ * a counter the application's thread decrements as it frees messages.
+ * Each reference taken must end in exactly one message made by
+ * mb_msg_new_received_in or one mb_sub_unref_batch. */
 MB_HIDDEN void mb_sub_ref_batch(msgbus_sub_t *sub, long n);
 MB_HIDDEN void mb_sub_unref_batch(msgbus_sub_t *sub, long n);
-MB_HIDDEN msgbus_msg_t *mb_msg_new_received_reffed(msgbus_sub_t *sub);
-/* mb_msg_new_received_reffed, made in `storage` (not NULL: the backend's
+/* A new received message as mb_msg_new_received, without taking the
+ * reference (see above), made in `storage` when not NULL (the backend's
  * own block, which its release hook must keep alive until it is called
  * for this message) instead of a malloc of its own. */
 MB_HIDDEN msgbus_msg_t *mb_msg_new_received_in(msgbus_sub_t *sub, msgbus_msg_t *storage);

@@ -503,15 +503,10 @@ void mb_sub_unref_batch(msgbus_sub_t *sub, long n)
 msgbus_msg_t *mb_msg_new_received(msgbus_sub_t *sub)
 {
     atomic_fetch_add(&sub->refs, 1);
-    msgbus_msg_t *m = mb_msg_new_received_reffed(sub);
+    msgbus_msg_t *m = mb_msg_new_received_in(sub, NULL);
     if (!m)
         mb_sub_unref(sub);
     return m;
-}
-
-msgbus_msg_t *mb_msg_new_received_reffed(msgbus_sub_t *sub)
-{
-    return mb_msg_new_received_in(sub, NULL);
 }
 
 msgbus_msg_t *mb_msg_new_received_in(msgbus_sub_t *sub, msgbus_msg_t *storage)
