@@ -15,6 +15,14 @@
  * or committing positions every 100 ms (raw), from the first message to
  * the N-th.
  *
+ * Isolation: every timed run is a process of its own (forked, then it
+ * connects, warms up with one message and a flush, and only then starts
+ * the clock), and so is every topic fill. Both clients in one process
+ * share one heap: one side's freed blocks shaped the other's allocations,
+ * and msgbus's produce_64 measured 0.87-0.91 M msg/s before the raw
+ * client's first round and 0.33-0.50 M after it (docs/performance.md).
+ * A service links one client, not both; each run now starts as it would.
+ *
  * Fairness: the raw client gets exactly the librdkafka settings msgbus
  * uses (idempotent producer, acks=all, defaults otherwise; consumer with
  * auto commit and offset store off, queued.min.messages=1000000; both
@@ -26,11 +34,14 @@
  * received message its id).
  */
 #include <librdkafka/rdkafka.h>
+#include <errno.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "msgbus/msgbus.h"
@@ -51,6 +62,17 @@ static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* CPU time of the measuring thread (the publishing or receiving one) per
+ * message in the timed part of the last run, for the round lines. */
+static double g_cpu_ns;
+
+static double cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
@@ -100,13 +122,21 @@ static void mb_report(void *opaque, const msgbus_report_t *r)
     atomic_fetch_add(&g_reports, 1);
 }
 
-static double produce_msgbus(msgbus_t *bus, const char *topic, size_t size)
+/* A bus of the child's own. */
+static msgbus_t *open_bus(void)
 {
-    char *payload = calloc(1, size);
-    memset(payload, 'm', size);
-    atomic_store(&g_reports, 0);
-    double t0 = now_s();
-    for (long i = 0; i < g_n; i++) {
+    msgbus_t *bus = NULL;
+    if (msgbus_open(&bus, g_url, NULL) != MSGBUS_OK)
+        die("open", msgbus_last_error());
+    return bus;
+}
+
+/* Publishes n messages, each with a delivery report, and waits for the
+ * last report. */
+static void mb_publish_n(msgbus_t *bus, const char *topic, const char *payload, size_t size,
+                         long n)
+{
+    for (long i = 0; i < n; i++) {
         msgbus_msg_t *m = NULL;
         msgbus_msg_new(&m, payload, size);
         msgbus_err_t e;
@@ -120,10 +150,24 @@ static double produce_msgbus(msgbus_t *bus, const char *topic, size_t size)
     }
     if (msgbus_flush(bus, 120000, NULL) != MSGBUS_OK)
         die("flush", msgbus_last_error());
+}
+
+static double produce_msgbus(const char *topic, size_t size)
+{
+    msgbus_t *bus = open_bus();
+    char *payload = calloc(1, size);
+    memset(payload, 'm', size);
+    /* Warm up: connection, producer id, the topic's metadata. */
+    mb_publish_n(bus, topic, payload, size, 1);
+    atomic_store(&g_reports, 0);
+    double t0 = now_s(), c0 = cpu_s();
+    mb_publish_n(bus, topic, payload, size, g_n);
     double t = now_s() - t0;
+    g_cpu_ns = (cpu_s() - c0) * 1e9 / (double)g_n;
     if (atomic_load(&g_reports) != g_n)
         die("reports", "count mismatch");
     free(payload);
+    msgbus_close(bus);
     return (double)g_n / t;
 }
 
@@ -175,50 +219,59 @@ static void raw_produce_all(rd_kafka_t *rk, const char *topic, size_t size, long
     free(payload);
 }
 
-static double produce_raw(rd_kafka_t *rk, const char *topic, size_t size)
+static double produce_raw(const char *topic, size_t size)
 {
+    rd_kafka_t *rk = raw_producer();
+    raw_produce_all(rk, topic, size, 1); /* warm up, as msgbus does */
     atomic_store(&g_reports, 0);
-    double t0 = now_s();
+    double t0 = now_s(), c0 = cpu_s();
     raw_produce_all(rk, topic, size, g_n);
     double t = now_s() - t0;
+    g_cpu_ns = (cpu_s() - c0) * 1e9 / (double)g_n;
     if (atomic_load(&g_reports) != g_n)
         die("raw reports", "count mismatch");
+    rd_kafka_destroy(rk);
     return (double)g_n / t;
 }
 
 /* ---- consume ---------------------------------------------------------------- */
 
-/* A fresh topic holding N messages and a group positioned at its start. */
-static void fill_topic(msgbus_t *bus, rd_kafka_t *producer, char *topic, size_t tn, char *group,
-                       size_t gn, size_t size)
+/* Fills a fresh topic with N messages, its group positioned at the start. */
+static double fill_topic(const char *topic, const char *group, size_t size)
 {
-    unique(topic, tn, "bench-consume");
-    unique(group, gn, "bench-group");
+    msgbus_t *bus = open_bus();
     if (msgbus_declare(bus, topic, group) != MSGBUS_OK)
         die("declare", msgbus_last_error());
+    rd_kafka_t *producer = raw_producer();
     atomic_store(&g_reports, 0);
     raw_produce_all(producer, topic, size, g_n);
+    rd_kafka_destroy(producer);
+    msgbus_close(bus);
+    return 0;
 }
 
-static double consume_msgbus(msgbus_t *bus, const char *topic, const char *group)
+static double consume_msgbus(const char *topic, const char *group)
 {
+    msgbus_t *bus = open_bus();
     msgbus_sub_t *sub = NULL;
     if (msgbus_subscribe(bus, topic, group, &sub) != MSGBUS_OK)
         die("subscribe", msgbus_last_error());
-    double t0 = 0;
+    double t0 = 0, c0 = 0;
     for (long got = 0; got < g_n;) {
         msgbus_msg_t *m = NULL;
         msgbus_err_t e = msgbus_receive(sub, 30000, &m);
         if (e)
             die("receive", msgbus_last_error());
         if (got == 0)
-            t0 = now_s();
+            t0 = now_s(), c0 = cpu_s();
         got++;
         msgbus_ack(m);
         msgbus_msg_free(m);
     }
     double t = now_s() - t0;
+    g_cpu_ns = (cpu_s() - c0) * 1e9 / (double)(g_n - 1);
     msgbus_sub_close(sub);
+    msgbus_close(bus);
     return (double)(g_n - 1) / t;
 }
 
@@ -234,7 +287,7 @@ static double consume_raw(const char *topic, const char *group)
     rd_kafka_topic_partition_list_add(tl, topic, RD_KAFKA_PARTITION_UA);
     rd_kafka_subscribe(rk, tl);
     rd_kafka_topic_partition_list_destroy(tl);
-    double t0 = 0, last_commit = 0;
+    double t0 = 0, c0 = 0, last_commit = 0;
     for (long got = 0; got < g_n;) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 30000);
         if (!m)
@@ -244,7 +297,7 @@ static double consume_raw(const char *topic, const char *group)
             continue;
         }
         if (got == 0)
-            t0 = last_commit = now_s();
+            t0 = last_commit = now_s(), c0 = cpu_s();
         got++;
         /* The message id, as msgbus gives it to its receivers. */
         rd_kafka_headers_t *h = NULL;
@@ -266,6 +319,7 @@ static double consume_raw(const char *topic, const char *group)
         }
     }
     double t = now_s() - t0;
+    g_cpu_ns = (cpu_s() - c0) * 1e9 / (double)(g_n - 1);
     rd_kafka_consumer_close(rk);
     rd_kafka_destroy(rk);
     return (double)(g_n - 1) / t;
@@ -356,6 +410,98 @@ static void result(const char *name, double *mb, double *raw)
     fflush(stdout);
 }
 
+/* Both sides' settings once: msgbus's from its debug log (a declare with
+ * a group creates a consumer), raw's from raw_conf. */
+static double print_config(void)
+{
+    msgbus_set_log(config_log, NULL, MSGBUS_LOG_DEBUG);
+    msgbus_t *bus = open_bus();
+    char topic[128], group[128];
+    unique(topic, sizeof topic, "bench-config");
+    unique(group, sizeof group, "bench-config");
+    if (msgbus_declare(bus, topic, group) != MSGBUS_OK)
+        die("declare", msgbus_last_error());
+    msgbus_close(bus);
+    msgbus_set_log(NULL, NULL, MSGBUS_LOG_ERROR);
+    print_raw_config("producer", raw_conf(RD_KAFKA_PRODUCER, NULL));
+    print_raw_config("consumer", raw_conf(RD_KAFKA_CONSUMER, "bench-group"));
+    return 0;
+}
+
+static double declare_topic(const char *topic)
+{
+    msgbus_t *bus = open_bus();
+    if (msgbus_declare(bus, topic, NULL) != MSGBUS_OK)
+        die("declare", msgbus_last_error());
+    msgbus_close(bus);
+    return 0;
+}
+
+enum job { CONFIG, DECLARE, FILL, PRODUCE_MSGBUS, PRODUCE_RAW, CONSUME_MSGBUS, CONSUME_RAW };
+
+/* Runs one job in a child process of its own; returns the rate it
+ * measured and sets *cpu_ns (NULL: not wanted). The parent never loads a
+ * client, so each child starts clean. */
+static double in_child(enum job job, const char *topic, const char *group, size_t size,
+                       double *cpu_ns)
+{
+    int fd[2];
+    if (pipe(fd) != 0)
+        die("pipe", strerror(errno));
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork", strerror(errno));
+    if (pid == 0) {
+        close(fd[0]);
+        double v[2] = {0, 0};
+        switch (job) {
+        case CONFIG: v[0] = print_config(); break;
+        case DECLARE: v[0] = declare_topic(topic); break;
+        case FILL: v[0] = fill_topic(topic, group, size); break;
+        case PRODUCE_MSGBUS: v[0] = produce_msgbus(topic, size); break;
+        case PRODUCE_RAW: v[0] = produce_raw(topic, size); break;
+        case CONSUME_MSGBUS: v[0] = consume_msgbus(topic, group); break;
+        case CONSUME_RAW: v[0] = consume_raw(topic, group); break;
+        }
+        v[1] = g_cpu_ns;
+        fflush(stderr);
+        _exit(write(fd[1], v, sizeof v) == (ssize_t)sizeof v ? 0 : 1);
+    }
+    close(fd[1]);
+    double v[2] = {0, 0};
+    ssize_t n = read(fd[0], v, sizeof v);
+    close(fd[0]);
+    int status = 0;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0 ||
+        n != (ssize_t)sizeof v)
+        die("child", "a measuring process failed (its error is above)");
+    if (cpu_ns)
+        *cpu_ns = v[1];
+    return v[0];
+}
+
+/* One round of a case, msgbus first on even rounds, raw first on odd;
+ * prints the round's line with each side's CPU per message. */
+static void round_pair(const char *name, int r, enum job mb_job, enum job raw_job,
+                       const char *t1, const char *g1, const char *t2, const char *g2,
+                       size_t size, double *mb, double *raw)
+{
+    double mb_cpu = 0, raw_cpu = 0;
+    *mb = *raw = 0;
+    for (int k = 0; k < 2; k++) {
+        bool mb_turn = (k == 0) == (r % 2 == 0);
+        if (mb_turn && side("msgbus"))
+            *mb = in_child(mb_job, t1, g1, size, &mb_cpu);
+        else if (!mb_turn && side("raw"))
+            *raw = in_child(raw_job, t2, g2, size, &raw_cpu);
+    }
+    fprintf(stderr, "%s round %d: msgbus=%.0f raw=%.0f  (CPU of the %s thread per message: "
+            "msgbus %.0f ns, raw %.0f ns)\n", name, r, *mb, *raw,
+            mb_job == PRODUCE_MSGBUS ? "publishing" : "receiving", mb_cpu, raw_cpu);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)
@@ -374,79 +520,42 @@ int main(int argc, char **argv)
         (*g_side && strcmp(g_side, "msgbus") != 0 && strcmp(g_side, "raw") != 0))
         die("arguments", "bench_kafka [messages>=2] [rounds 1..15] [case-filter] [msgbus|raw]");
 
-    /* Both sides' settings once: msgbus's from its debug log (a declare
-     * with a group creates a consumer), raw's from raw_conf. */
-    msgbus_set_log(config_log, NULL, MSGBUS_LOG_DEBUG);
-    msgbus_t *bus = NULL;
-    if (msgbus_open(&bus, g_url, NULL) != MSGBUS_OK)
-        die("open", msgbus_last_error());
-    {
-        char topic[128], group[128];
-        unique(topic, sizeof topic, "bench-config");
-        unique(group, sizeof group, "bench-config");
-        if (msgbus_declare(bus, topic, group) != MSGBUS_OK)
-            die("declare", msgbus_last_error());
-    }
     msgbus_set_log(NULL, NULL, MSGBUS_LOG_ERROR);
-    print_raw_config("producer", raw_conf(RD_KAFKA_PRODUCER, NULL));
-    print_raw_config("consumer", raw_conf(RD_KAFKA_CONSUMER, "bench-group"));
-    rd_kafka_t *producer = raw_producer();
+    in_child(CONFIG, NULL, NULL, 0, NULL);
     size_t sizes[] = {64, 1024};
     double mb[16], raw[16];
     for (int s = 0; s < 2; s++) {
         size_t size = sizes[s];
         char topic[128], name[64];
         snprintf(name, sizeof name, "produce_%zu", size);
-        if (!strstr(name, g_filter))
-            goto consume;
-        unique(topic, sizeof topic, "bench-produce");
-        if (msgbus_declare(bus, topic, NULL) != MSGBUS_OK)
-            die("declare", msgbus_last_error());
-        for (int r = 0; r < g_rounds; r++) {
-            mb[r] = raw[r] = 0;
-            if (r % 2 == 0) {
-                if (side("msgbus"))
-                    mb[r] = produce_msgbus(bus, topic, size);
-                if (side("raw"))
-                    raw[r] = produce_raw(producer, topic, size);
-            } else {
-                if (side("raw"))
-                    raw[r] = produce_raw(producer, topic, size);
-                if (side("msgbus"))
-                    mb[r] = produce_msgbus(bus, topic, size);
+        if (strstr(name, g_filter)) {
+            unique(topic, sizeof topic, "bench-produce");
+            in_child(DECLARE, topic, NULL, 0, NULL);
+            for (int r = 0; r < g_rounds; r++) {
+                round_pair(name, r, PRODUCE_MSGBUS, PRODUCE_RAW, topic, NULL, topic, NULL, size,
+                           &mb[r], &raw[r]);
             }
-            fprintf(stderr, "produce_%zu round %d: msgbus=%.0f raw=%.0f\n", size, r, mb[r], raw[r]);
+            result(name, mb, raw);
         }
-        result(name, mb, raw);
-    consume:
         snprintf(name, sizeof name, "consume_%zu", size);
         if (!strstr(name, g_filter))
             continue;
-
         for (int r = 0; r < g_rounds; r++) {
             char t1[128], g1[128], t2[128], g2[128];
-            mb[r] = raw[r] = 0;
+            unique(t1, sizeof t1, "bench-consume");
+            unique(g1, sizeof g1, "bench-group");
+            unique(t2, sizeof t2, "bench-consume");
+            unique(g2, sizeof g2, "bench-group");
             if (side("msgbus"))
-                fill_topic(bus, producer, t1, sizeof t1, g1, sizeof g1, size);
+                in_child(FILL, t1, g1, size, NULL);
             if (side("raw"))
-                fill_topic(bus, producer, t2, sizeof t2, g2, sizeof g2, size);
-            if (r % 2 == 0) {
-                if (side("msgbus"))
-                    mb[r] = consume_msgbus(bus, t1, g1);
-                if (side("raw"))
-                    raw[r] = consume_raw(t2, g2);
-            } else {
-                if (side("raw"))
-                    raw[r] = consume_raw(t2, g2);
-                if (side("msgbus"))
-                    mb[r] = consume_msgbus(bus, t1, g1);
-            }
-            fprintf(stderr, "consume_%zu round %d: msgbus=%.0f raw=%.0f\n", size, r, mb[r], raw[r]);
+                in_child(FILL, t2, g2, size, NULL);
+            round_pair(name, r, CONSUME_MSGBUS, CONSUME_RAW, t1, g1, t2, g2, size, &mb[r],
+                       &raw[r]);
         }
         result(name, mb, raw);
     }
-    rd_kafka_destroy(producer);
-    msgbus_close(bus);
-    printf("(%ld messages per run, median of %d rounds, %s)\n", g_n, g_rounds, g_url);
+    printf("(%ld messages per run, median of %d rounds, each run a process of its own, %s)\n",
+           g_n, g_rounds, g_url);
     return 0;
 }
