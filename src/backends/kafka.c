@@ -438,16 +438,22 @@ static void mb_kafka_serve_now(struct mb_backend *be)
  * rd_kafka_poll returns as soon as a batch of reports arrives, so confirms
  * reach the core without added latency. While publishes keep coming, the
  * publishing threads serve them (mb_kafka_publish, every
- * MB_KAFKA_SERVE_EVERY publishes) and this thread looks every millisecond:
- * when publishing stopped, or goes on too slowly to reach the next serve
- * within that millisecond, it serves them itself. A report thus waits at
- * most about a millisecond longer than it would with this thread alone;
- * after a msgbus_flush (mb_kafka_flush wakes this thread) not even that. */
+ * MB_KAFKA_SERVE_EVERY publishes) and this thread naps: when nobody served
+ * during a nap (publishing stopped, or goes on too slowly to reach the
+ * next serve), it serves them itself and naps 1 ms next; when a publisher
+ * served, it doubles the nap, up to MB_KAFKA_NAP_MAX_MS. A fast publisher
+ * thus costs ~125 wake-ups a second, not 1,000 (each was a context switch
+ * on the publisher's cores). A report reaches the core at most about
+ * MB_KAFKA_NAP_MAX_MS after the broker's answer while publishing goes on,
+ * and so do the last reports of a burst, unless a msgbus_flush
+ * (mb_kafka_flush wakes this thread) asks for them. */
+#define MB_KAFKA_NAP_MAX_MS 8
 static void *mb_kafka_poll_main(void *arg)
 {
     mb_thread_name("msgbus-kpoll");
     struct mb_backend *be = arg;
     unsigned long seen = atomic_load(&be->published);
+    int nap_ms = 1;
     while (!atomic_load(&be->stopping)) {
         unsigned long now = atomic_load(&be->published);
         pthread_mutex_lock(&be->nap_mu);
@@ -457,15 +463,20 @@ static void *mb_kafka_poll_main(void *arg)
             seen = now;
             unsigned long served = atomic_load(&be->served);
             struct timespec dl;
-            mb_deadline(&dl, 1);
+            mb_deadline(&dl, nap_ms);
             while (!be->wake && pthread_cond_timedwait(&be->nap_cv, &be->nap_mu, &dl) == 0)
                 ;
             pthread_mutex_unlock(&be->nap_mu);
-            if (atomic_load(&be->served) == served)
+            if (atomic_load(&be->served) == served) {
                 mb_kafka_serve_now(be);
+                nap_ms = 1;
+            } else if (nap_ms < MB_KAFKA_NAP_MAX_MS) {
+                nap_ms *= 2;
+            }
             continue;
         }
         pthread_mutex_unlock(&be->nap_mu);
+        nap_ms = 1;
         seen = now;
         pthread_mutex_lock(&be->dr_mu);
         rd_kafka_poll(be->producer, 100);
@@ -476,8 +487,10 @@ static void *mb_kafka_poll_main(void *arg)
 }
 
 /* A publishing thread serves the reports every this many publishes
- * (power of two). */
-#define MB_KAFKA_SERVE_EVERY 64
+ * (power of two): as often as a raw librdkafka loop typically polls. Every
+ * 64, the publishing thread took librdkafka's report-queue lock 16 times
+ * as often while its broker thread filled that queue. */
+#define MB_KAFKA_SERVE_EVERY 1024
 
 /* ops->flush: librdkafka sends on its own; what a flush changes is who
  * waits for the reports. The core then waits for the confirms itself. */
