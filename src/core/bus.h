@@ -38,9 +38,8 @@ struct mb_confirm {
     /* A publish msgbus makes for itself (a dead letter): its outcome goes
      * to the retry worker, not to the application's callbacks. */
     bool internal;
-    /* A block of MB_TOKEN_STRINGS bytes of strings, recycled through the
-     * per-thread token cache (bus.c) instead of freed. */
-    bool pooled;
+    /* The slab the token was cut from (bus.c), NULL for one of its own. */
+    struct mb_token_slab *slab;
 };
 
 struct msgbus_sub {
