@@ -335,11 +335,19 @@ static msgbus_err_t mb_outbox_pg_claim(msgbus_outbox_t *ob, size_t max, int64_t 
             mb_outbox_pg_set_add(&locked, PQgetvalue(lk, i, 0));
     }
 
-    /* 3. the rows to claim, in id order, up to max. */
-    size_t chosen = 0;
+    /* 3. the rows to claim, in id order, up to max rows and
+     * MB_OUTBOX_SLICE_BYTES of payload (octet_length reads a stored
+     * value's size without fetching it). Rows left out are later than
+     * every row taken, so each key still goes out oldest first. */
+    size_t chosen = 0, payload_bytes = 0;
     for (int i = 0; i < nc && chosen < max; i++) {
         if (!PQgetisnull(cand, i, 1) && !mb_outbox_pg_set_has(&locked, PQgetvalue(cand, i, 1)))
             continue;
+        if (payload_bytes >= MB_OUTBOX_SLICE_BYTES) {
+            b->capped = true;
+            break;
+        }
+        payload_bytes += (size_t)strtoull(PQgetvalue(cand, i, 2), NULL, 10);
         const char *id = PQgetvalue(cand, i, 0);
         if (!((chosen == 0 || mb_outbox_pg_buf_add(&ids, ",", 1)) &&
               mb_outbox_pg_buf_add(&ids, id, strlen(id)))) {
@@ -642,8 +650,8 @@ msgbus_err_t msgbus_outbox_open_pg(msgbus_outbox_t **out, struct pg_conn *conn, 
     } q[] = {
         {&s->sql_put, "INSERT INTO %s (msg_id, topic, msg_key, headers, payload, msg_ts, created_at)"
                       " VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)"},
-        {&s->sql_cand, "SELECT id, encode(msg_key, 'hex') FROM %s WHERE state = 'pending'"
-                       " ORDER BY id LIMIT $1"},
+        {&s->sql_cand, "SELECT id, encode(msg_key, 'hex'), octet_length(payload) FROM %s"
+                       " WHERE state = 'pending' ORDER BY id LIMIT $1"},
         {&s->sql_lock, NULL},
         {&s->sql_fetch,
          "SELECT o.id, o.msg_id, o.topic, o.msg_key, o.headers::text, o.payload,"

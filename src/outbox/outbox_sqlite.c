@@ -216,7 +216,8 @@ static msgbus_err_t mb_outbox_sqlite_claim(msgbus_outbox_t *ob, size_t max, int6
     sqlite3_bind_int64(st, 1, (sqlite3_int64)(max > INT64_MAX ? INT64_MAX : max));
     sqlite3_bind_int64(st, 2, after);
     msgbus_err_t e = MSGBUS_OK;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    size_t payload_bytes = 0;
+    while (!b->capped && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct mb_outbox_row *r = mb_outbox_batch_add(b);
         if (!r) {
             e = mb_error(MSGBUS_ERR_NOMEM, "out of memory reading outbox rows");
@@ -248,8 +249,10 @@ static msgbus_err_t mb_outbox_sqlite_claim(msgbus_outbox_t *ob, size_t max, int6
             e = mb_error(MSGBUS_ERR_NOMEM, "out of memory reading outbox rows (or NULL msg_id/topic)");
             break;
         }
+        payload_bytes += r->len;
+        b->capped = payload_bytes >= MB_OUTBOX_SLICE_BYTES;
     }
-    if (e == MSGBUS_OK && rc != SQLITE_DONE)
+    if (e == MSGBUS_OK && rc != SQLITE_DONE && !b->capped)
         e = mb_outbox_sqlite_err(ob, s->db, "reading pending rows");
     sqlite3_reset(st);
     return e;

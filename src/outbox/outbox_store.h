@@ -37,6 +37,12 @@ enum mb_outbox_outcome {
 
 struct mb_outbox_chunk; /* outbox.c */
 
+/* A claim stops taking rows once their payloads add up to this many bytes
+ * (it always takes one) and sets the batch's `capped`: a pass then holds
+ * at most (slices in flight) x this much row data, whatever max_rows and
+ * the rows' sizes. It caps 1 KiB rows at ~1,000 a slice (of 2,048 at most). */
+#define MB_OUTBOX_SLICE_BYTES ((size_t)1 << 20)
+
 struct mb_outbox_batch {
     struct mb_outbox_row *rows;
     size_t n, cap;
@@ -45,6 +51,9 @@ struct mb_outbox_batch {
      * batch's first and last: the store may then mark the batch by that
      * id range instead of by a list of ids. */
     bool dense;
+    /* Set by a claim that stopped at MB_OUTBOX_SLICE_BYTES: fewer rows than
+     * asked for does not mean that no more are pending. */
+    bool capped;
     enum mb_outbox_outcome *outcome; /* filled by the relay, n entries */
     char **error;                    /* error text per row (RETRY/FAILED), or NULL */
 };

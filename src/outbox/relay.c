@@ -290,6 +290,13 @@ static msgbus_err_t mb_relay_publish(struct mb_relay_run *run, struct mb_relay_s
 {
     struct mb_outbox_batch *b = &sl->b;
     msgbus_outbox_t *ob = run->ob;
+    if (b->capped) {
+        size_t bytes = 0;
+        for (size_t i = 0; i < b->n; i++)
+            bytes += b->rows[i].len;
+        mb_log(MSGBUS_LOG_DEBUG, "outbox %s: slice of %zu rows stopped at %zu bytes of payload "
+               "(cap %zu)", ob->table, b->n, bytes, MB_OUTBOX_SLICE_BYTES);
+    }
     b->outcome = calloc(b->n, sizeof *b->outcome); /* MB_OUTBOX_KEEP */
     b->error = calloc(b->n, sizeof *b->error);
     sl->published = calloc(b->n, sizeof *sl->published);
@@ -557,7 +564,7 @@ static void *mb_piped_main(void *arg)
         pthread_mutex_lock(&p->mu);
         if (claiming && next == MB_SL_CLAIMED) {
             p->after = ps->sl.b.rows[ps->sl.b.n - 1].id;
-            p->ended = ps->sl.b.n < ps->want;
+            p->ended = ps->sl.b.n < ps->want && !ps->sl.b.capped;
         } else if (claiming) {
             p->ended = true;
             if (e != MSGBUS_OK && p->claim_err == MSGBUS_OK) {
@@ -666,6 +673,9 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
             } else if (ps->state == MB_SL_CLAIMED) {
                 pub_at++;
                 progressed = true;
+                /* A slice capped by bytes asked for more rows than it
+                 * holds: the pass may still claim the difference. */
+                requested -= ps->want - ps->sl.b.n;
                 if (stopping) {
                     /* Claimed after the pass stopped: left pending. */
                     ps->state = MB_SL_EMPTY;
@@ -781,7 +791,7 @@ static msgbus_err_t mb_relay_pass(msgbus_outbox_t *ob, msgbus_t *bus, size_t max
             count++;
             claimed += sl->b.n;
             after = sl->b.rows[sl->b.n - 1].id;
-            more = sl->b.n == want;
+            more = sl->b.n == want || sl->b.capped;
             if (depth > 1 && claimed == sl->b.n && more && claimed < max_rows) {
                 /* The first slice of a long pass came back full: the rest
                  * of the pass gets a worker for the store. */

@@ -554,6 +554,70 @@ START_TEST(store_failure_in_a_long_pass_loses_nothing)
 }
 END_TEST
 
+/* A slice stops at MB_OUTBOX_SLICE_BYTES (1 MiB) of payload, so a pass
+ * over large rows holds a few slices' worth, not max_rows of them; a
+ * capped slice does not end the pass. The relay logs each capped slice at
+ * debug level. */
+struct capped_log {
+    int slices;
+    size_t most_rows, most_bytes;
+};
+
+static void on_capped_log(void *opaque, msgbus_log_level_t level, const char *line)
+{
+    struct capped_log *cl = opaque;
+    size_t rows = 0, bytes = 0;
+    const char *p = strstr(line, ": slice of ");
+    if (level != MSGBUS_LOG_DEBUG || !p ||
+        sscanf(p, ": slice of %zu rows stopped at %zu bytes", &rows, &bytes) != 2)
+        return;
+    cl->slices++;
+    if (rows > cl->most_rows)
+        cl->most_rows = rows;
+    if (bytes > cl->most_bytes)
+        cl->most_bytes = bytes;
+}
+
+START_TEST(large_rows_go_in_slices_bounded_by_bytes)
+{
+    struct world w;
+    world_open_opts(&w, "?max_message_bytes=1000000");
+    enum { N = 12, SIZE = 300 * 1024 };
+    char *big = malloc(SIZE);
+    ck_assert_ptr_nonnull(big);
+    memset(big, 'b', SIZE);
+    char topic[64];
+    tu_unique(topic, sizeof topic, "big"); /* no subscriber: nothing queued */
+    exec(w.app, "BEGIN");
+    for (int i = 0; i < 2 * N; i++) {
+        msgbus_msg_t *m = NULL;
+        tu_ck_ok(msgbus_msg_new(&m, big, SIZE));
+        tu_ck_ok(msgbus_outbox_put(w.ob, topic, m));
+        msgbus_msg_free(m);
+    }
+    exec(w.app, "COMMIT");
+    free(big);
+    /* A pass of N rows relays N rows, though each slice holds 4. */
+    size_t first = 0;
+    tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, N, 5000, &first));
+    ck_assert_uint_eq(first, N);
+    struct capped_log cl = {0};
+    msgbus_set_log(on_capped_log, &cl, MSGBUS_LOG_DEBUG);
+    size_t n = 0;
+    tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 1000, 5000, &n));
+    msgbus_set_log(NULL, NULL, MSGBUS_LOG_WARN);
+    printf("large rows: %d of %d KiB relayed in one call, %d capped slices of at most %zu rows "
+           "and %zu bytes\n", (int)n, SIZE / 1024, cl.slices, cl.most_rows, cl.most_bytes);
+    ck_assert_uint_eq(n, N);
+    ck_assert_int_eq(count_rows(w.app, "1"), 0);
+    /* 1 MiB is reached with the 4th row: slices of 4 rows. */
+    ck_assert_int_ge(cl.slices, N / 4 - 1);
+    ck_assert_uint_eq(cl.most_rows, 4);
+    ck_assert_uint_lt(cl.most_bytes, (size_t)(1 << 20) + SIZE);
+    world_close(&w);
+}
+END_TEST
+
 START_TEST(existing_table_is_checked)
 {
     sqlite3 *db = NULL;
@@ -691,6 +755,7 @@ int main(void)
     tcase_add_test(tc, overlapping_slices_keep_order_and_hold_a_failed_key);
     tcase_add_test(tc, retention_marks_overlapping_slices_sent);
     tcase_add_test(tc, store_failure_in_a_long_pass_loses_nothing);
+    tcase_add_test(tc, large_rows_go_in_slices_bounded_by_bytes);
     tcase_add_test(tc, existing_table_is_checked);
     tcase_add_test(tc, relay_refuses_a_connection_inside_a_transaction);
     tcase_add_test(tc, bad_arguments_are_refused);
