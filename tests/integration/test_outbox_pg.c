@@ -146,44 +146,18 @@ END_TEST
 /* A slice stops at 1 MiB of payload (MB_OUTBOX_SLICE_BYTES), chosen from
  * the rows' stored sizes before they are fetched; a capped slice does not
  * end the pass. The relay logs each capped slice at debug level. */
-struct capped_log {
-    int slices;
-    size_t most_rows;
-};
-
-static void on_capped_log(void *opaque, msgbus_log_level_t level, const char *line)
-{
-    struct capped_log *cl = opaque;
-    size_t rows = 0;
-    const char *p = strstr(line, ": slice of ");
-    if (level != MSGBUS_LOG_DEBUG || !p || sscanf(p, ": slice of %zu rows", &rows) != 1)
-        return;
-    cl->slices++;
-    if (rows > cl->most_rows)
-        cl->most_rows = rows;
-}
-
 START_TEST(pg_large_rows_go_in_slices_bounded_by_bytes)
 {
     struct world w;
     world_open(&w);
     enum { N = 12, SIZE = 300 * 1024 };
-    char *big = malloc(SIZE);
-    ck_assert_ptr_nonnull(big);
-    memset(big, 'b', SIZE);
     char topic[64];
     tu_unique(topic, sizeof topic, "big"); /* no subscriber: nothing queued */
     pg_exec(w.app, "BEGIN");
-    for (int i = 0; i < 2 * N; i++) {
-        msgbus_msg_t *m = NULL;
-        tu_ck_ok(msgbus_msg_new(&m, big, SIZE));
-        tu_ck_ok(msgbus_outbox_put(w.ob, topic, m));
-        msgbus_msg_free(m);
-    }
+    tu_outbox_put_sized(w.ob, topic, 2 * N, SIZE);
     pg_exec(w.app, "COMMIT");
-    free(big);
-    struct capped_log cl = {0};
-    msgbus_set_log(on_capped_log, &cl, MSGBUS_LOG_DEBUG);
+    struct tu_capped_log cl = {0};
+    msgbus_set_log(tu_capped_log_cb, &cl, MSGBUS_LOG_DEBUG);
     size_t first = 0, second = 0;
     tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, N, 5000, &first));
     tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 1000, 5000, &second));

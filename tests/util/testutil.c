@@ -70,3 +70,32 @@ int tu_run_suite(Suite *s)
     srunner_free(sr);
     return failed == 0 ? 0 : 1;
 }
+
+void tu_outbox_put_sized(msgbus_outbox_t *ob, const char *topic, int n, size_t size)
+{
+    char *payload = malloc(size ? size : 1);
+    ck_assert_ptr_nonnull(payload);
+    memset(payload, 'b', size);
+    for (int i = 0; i < n; i++) {
+        msgbus_msg_t *m = NULL;
+        tu_ck_ok(msgbus_msg_new(&m, payload, size));
+        tu_ck_ok(msgbus_outbox_put(ob, topic, m));
+        msgbus_msg_free(m);
+    }
+    free(payload);
+}
+
+void tu_capped_log_cb(void *opaque, msgbus_log_level_t level, const char *line)
+{
+    struct tu_capped_log *cl = opaque;
+    size_t rows = 0, bytes = 0;
+    const char *p = strstr(line, ": slice of ");
+    if (level != MSGBUS_LOG_DEBUG || !p ||
+        sscanf(p, ": slice of %zu rows stopped at %zu bytes", &rows, &bytes) != 2)
+        return;
+    cl->slices++;
+    if (rows > cl->most_rows)
+        cl->most_rows = rows;
+    if (bytes > cl->most_bytes)
+        cl->most_bytes = bytes;
+}

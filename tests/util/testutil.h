@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "msgbus/msgbus.h"
+#include "msgbus/outbox.h"
 
 /* The URL of a real test broker: kind is "kafka", "amqp" or "pg"; read from
  * MSGBUS_TEST_<KIND>_URL. Missing is a hard failure (exit 1 with a message
@@ -35,6 +36,18 @@ void tu_publish_str(msgbus_t *bus, const char *topic, const char *key, const cha
 
 /* Receives one message within timeout_ms; NULL on timeout. */
 msgbus_msg_t *tu_receive(msgbus_sub_t *sub, int timeout_ms);
+
+/* Puts n messages of `size` bytes each (all 'b') to `topic` through `ob`,
+ * in the caller's transaction if one is open; ck_asserts. */
+void tu_outbox_put_sized(msgbus_outbox_t *ob, const char *topic, int n, size_t size);
+
+/* A log callback (opaque: struct tu_capped_log) counting the relay's
+ * debug lines "slice of R rows stopped at B bytes of payload". */
+struct tu_capped_log {
+    int slices;
+    size_t most_rows, most_bytes;
+};
+void tu_capped_log_cb(void *opaque, msgbus_log_level_t level, const char *line);
 
 /* Runs a Check suite and returns the process exit code (0 when all passed). */
 int tu_run_suite(Suite *s);
