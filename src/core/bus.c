@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,12 +88,12 @@ MSGBUS_API int msgbus_fd(msgbus_t *bus)
  * brings it to zero frees it. An unserved token keeps its slab: at most
  * one slab per message in flight, in practice a few per thousand. */
 #define MB_SLAB_BYTES 16384
-#define MB_SLAB_BIAS (1L << 40)
+#define MB_SLAB_BIAS (INT64_C(1) << 40)
 
 struct mb_token_slab {
-    _Atomic long live;
+    _Atomic int64_t live;
     size_t used; /* bytes cut, owner thread only */
-    long cut;    /* tokens cut, owner thread only */
+    int64_t cut; /* tokens cut, owner thread only */
     _Alignas(16) unsigned char data[];
 };
 
@@ -106,7 +107,7 @@ static pthread_key_t mb_token_key;
 static pthread_once_t mb_token_once = PTHREAD_ONCE_INIT;
 static _Atomic long mb_open_buses;
 
-static void mb_slab_release(struct mb_token_slab *s, long n)
+static void mb_slab_release(struct mb_token_slab *s, int64_t n)
 {
     if (atomic_fetch_sub_explicit(&s->live, n, memory_order_acq_rel) == n)
         free(s);
@@ -286,7 +287,7 @@ static int mb_serve_reports(msgbus_t *bus)
     int n = 0;
     /* Consecutive tokens mostly share a slab: release them in runs. */
     struct mb_token_slab *run = NULL;
-    long in_run = 0;
+    int64_t in_run = 0;
     while (c) {
         struct mb_confirm *next = c->next;
         msgbus_report_t r = {.topic = c->topic,
