@@ -59,5 +59,14 @@ MB_HIDDEN uint64_t mb_random64(void);
 MB_HIDDEN bool mb_valid_name(const char *s, size_t max);
 MB_HIDDEN bool mb_valid_header_name(const char *s);
 MB_HIDDEN bool mb_valid_id(const char *s);
+/* The id rule on `len` raw bytes (no NUL needed): 1..MSGBUS_MAX_ID bytes of
+ * printable ASCII without spaces (0x21..0x7e). */
+MB_HIDDEN bool mb_valid_id_bytes(const void *s, size_t len);
+
+/* Whether an option or variable named `name` holds a secret, by rule, not
+ * by list: its name (any case) says password, secret, token, credential,
+ * private key material or a PEM. Such values are shown as "***" wherever
+ * text leaves msgbus (URL accessor, logs, errors, CLI). */
+MB_HIDDEN bool mb_secret_name(const char *name);
 
 #endif

@@ -2,6 +2,8 @@
  * msg.c — messages: payload, key, headers, id, timestamp, and the
  * received-side fields.
  */
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,6 +41,15 @@ static bool mb_copy_id(msgbus_msg_t *m, const char *id)
         return true;
     }
     return (m->id = mb_memdup(id, n + 1)) != NULL;
+}
+
+void *mb_key_dup(const void *key, size_t len)
+{
+    /* An empty key is a key (not NULL), so it needs storage of its own;
+     * nothing may be read at `key` when len is 0. */
+    if (!len)
+        return calloc(1, 1);
+    return mb_memdup(key, len);
 }
 
 msgbus_msg_t *mb_msg_alloc(void)
@@ -133,7 +144,7 @@ msgbus_msg_t *mb_msg_clone(const msgbus_msg_t *src)
     if (src->len && !(m->payload = mb_memdup(src->payload, src->len)))
         goto fail;
     m->len = src->len;
-    if (src->key && !(m->key = mb_memdup(src->key, src->key_len ? src->key_len : 1)))
+    if (src->key && !(m->key = mb_key_dup(src->key, src->key_len)))
         goto fail;
     m->key_len = src->key_len;
     if (src->id && !mb_copy_id(m, src->id))
@@ -184,7 +195,7 @@ MSGBUS_API msgbus_err_t msgbus_msg_set_key(msgbus_msg_t *m, const void *key, siz
     if (!m)
         return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_set_key: message is NULL");
     unsigned char *k = NULL;
-    if (key && !(k = mb_memdup(key, len ? len : 1)))
+    if (key && !(k = mb_key_dup(key, len)))
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a key");
     free(m->key);
     m->key = k;
@@ -383,4 +394,90 @@ size_t mb_msg_wire_size(const msgbus_msg_t *m)
     for (size_t i = 0; i < m->nheaders; i++)
         n += strlen(m->headers[i].name) + strlen(m->headers[i].value) + 2;
     return n;
+}
+
+/* Appends `len` raw bytes to `out` (room for 3×len + 1): printable ASCII
+ * other than '%' and ',' as they are, every other byte as %XX, so the text
+ * is a valid header value and distinct inputs stay distinct ("abc\0def"
+ * is "abc%00def", not "abc"). */
+static size_t mb_escape(char *out, const unsigned char *p, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = p[i];
+        if (c > 0x20 && c < 0x7f && c != '%' && c != ',') {
+            out[o++] = (char)c;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* Appends the escaped raw value to the msgbus-invalid-id header (values
+ * separated by ','). */
+static msgbus_err_t mb_add_invalid_id(msgbus_msg_t *m, const void *raw, size_t len)
+{
+    const char *prev = msgbus_msg_header(m, MB_H_INVALID_ID);
+    size_t pl = prev ? strlen(prev) : 0;
+    if (len > (SIZE_MAX - pl - 2) / 3)
+        return MSGBUS_ERR_NOMEM;
+    char *v = malloc(pl + 1 + 3 * len + 1);
+    if (!v)
+        return MSGBUS_ERR_NOMEM;
+    size_t o = 0;
+    if (prev) {
+        memcpy(v, prev, pl);
+        o = pl;
+        v[o++] = ',';
+    }
+    o += mb_escape(v + o, raw, len);
+    msgbus_err_t e = mb_msg_put_header(m, MB_H_INVALID_ID, strlen(MB_H_INVALID_ID), v, o);
+    free(v);
+    return e;
+}
+
+msgbus_err_t mb_msg_received_id(msgbus_msg_t *m, const void *raw, size_t len)
+{
+    if (!raw)
+        len = 0;
+    bool valid = mb_valid_id_bytes(raw, len);
+    if (msgbus_msg_header(m, MB_H_INVALID_ID)) /* already not an id */
+        return mb_add_invalid_id(m, raw, len);
+    if (!m->id) {
+        if (valid)
+            return mb_msg_copy_id(m, raw, len);
+        return mb_add_invalid_id(m, raw, len);
+    }
+    if (valid && strlen(m->id) == len && memcmp(m->id, raw, len) == 0)
+        return MSGBUS_OK; /* the same id again (AMQP carries it twice) */
+    /* Two ids that disagree: neither is trusted. */
+    char *first = m->id;
+    m->id = NULL;
+    msgbus_err_t e = mb_add_invalid_id(m, first, strlen(first));
+    if (first != m->idbuf)
+        free(first);
+    return e ? e : mb_add_invalid_id(m, raw, len);
+}
+
+msgbus_err_t mb_msg_received_header(msgbus_msg_t *m, const void *name, size_t name_len,
+                                    const void *value, size_t value_len)
+{
+    if (!value)
+        value_len = 0;
+    bool ok = name && name_len && name_len <= MSGBUS_MAX_HEADER_NAME &&
+              !memchr(name, '\0', name_len) && (!value_len || !memchr(value, '\0', value_len));
+    if (ok)
+        return mb_msg_put_header(m, name, name_len, value_len ? value : "", value_len);
+    /* Not representable as a C string header (or not on every backend's
+     * wire): left out, and counted where the application can see it. */
+    const char *prev = msgbus_msg_header(m, MB_H_INVALID_HEADERS);
+    char count[24];
+    int n = snprintf(count, sizeof count, "%lu", prev ? strtoul(prev, NULL, 10) + 1 : 1ul);
+    return mb_msg_put_header(m, MB_H_INVALID_HEADERS, strlen(MB_H_INVALID_HEADERS), count,
+                             (size_t)n);
 }

@@ -91,6 +91,32 @@ MB_HIDDEN void mb_msg_take_id(msgbus_msg_t *m, char *id);
  * `id` (no NUL needed), in idbuf when it fits, without checks (for
  * backends that decode received ids: no allocation for a UUID). */
 MB_HIDDEN msgbus_err_t mb_msg_copy_id(msgbus_msg_t *m, const char *id, size_t len);
+/* A copy of a key (binary, `len` may be 0: then a 1-byte allocation and
+ * nothing read at `key`); NULL on out of memory. */
+MB_HIDDEN void *mb_key_dup(const void *key, size_t len);
+
+/* The trust boundary for ids and headers that arrive from a broker (every
+ * backend's decode step calls these; docs/semantics.md, "What arrives").
+ *
+ * mb_msg_received_id: one id value as it arrived (`raw` may be NULL: a
+ * null value; no NUL terminator needed). A value that passes the id rule
+ * (1..255 bytes of printable ASCII, no spaces) becomes the message id.
+ * Anything else is not an id: the id stays NULL and the raw value is kept,
+ * %XX-escaped, in header msgbus-invalid-id. Called more than once for one
+ * message (AMQP's message_id and cloudEvents:id, a repeated Kafka ce_id),
+ * equal values give that id and values that differ give no id, all of
+ * them listed (',' separated) in msgbus-invalid-id. Only NOMEM fails. */
+#define MB_H_INVALID_ID "msgbus-invalid-id"
+MB_HIDDEN msgbus_err_t mb_msg_received_id(msgbus_msg_t *m, const void *raw, size_t len);
+
+/* mb_msg_received_header: one header as it arrived. Kept when its name is
+ * 1..255 bytes without NUL and its value has no NUL (`value` NULL: "");
+ * otherwise left out and counted in header msgbus-invalid-headers (a
+ * decimal count), never dropped without a trace. Only NOMEM fails. */
+#define MB_H_INVALID_HEADERS "msgbus-invalid-headers"
+MB_HIDDEN msgbus_err_t mb_msg_received_header(msgbus_msg_t *m, const void *name, size_t name_len,
+                                              const void *value, size_t value_len);
+
 /* Approximate wire size (payload + key + headers + id), for size limits. */
 MB_HIDDEN size_t mb_msg_wire_size(const msgbus_msg_t *m);
 

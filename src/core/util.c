@@ -231,7 +231,14 @@ bool mb_valid_name(const char *s, size_t max)
     size_t n = 0;
     while (mb_name_chars[p[n]])
         n++;
-    return p[n] == '\0' && n <= max;
+    if (p[n] != '\0' || n > max)
+        return false;
+    /* Names one of the brokers refuses, refused everywhere so a name valid
+     * on one backend is valid on all: Kafka rejects the topics "." and "..",
+     * RabbitMQ reserves names starting with "amq." for itself. */
+    if ((n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.'))
+        return false;
+    return strncmp(s, "amq.", 4) != 0;
 }
 
 bool mb_valid_header_name(const char *s)
@@ -246,6 +253,40 @@ bool mb_valid_header_name(const char *s)
             return false;
     }
     return n <= MSGBUS_MAX_HEADER_NAME;
+}
+
+bool mb_valid_id_bytes(const void *s, size_t len)
+{
+    const unsigned char *p = s;
+    if (!len || len > MSGBUS_MAX_ID)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (p[i] <= 0x20 || p[i] >= 0x7f)
+            return false;
+    return true;
+}
+
+bool mb_secret_name(const char *name)
+{
+    /* Words that mark a secret in option names of msgbus, librdkafka
+     * (sasl.password, ssl.key.password, ssl.keystore.password,
+     * sasl.oauthbearer.client.secret, sasl.oauthbearer.config, ssl.key.pem)
+     * and rabbitmq-c users' habits (pass, token, api key). Over-redacting a
+     * harmless value costs a debugging minute; under-redacting leaks. */
+    static const char *const words[] = {"pass",    "secret",  "token",  "credential",
+                                        "apikey",  "api_key", "api.key", "private",
+                                        "pem",     "oauthbearer.config", "jaas", "auth", NULL};
+    if (!name)
+        return false;
+    char low[256];
+    size_t n = 0;
+    for (; name[n] && n < sizeof low - 1; n++)
+        low[n] = (char)((name[n] >= 'A' && name[n] <= 'Z') ? name[n] - 'A' + 'a' : name[n]);
+    low[n] = '\0';
+    for (size_t i = 0; words[i]; i++)
+        if (strstr(low, words[i]))
+            return true;
+    return false;
 }
 
 bool mb_valid_id(const char *s)

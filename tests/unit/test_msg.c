@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/internal.h"
+#include "core/msg.h"
 #include "testutil.h"
 
 START_TEST(payload_is_copied_and_may_hold_nul_bytes)
@@ -205,6 +206,104 @@ START_TEST(ack_of_application_message_is_state_error)
 }
 END_TEST
 
+
+START_TEST(empty_key_reads_nothing_at_the_pointer)
+{
+    /* A 0-byte allocation: ASan reports any read at it. */
+    void *p = malloc(0);
+    ck_assert_ptr_nonnull(p);
+    msgbus_msg_t *m;
+    tu_ck_ok(msgbus_msg_new(&m, "x", 1));
+    tu_ck_ok(msgbus_msg_set_key(m, p, 0));
+    size_t len = 99;
+    ck_assert_ptr_nonnull(msgbus_msg_key(m, &len)); /* an empty key is a key */
+    ck_assert_uint_eq(len, 0);
+    free(p);
+    msgbus_msg_free(m);
+}
+END_TEST
+
+/* A received-like message (no id) fed one raw id value. */
+static msgbus_msg_t *received_with_id(const void *raw, size_t len)
+{
+    msgbus_msg_t *m = mb_msg_alloc();
+    ck_assert_ptr_nonnull(m);
+    tu_ck_ok(mb_msg_received_id(m, raw, len));
+    return m;
+}
+
+START_TEST(received_ids_that_break_the_rule_are_not_ids)
+{
+    static const struct {
+        const char *raw;
+        size_t len;
+        const char *shown; /* msgbus-invalid-id */
+    } bad[] = {
+        {"", 0, ""},
+        {NULL, 0, ""},
+        {"a b", 3, "a%20b"},
+        {"a\tb", 3, "a%09b"},
+        {"caf\xc3\xa9", 5, "caf%C3%A9"},
+        {"abc\0def", 7, "abc%00def"},
+        {"x,y %z", 6, "x%2Cy%20%25z"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        msgbus_msg_t *m = received_with_id(bad[i].raw, bad[i].len);
+        ck_assert_msg(msgbus_msg_id(m) == NULL, "case %zu became an id", i);
+        ck_assert_str_eq(msgbus_msg_header(m, "msgbus-invalid-id"), bad[i].shown);
+        msgbus_msg_free(m);
+    }
+    char big[400];
+    memset(big, 'a', sizeof big);
+    msgbus_msg_t *m = received_with_id(big, sizeof big);
+    ck_assert_ptr_null(msgbus_msg_id(m));
+    ck_assert_uint_eq(strlen(msgbus_msg_header(m, "msgbus-invalid-id")), 400);
+    msgbus_msg_free(m);
+    m = received_with_id(big, 255); /* the longest id there is */
+    ck_assert_uint_eq(strlen(msgbus_msg_id(m)), 255);
+    ck_assert_ptr_null(msgbus_msg_header(m, "msgbus-invalid-id"));
+    msgbus_msg_free(m);
+}
+END_TEST
+
+START_TEST(received_ids_must_agree)
+{
+    msgbus_msg_t *m = received_with_id("abc", 3);
+    ck_assert_str_eq(msgbus_msg_id(m), "abc");
+    tu_ck_ok(mb_msg_received_id(m, "abc", 3)); /* AMQP carries the id twice */
+    ck_assert_str_eq(msgbus_msg_id(m), "abc");
+    ck_assert_ptr_null(msgbus_msg_header(m, "msgbus-invalid-id"));
+    tu_ck_ok(mb_msg_received_id(m, "abd", 3)); /* a second, different id */
+    ck_assert_ptr_null(msgbus_msg_id(m));
+    ck_assert_str_eq(msgbus_msg_header(m, "msgbus-invalid-id"), "abc,abd");
+    tu_ck_ok(mb_msg_received_id(m, "abc", 3)); /* stays demoted */
+    ck_assert_ptr_null(msgbus_msg_id(m));
+    ck_assert_str_eq(msgbus_msg_header(m, "msgbus-invalid-id"), "abc,abd,abc");
+    msgbus_msg_free(m);
+}
+END_TEST
+
+START_TEST(received_headers_that_cannot_be_strings_are_counted)
+{
+    msgbus_msg_t *m = mb_msg_alloc();
+    tu_ck_ok(mb_msg_received_header(m, "ok", 2, "v", 1));
+    tu_ck_ok(mb_msg_received_header(m, "nul-value", 9, "a\0b", 3));
+    tu_ck_ok(mb_msg_received_header(m, "", 0, "v", 1));
+    tu_ck_ok(mb_msg_received_header(m, "n\0m", 3, "v", 1));
+    char name[256];
+    memset(name, 'n', sizeof name);
+    tu_ck_ok(mb_msg_received_header(m, name, 256, "v", 1));
+    tu_ck_ok(mb_msg_received_header(m, name, 255, NULL, 0)); /* kept: "" */
+    tu_ck_ok(mb_msg_received_header(m, "with space", 10, "v", 1)); /* wire-valid */
+    ck_assert_str_eq(msgbus_msg_header(m, "ok"), "v");
+    ck_assert_str_eq(msgbus_msg_header(m, "with space"), "v");
+    ck_assert_ptr_null(msgbus_msg_header(m, "nul-value"));
+    ck_assert_str_eq(msgbus_msg_header(m, "msgbus-invalid-headers"), "4");
+    ck_assert_uint_eq(msgbus_msg_header_count(m), 4);
+    msgbus_msg_free(m);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("msg");
@@ -219,6 +318,10 @@ int main(void)
     tcase_add_test(tc, many_ids_unique);
     tcase_add_test(tc, timestamp_defaults_to_now);
     tcase_add_test(tc, ack_of_application_message_is_state_error);
+    tcase_add_test(tc, empty_key_reads_nothing_at_the_pointer);
+    tcase_add_test(tc, received_ids_that_break_the_rule_are_not_ids);
+    tcase_add_test(tc, received_ids_must_agree);
+    tcase_add_test(tc, received_headers_that_cannot_be_strings_are_counted);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }
