@@ -646,6 +646,15 @@ MSGBUS_API msgbus_err_t msgbus_nack_reason(msgbus_msg_t *m, const char *reason)
         return e;
     }
     int64_t delay = mb_backoff_ms(pol, m->attempt);
+    /* After msgbus_close(bus) the subscription is closed and sub->bus is
+     * gone: look before touching the bus's worker. */
+    pthread_mutex_lock(&sub->mu);
+    bool closed = sub->closed;
+    pthread_mutex_unlock(&sub->mu);
+    if (closed) {
+        atomic_store(&m->state, MB_MSG_RECEIVED);
+        return mb_closed_error(sub, "nack");
+    }
     struct mb_retry_worker *w = delay > 0 ? mb_worker_get(sub->bus) : NULL;
     struct mb_job *j = w ? calloc(1, sizeof *j) : NULL;
     if (!j) {
@@ -726,7 +735,10 @@ MSGBUS_API msgbus_err_t msgbus_dead_letter(msgbus_msg_t *m, const char *reason)
 
 static bool mb_is_msgbus_header(const char *name)
 {
-    return strncmp(name, "msgbus-", 7) == 0;
+    /* The invalid-id and invalid-headers records describe what arrived
+     * with the message, not a delivery: they travel with its letters. */
+    return strncmp(name, "msgbus-", 7) == 0 && strcmp(name, MB_H_INVALID_ID) != 0 &&
+           strcmp(name, MB_H_INVALID_HEADERS) != 0;
 }
 
 /* Drops every msgbus-* header (attempt counters, earlier dead-letter
@@ -838,15 +850,9 @@ static void mb_run_dlq(struct mb_retry_worker *w, struct mb_job *j)
         (e = mb_put(d, "msgbus-dlq-attempts", attempts)) == MSGBUS_OK &&
         (e = mb_put(d, "msgbus-dlq-error", j->reason)) == MSGBUS_OK)
         e = mb_put(d, "msgbus-dlq-time", when);
-    if (!e && !d->id) { /* a foreign message without id: give the letter one */
-        char id[37];
-        mb_uuid7(id);
-        char *copy = mb_strdup(id);
-        if (copy)
-            mb_msg_take_id(d, copy);
-        else
-            e = MSGBUS_ERR_NOMEM;
-    }
+    /* A foreign message without an id gives letters without one: every
+     * letter of one message shares its id, and "none" is shared too (a
+     * fresh id per letter would make one message look like several). */
     size_t tl = strlen(j->dlq_topic) + 1, il = d && d->id ? strlen(d->id) + 1 : 1;
     struct mb_confirm *t = e ? NULL : calloc(1, sizeof *t + tl + il);
     if (!t) {
@@ -857,7 +863,10 @@ static void mb_run_dlq(struct mb_retry_worker *w, struct mb_job *j)
     t->topic = (char *)(t + 1);
     t->id = t->topic + tl;
     memcpy(t->topic, j->dlq_topic, tl);
-    memcpy(t->id, d->id, il);
+    if (d->id)
+        memcpy(t->id, d->id, il);
+    else
+        t->id[0] = '\0';
     t->internal = true;
     t->opaque = j;
     atomic_fetch_add(&bus->outstanding, 1);

@@ -248,6 +248,49 @@ START_TEST(settling_errors)
 }
 END_TEST
 
+
+START_TEST(settling_after_the_bus_closed_is_closed_not_a_crash)
+{
+    /* msgbus_nack after msgbus_close(bus) touched the freed bus (its retry
+     * worker): ASan saw a heap use-after-free. Every settle verb must say
+     * MSGBUS_ERR_CLOSED and leave the message to be delivered again. */
+    char url[128], name[64];
+    tu_unique(name, sizeof name, "afterclose");
+    snprintf(url, sizeof url, "mem://%s", name);
+    msgbus_t *keep, *bus;
+    tu_ck_ok(msgbus_open(&keep, url, NULL));
+    tu_ck_ok(msgbus_declare(keep, "t", "g"));
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    msgbus_sub_t *sub;
+    tu_ck_ok(msgbus_subscribe_ex(bus, "t", "g", "retry_initial_ms=1000", &sub));
+    for (int i = 0; i < 4; i++)
+        tu_publish_str(keep, "t", "k", "m");
+    tu_ck_ok(msgbus_flush(keep, 1000, NULL));
+    msgbus_msg_t *m[4];
+    for (int i = 0; i < 4; i++)
+        ck_assert_ptr_nonnull(m[i] = tu_receive(sub, 1000));
+    msgbus_close(bus);
+    tu_ck_err(msgbus_nack(m[0]), MSGBUS_ERR_CLOSED);
+    tu_ck_err(msgbus_nack_reason(m[1], "why"), MSGBUS_ERR_CLOSED);
+    tu_ck_err(msgbus_ack(m[2]), MSGBUS_ERR_CLOSED);
+    tu_ck_err(msgbus_dead_letter(m[3], "poison"), MSGBUS_ERR_CLOSED);
+    tu_ck_err(msgbus_nack(m[0]), MSGBUS_ERR_CLOSED); /* still unsettled, still closed */
+    for (int i = 0; i < 4; i++)
+        msgbus_msg_free(m[i]);
+    msgbus_sub_t *next;
+    tu_ck_ok(msgbus_subscribe(keep, "t", "g", &next));
+    int got = 0;
+    msgbus_msg_t *x;
+    while ((x = tu_receive(next, 300)) != NULL) {
+        got++;
+        tu_ck_ok(msgbus_ack(x));
+        msgbus_msg_free(x);
+    }
+    ck_assert_int_eq(got, 4);
+    msgbus_close(keep);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("retry");
@@ -259,6 +302,7 @@ int main(void)
     tcase_add_test(tc, held_key_follows_its_retry_in_order);
     tcase_add_test(tc, close_with_work_in_flight_gives_messages_back);
     tcase_add_test(tc, settling_errors);
+    tcase_add_test(tc, settling_after_the_bus_closed_is_closed_not_a_crash);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }
