@@ -101,6 +101,22 @@ typedef void (*msgbus_log_cb)(void *opaque, msgbus_log_level_t level, const char
  * stderr (default level: MSGBUS_LOG_WARN). Any thread; affects all buses. */
 MSGBUS_API void msgbus_set_log(msgbus_log_cb cb, void *opaque, msgbus_log_level_t max_level);
 
+/* Writes `text` — a bus URL, or an option list "name=value&…" — into `buf`
+ * (`size` bytes, NUL-terminated, truncated to fit) with every secret shown
+ * as "***": the password of user:password@ and the value of every option
+ * whose name msgbus_secret_name() calls secret. This is the form msgbus
+ * itself prints everywhere (msgbus_url, logs, errors, the CLI). Returns
+ * the length of the whole redacted text, like snprintf. buf may be NULL
+ * when size is 0. Any thread; never blocks. */
+MSGBUS_API size_t msgbus_redact(const char *text, char *buf, size_t size);
+
+/* Nonzero when an option or variable named `name` holds a secret, by rule:
+ * its name (any case) contains pass, secret, token, credential, private,
+ * auth, jaas, pem, apikey / api_key / api.key or oauthbearer.config
+ * ("sasl.password", "ssl.key.password", "MSGBUS_KAFKA_SASL_PASSWORD",
+ * "ssl.key.pem"). Any thread. */
+MSGBUS_API int msgbus_secret_name(const char *name);
+
 /* ------------------------------------------------------------------ */
 /* Messages                                                            */
 /* ------------------------------------------------------------------ */

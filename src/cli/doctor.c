@@ -35,31 +35,11 @@ static const char doctor_help[] =
     "      credentials refused, 3 publish refused, 5 timed out, 7 other\n"
     "      (see docs/cli.md)\n";
 
-/* Copies `in` with the password of a URL ("scheme://user:PASS@") replaced
- * by ***. */
+/* The library's own redaction, so the tool shows exactly what msgbus_url
+ * and the logs show: every secret as ***. */
 static void redact(const char *in, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s", in);
-    char *scheme = strstr(out, "://");
-    if (!scheme)
-        return;
-    char *auth = scheme + 3;
-    char *at = strchr(auth, '@');
-    char *slash = strchr(auth, '/');
-    if (!at || (slash && slash < at))
-        return;
-    char *colon = memchr(auth, ':', (size_t)(at - auth));
-    if (!colon)
-        return;
-    char rest[1024];
-    snprintf(rest, sizeof rest, "%s", at);
-    snprintf(colon + 1, cap - (size_t)(colon + 1 - out), "***%s", rest);
-}
-
-static int secret_name(const char *name)
-{
-    return strstr(name, "PASS") || strstr(name, "SECRET") || strstr(name, "TOKEN") ||
-           strstr(name, "KEY_PASSWORD");
+    msgbus_redact(in, out, cap);
 }
 
 static void step_ok(const char *step, int64_t t0, const char *info)
@@ -130,7 +110,7 @@ int cli_doctor(int argc, char **argv)
             continue;
         char name[256];
         snprintf(name, sizeof name, "%.*s", (int)(eq - *e), *e);
-        if (secret_name(name))
+        if (msgbus_secret_name(name))
             snprintf(buf, sizeof buf, "***");
         else
             redact(eq + 1, buf, sizeof buf);

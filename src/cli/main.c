@@ -63,7 +63,9 @@ static const char dlq_help[] =
     "  -h, --help          this text\n"
     "\n"
     "Prints the number moved. exit: 0 done, 1 usage/config, 2 connect,\n"
-    "3 republish failed, 6 not supported by this build (see docs/cli.md)\n";
+    "3 republish failed, 6 not supported by this build, 7 letters without a\n"
+    "msgbus-dlq-topic header were left on DLQ_TOPIC, or any other failure\n"
+    "(see docs/cli.md)\n";
 
 static int cli_version(void)
 {

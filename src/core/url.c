@@ -94,29 +94,83 @@ static msgbus_err_t mb_decode(const struct mb_url *url, const char *s, size_t n,
     return MSGBUS_OK;
 }
 
-/* The URL as given with the password part (between ':' and '@' of the
- * userinfo) replaced by "***". */
+/* Percent-decodes an option name for the secret check only (a bad escape
+ * is kept as it is: the parser refuses it later, quoting the redacted
+ * text). */
+static bool mb_secret_key(const char *k, size_t n)
+{
+    char buf[256];
+    size_t o = 0;
+    for (size_t i = 0; i < n && o < sizeof buf - 1; i++) {
+        int a, b;
+        if (k[i] == '%' && i + 2 < n && (a = mb_hexval(k[i + 1])) >= 0 &&
+            (b = mb_hexval(k[i + 2])) >= 0) {
+            buf[o++] = (char)(a * 16 + b);
+            i += 2;
+        } else {
+            buf[o++] = k[i];
+        }
+    }
+    buf[o] = '\0';
+    return mb_secret_name(buf);
+}
+
+/* The URL as given with every secret replaced by "***": the password of
+ * the userinfo (between ':' and '@') and the value of every query option
+ * whose name says it is a secret (mb_secret_name). */
 static char *mb_redact(const char *text)
 {
+    size_t tl = strlen(text);
+    /* Each secret shrinks to "***" or grows by at most 3 bytes. */
+    char *r = malloc(tl + 3 * (tl / 2 + 2) + 1);
+    if (!r)
+        return NULL;
+    size_t o = 0, i = 0;
     const char *sep = strstr(text, "://");
-    if (!sep)
-        return mb_strdup(text);
-    const char *auth = sep + 3;
-    size_t alen = strcspn(auth, "/?#");
-    const char *at = NULL;
-    for (size_t i = 0; i < alen; i++)
-        if (auth[i] == '@')
-            at = auth + i;
-    if (!at)
-        return mb_strdup(text);
-    const char *colon = memchr(auth, ':', (size_t)(at - auth));
-    if (!colon)
-        return mb_strdup(text);
-    size_t head = (size_t)(colon + 1 - text);
-    size_t len = head + 3 + strlen(at) + 1;
-    char *r = malloc(len);
-    if (r)
-        snprintf(r, len, "%.*s***%s", (int)head, text, at);
+    if (sep) {
+        size_t auth = (size_t)(sep + 3 - text);
+        size_t alen = strcspn(text + auth, "/?#");
+        const char *at = NULL;
+        for (size_t k = 0; k < alen; k++)
+            if (text[auth + k] == '@')
+                at = text + auth + k;
+        const char *colon = at ? memchr(text + auth, ':', (size_t)(at - text - auth)) : NULL;
+        if (colon) {
+            size_t head = (size_t)(colon + 1 - text);
+            memcpy(r, text, head);
+            memcpy(r + head, "***", 3);
+            o = head + 3;
+            i = (size_t)(at - text);
+        }
+    }
+    /* Without a scheme the text is a bare option list ("k=v&k=v"). */
+    const char *q = sep ? strchr(text + i, '?') : text - 1;
+    size_t upto = q ? (size_t)(q - text) + 1 : tl;
+    memcpy(r + o, text + i, upto - i);
+    o += upto - i;
+    i = upto;
+    while (i < tl) { /* one k=v pair (or a '#fragment') per round */
+        size_t plen = strcspn(text + i, "&#");
+        const char *eq = memchr(text + i, '=', plen);
+        if (eq && mb_secret_key(text + i, (size_t)(eq - text - i))) {
+            size_t kl = (size_t)(eq - text - i) + 1;
+            memcpy(r + o, text + i, kl);
+            memcpy(r + o + kl, "***", 3);
+            o += kl + 3;
+        } else {
+            memcpy(r + o, text + i, plen);
+            o += plen;
+        }
+        i += plen;
+        if (i < tl && text[i] == '#') {
+            memcpy(r + o, text + i, tl - i);
+            o += tl - i;
+            break;
+        }
+        if (i < tl)
+            r[o++] = text[i++];
+    }
+    r[o] = '\0';
     return r;
 }
 
@@ -541,4 +595,23 @@ msgbus_err_t mb_url_check_unused(const struct mb_url *url, const char *const *kn
         return mb_error(MSGBUS_ERR_CONFIG, "%s", where);
     }
     return MSGBUS_OK;
+}
+
+MSGBUS_API size_t msgbus_redact(const char *text, char *buf, size_t size)
+{
+    char *r = text ? mb_redact(text) : NULL;
+    const char *out = r ? r : text ? "***" : ""; /* no memory: say nothing */
+    size_t n = strlen(out);
+    if (buf && size) {
+        size_t k = n < size - 1 ? n : size - 1;
+        memcpy(buf, out, k);
+        buf[k] = '\0';
+    }
+    free(r);
+    return n;
+}
+
+MSGBUS_API int msgbus_secret_name(const char *name)
+{
+    return mb_secret_name(name);
 }

@@ -292,6 +292,85 @@ START_TEST(edit_distance)
 }
 END_TEST
 
+
+START_TEST(secrets_redacted_by_rule_in_url_and_options)
+{
+    const char *url = "kafka://u:PWone@h:9092?sasl.password=PWtwo&linger.ms=5&ssl.key.password="
+                      "PWthree&SASL.PASSWORD=PWfour&sasl.p%61ssword=PWfive&ssl.key.pem=PWsix&"
+                      "sasl.oauthbearer.client.secret=PWseven&api_token=PWeight#PWfrag";
+    char buf[512];
+    size_t n = msgbus_redact(url, buf, sizeof buf);
+    ck_assert_uint_eq(n, strlen(buf));
+    ck_assert_msg(strstr(buf, "PW") == NULL || strstr(buf, "#PWfrag"), "%s", buf);
+    ck_assert_str_eq(buf, "kafka://u:***@h:9092?sasl.password=***&linger.ms=5&ssl.key.password=***&"
+                          "SASL.PASSWORD=***&sasl.p%61ssword=***&ssl.key.pem=***&"
+                          "sasl.oauthbearer.client.secret=***&api_token=***#PWfrag");
+    msgbus_redact("sasl.password=PW&x=1&access_token=T", buf, sizeof buf);
+    ck_assert_str_eq(buf, "sasl.password=***&x=1&access_token=***");
+    msgbus_redact("amqp://guest@h/?heartbeat=30", buf, sizeof buf);
+    ck_assert_str_eq(buf, "amqp://guest@h/?heartbeat=30");
+    /* Truncated like snprintf, the length of the whole text returned. */
+    ck_assert_uint_eq(msgbus_redact("mem://x?password=1234567", buf, 8), 20);
+    ck_assert_str_eq(buf, "mem://x");
+    ck_assert_uint_eq(msgbus_redact("mem://", NULL, 0), 6);
+
+    struct mb_url *u;
+    tu_ck_ok(mb_url_parse("kafka://u:PWone@h:9092?sasl.password=PWtwo&linger.ms=5&ssl.key.pem=PWsix",
+                          &u));
+    ck_assert_ptr_null(strstr(u->redacted, "PW"));
+    ck_assert_ptr_null(strstr(u->redacted, "PWone"));
+    mb_url_free(u);
+}
+END_TEST
+
+START_TEST(secret_names)
+{
+    static const char *const secret[] = {"sasl.password", "ssl.key.password", "ssl.keystore.password",
+                                         "sasl.oauthbearer.client.secret", "ssl.key.pem",
+                                         "MSGBUS_KAFKA_SASL_PASSWORD", "MSGBUS_AMQP_PASS",
+                                         "api_key", "auth_token", "sasl.oauthbearer.config", NULL};
+    static const char *const plain[] = {"linger.ms", "prefetch", "queue_max", "ssl.ca.location",
+                                        "MSGBUS_KAFKA_LINGER_MS", "heartbeat", NULL};
+    for (size_t i = 0; secret[i]; i++)
+        ck_assert_msg(msgbus_secret_name(secret[i]), "%s", secret[i]);
+    for (size_t i = 0; plain[i]; i++)
+        ck_assert_msg(!msgbus_secret_name(plain[i]), "%s", plain[i]);
+    ck_assert(!msgbus_secret_name(NULL));
+}
+END_TEST
+
+START_TEST(open_errors_never_quote_a_secret_option)
+{
+    msgbus_t *bus = NULL;
+    tu_ck_err(msgbus_open(&bus, "mem://x?api_token=SECRETVALUE", NULL), MSGBUS_ERR_CONFIG);
+    ck_assert_msg(strstr(msgbus_last_error(), "api_token"), "%s", msgbus_last_error());
+    ck_assert_ptr_null(strstr(msgbus_last_error(), "SECRETVALUE"));
+}
+END_TEST
+
+START_TEST(names_a_broker_refuses_are_refused_everywhere)
+{
+    msgbus_t *bus;
+    tu_ck_ok(msgbus_open(&bus, "mem://names", NULL));
+    msgbus_msg_t *m;
+    tu_ck_ok(msgbus_msg_new(&m, "x", 1));
+    static const char *const refused[] = {".", "..", "amq.direct", "amq.x"};
+    for (size_t i = 0; i < 4; i++) {
+        tu_ck_err(msgbus_publish(bus, refused[i], m, NULL, NULL), MSGBUS_ERR_INVALID);
+        ck_assert(strstr(msgbus_last_error(), "amq.*"));
+        tu_ck_err(msgbus_declare(bus, "t", refused[i]), MSGBUS_ERR_INVALID);
+        msgbus_sub_t *sub = NULL;
+        tu_ck_err(msgbus_subscribe(bus, refused[i], NULL, &sub), MSGBUS_ERR_INVALID);
+        ck_assert_ptr_null(sub);
+    }
+    tu_ck_ok(msgbus_publish(bus, "...", m, NULL, NULL)); /* only the two dot names */
+    tu_ck_ok(msgbus_publish(bus, "amq", m, NULL, NULL));
+    tu_ck_ok(msgbus_publish(bus, "x.amq.y", m, NULL, NULL));
+    msgbus_msg_free(m);
+    msgbus_close(bus);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("url");
@@ -310,12 +389,16 @@ int main(void)
     tcase_add_test(tc, unused_option_named_with_suggestion);
     tcase_add_test(tc, env_options_fill_in_and_url_wins);
     tcase_add_test(tc, edit_distance);
+    tcase_add_test(tc, secrets_redacted_by_rule_in_url_and_options);
+    tcase_add_test(tc, secret_names);
     suite_add_tcase(s, tc);
     TCase *to = tcase_create("open");
     tcase_add_test(to, open_unset_env_is_config_error);
     tcase_add_test(to, open_reads_env_url);
     tcase_add_test(to, open_unknown_scheme_lists_backends);
     tcase_add_test(to, open_unknown_option_suggests);
+    tcase_add_test(to, open_errors_never_quote_a_secret_option);
+    tcase_add_test(to, names_a_broker_refuses_are_refused_everywhere);
     suite_add_tcase(s, to);
     return tu_run_suite(s);
 }
