@@ -74,10 +74,11 @@ MSGBUS_API const char *msgbus_strerror(msgbus_err_t err);
 MSGBUS_API const char *msgbus_err_name(msgbus_err_t err);
 
 /* Detail text of the most recent failure on the calling thread, e.g.
- * "unknown option 'lingr.ms' in URL; did you mean 'linger.ms'?".
+ * "unknown option 'prefech' in URL 'mem://x?prefech=10'; did you mean
+ * 'prefetch'?".
  * Never NULL ("" before any failure). The string is thread-local and is
- * overwritten by the next failing msgbus call on this thread. Passwords are
- * never included. */
+ * overwritten by the next failing msgbus call on this thread. Secrets are
+ * never included (see msgbus_redact). */
 MSGBUS_API const char *msgbus_last_error(void);
 
 /* ------------------------------------------------------------------ */
@@ -174,7 +175,11 @@ MSGBUS_API msgbus_err_t msgbus_msg_header_at(const msgbus_msg_t *m, size_t i,
 
 /* The message id: set by msgbus_msg_new (UUIDv7), carried across the
  * broker. A received message from a producer that is not msgbus may have
- * none: then NULL. */
+ * none: then NULL. A received id that breaks the id rule (msgbus_msg_set_id:
+ * empty, spaces, control or non-ASCII bytes, a NUL inside, over 255 bytes)
+ * or several ids that disagree are not an id either: NULL, and the raw
+ * value(s) are kept, %XX-escaped and ','-separated, in the header
+ * "msgbus-invalid-id" (docs/semantics.md, "What arrives from a broker"). */
 MSGBUS_API const char *msgbus_msg_id(const msgbus_msg_t *m);
 
 /* Replaces the message id (1..255 printable ASCII bytes, no spaces). */
@@ -218,8 +223,9 @@ MSGBUS_API msgbus_err_t msgbus_open(msgbus_t **out, const char *url, const void 
  * using the bus. */
 MSGBUS_API void msgbus_close(msgbus_t *bus);
 
-/* The URL the bus was opened with, password replaced by "***". Lives
- * until the bus is closed. */
+/* The URL the bus was opened with, every secret replaced by "***" (the
+ * password and every secret option: see msgbus_redact). Lives until the
+ * bus is closed. */
 MSGBUS_API const char *msgbus_url(const msgbus_t *bus);
 
 /* The backend's scheme name: "kafka", "amqp", "mem". Static. */
@@ -247,7 +253,8 @@ typedef void (*msgbus_delivery_cb)(void *opaque, const msgbus_report_t *report);
  * msgbus_flush and `cb`). `m` is not kept: free or reuse it at once.
  * `cb` (may be NULL) is called once with the outcome; a failure without a
  * callback is logged at error level and counted by msgbus_flush.
- * Topic names: 1..249 bytes of [A-Za-z0-9._-].
+ * Topic names: 1..249 bytes of [A-Za-z0-9._-], except ".", ".." and names
+ * starting with "amq." (refused by one broker or another, so by all).
  * Never blocks on the network. MSGBUS_ERR_QUEUE_FULL when `queue_max`
  * messages are already awaiting confirms: serve msgbus_poll and retry.
  * MSGBUS_ERR_TOO_LARGE when the message is larger than the backend's limit.
