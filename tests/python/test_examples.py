@@ -34,3 +34,16 @@ def test_producer_and_consumer_processes(broker_url, tmp_path):
             tmp_path, MSGBUS_URL=broker_url)
     assert c.returncode == 0, c.stdout + c.stderr
     assert "applied=40 duplicates=0 rejected=0 ledger_rows=40 distinct_orders=40" in c.stdout
+
+
+def test_package_docstring_example_passes_doctest():
+    """The example in msgbus.__doc__ (help(msgbus)) runs as written."""
+    import doctest
+
+    import msgbus
+    from msgbus import _check, _core, _sql, errors, inbox, outbox
+    r = doctest.testmod(msgbus, report=True)
+    assert r.attempted >= 3 and r.failed == 0, r
+    for mod in (_core, _check, _sql, errors, inbox, outbox):  # any example elsewhere too
+        r = doctest.testmod(mod, report=True)
+        assert r.failed == 0, (mod.__name__, r)

@@ -5,10 +5,12 @@ binding of libmsgbus.so with the same semantics as the C library.
 >>> import msgbus
 >>> with msgbus.Bus("mem://") as bus:
 ...     bus.declare("orders", "billing")
-...     bus.publish("orders", b"{}", key="order-1").result()
+...     msg_id = bus.publish("orders", b"{}", key="order-1").result()
 ...     with bus.subscribe("orders", "billing") as sub:
 ...         m = sub.receive(timeout=1)
 ...         m.ack()
+>>> (m.payload, m.key, m.id == msg_id, m.attempt)
+(b'{}', b'order-1', True, 1)
 
 See docs/python.md in the msgbus repository.
 """
@@ -18,7 +20,8 @@ from ._core import Bus, Delivery, Message, Subscription
 from ._lib import LibraryInfo, LibraryNotFoundError
 from . import inbox, outbox  # noqa: E402  (msgbus.outbox.put, msgbus.inbox.Inbox)
 from .errors import (AuthError, BrokerError, ClosedError, ConfigError, ConnectError,
-                     DeliveryError, DuplicateError, InternalError, InvalidError, MsgbusError,
+                     DeliveryError, DuplicateError, InternalError, InvalidError, InvalidTypeError,
+                     MsgbusError,
                      NoMemoryError, NotFoundError, QueueFullError, StateError, StoreError,
                      TimeoutError, TooLargeError, UnsupportedError)
 
@@ -40,17 +43,16 @@ def version() -> str:
 
 def set_log_level(level: int) -> None:
     """The most verbose level msgbus writes to stderr: 0 error, 1 warn
-    (default), 2 info, 3 debug."""
-    from . import _lib
-    if level not in (0, 1, 2, 3):
-        raise InvalidError(f"log level must be 0..3, not {level!r}")
-    _lib.load().msgbus_set_log(None, None, level)
+    (default), 2 info, 3 debug. Another value is :class:`InvalidError`, a
+    non-int (bool included) :class:`InvalidTypeError`."""
+    from . import _check, _lib
+    _lib.load().msgbus_set_log(None, None, _check.integer(level, "level", 0, 3))
 
 
 __all__ = [
     "Bus", "Delivery", "Message", "Subscription", "inbox", "outbox", "LibraryInfo", "LibraryNotFoundError",
     "library_info", "version", "set_log_level",
-    "MsgbusError", "InvalidError", "ConfigError", "NoMemoryError", "TimeoutError",
+    "MsgbusError", "InvalidError", "InvalidTypeError", "ConfigError", "NoMemoryError", "TimeoutError",
     "QueueFullError", "ConnectError", "AuthError", "TooLargeError", "BrokerError",
     "ClosedError", "DuplicateError", "StateError", "UnsupportedError", "DeliveryError",
     "StoreError", "NotFoundError", "InternalError",

@@ -8,35 +8,14 @@ import weakref
 from ctypes import byref, c_char_p, c_int, c_size_t, c_void_p
 from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Union)
 
-from . import _lib
-from .errors import (ClosedError, DeliveryError, InvalidError, MsgbusError, UnsupportedError,
-                     check, make_error)
+from . import _check, _lib
+from .errors import (ClosedError, DeliveryError, InvalidError, InvalidTypeError, MsgbusError,
+                     UnsupportedError, check, make_error)
 
 Bytes = Union[bytes, bytearray, memoryview, str]
 HeaderValue = Union[str, bytes]
 
 _WAIT_SLICE_MS = 200  # blocking C waits are cut into slices so Ctrl-C works
-
-
-def _b(value: Bytes, what: str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    raise InvalidError(f"{what} must be bytes or str, not {type(value).__name__}")
-
-
-def _cstr(value: Optional[str], what: str) -> Optional[bytes]:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidError(f"{what} must be a str, not {type(value).__name__}")
-    b = value.encode("utf-8")
-    if b"\0" in b:
-        raise InvalidError(f"{what} must not contain NUL characters")
-    return b
 
 
 def _hval(value: HeaderValue, name: str) -> bytes:
@@ -45,20 +24,11 @@ def _hval(value: HeaderValue, name: str) -> bytes:
     elif isinstance(value, (bytes, bytearray)):
         b = bytes(value)
     else:
-        raise InvalidError(f"header '{name}': value must be str or bytes, "
-                           f"not {type(value).__name__}")
+        raise InvalidTypeError(f"header '{name}': value must be str or bytes, "
+                               f"not {type(value).__name__}")
     if b"\0" in b:
         raise InvalidError(f"header '{name}': value must not contain NUL bytes")
     return b
-
-
-def _ms(timeout: Optional[float]) -> int:
-    """Seconds (None: forever) → the C convention (-1: forever)."""
-    if timeout is None:
-        return -1
-    if timeout < 0:
-        raise InvalidError(f"timeout must be >= 0 seconds or None, not {timeout}")
-    return int(timeout * 1000 + 0.5)
 
 
 def _dec(b: Optional[bytes]) -> Optional[str]:
@@ -68,24 +38,28 @@ def _dec(b: Optional[bytes]) -> Optional[str]:
 def build_message(payload: Bytes, key: Optional[Bytes] = None,
                   headers: Optional[Mapping[str, HeaderValue]] = None,
                   id: Optional[str] = None, timestamp: Optional[int] = None) -> int:
-    """Makes a C msgbus_msg_t (caller frees it) and returns its address."""
+    """Makes a C msgbus_msg_t (caller frees it) and returns its address.
+    Every argument is checked before the message is made."""
     lib = _lib.load()
-    pb = _b(payload, "payload")
+    pb = _check.data(payload, "payload")
+    kb = None if key is None else _check.data(key, "key")
+    hs = [(_check.text(name, "header name"), _hval(value, name))
+          for name, value in (_check.mapping(headers, "headers") or {}).items()]
+    ib = _check.text(id, "id", optional=True)
+    ts = None if timestamp is None else _check.int64(timestamp, "timestamp",
+                                                       hint=" (ms since the epoch)")
     ptr = c_void_p()
     check(lib.msgbus_msg_new(byref(ptr), pb, len(pb)))
     m = int(ptr.value or 0)
     try:
-        if key is not None:
-            kb = _b(key, "key")
+        if kb is not None:
             check(lib.msgbus_msg_set_key(m, kb, len(kb)))
-        if headers:
-            for name, value in headers.items():
-                check(lib.msgbus_msg_set_header(m, _cstr(name, "header name"),
-                                                _hval(value, name)))
-        if id is not None:
-            check(lib.msgbus_msg_set_id(m, _cstr(id, "message id")))
-        if timestamp is not None:
-            check(lib.msgbus_msg_set_timestamp(m, int(timestamp)))
+        for hn, hv in hs:
+            check(lib.msgbus_msg_set_header(m, hn, hv))
+        if ib is not None:
+            check(lib.msgbus_msg_set_id(m, ib))
+        if ts is not None:
+            check(lib.msgbus_msg_set_timestamp(m, ts))
     except BaseException:
         lib.msgbus_msg_free(m)
         raise
@@ -157,10 +131,11 @@ class Delivery:
         return self._status is not None
 
     def _wait(self, timeout: Optional[float]) -> None:
+        ms = _check.timeout_ms(timeout)
         if self._status is not None:
             return
         import time
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if ms < 0 else time.monotonic() + ms / 1000.0
         while self._status is None:
             bus = self._bus
             if bus is None or bus._ptr is None:
@@ -199,6 +174,7 @@ class Delivery:
         the thread serving the callback. `fn` runs inside poll/flush/close:
         it must not close the bus, and waiting there for another delivery
         would block the thread that serves the confirms."""
+        _check.function(fn, "fn")
         with _cb_lock:
             if self._status is None:
                 if self._callbacks is None:
@@ -291,21 +267,22 @@ class Message:
         the dead letter's ``msgbus-dlq-error`` header if it ends up there
         (needs ``msgbus_nack_reason``; :class:`UnsupportedError` otherwise)."""
         lib = _lib.load()
+        _check.text(reason, "reason", optional=True)
         if reason is None:
             self._settle(lib.msgbus_nack, "nack")
             return
         if not hasattr(lib, "msgbus_nack_reason"):
             raise UnsupportedError("nack(reason): this libmsgbus has no msgbus_nack_reason")
-        r = _cstr(reason, "reason")
+        r = _check.text(reason, "reason", optional=True)
         self._settle(lambda p: lib.msgbus_nack_reason(p, r), "nack")
 
     def dead_letter(self, reason: Optional[str] = None) -> None:
         """Sends it to its subscription's dead-letter topic at once (a poison
         message). :class:`StateError` when dead-lettering is off."""
         lib = _lib.load()
+        r = _check.text(reason, "reason", optional=True)
         if not hasattr(lib, "msgbus_dead_letter"):
             raise UnsupportedError("dead_letter: this libmsgbus has no msgbus_dead_letter")
-        r = _cstr(reason, "reason")
         self._settle(lambda p: lib.msgbus_dead_letter(p, r), "dead_letter")
 
     @property
@@ -338,9 +315,9 @@ class Subscription:
         """The next message, waiting up to `timeout` seconds (None: forever,
         0: do not wait); None when none arrived. :class:`ClosedError` after
         close."""
+        total = _check.timeout_ms(timeout)
         lib = _lib.load()
         out = c_void_p()
-        total = _ms(timeout)
         while True:
             p = self._ptr
             if p is None:
@@ -360,7 +337,12 @@ class Subscription:
 
     def messages(self, idle_timeout: Optional[float] = None) -> Iterator[Message]:
         """Yields messages until the subscription closes or, with
-        `idle_timeout`, until none arrived for that many seconds."""
+        `idle_timeout`, until none arrived for that many seconds. A bad
+        `idle_timeout` raises here, not at the first ``next()``."""
+        _check.timeout_ms(idle_timeout, "idle_timeout")
+        return self._messages(idle_timeout)
+
+    def _messages(self, idle_timeout: Optional[float]) -> Iterator[Message]:
         while True:
             try:
                 m = self.receive(idle_timeout)
@@ -401,15 +383,20 @@ class Subscription:
 
 
 def _options(options: Optional[Mapping[str, Any]]) -> Optional[bytes]:
-    if not options:
+    if not _check.mapping(options, "options"):
         return None
     parts = []
-    for k, v in options.items():
+    for k, v in options.items():  # type: ignore[union-attr]
+        if not isinstance(k, str):
+            raise InvalidTypeError(f"options: a name must be a str, not {type(k).__name__}")
         if v is True:
             v = "on"
         elif v is False:
             v = "off"
-        k, v = str(k), str(v)
+        elif not isinstance(v, (str, int, float)):
+            raise InvalidTypeError(f"options['{k}'] must be a str, int, float or bool, "
+                                   f"not {type(v).__name__}")
+        v = str(v)
         for s, what in ((k, "name"), (v, "value")):
             if not s or any(c in s for c in "&=\0"):
                 raise InvalidError(f"subscription option {what} {s!r}: must be non-empty "
@@ -442,7 +429,7 @@ class Bus:
         self._dependents: "weakref.WeakSet[Any]" = weakref.WeakSet()  # outbox relays
         self._cb = _delivery_cb()
         ptr = c_void_p()
-        check(lib.msgbus_open(byref(ptr), _cstr(url, "url"), None))
+        check(lib.msgbus_open(byref(ptr), _check.text(url, "url", optional=True), None))
         self._ptr = ptr.value
 
     # -- helpers
@@ -458,7 +445,9 @@ class Bus:
     # -- properties
     @property
     def url(self) -> str:
-        """The URL it was opened with, password replaced by ``***``."""
+        """The URL it was opened with (``msgbus_url``), every secret — the
+        password of ``user:pass@`` and each option whose name says password,
+        secret, token or key material — shown as ``***``."""
         return str(_lib.load().msgbus_url(self._p()).decode())
 
     @property
@@ -490,7 +479,7 @@ class Bus:
         """
         lib = _lib.load()
         bus = self._p()
-        tb = _cstr(topic, "topic")
+        tb = _check.text(topic, "topic")
         m = build_message(payload, key, headers, id, timestamp)
         try:
             mid = lib.msgbus_msg_id(m).decode()
@@ -510,9 +499,10 @@ class Bus:
         serving delivery callbacks on this thread. Raises
         :class:`DeliveryError` (``.failed`` = how many failed since the
         previous flush) or :class:`msgbus.TimeoutError`."""
+        ms = _check.timeout_ms(timeout)
         lib = _lib.load()
         failed = c_size_t()
-        rc = lib.msgbus_flush(self._p(), _ms(timeout), byref(failed))
+        rc = lib.msgbus_flush(self._p(), ms, byref(failed))
         if rc != 0:
             e = make_error(rc)
             if isinstance(e, DeliveryError):
@@ -523,15 +513,17 @@ class Bus:
         """Serves pending delivery callbacks on this thread, waiting up to
         `timeout` seconds (0: do not wait, None: forever) for the first one;
         returns how many were served."""
+        ms = _check.timeout_ms(timeout)
         served = c_int()
-        check(_lib.load().msgbus_poll(self._p(), _ms(timeout), byref(served)))
+        check(_lib.load().msgbus_poll(self._p(), ms, byref(served)))
         return served.value
 
     def declare(self, topic: str, group: Optional[str] = None) -> None:
         """Creates the topic and the group's storage ahead of its first
         consumer, so messages published from now on are kept for it."""
-        check(_lib.load().msgbus_declare(self._p(), _cstr(topic, "topic"),
-                                         _cstr(group, "group")))
+        tb = _check.text(topic, "topic")
+        gb = _check.text(group, "group", optional=True)
+        check(_lib.load().msgbus_declare(self._p(), tb, gb))
 
     # -- subscribing
     def subscribe(self, topic: str, group: Optional[str] = None,
@@ -540,18 +532,18 @@ class Bus:
         subscriber that sees every message published after this call).
         `options` (e.g. ``{"retry_max_attempts": 3, "dlq": True}``) are
         per-subscription options, see ``msgbus_subscribe_ex``."""
+        tb = _check.text(topic, "topic")
+        gb = _check.text(group, "group", optional=True)
+        opts = _options(options)
         lib = _lib.load()
         out = c_void_p()
-        opts = _options(options)
         if opts is None:
-            check(lib.msgbus_subscribe(self._p(), _cstr(topic, "topic"), _cstr(group, "group"),
-                                       byref(out)))
+            check(lib.msgbus_subscribe(self._p(), tb, gb, byref(out)))
         else:
             if not hasattr(lib, "msgbus_subscribe_ex"):
                 raise UnsupportedError("subscribe(options=…): this libmsgbus has no "
                                        "msgbus_subscribe_ex")
-            check(lib.msgbus_subscribe_ex(self._p(), _cstr(topic, "topic"),
-                                          _cstr(group, "group"), opts, byref(out)))
+            check(lib.msgbus_subscribe_ex(self._p(), tb, gb, opts, byref(out)))
         s = Subscription(self, int(out.value or 0), topic, group)
         self._subs.add(s)
         return s
@@ -559,14 +551,17 @@ class Bus:
     def dlq_replay(self, dlq_topic: str, dlq_group: Optional[str] = None, max: int = 0,
                    idle_timeout: float = 1.0) -> int:
         """Moves dead letters back to their topics (see ``msgbus_dlq_replay``);
-        returns how many were moved."""
+        returns how many were moved. `max`: 0 for no limit; `idle_timeout`:
+        seconds (not None: the replay needs a point to stop)."""
+        tb = _check.text(dlq_topic, "dlq_topic")
+        gb = _check.text(dlq_group, "dlq_group", optional=True)
+        n = _check.size(max, "max", hint=" (0: no limit)")
+        ms = _check.timeout_ms(idle_timeout, "idle_timeout", forever=False)
         lib = _lib.load()
         if not hasattr(lib, "msgbus_dlq_replay"):
             raise UnsupportedError("dlq_replay: this libmsgbus has no msgbus_dlq_replay")
         moved = c_size_t()
-        check(lib.msgbus_dlq_replay(self._p(), _cstr(dlq_topic, "dlq_topic"),
-                                    _cstr(dlq_group, "dlq_group"), max, _ms(idle_timeout),
-                                    byref(moved)))
+        check(lib.msgbus_dlq_replay(self._p(), tb, gb, n, ms, byref(moved)))
         return moved.value
 
     # -- event loops

@@ -8,7 +8,7 @@ import sqlite3
 import time
 from typing import Any
 
-from .errors import InvalidError, StateError
+from .errors import InvalidError, InvalidTypeError, StateError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # topics and groups
 HEADER_RE = re.compile(r"^[A-Za-z0-9._:-]{1,255}$")
@@ -17,14 +17,14 @@ TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,49}$")
 
 
 def kind(conn: Any) -> str:
-    """'sqlite' or 'pg' (psycopg 3 or psycopg2), else InvalidError."""
+    """'sqlite' or 'pg' (psycopg 3 or psycopg2), else InvalidTypeError."""
     if isinstance(conn, sqlite3.Connection):
         return "sqlite"
     mod = type(conn).__module__
     if mod.startswith("psycopg"):
         return "pg"
-    raise InvalidError(f"connection: expected a sqlite3 or psycopg connection, got "
-                       f"{type(conn).__module__}.{type(conn).__name__}")
+    got = "None" if conn is None else f"{type(conn).__module__}.{type(conn).__name__}"
+    raise InvalidTypeError(f"connection: expected a sqlite3 or psycopg connection, got {got}")
 
 
 def pg_status(conn: Any) -> str:
@@ -55,7 +55,7 @@ def sqlite_autocommit(conn: sqlite3.Connection) -> bool:
 
 def check_table(table: str, pg: bool) -> str:
     if not isinstance(table, str):
-        raise InvalidError(f"table must be a str, not {type(table).__name__}")
+        raise InvalidTypeError(f"table must be a str, not {type(table).__name__}")
     t = table
     if pg and "." in table:
         schema, _, t = table.partition(".")
@@ -73,7 +73,9 @@ def quote_table(table: str) -> str:
 
 
 def check_id(mid: Any) -> str:
-    if not isinstance(mid, str) or not (1 <= len(mid) <= 255) or \
+    if not isinstance(mid, str):
+        raise InvalidTypeError(f"message id must be a str, not {type(mid).__name__}")
+    if not (1 <= len(mid) <= 255) or \
             any(not (0x21 <= ord(c) <= 0x7e) for c in mid):
         raise InvalidError(f"message id {mid!r}: use 1..255 printable ASCII characters "
                            "without spaces")

@@ -38,6 +38,13 @@ class InvalidError(MsgbusError, ValueError):
     err_name = "MSGBUS_ERR_INVALID"
 
 
+class InvalidTypeError(InvalidError, TypeError):
+    """An argument of the wrong type (None where a value is required, a str
+    where a mapping is, something not callable where a callable is…),
+    refused by the binding before any C call. Code ``MSGBUS_ERR_INVALID``
+    like :class:`InvalidError`, and also a built-in ``TypeError``."""
+
+
 class ConfigError(MsgbusError, ValueError):
     """MSGBUS_ERR_CONFIG: missing/malformed URL, unknown or bad option."""
     code = 2
@@ -150,7 +157,9 @@ def error_class(code: int) -> Type[MsgbusError]:
 
 def make_error(code: int, detail: Optional[str] = None) -> MsgbusError:
     """Builds the exception for `code`; `detail` defaults to ``msgbus_last_error()``."""
+    from ._check import INT_MAX, integer
     from ._lib import load
+    code = integer(code, "code", -INT_MAX - 1, INT_MAX)  # msgbus_err_t is a C int
     lib = load()
     if detail is None:
         detail = lib.msgbus_last_error().decode("utf-8", "replace")

@@ -12,11 +12,11 @@ import enum
 from ctypes import byref, c_void_p
 from typing import Any, Callable, Optional, Union
 
-from . import _lib
-from ._core import Message, _cstr
+from . import _check, _lib
+from ._core import Message
 from ._sql import (CONSUMER_RE, check_id, check_table, kind, now_ms, pg_status, quote_table,
                    require_txn_for_claim)
-from .errors import ClosedError, InvalidError, StateError, StoreError, check
+from .errors import ClosedError, InvalidError, InvalidTypeError, StateError, StoreError, check
 
 DEFAULT_TABLE = "msgbus_inbox"
 
@@ -35,6 +35,9 @@ def _message_id(msg: Union[Message, str]) -> str:
             raise InvalidError("message has no id (its producer is not msgbus): claim an id of "
                                "your own with claim(id) or dead-letter it")
         return msg.id
+    if not isinstance(msg, str):
+        raise InvalidTypeError(f"msg must be a msgbus.Message or an id (str), "
+                               f"not {type(msg).__name__}")
     return check_id(msg)
 
 
@@ -52,7 +55,10 @@ class Inbox:
     def __init__(self, conn: Any, consumer: str, table: str = DEFAULT_TABLE,
                  create: bool = True):
         self._kind = kind(conn)
-        if not isinstance(consumer, str) or not CONSUMER_RE.match(consumer):
+        if not isinstance(consumer, str):
+            raise InvalidTypeError(f"consumer must be a str, not {type(consumer).__name__}")
+        _check.flag(create, "create")
+        if not CONSUMER_RE.match(consumer):
             raise InvalidError(f"consumer {consumer!r}: use 1..255 characters of "
                                "A-Z a-z 0-9 . _ -")
         check_table(table, self._kind == "pg")
@@ -147,13 +153,12 @@ class Inbox:
     def purge(self, older_than_ms: int) -> int:
         """Deletes this consumer's claims at least `older_than_ms` old; returns
         how many. Joins an open transaction (it does not commit)."""
-        if older_than_ms < 0:
-            raise InvalidError(f"older_than_ms must be >= 0, not {older_than_ms}")
+        age = _check.int64(older_than_ms, "older_than_ms")
         ph = self._ph
         cur = self.conn.cursor()
         try:
             cur.execute(f"DELETE FROM {self._q} WHERE consumer = {ph} AND claimed_at <= {ph}",
-                        (self.consumer, now_ms() - older_than_ms))
+                        (self.consumer, now_ms() - age))
             return max(int(cur.rowcount), 0)
         except Exception as e:
             raise StoreError(f"inbox purge in {self.table}: {e}") from e
@@ -171,7 +176,12 @@ class Inbox:
         called; ``handler(msg)`` applies the effects with the same
         connection (it must not commit); if it raises, roll back, nack
         and return REJECTED; else commit, then ack. A transaction already
-        open is :class:`StateError` (the message is left unsettled)."""
+        open is :class:`StateError` (the message is left unsettled). A `msg`
+        that is not a :class:`Message` or a `handler` that is not callable
+        is :class:`InvalidTypeError`, raised before anything is begun,
+        claimed or settled."""
+        _check.instance(msg, Message, "msg")
+        _check.function(handler, "handler")
         c = self.conn
         if self._in_txn():
             raise StateError("inbox handle: a transaction is already open on the connection")
@@ -227,9 +237,12 @@ class MemoryInbox:
     claims take effect at once and are forgotten when the process ends."""
 
     def __init__(self, consumer: str, capacity: int = 100000, ttl_ms: int = 0):
+        cb = _check.text(consumer, "consumer")
+        cap = _check.size(capacity, "capacity", lo=1)
+        ttl = _check.int64(ttl_ms, "ttl_ms", hint=" (0: no time limit)")
+        self._p: Optional[int] = None
         out = c_void_p()
-        check(_lib.load().msgbus_inbox_open_memory(byref(out), _cstr(consumer, "consumer"),
-                                                   capacity, ttl_ms))
+        check(_lib.load().msgbus_inbox_open_memory(byref(out), cb, cap, ttl))
         self._p: Optional[int] = out.value
         self.consumer = consumer
 
@@ -240,7 +253,8 @@ class MemoryInbox:
 
     def claim(self, msg: Union[Message, str]) -> bool:
         """True the first time, False for a duplicate."""
-        rc = _lib.load().msgbus_inbox_claim_id(self._ptr(), _cstr(_message_id(msg), "id"))
+        rc = _lib.load().msgbus_inbox_claim_id(self._ptr(),
+                                               _check.text(_message_id(msg), "id"))
         if rc == 11:
             return False
         check(rc)

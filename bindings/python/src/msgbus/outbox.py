@@ -14,11 +14,11 @@ import json
 from ctypes import byref, c_char_p, c_int, c_size_t, c_void_p
 from typing import Any, Dict, Mapping, Optional, Union
 
-from . import _lib
-from ._core import Bus, _b, _cstr, _ms
+from . import _check, _lib
+from ._core import Bus
 from ._sql import HEADER_RE, NAME_RE, check_id, check_table, kind, pg_status, quote_table, uuid7
-from .errors import ClosedError, ConnectError, InvalidError, StateError, StoreError, check, \
-    make_error
+from .errors import ClosedError, ConnectError, InvalidError, InvalidTypeError, StateError, \
+    StoreError, check, make_error
 
 DEFAULT_TABLE = "msgbus_outbox"
 
@@ -82,8 +82,10 @@ def create_table(conn: Any, table: str = DEFAULT_TABLE) -> None:
 
 def _headers_json(headers: Optional[Mapping[str, Union[str, bytes]]]) -> str:
     out: Dict[str, str] = {}
-    for name, value in (headers or {}).items():
-        if not isinstance(name, str) or not HEADER_RE.match(name):
+    for name, value in (_check.mapping(headers, "headers") or {}).items():
+        if not isinstance(name, str):
+            raise InvalidTypeError(f"header name must be a str, not {type(name).__name__}")
+        if not HEADER_RE.match(name):
             raise InvalidError(f"header name {name!r}: use 1..255 characters of "
                                "A-Z a-z 0-9 . _ : -")
         if name.startswith("msgbus-") or name in ("ce_id", "cloudEvents:id"):
@@ -96,8 +98,8 @@ def _headers_json(headers: Optional[Mapping[str, Union[str, bytes]]]) -> str:
                 raise InvalidError(f"header '{name}': value is not UTF-8 (JSON cannot hold "
                                    "it)") from None
         if not isinstance(value, str):
-            raise InvalidError(f"header '{name}': value must be str, not "
-                               f"{type(value).__name__}")
+            raise InvalidTypeError(f"header '{name}': value must be str, not "
+                                   f"{type(value).__name__}")
         if "\0" in value:
             raise InvalidError(f"header '{name}': value must not contain NUL")
         try:
@@ -128,14 +130,17 @@ def put(conn: Any, topic: str, payload: Union[bytes, str],
     """
     k = kind(conn)
     check_table(table, False)
-    if not isinstance(topic, str) or not NAME_RE.match(topic):
+    if not isinstance(topic, str):
+        raise InvalidTypeError(f"topic must be a str, not {type(topic).__name__}")
+    if not NAME_RE.match(topic):
         raise InvalidError(f"invalid topic name {topic!r}: use 1..249 characters of "
                            "A-Z a-z 0-9 . _ -")
     mid = check_id(id) if id is not None else uuid7()
     hj = _headers_json(headers)
-    pb = _b(payload, "payload")
-    kb = None if key is None else _b(key, "key")
-    ts = None if timestamp is None else int(timestamp)
+    pb = _check.data(payload, "payload")
+    kb = None if key is None else _check.data(key, "key")
+    ts = None if timestamp is None else _check.int64(timestamp, "timestamp",
+                                                       hint=" (ms since the epoch)")
     q = quote_table(table)
     if k == "pg":
         if pg_status(conn) == "inerror":
@@ -212,17 +217,23 @@ class Relay:
 
     @classmethod
     def sqlite(cls, path: str, bus: Bus, table: Optional[str] = None) -> "Relay":
-        """A relay on its own SQLite connection to the database file `path`."""
+        """A relay on its own SQLite connection to the database file `path`
+        (a str or os.PathLike; created if missing). None is
+        :class:`InvalidTypeError`, "" and ":memory:" :class:`InvalidError`:
+        SQLite would open a private database the application never sees."""
+        pb = _check.path(path, "path")
+        _check.instance(bus, Bus, "bus")
+        tb = None if table is None else check_table(table, False).encode()
         lib = _lib.load()
         sq = _sqlite()
         db = c_void_p()
-        rc = sq.sqlite3_open_v2(_cstr(path, "path"), byref(db), 0x02 | 0x04, None)
+        rc = sq.sqlite3_open_v2(pb, byref(db), 0x02 | 0x04, None)
         if rc != 0:
             msg = sq.sqlite3_errmsg(db).decode() if db.value else f"code {rc}"
             sq.sqlite3_close_v2(db)
             raise StoreError(f"relay: cannot open SQLite database {path!r}: {msg}")
         ob = c_void_p()
-        e = lib.msgbus_outbox_open_sqlite(byref(ob), db, _cstr(table, "table"))
+        e = lib.msgbus_outbox_open_sqlite(byref(ob), db, tb)
         if e != 0:
             err = make_error(e)
             sq.sqlite3_close_v2(db)
@@ -232,10 +243,14 @@ class Relay:
     @classmethod
     def pg(cls, conninfo: str, bus: Bus, table: Optional[str] = None) -> "Relay":
         """A relay on its own PostgreSQL connection (`conninfo`: a libpq
-        connection string or URL)."""
+        connection string or URL; "" means libpq's defaults from the PG*
+        environment variables, None is refused)."""
+        cb = _check.text(conninfo, "conninfo")
+        _check.instance(bus, Bus, "bus")
+        tb = None if table is None else check_table(table, True).encode()
         lib = _lib.load()
         pq = _pq()
-        conn = pq.PQconnectdb(_cstr(conninfo, "conninfo"))
+        conn = pq.PQconnectdb(cb)
         if not conn or pq.PQstatus(conn) != 0:
             msg = pq.PQerrorMessage(conn).decode(errors="replace").strip() if conn else \
                 "out of memory"
@@ -243,7 +258,7 @@ class Relay:
                 pq.PQfinish(conn)
             raise ConnectError(f"relay: cannot connect to PostgreSQL: {msg}")
         ob = c_void_p()
-        e = lib.msgbus_outbox_open_pg(byref(ob), conn, _cstr(table, "table"))
+        e = lib.msgbus_outbox_open_pg(byref(ob), conn, tb)
         if e != 0:
             err = make_error(e)
             pq.PQfinish(conn)
@@ -259,18 +274,27 @@ class Relay:
         """One relay pass (``msgbus_outbox_relay``): publishes up to
         `max_rows` pending rows in commit order, waits up to `timeout`
         seconds (None: forever) for the confirms, marks them sent; returns
-        how many were marked. Transient failures raise (rows stay pending)."""
+        how many were marked. Transient failures raise (rows stay pending).
+        `max_rows` >= 1; `timeout` as everywhere (see docs/python.md)."""
+        rows = _check.size(max_rows, "max_rows", lo=1)
+        ms = _check.timeout_ms(timeout)
         n = c_size_t()
-        check(_lib.load().msgbus_outbox_relay(self._p(), self._bus._p(), max_rows,
-                                              _ms(timeout), byref(n)))
+        check(_lib.load().msgbus_outbox_relay(self._p(), self._bus._p(), rows, ms, byref(n)))
         return n.value
 
     def start(self, batch_max: int = 0, confirm_timeout_ms: int = 0, poll_interval_ms: int = 0,
               backoff_min_ms: int = 0, backoff_max_ms: int = 0) -> None:
         """Starts the background relay thread (zero options: the defaults of
-        outbox.h)."""
-        o = _lib.OutboxRelayOpts(batch_max, confirm_timeout_ms, poll_interval_ms,
-                                 backoff_min_ms, backoff_max_ms)
+        outbox.h). Each is >= 0; the *_ms ones fit a C int."""
+        o = _lib.OutboxRelayOpts(_check.size(batch_max, "batch_max", hint=" (0: default)"),
+                                 _check.c_int(confirm_timeout_ms, "confirm_timeout_ms",
+                                              hint=" (0: default)"),
+                                 _check.c_int(poll_interval_ms, "poll_interval_ms",
+                                              hint=" (0: default)"),
+                                 _check.c_int(backoff_min_ms, "backoff_min_ms",
+                                              hint=" (0: default)"),
+                                 _check.c_int(backoff_max_ms, "backoff_max_ms",
+                                              hint=" (0: default)"))
         check(_lib.load().msgbus_outbox_relay_start(self._p(), self._bus._p(), byref(o)))
 
     def wake(self) -> None:
@@ -283,7 +307,8 @@ class Relay:
 
     def set_retention(self, keep_ms: int) -> None:
         """0: delete rows once confirmed; > 0: keep them as sent that long; -1: forever."""
-        check(_lib.load().msgbus_outbox_set_retention(self._p(), keep_ms))
+        ms = _check.int64(keep_ms, "keep_ms", lo=-1, hint=" (-1: keep forever)")
+        check(_lib.load().msgbus_outbox_set_retention(self._p(), ms))
 
     def purge(self) -> int:
         """Deletes sent rows older than the retention time; returns how many."""
