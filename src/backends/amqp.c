@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 static void mb_amqp_free(struct mb_backend *be)
@@ -41,6 +42,7 @@ static msgbus_err_t mb_amqp_open(msgbus_t *bus, struct mb_url *url, struct mb_ba
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
     be->bus = bus;
     be->wake_fd = -1;
+    be->sockfd = -1;
     pthread_mutex_init(&be->lock, NULL);
     mb_cond_init(&be->cond);
     /* Every option is read (and a typo refused) before any network I/O. */
@@ -71,14 +73,44 @@ static msgbus_err_t mb_amqp_open(msgbus_t *bus, struct mb_url *url, struct mb_ba
     return MSGBUS_OK;
 }
 
+/* How long close and unsubscribe let the I/O thread finish on its own
+ * before cutting its socket: a healthy connection answers within
+ * milliseconds; one that does not within this is stalled, and waiting for
+ * rabbitmq-c's own timeouts (rpc_timeout_ms, 30 s) would overrun
+ * close_timeout_ms. */
+#define MB_AMQP_CLOSE_GRACE_MS 200
+#define MB_AMQP_UNSUB_GRACE_MS 500
+
+/* Waits on be->cond (lock held) until *flag or `ms` pass; true if set. */
+static bool mb_amqp_wait_flag(struct mb_backend *be, const bool *flag, long ms)
+{
+    struct timespec ts;
+    mb_deadline(&ts, ms);
+    while (!*flag)
+        if (pthread_cond_timedwait(&be->cond, &be->lock, &ts) != 0)
+            break;
+    return *flag;
+}
+
 static void mb_amqp_close(struct mb_backend *be)
 {
     pthread_mutex_lock(&be->lock);
     be->stopping = true;
     pthread_mutex_unlock(&be->lock);
     mb_amqp_wake(be);
-    if (be->thread_started)
+    if (be->thread_started) {
+        /* The core has already waited close_timeout_ms for confirms. The
+         * I/O thread now reports what is unconfirmed as MSGBUS_ERR_CLOSED
+         * and says goodbye to the broker; if it is stuck in a blocking
+         * rabbitmq-c call on a stalled link, its socket is cut so the call
+         * fails now instead of after rpc_timeout_ms. */
+        pthread_mutex_lock(&be->lock);
+        bool done = mb_amqp_wait_flag(be, &be->exited, MB_AMQP_CLOSE_GRACE_MS);
+        pthread_mutex_unlock(&be->lock);
+        if (!done)
+            mb_amqp_kick(be, "closing: the broker does not answer");
         pthread_join(be->thread, NULL);
+    }
     mb_amqp_free(be);
 }
 
@@ -102,6 +134,20 @@ static msgbus_err_t mb_amqp_submit(struct mb_backend *be, struct mb_amqp_op *op,
     if (!wait)
         return MSGBUS_OK;
     pthread_mutex_lock(&be->lock);
+    if (op->kind == MB_AMQP_OP_UNSUBSCRIBE) {
+        /* Closing a subscription must not wait for a stalled link: when
+         * the I/O thread does not get to it soon, it is blocked in a broker
+         * call, and cutting the socket frees it (the broker returns the
+         * subscription's unacked messages with the connection). */
+        long grace = be->conf.close_timeout_ms < MB_AMQP_UNSUB_GRACE_MS
+                         ? be->conf.close_timeout_ms
+                         : MB_AMQP_UNSUB_GRACE_MS;
+        if (!mb_amqp_wait_flag(be, &op->done, grace < 100 ? 100 : grace)) {
+            pthread_mutex_unlock(&be->lock);
+            mb_amqp_kick(be, "closing a subscription: the broker does not answer");
+            pthread_mutex_lock(&be->lock);
+        }
+    }
     while (!op->done)
         pthread_cond_wait(&be->cond, &be->lock);
     pthread_mutex_unlock(&be->lock);
@@ -118,19 +164,10 @@ static msgbus_err_t mb_amqp_publish(struct mb_backend *be, const char *topic,
                         "message of %zu bytes is larger than max_message_bytes=%ld (RabbitMQ's "
                         "max_message_size; default 128 MiB)",
                         m->len, be->conf.max_message_bytes);
-    if (m->key && m->key_len > 255)
-        return mb_error(MSGBUS_ERR_INVALID,
-                        "key of %zu bytes: an AMQP routing key holds at most 255 bytes",
-                        m->key_len);
-    size_t props = mb_amqp_props_size(m);
-    if (props > (size_t)be->conf.frame_max - 64)
-        return mb_error(MSGBUS_ERR_TOO_LARGE,
-                        "the message's headers take about %zu bytes, more than one AMQP frame "
-                        "(frame_max=%ld)",
-                        props, be->conf.frame_max);
-    struct mb_amqp_out *o = mb_amqp_out_new(topic, NULL, 0, m, 1, false);
-    if (!o)
-        return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+    struct mb_amqp_out *o;
+    msgbus_err_t e = mb_amqp_out_new(&o, topic, NULL, 0, m, 1, false, (size_t)be->conf.frame_max);
+    if (e)
+        return e;
     o->token = token;
     o->queued_ms = mb_mono_ms();
     pthread_mutex_lock(&be->lock);

@@ -66,6 +66,7 @@ struct mb_amqp_conf {
     long reconnect_min_ms, reconnect_max_ms;
     long message_timeout_ms;   /* unsent message fails after this (0: never) */
     long rpc_timeout_ms;
+    long close_timeout_ms;     /* the core's; bounds close and unsubscribe */
     bool quorum;               /* queue_type=quorum for group queues */
     bool unroutable_ok;        /* unroutable=ok: report success, log a warning */
     struct mb_amqp_qarg *qargs; /* x-… queue arguments */
@@ -113,19 +114,27 @@ struct mb_amqp_out {
 };
 
 /* Builds the wire form of `m` in one allocation: exchange `exchange`,
- * routing key `rk` (NULL: m's key), attempt header when attempt > 1, and
- * msgbus-key when the routing key is not the message's key. */
-MB_HIDDEN struct mb_amqp_out *mb_amqp_out_new(const char *exchange, const void *rk,
-                                              size_t rk_len, const msgbus_msg_t *m, int attempt,
-                                              bool keep_key_header);
+ * routing key `rk` (NULL: m's key), attempt header when attempt > 1.
+ * `copy`: msgbus's own republish (routed by queue name; the key rides in
+ * msgbus-key). Checks every AMQP limit first — short strings of 255 bytes,
+ * the content header within `frame_max` — and fails with mb_error set
+ * (MSGBUS_ERR_INVALID / MSGBUS_ERR_TOO_LARGE naming the limit, or NOMEM),
+ * so a message that cannot be encoded fails alone, on the calling thread. */
+MB_HIDDEN msgbus_err_t mb_amqp_out_new(struct mb_amqp_out **out, const char *exchange,
+                                       const void *rk, size_t rk_len, const msgbus_msg_t *m,
+                                       int attempt, bool copy, size_t frame_max);
+/* Whether the built message's content header fits a frame of `frame_max`
+ * (the I/O thread checks again against the size the broker negotiated). */
+MB_HIDDEN bool mb_amqp_out_fits(const struct mb_amqp_out *o, size_t frame_max);
 MB_HIDDEN void mb_amqp_out_free(struct mb_amqp_out *o);
-/* Bytes the properties (mostly the headers table) take on the wire. */
-MB_HIDDEN size_t mb_amqp_props_size(const msgbus_msg_t *m);
 
-/* Fills a received message from a content header and routing key.
- * Returns false on out of memory. */
+/* Fills a received message from a content header, the delivery's exchange
+ * and routing key. A delivery through the default exchange "" is msgbus's
+ * own republished copy (routed by queue name). Ids and headers pass the
+ * trust boundary (mb_msg_received_id / _header). Returns false on out of
+ * memory. */
 MB_HIDDEN bool mb_amqp_decode(msgbus_msg_t *m, const amqp_basic_properties_t *p,
-                              amqp_bytes_t routing_key, bool redelivered);
+                              amqp_bytes_t exchange, amqp_bytes_t routing_key, bool redelivered);
 
 /* ---- subscriptions ---------------------------------------------------------- */
 
@@ -142,6 +151,8 @@ struct mb_amqp_asm {
     msgbus_msg_t *msg;     /* deliver */
     uint64_t tag;
     bool redelivered;
+    char *exchange;        /* the delivery's exchange ("": msgbus's own copy) */
+    size_t ex_len;
     char *routing_key;
     size_t rk_len;
     size_t body_size, got;
@@ -224,6 +235,15 @@ struct mb_backend {
     bool stopping;
     struct mb_amqp_out *pub_head, *pub_tail;
     struct mb_amqp_op *op_head, *op_tail;
+    /* The connection's socket while one exists (-1: none), published so
+     * that a closing thread can shutdown(2) it: a thread blocked inside a
+     * rabbitmq-c RPC on a stalled link cannot be asked to stop, but its
+     * read fails at once when the socket is shut down. The I/O thread
+     * clears it under `lock` before destroying the connection, so the fd
+     * shut down is always the connection's own. */
+    int sockfd;
+    bool kick_pending; /* shut down every socket until the loop comes round */
+    bool exited;       /* the I/O thread has finished its shutdown */
 
     /* I/O thread only (and open, before the thread starts): */
     amqp_connection_state_t conn;
@@ -243,6 +263,8 @@ struct mb_backend {
     uint16_t next_channel;
     int channel_max;
     bool corked;
+    unsigned long reconnects; /* connections lost since open (for the log) */
+    char last_error[MB_AMQP_DETAIL]; /* why the connection was lost or not made */
 };
 
 /* ---- the I/O thread (amqp_io.c) -------------------------------------------------- */
@@ -257,6 +279,14 @@ MB_HIDDEN void *mb_amqp_io_main(void *arg);
  * held; returns whether the caller must write the eventfd after unlock). */
 MB_HIDDEN bool mb_amqp_need_wake(struct mb_backend *be);
 MB_HIDDEN void mb_amqp_wake(struct mb_backend *be);
+/* Publishes the connection's socket (-1: none) for mb_amqp_kick; a socket
+ * published while a kick is pending is shut down at once. */
+MB_HIDDEN void mb_amqp_set_sockfd(struct mb_backend *be, int fd);
+/* From any thread: makes whatever the I/O thread is blocked in on the
+ * socket fail now (the connection is then lost and, unless stopping,
+ * re-established). Stays pending until the I/O loop takes its next
+ * requests, so a connect in progress is cut short too. */
+MB_HIDDEN void mb_amqp_kick(struct mb_backend *be, const char *why);
 
 /* Classifies a failed RPC reply; writes the detail; on a channel or
  * connection close answers the broker's close. *conn_lost says whether the

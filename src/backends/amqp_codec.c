@@ -6,17 +6,26 @@
  * publishing application thread so the I/O thread only writes it.
  *   message_id  = msgbus id, also header cloudEvents:id (CloudEvents AMQP binding)
  *   timestamp   = seconds (AMQP's unit); exact ms in header msgbus-timestamp-ms
- *   delivery_mode 2 (persistent); content_type mirrors a "content-type" header
- *   routing key = the message key; a republished copy (nack on a classic
- *                 queue) is routed by queue name and keeps its key in
+ *   delivery_mode 2 (persistent); content_type mirrors a "content-type"
+ *                 header of at most 255 bytes (a short string)
+ *   routing key = the message key; an empty key also rides in msgbus-key
+ *                 (a routing key "" reads back as no key); a republished
+ *                 copy (nack on a classic queue) goes to the default
+ *                 exchange "" routed by queue name, keeps its key in
  *                 msgbus-key (absent: no key), its attempt in msgbus-attempt.
- * Incoming: msgbus's own headers are turned back into id / timestamp / key /
- * attempt and not shown as headers; other scalar header values from foreign
- * producers are shown as their decimal or true/false text.
+ *   Every AMQP limit (short strings of 255 bytes, the content header in
+ *   one frame) is checked here, so the I/O thread never writes a frame
+ *   rabbitmq-c refuses.
+ * Incoming: ids go through mb_msg_received_id and headers through
+ * mb_msg_received_header (the trust boundary, core/msg.h); msgbus's own
+ * headers become id / timestamp / key / attempt and are not shown; scalar
+ * values from foreign producers are shown as text; docs/amqp.md has the
+ * table of what arrives and what msgbus reports.
  */
 #include "backends/amqp.h"
 
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,26 +56,73 @@ static void mb_amqp_entry_i64(amqp_table_entry_t *e, const char *name, int64_t v
     e->value.value.i64 = v;
 }
 
-size_t mb_amqp_props_size(const msgbus_msg_t *m)
+/* Bytes of a content header frame's payload for these properties: class,
+ * weight, body size and flags (14), then each present property. Only the
+ * kinds mb_amqp_out_new writes are counted. */
+static size_t mb_amqp_header_payload(const amqp_basic_properties_t *p)
 {
-    /* shortstr name (1 + n) + type (1) + longstr (4 + n) per header, the
-     * id twice, the fixed properties and msgbus's own headers. */
-    size_t n = 200 + 2 * (m->id ? strlen(m->id) : 0) + m->key_len;
-    for (size_t i = 0; i < m->nheaders; i++)
-        n += 6 + strlen(m->headers[i].name) + strlen(m->headers[i].value);
+    size_t n = 14;
+    if (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG)
+        n += 1 + p->content_type.len;
+    if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
+        n += 4;
+        for (int i = 0; i < p->headers.num_entries; i++) {
+            const amqp_table_entry_t *e = &p->headers.entries[i];
+            n += 1 + e->key.len + 1 +
+                 (e->value.kind == AMQP_FIELD_KIND_I64 ? 8 : 4 + e->value.value.bytes.len);
+        }
+    }
+    if (p->_flags & AMQP_BASIC_DELIVERY_MODE_FLAG)
+        n += 1;
+    if (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+        n += 1 + p->message_id.len;
+    if (p->_flags & AMQP_BASIC_TIMESTAMP_FLAG)
+        n += 8;
     return n;
 }
 
-struct mb_amqp_out *mb_amqp_out_new(const char *exchange, const void *rk, size_t rk_len,
-                                    const msgbus_msg_t *m, int attempt, bool keep_key_header)
+bool mb_amqp_out_fits(const struct mb_amqp_out *o, size_t frame_max)
 {
+    /* A frame is 7 bytes of header, the payload and one end byte. */
+    return mb_amqp_header_payload(&o->props) + 8 <= frame_max;
+}
+
+msgbus_err_t mb_amqp_out_new(struct mb_amqp_out **out, const char *exchange, const void *rk,
+                             size_t rk_len, const msgbus_msg_t *m, int attempt, bool copy,
+                             size_t frame_max)
+{
+    *out = NULL;
     if (!rk) {
         rk = m->key;
         rk_len = m->key ? m->key_len : 0;
     }
-    bool key_header = keep_key_header && m->key;
-    size_t nent = m->nheaders + 2 + (attempt > 1) + key_header;
+    /* Every AMQP limit is checked here, on the thread that builds the
+     * frame, so a message rabbitmq-c would refuse fails alone instead of
+     * failing the I/O thread's write (which would look like a lost
+     * connection and resend it forever). Short strings hold 255 bytes. */
     size_t xlen = strlen(exchange), idlen = m->id ? strlen(m->id) : 0;
+    if (xlen > 255)
+        return mb_error(MSGBUS_ERR_INVALID,
+                        "topic of %zu bytes: AMQP exchange names are at most 255 bytes", xlen);
+    if (rk_len > 255)
+        return mb_error(MSGBUS_ERR_INVALID,
+                        "key of %zu bytes: AMQP routing keys are at most 255 bytes", rk_len);
+    if (idlen > 255)
+        return mb_error(MSGBUS_ERR_INVALID,
+                        "id of %zu bytes: the AMQP message_id property holds at most 255 bytes",
+                        idlen);
+    for (size_t i = 0; i < m->nheaders; i++) {
+        size_t nl = strlen(m->headers[i].name);
+        if (nl > 255)
+            return mb_error(MSGBUS_ERR_INVALID,
+                            "header name of %zu bytes: AMQP header names are at most 255 bytes",
+                            nl);
+    }
+    /* The key travels in msgbus-key when the routing key cannot say it:
+     * on a copy (routed by queue name) and for an empty key, which as a
+     * routing key would read back as "no key". */
+    bool key_header = m->key && (copy || m->key_len == 0);
+    size_t nent = m->nheaders + 2 + (attempt > 1) + key_header;
     size_t bytes = sizeof(struct mb_amqp_out) + nent * sizeof(amqp_table_entry_t) + xlen + 1 +
                    rk_len + 1 + m->len + idlen + 1 + (key_header ? m->key_len : 0);
     for (size_t i = 0; i < m->nheaders; i++)
@@ -74,7 +130,7 @@ struct mb_amqp_out *mb_amqp_out_new(const char *exchange, const void *rk, size_t
 
     struct mb_amqp_out *o = malloc(bytes);
     if (!o)
-        return NULL;
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a message of %zu bytes", m->len);
     memset(o, 0, sizeof *o);
     amqp_table_entry_t *ent = (amqp_table_entry_t *)(o + 1);
     char *cur = (char *)(ent + nent);
@@ -97,7 +153,7 @@ struct mb_amqp_out *mb_amqp_out_new(const char *exchange, const void *rk, size_t
         p->message_id = amqp_cstring_bytes(o->msg_id);
         mb_amqp_entry_str(&ent[k++], MB_AMQP_H_ID, o->msg_id, idlen);
     } else {
-        o->msg_id = "";
+        o->msg_id = ""; /* a dead letter of a foreign message without an id */
     }
     mb_amqp_entry_i64(&ent[k++], MB_AMQP_H_TS_MS, m->timestamp);
     if (attempt > 1)
@@ -113,7 +169,8 @@ struct mb_amqp_out *mb_amqp_out_new(const char *exchange, const void *rk, size_t
         mb_amqp_entry_str(&ent[k], name, value, vl);
         ent[k].key.len = nl;
         k++;
-        if (strcmp(name, "content-type") == 0) {
+        /* content_type is a short string: a longer value stays a header only. */
+        if (strcmp(name, "content-type") == 0 && vl <= 255) {
             p->_flags |= AMQP_BASIC_CONTENT_TYPE_FLAG;
             p->content_type.bytes = (void *)value;
             p->content_type.len = vl;
@@ -121,7 +178,16 @@ struct mb_amqp_out *mb_amqp_out_new(const char *exchange, const void *rk, size_t
     }
     p->headers.num_entries = (int)k;
     p->headers.entries = ent;
-    return o;
+    if (!mb_amqp_out_fits(o, frame_max)) {
+        size_t need = mb_amqp_header_payload(p) + 8;
+        free(o);
+        return mb_error(MSGBUS_ERR_TOO_LARGE,
+                        "the message's properties and headers take %zu bytes: an AMQP content "
+                        "header must fit in one frame (frame_max=%zu)",
+                        need, frame_max);
+    }
+    *out = o;
+    return MSGBUS_OK;
 }
 
 void mb_amqp_out_free(struct mb_amqp_out *o)
@@ -169,7 +235,8 @@ static bool mb_amqp_field_int(const amqp_field_value_t *v, int64_t *out)
     }
 }
 
-/* A header value as text; false for tables, arrays and voids (skipped). */
+/* A header value as text; false for the kinds with no text form here
+ * (tables, arrays, void, decimal), which are not shown. */
 static bool mb_amqp_field_text(const amqp_field_value_t *v, char *buf, size_t n,
                                const char **text, size_t *len)
 {
@@ -179,21 +246,28 @@ static bool mb_amqp_field_text(const amqp_field_value_t *v, char *buf, size_t n,
     case AMQP_FIELD_KIND_BYTES:
         *text = v->value.bytes.bytes;
         *len = v->value.bytes.len;
-        return memchr(*text, '\0', *len) == NULL;
+        return true; /* a NUL inside is mb_msg_received_header's to refuse */
     case AMQP_FIELD_KIND_BOOLEAN:
         *text = v->value.boolean ? "true" : "false";
         *len = strlen(*text);
         return true;
     case AMQP_FIELD_KIND_F32:
-        *len = (size_t)snprintf(buf, n, "%g", (double)v->value.f32);
+        *len = (size_t)snprintf(buf, n, "%.9g", (double)v->value.f32);
         *text = buf;
         return true;
     case AMQP_FIELD_KIND_F64:
-        *len = (size_t)snprintf(buf, n, "%g", v->value.f64);
+        *len = (size_t)snprintf(buf, n, "%.17g", v->value.f64);
+        *text = buf;
+        return true;
+    case AMQP_FIELD_KIND_U64:
+    case AMQP_FIELD_KIND_TIMESTAMP:
+        *len = (size_t)snprintf(buf, n, "%" PRIu64, v->value.u64);
         *text = buf;
         return true;
     default:
-        if (!mb_amqp_field_int(v, &i))
+        if (v->kind == AMQP_FIELD_KIND_TABLE || v->kind == AMQP_FIELD_KIND_ARRAY ||
+            v->kind == AMQP_FIELD_KIND_VOID || v->kind == AMQP_FIELD_KIND_DECIMAL ||
+            !mb_amqp_field_int(v, &i))
             return false;
         *len = (size_t)snprintf(buf, n, "%" PRId64, i);
         *text = buf;
@@ -201,72 +275,97 @@ static bool mb_amqp_field_text(const amqp_field_value_t *v, char *buf, size_t n,
     }
 }
 
-bool mb_amqp_decode(msgbus_msg_t *m, const amqp_basic_properties_t *p, amqp_bytes_t routing_key,
-                    bool redelivered)
+/* A string-valued field; NULL for every other kind. */
+static const amqp_bytes_t *mb_amqp_field_bytes(const amqp_field_value_t *v)
+{
+    if (v->kind == AMQP_FIELD_KIND_UTF8 || v->kind == AMQP_FIELD_KIND_BYTES)
+        return &v->value.bytes;
+    return NULL;
+}
+
+bool mb_amqp_decode(msgbus_msg_t *m, const amqp_basic_properties_t *p, amqp_bytes_t exchange,
+                    amqp_bytes_t routing_key, bool redelivered)
 {
     int64_t attempt = 0, delivery_count = -1, ts_ms = -1;
-    const amqp_bytes_t *key = routing_key.len ? &routing_key : NULL;
-    const amqp_bytes_t *ce_id = NULL;
-    bool copy = false, key_header = false; /* a republished copy, and its key header */
+    /* msgbus's own republished copy of a nacked message goes through the
+     * default exchange "" with the queue name as routing key; nothing else
+     * msgbus sends does. Only there is msgbus-attempt read, and the routing
+     * key is not the message's key. A foreign header by that name on a
+     * delivery through a topic exchange changes nothing. */
+    bool copy = exchange.len == 0;
+    const amqp_bytes_t *key = !copy && routing_key.len ? &routing_key : NULL;
+    const amqp_bytes_t *key_header = NULL;
+    msgbus_err_t e = MSGBUS_OK;
 
-    if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
-        for (int i = 0; i < p->headers.num_entries; i++) {
-            const amqp_table_entry_t *e = &p->headers.entries[i];
-            const amqp_field_value_t *v = &e->value;
-            if (mb_amqp_bytes_is(e->key, MB_AMQP_H_ATTEMPT)) {
-                mb_amqp_field_int(v, &attempt);
-                copy = true;
-                continue;
-            }
-            if (mb_amqp_bytes_is(e->key, MB_AMQP_H_DELIVERY_COUNT)) {
-                mb_amqp_field_int(v, &delivery_count);
-                continue;
-            }
-            if (mb_amqp_bytes_is(e->key, MB_AMQP_H_TS_MS)) {
-                mb_amqp_field_int(v, &ts_ms);
-                continue;
-            }
-            if (mb_amqp_bytes_is(e->key, MB_AMQP_H_KEY)) {
-                if (v->kind == AMQP_FIELD_KIND_UTF8 || v->kind == AMQP_FIELD_KIND_BYTES) {
-                    key = &v->value.bytes;
-                    key_header = true;
-                }
-                continue;
-            }
-            if (mb_amqp_bytes_is(e->key, MB_AMQP_H_ID)) {
-                if (v->kind == AMQP_FIELD_KIND_UTF8 || v->kind == AMQP_FIELD_KIND_BYTES)
-                    ce_id = &v->value.bytes;
-                continue;
-            }
-            char buf[64];
-            const char *text;
-            size_t len;
-            if (!e->key.len || !mb_amqp_field_text(v, buf, sizeof buf, &text, &len))
-                continue; /* nested tables (x-death …) have no string form */
-            if (mb_msg_put_header(m, e->key.bytes, e->key.len, text, len) != MSGBUS_OK)
-                return false;
-        }
-    }
-
-    const amqp_bytes_t *id = (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) && p->message_id.len
-                                 ? &p->message_id
-                                 : ce_id;
-    if (id) {
-        char *s = mb_strndup(id->bytes, id->len);
-        if (!s)
+    /* Ids first, in a fixed order (property, then header), so the result
+     * does not depend on where cloudEvents:id sits in the table. A present
+     * message_id property is an occurrence even when empty: "" is not an
+     * id, and must not let the header's value through unopposed. */
+    if ((p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
+        (e = mb_msg_received_id(m, p->message_id.bytes, p->message_id.len)))
+        return false;
+    int nent = (p->_flags & AMQP_BASIC_HEADERS_FLAG) ? p->headers.num_entries : 0;
+    for (int i = 0; i < nent; i++) {
+        const amqp_table_entry_t *en = &p->headers.entries[i];
+        if (!mb_amqp_bytes_is(en->key, MB_AMQP_H_ID))
+            continue;
+        /* A scalar of another kind counts by its text (42 → "42"); a
+         * table, array or void has none and is an empty, invalid value. */
+        char buf[64];
+        const char *text = NULL;
+        size_t len = 0;
+        if (!mb_amqp_field_text(&en->value, buf, sizeof buf, &text, &len))
+            text = NULL;
+        if ((e = mb_msg_received_id(m, text, len)))
             return false;
-        mb_msg_take_id(m, s);
     }
-    /* A republished copy is routed by queue name and carries its key in
-     * msgbus-key; without that header the message had no key. */
-    if (copy && !key_header)
-        key = NULL;
+
+    for (int i = 0; i < nent; i++) {
+        const amqp_table_entry_t *en = &p->headers.entries[i];
+        const amqp_field_value_t *v = &en->value;
+        if (mb_amqp_bytes_is(en->key, MB_AMQP_H_ID))
+            continue;
+        if (mb_amqp_bytes_is(en->key, MB_AMQP_H_ATTEMPT)) {
+            if (copy)
+                mb_amqp_field_int(v, &attempt);
+            continue;
+        }
+        if (mb_amqp_bytes_is(en->key, MB_AMQP_H_DELIVERY_COUNT)) {
+            mb_amqp_field_int(v, &delivery_count);
+            continue;
+        }
+        if (mb_amqp_bytes_is(en->key, MB_AMQP_H_TS_MS)) {
+            int64_t t;
+            if (mb_amqp_field_int(v, &t) && t >= 0)
+                ts_ms = t;
+            continue;
+        }
+        if (mb_amqp_bytes_is(en->key, MB_AMQP_H_KEY)) {
+            key_header = mb_amqp_field_bytes(v);
+            continue;
+        }
+        char buf[64];
+        const char *text;
+        size_t len;
+        if (!mb_amqp_field_text(v, buf, sizeof buf, &text, &len))
+            continue; /* tables (x-death), arrays, void, decimal: no text form */
+        if (mb_msg_received_header(m, en->key.bytes, en->key.len, text, len) != MSGBUS_OK)
+            return false;
+    }
+
+    /* msgbus-key (a string, possibly empty) is the key: msgbus writes it
+     * for copies and for an empty key. On a copy without it there was no
+     * key; elsewhere the routing key is the key ("" there: no key). */
+    if (key_header)
+        key = key_header;
     if (ts_ms >= 0)
         m->timestamp = ts_ms;
-    else if (p->_flags & AMQP_BASIC_TIMESTAMP_FLAG)
+    else if ((p->_flags & AMQP_BASIC_TIMESTAMP_FLAG) && p->timestamp <= INT64_MAX / 1000)
         m->timestamp = (int64_t)p->timestamp * 1000;
+    else
+        m->timestamp = mb_now_ms(); /* as Kafka does for a record without one */
     if (key) {
-        void *k = mb_memdup(key->bytes, key->len ? key->len : 1);
+        void *k = mb_key_dup(key->bytes, key->len);
         if (!k)
             return false;
         free(m->key);
@@ -277,6 +376,10 @@ bool mb_amqp_decode(msgbus_msg_t *m, const amqp_basic_properties_t *p, amqp_byte
      * say "redelivered", so a redelivery there counts as one more. */
     if (attempt < 1)
         attempt = 1;
+    if (attempt > 1000000)
+        attempt = 1000000;
+    if (delivery_count > 1000000)
+        delivery_count = 1000000;
     if (delivery_count >= 0)
         attempt += delivery_count;
     else if (redelivered)

@@ -134,6 +134,9 @@ msgbus_err_t mb_amqp_conf_parse(struct mb_url *url, struct mb_amqp_conf *c)
         (e = mb_url_opt_int(url, "message_timeout_ms", 0, 0, 86400000L * 30,
                             &c->message_timeout_ms)) ||
         (e = mb_url_opt_int(url, "rpc_timeout_ms", 30000, 100, 3600000, &c->rpc_timeout_ms)) ||
+        /* The core's option, read here too: closing bounds its waits for
+         * the I/O thread by it. */
+        (e = mb_url_opt_int(url, "close_timeout_ms", 5000, 0, 3600000, &c->close_timeout_ms)) ||
         (e = mb_url_opt_bool(url, "tls_verify_peer", true, &c->verify_peer)) ||
         (e = mb_url_opt_bool(url, "tls_verify_hostname", true, &c->verify_hostname)) ||
         (e = mb_amqp_opt_str(url, "cacert", &c->cacert)) ||

@@ -9,9 +9,15 @@
 
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <ctype.h>
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 /* ---- errors ----------------------------------------------------------------- */
 
@@ -88,6 +94,48 @@ msgbus_err_t mb_amqp_reply_error(struct mb_backend *be, amqp_rpc_reply_t r, amqp
 
 /* ---- connecting ----------------------------------------------------------------- */
 
+static void mb_amqp_lower(char *out, size_t n, const char *s)
+{
+    size_t i = 0;
+    for (; s[i] && i + 1 < n; i++)
+        out[i] = (char)tolower((unsigned char)s[i]);
+    out[i] = '\0';
+}
+
+/* rabbitmq-c 0.11 keeps a failed connect's reason (SO_ERROR) to itself:
+ * one plain connect of our own to the first address, bounded by the
+ * connect timeout, recovers it (ECONNREFUSED, EHOSTUNREACH, ETIMEDOUT...).
+ * 0 when it connects after all or the name does not resolve. */
+static int mb_amqp_probe_errno(const char *host, int port, long timeout_ms)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    if (getaddrinfo(host, ps, &hints, &ai) != 0 || !ai)
+        return 0;
+    int err = 0;
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    ai->ai_protocol);
+    if (fd < 0) {
+        err = errno;
+    } else if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        err = errno;
+        if (err == EINPROGRESS) {
+            struct pollfd p = {fd, POLLOUT, 0};
+            int rc = poll(&p, 1, (int)(timeout_ms > 2000 ? 2000 : timeout_ms));
+            socklen_t len = sizeof err;
+            if (rc == 0)
+                err = ETIMEDOUT;
+            else if (rc < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+                err = errno;
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(ai);
+    return err;
+}
+
 static struct timeval mb_amqp_tv(long ms)
 {
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
@@ -146,7 +194,23 @@ static msgbus_err_t mb_amqp_connect_host(struct mb_backend *be, const struct mb_
     if (c->tls && (e = mb_amqp_tls_setup(be, s, detail, n)))
         goto fail;
     struct timeval tv = mb_amqp_tv(c->connect_timeout_ms);
+    errno = 0;
     int st = amqp_socket_open_noblock(s, h->host, h->port, &tv);
+    int err = errno;
+    if (st == AMQP_STATUS_SOCKET_ERROR || st == AMQP_STATUS_TCP_ERROR) {
+        /* rabbitmq-c says only "a socket error occurred"; the system's
+         * reason is what a reader needs ("connection refused at h:p"). */
+        if (!err || err == EINPROGRESS)
+            err = mb_amqp_probe_errno(h->host, h->port, c->connect_timeout_ms);
+        if (err && err != EINPROGRESS) {
+            char why[128];
+            mb_amqp_lower(why, sizeof why, strerror(err));
+            snprintf(detail, n, "%s at %s:%d%s", why, h->host, h->port,
+                     c->tls ? " (TLS)" : "");
+            e = MSGBUS_ERR_CONNECT;
+            goto fail;
+        }
+    }
     if (st != AMQP_STATUS_OK) {
         const char *extra = "";
         if (st == AMQP_STATUS_SSL_PEER_VERIFY_FAILED)
@@ -159,6 +223,7 @@ static msgbus_err_t mb_amqp_connect_host(struct mb_backend *be, const struct mb_
         e = MSGBUS_ERR_CONNECT;
         goto fail;
     }
+    mb_amqp_set_sockfd(be, amqp_get_sockfd(conn));
     amqp_set_handshake_timeout(conn, &tv);
     struct timeval rpc = mb_amqp_tv(c->rpc_timeout_ms);
     amqp_set_rpc_timeout(conn, &rpc);
@@ -202,6 +267,7 @@ static msgbus_err_t mb_amqp_connect_host(struct mb_backend *be, const struct mb_
     be->next_seq = 0;
     return MSGBUS_OK;
 fail:
+    mb_amqp_set_sockfd(be, -1);
     amqp_destroy_connection(conn);
     be->conn = NULL;
     return e;
@@ -213,6 +279,11 @@ msgbus_err_t mb_amqp_connect(struct mb_backend *be)
     msgbus_err_t e = MSGBUS_ERR_CONNECT;
     for (size_t k = 0; k < be->conf.nhosts; k++) {
         size_t i = (be->host_index + k) % be->conf.nhosts;
+        pthread_mutex_lock(&be->lock);
+        bool cut = k > 0 && (be->kick_pending || be->stopping);
+        pthread_mutex_unlock(&be->lock);
+        if (cut)
+            break; /* closing (or a kick): the other hosts can wait */
         e = mb_amqp_connect_host(be, &be->conf.hosts[i], detail, sizeof detail);
         if (e == MSGBUS_OK) {
             be->host_index = i;

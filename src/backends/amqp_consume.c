@@ -31,6 +31,7 @@ void mb_amqp_asm_clear(struct mb_amqp_asm *as)
     if (as->msg)
         msgbus_msg_free(as->msg);
     free(as->routing_key);
+    free(as->exchange);
     free(as->reply_text);
     memset(as, 0, sizeof *as);
 }
@@ -269,10 +270,12 @@ void mb_amqp_sub_frame(struct mb_backend *be, struct mb_backend_sub *bs, const a
             as->kind = 1;
             as->tag = d->delivery_tag;
             as->redelivered = d->redelivered;
+            as->exchange = mb_strndup(d->exchange.bytes, d->exchange.len);
+            as->ex_len = d->exchange.len;
             as->routing_key = mb_strndup(d->routing_key.bytes, d->routing_key.len);
             as->rk_len = d->routing_key.len;
             as->msg = mb_msg_new_received(bs->sub);
-            if (!as->routing_key || !as->msg) {
+            if (!as->routing_key || !as->exchange || !as->msg) {
                 mb_log(MSGBUS_LOG_ERROR, "amqp: out of memory receiving a message; it is "
                                          "requeued");
                 amqp_basic_nack(be->conn, bs->channel, d->delivery_tag, 0, 1);
@@ -298,7 +301,8 @@ void mb_amqp_sub_frame(struct mb_backend *be, struct mb_backend_sub *bs, const a
         amqp_bytes_t rk = {as->rk_len, as->routing_key};
         msgbus_msg_t *m = as->msg;
         size_t size = (size_t)f->payload.properties.body_size;
-        if (!mb_amqp_decode(m, f->payload.properties.decoded, rk, as->redelivered)) {
+        amqp_bytes_t ex = {as->ex_len, as->exchange};
+        if (!mb_amqp_decode(m, f->payload.properties.decoded, ex, rk, as->redelivered)) {
             mb_log(MSGBUS_LOG_ERROR, "amqp: out of memory decoding a message; it is requeued");
             amqp_basic_nack(be->conn, bs->channel, as->tag, 0, 1);
             mb_amqp_asm_clear(as);
@@ -374,9 +378,16 @@ void mb_amqp_settle_apply(struct mb_backend *be, struct mb_amqp_op *op)
         } else if (bs->quorum || !op->copy) {
             mb_amqp_nack_requeue(be, bs, t);
         } else {
-            struct mb_amqp_out *o = mb_amqp_out_new("", bs->queue, strlen(bs->queue), op->copy,
-                                                    op->copy->attempt + 1, true);
-            if (!o) {
+            struct mb_amqp_out *o = NULL;
+            msgbus_err_t e = mb_amqp_out_new(&o, "", bs->queue, strlen(bs->queue), op->copy,
+                                             op->copy->attempt + 1, true,
+                                             (size_t)be->conf.frame_max);
+            if (e) {
+                /* The copy cannot carry the attempt (its headers outgrew a
+                 * frame): the broker redelivers the original instead. */
+                mb_log(MSGBUS_LOG_ERROR, "amqp: cannot republish message %s for a retry (%s); "
+                                         "it is requeued and comes back marked redelivered",
+                       op->copy->id ? op->copy->id : "(no id)", msgbus_last_error());
                 mb_amqp_nack_requeue(be, bs, t);
             } else {
                 /* Jumps the queue of publishes: a retry is not application

@@ -47,6 +47,27 @@ void mb_amqp_wake(struct mb_backend *be)
     }
 }
 
+void mb_amqp_set_sockfd(struct mb_backend *be, int fd)
+{
+    pthread_mutex_lock(&be->lock);
+    be->sockfd = fd;
+    if (fd >= 0 && (be->kick_pending || be->stopping))
+        shutdown(fd, SHUT_RDWR);
+    pthread_mutex_unlock(&be->lock);
+}
+
+void mb_amqp_kick(struct mb_backend *be, const char *why)
+{
+    pthread_mutex_lock(&be->lock);
+    be->kick_pending = true;
+    int fd = be->sockfd;
+    if (fd >= 0)
+        shutdown(fd, SHUT_RDWR);
+    pthread_mutex_unlock(&be->lock);
+    if (fd >= 0)
+        mb_log(MSGBUS_LOG_WARN, "amqp: %s; the connection is cut", why);
+}
+
 static void mb_amqp_op_finish(struct mb_backend *be, struct mb_amqp_op *op, msgbus_err_t e,
                               const char *detail)
 {
@@ -165,14 +186,32 @@ static void mb_amqp_send_pending(struct mb_backend *be)
             mb_amqp_fail(be, o, MSGBUS_ERR_BROKER, detail);
             continue;
         }
+        /* The broker may have negotiated a smaller frame than frame_max:
+         * such a message fails alone, before anything of it is written. */
+        if (!mb_amqp_out_fits(o, (size_t)amqp_get_frame_max(be->conn))) {
+            be->send_head = o->next;
+            snprintf(detail, sizeof detail,
+                     "the message's properties and headers do not fit in one AMQP frame of "
+                     "%d bytes (the size the broker negotiated)",
+                     amqp_get_frame_max(be->conn));
+            mb_amqp_fail(be, o, MSGBUS_ERR_TOO_LARGE, detail);
+            continue;
+        }
         if (o->next)
             mb_amqp_cork(be, true);
         int st = amqp_basic_publish(be->conn, MB_AMQP_PUB_CHANNEL, amqp_cstring_bytes(o->topic),
                                     o->routing_key, !o->internal, 0, &o->props, o->body);
-        if (st == AMQP_STATUS_TABLE_TOO_BIG) {
+        if (st == AMQP_STATUS_TABLE_TOO_BIG || st == AMQP_STATUS_BAD_AMQP_DATA ||
+            st == AMQP_STATUS_INVALID_PARAMETER) {
+            /* rabbitmq-c refused to encode this message (mb_amqp_out_new
+             * should have caught it): it fails alone, it is not a lost
+             * connection, and it is not sent again. */
             be->send_head = o->next;
-            mb_amqp_fail(be, o, MSGBUS_ERR_TOO_LARGE,
-                         "the message's headers do not fit in one AMQP frame (frame_max)");
+            snprintf(detail, sizeof detail, "rabbitmq-c cannot encode the message: %s",
+                     amqp_error_string2(st));
+            mb_log(MSGBUS_LOG_ERROR, "amqp: message %s to '%s' failed: %s",
+                   o->msg_id[0] ? o->msg_id : "(no id)", o->topic, detail);
+            mb_amqp_fail(be, o, MSGBUS_ERR_INVALID, detail);
             continue;
         }
         if (st != AMQP_STATUS_OK) {
@@ -242,11 +281,16 @@ void mb_amqp_conn_lost(struct mb_backend *be, const char *why)
     if (!be->conn)
         return;
     const struct mb_url_host *h = &be->conf.hosts[be->host_index];
-    mb_log(MSGBUS_LOG_WARN, "amqp: connection to %s:%d lost (%s); %zu unconfirmed messages will "
-                            "be sent again after reconnecting",
-           h->host, h->port, why, be->ninflight);
+    size_t unconfirmed = 0, unsent = 0;
+    for (struct mb_amqp_out *o = be->infl_head; o; o = o->next)
+        unconfirmed += !o->internal;
+    for (struct mb_amqp_out *o = be->send_head; o; o = o->next)
+        unsent += !o->internal;
+    mb_amqp_set_sockfd(be, -1);
     amqp_destroy_connection(be->conn);
     be->conn = NULL;
+    be->reconnects++;
+    snprintf(be->last_error, sizeof be->last_error, "%s", why);
     be->corked = false;
     be->pub_channel_ok = be->ctl_channel_ok = false;
     mb_amqp_asm_clear(&be->ret_as);
@@ -265,6 +309,12 @@ void mb_amqp_conn_lost(struct mb_backend *be, const char *why)
         }
     }
     be->send_tail = last;
+    /* Counts of application messages only (copies of nacked messages are
+     * dropped: their originals come back from the broker). */
+    mb_log(MSGBUS_LOG_WARN,
+           "amqp: connection to %s:%d lost (%s); after reconnecting msgbus sends again %zu "
+           "unconfirmed and %zu not yet sent message(s)",
+           h->host, h->port, why, unconfirmed, unsent);
     mb_amqp_topics_clear(be);
     for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next)
         mb_amqp_sub_reset(be, bs);
@@ -554,6 +604,7 @@ static void mb_amqp_try_connect(struct mb_backend *be)
     if (now < be->next_connect_ms)
         return;
     if (mb_amqp_connect(be) != MSGBUS_OK) {
+        snprintf(be->last_error, sizeof be->last_error, "%s", msgbus_last_error());
         long b = be->backoff_ms ? be->backoff_ms * 2 : be->conf.reconnect_min_ms;
         if (b > be->conf.reconnect_max_ms)
             b = be->conf.reconnect_max_ms;
@@ -567,10 +618,21 @@ static void mb_amqp_try_connect(struct mb_backend *be)
         return;
     }
     const struct mb_url_host *h = &be->conf.hosts[be->host_index];
-    mb_log(MSGBUS_LOG_WARN, "amqp: reconnected to %s:%d; re-sending unconfirmed messages",
-           h->host, h->port);
+    mb_log(MSGBUS_LOG_WARN, "amqp: reconnected to %s:%d (after %lu connection loss(es) since "
+                            "open); sending what waited",
+           h->host, h->port, be->reconnects);
     be->backoff_ms = 0;
     mb_amqp_after_connect(be);
+}
+
+/* " (last error: …)" when a connection failed before, "" otherwise: the
+ * thread-local last error is not about the connection (and often empty). */
+static void mb_amqp_last_error(const struct mb_backend *be, char *out, size_t n)
+{
+    if (be->last_error[0])
+        snprintf(out, n, " (last error: %s)", be->last_error);
+    else if (n)
+        out[0] = '\0';
 }
 
 static void mb_amqp_expire(struct mb_backend *be)
@@ -584,10 +646,10 @@ static void mb_amqp_expire(struct mb_backend *be)
             continue;
         }
         *pp = op->next;
-        char d[MB_AMQP_DETAIL];
-        snprintf(d, sizeof d, "%s: no connection to the broker within subscribe_timeout_ms=%ld "
-                              "(last error: %s)",
-                 mb_bus_url(be->bus), be->conf.subscribe_timeout_ms, msgbus_last_error());
+        char d[MB_AMQP_DETAIL], last[MB_AMQP_DETAIL + 16] = "";
+        mb_amqp_last_error(be, last, sizeof last);
+        snprintf(d, sizeof d, "%s: no connection to the broker within subscribe_timeout_ms=%ld%s",
+                 mb_bus_url(be->bus), be->conf.subscribe_timeout_ms, last);
         mb_amqp_op_finish(be, op, MSGBUS_ERR_CONNECT, d);
     }
     /* Messages that could not even be sent within message_timeout_ms. */
@@ -595,10 +657,11 @@ static void mb_amqp_expire(struct mb_backend *be)
         while (be->send_head && now - be->send_head->queued_ms >= be->conf.message_timeout_ms) {
             struct mb_amqp_out *o = be->send_head;
             be->send_head = o->next;
-            char d[MB_AMQP_DETAIL];
+            char d[MB_AMQP_DETAIL], last[MB_AMQP_DETAIL + 16] = "";
+            mb_amqp_last_error(be, last, sizeof last);
             snprintf(d, sizeof d, "failed after retries: no connection to the broker for "
-                                  "message_timeout_ms=%ld (last error: %s)",
-                     be->conf.message_timeout_ms, msgbus_last_error());
+                                  "message_timeout_ms=%ld%s",
+                     be->conf.message_timeout_ms, last);
             mb_amqp_fail(be, o, MSGBUS_ERR_TIMEOUT, d);
         }
         if (!be->send_head)
@@ -654,6 +717,7 @@ static void mb_amqp_shutdown(struct mb_backend *be)
         struct timeval tv = {1, 0};
         amqp_set_rpc_timeout(be->conn, &tv);
         amqp_connection_close(be->conn, AMQP_REPLY_SUCCESS);
+        mb_amqp_set_sockfd(be, -1);
         amqp_destroy_connection(be->conn);
         be->conn = NULL;
     }
@@ -683,6 +747,7 @@ void *mb_amqp_io_main(void *arg)
         be->pub_head = be->pub_tail = NULL;
         be->op_head = be->op_tail = NULL;
         be->wake_pending = false;
+        be->kick_pending = false; /* whatever was blocked has returned */
         bool stopping = be->stopping;
         pthread_mutex_unlock(&be->lock);
         if (pubs) {
@@ -755,5 +820,9 @@ void *mb_amqp_io_main(void *arg)
             wake_ready = sock_ready = true;
     }
     mb_amqp_shutdown(be);
+    pthread_mutex_lock(&be->lock);
+    be->exited = true;
+    pthread_cond_broadcast(&be->cond);
+    pthread_mutex_unlock(&be->lock);
     return NULL;
 }
