@@ -84,3 +84,20 @@ def test_amqp_url_secret_never_shown(capfd, caplog):
     assert _open_and_check(f"{scheme}://guest:{SECRET}@{rest}", capfd, caplog) != "opened"
     # a secret-looking option: refused (unknown) or taken, never echoed
     _open_and_check(_with_query(base, f"password={SECRET}"), capfd, caplog)
+
+
+def test_relay_pg_conninfo_secret_never_shown(capfd, caplog, mem_url):
+    """The relay's own PostgreSQL connection: a failed connect is a
+    ConnectError whose text (libpq's) does not repeat the conninfo. (Port 1:
+    the test brokers' PostgreSQL trusts local logins, so a wrong password
+    would connect.)"""
+    from msgbus import outbox
+    caplog.set_level(logging.DEBUG, logger="msgbus")
+    with msgbus.Bus(mem_url) as bus:
+        for conninfo in (f"postgresql://alice:{SECRET}@127.0.0.1:1/db",
+                         f"host=127.0.0.1 port=1 user=alice password={SECRET}"):
+            with pytest.raises(msgbus.ConnectError) as ei:
+                outbox.Relay.pg(conninfo, bus)
+            assert SECRET not in str(ei.value) and SECRET not in repr(ei.value)
+    out, err = capfd.readouterr()
+    assert SECRET not in out + err + caplog.text
