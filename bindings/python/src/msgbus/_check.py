@@ -43,6 +43,10 @@ def integer(value: Any, name: str, lo: int, hi: int, hint: str = "") -> int:
     """`value` as an int in lo..hi. Takes ints and objects with __index__
     (numpy integers), never bool, float or str: ``int(2.7)`` silently
     choosing 2 is the kind of guess this module exists to refuse."""
+    if type(value) is int:  # the common case, checked cheaply (publish is hot)
+        if not lo <= value <= hi:
+            raise InvalidError(f"{name} must be {lo}..{hi}{hint}, not {value}")
+        return value
     if isinstance(value, bool) or value is None:
         raise InvalidTypeError(f"{name} must be an int, not {_tname(value)}")
     try:
@@ -155,8 +159,8 @@ def path(value: Any, name: str = "path") -> bytes:
 def mapping(value: Any, name: str) -> Optional[Mapping]:
     """None, or a Mapping (dict-like). A str, list of pairs or anything else
     is refused: ``headers="a=b"`` is a mistake, not an empty header set."""
-    if value is None:
-        return None
+    if value is None or type(value) is dict:
+        return value
     if not isinstance(value, Mapping):
         raise InvalidTypeError(f"{name} must be a mapping (e.g. a dict) or None, "
                                f"not {_tname(value)}")
