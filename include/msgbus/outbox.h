@@ -50,21 +50,28 @@ typedef struct msgbus_outbox msgbus_outbox_t;
 
 /* Opens an outbox on SQLite connection `db` (not owned: the caller closes
  * it after msgbus_outbox_close). Creates the table `table` (NULL:
- * "msgbus_outbox"; [A-Za-z_][A-Za-z0-9_]*, at most 63 bytes) and its
- * indexes if missing; checks an existing table and fails with
- * MSGBUS_ERR_STORE naming a missing column. Call outside a transaction.
- * MSGBUS_ERR_UNSUPPORTED when msgbus was built without SQLite. Blocks on
- * the database. */
+ * "msgbus_outbox"; [A-Za-z_][A-Za-z0-9_]*, 1..50 bytes, else
+ * MSGBUS_ERR_INVALID: the index names append up to 11 bytes, and
+ * PostgreSQL cuts identifiers at 63) and its indexes if missing; checks
+ * an existing table and fails with MSGBUS_ERR_STORE naming a missing
+ * column. Call outside a transaction. MSGBUS_ERR_UNSUPPORTED when msgbus
+ * was built without SQLite. Blocks on the database. */
 MSGBUS_API msgbus_err_t msgbus_outbox_open_sqlite(msgbus_outbox_t **out, struct sqlite3 *db,
                                                   const char *table);
 
 /* The same on a PostgreSQL connection (PGconn *, not owned). The table is
- * created in the connection's current schema. */
+ * created in the connection's current schema; only what is missing is
+ * created, so opening an existing outbox sends the connection no NOTICE.
+ * The connection's settings are left as they were. */
 MSGBUS_API msgbus_err_t msgbus_outbox_open_pg(msgbus_outbox_t **out, struct pg_conn *conn,
                                               const char *table);
 
 /* Stops the background relay if running (as msgbus_outbox_relay_stop),
- * frees the handle; the connection stays open. NULL is a no-op. */
+ * frees the handle; the connection stays open. Rows the relay published
+ * but could not mark yet (see msgbus_outbox_relay) get one more attempt,
+ * without waiting; if that fails they stay pending, to be published
+ * again by the next relay (same ids), and an error-level log line says
+ * how many confirmed rows remain unmarked. NULL is a no-op. */
 MSGBUS_API void msgbus_outbox_close(msgbus_outbox_t *ob);
 
 /* Writes message `m` for `topic` as a pending outbox row, with the
@@ -92,8 +99,15 @@ MSGBUS_API msgbus_err_t msgbus_outbox_put(msgbus_outbox_t *ob, const char *topic
  * left pending. On SQLite up to four slices are in flight at once (one
  * being confirmed while the next are read and published); on PostgreSQL
  * one at a time (a claim holds row locks). When the call returns, every
- * row it published has been recorded — unless recording failed
- * (MSGBUS_ERR_STORE): those rows stay pending and go out again, same ids.
+ * row it published has been recorded — unless recording failed: then the
+ * handle keeps those rows' outcomes in memory (not their payloads),
+ * retries the marking while the pass has time (timeout_ms; -1: until it
+ * works) after 10 ms, doubling to 1 s, when the database was only busy
+ * (locked past its busy timeout, a lock timeout, a dropped connection),
+ * and otherwise returns MSGBUS_ERR_STORE
+ * with the database's text and how many rows wait. They are never
+ * published again by this handle: every later pass marks them first and
+ * claims nothing new until that has worked.
  * Per-key order: a row is never published while an earlier row with the
  * same key is unsent (pending or failed): a failed row blocks its key —
  * and only its key — until an operator deletes or retries it.

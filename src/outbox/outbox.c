@@ -131,6 +131,21 @@ void mb_outbox_batch_clear(struct mb_outbox_batch *b)
     memset(b, 0, sizeof *b);
 }
 
+void mb_outbox_batch_drop_data(struct mb_outbox_batch *b)
+{
+    for (struct mb_outbox_chunk *c = b->chunks, *next; c; c = next) {
+        next = c->next;
+        free(c);
+    }
+    b->chunks = NULL;
+    for (size_t i = 0; i < b->n; i++) {
+        struct mb_outbox_row *r = &b->rows[i];
+        r->msg_id = r->topic = r->headers = NULL;
+        r->key = r->payload = NULL;
+        r->key_len = r->len = 0;
+    }
+}
+
 /* ---- public: open stubs for stores not compiled in ---- */
 
 #ifndef MSGBUS_HAVE_SQLITE
@@ -149,12 +164,16 @@ msgbus_err_t msgbus_outbox_open_pg(msgbus_outbox_t **out, struct pg_conn *conn, 
 
 /* Defined in relay.c: stops the thread if running. */
 MB_HIDDEN void mb_outbox_thread_stop_quiet(msgbus_outbox_t *ob);
+/* Defined in relay.c: a last try at marking what the relay still holds;
+ * says at error level what stays unmarked. */
+MB_HIDDEN void mb_outbox_unmarked_close(msgbus_outbox_t *ob);
 
 void msgbus_outbox_close(msgbus_outbox_t *ob)
 {
     if (!ob)
         return;
     mb_outbox_thread_stop_quiet(ob);
+    mb_outbox_unmarked_close(ob);
     ob->ops->close(ob);
     mb_outbox_free(ob);
 }

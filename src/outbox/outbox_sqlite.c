@@ -33,6 +33,7 @@ struct mb_outbox_sqlite {
     sqlite3_stmt *mark_sent_range; /* a dense batch: by its id range */
     sqlite3_stmt *mark_delete_range;
     bool busy_set;
+    bool busy; /* the last finish failed on a lock (SQLITE_BUSY / SQLITE_LOCKED) */
 };
 
 static struct mb_outbox_sqlite *mb_outbox_sqlite_of(msgbus_outbox_t *ob)
@@ -292,10 +293,20 @@ static char *mb_outbox_sqlite_sent_ids(const struct mb_outbox_batch *b, size_t *
     return s;
 }
 
+/* Whether the last failure on db was a lock held elsewhere past the busy
+ * timeout (goes away) rather than, say, a trigger or constraint refusing
+ * the change (does not). */
+static bool mb_outbox_sqlite_locked(sqlite3 *db)
+{
+    int rc = sqlite3_errcode(db) & 0xff;
+    return rc == SQLITE_BUSY || rc == SQLITE_LOCKED;
+}
+
 static msgbus_err_t mb_outbox_sqlite_finish(msgbus_outbox_t *ob, const struct mb_outbox_batch *b,
                                             int64_t now_ms)
 {
     struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
+    s->busy = false;
     bool any = false;
     for (size_t i = 0; i < b->n; i++)
         any |= b->outcome[i] != MB_OUTBOX_KEEP;
@@ -311,6 +322,7 @@ static msgbus_err_t mb_outbox_sqlite_finish(msgbus_outbox_t *ob, const struct mb
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory marking outbox rows");
     msgbus_err_t e = mb_outbox_sqlite_exec(ob, s->db, "BEGIN IMMEDIATE", "starting the mark transaction");
     if (e != MSGBUS_OK) {
+        s->busy = mb_outbox_sqlite_locked(s->db);
         free(ids);
         return e;
     }
@@ -360,10 +372,18 @@ static msgbus_err_t mb_outbox_sqlite_finish(msgbus_outbox_t *ob, const struct mb
     }
     if (e == MSGBUS_OK)
         e = mb_outbox_sqlite_exec(ob, s->db, "COMMIT", "committing the mark transaction");
+    if (e != MSGBUS_OK) {
+        s->busy = mb_outbox_sqlite_locked(s->db); /* before the ROLLBACK resets it */
+    }
     if (e != MSGBUS_OK && !sqlite3_get_autocommit(s->db))
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
     free(ids);
     return e;
+}
+
+static bool mb_outbox_sqlite_busy(msgbus_outbox_t *ob)
+{
+    return mb_outbox_sqlite_of(ob)->busy;
 }
 
 static void mb_outbox_sqlite_abort(msgbus_outbox_t *ob)
@@ -439,6 +459,7 @@ static const struct mb_outbox_ops mb_outbox_sqlite_ops = {
     .overlap = true, /* claims read without a transaction (see the top of this file) */
     .finish = mb_outbox_sqlite_finish,
     .abort = mb_outbox_sqlite_abort,
+    .busy = mb_outbox_sqlite_busy,
     .purge = mb_outbox_sqlite_purge,
     .retry_failed = mb_outbox_sqlite_retry_failed,
     .stats = mb_outbox_sqlite_stats,

@@ -90,6 +90,12 @@ struct mb_outbox_ops {
     msgbus_err_t (*finish)(msgbus_outbox_t *ob, const struct mb_outbox_batch *b, int64_t now_ms);
     /* Gives the claim up (rollback); best effort. */
     void (*abort)(msgbus_outbox_t *ob);
+    /* After a failed finish: whether it failed on something a retry after
+     * a short wait may get past — a lock another transaction holds
+     * (SQLITE_BUSY, a PostgreSQL lock, deadlock or serialization error) or
+     * a dropped connection — rather than on the rows or the schema. May be
+     * NULL (never). */
+    bool (*busy)(msgbus_outbox_t *ob);
     msgbus_err_t (*purge)(msgbus_outbox_t *ob, int64_t before_ms, size_t *n);
     msgbus_err_t (*retry_failed)(msgbus_outbox_t *ob, size_t *n);
     msgbus_err_t (*stats)(msgbus_outbox_t *ob, int64_t now_ms, msgbus_outbox_stats_t *st);
@@ -97,7 +103,8 @@ struct mb_outbox_ops {
     void (*close)(msgbus_outbox_t *ob);
 };
 
-struct mb_outbox_thread; /* outbox.c */
+struct mb_outbox_thread;   /* relay.c */
+struct mb_outbox_unmarked; /* relay.c */
 
 struct msgbus_outbox {
     const struct mb_outbox_ops *ops;
@@ -108,6 +115,11 @@ struct msgbus_outbox {
      * stats/purge called from other threads. */
     pthread_mutex_t mu;
     struct mb_outbox_thread *thread; /* background relay, NULL when stopped */
+    /* Slices the relay published whose outcomes it could not record yet
+     * (relay.c), oldest first, under mu. While one is held the relay
+     * claims nothing: its rows are still pending in the table, and a claim
+     * would publish them again. */
+    struct mb_outbox_unmarked *unmarked;
 };
 
 /* Checks `table` and copies it into a new outbox (NULL: the default). */
@@ -119,6 +131,9 @@ MB_HIDDEN void mb_outbox_free(msgbus_outbox_t *ob);
 /* Batch helpers for the stores. */
 MB_HIDDEN struct mb_outbox_row *mb_outbox_batch_add(struct mb_outbox_batch *b);
 MB_HIDDEN void mb_outbox_batch_clear(struct mb_outbox_batch *b);
+/* Frees the rows' strings and blobs and clears their pointers, keeping
+ * what ops->finish reads (ids, outcomes, errors, dense). */
+MB_HIDDEN void mb_outbox_batch_drop_data(struct mb_outbox_batch *b);
 /* A NUL-terminated copy of n bytes at p in the batch's storage; NULL when
  * out of memory. */
 MB_HIDDEN void *mb_outbox_batch_copy(struct mb_outbox_batch *b, const void *p, size_t n);

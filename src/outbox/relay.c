@@ -441,11 +441,158 @@ static void mb_relay_decide(struct mb_relay_run *run, struct mb_relay_slice *sl,
         *n_sent += b->outcome[i] == MB_OUTBOX_SENT;
 }
 
+/* ---- rows published but not yet marked ---- */
+
+/* A slice whose rows went to the broker but whose outcomes could not be
+ * recorded: the database was locked past its busy timeout, the connection
+ * dropped, a trigger refused. Giving it up would leave its rows pending,
+ * and the next claim would publish them all again — every pass while the
+ * lock lasts (a 15 s lock once sent 50 rows three times). So the handle
+ * keeps what ops->finish needs (ids, outcomes, errors; not the payloads)
+ * and a pass marks these first, retrying with back-off, and claims
+ * nothing while any is left. Bounded: no claim means at most one pass of
+ * rows is held. */
+struct mb_outbox_unmarked {
+    struct mb_outbox_unmarked *next;
+    struct mb_outbox_batch b;
+    size_t n_sent; /* rows of b to be marked sent */
+};
+
+#define MB_RELAY_MARK_WAIT_MIN 10   /* ms before the first retry of a mark */
+#define MB_RELAY_MARK_WAIT_MAX 1000 /* doubling up to this */
+
+/* Rows the held slices would mark sent: confirmed by the broker. */
+static size_t mb_relay_unmarked_sent(const msgbus_outbox_t *ob)
+{
+    size_t n = 0;
+    for (const struct mb_outbox_unmarked *u = ob->unmarked; u; u = u->next)
+        n += u->n_sent;
+    return n;
+}
+
+static void mb_relay_unmarked_free(msgbus_outbox_t *ob)
+{
+    while (ob->unmarked) {
+        struct mb_outbox_unmarked *u = ob->unmarked;
+        ob->unmarked = u->next;
+        mb_outbox_batch_clear(&u->b);
+        free(u);
+    }
+}
+
+/* Moves a decided slice whose outcomes were not recorded into the
+ * handle's held list (called under ob->mu, which every pass holds). A
+ * slice with nothing published, or nothing to record, is left alone. */
+static void mb_relay_hold(msgbus_outbox_t *ob, struct mb_relay_slice *sl, size_t n_sent)
+{
+    struct mb_outbox_batch *b = &sl->b;
+    if (!b->outcome || !b->error || !sl->published || !sl->ctx)
+        return;
+    bool any = false;
+    for (size_t i = 0; i < b->n && !any; i++)
+        any = b->outcome[i] != MB_OUTBOX_KEEP;
+    if (!any)
+        return;
+    struct mb_outbox_unmarked *u = calloc(1, sizeof *u);
+    if (!u) {
+        mb_log(MSGBUS_LOG_ERROR,
+               "outbox %s: out of memory keeping %zu published rows to mark; they stay pending "
+               "and are published again (same ids)",
+               ob->table, n_sent);
+        return;
+    }
+    mb_outbox_batch_drop_data(b);
+    u->b = *b;
+    /* Marked by its ids from now on, not by its id range: the range may
+     * be what failed (a pending row written with an explicit id inside
+     * it), and rows claimed later must never be caught by it. */
+    u->b.dense = false;
+    u->n_sent = n_sent;
+    memset(b, 0, sizeof *b);
+    struct mb_outbox_unmarked **tail = &ob->unmarked;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = u;
+}
+
+/* Records the held slices, oldest first, retrying a mark that failed on a
+ * busy store (ops->busy) after 10 ms, doubling up to 1 s, until `deadline`
+ * (-1: none; a deadline already past still gets one attempt). *n_sent is
+ * increased by the rows marked sent. On failure the rest stays held, the
+ * error says how many rows wait, with the database's text, and `cause`
+ * (may be NULL) gets the database's text alone. */
+static msgbus_err_t mb_relay_mark_held(msgbus_outbox_t *ob, int64_t deadline, size_t *n_sent,
+                                       char *cause, size_t cause_size)
+{
+    int wait_ms = MB_RELAY_MARK_WAIT_MIN;
+    int attempts = 0;
+    while (ob->unmarked) {
+        struct mb_outbox_unmarked *u = ob->unmarked;
+        attempts++;
+        msgbus_err_t e = ob->ops->check_idle(ob); /* PG: reconnects a dropped connection */
+        if (e == MSGBUS_OK)
+            e = ob->ops->finish(ob, &u->b, mb_now_ms());
+        if (e == MSGBUS_OK) {
+            *n_sent += u->n_sent;
+            ob->unmarked = u->next;
+            mb_outbox_batch_clear(&u->b);
+            free(u);
+            wait_ms = MB_RELAY_MARK_WAIT_MIN;
+            continue;
+        }
+        char why[512];
+        snprintf(why, sizeof why, "%s", msgbus_last_error());
+        bool busy = e == MSGBUS_ERR_STORE && ob->ops->busy && ob->ops->busy(ob);
+        ob->ops->abort(ob);
+        int left = mb_relay_left(deadline);
+        if (!busy || left == 0) {
+            if (cause)
+                snprintf(cause, cause_size, "%s", why);
+            size_t rows = 0;
+            for (const struct mb_outbox_unmarked *h = ob->unmarked; h; h = h->next)
+                rows += h->b.n;
+            return mb_error(e,
+                            "outbox %s: %zu published rows (%zu confirmed) are not marked yet "
+                            "after %d attempt%s; they are marked before anything new is "
+                            "claimed, and not published again: %s",
+                            ob->table, rows, mb_relay_unmarked_sent(ob), attempts,
+                            attempts == 1 ? "" : "s", why);
+        }
+        int ms = left > 0 && left < wait_ms ? left : wait_ms;
+        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
+        wait_ms = wait_ms * 2 > MB_RELAY_MARK_WAIT_MAX ? MB_RELAY_MARK_WAIT_MAX : wait_ms * 2;
+    }
+    return MSGBUS_OK;
+}
+
+void mb_outbox_unmarked_close(msgbus_outbox_t *ob)
+{
+    pthread_mutex_lock(&ob->mu);
+    if (ob->unmarked) {
+        size_t n = 0;
+        char cause[512] = "";
+        /* One last attempt, without waiting: the handle is going away. */
+        if (mb_relay_mark_held(ob, mb_mono_ms(), &n, cause, sizeof cause) != MSGBUS_OK) {
+            mb_log(MSGBUS_LOG_ERROR,
+                   "outbox %s: closed with %zu confirmed rows unmarked (%s); they stay pending "
+                   "and the next relay publishes them again (same ids: duplicates the inbox "
+                   "absorbs, nothing lost)",
+                   ob->table, mb_relay_unmarked_sent(ob), cause);
+            mb_relay_unmarked_free(ob);
+        }
+    }
+    pthread_mutex_unlock(&ob->mu);
+}
+
 /* Waits for a slice's confirms, decides each row's outcome and records
- * them in one transaction. *n_sent gets the rows marked sent. Returns a
- * store error only. */
+ * them in one transaction. *n_sent gets the rows marked sent. When the
+ * store has already failed in this pass (`store_failed`), or recording
+ * fails now, the decided slice is held for marking instead (see above).
+ * Returns a store error only. */
 static msgbus_err_t mb_relay_settle(struct mb_relay_run *run, struct mb_relay_slice *sl,
-                                    size_t *n_sent)
+                                    bool store_failed, size_t *n_sent)
 {
     msgbus_outbox_t *ob = run->ob;
     struct mb_outbox_batch *b = &sl->b;
@@ -454,9 +601,14 @@ static msgbus_err_t mb_relay_settle(struct mb_relay_run *run, struct mb_relay_sl
     mb_relay_decide(run, sl, &nsent);
     if (!b->outcome || !b->error || !sl->published || !sl->ctx)
         return MSGBUS_OK;
+    if (store_failed) {
+        mb_relay_hold(ob, sl, nsent);
+        return MSGBUS_OK;
+    }
     msgbus_err_t e = ob->ops->finish(ob, b, mb_now_ms());
     if (e != MSGBUS_OK) {
         ob->ops->abort(ob);
+        mb_relay_hold(ob, sl, nsent);
         return e;
     }
     *n_sent = nsent;
@@ -497,6 +649,7 @@ struct mb_piped_slice {
     size_t want;
     int64_t now;
     size_t n_sent;
+    bool unmarked; /* MARKED without its outcomes recorded: to be held */
 };
 
 struct mb_piped {
@@ -557,7 +710,7 @@ static void *mb_piped_main(void *arg)
                 ob->ops->abort(ob);
             }
             if (skip || e != MSGBUS_OK)
-                ps->n_sent = 0; /* given up: its rows stay pending */
+                ps->unmarked = true; /* the caller holds it for marking */
             next = MB_SL_MARKED;
         }
 
@@ -629,15 +782,20 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
             struct mb_piped_slice *ps = &p->ring[reap_at % MB_RELAY_RING];
             if (ps->state != MB_SL_MARKED && ps->state != MB_SL_EMPTY)
                 break;
-            *sent += ps->n_sent;
+            bool hold = ps->unmarked;
+            if (!hold)
+                *sent += ps->n_sent;
             if (p->store_err != MSGBUS_OK && store == MSGBUS_OK) {
                 store = p->store_err;
                 memcpy(store_why, p->store_why, sizeof store_why);
             }
             pthread_mutex_unlock(&p->mu);
+            if (hold) /* in id order: reaping goes oldest first */
+                mb_relay_hold(run->ob, &ps->sl, ps->n_sent);
             mb_relay_slice_clear(&ps->sl);
             pthread_mutex_lock(&p->mu);
             ps->state = MB_SL_FREE;
+            ps->unmarked = false;
             reap_at++;
             progressed = true;
         }
@@ -704,18 +862,17 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
             }
             if (ps->state == MB_SL_SENT && (window_full || nothing_to_publish || stopping)) {
                 settle_at++;
-                if (store != MSGBUS_OK) {
-                    /* Given up: the rows stay pending, published again. */
-                    ps->state = MB_SL_MARKED;
-                    ps->n_sent = 0;
-                    continue;
-                }
+                /* Decided even after a store error: its rows went out, so
+                 * they are held for marking, not published again. */
                 pthread_mutex_unlock(&p->mu);
                 mb_relay_decide(run, &ps->sl, &ps->n_sent);
                 bool any = ps->sl.b.outcome && ps->sl.b.error && ps->sl.published && ps->sl.ctx;
                 ps->now = mb_now_ms();
                 pthread_mutex_lock(&p->mu);
-                if (any) {
+                if (any && store != MSGBUS_OK) {
+                    ps->state = MB_SL_MARKED;
+                    ps->unmarked = true;
+                } else if (any) {
                     ps->state = MB_SL_MARKING;
                     p->queue[(p->qhead + p->qlen) % (2 * MB_RELAY_RING)] =
                         (settle_at - 1) % MB_RELAY_RING;
@@ -771,7 +928,19 @@ static msgbus_err_t mb_relay_pass(msgbus_outbox_t *ob, msgbus_t *bus, size_t max
     bool more = true;
     msgbus_err_t claim_err = MSGBUS_OK; /* no more claims; slices in flight still settle */
     char claim_why[512] = "";
-    msgbus_err_t store = MSGBUS_OK;     /* marking failed: slices in flight are given up */
+    msgbus_err_t store = MSGBUS_OK;     /* marking failed: slices in flight are held */
+    size_t sent_before = 0;
+
+    /* Rows an earlier pass published but could not mark come first: while
+     * any is held, a claim would read them again and publish them twice. */
+    if (ob->unmarked) {
+        e = mb_relay_mark_held(ob, run.deadline, &sent_before, NULL, 0);
+        if (e != MSGBUS_OK) {
+            if (n_published)
+                *n_published = sent_before;
+            return e;
+        }
+    }
 
     for (;;) {
         if (more && store == MSGBUS_OK && claim_err == MSGBUS_OK &&
@@ -813,10 +982,11 @@ static msgbus_err_t mb_relay_pass(msgbus_outbox_t *ob, msgbus_t *bus, size_t max
             break;
         struct mb_relay_slice *sl = &ring[head];
         size_t n = 0;
+        /* After a store error the slices still in flight are decided and
+         * held for marking with the one that failed. */
+        msgbus_err_t se = mb_relay_settle(&run, sl, store != MSGBUS_OK, &n);
         if (store == MSGBUS_OK)
-            store = mb_relay_settle(&run, sl, &n);
-        /* After a store error the slices still in flight are given up:
-         * their rows stay pending and are published again, same ids. */
+            store = se;
         sent += n;
         mb_relay_slice_clear(sl);
         head = (head + 1) % MB_RELAY_DEPTH;
@@ -824,6 +994,14 @@ static msgbus_err_t mb_relay_pass(msgbus_outbox_t *ob, msgbus_t *bus, size_t max
     }
     mb_relay_keys_free(&run.held);
     mb_relay_keys_free(&run.skip);
+    sent += sent_before;
+    if (store != MSGBUS_OK && ob->unmarked) {
+        /* Retried with back-off while the pass has time; what still fails
+         * stays held for the next pass, which marks it before claiming.
+         * (Nothing held after a store error: holding ran out of memory,
+         * and the error stands.) */
+        store = mb_relay_mark_held(ob, run.deadline, &sent, NULL, 0);
+    }
     if (n_published)
         *n_published = sent;
     if (store != MSGBUS_OK)

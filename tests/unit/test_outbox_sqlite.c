@@ -589,6 +589,224 @@ START_TEST(large_rows_go_in_slices_bounded_by_bytes)
 }
 END_TEST
 
+/* ---- the write lock held past the busy timeout (issue 16, item 8) ---- */
+
+/* Counts the deliveries of payloads "0".."n-1" waiting on the subscriber:
+ * seen[i] gets how often row i arrived; returns the total. */
+static int drain_counts(struct world *w, int *seen, int n)
+{
+    int got = 0;
+    msgbus_msg_t *in;
+    while ((in = tu_receive(w->sub, 300)) != NULL) {
+        size_t len;
+        const char *p = msgbus_msg_payload(in, &len);
+        char text[16];
+        snprintf(text, sizeof text, "%.*s", (int)(len < 15 ? len : 15), p);
+        int i = atoi(text);
+        ck_assert_int_ge(i, 0);
+        ck_assert_int_lt(i, n);
+        seen[i]++;
+        got++;
+        msgbus_ack(in);
+        msgbus_msg_free(in);
+    }
+    return got;
+}
+
+/* Puts rows "0".."n-1" (keys k0..k4) in one transaction. */
+static void put_numbered(struct world *w, int n)
+{
+    exec(w->app, "BEGIN");
+    for (int i = 0; i < n; i++) {
+        char key[8], text[16];
+        snprintf(key, sizeof key, "k%d", i % 5);
+        snprintf(text, sizeof text, "%d", i);
+        put(w, key, text);
+    }
+    exec(w->app, "COMMIT");
+}
+
+/* The relay's store sets a 5 s busy timeout on its connection at its
+ * first claim, once; shorten it afterwards so a test need not hold the
+ * write lock for more than 5 s to outlast it. */
+static void short_busy_timeout(struct world *w)
+{
+    size_t n = 0;
+    tu_ck_ok(msgbus_outbox_relay(w->relay, w->bus, 10, 1000, &n));
+    sqlite3_busy_timeout(w->rel, 100);
+}
+
+/* Another connection holds the write lock (BEGIN IMMEDIATE) longer than
+ * the relay's busy timeout while the relay runs passes: each pass may read
+ * and publish, but cannot mark. Rows published and not yet marked must be
+ * marked before anything is claimed again, never published a second time:
+ * once the lock is released every row has arrived exactly once. */
+START_TEST(write_lock_held_past_the_busy_timeout_publishes_each_row_once)
+{
+    struct world w;
+    world_open(&w);
+    short_busy_timeout(&w);
+    enum { N = 50 };
+    put_numbered(&w, N);
+    sqlite3 *holder = open_db(w.path);
+    exec(holder, "BEGIN IMMEDIATE");
+    int64_t t0 = tu_now_ms();
+    int passes = 0, failed = 0;
+    size_t during = 0;
+    while (tu_now_ms() - t0 < 1500) {
+        size_t n = 0;
+        msgbus_err_t e = msgbus_outbox_relay(w.relay, w.bus, 100, 300, &n);
+        passes++;
+        if (e != MSGBUS_OK) {
+            failed++;
+            ck_assert_msg(e == MSGBUS_ERR_STORE, "pass %d: %s: %s", passes, msgbus_err_name(e),
+                          msgbus_last_error());
+            ck_assert_msg(strstr(msgbus_last_error(), "locked") != NULL, "%s",
+                          msgbus_last_error());
+        }
+        during += n;
+    }
+    printf("write lock: %d passes under the lock, %d failed (last: %s)\n", passes, failed,
+           msgbus_last_error());
+    exec(holder, "COMMIT");
+    sqlite3_close(holder);
+    size_t after = relay_all(&w, 100);
+    static int seen[N];
+    memset(seen, 0, sizeof seen);
+    int got = drain_counts(&w, seen, N);
+    int extra = 0;
+    for (int i = 0; i < N; i++) {
+        ck_assert_msg(seen[i] >= 1, "row %d never arrived", i);
+        extra += seen[i] - 1;
+    }
+    printf("write lock: %d rows, %d deliveries, %d extra copies; %zu marked under the lock, "
+           "%zu after\n",
+           N, got, extra, during, after);
+    ck_assert_int_gt(failed, 0); /* the lock did stop the marking */
+    ck_assert_int_eq(extra, 0);
+    ck_assert_uint_eq(during + after, N);
+    ck_assert_int_eq(count_rows(w.app, "1"), 0);
+    world_close(&w);
+}
+END_TEST
+
+/* The same hold under the background relay (short back-off): it retries
+ * its failing passes, and still publishes each row once. */
+START_TEST(background_relay_under_a_held_write_lock_publishes_each_row_once)
+{
+    struct world w;
+    world_open(&w);
+    short_busy_timeout(&w);
+    enum { N = 50 };
+    put_numbered(&w, N);
+    sqlite3 *holder = open_db(w.path);
+    exec(holder, "BEGIN IMMEDIATE");
+    msgbus_outbox_relay_opts_t o = {.batch_max = 100,
+                                    .confirm_timeout_ms = 300,
+                                    .poll_interval_ms = 50,
+                                    .backoff_min_ms = 20,
+                                    .backoff_max_ms = 100};
+    tu_ck_ok(msgbus_outbox_relay_start(w.relay, w.bus, &o));
+    usleep(1500 * 1000);
+    exec(holder, "COMMIT");
+    sqlite3_close(holder);
+    int64_t t0 = tu_now_ms();
+    msgbus_outbox_stats_t st;
+    do {
+        usleep(50 * 1000);
+        tu_ck_ok(msgbus_outbox_stats(w.ob, &st));
+    } while (st.pending > 0 && tu_now_ms() - t0 < 10000);
+    tu_ck_ok(msgbus_outbox_relay_stop(w.relay));
+    static int seen[N];
+    memset(seen, 0, sizeof seen);
+    int got = drain_counts(&w, seen, N);
+    int extra = 0;
+    for (int i = 0; i < N; i++) {
+        ck_assert_msg(seen[i] >= 1, "row %d never arrived", i);
+        extra += seen[i] - 1;
+    }
+    printf("background, write lock: %d rows, %d deliveries, %d extra copies, %llu pending\n", N,
+           got, extra, (unsigned long long)st.pending);
+    ck_assert_uint_eq(st.pending, 0);
+    ck_assert_int_eq(extra, 0);
+    world_close(&w);
+}
+END_TEST
+
+struct error_log {
+    int errors;
+    char line[1024];
+};
+
+static void error_log_cb(void *opaque, msgbus_log_level_t level, const char *line)
+{
+    struct error_log *l = opaque;
+    if (level != MSGBUS_LOG_ERROR || !strstr(line, "unmarked"))
+        return;
+    l->errors++;
+    snprintf(l->line, sizeof l->line, "%s", line);
+}
+
+/* A relay handle closed while published rows still wait to be marked says
+ * so at error level, with the count; the rows stay pending and the next
+ * relay publishes them again (duplicates, same ids — never a loss). */
+START_TEST(closing_with_unmarked_rows_logs_them_and_loses_nothing)
+{
+    struct world w;
+    world_open(&w);
+    short_busy_timeout(&w);
+    enum { N = 50 };
+    put_numbered(&w, N);
+    sqlite3 *holder = open_db(w.path);
+    exec(holder, "BEGIN IMMEDIATE");
+    size_t n = 0;
+    tu_ck_err(msgbus_outbox_relay(w.relay, w.bus, 100, 300, &n), MSGBUS_ERR_STORE);
+    printf("close with unmarked rows: pass failed: %s\n", msgbus_last_error());
+    struct error_log l = {0};
+    msgbus_set_log(error_log_cb, &l, MSGBUS_LOG_ERROR);
+    msgbus_outbox_close(w.relay);
+    msgbus_set_log(NULL, NULL, MSGBUS_LOG_WARN);
+    printf("close with unmarked rows: %d error lines: %s\n", l.errors, l.line);
+    ck_assert_int_eq(l.errors, 1);
+    ck_assert_msg(strstr(l.line, "50 confirmed rows") != NULL, "%s", l.line);
+    exec(holder, "COMMIT");
+    sqlite3_close(holder);
+    tu_ck_ok(msgbus_outbox_open_sqlite(&w.relay, w.rel, NULL));
+    ck_assert_int_eq(count_rows(w.app, "state = 'pending'"), N);
+    ck_assert_uint_eq(relay_all(&w, 100), N);
+    static int seen[N];
+    memset(seen, 0, sizeof seen);
+    int got = drain_counts(&w, seen, N);
+    for (int i = 0; i < N; i++)
+        ck_assert_msg(seen[i] == 2, "row %d arrived %d times", i, seen[i]);
+    printf("close with unmarked rows: %d deliveries of %d rows\n", got, N);
+    world_close(&w);
+}
+END_TEST
+
+/* Table names stop at 50 bytes: PostgreSQL cuts identifiers at 63, and the
+ * longest index name is the table's plus "_failed_key" (11 bytes). */
+START_TEST(table_name_of_50_bytes_is_the_longest)
+{
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(":memory:", &db), SQLITE_OK);
+    char name[64];
+    memset(name, 't', 50);
+    name[50] = '\0';
+    msgbus_outbox_t *ob = NULL;
+    tu_ck_ok(msgbus_outbox_open_sqlite(&ob, db, name));
+    msgbus_outbox_close(ob);
+    ob = NULL;
+    name[50] = 't';
+    name[51] = '\0';
+    tu_ck_err(msgbus_outbox_open_sqlite(&ob, db, name), MSGBUS_ERR_INVALID);
+    printf("table name of 51 bytes: %s\n", msgbus_last_error());
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "1..50 bytes"));
+    ck_assert_ptr_null(ob);
+    sqlite3_close(db);
+}
+END_TEST
+
 START_TEST(existing_table_is_checked)
 {
     sqlite3 *db = NULL;
@@ -727,7 +945,11 @@ int main(void)
     tcase_add_test(tc, retention_marks_overlapping_slices_sent);
     tcase_add_test(tc, store_failure_in_a_long_pass_loses_nothing);
     tcase_add_test(tc, large_rows_go_in_slices_bounded_by_bytes);
+    tcase_add_test(tc, write_lock_held_past_the_busy_timeout_publishes_each_row_once);
+    tcase_add_test(tc, background_relay_under_a_held_write_lock_publishes_each_row_once);
+    tcase_add_test(tc, closing_with_unmarked_rows_logs_them_and_loses_nothing);
     tcase_add_test(tc, existing_table_is_checked);
+    tcase_add_test(tc, table_name_of_50_bytes_is_the_longest);
     tcase_add_test(tc, relay_refuses_a_connection_inside_a_transaction);
     tcase_add_test(tc, bad_arguments_are_refused);
     tcase_add_test(tc, background_relay_publishes_on_wake_and_drains_on_stop);
