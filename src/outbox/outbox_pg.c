@@ -39,6 +39,7 @@ struct mb_outbox_pg {
     char *sql_put, *sql_cand, *sql_lock, *sql_fetch, *sql_delete, *sql_sent, *sql_retry,
         *sql_failed;
     bool in_tx;
+    char sqlstate[6]; /* of the last failed statement ("" when none was given) */
 };
 
 static struct mb_outbox_pg *mb_outbox_pg_of(msgbus_outbox_t *ob)
@@ -52,6 +53,10 @@ static msgbus_err_t mb_outbox_pg_err(msgbus_outbox_t *ob, PGconn *c, const PGres
     const char *msg = r ? PQresultErrorMessage(r) : NULL;
     if (!msg || !*msg)
         msg = PQerrorMessage(c);
+    struct mb_outbox_pg *s = mb_outbox_pg_of(ob);
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    if (s)
+        snprintf(s->sqlstate, sizeof s->sqlstate, "%s", state ? state : "");
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
         n--;
@@ -436,8 +441,16 @@ static msgbus_err_t mb_outbox_pg_finish(msgbus_outbox_t *ob, const struct mb_out
          mb_outbox_pg_buf_add(&rerr, "}", 1) && mb_outbox_pg_buf_add(&fid, "}", 1) &&
          mb_outbox_pg_buf_add(&ferr, "}", 1);
     msgbus_err_t e = MSGBUS_OK;
+    s->sqlstate[0] = '\0';
     if (!ok)
         e = mb_error(MSGBUS_ERR_NOMEM, "out of memory marking outbox rows");
+    /* Outside the claim's transaction (rows the relay published in an
+     * earlier pass and could not mark then: relay.c), the outcomes still
+     * go in one transaction of their own. */
+    if (e == MSGBUS_OK && !s->in_tx && (nsent || nretry || nfail)) {
+        e = mb_outbox_pg_cmd(ob, "BEGIN", "starting the mark transaction");
+        s->in_tx = e == MSGBUS_OK;
+    }
     if (e == MSGBUS_OK && nsent) {
         char now[24];
         snprintf(now, sizeof now, "%lld", (long long)now_ms);
@@ -464,6 +477,19 @@ static msgbus_err_t mb_outbox_pg_finish(msgbus_outbox_t *ob, const struct mb_out
     free(fid.p);
     free(ferr.p);
     return e;
+}
+
+/* Errors a retry after a short wait may get past: a dropped connection
+ * (check_idle reconnects), class 40 (serialization failure, deadlock),
+ * 55P03 (lock_not_available: lock_timeout) and 57014 (query_canceled:
+ * statement_timeout, typically while waiting for a lock). */
+static bool mb_outbox_pg_busy(msgbus_outbox_t *ob)
+{
+    struct mb_outbox_pg *s = mb_outbox_pg_of(ob);
+    if (PQstatus(s->conn) != CONNECTION_OK)
+        return true;
+    return strncmp(s->sqlstate, "40", 2) == 0 || strcmp(s->sqlstate, "55P03") == 0 ||
+           strcmp(s->sqlstate, "57014") == 0;
 }
 
 static void mb_outbox_pg_abort(msgbus_outbox_t *ob)
@@ -542,18 +568,52 @@ static const struct mb_outbox_ops mb_outbox_pg_ops = {
     .overlap = false, /* a claim is a transaction holding row locks until finish */
     .finish = mb_outbox_pg_finish,
     .abort = mb_outbox_pg_abort,
+    .busy = mb_outbox_pg_busy,
     .purge = mb_outbox_pg_purge,
     .retry_failed = mb_outbox_pg_retry_failed,
     .stats = mb_outbox_pg_stats,
     .close = mb_outbox_pg_close,
 };
 
-/* CREATE … IF NOT EXISTS still says "already exists, skipping" as a
- * NOTICE, which libpq's default processor prints to stderr. */
-static void mb_outbox_pg_quiet(void *arg, const char *message)
+/* Whether relation `name` (quoted as needed, resolved on the search path
+ * like the CREATE statements) exists: *exists gets the answer. Asked
+ * before each CREATE … IF NOT EXISTS because that statement, when the
+ * relation is there, sends the application's connection a NOTICE
+ * ("already exists, skipping") that libpq's default receiver prints to
+ * stderr — on every open. */
+static msgbus_err_t mb_outbox_pg_exists(msgbus_outbox_t *ob, const char *name, bool *exists)
 {
-    (void)arg;
-    (void)message;
+    const char *v[1] = {name};
+    msgbus_err_t e;
+    PGresult *r = mb_outbox_pg_run(ob, "SELECT to_regclass($1) IS NOT NULL", 1, v, NULL, NULL, 0,
+                                   "looking the table up", &e);
+    if (!r)
+        return e;
+    *exists = PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    PQclear(r);
+    return MSGBUS_OK;
+}
+
+/* Creates relation `name` with `sql` unless it exists. A failure is
+ * forgiven when the relation exists afterwards (another process created
+ * it meanwhile) and the connection is not inside a failed transaction. */
+static msgbus_err_t mb_outbox_pg_create(msgbus_outbox_t *ob, const char *name, const char *sql,
+                                        const char *what)
+{
+    PGconn *conn = mb_outbox_pg_of(ob)->conn;
+    bool exists = false;
+    msgbus_err_t e = mb_outbox_pg_exists(ob, name, &exists);
+    if (e != MSGBUS_OK || exists)
+        return e;
+    e = mb_outbox_pg_cmd(ob, sql, what);
+    if (e != MSGBUS_OK && PQtransactionStatus(conn) == PQTRANS_IDLE) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", msgbus_last_error());
+        if (mb_outbox_pg_exists(ob, name, &exists) == MSGBUS_OK && exists)
+            return MSGBUS_OK;
+        return mb_error(MSGBUS_ERR_STORE, "%s", why);
+    }
+    return e;
 }
 
 static msgbus_err_t mb_outbox_pg_check(msgbus_outbox_t *ob)
@@ -622,28 +682,30 @@ msgbus_err_t msgbus_outbox_open_pg(msgbus_outbox_t **out, struct pg_conn *conn, 
              " sent_at bigint,"
              " error text)",
              t);
-    char idx[900];
-    snprintf(idx, sizeof idx,
-             "CREATE INDEX IF NOT EXISTS \"%s_pending\" ON \"%s\" (id) WHERE state = 'pending';"
-             "CREATE INDEX IF NOT EXISTS \"%s_failed_key\" ON \"%s\" (msg_key, id) WHERE state = 'failed';"
-             "CREATE INDEX IF NOT EXISTS \"%s_sent\" ON \"%s\" (sent_at) WHERE state = 'sent'",
-             t, t, t, t, t, t);
-    PQnoticeProcessor old = PQsetNoticeProcessor(conn, mb_outbox_pg_quiet, NULL);
+    /* No transaction of msgbus's own around these statements: the caller
+     * may have one open, and then the table commits with it. */
     if (!s->qt)
         e = mb_error(MSGBUS_ERR_NOMEM, "out of memory opening the outbox");
-    if (e == MSGBUS_OK) {
-        e = mb_outbox_pg_cmd(ob, create, "creating the table");
-        if (e != MSGBUS_OK && PQtransactionStatus(conn) == PQTRANS_IDLE)
-            e = MSGBUS_OK; /* two processes raced to create it: the check below decides */
-    }
+    if (e == MSGBUS_OK)
+        e = mb_outbox_pg_create(ob, s->qt, create, "creating the table");
     if (e == MSGBUS_OK)
         e = mb_outbox_pg_check(ob);
-    if (e == MSGBUS_OK) {
-        e = mb_outbox_pg_cmd(ob, idx, "creating the indexes");
-        if (e != MSGBUS_OK && PQtransactionStatus(conn) == PQTRANS_IDLE)
-            e = MSGBUS_OK; /* a concurrent creator; the indexes are an optimisation */
+    /* One statement each: PQexecParams takes one command per call (the
+     * three in one string were refused, and the refusal went unnoticed). */
+    static const struct {
+        const char *suffix, *def;
+    } idx[] = {
+        {"_pending", "(id) WHERE state = 'pending'"},
+        {"_failed_key", "(msg_key, id) WHERE state = 'failed'"},
+        {"_sent", "(sent_at) WHERE state = 'sent'"},
+    };
+    for (size_t i = 0; e == MSGBUS_OK && i < sizeof idx / sizeof idx[0]; i++) {
+        char name[80], sql[240];
+        snprintf(name, sizeof name, "\"%s%s\"", t, idx[i].suffix);
+        snprintf(sql, sizeof sql, "CREATE INDEX IF NOT EXISTS %s ON \"%s\" %s", name, t,
+                 idx[i].def);
+        e = mb_outbox_pg_create(ob, name, sql, "creating an index");
     }
-    PQsetNoticeProcessor(conn, old, NULL);
     struct {
         char **dst;
         const char *fmt;

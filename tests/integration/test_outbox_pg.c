@@ -354,6 +354,161 @@ START_TEST(pg_three_relays_keep_per_key_order_and_lose_nothing)
 }
 END_TEST
 
+/* ---- marks that fail after publishing (issue 16, item 8) ---- */
+
+/* The application holds a SHARE lock on the outbox table (its own
+ * transaction) longer than the relay's lock_timeout: the relay's claim
+ * (SELECT … FOR UPDATE) gets through, its mark (DELETE) does not. Rows it
+ * published must be marked before anything is claimed again, never
+ * published a second time: once the lock is gone each row has arrived
+ * exactly once. */
+START_TEST(pg_table_lock_past_the_lock_timeout_publishes_each_row_once)
+{
+    struct world w;
+    world_open(&w);
+    enum { N = 50 };
+    pg_exec(w.app, "BEGIN");
+    for (int i = 0; i < N; i++) {
+        char key[8], text[16];
+        snprintf(key, sizeof key, "k%d", i % 5);
+        snprintf(text, sizeof text, "%d", i);
+        put(w.ob, w.topic, key, text);
+    }
+    pg_exec(w.app, "COMMIT");
+    pg_exec(w.rel, "SET lock_timeout = '100ms'");
+    PGconn *holder = pg_connect();
+    char sql[160];
+    snprintf(sql, sizeof sql, "LOCK TABLE \"%s\" IN SHARE MODE", w.table);
+    pg_exec(holder, "BEGIN");
+    pg_exec(holder, sql);
+    int64_t t0 = tu_now_ms();
+    int passes = 0, failed = 0;
+    size_t during = 0;
+    char last[1024] = "";
+    while (tu_now_ms() - t0 < 1500) {
+        size_t n = 0;
+        msgbus_err_t e = msgbus_outbox_relay(w.relay, w.bus, 100, 300, &n);
+        passes++;
+        if (e != MSGBUS_OK) {
+            failed++;
+            snprintf(last, sizeof last, "%s", msgbus_last_error());
+            ck_assert_msg(e == MSGBUS_ERR_STORE, "pass %d: %s: %s", passes, msgbus_err_name(e),
+                          last);
+            ck_assert_msg(strstr(last, "lock") != NULL, "%s", last);
+        }
+        during += n;
+    }
+    printf("pg table lock: %d passes under the lock, %d failed (last: %s)\n", passes, failed,
+           last);
+    pg_exec(holder, "COMMIT");
+    PQfinish(holder);
+    size_t after = 0, n = 0;
+    do {
+        tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 100, 5000, &n));
+        after += n;
+    } while (n > 0);
+    static int seen[N];
+    memset(seen, 0, sizeof seen);
+    int got = 0, extra = 0;
+    msgbus_msg_t *in;
+    while ((in = tu_receive(w.sub, 300)) != NULL) {
+        size_t len;
+        const char *p = msgbus_msg_payload(in, &len);
+        char text[16];
+        snprintf(text, sizeof text, "%.*s", (int)(len < 15 ? len : 15), p);
+        int i = atoi(text);
+        ck_assert_int_ge(i, 0);
+        ck_assert_int_lt(i, N);
+        seen[i]++;
+        got++;
+        msgbus_ack(in);
+        msgbus_msg_free(in);
+    }
+    for (int i = 0; i < N; i++) {
+        ck_assert_msg(seen[i] >= 1, "row %d never arrived", i);
+        extra += seen[i] - 1;
+    }
+    printf("pg table lock: %d rows, %d deliveries, %d extra copies; %zu marked under the lock, "
+           "%zu after\n",
+           N, got, extra, during, after);
+    ck_assert_int_gt(failed, 0);
+    ck_assert_int_eq(extra, 0);
+    ck_assert_uint_eq(during + after, N);
+    ck_assert_int_eq(pg_count(w.app, w.table, "true"), 0);
+    world_close(&w);
+}
+END_TEST
+
+/* ---- opening ---- */
+
+static void count_notice(void *arg, const PGresult *r)
+{
+    int *n = arg;
+    (*n)++;
+    printf("  notice: %s", PQresultErrorMessage(r));
+}
+
+/* Opening an outbox whose table and indexes exist sends the application's
+ * connection no NOTICE ("relation … already exists, skipping"): the
+ * application's own notice receiver sees nothing from msgbus. */
+START_TEST(pg_open_sends_no_notice)
+{
+    PGconn *c = pg_connect();
+    int notices = 0;
+    PQsetNoticeReceiver(c, count_notice, &notices);
+    char table[64];
+    unique_table(table, sizeof table);
+    msgbus_outbox_t *ob = NULL;
+    tu_ck_ok(msgbus_outbox_open_pg(&ob, c, table));
+    msgbus_outbox_close(ob);
+    int first = notices;
+    tu_ck_ok(msgbus_outbox_open_pg(&ob, c, table));
+    msgbus_outbox_close(ob);
+    printf("pg open: %d notices on the first open, %d on the second\n", first, notices - first);
+    ck_assert_int_eq(first, 0);
+    ck_assert_int_eq(notices, 0);
+    /* and the receiver is still the application's */
+    pg_exec(c, "DO $$ BEGIN RAISE NOTICE 'mine'; END $$");
+    ck_assert_int_eq(notices, 1);
+    drop_table(c, table);
+    PQfinish(c);
+}
+END_TEST
+
+/* Table names stop at 50 bytes: PostgreSQL cuts identifiers at 63, and the
+ * longest index name is the table's plus "_failed_key" (11 bytes). At 50
+ * the three indexes get their full names. */
+START_TEST(pg_table_name_of_50_bytes_is_the_longest)
+{
+    PGconn *c = pg_connect();
+    char table[64];
+    unique_table(table, sizeof table); /* 40 bytes */
+    size_t len = strlen(table);
+    memset(table + len, 'x', 50 - len);
+    table[50] = '\0';
+    msgbus_outbox_t *ob = NULL;
+    tu_ck_ok(msgbus_outbox_open_pg(&ob, c, table));
+    msgbus_outbox_close(ob);
+    char sql[400];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM pg_indexes WHERE indexname IN"
+             " ('%s_pending', '%s_failed_key', '%s_sent')",
+             table, table, table);
+    PGresult *r = PQexec(c, sql);
+    ck_assert_int_eq(PQresultStatus(r), PGRES_TUPLES_OK);
+    int found = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    printf("pg table name of 50 bytes: %d of 3 indexes under their full names\n", found);
+    ck_assert_int_eq(found, 3);
+    drop_table(c, table);
+    table[50] = 'x';
+    table[51] = '\0';
+    tu_ck_err(msgbus_outbox_open_pg(&ob, c, table), MSGBUS_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "1..50 bytes"));
+    PQfinish(c);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("outbox_pg");
@@ -365,5 +520,15 @@ int main(void)
     tcase_add_test(tc, pg_poison_row_is_moved_aside_while_other_keys_flow);
     tcase_add_test(tc, pg_three_relays_keep_per_key_order_and_lose_nothing);
     suite_add_tcase(s, tc);
+    /* CK_RUN_CASE=marks or =open runs these alone. */
+    TCase *marks = tcase_create("marks");
+    tcase_set_timeout(marks, 120);
+    tcase_add_test(marks, pg_table_lock_past_the_lock_timeout_publishes_each_row_once);
+    suite_add_tcase(s, marks);
+    TCase *open = tcase_create("open");
+    tcase_set_timeout(open, 120);
+    tcase_add_test(open, pg_open_sends_no_notice);
+    tcase_add_test(open, pg_table_name_of_50_bytes_is_the_longest);
+    suite_add_tcase(s, open);
     return tu_run_suite(s);
 }
