@@ -257,10 +257,15 @@ msgbus_err_t msgbus_inbox_open_pg(msgbus_inbox_t **out, struct pg_conn *conn, co
 
     /* Concurrent first opens race on CREATE TABLE IF NOT EXISTS (a unique
      * violation in the catalog); a transaction-scoped advisory lock keyed
-     * on the table name serialises them. */
+     * on the table name serialises them. When the table exists, CREATE …
+     * IF NOT EXISTS sends a NOTICE ("already exists, skipping") that the
+     * application's notice receiver would get — printed to stderr by
+     * libpq's default — on every open: SET LOCAL silences it for this
+     * transaction only, and COMMIT puts the application's setting back. */
     char sql[1024];
     snprintf(sql, sizeof sql,
              "BEGIN;"
+             "SET LOCAL client_min_messages TO warning;"
              "SELECT pg_advisory_xact_lock(hashtext('msgbus_inbox:%s'));"
              "CREATE TABLE IF NOT EXISTS %s ("
              " consumer TEXT NOT NULL,"
@@ -282,6 +287,7 @@ msgbus_err_t msgbus_inbox_open_pg(msgbus_inbox_t **out, struct pg_conn *conn, co
         /* After the check, so a foreign table gets the clear message. */
         snprintf(sql, sizeof sql,
                  "BEGIN;"
+                 "SET LOCAL client_min_messages TO warning;"
                  "SELECT pg_advisory_xact_lock(hashtext('msgbus_inbox:%s'));"
                  "CREATE INDEX IF NOT EXISTS %s_claimed_idx ON %s (consumer, claimed_at);"
                  "COMMIT",

@@ -30,7 +30,7 @@ static PGconn *connect_pg(void)
 {
     PGconn *c = PQconnectdb(tu_broker_url("pg"));
     ck_assert_msg(PQstatus(c) == CONNECTION_OK, "connect to %s: %s", tu_broker_url("pg"), PQerrorMessage(c));
-    PQsetNoticeProcessor(c, quiet_notice, NULL); /* NOTICEs of IF NOT EXISTS are expected */
+    PQsetNoticeProcessor(c, quiet_notice, NULL); /* the tests' own DROP … IF EXISTS */
     return c;
 }
 
@@ -395,6 +395,54 @@ START_TEST(handle_paths)
 }
 END_TEST
 
+static void count_notice(void *arg, const PGresult *r)
+{
+    int *n = arg;
+    (*n)++;
+    printf("  notice: %s", PQresultErrorMessage(r));
+}
+
+static char *show_min_messages(void)
+{
+    PGresult *r = PQexec(conn, "SHOW client_min_messages");
+    ck_assert_int_eq(PQresultStatus(r), PGRES_TUPLES_OK);
+    char *v = strdup(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return v;
+}
+
+/* Opening an inbox whose table exists sends the application's connection
+ * no NOTICE ("relation … already exists, skipping"), and leaves its
+ * settings as they were: the application's own notice receiver sees
+ * nothing from msgbus, and still gets its own notices. */
+START_TEST(open_sends_the_application_no_notice)
+{
+    int notices = 0;
+    PQsetNoticeReceiver(conn, count_notice, &notices);
+    char *before = show_min_messages();
+    msgbus_inbox_t *ib = NULL;
+    tu_ck_ok(msgbus_inbox_open_pg(&ib, conn, "billing", table));
+    msgbus_inbox_close(ib);
+    int first = notices;
+    tu_ck_ok(msgbus_inbox_open_pg(&ib, conn, "billing", table));
+    msgbus_inbox_close(ib);
+    char qualified[96];
+    snprintf(qualified, sizeof qualified, "public.%s", table);
+    tu_ck_ok(msgbus_inbox_open_pg(&ib, conn, "shipping", qualified));
+    msgbus_inbox_close(ib);
+    char *after = show_min_messages();
+    printf("inbox open: %d notices on the first open, %d on the next two; client_min_messages "
+           "%s before, %s after\n",
+           first, notices - first, before, after);
+    ck_assert_int_eq(notices, 0);
+    ck_assert_str_eq(before, after);
+    exec("DO $$ BEGIN RAISE NOTICE 'mine'; END $$");
+    ck_assert_int_eq(notices, 1);
+    free(before);
+    free(after);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("inbox_pg");
@@ -410,6 +458,7 @@ static Suite *suite(void)
     tcase_add_test(tc, table_contract_is_created_and_checked);
     tcase_add_test(tc, bad_arguments_get_clear_errors);
     tcase_add_test(tc, handle_paths);
+    tcase_add_test(tc, open_sends_the_application_no_notice);
     suite_add_tcase(s, tc);
     return s;
 }
