@@ -5,7 +5,7 @@
  * the connection. Only open (first connect), declare, subscribe and
  * unsubscribe wait for the network; publish and settle never do.
  *
- * Topology (DESIGN.md §2): topic → durable `topic` exchange named after it;
+ * Topology (docs/amqp.md): topic → durable `topic` exchange named after it;
  * group → durable queue "<topic>.<group>" bound with "#"; broadcast →
  * exclusive auto-delete server-named queue. See docs/amqp.md.
  */

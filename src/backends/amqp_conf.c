@@ -1,7 +1,7 @@
 /*
  * amqp_conf.c — the AMQP backend's URL: host list, credentials, vhost and
  * every option it accepts, read before any network I/O so a typo fails
- * fast; plus the topology names (DESIGN.md §2) and queue arguments.
+ * fast; plus the topology names (docs/amqp.md) and queue arguments.
  *
  * Options (also as MSGBUS_AMQP_<NAME> variables):
  *   prefetch=200              basic.qos per subscription

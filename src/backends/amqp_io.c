@@ -311,10 +311,17 @@ void mb_amqp_conn_lost(struct mb_backend *be, const char *why)
     be->send_tail = last;
     /* Counts of application messages only (copies of nacked messages are
      * dropped: their originals come back from the broker). */
-    mb_log(MSGBUS_LOG_WARN,
-           "amqp: connection to %s:%d lost (%s); after reconnecting msgbus sends again %zu "
-           "unconfirmed and %zu not yet sent message(s)",
-           h->host, h->port, why, unconfirmed, unsent);
+    pthread_mutex_lock(&be->lock);
+    bool stopping = be->stopping;
+    pthread_mutex_unlock(&be->lock);
+    if (stopping)
+        mb_log(MSGBUS_LOG_INFO, "amqp: connection to %s:%d closed while closing the bus (%s)",
+               h->host, h->port, why);
+    else
+        mb_log(MSGBUS_LOG_WARN,
+               "amqp: connection to %s:%d lost (%s); after reconnecting msgbus sends again %zu "
+               "unconfirmed and %zu not yet sent message(s)",
+               h->host, h->port, why, unconfirmed, unsent);
     mb_amqp_topics_clear(be);
     for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next)
         mb_amqp_sub_reset(be, bs);
