@@ -87,15 +87,25 @@ static inline const uint8_t *fuzz_until(struct fuzz_in *in, uint8_t sep, size_t 
 }
 
 /* A heap copy of `len` bytes in an allocation of exactly `len` bytes (none
- * to spare, so ASan sees a read one past the end; malloc(0) when len is 0). */
+ * to spare), so ASan reports a read one past the end. A zero length gives
+ * the end of a 1-byte block: ASan's malloc(0) is a readable 1-byte chunk,
+ * which would hide exactly the bug of msgbus_msg_set_key(m, p, 0) reading
+ * p[0]. Free with fuzz_free_exact(p, len). */
 static inline void *fuzz_exact(const void *p, size_t len)
 {
-    void *c = malloc(len ? len : 0);
-    if (len && !c)
+    char *c = malloc(len ? len : 1);
+    if (!c)
         abort();
-    if (len)
-        memcpy(c, p, len);
+    if (!len)
+        return c + 1;
+    memcpy(c, p, len);
     return c;
+}
+
+static inline void fuzz_free_exact(void *p, size_t len)
+{
+    if (p)
+        free(len ? p : (char *)p - 1);
 }
 
 /* A NUL-terminated heap copy. */

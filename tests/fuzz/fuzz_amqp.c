@@ -39,6 +39,16 @@ static void *arena_keep(struct arena *a, void *p)
     return a->p[a->n++] = p;
 }
 
+/* fuzz_exact's block, kept for arena_free (a 0-byte one points past its
+ * 1-byte block: the block is what is kept). */
+static void *arena_exact(struct arena *a, const void *src, size_t len)
+{
+    char *p = fuzz_exact(src, len);
+    if (!arena_keep(a, len ? p : p - 1))
+        return NULL;
+    return p;
+}
+
 static void arena_free(struct arena *a)
 {
     for (size_t i = 0; i < a->n; i++)
@@ -53,7 +63,7 @@ static amqp_bytes_t take_bytes(struct fuzz_in *in, struct arena *a, size_t max)
     if (want > in->n)
         want = in->n;
     amqp_bytes_t b = {0, NULL};
-    void *p = arena_keep(a, fuzz_exact(in->p, want));
+    void *p = arena_exact(a, in->p, want);
     if (!p && want)
         return b;
     b.bytes = p;
@@ -74,7 +84,7 @@ static amqp_bytes_t take_name(struct fuzz_in *in, struct arena *a)
     uint8_t sel = fuzz_u8(in);
     if (sel < 0x60) { /* one of the names msgbus treats apart */
         const char *s = special[sel % NSPECIAL];
-        amqp_bytes_t b = {strlen(s), arena_keep(a, fuzz_exact(s, strlen(s)))};
+        amqp_bytes_t b = {strlen(s), arena_exact(a, s, strlen(s))};
         if (!b.bytes)
             b.len = 0;
         return b;

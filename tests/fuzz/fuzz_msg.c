@@ -6,7 +6,7 @@
  * mb_msg_received_header, mb_msg_clone).
  *
  * Every buffer handed to msgbus is a heap copy of exactly its length (a
- * zero length gets malloc(0)), so a read one byte past it — as
+ * zero length gets the end of a 1-byte block), so a read past it — as
  * msgbus_msg_set_key(m, p, 0) did — is an ASan report. After every
  * operation the message must be consistent: header_at gives C strings,
  * names are unique, header() finds each, the id is NULL or passes the id
@@ -106,7 +106,7 @@ static msgbus_msg_t *new_msg(struct fuzz_in *in, uint8_t op)
     const void *pl = msgbus_msg_payload(m, &got);
     FUZZ_CHECK(got == len && (!len || memcmp(pl, p, len) == 0), "payload differs");
     FUZZ_CHECK(fuzz_id_ok(msgbus_msg_id(m)), "new message's id '%s'", msgbus_msg_id(m));
-    free(copy);
+    fuzz_free_exact(copy, len);
     return m;
 }
 
@@ -136,7 +136,7 @@ static void step(msgbus_msg_t **mp, struct fuzz_in *in)
             const void *pl = msgbus_msg_payload(m, &got);
             FUZZ_CHECK(got == len && (!len || memcmp(pl, p, len) == 0), "payload differs");
         }
-        free(copy);
+        fuzz_free_exact(copy, len);
         break;
     }
     case 2: { /* set_key, including len 0 with a pointer to a 0-byte block */
@@ -152,7 +152,7 @@ static void step(msgbus_msg_t **mp, struct fuzz_in *in)
         else
             FUZZ_CHECK(k && got == len && (!len || memcmp(k, p, len) == 0),
                        "key differs (%zu bytes set, %zu read)", len, got);
-        free(copy);
+        fuzz_free_exact(copy, len);
         break;
     }
     case 3: { /* set_header */
@@ -243,7 +243,7 @@ static void step(msgbus_msg_t **mp, struct fuzz_in *in)
                        MB_H_INVALID_ID, msgbus_msg_header(m, MB_H_INVALID_ID));
         }
         free(before);
-        free(copy);
+        fuzz_free_exact(copy, len);
         break;
     }
     case 8: { /* mb_msg_received_header: one header as it arrived */
@@ -270,8 +270,8 @@ static void step(msgbus_msg_t **mp, struct fuzz_in *in)
             FUZZ_CHECK(cnt && strtoul(cnt, NULL, 10) == before + 1,
                        "a header left out is not counted (%s)", cnt ? cnt : "no count");
         }
-        free(nc);
-        free(vc);
+        fuzz_free_exact(nc, len);
+        fuzz_free_exact(vc, vlen);
         break;
     }
     case 9: { /* clone: the same message */
