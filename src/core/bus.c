@@ -780,9 +780,12 @@ MSGBUS_API void msgbus_sub_close(msgbus_sub_t *sub)
     if (!sub)
         return;
     msgbus_t *bus = sub->bus;
-    /* Dead letters on their way are let finish (up to close_timeout_ms), so
-     * closing right after a dead letter does not send it twice. */
-    int64_t until = mb_mono_ms() + bus->close_timeout_ms;
+    /* Dead letters on their way are let finish (up to close_timeout_ms, or
+     * what is left of msgbus_close's), so closing right after a dead letter
+     * does not send it twice. */
+    int64_t until = atomic_load(&bus->close_until);
+    if (!until)
+        until = mb_mono_ms() + bus->close_timeout_ms;
     while (atomic_load(&sub->dead_letters) > 0 && mb_mono_ms() < until)
         usleep(2000);
     pthread_mutex_lock(&bus->subs_mu);
@@ -937,6 +940,8 @@ MSGBUS_API void msgbus_close(msgbus_t *bus)
     if (!bus)
         return;
     atomic_store(&bus->closing, true);
+    int64_t until = mb_mono_ms() + bus->close_timeout_ms;
+    atomic_store(&bus->close_until, until);
     for (;;) {
         pthread_mutex_lock(&bus->subs_mu);
         msgbus_sub_t *sub = bus->subs;
@@ -946,7 +951,8 @@ MSGBUS_API void msgbus_close(msgbus_t *bus)
         msgbus_sub_close(sub);
     }
     size_t failed = 0;
-    msgbus_err_t e = mb_flush(bus, (int)bus->close_timeout_ms, &failed);
+    int64_t left_ms = until - mb_mono_ms();
+    msgbus_err_t e = mb_flush(bus, left_ms > 0 ? (int)left_ms : 0, &failed);
     long left = atomic_load(&bus->outstanding);
     if (e == MSGBUS_ERR_TIMEOUT)
         mb_log(MSGBUS_LOG_ERROR,

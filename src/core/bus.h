@@ -72,6 +72,10 @@ struct msgbus {
     struct mb_url *url;
     long queue_max;
     long close_timeout_ms;
+    /* Set by msgbus_close (monotonic ms): one deadline shared by every step
+     * of the close (dead letters of each subscription, then confirms), so
+     * the whole close keeps to close_timeout_ms. 0 while open. */
+    _Atomic int64_t close_until;
     _Atomic long outstanding;
     _Atomic long failed; /* since the previous flush */
     _Atomic bool closing;

@@ -537,7 +537,7 @@ static void mb_run_retry(struct mb_retry_worker *w, struct mb_job *j)
                 x->kind = MB_JOB_EXPIRE;
                 x->due = mb_mono_ms() + MB_HOLD_TIMEOUT_MS;
                 x->id = mb_strdup(m->id);
-                x->key = mb_memdup(m->key, m->key_len);
+                x->key = mb_key_dup(m->key, m->key_len);
                 x->key_len = m->key_len;
                 atomic_fetch_add(&sub->refs, 1);
                 x->sub = sub;
@@ -674,7 +674,7 @@ MSGBUS_API msgbus_err_t msgbus_nack_reason(msgbus_msg_t *m, const char *reason)
     if (m->key) {
         struct mb_hold *h = mb_hold_find(sub, m->key, m->key_len);
         if (!h && (h = calloc(1, sizeof *h))) {
-            if (!(h->key = mb_memdup(m->key, m->key_len))) {
+            if (!(h->key = mb_key_dup(m->key, m->key_len))) {
                 free(h);
                 h = NULL;
             } else {
