@@ -15,17 +15,54 @@
  * least one bus is open on it (the registry of named brokers is process
  * state by nature, like the backend registry).
  *
+ * What is kept, and for how long — memory follows what can still be
+ * received:
+ *  - a message lives while a group holds it (pending or in flight); the
+ *    last group to ack it frees it (it is shared, not copied per group);
+ *  - a broadcast subscriber's private group, with all it holds, is freed
+ *    when the subscriber closes;
+ *  - a named group lives as long as its broker, also with no member and
+ *    nothing pending: it is a durable queue, and keeps what is published
+ *    while nobody is subscribed (msgbus_declare's promise, and what a
+ *    RabbitMQ durable queue or a Kafka group's committed offset does).
+ *    Freeing it would make mem drop what the real brokers keep. An idle
+ *    group costs ~100 bytes and its name (25k: 2.8 MB, test_mem.c); its
+ *    key table exists only while members hold keyed messages;
+ *  - a topic exists only while it has a group: a publish to a topic without
+ *    groups keeps nothing (RabbitMQ drops it likewise), and the topic goes
+ *    with its last broadcast group;
+ *  - a broker is freed, with everything in it, when its last bus closes.
+ * Topics, groups and held keys are found through hash tables that grow and
+ * shrink with their contents, so lookups stay O(1) with 25k groups.
+ *
  * One mutex per broker guards everything in it; delivery to the core's
  * queues happens in one batch per member per dispatch pass.
  */
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backends/backend.h"
 
-#define MB_MEM_KEY_BUCKETS 1024
 #define MB_MEM_SCAN_LIMIT 4096 /* pending entries examined per dispatch */
+#define MB_MEM_TABLE_MIN 8     /* buckets of a table that holds anything */
+
+/* A named thing in a hash table: topics, groups, held keys. Embedded first
+ * in each, so a node pointer is a pointer to its owner. */
+struct mb_mem_node {
+    struct mb_mem_node *hnext;
+    const unsigned char *key; /* the owner's name or key bytes */
+    uint32_t len;
+    uint32_t hash;
+};
+
+/* Chained buckets, a power of two; no buckets at all while empty, so an idle
+ * group's key table costs nothing. */
+struct mb_mem_table {
+    struct mb_mem_node **buckets;
+    uint32_t nbuckets, count;
+};
 
 struct mb_mem_data { /* one published message, shared by every group */
     _Atomic long refs;
@@ -41,36 +78,38 @@ struct mb_mem_entry { /* the message's place in one group */
     struct mb_mem_entry *prev, *next;
 };
 
-struct mb_mem_keyown {
-    unsigned char *key;
-    size_t len;
+struct mb_mem_keyown { /* a key some member holds unsettled messages of */
+    struct mb_mem_node node;
     struct mb_backend_sub *owner;
     long count;
-    struct mb_mem_keyown *next;
+    unsigned char key[];
 };
 
 struct mb_mem_group {
-    char *name; /* NULL: a broadcast subscriber's private group */
+    struct mb_mem_node node; /* in its topic's table; unused when broadcast */
     struct mb_mem_topic *topic;
     struct mb_mem_entry *head, *tail; /* pending, by seq */
-    size_t npending;
     struct mb_backend_sub *members;
+    struct mb_mem_table keys;
+    struct mb_mem_group *prev, *next; /* every group of the topic */
     unsigned rr;
-    struct mb_mem_keyown *keys[MB_MEM_KEY_BUCKETS];
-    struct mb_mem_group *next;
+    bool named;        /* false: a broadcast subscriber's private group */
+    char name[];
 };
 
 struct mb_mem_topic {
-    char *name;
-    struct mb_mem_group *groups;
-    struct mb_mem_topic *next;
+    struct mb_mem_node node;
+    struct mb_mem_table named; /* named groups, by name */
+    struct mb_mem_group *groups; /* all of them, broadcast ones too */
+    size_t ngroups;
+    char name[];
 };
 
 struct mb_mem_broker {
     char *name;
     long refs;
     pthread_mutex_t mu;
-    struct mb_mem_topic *topics;
+    struct mb_mem_table topics;
     uint64_t next_seq;
     uint64_t next_delivery;
     struct mb_mem_broker *next;
@@ -98,6 +137,91 @@ struct mb_backend_sub {
 static pthread_mutex_t mb_mem_registry_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct mb_mem_broker *mb_mem_brokers;
 
+/* ------------------------------------------------------- hash tables */
+
+static uint32_t mb_mem_hash(const void *key, size_t n)
+{
+    const unsigned char *k = key;
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ k[i]) * 1099511628211ull;
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+static void mb_mem_node_init(struct mb_mem_node *n, const void *key, size_t len)
+{
+    n->key = key;
+    n->len = (uint32_t)len;
+    n->hash = mb_mem_hash(key, len);
+}
+
+static struct mb_mem_node *mb_mem_table_find(const struct mb_mem_table *t, const void *key,
+                                             size_t len)
+{
+    if (!t->count)
+        return NULL;
+    uint32_t h = mb_mem_hash(key, len);
+    for (struct mb_mem_node *n = t->buckets[h & (t->nbuckets - 1)]; n; n = n->hnext)
+        if (n->hash == h && n->len == len && memcmp(n->key, key, len) == 0)
+            return n;
+    return NULL;
+}
+
+/* Moves every node into `nbuckets` buckets; false (table unchanged) when out
+ * of memory. */
+static bool mb_mem_table_resize(struct mb_mem_table *t, uint32_t nbuckets)
+{
+    struct mb_mem_node **nb = calloc(nbuckets, sizeof *nb);
+    if (!nb)
+        return false;
+    for (uint32_t i = 0; i < t->nbuckets; i++)
+        for (struct mb_mem_node *n = t->buckets[i], *next; n; n = next) {
+            next = n->hnext;
+            n->hnext = nb[n->hash & (nbuckets - 1)];
+            nb[n->hash & (nbuckets - 1)] = n;
+        }
+    free(t->buckets);
+    t->buckets = nb;
+    t->nbuckets = nbuckets;
+    return true;
+}
+
+/* Adds `n` (not in the table). False when out of memory. Growing is only
+ * for speed: if it fails, the node goes into a longer chain. */
+static bool mb_mem_table_add(struct mb_mem_table *t, struct mb_mem_node *n)
+{
+    if (t->count == UINT32_MAX / 2)
+        return false;
+    if (!t->buckets && !mb_mem_table_resize(t, MB_MEM_TABLE_MIN))
+        return false;
+    if (t->count >= t->nbuckets)
+        mb_mem_table_resize(t, t->nbuckets * 2);
+    struct mb_mem_node **b = &t->buckets[n->hash & (t->nbuckets - 1)];
+    n->hnext = *b;
+    *b = n;
+    t->count++;
+    return true;
+}
+
+static void mb_mem_table_remove(struct mb_mem_table *t, struct mb_mem_node *n)
+{
+    for (struct mb_mem_node **pp = &t->buckets[n->hash & (t->nbuckets - 1)]; *pp;
+         pp = &(*pp)->hnext)
+        if (*pp == n) {
+            *pp = n->hnext;
+            t->count--;
+            break;
+        }
+    n->hnext = NULL;
+    if (t->count == 0) { /* an empty table holds no memory */
+        free(t->buckets);
+        t->buckets = NULL;
+        t->nbuckets = 0;
+    } else if (t->nbuckets > MB_MEM_TABLE_MIN && t->count < t->nbuckets / 8) {
+        mb_mem_table_resize(t, t->nbuckets / 4); /* best effort, like growing */
+    }
+}
+
 /* ------------------------------------------------------------ helpers */
 
 static void mb_mem_data_unref(struct mb_mem_data *d)
@@ -108,21 +232,9 @@ static void mb_mem_data_unref(struct mb_mem_data *d)
     }
 }
 
-static size_t mb_mem_key_bucket(const unsigned char *k, size_t n)
+static struct mb_mem_keyown *mb_mem_key_find(struct mb_mem_group *g, const msgbus_msg_t *m)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ k[i]) * 1099511628211ull;
-    return (size_t)(h % MB_MEM_KEY_BUCKETS);
-}
-
-static struct mb_mem_keyown **mb_mem_key_slot(struct mb_mem_group *g, const msgbus_msg_t *m)
-{
-    struct mb_mem_keyown **pp = &g->keys[mb_mem_key_bucket(m->key, m->key_len)];
-    for (; *pp; pp = &(*pp)->next)
-        if ((*pp)->len == m->key_len && memcmp((*pp)->key, m->key, m->key_len) == 0)
-            break;
-    return pp;
+    return (struct mb_mem_keyown *)mb_mem_table_find(&g->keys, m->key, m->key_len);
 }
 
 /* Records that `owner` holds one more (delta +1) or one fewer (-1) message
@@ -132,24 +244,23 @@ static bool mb_mem_key_adjust(struct mb_mem_group *g, const msgbus_msg_t *m,
 {
     if (!m->key)
         return true;
-    struct mb_mem_keyown **pp = mb_mem_key_slot(g, m);
-    if (!*pp) {
+    struct mb_mem_keyown *k = mb_mem_key_find(g, m);
+    if (!k) {
         if (delta < 0)
             return true;
-        struct mb_mem_keyown *k = calloc(1, sizeof *k);
-        if (!k || !(k->key = mb_memdup(m->key, m->key_len ? m->key_len : 1))) {
+        if (!(k = calloc(1, sizeof *k + m->key_len)))
+            return false;
+        memcpy(k->key, m->key, m->key_len);
+        mb_mem_node_init(&k->node, k->key, m->key_len);
+        if (!mb_mem_table_add(&g->keys, &k->node)) {
             free(k);
             return false;
         }
-        k->len = m->key_len;
-        *pp = k;
     }
-    struct mb_mem_keyown *k = *pp;
     k->owner = owner;
     k->count += delta;
     if (k->count <= 0) {
-        *pp = k->next;
-        free(k->key);
+        mb_mem_table_remove(&g->keys, &k->node);
         free(k);
     }
     return true;
@@ -171,7 +282,6 @@ static void mb_mem_pending_insert(struct mb_mem_group *g, struct mb_mem_entry *e
         at->prev = e;
     else
         g->tail = e;
-    g->npending++;
 }
 
 static void mb_mem_pending_remove(struct mb_mem_group *g, struct mb_mem_entry *e)
@@ -185,7 +295,6 @@ static void mb_mem_pending_remove(struct mb_mem_group *g, struct mb_mem_entry *e
     else
         g->tail = e->prev;
     e->prev = e->next = NULL;
-    g->npending--;
 }
 
 static void mb_mem_inflight_remove(struct mb_backend_sub *bs, struct mb_mem_entry *e)
@@ -269,9 +378,9 @@ static void mb_mem_dispatch(struct mb_mem_broker *b, struct mb_mem_group *g)
         struct mb_mem_entry *next = e->next;
         const msgbus_msg_t *src = e->data->msg;
         struct mb_backend_sub *to = NULL;
-        struct mb_mem_keyown **ko = src->key ? mb_mem_key_slot(g, src) : NULL;
-        if (ko && *ko) {
-            to = (*ko)->owner;
+        struct mb_mem_keyown *ko = src->key ? mb_mem_key_find(g, src) : NULL;
+        if (ko) {
+            to = ko->owner;
             if (to->ninflight >= to->prefetch) {
                 e = next; /* held back behind its key's owner */
                 continue;
@@ -318,44 +427,72 @@ static void mb_mem_dispatch(struct mb_mem_broker *b, struct mb_mem_group *g)
     }
 }
 
-static struct mb_mem_topic *mb_mem_topic(struct mb_mem_broker *b, const char *name, bool create)
+static struct mb_mem_topic *mb_mem_topic_find(struct mb_mem_broker *b, const char *name)
 {
-    for (struct mb_mem_topic *t = b->topics; t; t = t->next)
-        if (strcmp(t->name, name) == 0)
-            return t;
-    if (!create)
+    return (struct mb_mem_topic *)mb_mem_table_find(&b->topics, name, strlen(name));
+}
+
+static struct mb_mem_topic *mb_mem_topic_get(struct mb_mem_broker *b, const char *name)
+{
+    struct mb_mem_topic *t = mb_mem_topic_find(b, name);
+    if (t)
+        return t;
+    size_t len = strlen(name);
+    if (!(t = calloc(1, sizeof *t + len + 1)))
         return NULL;
-    struct mb_mem_topic *t = calloc(1, sizeof *t);
-    if (!t || !(t->name = mb_strdup(name))) {
+    memcpy(t->name, name, len + 1);
+    mb_mem_node_init(&t->node, t->name, len);
+    if (!mb_mem_table_add(&b->topics, &t->node)) {
         free(t);
         return NULL;
     }
-    t->next = b->topics;
-    b->topics = t;
     return t;
 }
 
+/* Frees `t` if nothing refers to it any more: a topic is only where its
+ * groups hang, so one without groups holds nothing worth keeping. */
+static void mb_mem_topic_drop_if_unused(struct mb_mem_broker *b, struct mb_mem_topic *t)
+{
+    if (t->groups)
+        return;
+    mb_mem_table_remove(&b->topics, &t->node);
+    free(t);
+}
+
+/* A new group on `t`: named when `name` is non-NULL, else a broadcast
+ * subscriber's private one (not in the name table). */
 static struct mb_mem_group *mb_mem_group_new(struct mb_mem_topic *t, const char *name)
 {
-    struct mb_mem_group *g = calloc(1, sizeof *g);
-    if (!g || (name && !(g->name = mb_strdup(name)))) {
-        free(g);
+    size_t len = name ? strlen(name) : 0;
+    struct mb_mem_group *g = calloc(1, sizeof *g + len + 1);
+    if (!g)
         return NULL;
+    if (name) {
+        memcpy(g->name, name, len + 1);
+        mb_mem_node_init(&g->node, g->name, len);
+        if (!mb_mem_table_add(&t->named, &g->node)) {
+            free(g);
+            return NULL;
+        }
+        g->named = true;
     }
     g->topic = t;
     g->next = t->groups;
+    if (t->groups)
+        t->groups->prev = g;
     t->groups = g;
+    t->ngroups++;
     return g;
 }
 
-static struct mb_mem_group *mb_mem_group(struct mb_mem_topic *t, const char *name, bool create)
+static struct mb_mem_group *mb_mem_group_get(struct mb_mem_topic *t, const char *name)
 {
-    for (struct mb_mem_group *g = t->groups; g; g = g->next)
-        if (g->name && strcmp(g->name, name) == 0)
-            return g;
-    return create ? mb_mem_group_new(t, name) : NULL;
+    struct mb_mem_group *g =
+        (struct mb_mem_group *)mb_mem_table_find(&t->named, name, strlen(name));
+    return g ? g : mb_mem_group_new(t, name);
 }
 
+/* Frees a group and everything it still holds; the caller has unlinked it. */
 static void mb_mem_group_free(struct mb_mem_group *g)
 {
     for (struct mb_mem_entry *e = g->head, *n; e; e = n) {
@@ -363,27 +500,47 @@ static void mb_mem_group_free(struct mb_mem_group *g)
         mb_mem_data_unref(e->data);
         free(e);
     }
-    for (size_t i = 0; i < MB_MEM_KEY_BUCKETS; i++)
-        for (struct mb_mem_keyown *k = g->keys[i], *n; k; k = n) {
-            n = k->next;
-            free(k->key);
+    for (uint32_t i = 0; i < g->keys.nbuckets; i++)
+        for (struct mb_mem_node *k = g->keys.buckets[i], *n; k; k = n) {
+            n = k->hnext;
             free(k);
         }
-    free(g->name);
+    free(g->keys.buckets);
     free(g);
+}
+
+/* Unlinks `g` from its topic, frees it, and the topic too if it was the last
+ * group. */
+static void mb_mem_group_drop(struct mb_mem_broker *b, struct mb_mem_group *g)
+{
+    struct mb_mem_topic *t = g->topic;
+    if (g->named)
+        mb_mem_table_remove(&t->named, &g->node);
+    if (g->prev)
+        g->prev->next = g->next;
+    else
+        t->groups = g->next;
+    if (g->next)
+        g->next->prev = g->prev;
+    t->ngroups--;
+    mb_mem_group_free(g);
+    mb_mem_topic_drop_if_unused(b, t);
 }
 
 static void mb_mem_broker_free(struct mb_mem_broker *b)
 {
-    for (struct mb_mem_topic *t = b->topics, *tn; t; t = tn) {
-        tn = t->next;
-        for (struct mb_mem_group *g = t->groups, *gn; g; g = gn) {
-            gn = g->next;
-            mb_mem_group_free(g);
+    for (uint32_t i = 0; i < b->topics.nbuckets; i++)
+        for (struct mb_mem_node *n = b->topics.buckets[i], *next; n; n = next) {
+            next = n->hnext;
+            struct mb_mem_topic *t = (struct mb_mem_topic *)n;
+            for (struct mb_mem_group *g = t->groups, *gn; g; g = gn) {
+                gn = g->next;
+                mb_mem_group_free(g);
+            }
+            free(t->named.buckets);
+            free(t);
         }
-        free(t->name);
-        free(t);
-    }
+    free(b->topics.buckets);
     pthread_mutex_destroy(&b->mu);
     free(b->name);
     free(b);
@@ -473,15 +630,12 @@ static msgbus_err_t mb_mem_publish(struct mb_backend *be, const char *topic, con
     struct mb_mem_broker *b = be->broker;
     msgbus_err_t e = MSGBUS_OK;
     pthread_mutex_lock(&b->mu);
-    struct mb_mem_topic *t = mb_mem_topic(b, topic, true);
-    if (!t) {
-        e = mb_error(MSGBUS_ERR_NOMEM, "out of memory publishing to '%s'", topic);
-    } else {
+    /* No topic: no group would ever receive it, so it is kept nowhere. */
+    struct mb_mem_topic *t = mb_mem_topic_find(b, topic);
+    if (t) {
         uint64_t seq = ++b->next_seq;
         /* Allocate every entry first, so a failure changes nothing. */
-        size_t ngroups = 0;
-        for (struct mb_mem_group *g = t->groups; g; g = g->next)
-            ngroups++;
+        size_t ngroups = t->ngroups;
         struct mb_mem_entry **es = ngroups ? calloc(ngroups, sizeof *es) : NULL;
         size_t made = 0;
         if (ngroups && es)
@@ -505,7 +659,6 @@ static msgbus_err_t mb_mem_publish(struct mb_backend *be, const char *topic, con
                 else
                     g->head = en;
                 g->tail = en;
-                g->npending++;
                 mb_mem_dispatch(b, g);
             }
         }
@@ -524,9 +677,17 @@ static msgbus_err_t mb_mem_declare(struct mb_backend *be, const char *topic, con
     struct mb_mem_broker *b = be->broker;
     msgbus_err_t e = MSGBUS_OK;
     pthread_mutex_lock(&b->mu);
-    struct mb_mem_topic *t = mb_mem_topic(b, topic, true);
-    if (!t || (group && !mb_mem_group(t, group, true)))
-        e = mb_error(MSGBUS_ERR_NOMEM, "out of memory declaring '%s'", topic);
+    /* A topic alone holds nothing (see the top of this file): declaring one
+     * without a group only validates its name, which the core did. */
+    if (group) {
+        struct mb_mem_topic *t = mb_mem_topic_get(b, topic);
+        if (!t || !mb_mem_group_get(t, group)) {
+            if (t)
+                mb_mem_topic_drop_if_unused(b, t);
+            e = mb_error(MSGBUS_ERR_NOMEM, "out of memory declaring group '%s' on '%s'", group,
+                         topic);
+        }
+    }
     pthread_mutex_unlock(&b->mu);
     return e;
 }
@@ -543,11 +704,13 @@ static msgbus_err_t mb_mem_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
     struct mb_mem_broker *b = be->broker;
     const char *group = mb_sub_group(sub);
     pthread_mutex_lock(&b->mu);
-    struct mb_mem_topic *t = mb_mem_topic(b, mb_sub_topic(sub), true);
+    struct mb_mem_topic *t = mb_mem_topic_get(b, mb_sub_topic(sub));
     struct mb_mem_group *g = NULL;
     if (t)
-        g = group ? mb_mem_group(t, group, true) : mb_mem_group_new(t, NULL);
+        g = group ? mb_mem_group_get(t, group) : mb_mem_group_new(t, NULL);
     if (!g) {
+        if (t)
+            mb_mem_topic_drop_if_unused(b, t);
         pthread_mutex_unlock(&b->mu);
         free(bs);
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory subscribing");
@@ -578,14 +741,9 @@ static void mb_mem_unsubscribe(struct mb_backend_sub *bs)
         e->owner = NULL;
         mb_mem_pending_insert(g, e);
     }
-    if (!g->name) { /* broadcast: the private group goes with its member */
-        for (struct mb_mem_group **pp = &g->topic->groups; *pp; pp = &(*pp)->next)
-            if (*pp == g) {
-                *pp = g->next;
-                break;
-            }
-        mb_mem_group_free(g);
-    } else {
+    if (!g->named) { /* broadcast: the private group goes with its member */
+        mb_mem_group_drop(b, g);
+    } else { /* durable: stays, also when idle (see the top of this file) */
         mb_mem_dispatch(b, g);
     }
     pthread_mutex_unlock(&b->mu);

@@ -1,13 +1,16 @@
 /*
  * test_mem.c — the mem:// backend and the core around it: groups,
  * broadcast, per-key order under concurrency, ack/nack/redelivery,
- * declare, confirms and callbacks, the wake-up descriptor.
+ * declare, confirms and callbacks, the wake-up descriptor, and what the
+ * broker keeps in memory (bounded by what is live, lookups by hash).
  */
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "testutil.h"
 
@@ -653,6 +656,203 @@ START_TEST(key_held_by_one_member_while_it_has_unsettled)
 }
 END_TEST
 
+/* ------------------------------------------------ memory and lookups */
+
+#if defined(__SANITIZE_ADDRESS__)
+#define TU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TU_ASAN 1
+#endif
+#endif
+#ifdef TU_ASAN
+/* From <sanitizer/allocator_interface.h>, which gcc does not install. */
+size_t __sanitizer_get_current_allocated_bytes(void);
+#endif
+
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#define TU_MEMCHECK 1
+#endif
+
+/* Bytes of heap in use: ASan's own count under ASan (glibc's mallinfo2 sees
+ * nothing there); under valgrind, what memcheck's leak search finds
+ * allocated (its malloc answers no mallinfo2, and its mallinfo counts freed
+ * blocks it holds back); glibc's count otherwise. */
+static size_t heap_in_use(void)
+{
+#ifdef TU_ASAN
+    return __sanitizer_get_current_allocated_bytes();
+#else
+#ifdef TU_MEMCHECK
+    if (RUNNING_ON_VALGRIND) {
+        unsigned long leaked = 0, dubious = 0, reachable = 0, suppressed = 0;
+        VALGRIND_DO_QUICK_LEAK_CHECK;
+        VALGRIND_COUNT_LEAKS(leaked, dubious, reachable, suppressed);
+        return leaked + dubious + reachable + suppressed;
+    }
+#endif
+    return mallinfo2().uordblks;
+#endif
+}
+
+static long heap_growth(size_t from)
+{
+    return (long)heap_in_use() - (long)from;
+}
+
+enum { MANY = 25000 };
+
+/* A named group lives as long as its broker (it is a durable queue: it keeps
+ * what is published while nobody is subscribed), so 25k of them cost their
+ * bookkeeping, not kilobytes each, and all of it returns when the broker goes. */
+START_TEST(many_idle_groups_cost_little_and_return_with_the_broker)
+{
+    msgbus_t *warm = open_mem(NULL); /* the core's one-time allocations */
+    msgbus_close(warm);
+    size_t start = heap_in_use();
+    msgbus_t *bus = open_mem(NULL);
+    int64_t t0 = tu_now_ms();
+    for (int i = 0; i < MANY; i++) {
+        char g[32];
+        snprintf(g, sizeof g, "g%d", i);
+        msgbus_sub_t *s;
+        tu_ck_ok(msgbus_subscribe(bus, "t", g, &s));
+        msgbus_sub_close(s);
+    }
+    int64_t ms = tu_now_ms() - t0;
+    long grown = heap_growth(start);
+    printf("  %d named groups subscribed and closed in %lld ms: heap +%ld bytes "
+           "(%ld per idle group)\n",
+           MANY, (long long)ms, grown, grown / MANY);
+    ck_assert_msg(grown < 8L << 20, "25k idle groups hold %ld bytes", grown);
+    msgbus_close(bus);
+    grown = heap_growth(start);
+    printf("  after the last bus on the broker closed: heap %+ld bytes\n", grown);
+    ck_assert_msg(grown < 64L << 10, "the closed broker still holds %ld bytes", grown);
+}
+END_TEST
+
+/* What nobody can ever receive is not kept: a broadcast subscriber's queue
+ * goes with it, a topic without groups holds nothing. */
+START_TEST(broadcast_queues_and_empty_topics_are_freed)
+{
+    msgbus_t *bus = open_mem(NULL);
+    msgbus_sub_t *keep;
+    tu_ck_ok(msgbus_subscribe(bus, "warm", NULL, &keep));
+    tu_publish_str(bus, "warm", "k", "x"); /* first-use allocations */
+    msgbus_msg_t *m = tu_receive(keep, 1000);
+    msgbus_ack(m);
+    msgbus_msg_free(m);
+    msgbus_sub_close(keep);
+    size_t start = heap_in_use();
+    for (int i = 0; i < MANY; i++) {
+        char t[32];
+        snprintf(t, sizeof t, "t%d", i);
+        msgbus_sub_t *s;
+        tu_ck_ok(msgbus_subscribe(bus, t, NULL, &s));
+        tu_publish_str(bus, t, "k", "x");
+        m = tu_receive(s, 1000);
+        ck_assert_ptr_nonnull(m);
+        msgbus_ack(m);
+        msgbus_msg_free(m);
+        msgbus_sub_close(s);
+        snprintf(t, sizeof t, "nobody%d", i);
+        tu_publish_str(bus, t, NULL, "dropped: no group");
+    }
+    long grown = heap_growth(start);
+    printf("  %d broadcast subscribers and %d topics without groups: heap %+ld bytes\n", MANY,
+           2 * MANY, grown);
+    ck_assert_msg(grown < 64L << 10, "closed broadcast queues and empty topics hold %ld bytes",
+                  grown);
+    msgbus_close(bus);
+}
+END_TEST
+
+/* Best time in microseconds of 5 runs of `n` declares of existing groups
+ * g0..g(have-1), spread over all of them. */
+static double declare_existing_us(msgbus_t *bus, int have, int n)
+{
+    double best = 1e18;
+    for (int rep = 0; rep < 5; rep++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        for (int i = 0; i < n; i++) {
+            char g[32];
+            snprintf(g, sizeof g, "g%d", (int)((long)i * have / n));
+            tu_ck_ok(msgbus_declare(bus, "t", g));
+        }
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        double us = (double)(b.tv_sec - a.tv_sec) * 1e6 + (double)(b.tv_nsec - a.tv_nsec) / 1e3;
+        if (us < best)
+            best = us;
+    }
+    return best;
+}
+
+START_TEST(group_lookup_does_not_slow_with_the_number_of_groups)
+{
+    enum { FEW = 100 };
+    msgbus_t *bus = open_mem(NULL);
+    int have = 0;
+    for (; have < FEW; have++) {
+        char g[32];
+        snprintf(g, sizeof g, "g%d", have);
+        tu_ck_ok(msgbus_declare(bus, "t", g));
+    }
+    double few = declare_existing_us(bus, have, 2000);
+    for (; have < MANY; have++) {
+        char g[32];
+        snprintf(g, sizeof g, "g%d", have);
+        tu_ck_ok(msgbus_declare(bus, "t", g));
+    }
+    double many = declare_existing_us(bus, have, 2000);
+    printf("  2000 lookups: %.0f us among %d groups, %.0f us among %d (x%.1f)\n", few, FEW,
+           many, MANY, many / few);
+    /* A linear search made this ~100x (~40x under ASan, whose overhead is
+     * per call); a hash table keeps it near 1, a bigger table's cache
+     * misses aside. */
+    ck_assert_msg(many < 5 * few, "lookup among %d groups is %.1fx slower than among %d", MANY,
+                  many / few, FEW);
+    msgbus_close(bus);
+}
+END_TEST
+
+/* The rule behind what is kept: a named group, once declared or subscribed,
+ * keeps what is published while it has no member, even after it was drained. */
+START_TEST(drained_group_without_members_keeps_later_messages)
+{
+    msgbus_t *bus = open_mem(NULL);
+    tu_ck_ok(msgbus_declare(bus, "t", "declared"));
+    msgbus_sub_t *s;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "subscribed", &s));
+    msgbus_sub_close(s);
+    tu_publish_str(bus, "t", NULL, "one");
+    const char *groups[2] = {"declared", "subscribed"};
+    for (int i = 0; i < 2; i++) {
+        tu_ck_ok(msgbus_subscribe(bus, "t", groups[i], &s));
+        msgbus_msg_t *m = tu_receive(s, 1000);
+        ck_assert_msg(m != NULL, "group %s lost the message published while idle", groups[i]);
+        ck_assert_str_eq(payload_str(m), "one");
+        tu_ck_ok(msgbus_ack(m));
+        msgbus_msg_free(m);
+        msgbus_sub_close(s); /* drained, no member */
+    }
+    tu_publish_str(bus, "t", NULL, "two");
+    for (int i = 0; i < 2; i++) {
+        tu_ck_ok(msgbus_subscribe(bus, "t", groups[i], &s));
+        msgbus_msg_t *m = tu_receive(s, 1000);
+        ck_assert_msg(m != NULL, "drained group %s lost the next message", groups[i]);
+        ck_assert_str_eq(payload_str(m), "two");
+        tu_ck_ok(msgbus_ack(m));
+        msgbus_msg_free(m);
+        ck_assert_ptr_null(tu_receive(s, 0));
+        msgbus_sub_close(s);
+    }
+    msgbus_close(bus);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("mem");
@@ -672,6 +872,13 @@ int main(void)
     tcase_add_test(tc, fd_readable_exactly_while_work_waits);
     tcase_add_test(tc, key_held_by_one_member_while_it_has_unsettled);
     tcase_add_test(tc, concurrent_publishers_two_members_exactly_once_in_key_order);
+    TCase *mem = tcase_create("memory");
+    tcase_set_timeout(mem, 600); /* 25k cycles under valgrind */
+    tcase_add_test(mem, many_idle_groups_cost_little_and_return_with_the_broker);
+    tcase_add_test(mem, broadcast_queues_and_empty_topics_are_freed);
+    tcase_add_test(mem, group_lookup_does_not_slow_with_the_number_of_groups);
+    tcase_add_test(mem, drained_group_without_members_keeps_later_messages);
     suite_add_tcase(s, tc);
+    suite_add_tcase(s, mem);
     return tu_run_suite(s);
 }
