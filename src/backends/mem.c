@@ -343,7 +343,7 @@ static msgbus_msg_t *mb_mem_make_msg(struct mb_backend_sub *bs, struct mb_mem_en
     m->payload_borrowed = true;
     atomic_fetch_add(&e->data->refs, 1);
     m->backend_data = e->data;
-    if ((src->key && !(m->key = mb_memdup(src->key, src->key_len ? src->key_len : 1))) ||
+    if ((src->key && !(m->key = mb_key_dup(src->key, src->key_len))) ||
         (src->id && !(m->id = mb_strdup(src->id))))
         goto fail;
     m->key_len = src->key_len;
