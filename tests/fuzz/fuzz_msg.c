@@ -3,7 +3,8 @@
  * the input is a program of operations on one message at a time
  * (msgbus_msg_new / mb_msg_alloc, set_payload, set_key, set_header,
  * del_header, set_id, set_timestamp, header_at, mb_msg_received_id,
- * mb_msg_received_header, mb_msg_clone).
+ * mb_msg_received_header, mb_msg_clone, and a publish and receive
+ * through mem://).
  *
  * Every buffer handed to msgbus is a heap copy of exactly its length (a
  * zero length gets the end of a 1-byte block), so a read past it — as
@@ -108,6 +109,46 @@ static msgbus_msg_t *new_msg(struct fuzz_in *in, uint8_t op)
     FUZZ_CHECK(fuzz_id_ok(msgbus_msg_id(m)), "new message's id '%s'", msgbus_msg_id(m));
     fuzz_free_exact(copy, len);
     return m;
+}
+
+/* Published on a mem:// bus and received again: the same payload, key,
+ * id, timestamp and headers (a message without an id gets a fresh one). */
+static void mem_round_trip(const msgbus_msg_t *m)
+{
+    static msgbus_t *bus; /* one for the whole run: opening costs more */
+    static msgbus_sub_t *sub;
+    if (!bus) {
+        FUZZ_CHECK(msgbus_open(&bus, "mem://fuzz_msg", NULL) == MSGBUS_OK &&
+                       msgbus_subscribe(bus, "t", "g", &sub) == MSGBUS_OK,
+                   "mem:// bus: %s", msgbus_last_error());
+    }
+    msgbus_err_t e = msgbus_publish(bus, "t", m, NULL, NULL);
+    FUZZ_CHECK(e == MSGBUS_OK, "publish on mem://: %s", msgbus_last_error());
+    msgbus_msg_t *r = NULL;
+    e = msgbus_receive(sub, 5000, &r);
+    FUZZ_CHECK(e == MSGBUS_OK && r, "receive on mem://: %s", msgbus_last_error());
+    check_msg(r);
+    size_t a, b;
+    const void *pa = msgbus_msg_payload(m, &a), *pb = msgbus_msg_payload(r, &b);
+    FUZZ_CHECK(a == b && (!a || memcmp(pa, pb, a) == 0), "payload through mem://");
+    const void *ka = msgbus_msg_key(m, &a), *kb = msgbus_msg_key(r, &b);
+    FUZZ_CHECK(!ka == !kb && a == b && (!a || memcmp(ka, kb, a) == 0),
+               "key through mem:// (%zu bytes%s -> %zu bytes%s)", a, ka ? "" : ", none", b,
+               kb ? "" : ", none");
+    const char *ia = msgbus_msg_id(m), *ib = msgbus_msg_id(r);
+    FUZZ_CHECK(ib && (!ia || strcmp(ia, ib) == 0), "id through mem://");
+    FUZZ_CHECK(msgbus_msg_timestamp(m) == msgbus_msg_timestamp(r), "timestamp through mem://");
+    size_t n = msgbus_msg_header_count(m);
+    FUZZ_CHECK(n == msgbus_msg_header_count(r), "%zu headers through mem:// came as %zu", n,
+               msgbus_msg_header_count(r));
+    for (size_t i = 0; i < n; i++) {
+        const char *name, *value;
+        msgbus_msg_header_at(m, i, &name, &value);
+        const char *got = msgbus_msg_header(r, name);
+        FUZZ_CHECK(got && strcmp(got, value) == 0, "header '%s' through mem://", name);
+    }
+    FUZZ_CHECK(msgbus_ack(r) == MSGBUS_OK, "ack: %s", msgbus_last_error());
+    msgbus_msg_free(r);
 }
 
 static void step(msgbus_msg_t **mp, struct fuzz_in *in)
@@ -274,7 +315,9 @@ static void step(msgbus_msg_t **mp, struct fuzz_in *in)
         fuzz_free_exact(vc, vlen);
         break;
     }
-    case 9: { /* clone: the same message */
+    case 9: { /* clone: the same message; with 0x20, through mem:// too */
+        if (op & 0x20)
+            mem_round_trip(m);
         msgbus_msg_t *c = mb_msg_clone(m);
         FUZZ_CHECK(c, "mb_msg_clone");
         check_msg(c);
