@@ -17,13 +17,61 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
-/* Properties msgbus sets itself: letting the user change them would break
- * the acked-prefix commit model, so they are refused with a reason. */
-static const char *const mb_kafka_owned_props[] = {
-    "group.id", "enable.auto.commit", "enable.auto.offset.store", "bootstrap.servers",
-    "metadata.broker.list", NULL};
+/* librdkafka properties msgbus cannot honour: ones it sets itself (the
+ * acked-prefix commit model depends on them), ones that would break how it
+ * works, and ones it accepted before and then silently ignored. Each is
+ * refused at open with the msgbus way to get the effect (docs/kafka.md,
+ * "Refused properties"). */
+#define MB_KAFKA_COMMITS "msgbus commits what the application acked (msgbus_ack; the acked prefix " \
+                         "is committed every commit_interval_ms)"
+#define MB_KAFKA_HOSTS "the hosts come from the URL (kafka://host1:9092,host2:9092)"
+#define MB_KAFKA_NO_TX                                                                         \
+    "msgbus's producer is idempotent, not transactional (with a transactional.id every "      \
+    "publish failed with 'Erroneous state'); to publish exactly what a database transaction " \
+    "committed, use the outbox (msgbus/outbox.h)"
+#define MB_KAFKA_LEGACY_OFFSETS "msgbus commits offsets to the group on the brokers"
+static const struct {
+    const char *name;
+    const char *why;
+} mb_kafka_refused[] = {
+    {"group.id", "the group comes from msgbus_subscribe(bus, topic, group, ...)"},
+    {"enable.auto.commit", MB_KAFKA_COMMITS},
+    {"enable.auto.offset.store", MB_KAFKA_COMMITS},
+    {"auto.commit.enable", MB_KAFKA_COMMITS},
+    {"auto.commit.interval.ms", "set msgbus's commit_interval_ms instead: " MB_KAFKA_COMMITS},
+    {"bootstrap.servers", MB_KAFKA_HOSTS},
+    {"metadata.broker.list", MB_KAFKA_HOSTS},
+    {"transactional.id", MB_KAFKA_NO_TX},
+    {"transaction.timeout.ms", MB_KAFKA_NO_TX},
+    {"auto.offset.reset",
+     "msgbus starts a new group at the end of each partition as of its first assignment "
+     "(msgbus_declare fixes that point before any consumer runs); a configurable start "
+     "position is not supported yet"},
+    {"enable.partition.eof", "msgbus delivers messages only and has no end-of-partition event"},
+    {"group.instance.id",
+     "msgbus makes one consumer per subscription (and one for declare), and one static "
+     "member id shared by several consumers makes the group fence them"},
+    {"delivery.report.only.error",
+     "msgbus confirms each message from its delivery report; without reports for successes "
+     "no publish would ever be confirmed"},
+    {"statistics.interval.ms", "msgbus does not serve librdkafka's statistics"},
+    {"enabled_events", "msgbus serves librdkafka through callbacks"},
+    {"log.queue", "msgbus forwards librdkafka's log lines itself (see msgbus_set_log)"},
+    {"consume.callback.max.messages", "msgbus does not use librdkafka's consume callback"},
+    {"offset.store.method", MB_KAFKA_LEGACY_OFFSETS},
+    {"offset.store.path", MB_KAFKA_LEGACY_OFFSETS},
+    {"offset.store.sync.interval.ms", MB_KAFKA_LEGACY_OFFSETS},
+    {NULL, NULL}};
+
+/* librdkafka's properties that hold secrets, whose values are scrubbed
+ * from librdkafka's own log lines before msgbus forwards them (msgbus's
+ * own output redacts by mb_secret_name). */
+static const char *const mb_kafka_secret_props[] = {
+    "sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config", "ssl.key.pem", NULL};
 
 /* msgbus's own options (not librdkafka properties), for suggestions. */
 static const char *const mb_kafka_options[] = {
@@ -71,6 +119,62 @@ msgbus_err_t mb_kafka_err(rd_kafka_resp_err_t err)
 
 /* ---- configuration ---------------------------------------------------- */
 
+/* Replaces every occurrence of `secret` in text (NUL-terminated, in a
+ * buffer of `cap` bytes) by "***", truncating to fit. */
+static void mb_kafka_scrub(char *text, size_t cap, const char *secret)
+{
+    size_t sl = secret ? strlen(secret) : 0;
+    if (!sl || !strstr(text, secret))
+        return;
+    size_t tl = strlen(text);
+    char *out = malloc(tl * 3 + 1);
+    if (!out) { /* cannot scrub: say nothing rather than the secret */
+        snprintf(text, cap, "(text withheld: it held a secret)");
+        return;
+    }
+    size_t o = 0;
+    for (const char *p = text; *p;) {
+        if (strncmp(p, secret, sl) == 0) {
+            memcpy(out + o, "***", 3);
+            o += 3;
+            p += sl;
+        } else {
+            out[o++] = *p++;
+        }
+    }
+    out[o] = '\0';
+    snprintf(text, cap, "%s", out);
+    free(out);
+}
+
+/* Scrubs the values of the backend's secret properties (by name:
+ * mb_secret_name) from text: for librdkafka's error strings, which may
+ * quote the value they refused. */
+static void mb_kafka_scrub_props(const struct mb_backend *be, char *text, size_t cap)
+{
+    for (size_t i = 0; i < be->nprops; i++)
+        if (mb_secret_name(be->props[i].key))
+            mb_kafka_scrub(text, cap, be->props[i].value);
+}
+
+/* Scrubs the secrets of rk's configuration from text. */
+static void mb_kafka_scrub_conf(const rd_kafka_t *rk, char *text, size_t cap)
+{
+    const rd_kafka_conf_t *conf = rd_kafka_conf((rd_kafka_t *)rk);
+    if (!conf)
+        return;
+    for (size_t i = 0; mb_kafka_secret_props[i]; i++) {
+        size_t n = 0;
+        if (rd_kafka_conf_get(conf, mb_kafka_secret_props[i], NULL, &n) != RD_KAFKA_CONF_OK ||
+            n <= 1)
+            continue;
+        char *v = malloc(n);
+        if (v && rd_kafka_conf_get(conf, mb_kafka_secret_props[i], v, &n) == RD_KAFKA_CONF_OK)
+            mb_kafka_scrub(text, cap, v);
+        free(v);
+    }
+}
+
 static void mb_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     /* librdkafka logs every failed connection attempt at LOG_ERR (3) and
@@ -84,31 +188,46 @@ static void mb_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, co
      * librdkafka warns on each handle about the other side's properties. */
     if (strcmp(fac, "CONFWARN") == 0 && strstr(buf, " property and will be ignored by this "))
         l = MSGBUS_LOG_DEBUG;
-    if (mb_log_enabled(l))
-        mb_log(l, "kafka %s: %s: %s", rd_kafka_name(rk), fac, buf);
+    if (!mb_log_enabled(l))
+        return;
+    /* librdkafka redacts its configuration dumps, but other lines (with
+     * debug=...) may quote a property; nothing secret leaves msgbus. */
+    char line[2048];
+    snprintf(line, sizeof line, "%s", buf);
+    mb_kafka_scrub_conf(rk, line, sizeof line);
+    mb_log(l, "kafka %s: %s: %s", rd_kafka_name(rk), fac, line);
 }
 
-static void mb_kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+void mb_kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
+    (void)opaque;
+    char detail[512];
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
-        char detail[512];
         rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, detail, sizeof detail);
+        mb_kafka_scrub_conf(rk, detail, sizeof detail);
         mb_log(MSGBUS_LOG_ERROR, "kafka %s: fatal error %s: %s; messages now fail",
                rd_kafka_name(rk), rd_kafka_err2name(orig), detail);
         return;
     }
+    snprintf(detail, sizeof detail, "%s", reason ? reason : "");
+    mb_kafka_scrub_conf(rk, detail, sizeof detail);
     /* Transport errors are retried by librdkafka and already logged by it
      * (log_cb); other errors are worth a warning. */
     bool transport = err == RD_KAFKA_RESP_ERR__TRANSPORT || err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN;
     mb_log(transport ? MSGBUS_LOG_INFO : MSGBUS_LOG_WARN, "kafka %s: %s: %s", rd_kafka_name(rk),
-           rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+           rd_kafka_err2name((rd_kafka_resp_err_t)err), detail);
 }
 
+/* rd_kafka_conf_set, with a refusal as msgbus's error; librdkafka's text
+ * may quote the value, which for a secret is scrubbed. */
 static msgbus_err_t mb_kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value)
 {
     char errstr[512];
-    if (rd_kafka_conf_set(conf, key, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK)
+    if (rd_kafka_conf_set(conf, key, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
+        if (mb_secret_name(key))
+            mb_kafka_scrub(errstr, sizeof errstr, value);
         return mb_error(MSGBUS_ERR_CONFIG, "librdkafka refused property '%s': %s", key, errstr);
+    }
     return MSGBUS_OK;
 }
 
@@ -129,7 +248,10 @@ static void mb_kafka_conf_diff(const char **kv, size_t n, const char **dkv, size
                 dv = dkv[k + 1];
         if (dv && strcmp(dv, kv[i + 1]) == 0)
             continue;
-        *off += (size_t)snprintf(line + *off, cap - *off, " %s=%s", kv[i], kv[i + 1]);
+        /* Secrets (sasl.password, also from user:password@ in the URL)
+         * never leave msgbus, not even at debug level. */
+        *off += (size_t)snprintf(line + *off, cap - *off, " %s=%s", kv[i],
+                                 mb_secret_name(kv[i]) ? "***" : kv[i + 1]);
     }
 }
 
@@ -273,16 +395,16 @@ static msgbus_err_t mb_kafka_parse_options(struct mb_backend *be, struct mb_url 
         char origin[160];
         mb_url_opt_origin(url, o->key, origin, sizeof origin);
         const char *value = mb_url_opt(url, o->key); /* marks it used */
-        for (size_t k = 0; mb_kafka_owned_props[k]; k++)
-            if (strcmp(o->key, mb_kafka_owned_props[k]) == 0)
-                e = mb_error(MSGBUS_ERR_CONFIG,
-                             "%s: the Kafka property '%s' is set by msgbus (hosts come from the "
-                             "URL, group ids from msgbus_subscribe, commits follow acks)",
-                             origin, o->key);
+        for (size_t k = 0; mb_kafka_refused[k].name; k++)
+            if (strcmp(o->key, mb_kafka_refused[k].name) == 0)
+                e = mb_error(MSGBUS_ERR_CONFIG, "%s: msgbus does not take the Kafka property "
+                             "'%s': %s", origin, o->key, mb_kafka_refused[k].why);
         if (e)
             break;
         char errstr[512];
         if (rd_kafka_conf_set(scratch, o->key, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
+            if (mb_secret_name(o->key))
+                mb_kafka_scrub(errstr, sizeof errstr, value);
             e = mb_error(MSGBUS_ERR_CONFIG, "%s: librdkafka refused property '%s': %s", origin,
                          o->key, errstr);
             break;
@@ -297,6 +419,64 @@ static msgbus_err_t mb_kafka_parse_options(struct mb_backend *be, struct mb_url 
     }
     rd_kafka_conf_destroy(scratch);
     return e;
+}
+
+/* The value of the user's property `key` (after parsing), or NULL. */
+static const char *mb_kafka_prop(const struct mb_backend *be, const char *key)
+{
+    for (size_t i = 0; i < be->nprops; i++)
+        if (strcmp(be->props[i].key, key) == 0)
+            return be->props[i].value;
+    return NULL;
+}
+
+/* Credentials mean SASL, wherever they come from (user:password@ in the
+ * URL, or sasl.username / sasl.password options): librdkafka's defaults
+ * (security.protocol=plaintext, sasl.mechanism=GSSAPI) would connect
+ * without sending them, silently. So: the URL's user and password become
+ * sasl.username / sasl.password (given both ways is ambiguous and
+ * refused); then, with a user name or password, security.protocol
+ * defaults to SASL_SSL and sasl.mechanism to SCRAM-SHA-512, and settings
+ * under which the credentials would go unused are refused. */
+static msgbus_err_t mb_kafka_credentials(struct mb_backend *be, const struct mb_url *url)
+{
+    msgbus_err_t e;
+    if (url->user && mb_kafka_prop(be, "sasl.username"))
+        return mb_error(MSGBUS_ERR_CONFIG, "%s: the SASL user name is given twice, in the URL "
+                        "(user@) and as option sasl.username: keep one", url->redacted);
+    if (url->password && mb_kafka_prop(be, "sasl.password"))
+        return mb_error(MSGBUS_ERR_CONFIG, "%s: the SASL password is given twice, in the URL "
+                        "(user:password@) and as option sasl.password: keep one",
+                        url->redacted);
+    if (url->user && (e = mb_kafka_add_prop(be, "sasl.username", url->user)))
+        return e;
+    if (url->password && (e = mb_kafka_add_prop(be, "sasl.password", url->password)))
+        return e;
+    if (!mb_kafka_prop(be, "sasl.username") && !mb_kafka_prop(be, "sasl.password"))
+        return MSGBUS_OK;
+    const char *proto = mb_kafka_prop(be, "security.protocol");
+    if (!proto)
+        e = mb_kafka_add_prop(be, "security.protocol", "SASL_SSL");
+    else if (strncasecmp(proto, "sasl_", 5) != 0)
+        return mb_error(MSGBUS_ERR_CONFIG, "%s: a SASL user name or password is given, but "
+                        "security.protocol=%s sends none: use security.protocol=SASL_SSL (the "
+                        "default with credentials) or SASL_PLAINTEXT, or drop the credentials",
+                        url->redacted, proto);
+    else
+        e = MSGBUS_OK;
+    if (e)
+        return e;
+    const char *mech = mb_kafka_prop(be, "sasl.mechanism");
+    if (!mech)
+        mech = mb_kafka_prop(be, "sasl.mechanisms"); /* librdkafka's alias */
+    if (!mech)
+        return mb_kafka_add_prop(be, "sasl.mechanism", "SCRAM-SHA-512");
+    if (strcasecmp(mech, "GSSAPI") == 0 || strcasecmp(mech, "OAUTHBEARER") == 0)
+        return mb_error(MSGBUS_ERR_CONFIG, "%s: sasl.mechanism=%s takes no user name or "
+                        "password, so they would go unused: use PLAIN or SCRAM-SHA-256/512 "
+                        "(SCRAM-SHA-512 is the default with credentials), or drop them",
+                        url->redacted, mech);
+    return MSGBUS_OK;
 }
 
 static msgbus_err_t mb_kafka_bootstrap(struct mb_backend *be, const struct mb_url *url)
@@ -513,13 +693,10 @@ static msgbus_err_t mb_kafka_publish(struct mb_backend *be, const char *topic,
         return mb_error(MSGBUS_ERR_TOO_LARGE,
                         "message of %zu bytes exceeds the Kafka producer's message.max.bytes "
                         "(%ld)", size, be->max_message_bytes);
-    rd_kafka_headers_t *hdrs = rd_kafka_headers_new(m->nheaders + 1);
+    /* CloudEvents Kafka binding: the id travels as header ce_id. */
+    rd_kafka_headers_t *hdrs = mb_kafka_encode_headers(m);
     if (!hdrs)
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
-    /* CloudEvents Kafka binding: the id travels as header ce_id. */
-    rd_kafka_header_add(hdrs, "ce_id", 5, m->id, -1);
-    for (size_t i = 0; i < m->nheaders; i++)
-        rd_kafka_header_add(hdrs, m->headers[i].name, -1, m->headers[i].value, -1);
     rd_kafka_topic_t *rkt = mb_kafka_topic(be, topic, strlen(topic));
     rd_kafka_resp_err_t err;
     if (rkt)
@@ -703,15 +880,14 @@ static msgbus_err_t mb_kafka_open(msgbus_t *bus, struct mb_url *url, struct mb_b
     pthread_mutex_init(&be->nap_mu, NULL);
     mb_cond_init(&be->nap_cv);
     msgbus_err_t e = mb_kafka_bootstrap(be, url);
-    if (!e && url->user) {
-        /* Credentials in the URL are SASL credentials; the mechanism and
-         * security.protocol come from options. */
-        e = mb_kafka_add_prop(be, "sasl.username", url->user);
-        if (!e && url->password)
-            e = mb_kafka_add_prop(be, "sasl.password", url->password);
-    }
+    /* The core's own option, read here too: it bounds each subscription's
+     * close (kafka_consumer.c), same default and range as the core's. */
+    if (!e)
+        e = mb_url_opt_int(url, "close_timeout_ms", 5000, 0, 3600000, &be->close_timeout_ms);
     if (!e)
         e = mb_kafka_parse_options(be, url);
+    if (!e)
+        e = mb_kafka_credentials(be, url);
     if (!e)
         e = mb_url_check_unused(url, mb_kafka_options);
     if (e) {
@@ -731,6 +907,7 @@ static msgbus_err_t mb_kafka_open(msgbus_t *bus, struct mb_url *url, struct mb_b
     char errstr[512];
     be->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (!be->producer) {
+        mb_kafka_scrub_props(be, errstr, sizeof errstr);
         rd_kafka_conf_destroy(conf);
         mb_kafka_free(be);
         return mb_error(MSGBUS_ERR_CONFIG, "kafka: cannot create the producer: %s", errstr);
@@ -776,7 +953,10 @@ static void mb_kafka_close(struct mb_backend *be)
      * __PURGE_QUEUE / __PURGE_INFLIGHT, which map to MSGBUS_ERR_CLOSED). */
     if (rd_kafka_outq_len(be->producer) > 0) {
         rd_kafka_purge(be->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-        rd_kafka_flush(be->producer, 5000);
+        /* Purged messages are reported at once; the wait is bounded (the
+         * core already spent close_timeout_ms), rd_kafka_destroy reports
+         * whatever is left. */
+        rd_kafka_flush(be->producer, 500);
     }
     rd_kafka_poll(be->producer, 0);
     mb_kafka_dr_flush(be);

@@ -39,6 +39,8 @@ struct mb_backend {
                                  fetching pauses */
     bool create_topics;       /* subscribe creates a missing topic */
     long max_message_bytes;   /* the producer's message.max.bytes */
+    long close_timeout_ms;    /* the core's close_timeout_ms: bounds each
+                                 subscription's close (kafka_consumer.c) */
 
     rd_kafka_t *producer;     /* also serves metadata and Admin requests */
     pthread_t poll_thread;    /* serves delivery reports while nobody publishes */
@@ -80,6 +82,10 @@ struct mb_backend {
 MB_HIDDEN rd_kafka_conf_t *mb_kafka_conf_new(struct mb_backend *be, rd_kafka_type_t type,
                                              const char *const *defaults);
 
+/* Logs an error librdkafka reported through error_cb (the callback every
+ * handle gets; consumers wrap it to track their brokers). */
+MB_HIDDEN void mb_kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque);
+
 /* Maps a librdkafka error code to msgbus's. */
 MB_HIDDEN msgbus_err_t mb_kafka_err(rd_kafka_resp_err_t err);
 
@@ -101,22 +107,45 @@ typedef void (*mb_kafka_rebalance_fn)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                       rd_kafka_topic_partition_list_t *parts, void *opaque);
 typedef void (*mb_kafka_commit_fn)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                    rd_kafka_topic_partition_list_t *offsets, void *opaque);
+typedef void (*mb_kafka_error_fn)(rd_kafka_t *rk, int err, const char *reason, void *opaque);
 /* A consumer for `group_id` with msgbus's consumer settings (no auto
- * commit, no auto offset store); callbacks may be NULL. NULL on failure,
- * with the error recorded. */
+ * commit, no auto offset store); callbacks may be NULL (error_cb NULL:
+ * mb_kafka_error_cb). NULL on failure, with the error recorded. */
 MB_HIDDEN rd_kafka_t *mb_kafka_consumer_new(struct mb_backend *be, const char *group_id,
                                             void *opaque, mb_kafka_rebalance_fn rebalance_cb,
-                                            mb_kafka_commit_fn commit_cb);
-/* End offset / committed offsets, retrying transient errors up to timeout_ms. */
+                                            mb_kafka_commit_fn commit_cb,
+                                            mb_kafka_error_fn error_cb);
+/* End offset / committed offsets, retrying transient errors up to
+ * timeout_ms. With `stop` (a subscription's), they also give up soon after
+ * *stop turns true: a closing subscription must not sit out the timeout. */
 MB_HIDDEN rd_kafka_resp_err_t mb_kafka_end_offset(rd_kafka_t *rk, const char *topic,
-                                                  int32_t partition, int timeout_ms, int64_t *hi);
+                                                  int32_t partition, int timeout_ms,
+                                                  const _Atomic bool *stop, int64_t *hi);
 MB_HIDDEN rd_kafka_resp_err_t mb_kafka_committed(rd_kafka_t *rk,
                                                  rd_kafka_topic_partition_list_t *parts,
-                                                 int timeout_ms);
+                                                 int timeout_ms, const _Atomic bool *stop);
+/* Commits `offsets` (rd_kafka_commit_queue) and waits for the outcome up
+ * to timeout_ms, or until give_up(arg) (may be NULL) says so; the wait,
+ * not the request, ends then. __TIMED_OUT when no outcome came. */
+MB_HIDDEN rd_kafka_resp_err_t mb_kafka_commit_wait(rd_kafka_t *rk,
+                                                   const rd_kafka_topic_partition_list_t *offsets,
+                                                   int timeout_ms, bool (*give_up)(void *),
+                                                   void *arg);
 /* Commits the current end for each partition where `group` has no
  * committed offset (declare). */
 MB_HIDDEN msgbus_err_t mb_kafka_declare_group(struct mb_backend *be, const char *topic,
                                               const char *group);
+
+/* kafka_codec.c */
+/* Decodes a received record's headers into `m` (a new received message
+ * without id or headers): each ce_id through mb_msg_received_id, every
+ * other header through mb_msg_received_header (docs/kafka.md, "What
+ * arrives"). `hdrs` may be NULL (no headers). MSGBUS_OK or
+ * MSGBUS_ERR_NOMEM. */
+MB_HIDDEN msgbus_err_t mb_kafka_decode_headers(msgbus_msg_t *m, const rd_kafka_headers_t *hdrs);
+/* The record headers for publishing `m`: ce_id (when m has an id), then
+ * its headers. NULL on out of memory. */
+MB_HIDDEN rd_kafka_headers_t *mb_kafka_encode_headers(const msgbus_msg_t *m);
 
 /* kafka_consumer.c */
 MB_HIDDEN msgbus_err_t mb_kafka_subscribe(struct mb_backend *be, msgbus_sub_t *sub,

@@ -61,8 +61,18 @@ struct mb_kafka_part {
  * thread, inside msgbus_msg_free; the consumer is already closed then). */
 struct mb_kafka_rkref {
     rd_kafka_t *rk;
+    /* The queue of a consumer close that mb_kafka_reap_main finishes. */
+    rd_kafka_queue_t *closeq;
     _Atomic long refs;
 };
+/* The subscription thread closed the consumer itself (leaving the group
+ * within the close bound, or giving up): the final destroy must not try
+ * again, since rd_kafka_destroy's own consumer close waits without bound
+ * while the brokers are down. */
+static void mb_kafka_consumer_destroy(rd_kafka_t *rk)
+{
+    rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+}
 
 struct mb_kafka_batch;
 struct mb_kafka_held { /* m->backend_data of a received message */
@@ -83,7 +93,7 @@ struct mb_kafka_batch {
 static void mb_kafka_rkref_drop(struct mb_kafka_rkref *r)
 {
     if (atomic_fetch_sub(&r->refs, 1) == 1) {
-        rd_kafka_destroy(r->rk);
+        mb_kafka_consumer_destroy(r->rk);
         free(r);
     }
 }
@@ -118,6 +128,15 @@ struct mb_backend_sub {
     pthread_t thread;
     bool thread_started;
     _Atomic bool stop;
+    /* Set by unsubscribe before stop: when the subscription's close (last
+     * commit, leaving the group) stops waiting for the brokers. */
+    int64_t close_deadline;
+    /* librdkafka said all brokers are down (error_cb) and nothing
+     * succeeded since: a closing subscription does not wait for them. */
+    _Atomic bool brokers_down;
+    /* Set by the thread when it stopped waiting for its consumer close
+     * midway: unsubscribe hands the handle to mb_kafka_reap_main. */
+    rd_kafka_queue_t *reap_q;
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -253,9 +272,31 @@ mb_kafka_commit_list(struct mb_backend_sub *bs, const rd_kafka_topic_partition_l
     return l;
 }
 
-/* Commits the acked prefix: asynchronously while running, synchronously on
- * revocation and close. Broadcast subscribers have throw-away groups and do
- * not commit. Subscription thread only. */
+/* Whether a closing subscription stops waiting for the brokers: its close
+ * deadline passed, or librdkafka reported them all down. Never while the
+ * subscription runs. */
+static bool mb_kafka_closing_give_up(void *arg)
+{
+    struct mb_backend_sub *bs = arg;
+    return atomic_load(&bs->stop) &&
+           (mb_mono_ms() >= bs->close_deadline || atomic_load(&bs->brokers_down));
+}
+
+/* How long a blocking step may wait: connect_timeout_ms while running,
+ * what is left of the close bound once closing. */
+static int mb_kafka_wait_ms(struct mb_backend_sub *bs)
+{
+    if (!atomic_load(&bs->stop))
+        return (int)bs->be->connect_timeout_ms;
+    int64_t left = bs->close_deadline - mb_mono_ms();
+    return left > 0 ? (int)left : 0;
+}
+
+/* Commits the acked prefix: asynchronously while running; on revocation
+ * and close it waits for the outcome, up to connect_timeout_ms (up to the
+ * close bound when closing: see mb_kafka_close_consumer). Broadcast
+ * subscribers have throw-away groups and do not commit. Subscription
+ * thread only. */
 static void mb_kafka_commit(struct mb_backend_sub *bs, const rd_kafka_topic_partition_list_t *only,
                             bool sync)
 {
@@ -267,7 +308,9 @@ static void mb_kafka_commit(struct mb_backend_sub *bs, const rd_kafka_topic_part
     pthread_mutex_unlock(&bs->mu);
     if (!l)
         return;
-    rd_kafka_resp_err_t err = rd_kafka_commit(bs->rk, l, sync ? 0 : 1);
+    rd_kafka_resp_err_t err =
+        sync ? mb_kafka_commit_wait(bs->rk, l, mb_kafka_wait_ms(bs), mb_kafka_closing_give_up, bs)
+             : rd_kafka_commit(bs->rk, l, 1);
     if (err && sync)
         mb_log(MSGBUS_LOG_WARN, "kafka: committing offsets of group '%s' on '%s' failed: %s; "
                "messages after the last commit will be delivered again",
@@ -278,10 +321,22 @@ static void mb_kafka_commit(struct mb_backend_sub *bs, const rd_kafka_topic_part
 static void mb_kafka_offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                       rd_kafka_topic_partition_list_t *offsets, void *opaque)
 {
+    (void)rk;
+    (void)offsets;
     struct mb_backend_sub *bs = opaque;
-    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+    if (!err)
+        atomic_store(&bs->brokers_down, false);
+    else if (err != RD_KAFKA_RESP_ERR__NO_OFFSET)
         mb_log(MSGBUS_LOG_WARN, "kafka: async commit for group '%s' on '%s' failed: %s",
                bs->group_id, bs->topic, rd_kafka_err2str(err));
+}
+
+static void mb_kafka_consumer_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    struct mb_backend_sub *bs = opaque;
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+        atomic_store(&bs->brokers_down, true);
+    mb_kafka_error_cb(rk, err, reason, opaque);
 }
 
 /* ---- rebalances ------------------------------------------------------------ */
@@ -296,7 +351,7 @@ static void mb_kafka_resolve_positions(struct mb_backend_sub *bs,
     int timeout = (int)bs->be->connect_timeout_ms;
     rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
     if (bs->group) {
-        err = mb_kafka_committed(bs->rk, parts, timeout);
+        err = mb_kafka_committed(bs->rk, parts, timeout, &bs->stop);
         if (err) {
             /* Never guess "the end" here: that would skip what the group
              * has not consumed. librdkafka then reads the committed offsets
@@ -320,7 +375,7 @@ static void mb_kafka_resolve_positions(struct mb_backend_sub *bs,
             continue;
         int64_t hi = 0;
         rd_kafka_resp_err_t werr = mb_kafka_end_offset(bs->rk, tp->topic, tp->partition, timeout,
-                                                       &hi);
+                                                       &bs->stop, &hi);
         if (werr) {
             /* Last resort: let librdkafka resolve (stored offset, else
              * auto.offset.reset=earliest: duplicates, never loss). */
@@ -343,7 +398,7 @@ static void mb_kafka_resolve_positions(struct mb_backend_sub *bs,
      * before acking anything in the partition leaves no commit, and the
      * next member would start at the then-current end, skipping what this
      * one was given but never acked. */
-    err = rd_kafka_commit(bs->rk, fixed, 0);
+    err = mb_kafka_commit_wait(bs->rk, fixed, mb_kafka_wait_ms(bs), mb_kafka_closing_give_up, bs);
     if (err)
         mb_log(MSGBUS_LOG_WARN, "kafka: committing the start positions of group '%s' failed: "
                "%s", bs->group_id, rd_kafka_err2str(err));
@@ -365,6 +420,7 @@ static void mb_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     struct mb_backend_sub *bs = opaque;
     bool cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        atomic_store(&bs->brokers_down, false);
         mb_kafka_resolve_positions(bs, parts);
         pthread_mutex_lock(&bs->mu);
         for (int i = 0; i < parts->cnt; i++) {
@@ -474,20 +530,10 @@ static msgbus_msg_t *mb_kafka_convert(struct mb_backend_sub *bs, rd_kafka_messag
     if (rkm->key && msgbus_msg_set_key(m, rkm->key, rkm->key_len) != MSGBUS_OK)
         goto fail;
     rd_kafka_headers_t *hdrs = NULL;
-    if (rd_kafka_message_headers(rkm, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        const char *name;
-        const void *value;
-        size_t size;
-        for (size_t i = 0; !rd_kafka_header_get_all(hdrs, i, &name, &value, &size); i++) {
-            if (strcmp(name, "ce_id") == 0) {
-                if (mb_msg_copy_id(m, value ? value : "", size) != MSGBUS_OK)
-                    goto fail;
-            } else if (mb_msg_put_header(m, name, strlen(name), value ? value : "", size) !=
-                       MSGBUS_OK) {
-                goto fail;
-            }
-        }
-    }
+    if (rd_kafka_message_headers(rkm, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        hdrs = NULL; /* none (__NOENT) */
+    if (mb_kafka_decode_headers(m, hdrs) != MSGBUS_OK)
+        goto fail;
     rd_kafka_timestamp_type_t tstype;
     int64_t ts = rd_kafka_message_timestamp(rkm, &tstype);
     m->timestamp = ts >= 0 ? ts : mb_now_ms();
@@ -531,8 +577,10 @@ static void mb_kafka_deliver(struct mb_backend_sub *bs, rd_kafka_message_t **rkm
         b->owner = bs->rkref;
         atomic_fetch_add(&b->owner->refs, 1);
     }
-    if (records)
+    if (records) {
         mb_sub_ref_batch(bs->sub, (long)records);
+        atomic_store(&bs->brokers_down, false);
+    }
     for (size_t i = 0; i < n; i++) {
         rd_kafka_message_t *rkm = rkms[i];
         conv[i] = NULL;
@@ -638,6 +686,106 @@ static void mb_kafka_wait_for_room(struct mb_backend_sub *bs)
         mb_kafka_pause(bs, true);
 }
 
+/* Finishes a consumer close that the subscription stopped waiting for:
+ * serves the close queue (r->closeq) until librdkafka has left the group,
+ * then drops the subscription's reference `r` on the handle. Runs on a
+ * detached thread of its own, touching nothing but the handle and its
+ * queue: the subscription, the core's sub and the bus may be gone. Served
+ * as events, librdkafka calls none of the subscription's callbacks; a
+ * revocation is answered here. (A close once started cannot be abandoned: destroying the
+ * handle in the middle of it deadlocked inside rd_kafka_destroy, 2.0.2.) */
+static void *mb_kafka_reap_main(void *arg)
+{
+    mb_thread_name("msgbus-kreap");
+    struct mb_kafka_rkref *r = arg; /* the subscription's reference */
+    while (!rd_kafka_consumer_closed(r->rk)) {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(r->closeq, 200);
+        if (ev && rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE) {
+            if (strcmp(rd_kafka_rebalance_protocol(r->rk), "COOPERATIVE") == 0) {
+                rd_kafka_error_t *e =
+                    rd_kafka_event_error(ev) == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS
+                        ? rd_kafka_incremental_unassign(r->rk,
+                                                        rd_kafka_event_topic_partition_list(ev))
+                        : NULL;
+                if (e)
+                    rd_kafka_error_destroy(e);
+            } else {
+                rd_kafka_assign(r->rk, NULL);
+            }
+        }
+        if (ev)
+            rd_kafka_event_destroy(ev);
+    }
+    /* Before the handle goes: events still queued there hold references
+     * that rd_kafka_destroy waits for. */
+    rd_kafka_queue_destroy(r->closeq);
+    r->closeq = NULL;
+    mb_kafka_rkref_drop(r);
+    return NULL;
+}
+
+/* The subscription's last steps, bounded by close_deadline: commit the
+ * acked prefix, then leave the group (rd_kafka_consumer_close_queue,
+ * served here; the revocation it brings commits and drops as any other).
+ * rd_kafka_consumer_close and a synchronous commit both wait without bound
+ * while the brokers are down (~45 s seen against Kafka). When librdkafka
+ * already reports every broker down, the subscription does not start
+ * leaving the group (the group notices the member is gone after
+ * session.timeout.ms); when the deadline passes while it is leaving, a
+ * thread of its own finishes that (mb_kafka_reap_main). Either way the
+ * messages after the last commit that got through are delivered again,
+ * never lost. Returns the close queue when the close must be finished
+ * that way, else NULL. */
+static rd_kafka_queue_t *mb_kafka_close_consumer(struct mb_backend_sub *bs)
+{
+    if (atomic_load(&bs->brokers_down) && mb_kafka_wait_ms(bs) > 0) {
+        /* The flag may be stale (brokers back, nothing fetched since): one
+         * short metadata request tells. */
+        const struct rd_kafka_metadata *md = NULL;
+        int ms = mb_kafka_wait_ms(bs);
+        if (rd_kafka_metadata(bs->rk, 0, NULL, &md, ms < 300 ? ms : 300) ==
+            RD_KAFKA_RESP_ERR_NO_ERROR) {
+            if (md->broker_cnt > 0)
+                atomic_store(&bs->brokers_down, false);
+            rd_kafka_metadata_destroy(md);
+        }
+    }
+    int64_t t0 = mb_mono_ms();
+    mb_kafka_commit(bs, NULL, true);
+    rd_kafka_queue_t *q = NULL;
+    if (!mb_kafka_closing_give_up(bs) && (q = rd_kafka_queue_new(bs->rk)) != NULL) {
+        rd_kafka_error_t *err = rd_kafka_consumer_close_queue(bs->rk, q);
+        if (err) {
+            mb_log(MSGBUS_LOG_WARN, "kafka: group '%s' on '%s': leaving the group: %s",
+                   bs->group_id, bs->topic, rd_kafka_error_string(err));
+            rd_kafka_error_destroy(err);
+        }
+        while (!err && !rd_kafka_consumer_closed(bs->rk) && !mb_kafka_closing_give_up(bs)) {
+            rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 50);
+            if (!ev)
+                continue;
+            /* Served as an event on this queue, the revocation is handed
+             * to the same callback as during the subscription's life. */
+            if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
+                mb_kafka_rebalance_cb(bs->rk, rd_kafka_event_error(ev),
+                                      rd_kafka_event_topic_partition_list(ev), bs);
+            rd_kafka_event_destroy(ev);
+        }
+        if (err || rd_kafka_consumer_closed(bs->rk)) {
+            /* Now, not after the handle: events still queued here hold
+             * references that rd_kafka_destroy would wait for. */
+            rd_kafka_queue_destroy(q);
+            return NULL;
+        }
+    }
+    mb_log(atomic_load(&bs->brokers_down) ? MSGBUS_LOG_WARN : MSGBUS_LOG_INFO,
+           "kafka: group '%s' on '%s': closed after %lld ms without %s (%s); messages after its "
+           "last commit will be delivered again", bs->group_id, bs->topic,
+           (long long)(mb_mono_ms() - t0), q ? "having left the group yet" : "leaving the group",
+           atomic_load(&bs->brokers_down) ? "all brokers down" : "close_timeout_ms");
+    return q;
+}
+
 static void *mb_kafka_consumer_main(void *arg)
 {
     mb_thread_name("msgbus-ksub");
@@ -671,9 +819,7 @@ static void *mb_kafka_consumer_main(void *arg)
             mb_kafka_pause(bs, false);
     }
     rd_kafka_queue_destroy(q);
-    mb_kafka_commit(bs, NULL, true);
-    /* Leaves the group: the revocation callback commits and drops. */
-    rd_kafka_consumer_close(bs->rk);
+    bs->reap_q = mb_kafka_close_consumer(bs);
     return NULL;
 }
 
@@ -779,7 +925,7 @@ msgbus_err_t mb_kafka_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
         snprintf(bs->group_id, sizeof bs->group_id, "msgbus-broadcast-%s", uuid);
     }
     bs->rk = mb_kafka_consumer_new(be, bs->group_id, bs, mb_kafka_rebalance_cb,
-                                   mb_kafka_offset_commit_cb);
+                                   mb_kafka_offset_commit_cb, mb_kafka_consumer_error_cb);
     if (!bs->rk) {
         mb_kafka_sub_free(bs);
         return MSGBUS_ERR_CONFIG;
@@ -787,7 +933,7 @@ msgbus_err_t mb_kafka_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
     if (!be->create_topics) {
         int n;
         if ((e = mb_kafka_topic_partitions(be, bs->rk, topic, false, &n)) != MSGBUS_OK) {
-            rd_kafka_destroy(bs->rk);
+            mb_kafka_consumer_destroy(bs->rk);
             mb_kafka_sub_free(bs);
             return e;
         }
@@ -798,7 +944,7 @@ msgbus_err_t mb_kafka_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
     rd_kafka_resp_err_t err = rd_kafka_subscribe(bs->rk, tl);
     rd_kafka_topic_partition_list_destroy(tl);
     if (err) {
-        rd_kafka_destroy(bs->rk);
+        mb_kafka_consumer_destroy(bs->rk);
         mb_kafka_sub_free(bs);
         return mb_error(mb_kafka_err(err), "kafka: subscribing to '%s': %s", topic,
                         rd_kafka_err2str(err));
@@ -806,14 +952,15 @@ msgbus_err_t mb_kafka_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
     bs->last_commit_ms = mb_mono_ms();
     bs->rkref = malloc(sizeof *bs->rkref);
     if (!bs->rkref) {
-        rd_kafka_destroy(bs->rk);
+        mb_kafka_consumer_destroy(bs->rk);
         mb_kafka_sub_free(bs);
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
     }
     bs->rkref->rk = bs->rk;
+    bs->rkref->closeq = NULL;
     atomic_init(&bs->rkref->refs, 1);
     if (pthread_create(&bs->thread, NULL, mb_kafka_consumer_main, bs) != 0) {
-        rd_kafka_destroy(bs->rk);
+        mb_kafka_consumer_destroy(bs->rk);
         free(bs->rkref);
         mb_kafka_sub_free(bs);
         return mb_error(MSGBUS_ERR_INTERNAL, "kafka: cannot start the consumer thread");
@@ -841,13 +988,29 @@ msgbus_err_t mb_kafka_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
 
 void mb_kafka_unsubscribe(struct mb_backend_sub *bs)
 {
+    /* Written before the store of stop, which publishes it to the thread. */
+    bs->close_deadline = mb_mono_ms() + bs->be->close_timeout_ms;
     atomic_store(&bs->stop, true);
     if (bs->thread_started)
         pthread_join(bs->thread, NULL);
+    if (bs->reap_q) { /* the close goes on without us */
+        bs->rkref->closeq = bs->reap_q;
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &attr, mb_kafka_reap_main, bs->rkref) != 0) {
+            mb_log(MSGBUS_LOG_ERROR, "kafka: group '%s': no thread to finish the consumer close "
+                   "on; waiting for it here", bs->group_id);
+            mb_kafka_reap_main(bs->rkref);
+        }
+        pthread_attr_destroy(&attr);
+        bs->rkref = NULL; /* the reaper drops it */
+    }
     /* Destroys the handle now, or when the last borrowed record goes. */
     if (bs->rkref)
         mb_kafka_rkref_drop(bs->rkref);
-    else
-        rd_kafka_destroy(bs->rk);
+    else if (!bs->thread_started)
+        mb_kafka_consumer_destroy(bs->rk);
     mb_kafka_sub_free(bs);
 }

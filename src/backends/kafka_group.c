@@ -40,16 +40,35 @@ static void mb_kafka_nap(void)
     nanosleep(&ts, NULL);
 }
 
+/* One request's wait: what is left of the deadline, but with `stop` at
+ * most MB_KAFKA_STOP_SLICE_MS, so a closing subscription notices *stop
+ * between requests (a request in flight cannot be cancelled). */
+#define MB_KAFKA_STOP_SLICE_MS 250
+static int mb_kafka_slice(int64_t deadline, const _Atomic bool *stop)
+{
+    int64_t left = deadline - mb_mono_ms();
+    if (left < 100)
+        left = 100;
+    if (stop && left > MB_KAFKA_STOP_SLICE_MS)
+        left = MB_KAFKA_STOP_SLICE_MS;
+    return (int)left;
+}
+
+static bool mb_kafka_give_up(rd_kafka_resp_err_t err, int64_t deadline, const _Atomic bool *stop)
+{
+    return !err || !mb_kafka_retriable(err) || mb_mono_ms() >= deadline ||
+           (stop && atomic_load(stop));
+}
+
 /* The partition's end offset, retrying transient errors up to timeout_ms. */
 rd_kafka_resp_err_t mb_kafka_end_offset(rd_kafka_t *rk, const char *topic, int32_t partition,
-                                        int timeout_ms, int64_t *hi)
+                                        int timeout_ms, const _Atomic bool *stop, int64_t *hi)
 {
     int64_t deadline = mb_mono_ms() + timeout_ms, lo = 0;
     for (;;) {
-        int64_t left = deadline - mb_mono_ms();
         rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(
-            rk, topic, partition, &lo, hi, (int)(left > 100 ? left : 100));
-        if (!err || !mb_kafka_retriable(err) || mb_mono_ms() >= deadline)
+            rk, topic, partition, &lo, hi, mb_kafka_slice(deadline, stop));
+        if (mb_kafka_give_up(err, deadline, stop))
             return err;
         mb_kafka_nap();
     }
@@ -57,16 +76,52 @@ rd_kafka_resp_err_t mb_kafka_end_offset(rd_kafka_t *rk, const char *topic, int32
 
 /* The group's committed offsets, retrying transient errors. */
 rd_kafka_resp_err_t mb_kafka_committed(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts,
-                                       int timeout_ms)
+                                       int timeout_ms, const _Atomic bool *stop)
 {
     int64_t deadline = mb_mono_ms() + timeout_ms;
     for (;;) {
-        int64_t left = deadline - mb_mono_ms();
-        rd_kafka_resp_err_t err = rd_kafka_committed(rk, parts, (int)(left > 100 ? left : 100));
-        if (!err || !mb_kafka_retriable(err) || mb_mono_ms() >= deadline)
+        rd_kafka_resp_err_t err = rd_kafka_committed(rk, parts, mb_kafka_slice(deadline, stop));
+        if (mb_kafka_give_up(err, deadline, stop))
             return err;
         mb_kafka_nap();
     }
+}
+
+/* Commits `offsets` and waits for the outcome up to timeout_ms, or until
+ * give_up(arg) says so (looked at every 50 ms). A synchronous
+ * rd_kafka_commit has no bound: it waited ~45 s for a
+ * coordinator while the brokers were down. The request goes on when the
+ * wait ends; its late outcome lands on a queue nobody reads and is
+ * dropped with it. __TIMED_OUT when no outcome came in time. */
+rd_kafka_resp_err_t mb_kafka_commit_wait(rd_kafka_t *rk,
+                                         const rd_kafka_topic_partition_list_t *offsets,
+                                         int timeout_ms, bool (*give_up)(void *), void *arg)
+{
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    if (!q)
+        return RD_KAFKA_RESP_ERR__CRIT_SYS_RESOURCE;
+    rd_kafka_resp_err_t err = rd_kafka_commit_queue(rk, offsets, q, NULL, NULL);
+    int64_t deadline = mb_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    if (!err) {
+        err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+        for (;;) {
+            int64_t left = deadline - mb_mono_ms();
+            /* Slices of 50 ms: `give_up` is looked at between them. */
+            rd_kafka_event_t *ev = rd_kafka_queue_poll(q, (int)(left < 0 ? 0 : left > 50 ? 50 : left));
+            if (ev) {
+                bool done = rd_kafka_event_type(ev) == RD_KAFKA_EVENT_OFFSET_COMMIT;
+                if (done)
+                    err = rd_kafka_event_error(ev);
+                rd_kafka_event_destroy(ev);
+                if (done)
+                    break;
+            }
+            if (mb_mono_ms() >= deadline || (give_up && give_up(arg)))
+                break;
+        }
+    }
+    rd_kafka_queue_destroy(q);
+    return err;
 }
 
 static const char *const mb_kafka_consumer_defaults[] = {
@@ -83,7 +138,8 @@ static const char *const mb_kafka_consumer_defaults[] = {
     "queued.min.messages", "1000000", NULL};
 
 rd_kafka_t *mb_kafka_consumer_new(struct mb_backend *be, const char *group_id, void *opaque,
-                                  mb_kafka_rebalance_fn rebalance_cb, mb_kafka_commit_fn commit_cb)
+                                  mb_kafka_rebalance_fn rebalance_cb, mb_kafka_commit_fn commit_cb,
+                                  mb_kafka_error_fn error_cb)
 {
     rd_kafka_conf_t *conf = mb_kafka_conf_new(be, RD_KAFKA_CONSUMER, mb_kafka_consumer_defaults);
     if (!conf)
@@ -98,6 +154,8 @@ rd_kafka_t *mb_kafka_consumer_new(struct mb_backend *be, const char *group_id, v
         rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
     if (commit_cb)
         rd_kafka_conf_set_offset_commit_cb(conf, commit_cb);
+    if (error_cb)
+        rd_kafka_conf_set_error_cb(conf, error_cb);
     rd_kafka_conf_set_opaque(conf, opaque);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
     if (!rk) {
@@ -115,7 +173,7 @@ static msgbus_err_t mb_kafka_uncommitted(rd_kafka_t *rk, const char *topic, cons
                                          rd_kafka_topic_partition_list_t *parts,
                                          rd_kafka_topic_partition_list_t *todo, int timeout)
 {
-    rd_kafka_resp_err_t err = mb_kafka_committed(rk, parts, timeout);
+    rd_kafka_resp_err_t err = mb_kafka_committed(rk, parts, timeout, NULL);
     if (err)
         return mb_error(mb_kafka_err(err), "kafka: declare '%s' group '%s': reading committed "
                         "offsets: %s", topic, group, rd_kafka_err2str(err));
@@ -123,7 +181,7 @@ static msgbus_err_t mb_kafka_uncommitted(rd_kafka_t *rk, const char *topic, cons
         if (parts->elems[i].offset >= 0)
             continue;
         int64_t hi;
-        err = mb_kafka_end_offset(rk, topic, parts->elems[i].partition, timeout, &hi);
+        err = mb_kafka_end_offset(rk, topic, parts->elems[i].partition, timeout, NULL, &hi);
         if (err)
             return mb_error(mb_kafka_err(err), "kafka: declare '%s' group '%s': end offset of "
                             "partition %d: %s", topic, group, (int)parts->elems[i].partition,
@@ -149,7 +207,7 @@ msgbus_err_t mb_kafka_declare_group(struct mb_backend *be, const char *topic, co
     msgbus_err_t e = mb_kafka_topic_partitions(be, be->producer, topic, false, &n);
     if (e)
         return e;
-    rd_kafka_t *rk = mb_kafka_consumer_new(be, group, NULL, NULL, NULL);
+    rd_kafka_t *rk = mb_kafka_consumer_new(be, group, NULL, NULL, NULL, NULL);
     if (!rk)
         return MSGBUS_ERR_CONFIG;
     int timeout = (int)be->connect_timeout_ms;
@@ -165,7 +223,8 @@ msgbus_err_t mb_kafka_declare_group(struct mb_backend *be, const char *topic, co
         todo = rd_kafka_topic_partition_list_new(n);
         if ((e = mb_kafka_uncommitted(rk, topic, group, parts, todo, timeout)) || todo->cnt == 0)
             break;
-        err = rd_kafka_commit(rk, todo, 0);
+        int64_t left = deadline - mb_mono_ms();
+        err = mb_kafka_commit_wait(rk, todo, (int)(left > 1000 ? left : 1000), NULL, NULL);
         if (err != RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID &&
             err != RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION &&
             err != RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS) {

@@ -13,6 +13,7 @@
  */
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -380,6 +381,114 @@ START_TEST(broker_request_error_reaches_the_callback)
 }
 END_TEST
 
+/* Issue 16 item 9: with every broker down, a group member that holds
+ * received messages (some acked, some not) and unconfirmed publishes must
+ * close within close_timeout_ms plus a small margin: the subscription's
+ * last commit and leaving the group must not wait for brokers that do not
+ * answer (it took ~47 s before: an unbounded synchronous commit, then
+ * rd_kafka_consumer_close). Unconfirmed messages get MSGBUS_ERR_CLOSED. */
+static void close_with_brokers_down(bool sub_close_first)
+{
+    enum { N = 50 };
+    struct mock mk;
+    mock_start(&mk, "create_topics=false&fetch.wait.max.ms=10&session.timeout.ms=6000&"
+                    "close_timeout_ms=2000&connect_timeout_ms=3000");
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    msgbus_sub_t *sub = NULL;
+    tu_ck_ok(msgbus_subscribe(bus, "t1", "closing", &sub));
+    struct reports rp = {0};
+    for (int i = 0; i < N; i++)
+        publish(bus, "t1", 16, &rp);
+    tu_ck_ok(msgbus_flush(bus, 10000, NULL));
+    ck_assert_int_eq(rp.ok, N);
+    msgbus_msg_t *held[N];
+    int got = 0;
+    for (; got < N; got++) {
+        held[got] = tu_receive(sub, 10000);
+        ck_assert_ptr_nonnull(held[got]);
+        if (got % 2 == 0)
+            tu_ck_ok(msgbus_ack(held[got])); /* every other one acked */
+    }
+    rd_kafka_mock_broker_set_down(mk.mc, 1);
+    for (int i = 0; i < 5; i++) /* unconfirmed: the broker is gone */
+        publish(bus, "t1", 16, &rp);
+    int64_t t0 = tu_now_ms();
+    if (sub_close_first) {
+        msgbus_sub_close(sub);
+        int64_t took = tu_now_ms() - t0;
+        printf("brokers down: msgbus_sub_close took %lld ms (close_timeout_ms=2000)\n",
+               (long long)took);
+        ck_assert_int_lt(took, 3000);
+        t0 = tu_now_ms();
+    }
+    msgbus_close(bus);
+    int64_t took = tu_now_ms() - t0;
+    printf("brokers down: msgbus_close%s took %lld ms (close_timeout_ms=2000); reports ok=%d "
+           "failed=%d (%s)\n", sub_close_first ? " after sub_close" : " with a subscription",
+           (long long)took, rp.ok, rp.failed, msgbus_err_name(rp.last_status));
+    ck_assert_int_lt(took, 3000);
+    ck_assert_int_eq(rp.ok + rp.failed, N + 5);
+    ck_assert_int_eq(rp.failed, 5);
+    ck_assert_int_eq(rp.last_status, MSGBUS_ERR_CLOSED);
+    for (int i = 0; i < got; i++)
+        msgbus_msg_free(held[i]);
+    mock_stop(&mk);
+}
+
+START_TEST(close_is_bounded_with_brokers_down)
+{
+    close_with_brokers_down(false);
+}
+END_TEST
+
+START_TEST(sub_close_is_bounded_with_brokers_down)
+{
+    close_with_brokers_down(true);
+}
+END_TEST
+
+/* The brokers answer, but slowly (a round trip of 8 s): the subscription
+ * has started leaving the group when its close bound runs out. It must
+ * return in time anyway and leave the rest of the leaving to a thread of
+ * its own (destroying a consumer in the middle of its close deadlocks
+ * librdkafka 2.0.2). */
+START_TEST(sub_close_is_bounded_with_slow_brokers)
+{
+    enum { N = 20 };
+    struct mock mk;
+    mock_start(&mk, "create_topics=false&fetch.wait.max.ms=10&session.timeout.ms=6000&"
+                    "close_timeout_ms=2000");
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    msgbus_sub_t *sub = NULL;
+    tu_ck_ok(msgbus_subscribe(bus, "t1", "slow", &sub));
+    struct reports rp = {0};
+    for (int i = 0; i < N; i++)
+        publish(bus, "t1", 16, &rp);
+    tu_ck_ok(msgbus_flush(bus, 10000, NULL));
+    msgbus_msg_t *held[N];
+    for (int i = 0; i < N; i++) { /* held, none acked: nothing to commit */
+        held[i] = tu_receive(sub, 10000);
+        ck_assert_ptr_nonnull(held[i]);
+    }
+    rd_kafka_mock_broker_set_rtt(mk.mc, 1, 8000);
+    int64_t t0 = tu_now_ms();
+    msgbus_sub_close(sub);
+    int64_t took = tu_now_ms() - t0;
+    t0 = tu_now_ms();
+    msgbus_close(bus);
+    int64_t took_bus = tu_now_ms() - t0;
+    printf("slow brokers: msgbus_sub_close took %lld ms, then msgbus_close %lld ms "
+           "(close_timeout_ms=2000)\n", (long long)took, (long long)took_bus);
+    ck_assert_int_lt(took, 3000);
+    ck_assert_int_lt(took_bus, 3000);
+    for (int i = 0; i < N; i++) /* readable after close, freed while the close goes on */
+        msgbus_msg_free(held[i]);
+    mock_stop(&mk);
+}
+END_TEST
+
 static Suite *kafka_mock_suite(void)
 {
     Suite *s = suite_create("kafka_mock");
@@ -395,6 +504,14 @@ static Suite *kafka_mock_suite(void)
     tcase_add_test(tc, broker_request_error_reaches_the_callback);
     tcase_add_test(tc, received_messages_outlive_their_batch_order_and_close);
     suite_add_tcase(s, tc);
+    /* Timeouts far above the bound, so that an overrun is measured and
+     * reported, not cut short. */
+    TCase *close = tcase_create("close");
+    tcase_set_timeout(close, 180);
+    tcase_add_test(close, close_is_bounded_with_brokers_down);
+    tcase_add_test(close, sub_close_is_bounded_with_brokers_down);
+    tcase_add_test(close, sub_close_is_bounded_with_slow_brokers);
+    suite_add_tcase(s, close);
     return s;
 }
 
