@@ -381,6 +381,202 @@ START_TEST(broker_request_error_reaches_the_callback)
 }
 END_TEST
 
+/* ---- settings msgbus cannot honour, credentials, secrets (issue 16) ---- */
+
+/* Every log line msgbus emits, for tests that look for what must not be
+ * there. */
+struct lines {
+    char *text;
+    size_t len, cap;
+    int count;
+};
+
+static void on_log_line(void *opaque, msgbus_log_level_t level, const char *line)
+{
+    (void)level;
+    struct lines *l = opaque;
+    size_t n = strlen(line);
+    if (l->len + n + 2 > l->cap) {
+        size_t cap = (l->cap + n + 2) * 2;
+        char *t = realloc(l->text, cap);
+        ck_assert_ptr_nonnull(t);
+        l->text = t;
+        l->cap = cap;
+    }
+    memcpy(l->text + l->len, line, n);
+    l->len += n;
+    l->text[l->len++] = '\n';
+    l->text[l->len] = '\0';
+    l->count++;
+}
+
+/* Opens `url` and expects `want`; returns msgbus_last_error() (copied). */
+static const char *open_expect(const char *url, msgbus_err_t want)
+{
+    static char err[1024];
+    msgbus_t *bus = NULL;
+    tu_ck_err(msgbus_open(&bus, url, NULL), want);
+    snprintf(err, sizeof err, "%s", msgbus_last_error());
+    if (bus)
+        msgbus_close(bus);
+    return err;
+}
+
+START_TEST(options_msgbus_cannot_honour_are_refused_by_name)
+{
+    static const struct {
+        const char *option, *alternative;
+    } cases[] = {
+        {"transactional.id=tx1", "outbox"},
+        {"transaction.timeout.ms=60000", "outbox"},
+        {"auto.offset.reset=earliest", "msgbus_declare"},
+        {"auto.offset.reset=latest", "not supported yet"},
+        {"enable.partition.eof=true", "end-of-partition"},
+        {"group.instance.id=me", "one consumer per subscription"},
+        {"delivery.report.only.error=true", "delivery report"},
+        {"auto.commit.interval.ms=1000", "commit_interval_ms"},
+        {"enable.auto.commit=true", "msgbus_ack"},
+        {"statistics.interval.ms=1000", "statistics"},
+        {"log.queue=true", "msgbus_set_log"},
+        {"offset.store.method=file", "group on the brokers"},
+        {"bootstrap.servers=other:9092", "from the URL"},
+        {"group.id=mine", "msgbus_subscribe"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char url[256], name[64];
+        snprintf(url, sizeof url, "kafka://127.0.0.1:1?connect_timeout_ms=300&%s",
+                 cases[i].option);
+        snprintf(name, sizeof name, "'%.*s'", (int)strcspn(cases[i].option, "="),
+                 cases[i].option);
+        const char *err = open_expect(url, MSGBUS_ERR_CONFIG);
+        printf("refused: %s\n", err);
+        ck_assert_msg(strstr(err, name), "'%s' does not name %s", err, name);
+        ck_assert_msg(strstr(err, cases[i].alternative), "'%s' does not say '%s'", err,
+                      cases[i].alternative);
+    }
+    /* The same from the environment. */
+    setenv("MSGBUS_KAFKA_TRANSACTIONAL_ID", "tx1", 1);
+    const char *err = open_expect("kafka://127.0.0.1:1?connect_timeout_ms=300",
+                                  MSGBUS_ERR_CONFIG);
+    unsetenv("MSGBUS_KAFKA_TRANSACTIONAL_ID");
+    ck_assert_ptr_nonnull(strstr(err, "MSGBUS_KAFKA_TRANSACTIONAL_ID"));
+    ck_assert_ptr_nonnull(strstr(err, "outbox"));
+}
+END_TEST
+
+/* The effective producer configuration, from the debug-level line
+ * "kafka producer config: ..." of an open of `url` (which fails or not). */
+static void effective_config(const char *url, char *out, size_t n)
+{
+    struct lines l = {0};
+    msgbus_set_log(on_log_line, &l, MSGBUS_LOG_DEBUG);
+    msgbus_t *bus = NULL;
+    msgbus_err_t e = msgbus_open(&bus, url, NULL);
+    msgbus_set_log(NULL, NULL, MSGBUS_LOG_WARN);
+    if (!e)
+        msgbus_close(bus);
+    const char *line = l.text ? strstr(l.text, "kafka producer config:") : NULL;
+    ck_assert_msg(line != NULL, "no config line for %s (%s)", url, msgbus_last_error());
+    snprintf(out, n, "%.*s", (int)strcspn(line, "\n"), line);
+    free(l.text);
+}
+
+START_TEST(credentials_mean_sasl)
+{
+    char cfg[4096];
+    /* user:password@ alone: SASL_SSL with SCRAM-SHA-512, never plaintext. */
+    effective_config("kafka://alice:s3cret@127.0.0.1:1?connect_timeout_ms=300", cfg, sizeof cfg);
+    printf("%s\n", cfg);
+    ck_assert_ptr_nonnull(strstr(cfg, " sasl.username=alice"));
+    ck_assert_ptr_nonnull(strstr(cfg, " sasl.password=***"));
+    ck_assert_ptr_nonnull(strstr(cfg, " security.protocol=sasl_ssl"));
+    ck_assert_ptr_nonnull(strstr(cfg, " sasl.mechanisms=SCRAM-SHA-512"));
+    ck_assert_ptr_null(strstr(cfg, "s3cret"));
+    /* The URL's own protocol and mechanism stay. */
+    effective_config("kafka://alice:s3cret@127.0.0.1:1?connect_timeout_ms=300&"
+                     "security.protocol=SASL_PLAINTEXT&sasl.mechanism=PLAIN", cfg, sizeof cfg);
+    ck_assert_ptr_nonnull(strstr(cfg, " security.protocol=sasl_plaintext"));
+    ck_assert_ptr_nonnull(strstr(cfg, " sasl.mechanisms=PLAIN"));
+    /* Options alone mean SASL too; the password may come from a variable. */
+    effective_config("kafka://127.0.0.1:1?connect_timeout_ms=300&sasl.username=bob&"
+                     "sasl.password=s3cret", cfg, sizeof cfg);
+    ck_assert_ptr_nonnull(strstr(cfg, " security.protocol=sasl_ssl"));
+    setenv("MSGBUS_KAFKA_SASL_PASSWORD", "s3cret", 1);
+    effective_config("kafka://carol@127.0.0.1:1?connect_timeout_ms=300", cfg, sizeof cfg);
+    unsetenv("MSGBUS_KAFKA_SASL_PASSWORD");
+    ck_assert_ptr_nonnull(strstr(cfg, " sasl.username=carol"));
+    ck_assert_ptr_nonnull(strstr(cfg, " sasl.password=***"));
+    /* No credentials: librdkafka's defaults, untouched. */
+    effective_config("kafka://127.0.0.1:1?connect_timeout_ms=300", cfg, sizeof cfg);
+    ck_assert_ptr_null(strstr(cfg, "security.protocol"));
+
+    /* Never dropped silently, never ambiguous. */
+    static const struct {
+        const char *url, *says;
+    } refused[] = {
+        {"kafka://alice:s3cret@127.0.0.1:1?sasl.password=other", "password is given twice"},
+        {"kafka://alice:s3cret@127.0.0.1:1?sasl.username=bob", "user name is given twice"},
+        {"kafka://alice:s3cret@127.0.0.1:1?security.protocol=plaintext", "sends none"},
+        {"kafka://alice:s3cret@127.0.0.1:1?security.protocol=SSL", "sends none"},
+        {"kafka://127.0.0.1:1?sasl.username=bob&sasl.password=x&security.protocol=plaintext",
+         "sends none"},
+        {"kafka://alice:s3cret@127.0.0.1:1?sasl.mechanism=GSSAPI", "would go unused"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        const char *err = open_expect(refused[i].url, MSGBUS_ERR_CONFIG);
+        printf("refused: %s\n", err);
+        ck_assert_msg(strstr(err, refused[i].says), "'%s' does not say '%s'", err,
+                      refused[i].says);
+        ck_assert_ptr_null(strstr(err, "s3cret"));
+    }
+}
+END_TEST
+
+/* Issue 16 item 6: no secret in any log line (debug level, librdkafka's
+ * own debug output included), in msgbus_url() or in msgbus_last_error(),
+ * whether the bus opens or not. */
+START_TEST(secrets_never_leave_msgbus)
+{
+    struct mock mk;
+    mock_start(&mk, "ssl.key.password=PWsecret3&ssl.keystore.password=PWsecret4&"
+                    "debug=conf,generic,broker,security&create_topics=false");
+    struct lines l = {0};
+    msgbus_set_log(on_log_line, &l, MSGBUS_LOG_DEBUG);
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    printf("url: %s\n", msgbus_url(bus));
+    ck_assert_ptr_null(strstr(msgbus_url(bus), "PWsecret"));
+    struct reports rp = {0};
+    publish(bus, "t1", 10, &rp);
+    tu_ck_ok(msgbus_flush(bus, 5000, NULL));
+    msgbus_close(bus);
+
+    static const char *const failing[] = {
+        "kafka://u:PWsecret1@127.0.0.1:1?ssl.key.password=PWsecret3&connect_timeout_ms=300&"
+        "debug=all",
+        "kafka://127.0.0.1:1?sasl.username=u&sasl.password=PWsecret2&"
+        "ssl.key.password=PWsecret3&security.protocol=SASL_PLAINTEXT&sasl.mechanism=PLAIN&"
+        "connect_timeout_ms=300&debug=all",
+        "kafka://u:PWsecret1@127.0.0.1:1?sasl.password=PWsecret2&ssl.key.password=PWsecret3",
+        "kafka://u:PWsecret1@127.0.0.1:1?ssl.key.password=PWsecret3&linger.ms=banana",
+    };
+    for (size_t i = 0; i < sizeof failing / sizeof failing[0]; i++) {
+        ck_assert_int_ne(msgbus_open(&bus, failing[i], NULL), MSGBUS_OK);
+        printf("error: %s\n", msgbus_last_error());
+        ck_assert_msg(!strstr(msgbus_last_error(), "PWsecret"), "secret in '%s'",
+                      msgbus_last_error());
+    }
+    msgbus_set_log(NULL, NULL, MSGBUS_LOG_WARN);
+    printf("%d log lines at debug level, none with a secret\n", l.count);
+    ck_assert_int_gt(l.count, 50);
+    ck_assert_ptr_nonnull(strstr(l.text, "sasl.password=***"));
+    const char *leak = strstr(l.text, "PWsecret");
+    ck_assert_msg(leak == NULL, "secret in a log line: %.200s", leak ? leak - 100 : "");
+    free(l.text);
+    mock_stop(&mk);
+}
+END_TEST
+
 /* Issue 16 item 9: with every broker down, a group member that holds
  * received messages (some acked, some not) and unconfirmed publishes must
  * close within close_timeout_ms plus a small margin: the subscription's
@@ -503,6 +699,9 @@ static Suite *kafka_mock_suite(void)
     tcase_add_test(tc, records_reach_their_topic_past_the_handle_cache);
     tcase_add_test(tc, broker_request_error_reaches_the_callback);
     tcase_add_test(tc, received_messages_outlive_their_batch_order_and_close);
+    tcase_add_test(tc, options_msgbus_cannot_honour_are_refused_by_name);
+    tcase_add_test(tc, credentials_mean_sasl);
+    tcase_add_test(tc, secrets_never_leave_msgbus);
     suite_add_tcase(s, tc);
     /* Timeouts far above the bound, so that an overrun is measured and
      * reported, not cut short. */
