@@ -933,7 +933,7 @@ MSGBUS_API msgbus_err_t msgbus_subscribe_ex(msgbus_t *bus, const char *topic, co
         const char *const *lists[1] = {mb_sub_options};
         const char *best = mb_url_suggest(u->opts[i].key, lists, 1);
         e = mb_error(MSGBUS_ERR_CONFIG, "unknown subscription option '%s' in '%s'%s%s%s",
-                     u->opts[i].key, options, best ? "; did you mean '" : "", best ? best : "",
+                     u->opts[i].key, u->redacted, best ? "; did you mean '" : "", best ? best : "",
                      best ? "'?" : "");
         mb_retry_policy_free(&pol);
     }

@@ -115,9 +115,24 @@ static bool mb_secret_key(const char *k, size_t n)
     return mb_secret_name(buf);
 }
 
-/* The URL as given with every secret replaced by "***": the password of
- * the userinfo (between ':' and '@') and the value of every query option
- * whose name says it is a secret (mb_secret_name). */
+/* Whether `text` starts with a scheme and "://" (what mb_url_parse takes
+ * for a URL); anything else is redacted as an option list. */
+static bool mb_is_url(const char *text)
+{
+    size_t n = 0;
+    if (!isalpha((unsigned char)text[0]))
+        return false;
+    while (isalnum((unsigned char)text[n]) || text[n] == '+' || text[n] == '-' || text[n] == '.')
+        n++;
+    return strncmp(text + n, "://", 3) == 0;
+}
+
+/* The text with every secret replaced by "***": the password of a
+ * user:password@ (wherever a "://" is followed by one, so an error quoting
+ * a URL with a bad scheme shows none either) and the value of every option
+ * whose name says it is a secret (mb_secret_name). Options are split at '&'
+ * only — a '#' or '?' inside a value belongs to the value, as the parser
+ * sees it. Redacting twice gives the same text. */
 static char *mb_redact(const char *text)
 {
     size_t tl = strlen(text);
@@ -129,7 +144,7 @@ static char *mb_redact(const char *text)
     const char *sep = strstr(text, "://");
     if (sep) {
         size_t auth = (size_t)(sep + 3 - text);
-        size_t alen = strcspn(text + auth, "/?#");
+        size_t alen = strcspn(text + auth, "/?");
         const char *at = NULL;
         for (size_t k = 0; k < alen; k++)
             if (text[auth + k] == '@')
@@ -143,14 +158,21 @@ static char *mb_redact(const char *text)
             i = (size_t)(at - text);
         }
     }
-    /* Without a scheme the text is a bare option list ("k=v&k=v"). */
-    const char *q = sep ? strchr(text + i, '?') : text - 1;
-    size_t upto = q ? (size_t)(q - text) + 1 : tl;
-    memcpy(r + o, text + i, upto - i);
-    o += upto - i;
-    i = upto;
-    while (i < tl) { /* one k=v pair (or a '#fragment') per round */
-        size_t plen = strcspn(text + i, "&#");
+    /* A URL's options start after the first '?' past its authority; an
+     * option list is options from its first byte. */
+    size_t upto = 0;
+    if (mb_is_url(text)) {
+        const char *from = sep + 3;
+        const char *q = strchr(from, '?');
+        upto = q ? (size_t)(q - text) + 1 : tl;
+    }
+    if (upto > i) {
+        memcpy(r + o, text + i, upto - i);
+        o += upto - i;
+        i = upto;
+    }
+    while (i < tl) { /* one k=v pair per round */
+        size_t plen = strcspn(text + i, "&");
         const char *eq = memchr(text + i, '=', plen);
         if (eq && mb_secret_key(text + i, (size_t)(eq - text - i))) {
             size_t kl = (size_t)(eq - text - i) + 1;
@@ -162,11 +184,6 @@ static char *mb_redact(const char *text)
             o += plen;
         }
         i += plen;
-        if (i < tl && text[i] == '#') {
-            memcpy(r + o, text + i, tl - i);
-            o += tl - i;
-            break;
-        }
         if (i < tl)
             r[o++] = text[i++];
     }
@@ -467,11 +484,11 @@ void mb_url_opt_origin(const struct mb_url *url, const char *key, char *buf, siz
 msgbus_err_t mb_url_parse_options(const char *text, struct mb_url **out)
 {
     struct mb_url *url = calloc(1, sizeof *url);
-    if (!url || !(url->redacted = mb_strdup(text ? text : "")) || !(url->scheme = mb_strdup(""))) {
+    if (!url || !(url->redacted = mb_redact(text ? text : "")) || !(url->scheme = mb_strdup(""))) {
         mb_url_free(url);
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory parsing options");
     }
-    msgbus_err_t e = mb_parse_query(url, url->redacted);
+    msgbus_err_t e = mb_parse_query(url, text ? text : "");
     if (e) {
         mb_url_free(url);
         return e;
