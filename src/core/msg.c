@@ -2,6 +2,7 @@
  * msg.c — messages: payload, key, headers, id, timestamp, and the
  * received-side fields.
  */
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -418,10 +419,29 @@ static size_t mb_escape(char *out, const unsigned char *p, size_t len)
     return o;
 }
 
+/* Adds `n` to the msgbus-invalid-headers count. */
+static msgbus_err_t mb_count_invalid_headers(msgbus_msg_t *m, unsigned long n)
+{
+    const char *prev = msgbus_msg_header(m, MB_H_INVALID_HEADERS);
+    unsigned long have = prev ? strtoul(prev, NULL, 10) : 0;
+    char count[24];
+    int len = snprintf(count, sizeof count, "%lu", have + n < have ? ULONG_MAX : have + n);
+    return mb_msg_put_header(m, MB_H_INVALID_HEADERS, strlen(MB_H_INVALID_HEADERS), count,
+                             (size_t)len);
+}
+
 /* Appends the escaped raw value to the msgbus-invalid-id header (values
  * separated by ','). */
 static msgbus_err_t mb_add_invalid_id(msgbus_msg_t *m, const void *raw, size_t len)
 {
+    if (!m->own_invalid_id && msgbus_msg_header(m, MB_H_INVALID_ID)) {
+        /* A msgbus-invalid-id that came over the wire: this message's own
+         * record takes its place, and the wire's is counted. */
+        msgbus_err_t e = mb_count_invalid_headers(m, 1);
+        if (e)
+            return e;
+        msgbus_msg_del_header(m, MB_H_INVALID_ID);
+    }
     const char *prev = msgbus_msg_header(m, MB_H_INVALID_ID);
     size_t pl = prev ? strlen(prev) : 0;
     if (len > (SIZE_MAX - pl - 2) / 3)
@@ -438,6 +458,8 @@ static msgbus_err_t mb_add_invalid_id(msgbus_msg_t *m, const void *raw, size_t l
     o += mb_escape(v + o, raw, len);
     msgbus_err_t e = mb_msg_put_header(m, MB_H_INVALID_ID, strlen(MB_H_INVALID_ID), v, o);
     free(v);
+    if (!e)
+        m->own_invalid_id = true;
     return e;
 }
 
@@ -446,7 +468,7 @@ msgbus_err_t mb_msg_received_id(msgbus_msg_t *m, const void *raw, size_t len)
     if (!raw)
         len = 0;
     bool valid = mb_valid_id_bytes(raw, len);
-    if (msgbus_msg_header(m, MB_H_INVALID_ID)) /* already not an id */
+    if (m->own_invalid_id) /* already not an id */
         return mb_add_invalid_id(m, raw, len);
     if (!m->id) {
         if (valid)
@@ -471,13 +493,24 @@ msgbus_err_t mb_msg_received_header(msgbus_msg_t *m, const void *name, size_t na
         value_len = 0;
     bool ok = name && name_len && name_len <= MSGBUS_MAX_HEADER_NAME &&
               !memchr(name, '\0', name_len) && (!value_len || !memchr(value, '\0', value_len));
+    if (ok && name_len == strlen(MB_H_INVALID_HEADERS) &&
+        memcmp(name, MB_H_INVALID_HEADERS, name_len) == 0) {
+        /* An earlier hop's count: added to this one's, never replacing it. */
+        unsigned long n = 0;
+        bool count = value_len > 0 && value_len < 20;
+        for (size_t i = 0; count && i < value_len; i++) {
+            unsigned char c = ((const unsigned char *)value)[i];
+            count = c >= '0' && c <= '9';
+            n = n * 10 + (unsigned long)(c - '0');
+        }
+        return mb_count_invalid_headers(m, count ? n : 1);
+    }
+    if (ok && m->own_invalid_id && name_len == strlen(MB_H_INVALID_ID) &&
+        memcmp(name, MB_H_INVALID_ID, name_len) == 0)
+        ok = false; /* this message's own record stays */
     if (ok)
         return mb_msg_put_header(m, name, name_len, value_len ? value : "", value_len);
     /* Not representable as a C string header (or not on every backend's
      * wire): left out, and counted where the application can see it. */
-    const char *prev = msgbus_msg_header(m, MB_H_INVALID_HEADERS);
-    char count[24];
-    int n = snprintf(count, sizeof count, "%lu", prev ? strtoul(prev, NULL, 10) + 1 : 1ul);
-    return mb_msg_put_header(m, MB_H_INVALID_HEADERS, strlen(MB_H_INVALID_HEADERS), count,
-                             (size_t)n);
+    return mb_count_invalid_headers(m, 1);
 }

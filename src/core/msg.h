@@ -54,6 +54,10 @@ struct msgbus_msg {
      * backend's release hook gives it back, msgbus_msg_free must not free
      * it, and must not touch it after the release. */
     bool embedded;
+    /* Received messages: msgbus-invalid-id was recorded by this message's
+     * own id check (mb_msg_received_id), so a header of that name from the
+     * wire (an earlier hop's, or forged) must not replace it. */
+    bool own_invalid_id;
     /* Storage for an id of up to 36 characters (every UUIDv7), so a new
      * message is one allocation; m->id points here or to a malloc'd string. */
     char idbuf[37];
@@ -112,7 +116,12 @@ MB_HIDDEN msgbus_err_t mb_msg_received_id(msgbus_msg_t *m, const void *raw, size
 /* mb_msg_received_header: one header as it arrived. Kept when its name is
  * 1..255 bytes without NUL and its value has no NUL (`value` NULL: "");
  * otherwise left out and counted in header msgbus-invalid-headers (a
- * decimal count), never dropped without a trace. Only NOMEM fails. */
+ * decimal count), never dropped without a trace. The two records of the
+ * trust boundary are merged, never replaced, whatever order the wire gives:
+ * a msgbus-invalid-headers from the wire adds its count (a value that is
+ * not a count is itself counted), and a msgbus-invalid-id from the wire is
+ * kept only while this message's own id check recorded none (it is
+ * counted as an invalid header otherwise). Only NOMEM fails. */
 #define MB_H_INVALID_HEADERS "msgbus-invalid-headers"
 MB_HIDDEN msgbus_err_t mb_msg_received_header(msgbus_msg_t *m, const void *name, size_t name_len,
                                               const void *value, size_t value_len);

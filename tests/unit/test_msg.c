@@ -304,6 +304,38 @@ START_TEST(received_headers_that_cannot_be_strings_are_counted)
 }
 END_TEST
 
+START_TEST(records_from_the_wire_never_replace_the_messages_own)
+{
+    /* The wire's msgbus-invalid-id first, then a refused id: ours wins,
+     * the wire's is counted. */
+    msgbus_msg_t *m = mb_msg_alloc();
+    tu_ck_ok(mb_msg_received_header(m, "msgbus-invalid-id", 17, "forged", 6));
+    tu_ck_ok(mb_msg_received_id(m, "a b", 3));
+    ck_assert_str_eq(msgbus_msg_header(m, "msgbus-invalid-id"), "a%20b");
+    ck_assert_str_eq(msgbus_msg_header(m, "msgbus-invalid-headers"), "1");
+    msgbus_msg_free(m);
+    /* The other order gives the same. */
+    m = mb_msg_alloc();
+    tu_ck_ok(mb_msg_received_id(m, "a b", 3));
+    tu_ck_ok(mb_msg_received_header(m, "msgbus-invalid-id", 17, "forged", 6));
+    ck_assert_str_eq(msgbus_msg_header(m, "msgbus-invalid-id"), "a%20b");
+    ck_assert_str_eq(msgbus_msg_header(m, "msgbus-invalid-headers"), "1");
+    msgbus_msg_free(m);
+    /* A valid id: an earlier hop's record is plain data and stays. */
+    m = mb_msg_alloc();
+    tu_ck_ok(mb_msg_received_header(m, "msgbus-invalid-id", 17, "x%20y", 5));
+    tu_ck_ok(mb_msg_received_id(m, "id-1", 4));
+    ck_assert_str_eq(msgbus_msg_id(m), "id-1");
+    ck_assert_str_eq(msgbus_msg_header(m, "msgbus-invalid-id"), "x%20y");
+    /* Counts add up in any order; a count that is not one is counted. */
+    tu_ck_ok(mb_msg_received_header(m, "", 0, "v", 1));
+    tu_ck_ok(mb_msg_received_header(m, "msgbus-invalid-headers", 22, "5", 1));
+    tu_ck_ok(mb_msg_received_header(m, "msgbus-invalid-headers", 22, "five", 4));
+    ck_assert_str_eq(msgbus_msg_header(m, "msgbus-invalid-headers"), "7");
+    msgbus_msg_free(m);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("msg");
@@ -322,6 +354,7 @@ int main(void)
     tcase_add_test(tc, received_ids_that_break_the_rule_are_not_ids);
     tcase_add_test(tc, received_ids_must_agree);
     tcase_add_test(tc, received_headers_that_cannot_be_strings_are_counted);
+    tcase_add_test(tc, records_from_the_wire_never_replace_the_messages_own);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }
