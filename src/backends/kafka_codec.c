@@ -12,24 +12,11 @@
  */
 #include "backends/kafka.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #include "core/msg.h"
 
 #define MB_KAFKA_ID_HEADER "ce_id"
-
-/* A decimal count as msgbus writes it in msgbus-invalid-headers. */
-static bool mb_kafka_is_count(const void *value, size_t size)
-{
-    const char *v = value;
-    if (!v || !size || size > 19)
-        return false;
-    for (size_t i = 0; i < size; i++)
-        if (v[i] < '0' || v[i] > '9')
-            return false;
-    return true;
-}
 
 msgbus_err_t mb_kafka_decode_headers(msgbus_msg_t *m, const rd_kafka_headers_t *hdrs)
 {
@@ -38,37 +25,16 @@ msgbus_err_t mb_kafka_decode_headers(msgbus_msg_t *m, const rd_kafka_headers_t *
     const char *name;
     const void *value;
     size_t size;
-    /* Two passes, so the outcome does not depend on header order.
-     *
-     * First the id: every ce_id occurrence, in order (equal repeats give
-     * that id, disagreeing ones none). Also a msgbus-invalid-headers that
-     * travels with the record (a msgbus hop before this one counted
-     * headers it could not keep): taken first, so this hop's own count
-     * adds to it instead of being overwritten by it. */
+    /* In wire order: every ce_id occurrence is one id value (equal repeats
+     * give that id, disagreeing ones none); every other header, reserved
+     * msgbus-* names included, is a header as it arrived. The core merges
+     * its two records (msgbus-invalid-id, msgbus-invalid-headers) with
+     * ones that came over the wire in any order. librdkafka hands names
+     * over as C strings: a name with a NUL inside is seen up to the NUL. */
     for (size_t i = 0; !rd_kafka_header_get_all(hdrs, i, &name, &value, &size); i++) {
-        msgbus_err_t e = MSGBUS_OK;
-        if (strcmp(name, MB_KAFKA_ID_HEADER) == 0)
-            e = mb_msg_received_id(m, value, size);
-        else if (strcmp(name, MB_H_INVALID_HEADERS) == 0)
-            e = mb_kafka_is_count(value, size)
-                    ? mb_msg_received_header(m, name, strlen(name), value, size)
-                    : mb_msg_received_header(m, NULL, 0, NULL, 0); /* counted as invalid */
-        if (e)
-            return MSGBUS_ERR_NOMEM;
-    }
-    /* Whether this record's own ce_id was refused: then the
-     * msgbus-invalid-id header describes this record and a
-     * msgbus-invalid-id from the wire (an earlier hop's) cannot be kept
-     * under the same name; it is counted as an invalid header instead. */
-    bool own_invalid_id = msgbus_msg_header(m, MB_H_INVALID_ID) != NULL;
-    for (size_t i = 0; !rd_kafka_header_get_all(hdrs, i, &name, &value, &size); i++) {
-        if (strcmp(name, MB_KAFKA_ID_HEADER) == 0 || strcmp(name, MB_H_INVALID_HEADERS) == 0)
-            continue;
-        msgbus_err_t e;
-        if (own_invalid_id && strcmp(name, MB_H_INVALID_ID) == 0)
-            e = mb_msg_received_header(m, NULL, 0, NULL, 0);
-        else
-            e = mb_msg_received_header(m, name, strlen(name), value, size);
+        msgbus_err_t e = strcmp(name, MB_KAFKA_ID_HEADER) == 0
+                             ? mb_msg_received_id(m, value, size)
+                             : mb_msg_received_header(m, name, strlen(name), value, size);
         if (e)
             return MSGBUS_ERR_NOMEM;
     }
