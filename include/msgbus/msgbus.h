@@ -113,7 +113,7 @@ MSGBUS_API size_t msgbus_redact(const char *text, char *buf, size_t size);
 
 /* Nonzero when an option or variable named `name` holds a secret, by rule:
  * its name (any case) contains pass, secret, token, credential, private,
- * auth, jaas, pem, apikey / api_key / api.key or oauthbearer.config
+ * jaas, pem, apikey / api_key / api.key or oauthbearer.config
  * ("sasl.password", "ssl.key.password", "MSGBUS_KAFKA_SASL_PASSWORD",
  * "ssl.key.pem"). Any thread. */
 MSGBUS_API int msgbus_secret_name(const char *name);

@@ -99,9 +99,11 @@ static msgbus_err_t mb_decode(const struct mb_url *url, const char *s, size_t n,
  * text). */
 static bool mb_secret_key(const char *k, size_t n)
 {
-    char buf[256];
+    char small[256], *buf = n < sizeof small ? small : malloc(n + 1);
+    if (!buf)
+        return true; /* cannot look: hide it */
     size_t o = 0;
-    for (size_t i = 0; i < n && o < sizeof buf - 1; i++) {
+    for (size_t i = 0; i < n; i++) {
         int a, b;
         if (k[i] == '%' && i + 2 < n && (a = mb_hexval(k[i + 1])) >= 0 &&
             (b = mb_hexval(k[i + 2])) >= 0) {
@@ -110,30 +112,26 @@ static bool mb_secret_key(const char *k, size_t n)
         } else {
             buf[o++] = k[i];
         }
+        if (!buf[o - 1])
+            buf[o - 1] = ' '; /* a %00 must not end the name early */
     }
     buf[o] = '\0';
-    return mb_secret_name(buf);
+    bool secret = mb_secret_name(buf);
+    if (buf != small)
+        free(buf);
+    return secret;
 }
 
-/* Whether `text` starts with a scheme and "://" (what mb_url_parse takes
- * for a URL); anything else is redacted as an option list. */
-static bool mb_is_url(const char *text)
-{
-    size_t n = 0;
-    if (!isalpha((unsigned char)text[0]))
-        return false;
-    while (isalnum((unsigned char)text[n]) || text[n] == '+' || text[n] == '-' || text[n] == '.')
-        n++;
-    return strncmp(text + n, "://", 3) == 0;
-}
-
-/* The text with every secret replaced by "***": the password of a
- * user:password@ (wherever a "://" is followed by one, so an error quoting
- * a URL with a bad scheme shows none either) and the value of every option
- * whose name says it is a secret (mb_secret_name). Options are split at '&'
- * only — a '#' or '?' inside a value belongs to the value, as the parser
- * sees it. Redacting twice gives the same text. */
-static char *mb_redact(const char *text)
+/* The value of every option whose name says it is a secret, as "***".
+ * The same text may reach the parser as a URL or as an option list, so
+ * options are looked for everywhere: the text is split at '&' only, as the
+ * parser splits options, and within one piece every '=' is tried as the
+ * end of a name that starts where the piece starts — which covers a URL's
+ * first option ("kafka://h?sasl.password" says password) and names the
+ * parser reads differently ("a=b://?sasl.password=x"). The price: a URL
+ * whose host or path says secret, token, pass... shows its first option's
+ * value as "***" too. */
+static char *mb_redact_options(const char *text)
 {
     size_t tl = strlen(text);
     /* Each secret shrinks to "***" or grows by at most 3 bytes. */
@@ -141,41 +139,12 @@ static char *mb_redact(const char *text)
     if (!r)
         return NULL;
     size_t o = 0, i = 0;
-    const char *sep = strstr(text, "://");
-    if (sep) {
-        size_t auth = (size_t)(sep + 3 - text);
-        size_t alen = strcspn(text + auth, "/?");
-        const char *at = NULL;
-        for (size_t k = 0; k < alen; k++)
-            if (text[auth + k] == '@')
-                at = text + auth + k;
-        const char *colon = at ? memchr(text + auth, ':', (size_t)(at - text - auth)) : NULL;
-        if (colon) {
-            size_t head = (size_t)(colon + 1 - text);
-            memcpy(r, text, head);
-            memcpy(r + head, "***", 3);
-            o = head + 3;
-            i = (size_t)(at - text);
-        }
-    }
-    /* A URL's options start after the first '?' past its authority; an
-     * option list is options from its first byte. */
-    size_t upto = 0;
-    if (mb_is_url(text)) {
-        const char *from = sep + 3;
-        const char *q = strchr(from, '?');
-        upto = q ? (size_t)(q - text) + 1 : tl;
-    }
-    if (upto > i) {
-        memcpy(r + o, text + i, upto - i);
-        o += upto - i;
-        i = upto;
-    }
-    while (i < tl) { /* one k=v pair per round */
-        size_t plen = strcspn(text + i, "&");
-        const char *eq = memchr(text + i, '=', plen);
-        if (eq && mb_secret_key(text + i, (size_t)(eq - text - i))) {
-            size_t kl = (size_t)(eq - text - i) + 1;
+    while (i < tl) { /* one option per round */
+        size_t plen = strcspn(text + i, "&"), kl = 0;
+        for (size_t k = 0; k < plen && !kl; k++)
+            if (text[i + k] == '=' && mb_secret_key(text + i, k))
+                kl = k + 1;
+        if (kl) {
             memcpy(r + o, text + i, kl);
             memcpy(r + o + kl, "***", 3);
             o += kl + 3;
@@ -189,6 +158,54 @@ static char *mb_redact(const char *text)
     }
     r[o] = '\0';
     return r;
+}
+
+/* One round of redaction: the password of a user:password@ after the
+ * first "://" (also when the scheme is bad, so the parser's error quoting
+ * it shows none), then secret options (above). */
+static char *mb_redact_once(const char *text)
+{
+    const char *sep = strstr(text, "://");
+    char *t = NULL;
+    if (sep) {
+        size_t auth = (size_t)(sep + 3 - text);
+        size_t alen = strcspn(text + auth, "/?");
+        const char *at = NULL;
+        for (size_t k = 0; k < alen; k++)
+            if (text[auth + k] == '@')
+                at = text + auth + k;
+        const char *colon = at ? memchr(text + auth, ':', (size_t)(at - text - auth)) : NULL;
+        if (colon) {
+            size_t head = (size_t)(colon + 1 - text), len = head + 3 + strlen(at) + 1;
+            if (!(t = malloc(len)))
+                return NULL;
+            snprintf(t, len, "%.*s***%s", (int)head, text, at);
+        }
+    }
+    char *r = mb_redact_options(t ? t : text);
+    free(t);
+    return r;
+}
+
+/* The text with every secret replaced by "***". A round can uncover more
+ * (a secret option's value swallowed the '/' that ended the authority, so
+ * a later '@' now closes a user:password), so rounds repeat until nothing
+ * changes: redacting twice then changes nothing. Each round only replaces
+ * text by "***", so a few rounds settle it. */
+static char *mb_redact(const char *text)
+{
+    char *cur = mb_redact_once(text);
+    for (int round = 0; cur && round < 16; round++) {
+        char *next = mb_redact_once(cur);
+        if (!next || strcmp(next, cur) == 0) {
+            free(next);
+            return cur;
+        }
+        free(cur);
+        cur = next;
+    }
+    free(cur);
+    return NULL;
 }
 
 static msgbus_err_t mb_parse_host(struct mb_url *url, const char *s, size_t n)

@@ -275,17 +275,19 @@ bool mb_secret_name(const char *name)
      * harmless value costs a debugging minute; under-redacting leaks. */
     static const char *const words[] = {"pass",    "secret",  "token",  "credential",
                                         "apikey",  "api_key", "api.key", "private",
-                                        "pem",     "oauthbearer.config", "jaas", "auth", NULL};
+                                        "pem",     "oauthbearer.config", "jaas", NULL};
     if (!name)
         return false;
-    char low[256];
-    size_t n = 0;
-    for (; name[n] && n < sizeof low - 1; n++)
-        low[n] = (char)((name[n] >= 'A' && name[n] <= 'Z') ? name[n] - 'A' + 'a' : name[n]);
-    low[n] = '\0';
-    for (size_t i = 0; words[i]; i++)
-        if (strstr(low, words[i]))
-            return true;
+    /* Case-insensitive search over the whole name, however long. */
+    for (const char *p = name; *p; p++)
+        for (size_t i = 0; words[i]; i++) {
+            size_t k = 0;
+            while (words[i][k] && p[k] &&
+                   (p[k] >= 'A' && p[k] <= 'Z' ? p[k] - 'A' + 'a' : p[k]) == words[i][k])
+                k++;
+            if (!words[i][k])
+                return true;
+        }
     return false;
 }
 

@@ -328,7 +328,8 @@ START_TEST(secret_names)
     static const char *const secret[] = {"sasl.password", "ssl.key.password", "ssl.keystore.password",
                                          "sasl.oauthbearer.client.secret", "ssl.key.pem",
                                          "MSGBUS_KAFKA_SASL_PASSWORD", "MSGBUS_AMQP_PASS",
-                                         "api_key", "auth_token", "sasl.oauthbearer.config", NULL};
+                                         "api_key", "auth_token", "sasl.oauthbearer.config", "sasl.jaas.config",
+                                         NULL};
     static const char *const plain[] = {"linger.ms", "prefetch", "queue_max", "ssl.ca.location",
                                         "MSGBUS_KAFKA_LINGER_MS", "heartbeat", NULL};
     for (size_t i = 0; secret[i]; i++)
@@ -384,6 +385,24 @@ START_TEST(redaction_has_no_blind_spots)
     ck_assert_str_eq(buf, "kafka://h?sasl.password=***&x=1");
     msgbus_redact("pass=a&q?token=x://y", buf, sizeof buf);
     ck_assert_str_eq(buf, "pass=***&q?token=***"); /* 'q?token' is a name saying token */
+    msgbus_redact("kafsl.mechanism=PLAIN://?sasl.password=S3&linger.ms=5", buf, sizeof buf);
+    ck_assert_str_eq(buf, "kafsl.mechanism=PLAIN://?sasl.password=***&linger.ms=5");
+    msgbus_redact("a=b=sasl.password=S3", buf, sizeof buf);
+    ck_assert_str_eq(buf, "a=b=sasl.password=***");
+    msgbus_redact("kafka://kafka-auth.internal:9092?linger.ms=5", buf, sizeof buf);
+    ck_assert_str_eq(buf, "kafka://kafka-auth.internal:9092?linger.ms=5");
+    /* Text that is an option list to one caller and a URL to another. */
+    msgbus_redact("x://alissl.key.password.p://h=S3", buf, sizeof buf);
+    ck_assert_str_eq(buf, "x://alissl.key.password.p://h=***");
+    /* A %00 in a name does not hide the rest of it; nor does length. */
+    msgbus_redact("x%00sasl.password=S3", buf, sizeof buf);
+    ck_assert_str_eq(buf, "x%00sasl.password=***");
+    char longname[700];
+    memset(longname, 'a', 600);
+    strcpy(longname + 600, "_password=S3");
+    ck_assert_uint_eq(msgbus_redact(longname, buf, sizeof buf), 600 + strlen("_password=***"));
+    ck_assert_ptr_null(strstr(buf, "S3"));
+    msgbus_redact("pass=a&q?token=x://y", buf, sizeof buf);
     /* Redacting twice changes nothing more. */
     char twice[512];
     msgbus_redact(buf, twice, sizeof twice);
