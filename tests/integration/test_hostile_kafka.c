@@ -16,7 +16,8 @@
  *    nothing delivered, the consumer goes on;
  *  - a record with a 400-byte ce_id bridged to RabbitMQ
  *    (MSGBUS_TEST_AMQP_URL) with msgbus_publish: published once and
- *    confirmed, with a fresh id and the msgbus-invalid-id header.
+ *    confirmed, with a fresh id and the msgbus-invalid-id header;
+ *  - the dead letter of a record without an id is written without ce_id.
  * Every test ends with a normal message: the consumer is not wedged.
  */
 #include <stdbool.h>
@@ -509,6 +510,45 @@ START_TEST(invalid_id_bridged_to_amqp_publishes_once)
 }
 END_TEST
 
+/* A dead letter of a message that came without an id is written without
+ * ce_id (not an empty or null one): it arrives without an id and without
+ * msgbus-invalid-id, as the original did. */
+START_TEST(dead_letter_of_an_id_less_record_has_no_ce_id)
+{
+    struct fixture f;
+    fixture_open(&f, "hostile-dlq");
+    char dlq[160];
+    snprintf(dlq, sizeof dlq, "%s.dlq", f.topic);
+    tu_ck_ok(msgbus_declare(f.bus, dlq, "letters"));
+    msgbus_sub_t *letters = NULL;
+    tu_ck_ok(msgbus_subscribe(f.bus, dlq, "letters", &letters));
+    rd_kafka_t *rk = raw_producer();
+    const struct hdr h[] = {{"other", -1, "v", -1}};
+    struct rec r = {.label = "no-id", .hdrs = h, .nhdrs = 1};
+    raw_send(rk, f.topic, &r);
+    raw_flush(rk);
+    msgbus_msg_t *m = tu_receive(f.sub, 20000);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_ptr_null(msgbus_msg_id(m));
+    tu_ck_ok(msgbus_dead_letter(m, "poison"));
+    msgbus_msg_free(m);
+    msgbus_msg_t *l = tu_receive(letters, 20000);
+    ck_assert_ptr_nonnull(l);
+    expect_payload(l, "no-id");
+    ck_assert_ptr_null(msgbus_msg_id(l));
+    ck_assert_ptr_null(msgbus_msg_header(l, "msgbus-invalid-id"));
+    ck_assert_str_eq(msgbus_msg_header(l, "other"), "v");
+    ck_assert_ptr_nonnull(msgbus_msg_header(l, "msgbus-dlq-error"));
+    printf("dead letter of an id-less record: no id, no msgbus-invalid-id, dlq headers set\n");
+    tu_ck_ok(msgbus_ack(l));
+    msgbus_msg_free(l);
+    msgbus_sub_close(letters);
+    expect_not_wedged(&f);
+    rd_kafka_destroy(rk);
+    fixture_close(&f);
+}
+END_TEST
+
 static Suite *hostile_suite(void)
 {
     Suite *s = suite_create("hostile_kafka");
@@ -518,6 +558,7 @@ static Suite *hostile_suite(void)
     tcase_add_test(tc, received_headers_keys_payloads_and_timestamps);
     tcase_add_test(tc, payloads_at_and_over_the_topic_limit);
     tcase_add_test(tc, invalid_id_bridged_to_amqp_publishes_once);
+    tcase_add_test(tc, dead_letter_of_an_id_less_record_has_no_ce_id);
     suite_add_tcase(s, tc);
     return s;
 }
