@@ -419,6 +419,13 @@ static size_t mb_escape(char *out, const unsigned char *p, size_t len)
     return o;
 }
 
+/* Whether msgbus-invalid-id is this message's own record (the flag alone
+ * is not enough: the application may have deleted the header since). */
+static bool mb_own_invalid_id(const msgbus_msg_t *m)
+{
+    return m->own_invalid_id && msgbus_msg_header(m, MB_H_INVALID_ID);
+}
+
 /* Adds `n` to the msgbus-invalid-headers count. */
 static msgbus_err_t mb_count_invalid_headers(msgbus_msg_t *m, unsigned long n)
 {
@@ -434,7 +441,7 @@ static msgbus_err_t mb_count_invalid_headers(msgbus_msg_t *m, unsigned long n)
  * separated by ','). */
 static msgbus_err_t mb_add_invalid_id(msgbus_msg_t *m, const void *raw, size_t len)
 {
-    if (!m->own_invalid_id && msgbus_msg_header(m, MB_H_INVALID_ID)) {
+    if (!mb_own_invalid_id(m) && msgbus_msg_header(m, MB_H_INVALID_ID)) {
         /* A msgbus-invalid-id that came over the wire: this message's own
          * record takes its place, and the wire's is counted. */
         msgbus_err_t e = mb_count_invalid_headers(m, 1);
@@ -468,7 +475,7 @@ msgbus_err_t mb_msg_received_id(msgbus_msg_t *m, const void *raw, size_t len)
     if (!raw)
         len = 0;
     bool valid = mb_valid_id_bytes(raw, len);
-    if (m->own_invalid_id) /* already not an id */
+    if (mb_own_invalid_id(m)) /* already not an id */
         return mb_add_invalid_id(m, raw, len);
     if (!m->id) {
         if (valid)
@@ -497,15 +504,16 @@ msgbus_err_t mb_msg_received_header(msgbus_msg_t *m, const void *name, size_t na
         memcmp(name, MB_H_INVALID_HEADERS, name_len) == 0) {
         /* An earlier hop's count: added to this one's, never replacing it. */
         unsigned long n = 0;
-        bool count = value_len > 0 && value_len < 20;
+        bool count = value_len > 0 && value_len <= 20;
         for (size_t i = 0; count && i < value_len; i++) {
             unsigned char c = ((const unsigned char *)value)[i];
+            unsigned long d = (unsigned long)(c - '0');
             count = c >= '0' && c <= '9';
-            n = n * 10 + (unsigned long)(c - '0');
+            n = n > (ULONG_MAX - d) / 10 ? ULONG_MAX : n * 10 + d; /* saturates, as the sum */
         }
         return mb_count_invalid_headers(m, count ? n : 1);
     }
-    if (ok && m->own_invalid_id && name_len == strlen(MB_H_INVALID_ID) &&
+    if (ok && mb_own_invalid_id(m) && name_len == strlen(MB_H_INVALID_ID) &&
         memcmp(name, MB_H_INVALID_ID, name_len) == 0)
         ok = false; /* this message's own record stays */
     if (ok)
