@@ -104,8 +104,80 @@ MSGBUS_API msgbus_err_t msgbus_msg_new(msgbus_msg_t **out, const void *payload, 
     return MSGBUS_OK;
 }
 
+/* ------------------------------------------------------- header index */
+
+#define MB_HINDEX_FROM 16 /* headers before a message gets an index */
+
+struct mb_header_index {
+    size_t cap;        /* a power of two, at least twice nheaders */
+    uint32_t slot[];   /* header index + 1; 0: empty */
+};
+
+static uint32_t mb_name_hash(const char *name, size_t len)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)name[i]) * 16777619u;
+    return h;
+}
+
+void mb_msg_headers_changed(msgbus_msg_t *m)
+{
+    free(m->hindex);
+    m->hindex = NULL;
+}
+
+static void mb_hindex_put(struct mb_header_index *x, const msgbus_msg_t *m, size_t i)
+{
+    const char *name = m->headers[i].name;
+    size_t at = mb_name_hash(name, strlen(name)) & (x->cap - 1);
+    while (x->slot[at])
+        at = (at + 1) & (x->cap - 1);
+    x->slot[at] = (uint32_t)(i + 1);
+}
+
+/* (Re)builds the index for `want` headers; false on no memory (then
+ * lookups stay linear: slower, still right). */
+static bool mb_hindex_build(msgbus_msg_t *m, size_t want)
+{
+    size_t cap = 64;
+    while (cap < 2 * want)
+        cap *= 2;
+    if (want >= UINT32_MAX / 2)
+        return false;
+    struct mb_header_index *x = calloc(1, sizeof *x + cap * sizeof x->slot[0]);
+    if (!x)
+        return false;
+    x->cap = cap;
+    for (size_t i = 0; i < m->nheaders; i++)
+        mb_hindex_put(x, m, i);
+    free(m->hindex);
+    m->hindex = x;
+    return true;
+}
+
+/* The position of header `name` (`len` bytes), or -1. */
+static long mb_header_find(const msgbus_msg_t *m, const char *name, size_t len)
+{
+    const struct mb_header_index *x = m->hindex;
+    if (x) {
+        size_t at = mb_name_hash(name, len) & (x->cap - 1);
+        for (; x->slot[at]; at = (at + 1) & (x->cap - 1)) {
+            const char *n = m->headers[x->slot[at] - 1].name;
+            if (strncmp(n, name, len) == 0 && n[len] == '\0')
+                return (long)x->slot[at] - 1;
+        }
+        return -1;
+    }
+    for (size_t i = 0; i < m->nheaders; i++)
+        if (strncmp(m->headers[i].name, name, len) == 0 && m->headers[i].name[len] == '\0')
+            return (long)i;
+    return -1;
+}
+
 static void mb_headers_free(msgbus_msg_t *m)
 {
+    mb_msg_headers_changed(m);
     for (size_t i = 0; i < m->nheaders; i++) {
         free(m->headers[i].name);
         free(m->headers[i].value);
@@ -220,16 +292,16 @@ static bool mb_reserved_header(const char *name)
 msgbus_err_t mb_msg_put_header(msgbus_msg_t *m, const char *name, size_t name_len,
                                const char *value, size_t value_len)
 {
-    for (size_t i = 0; i < m->nheaders; i++) {
-        if (strlen(m->headers[i].name) == name_len &&
-            memcmp(m->headers[i].name, name, name_len) == 0) {
-            char *v = mb_strndup(value, value_len);
-            if (!v)
-                return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a header");
-            free(m->headers[i].value);
-            m->headers[i].value = v;
-            return MSGBUS_OK;
-        }
+    if (!m->hindex && m->nheaders >= MB_HINDEX_FROM)
+        mb_hindex_build(m, m->nheaders + 1);
+    long at = mb_header_find(m, name, name_len);
+    if (at >= 0) {
+        char *v = mb_strndup(value, value_len);
+        if (!v)
+            return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a header");
+        free(m->headers[at].value);
+        m->headers[at].value = v;
+        return MSGBUS_OK;
     }
     if (m->nheaders == m->cap_headers) {
         size_t cap = m->cap_headers ? m->cap_headers * 2 : 4;
@@ -246,6 +318,14 @@ msgbus_err_t mb_msg_put_header(msgbus_msg_t *m, const char *name, size_t name_le
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a header");
     }
     m->headers[m->nheaders++] = (struct mb_header){n, v};
+    if (m->hindex) {
+        if (2 * m->nheaders > m->hindex->cap) {
+            if (!mb_hindex_build(m, m->nheaders))
+                mb_msg_headers_changed(m); /* linear from now on */
+        } else {
+            mb_hindex_put(m->hindex, m, m->nheaders - 1);
+        }
+    }
     return MSGBUS_OK;
 }
 
@@ -276,6 +356,7 @@ MSGBUS_API msgbus_err_t msgbus_msg_del_header(msgbus_msg_t *m, const char *name)
             free(m->headers[i].value);
             memmove(&m->headers[i], &m->headers[i + 1], (m->nheaders - i - 1) * sizeof *m->headers);
             m->nheaders--;
+            mb_msg_headers_changed(m);
             return MSGBUS_OK;
         }
     }
@@ -286,10 +367,8 @@ MSGBUS_API const char *msgbus_msg_header(const msgbus_msg_t *m, const char *name
 {
     if (!m || !name)
         return NULL;
-    for (size_t i = 0; i < m->nheaders; i++)
-        if (strcmp(m->headers[i].name, name) == 0)
-            return m->headers[i].value;
-    return NULL;
+    long at = mb_header_find(m, name, strlen(name));
+    return at >= 0 ? m->headers[at].value : NULL;
 }
 
 MSGBUS_API size_t msgbus_msg_header_count(const msgbus_msg_t *m)

@@ -28,6 +28,11 @@ struct msgbus_msg {
     size_t key_len;
     struct mb_header *headers;
     size_t nheaders, cap_headers;
+    /* A hash index over the header names, built once a message has many
+     * (a foreign record may carry hundreds of thousands): finding a name
+     * stays O(1), so decoding one is linear. NULL below the threshold.
+     * Code that reorders or removes headers calls mb_msg_headers_changed. */
+    struct mb_header_index *hindex;
     char *id;               /* NULL only on a received message without one */
     int64_t timestamp;
 
@@ -125,6 +130,10 @@ MB_HIDDEN msgbus_err_t mb_msg_received_id(msgbus_msg_t *m, const void *raw, size
 #define MB_H_INVALID_HEADERS "msgbus-invalid-headers"
 MB_HIDDEN msgbus_err_t mb_msg_received_header(msgbus_msg_t *m, const void *name, size_t name_len,
                                               const void *value, size_t value_len);
+
+/* Drops the header index after headers were removed or reordered in
+ * place (it is rebuilt when needed). */
+MB_HIDDEN void mb_msg_headers_changed(msgbus_msg_t *m);
 
 /* Approximate wire size (payload + key + headers + id), for size limits. */
 MB_HIDDEN size_t mb_msg_wire_size(const msgbus_msg_t *m);

@@ -755,6 +755,7 @@ static void mb_strip_msgbus_headers(msgbus_msg_t *m)
         }
     }
     m->nheaders = k;
+    mb_msg_headers_changed(m);
 }
 
 static msgbus_err_t mb_put(msgbus_msg_t *m, const char *name, const char *value)

@@ -2,6 +2,7 @@
  * test_msg.c — messages and headers: binary payloads, keys, header rules,
  * ids and timestamps, and the rule that bad input changes nothing.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -336,6 +337,44 @@ START_TEST(records_from_the_wire_never_replace_the_messages_own)
 }
 END_TEST
 
+START_TEST(many_received_headers_decode_in_linear_time)
+{
+    /* A foreign record may carry hundreds of thousands of tiny headers: a
+     * duplicate check per header over all earlier ones took minutes. */
+    enum { N = 200000 };
+    msgbus_msg_t *m = mb_msg_alloc();
+    int64_t t0 = mb_mono_ms(), quarter[4];
+    char name[16];
+    for (int i = 0; i < N; i++) {
+        int n = snprintf(name, sizeof name, "h%d", i);
+        tu_ck_ok(mb_msg_received_header(m, name, (size_t)n, "v", 1));
+        if ((i + 1) % (N / 4) == 0)
+            quarter[i / (N / 4)] = mb_mono_ms();
+    }
+    /* Linear: each quarter costs the same. Quadratic: the last costs 7×
+     * the first. A ratio, so it holds natively, under ASan and valgrind. */
+    int64_t first = quarter[0] - t0, last = quarter[3] - quarter[2];
+    printf("quarters of %d headers: first %lld ms, last %lld ms\n", N / 4, (long long)first,
+           (long long)last);
+    ck_assert_msg(last <= 3 * first + 50, "the last quarter took %lld ms, the first %lld ms",
+                  (long long)last, (long long)first);
+    tu_ck_ok(mb_msg_received_header(m, "h7", 2, "again", 5)); /* replaces */
+    for (int i = 0; i < 1000; i++) /* counts stay O(1) too */
+        tu_ck_ok(mb_msg_received_header(m, "", 0, "x", 1));
+    ck_assert_uint_eq(msgbus_msg_header_count(m), N + 1);
+    ck_assert_str_eq(msgbus_msg_header(m, "h7"), "again");
+    ck_assert_str_eq(msgbus_msg_header(m, "h199999"), "v");
+    ck_assert_str_eq(msgbus_msg_header(m, "msgbus-invalid-headers"), "1000");
+    tu_ck_ok(msgbus_msg_del_header(m, "h0")); /* the index follows a removal */
+    ck_assert_ptr_null(msgbus_msg_header(m, "h0"));
+    ck_assert_str_eq(msgbus_msg_header(m, "h1"), "v");
+    tu_ck_ok(mb_msg_received_header(m, "h1", 2, "w", 1));
+    ck_assert_str_eq(msgbus_msg_header(m, "h1"), "w");
+    ck_assert_uint_eq(msgbus_msg_header_count(m), N);
+    msgbus_msg_free(m);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("msg");
@@ -355,6 +394,7 @@ int main(void)
     tcase_add_test(tc, received_ids_must_agree);
     tcase_add_test(tc, received_headers_that_cannot_be_strings_are_counted);
     tcase_add_test(tc, records_from_the_wire_never_replace_the_messages_own);
+    tcase_add_test(tc, many_received_headers_decode_in_linear_time);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }
