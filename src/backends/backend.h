@@ -68,8 +68,13 @@ struct mb_backend_ops {
      * On MSGBUS_OK the backend owns `token` and must call
      * mb_bus_confirm(bus, token, …) exactly once,
      * later, from any thread, with the real outcome. On an error return the
-     * token is untouched and no confirm may follow. `m` has an id. Never
-     * blocks on the network. Required. */
+     * token is untouched and no confirm may follow. `m` has an id when the
+     * application published it (msgbus_publish gives an id-less one a fresh
+     * id); a dead letter of a foreign message may have none (m->id NULL):
+     * then the backend writes no id. A message the backend cannot encode
+     * is refused here (MSGBUS_ERR_INVALID / _TOO_LARGE naming the limit)
+     * and never breaks the connection. Never blocks on the network.
+     * Required. */
     msgbus_err_t (*publish)(struct mb_backend *be, const char *topic, const msgbus_msg_t *m,
                             struct mb_confirm *token);
 
@@ -155,6 +160,11 @@ MB_HIDDEN const char *mb_sub_group(const msgbus_sub_t *sub); /* NULL: broadcast 
 
 /* The bus's redacted URL, for messages. */
 MB_HIDDEN const char *mb_bus_url(const msgbus_t *bus);
+/* The monotonic time (mb_mono_ms) by which a backend's part of closing
+ * must be done: while msgbus_close runs, what is left of its one deadline
+ * (close_timeout_ms shared by every step); otherwise now + `timeout_ms`
+ * (msgbus_sub_close on its own). */
+MB_HIDDEN int64_t mb_bus_close_deadline(const msgbus_t *bus, long timeout_ms);
 
 /* ---- registry ---- */
 

@@ -989,7 +989,7 @@ msgbus_err_t mb_kafka_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
 void mb_kafka_unsubscribe(struct mb_backend_sub *bs)
 {
     /* Written before the store of stop, which publishes it to the thread. */
-    bs->close_deadline = mb_mono_ms() + bs->be->close_timeout_ms;
+    bs->close_deadline = mb_bus_close_deadline(bs->be->bus, bs->be->close_timeout_ms);
     atomic_store(&bs->stop, true);
     if (bs->thread_started)
         pthread_join(bs->thread, NULL);

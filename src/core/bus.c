@@ -971,6 +971,12 @@ MSGBUS_API void msgbus_close(msgbus_t *bus)
         mb_token_arena_seal(&mb_tokens);
 }
 
+int64_t mb_bus_close_deadline(const msgbus_t *bus, long timeout_ms)
+{
+    int64_t until = atomic_load(&((msgbus_t *)bus)->close_until);
+    return until ? until : mb_mono_ms() + timeout_ms;
+}
+
 MSGBUS_API const char *msgbus_url(const msgbus_t *bus)
 {
     return bus ? bus->url->redacted : NULL;
