@@ -12,6 +12,8 @@
 #include <ctype.h>
 #include <errno.h>
 #include <netdb.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -155,19 +157,158 @@ msgbus_err_t mb_amqp_open_channel(struct mb_backend *be, amqp_channel_t ch, bool
                                n, conn_lost);
 }
 
+/* ---- TLS errors ------------------------------------------------------------ */
+
+/* rabbitmq-c's TLS socket reduces every failure to "a SSL error occurred"
+ * (or "SSL handshake failed"); the reason stays in OpenSSL's error queue of
+ * this thread, which rabbitmq-c clears before each TLS call, so what is
+ * there after a failure is that call's. OpenSSL (libssl, libcrypto) is
+ * already librabbitmq's own dependency and on our link line through its
+ * CMake target. Writes the reason's text to out and the TLS alert the peer
+ * sent (0 if none) to *alert; false when OpenSSL has nothing to say. */
+static bool mb_amqp_ssl_reason(char *out, size_t n, int *alert)
+{
+    /* The queue runs from the root cause to the wrappers ("No such file or
+     * directory" then "system lib"; "no start line" then "PEM lib"), so the
+     * first entry is the reader's reason; a peer's alert or an errno wins. */
+    unsigned long e, first = 0, sys = 0;
+    *alert = 0;
+    out[0] = '\0';
+    while ((e = ERR_get_error()) != 0) {
+        int r = ERR_GET_REASON(e);
+        if (!first)
+            first = e;
+        if (ERR_GET_LIB(e) == ERR_LIB_SYS && !sys)
+            sys = e;
+        if (ERR_GET_LIB(e) == ERR_LIB_SSL && r >= SSL_AD_REASON_OFFSET &&
+            r < SSL_AD_REASON_OFFSET + 256 && !*alert)
+            *alert = r - SSL_AD_REASON_OFFSET;
+    }
+    if (!first)
+        return false;
+    if (sys) {
+        mb_amqp_lower(out, n, strerror(ERR_GET_REASON(sys)));
+        return true;
+    }
+    const char *s = ERR_reason_error_string(first);
+    if (s)
+        snprintf(out, n, "%s", s);
+    else
+        ERR_error_string_n(first, out, n);
+    return true;
+}
+
+static const char *mb_amqp_alert_name(int alert)
+{
+    switch (alert) {
+    case 116: /* TLS 1.3; OpenSSL 3.0's table does not know it */
+        return "certificate required";
+    default:
+        return SSL_alert_desc_string_long(alert);
+    }
+}
+
+/* Alerts by which a server refuses the client's certificate (or its
+ * absence): 42 bad certificate, 43 unsupported, 44 revoked, 45 expired,
+ * 46 unknown, 48 unknown CA, 49 access denied, 116 certificate required.
+ * RabbitMQ with fail_if_no_peer_cert sends 116 over TLS 1.3; over TLS 1.2
+ * it sends 40 (handshake failure), which is also what a cipher mismatch
+ * gets, so 40 stays a connection error with a hint. */
+static bool mb_amqp_alert_refuses_cert(int alert)
+{
+    return (alert >= 42 && alert <= 46) || alert == 48 || alert == 49 || alert == 116;
+}
+
+/* A TLS failure at h:p after the handshake began (open or the first reads
+ * of the login): the broker's reason when OpenSSL kept one. Returns 0 when
+ * OpenSSL has nothing, else the error to report with detail written. With
+ * TLS 1.3 the client's handshake completes before the server has looked at
+ * the client certificate, so a refused certificate shows up only as an
+ * alert on the first read, i.e. during the AMQP login. */
+static msgbus_err_t mb_amqp_tls_failure(const struct mb_amqp_conf *c,
+                                        const struct mb_url_host *h, char *detail, size_t n)
+{
+    char why[256];
+    int alert;
+    if (!mb_amqp_ssl_reason(why, sizeof why, &alert))
+        return MSGBUS_OK;
+    if (alert == 116 || (alert && mb_amqp_alert_refuses_cert(alert) && !c->cert)) {
+        snprintf(detail, n,
+                 "%s:%d refused the TLS connection with alert %d '%s': the broker requires "
+                 "a client certificate (options cert= and key=)",
+                 h->host, h->port, alert, mb_amqp_alert_name(alert));
+        return MSGBUS_ERR_AUTH;
+    }
+    if (alert && mb_amqp_alert_refuses_cert(alert)) {
+        snprintf(detail, n,
+                 "%s:%d refused the client certificate cert='%s' with TLS alert %d '%s'",
+                 h->host, h->port, c->cert, alert, mb_amqp_alert_name(alert));
+        return MSGBUS_ERR_AUTH;
+    }
+    if (alert == 40) {
+        snprintf(detail, n,
+                 "%s:%d ended the TLS handshake with alert 40 'handshake failure' (no common "
+                 "cipher or protocol, or, over TLS 1.2, a client certificate it wants%s)",
+                 h->host, h->port, c->cert ? " and does not accept" : " and did not get");
+        return MSGBUS_ERR_CONNECT;
+    }
+    if (alert) {
+        snprintf(detail, n, "%s:%d ended the TLS connection with alert %d '%s'", h->host,
+                 h->port, alert, mb_amqp_alert_name(alert));
+        return MSGBUS_ERR_CONNECT;
+    }
+    snprintf(detail, n, "TLS with %s:%d failed: %s", h->host, h->port, why);
+    return MSGBUS_ERR_CONNECT;
+}
+
+/* An encrypted key would make OpenSSL prompt on the terminal for its
+ * passphrase: msgbus takes unencrypted keys, so it fails instead. */
+static int mb_amqp_no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf, (void)size, (void)rwflag, (void)u;
+    return 0;
+}
+
+/* Loads the TLS files into rabbitmq-c's SSL_CTX. The certificate and the
+ * key are loaded one after the other (as amqp_ssl_socket_set_key does) so
+ * that the error names the option at fault, with OpenSSL's reason ("key
+ * values mismatch", "no such file"...). Never prints file contents. */
 static msgbus_err_t mb_amqp_tls_setup(struct mb_backend *be, amqp_socket_t *s, char *detail,
                                       size_t n)
 {
     const struct mb_amqp_conf *c = &be->conf;
+    char why[256];
+    int alert;
     amqp_ssl_socket_set_verify_peer(s, c->verify_peer);
     amqp_ssl_socket_set_verify_hostname(s, c->verify_hostname);
+    ERR_clear_error();
     if (c->cacert && amqp_ssl_socket_set_cacert(s, c->cacert) != AMQP_STATUS_OK) {
-        snprintf(detail, n, "cannot load CA certificates from cacert='%s'", c->cacert);
+        mb_amqp_ssl_reason(why, sizeof why, &alert);
+        snprintf(detail, n, "option 'cacert': cannot load CA certificates from '%s': %s",
+                 c->cacert, why[0] ? why : "unreadable");
         return MSGBUS_ERR_CONFIG;
     }
-    if (c->cert && amqp_ssl_socket_set_key(s, c->cert, c->key) != AMQP_STATUS_OK) {
-        snprintf(detail, n, "cannot load client certificate '%s' with key '%s'", c->cert,
-                 c->key);
+    if (!c->cert)
+        return MSGBUS_OK;
+    SSL_CTX *ctx = amqp_ssl_socket_get_context(s);
+    if (!ctx) {
+        snprintf(detail, n, "no TLS context to load the client certificate into");
+        return MSGBUS_ERR_INTERNAL;
+    }
+    SSL_CTX_set_default_passwd_cb(ctx, mb_amqp_no_passphrase);
+    if (SSL_CTX_use_certificate_chain_file(ctx, c->cert) != 1) {
+        mb_amqp_ssl_reason(why, sizeof why, &alert);
+        snprintf(detail, n, "option 'cert': cannot load the client certificate '%s': %s",
+                 c->cert, why[0] ? why : "unreadable");
+        return MSGBUS_ERR_CONFIG;
+    }
+    /* Also checks that the key belongs to the certificate. */
+    if (SSL_CTX_use_PrivateKey_file(ctx, c->key, SSL_FILETYPE_PEM) != 1) {
+        mb_amqp_ssl_reason(why, sizeof why, &alert);
+        snprintf(detail, n,
+                 "option 'key': cannot use '%s' as the key of the client certificate '%s': "
+                 "%s (an unencrypted PEM key matching the certificate is needed)",
+                 c->key, c->cert, why[0] ? why : "unreadable");
         return MSGBUS_ERR_CONFIG;
     }
     return MSGBUS_OK;
@@ -211,6 +352,9 @@ static msgbus_err_t mb_amqp_connect_host(struct mb_backend *be, const struct mb_
             goto fail;
         }
     }
+    if (c->tls && (st == AMQP_STATUS_SSL_CONNECTION_FAILED || st == AMQP_STATUS_SSL_ERROR) &&
+        (e = mb_amqp_tls_failure(c, h, detail, n)))
+        goto fail;
     if (st != AMQP_STATUS_OK) {
         const char *extra = "";
         if (st == AMQP_STATUS_SSL_PEER_VERIFY_FAILED)
@@ -247,6 +391,9 @@ static msgbus_err_t mb_amqp_connect_host(struct mb_backend *be, const struct mb_
     amqp_rpc_reply_t r = amqp_login_with_properties(conn, c->vhost, 0, (int)c->frame_max,
                                                     (int)c->heartbeat_s, &props,
                                                     AMQP_SASL_METHOD_PLAIN, c->user, c->password);
+    if (c->tls && r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+        r.library_error != AMQP_STATUS_TIMEOUT && (e = mb_amqp_tls_failure(c, h, detail, n)))
+        goto fail;
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
         char what[300];
         snprintf(what, sizeof what, "login to %s:%d as '%s' (vhost '%s')", h->host, h->port,
