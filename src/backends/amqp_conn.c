@@ -358,7 +358,10 @@ static msgbus_err_t mb_amqp_connect_host(struct mb_backend *be, const struct mb_
     if (st != AMQP_STATUS_OK) {
         const char *extra = "";
         if (st == AMQP_STATUS_SSL_PEER_VERIFY_FAILED)
-            extra = " (the server certificate is not signed by a CA in cacert)";
+            /* rabbitmq-c 0.11 never loads the system's CAs: without
+             * cacert nothing is trusted. */
+            extra = c->cacert ? " (the server certificate is not signed by a CA in cacert)"
+                              : " (no cacert= given, and without it no CA is trusted)";
         else if (st == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED)
             extra = " (the certificate does not name this host; tls_verify_hostname=false "
                     "turns the check off)";
