@@ -218,6 +218,54 @@ void mb_kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque
            rd_kafka_err2name((rd_kafka_resp_err_t)err), detail);
 }
 
+/* What an error librdkafka reports while open waits for the cluster
+ * means: MSGBUS_OK for one a retry may cure (connection refused: the
+ * broker may be starting), else the code open fails with at once. A
+ * failed SASL login, a failed TLS handshake (untrusted certificate, or a
+ * listener that does not speak TLS) and a listener that hangs up on the
+ * very first request (ApiVersion: a TLS or SASL listener hearing
+ * plaintext) come back the same way however often librdkafka retries
+ * them, within half a second where connect_timeout_ms is 10 s. */
+static msgbus_err_t mb_kafka_open_verdict(int err, const char *reason)
+{
+    switch (err) {
+    case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+    case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+        return MSGBUS_ERR_AUTH;
+    case RD_KAFKA_RESP_ERR__SSL:
+        return MSGBUS_ERR_CONNECT;
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+        return strstr(reason, "while requesting ApiVersion") ? MSGBUS_ERR_CONNECT : MSGBUS_OK;
+    default:
+        return MSGBUS_OK;
+    }
+}
+
+/* The producer's error_cb: mb_kafka_error_cb, and while open waits for
+ * the cluster, keeps what open reports (open_code in kafka.h). Only the
+ * opening thread serves the producer then (the poll thread starts after). */
+static void mb_kafka_producer_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    struct mb_backend *be = opaque;
+    mb_kafka_error_cb(rk, err, reason, opaque);
+    /* "1/1 brokers are down" says less than the error before it. */
+    if (!be->opening || be->open_code != MSGBUS_OK || err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+        return;
+    char detail[512];
+    snprintf(detail, sizeof detail, "%s", reason ? reason : rd_kafka_err2str(err));
+    mb_kafka_scrub_conf(rk, detail, sizeof detail);
+    snprintf(be->open_last, sizeof be->open_last, "%s", detail);
+    msgbus_err_t code = mb_kafka_open_verdict(err, detail);
+    /* A broker shutting down also hangs up on a request in flight: the
+     * hang-up on ApiVersion counts from its second time. */
+    if (code != MSGBUS_OK && err == RD_KAFKA_RESP_ERR__TRANSPORT && be->open_hangups++ == 0)
+        code = MSGBUS_OK;
+    if (code != MSGBUS_OK) {
+        be->open_code = code;
+        snprintf(be->open_reason, sizeof be->open_reason, "%s", detail);
+    }
+}
+
 /* rd_kafka_conf_set, with a refusal as msgbus's error; librdkafka's text
  * may quote the value, which for a secret is scrubbed. */
 static msgbus_err_t mb_kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value)
@@ -867,6 +915,48 @@ static void mb_kafka_free(struct mb_backend *be)
     free(be);
 }
 
+/* The error open fails with: what the error_cb kept (open_code), said
+ * in words that name the likely cause, or the connect timeout with
+ * librdkafka's latest complaint. `url` is redacted. */
+static msgbus_err_t mb_kafka_open_error(const struct mb_backend *be, const char *url,
+                                        rd_kafka_resp_err_t err)
+{
+    const char *why = be->open_reason;
+    const char *proto = mb_kafka_prop(be, "security.protocol");
+    if (!proto)
+        proto = "PLAINTEXT";
+    if (be->open_code == MSGBUS_ERR_AUTH) {
+        const char *mech = mb_kafka_prop(be, "sasl.mechanism");
+        if (!mech)
+            mech = mb_kafka_prop(be, "sasl.mechanisms");
+        return mb_error(MSGBUS_ERR_AUTH, "kafka: the cluster at %s refused the SASL login "
+                        "(sasl.mechanism=%s, user '%s'): check the user name and password: %s",
+                        url, mech ? mech : "GSSAPI",
+                        mb_kafka_prop(be, "sasl.username") ? mb_kafka_prop(be, "sasl.username")
+                                                           : "",
+                        why);
+    }
+    if (be->open_code != MSGBUS_OK && strstr(why, "SSL handshake failed") &&
+        strstr(why, "certificate verify failed"))
+        return mb_error(MSGBUS_ERR_CONNECT, "kafka: TLS certificate verification of the broker "
+                        "at %s failed: its certificate is not signed by a CA in "
+                        "ssl.ca.location (or the system's), or does not name the host "
+                        "connected to: %s", url, why);
+    if (be->open_code != MSGBUS_OK && strstr(why, "SSL handshake failed"))
+        return mb_error(MSGBUS_ERR_CONNECT, "kafka: TLS handshake failed with the broker at %s "
+                        "(security.protocol=%s): maybe that listener is not TLS (a PLAINTEXT "
+                        "or SASL_PLAINTEXT one fails this way): %s", url, proto, why);
+    if (be->open_code != MSGBUS_OK)
+        return mb_error(MSGBUS_ERR_CONNECT, "kafka: the broker at %s hung up on the first "
+                        "request (ApiVersion) from a security.protocol=%s client: the listener "
+                        "may require TLS or SASL (security.protocol=SSL or SASL_SSL; "
+                        "user:password@ in the URL means SASL_SSL): %s", url, proto, why);
+    return mb_error(MSGBUS_ERR_CONNECT, "kafka: cannot reach the cluster at %s within %ld ms "
+                    "(connect_timeout_ms): %s%s%s", url, be->connect_timeout_ms,
+                    err ? rd_kafka_err2str(err) : "no brokers in metadata",
+                    be->open_last[0] ? "; last error: " : "", be->open_last);
+}
+
 static msgbus_err_t mb_kafka_open(msgbus_t *bus, struct mb_url *url, struct mb_backend **out)
 {
     struct mb_backend *be = calloc(1, sizeof *be);
@@ -903,6 +993,7 @@ static msgbus_err_t mb_kafka_open(msgbus_t *bus, struct mb_url *url, struct mb_b
         return MSGBUS_ERR_CONFIG;
     }
     rd_kafka_conf_set_dr_msg_cb(conf, mb_kafka_dr_cb);
+    rd_kafka_conf_set_error_cb(conf, mb_kafka_producer_error_cb);
     rd_kafka_conf_set_opaque(conf, be);
     char errstr[512];
     be->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
@@ -914,18 +1005,30 @@ static msgbus_err_t mb_kafka_open(msgbus_t *bus, struct mb_url *url, struct mb_b
     }
 
     /* Prove the cluster answers before saying the bus is open: a metadata
-     * request for no topic in particular, bounded by connect_timeout_ms. */
+     * request for no topic in particular, bounded by connect_timeout_ms,
+     * asked in short slices so that between them the error_cb can end the
+     * wait as soon as librdkafka reports an error no retry cures. */
     const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t err =
-        rd_kafka_metadata(be->producer, 0, NULL, &md, (int)be->connect_timeout_ms);
-    if (err || md->broker_cnt == 0) {
+    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+    int64_t deadline = mb_mono_ms() + be->connect_timeout_ms;
+    be->opening = true;
+    for (;;) {
+        int64_t left = deadline - mb_mono_ms();
+        if (left <= 0)
+            break;
+        err = rd_kafka_metadata(be->producer, 0, NULL, &md, (int)(left < 100 ? left : 100));
+        if (!err && md->broker_cnt > 0)
+            break;
         if (md)
             rd_kafka_metadata_destroy(md);
-        e = mb_error(err == RD_KAFKA_RESP_ERR__AUTHENTICATION ? MSGBUS_ERR_AUTH : MSGBUS_ERR_CONNECT,
-                     "kafka: cannot reach the cluster at %s within %ld ms "
-                     "(connect_timeout_ms): %s",
-                     mb_bus_url(bus), be->connect_timeout_ms,
-                     err ? rd_kafka_err2str(err) : "no brokers in metadata");
+        md = NULL;
+        rd_kafka_poll(be->producer, 0); /* serves the error_cb */
+        if (be->open_code != MSGBUS_OK)
+            break;
+    }
+    be->opening = false;
+    if (!md) {
+        e = mb_kafka_open_error(be, mb_bus_url(bus), err);
         rd_kafka_destroy(be->producer);
         mb_kafka_free(be);
         return e;

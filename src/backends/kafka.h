@@ -43,6 +43,17 @@ struct mb_backend {
                                  subscription's close (kafka_consumer.c) */
 
     rd_kafka_t *producer;     /* also serves metadata and Admin requests */
+    /* While open waits for the cluster (only the opening thread serves the
+     * producer's error_cb then): the first error that no retry can cure
+     * (failed SASL authentication, failed TLS handshake, a listener that
+     * hangs up on the first request), which ends the wait at once, and
+     * librdkafka's latest error text, quoted if the wait times out.
+     * Scrubbed of secrets. */
+    bool opening;
+    msgbus_err_t open_code;  /* MSGBUS_OK until such an error came */
+    char open_reason[512];   /* librdkafka's text of it */
+    char open_last[512];     /* latest error text of any kind */
+    int open_hangups;        /* hang-ups on ApiVersion so far */
     pthread_t poll_thread;    /* serves delivery reports while nobody publishes */
     _Atomic bool stopping;
     /* Delivery reports are served (rd_kafka_poll on the producer) by
