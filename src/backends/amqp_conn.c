@@ -166,7 +166,7 @@ msgbus_err_t mb_amqp_open_channel(struct mb_backend *be, amqp_channel_t ch, bool
  * already librabbitmq's own dependency and on our link line through its
  * CMake target. Writes the reason's text to out and the TLS alert the peer
  * sent (0 if none) to *alert; false when OpenSSL has nothing to say. */
-static bool mb_amqp_ssl_reason(char *out, size_t n, int *alert)
+static bool mb_amqp_ssl_reason(char *out, size_t n, int *alert, int *reason)
 {
     /* The queue runs from the root cause to the wrappers ("No such file or
      * directory" then "system lib"; "no start line" then "PEM lib"), so the
@@ -186,6 +186,8 @@ static bool mb_amqp_ssl_reason(char *out, size_t n, int *alert)
     }
     if (!first)
         return false;
+    if (reason)
+        *reason = ERR_GET_LIB(first) == ERR_LIB_SSL ? ERR_GET_REASON(first) : 0;
     if (sys) {
         mb_amqp_lower(out, n, strerror(ERR_GET_REASON(sys)));
         return true;
@@ -229,9 +231,17 @@ static msgbus_err_t mb_amqp_tls_failure(const struct mb_amqp_conf *c,
                                         const struct mb_url_host *h, char *detail, size_t n)
 {
     char why[256];
-    int alert;
-    if (!mb_amqp_ssl_reason(why, sizeof why, &alert))
+    int alert, reason = 0;
+    if (!mb_amqp_ssl_reason(why, sizeof why, &alert, &reason))
         return MSGBUS_OK;
+    if (reason == SSL_R_WRONG_VERSION_NUMBER || reason == SSL_R_PACKET_LENGTH_TOO_LONG) {
+        /* What OpenSSL makes of a plaintext server's first bytes. */
+        snprintf(detail, n,
+                 "%s:%d does not answer in TLS (%s): is it a plain amqp:// port? "
+                 "(amqps:// defaults to 5671)",
+                 h->host, h->port, why);
+        return MSGBUS_ERR_CONNECT;
+    }
     if (alert == 116 || (alert && mb_amqp_alert_refuses_cert(alert) && !c->cert)) {
         snprintf(detail, n,
                  "%s:%d refused the TLS connection with alert %d '%s': the broker requires "
@@ -269,6 +279,83 @@ static int mb_amqp_no_passphrase(char *buf, int size, int rwflag, void *u)
     return 0;
 }
 
+/* A TCP connection to host:port (non-blocking fd) within timeout_ms, or -1. */
+static int mb_amqp_dial(const char *host, int port, long timeout_ms)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    if (getaddrinfo(host, ps, &hints, &ai) != 0 || !ai)
+        return -1;
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    ai->ai_protocol);
+    if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        struct pollfd p = {fd, POLLOUT, 0};
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (errno != EINPROGRESS || poll(&p, 1, (int)timeout_ms) != 1 ||
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+/* A TLS login that failed without a reason. With TLS 1.3 a broker refusing
+ * the client certificate sends its alert after the client's handshake has
+ * finished and closes; the client has meanwhile sent the AMQP header, which
+ * the broker never reads, so its close is a reset that can destroy the
+ * alert before rabbitmq-c reads it (then OpenSSL has only "connection
+ * reset"). This asks again without sending anything: a handshake with the
+ * same TLS context, then one read within timeout_ms (at most 2 s), which
+ * gets the alert if there is one. Returns 0 when there is none (the broker
+ * accepted the certificate: the failure was something else). Only on the
+ * failure path, so a successful connect costs nothing. */
+static msgbus_err_t mb_amqp_tls_probe(const struct mb_amqp_conf *c, const struct mb_url_host *h,
+                                      amqp_socket_t *s, char *detail, size_t n)
+{
+    SSL_CTX *ctx = amqp_ssl_socket_get_context(s);
+    long budget = c->connect_timeout_ms > 2000 ? 2000 : c->connect_timeout_ms;
+    int64_t deadline = mb_mono_ms() + budget;
+    if (!ctx)
+        return MSGBUS_OK;
+    int fd = mb_amqp_dial(h->host, h->port, budget);
+    if (fd < 0)
+        return MSGBUS_OK;
+    msgbus_err_t e = MSGBUS_OK;
+    SSL *ssl = SSL_new(ctx);
+    if (ssl && SSL_set_fd(ssl, fd) == 1) {
+        ERR_clear_error();
+        bool handshaken = false;
+        for (;;) {
+            char buf[64];
+            int rc = handshaken ? SSL_read(ssl, buf, sizeof buf) : SSL_connect(ssl);
+            if (rc > 0 && !handshaken) {
+                handshaken = true;
+                continue;
+            }
+            if (rc > 0)
+                continue; /* session tickets and the like: read on */
+            int why = SSL_get_error(ssl, rc);
+            int64_t left = deadline - mb_mono_ms();
+            if ((why == SSL_ERROR_WANT_READ || why == SSL_ERROR_WANT_WRITE) && left > 0) {
+                struct pollfd p = {fd, why == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, 0};
+                if (poll(&p, 1, (int)left) > 0)
+                    continue;
+            }
+            if (why == SSL_ERROR_SSL)
+                e = mb_amqp_tls_failure(c, h, detail, n);
+            break;
+        }
+    }
+    ERR_clear_error();
+    SSL_free(ssl);
+    close(fd);
+    return e;
+}
+
 /* Loads the TLS files into rabbitmq-c's SSL_CTX. The certificate and the
  * key are loaded one after the other (as amqp_ssl_socket_set_key does) so
  * that the error names the option at fault, with OpenSSL's reason ("key
@@ -283,7 +370,7 @@ static msgbus_err_t mb_amqp_tls_setup(struct mb_backend *be, amqp_socket_t *s, c
     amqp_ssl_socket_set_verify_hostname(s, c->verify_hostname);
     ERR_clear_error();
     if (c->cacert && amqp_ssl_socket_set_cacert(s, c->cacert) != AMQP_STATUS_OK) {
-        mb_amqp_ssl_reason(why, sizeof why, &alert);
+        mb_amqp_ssl_reason(why, sizeof why, &alert, NULL);
         snprintf(detail, n, "option 'cacert': cannot load CA certificates from '%s': %s",
                  c->cacert, why[0] ? why : "unreadable");
         return MSGBUS_ERR_CONFIG;
@@ -297,14 +384,14 @@ static msgbus_err_t mb_amqp_tls_setup(struct mb_backend *be, amqp_socket_t *s, c
     }
     SSL_CTX_set_default_passwd_cb(ctx, mb_amqp_no_passphrase);
     if (SSL_CTX_use_certificate_chain_file(ctx, c->cert) != 1) {
-        mb_amqp_ssl_reason(why, sizeof why, &alert);
+        mb_amqp_ssl_reason(why, sizeof why, &alert, NULL);
         snprintf(detail, n, "option 'cert': cannot load the client certificate '%s': %s",
                  c->cert, why[0] ? why : "unreadable");
         return MSGBUS_ERR_CONFIG;
     }
     /* Also checks that the key belongs to the certificate. */
     if (SSL_CTX_use_PrivateKey_file(ctx, c->key, SSL_FILETYPE_PEM) != 1) {
-        mb_amqp_ssl_reason(why, sizeof why, &alert);
+        mb_amqp_ssl_reason(why, sizeof why, &alert, NULL);
         snprintf(detail, n,
                  "option 'key': cannot use '%s' as the key of the client certificate '%s': "
                  "%s (an unencrypted PEM key matching the certificate is needed)",
@@ -395,13 +482,30 @@ static msgbus_err_t mb_amqp_connect_host(struct mb_backend *be, const struct mb_
                                                     (int)c->heartbeat_s, &props,
                                                     AMQP_SASL_METHOD_PLAIN, c->user, c->password);
     if (c->tls && r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
-        r.library_error != AMQP_STATUS_TIMEOUT && (e = mb_amqp_tls_failure(c, h, detail, n)))
+        r.library_error != AMQP_STATUS_TIMEOUT &&
+        ((e = mb_amqp_tls_failure(c, h, detail, n)) ||
+         (e = mb_amqp_tls_probe(c, h, s, detail, n))))
         goto fail;
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
         char what[300];
         snprintf(what, sizeof what, "login to %s:%d as '%s' (vhost '%s')", h->host, h->port,
                  c->user, c->vhost);
         e = mb_amqp_reply_error(be, r, 0, what, detail, n, &lost);
+        if (!c->tls && r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+            (r.library_error == AMQP_STATUS_SOCKET_ERROR ||
+             r.library_error == AMQP_STATUS_CONNECTION_CLOSED ||
+             r.library_error == AMQP_STATUS_BAD_AMQP_DATA ||
+             r.library_error == AMQP_STATUS_UNEXPECTED_STATE)) {
+            /* A TLS listener drops a plaintext client's AMQP header (or
+             * answers it with a TLS alert), which rabbitmq-c reports as a
+             * bare socket error. */
+            snprintf(detail, n,
+                     "%s: the server dropped the connection at the AMQP header (%s): if %d "
+                     "is a TLS port, use amqps://",
+                     what,
+                     r.library_error == AMQP_STATUS_CONNECTION_CLOSED ? "closed" : "reset",
+                     h->port);
+        }
         if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
             r.library_error == AMQP_STATUS_TIMEOUT)
             e = MSGBUS_ERR_CONNECT;

@@ -16,6 +16,8 @@
  *    reaches the broker;
  *  - a server certificate not signed by cacert → MSGBUS_ERR_CONNECT naming
  *    certificate verification;
+ *  - a plaintext client on the TLS port and a TLS client on the plaintext
+ *    port → MSGBUS_ERR_CONNECT saying which scheme to use;
  * each within 5 s, and none of these texts nor any log line (debug level)
  * carries the password.
  */
@@ -196,10 +198,42 @@ START_TEST(untrusted_server_certificate_names_verification)
 }
 END_TEST
 
+/* host:port of a broker URL ("amqp[s]://user:pw@host:port/..."). */
+static void host_port(char *buf, size_t n, const char *url)
+{
+    const char *at = strchr(url, '@');
+    const char *hp = at ? at + 1 : strstr(url, "://") + 3;
+    snprintf(buf, n, "%.*s", (int)strcspn(hp, "/?"), hp);
+}
+
+START_TEST(plaintext_client_on_the_tls_port_is_told_to_use_amqps)
+{
+    char url[4096], hp[256];
+    host_port(hp, sizeof hp, tu_broker_url("amqps"));
+    snprintf(url, sizeof url, "amqp://guest:" SECRET "@%s/?connect_timeout_ms=5000", hp);
+    expect_refusal("plaintext client on the TLS port", url, MSGBUS_ERR_CONNECT, "amqps://",
+                   "TLS port", NULL);
+}
+END_TEST
+
+START_TEST(tls_client_on_the_plaintext_port_is_told_so)
+{
+    char url[4096], hp[256];
+    host_port(hp, sizeof hp, tu_broker_url("amqp"));
+    snprintf(url, sizeof url,
+             "amqps://guest:" SECRET "@%s/?cacert=%s&cert=%s&key=%s&connect_timeout_ms=5000", hp,
+             need("MSGBUS_TEST_TLS_CA"), need("MSGBUS_TEST_TLS_CLIENT_CERT"),
+             need("MSGBUS_TEST_TLS_CLIENT_KEY"));
+    expect_refusal("TLS client on the plaintext port", url, MSGBUS_ERR_CONNECT,
+                   "does not answer in TLS", "plain amqp://", NULL);
+}
+END_TEST
+
 int main(void)
 {
     /* Fail at once, before Check forks, when the broker's env is missing. */
     tu_broker_url("amqps");
+    tu_broker_url("amqp");
     need("MSGBUS_TEST_TLS_CA");
     msgbus_set_log(log_cb, NULL, MSGBUS_LOG_DEBUG);
     Suite *s = suite_create("amqp_mtls");
@@ -211,6 +245,8 @@ int main(void)
     tcase_add_test(tc, certificate_without_its_key_is_a_config_error);
     tcase_add_test(tc, key_of_another_certificate_is_a_config_error);
     tcase_add_test(tc, untrusted_server_certificate_names_verification);
+    tcase_add_test(tc, plaintext_client_on_the_tls_port_is_told_to_use_amqps);
+    tcase_add_test(tc, tls_client_on_the_plaintext_port_is_told_so);
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }
