@@ -9,14 +9,23 @@
  * default) and a wait for every confirm at the end. The queue is purged
  * between runs so every run starts from the same broker state.
  *
- *   bench_amqp [url] [messages] [rounds]
- *   url defaults to $MSGBUS_TEST_AMQP_URL, messages to 100000, rounds to 3.
+ *   bench_amqp [url] [messages] [rounds] [case-filter]
+ *   url defaults to $MSGBUS_TEST_AMQP_URL, messages to 100000, rounds to 3;
+ *   case-filter runs only the cases whose name contains it (e.g. "64B").
+ *
+ * Over TLS: give an amqps:// URL, e.g. "$MSGBUS_TEST_AMQPS_URL" (a client
+ * certificate listener). The raw side then opens an amqp_ssl_socket_new
+ * socket set up as msgbus sets up its own (src/backends/amqp_conn.c): peer
+ * and host name verified unless tls_verify_peer / tls_verify_hostname say
+ * false, the URL's cacert= trusted, its cert= / key= presented.
  * Prints per case the median rate of each side and the median of the
  * per-round ratios (robust against load that drifts during the run):
  *   RESULT case=<name> msgbus=<msg/s> raw=<msg/s> ratio=<msgbus/raw>
  */
 #include <amqp.h>
+#include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <ctype.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,12 +60,83 @@ static void check_reply(amqp_rpc_reply_t r, const char *what)
 
 /* ---- raw rabbitmq-c --------------------------------------------------------- */
 
+/* The URL's TLS options, for the raw side (amqps:// only). */
+static struct {
+    char *cacert, *cert, *key;
+    bool verify_peer, verify_hostname;
+} g_tls = {NULL, NULL, NULL, true, true};
+
+/* Percent-decodes s[0..n) into a new string. */
+static char *decode(const char *s, size_t n)
+{
+    char *out = malloc(n + 1), *o = out;
+    if (!out)
+        die("decode", "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        char hex[3] = {0};
+        if (s[i] == '%' && i + 2 < n && isxdigit((unsigned char)s[i + 1]) &&
+            isxdigit((unsigned char)s[i + 2])) {
+            hex[0] = s[i + 1], hex[1] = s[i + 2];
+            *o++ = (char)strtol(hex, NULL, 16);
+            i += 2;
+        } else {
+            *o++ = s[i];
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+/* Reads cacert, cert, key, tls_verify_peer and tls_verify_hostname from
+ * the query `q` (after '?'), with msgbus's defaults. */
+static void parse_tls(const char *q)
+{
+    while (q && *q) {
+        size_t len = strcspn(q, "&");
+        const char *eq = memchr(q, '=', len);
+        if (eq) {
+            size_t kn = (size_t)(eq - q);
+            char *v = decode(eq + 1, len - kn - 1);
+            bool off = strcmp(v, "false") == 0 || strcmp(v, "0") == 0 || strcmp(v, "no") == 0;
+            if (kn == 6 && strncmp(q, "cacert", 6) == 0)
+                g_tls.cacert = v, v = NULL;
+            else if (kn == 4 && strncmp(q, "cert", 4) == 0)
+                g_tls.cert = v, v = NULL;
+            else if (kn == 3 && strncmp(q, "key", 3) == 0)
+                g_tls.key = v, v = NULL;
+            else if (kn == 15 && strncmp(q, "tls_verify_peer", 15) == 0)
+                g_tls.verify_peer = !off;
+            else if (kn == 19 && strncmp(q, "tls_verify_hostname", 19) == 0)
+                g_tls.verify_hostname = !off;
+            free(v);
+        }
+        q += len;
+        if (*q == '&')
+            q++;
+    }
+}
+
 static amqp_connection_state_t raw_connect(const struct amqp_connection_info *ci)
 {
     amqp_connection_state_t c = amqp_new_connection();
-    amqp_socket_t *s = amqp_tcp_socket_new(c);
-    if (amqp_socket_open(s, ci->host, ci->port) != AMQP_STATUS_OK)
-        die("raw connect", ci->host);
+    amqp_socket_t *s;
+    if (ci->ssl) {
+        /* The same TLS set-up as msgbus's (verification, CA, client
+         * certificate and key). */
+        if (!(s = amqp_ssl_socket_new(c)))
+            die("raw connect", "cannot create a TLS socket");
+        amqp_ssl_socket_set_verify_peer(s, g_tls.verify_peer);
+        amqp_ssl_socket_set_verify_hostname(s, g_tls.verify_hostname);
+        if (g_tls.cacert && amqp_ssl_socket_set_cacert(s, g_tls.cacert) != AMQP_STATUS_OK)
+            die("raw cacert", g_tls.cacert);
+        if (g_tls.cert && amqp_ssl_socket_set_key(s, g_tls.cert, g_tls.key) != AMQP_STATUS_OK)
+            die("raw cert/key", g_tls.cert);
+    } else {
+        s = amqp_tcp_socket_new(c);
+    }
+    int st = amqp_socket_open(s, ci->host, ci->port);
+    if (st != AMQP_STATUS_OK)
+        die("raw connect", amqp_error_string2(st));
     check_reply(amqp_login(c, ci->vhost && *ci->vhost ? ci->vhost : "/", 0, 131072, 10,
                            AMQP_SASL_METHOD_PLAIN, ci->user, ci->password),
                 "raw login");
@@ -208,6 +288,7 @@ int main(int argc, char **argv)
     const char *url = argc > 1 ? argv[1] : getenv("MSGBUS_TEST_AMQP_URL");
     size_t n = argc > 2 ? strtoul(argv[2], NULL, 10) : 100000;
     int rounds = argc > 3 ? atoi(argv[3]) : 3;
+    const char *filter = argc > 4 ? argv[4] : "";
     if (!url || !*url)
         die("no broker", "pass a URL or set MSGBUS_TEST_AMQP_URL (scripts/brokers up)");
     if (rounds < 1 || rounds > 15)
@@ -217,8 +298,10 @@ int main(int argc, char **argv)
     char raw_url[1024];
     snprintf(raw_url, sizeof raw_url, "%s", url);
     char *q = strchr(raw_url, '?');
-    if (q)
+    if (q) {
+        parse_tls(q + 1);
         *q = '\0';
+    }
     struct amqp_connection_info ci;
     amqp_default_connection_info(&ci);
     if (amqp_parse_url(raw_url, &ci) != AMQP_STATUS_OK)
@@ -229,6 +312,8 @@ int main(int argc, char **argv)
     static const struct { const char *name; size_t size; } cases[] = {
         {"persistent_64B", 64}, {"persistent_1KiB", 1024}};
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        if (!strstr(cases[k].name, filter))
+            continue;
         char topic[128], queue[160];
         snprintf(topic, sizeof topic, "bench-amqp-%d-%zu", (int)getpid(), k);
         snprintf(queue, sizeof queue, "%s.bench", topic); /* msgbus's group queue */

@@ -9,6 +9,15 @@
  *   that side, for profilers such as callgrind; the RESULT line then shows
  *   0 for the other side)
  *
+ * Over TLS / SASL: give the secured listener's URL, e.g.
+ *   MSGBUS_TEST_KAFKA_URL="$MSGBUS_TEST_KAFKA_SASL_URL" bench_kafka 50000 3 _64
+ * The raw client then gets what msgbus makes of that URL: every query
+ * option that is a librdkafka property (ssl.ca.location, security.protocol,
+ * sasl.mechanism, ...), and for user:password@ sasl.username/sasl.password
+ * with security.protocol=SASL_SSL and sasl.mechanism=SCRAM-SHA-512 unless
+ * the URL names them (src/backends/kafka.c). The "config" lines show both
+ * sides' properties (secrets as ***) so a mismatch is visible.
+ *
  * Cases: produce_64 / produce_1024 — publish N messages with a delivery
  * report for each, until the last report; consume_64 / consume_1024 —
  * receive N messages that are already in the topic, acking each (msgbus)
@@ -34,6 +43,7 @@
  * received message its id).
  */
 #include <librdkafka/rdkafka.h>
+#include <ctype.h>
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -47,7 +57,20 @@
 #include "msgbus/msgbus.h"
 
 static const char *g_url;   /* kafka://127.0.0.1:9092 */
-static const char *g_hosts; /* 127.0.0.1:9092 */
+static char g_hosts[512];   /* 127.0.0.1:9092 */
+static char g_shown[1024];  /* g_url with its password as *** */
+
+/* librdkafka properties taken from the URL for the raw side (key, value
+ * pairs), in the order msgbus applies them. */
+#define MAX_PROPS 32
+static char *g_props[2 * MAX_PROPS + 2];
+static int g_nprops;
+
+/* msgbus's own Kafka options (not librdkafka properties): the raw side
+ * ignores them (src/backends/kafka.c, mb_kafka_options). */
+static const char *const g_msgbus_opts[] = {
+    "partitions", "replication_factor", "connect_timeout_ms", "subscribe_timeout_ms",
+    "commit_interval_ms", "create_topics", "max_unacked", "close_timeout_ms", NULL};
 static long g_n = 200000;
 static int g_rounds = 3;
 static const char *g_filter = "";
@@ -98,6 +121,10 @@ static rd_kafka_conf_t *raw_conf(rd_kafka_type_t type, const char *group)
     for (int i = 0; p[i]; i += 2)
         if (rd_kafka_conf_set(c, p[i], p[i + 1], errstr, sizeof errstr))
             die(p[i], errstr);
+    /* The URL's security settings (TLS, SASL), as msgbus sets them. */
+    for (int i = 0; i < g_nprops; i += 2)
+        if (rd_kafka_conf_set(c, g_props[i], g_props[i + 1], errstr, sizeof errstr))
+            die(g_props[i], errstr);
     if (type == RD_KAFKA_PRODUCER) {
         rd_kafka_conf_set(c, "enable.idempotence", "true", errstr, sizeof errstr);
         rd_kafka_conf_set(c, "acks", "all", errstr, sizeof errstr);
@@ -327,6 +354,13 @@ static double consume_raw(const char *topic, const char *group)
 
 /* ---- settings check -------------------------------------------------------- */
 
+/* Properties whose values are never printed. */
+static bool secret(const char *key)
+{
+    return strstr(key, "password") || strstr(key, "secret") || strcmp(key, "ssl.key.pem") == 0 ||
+           strcmp(key, "sasl.oauthbearer.config") == 0;
+}
+
 /* Prints the properties of `c` that differ from librdkafka's defaults,
  * callbacks left out (the same filter msgbus's debug log uses). */
 static void print_raw_config(const char *what, rd_kafka_conf_t *c)
@@ -345,7 +379,7 @@ static void print_raw_config(const char *what, rd_kafka_conf_t *c)
             if (strcmp(dkv[k], kv[i]) == 0)
                 dv = dkv[k + 1];
         if (!dv || strcmp(dv, kv[i + 1]) != 0)
-            fprintf(stderr, " %s=%s", kv[i], kv[i + 1]);
+            fprintf(stderr, " %s=%s", kv[i], secret(kv[i]) ? "***" : kv[i + 1]);
     }
     rd_kafka_conf_dump_free(kv, n);
     rd_kafka_conf_dump_free(dkv, dn);
@@ -502,6 +536,92 @@ static void round_pair(const char *name, int r, enum job mb_job, enum job raw_jo
             mb_job == PRODUCE_MSGBUS ? "publishing" : "receiving", mb_cpu, raw_cpu);
 }
 
+/* Percent-decodes s[0..n) into a new string. */
+static char *decode(const char *s, size_t n)
+{
+    char *out = malloc(n + 1), *o = out;
+    if (!out)
+        die("decode", "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        char hex[3] = {0};
+        if (s[i] == '%' && i + 2 < n && isxdigit((unsigned char)s[i + 1]) &&
+            isxdigit((unsigned char)s[i + 2])) {
+            hex[0] = s[i + 1], hex[1] = s[i + 2];
+            *o++ = (char)strtol(hex, NULL, 16);
+            i += 2;
+        } else {
+            *o++ = s[i];
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+static const char *prop(const char *key)
+{
+    for (int i = 0; i < g_nprops; i += 2)
+        if (strcmp(g_props[i], key) == 0)
+            return g_props[i + 1];
+    return NULL;
+}
+
+static void add_prop(const char *key, size_t kn, const char *val, size_t vn)
+{
+    if (g_nprops >= 2 * MAX_PROPS)
+        die("URL", "too many options");
+    g_props[g_nprops++] = decode(key, kn);
+    g_props[g_nprops++] = decode(val, vn);
+}
+
+/* kafka://[user[:password]@]host:port[,host:port...][/][?k=v&...]: the
+ * bootstrap list, the librdkafka properties of the query and the SASL
+ * credentials, mapped as msgbus maps them; g_shown gets the URL without
+ * its password, for printing. */
+static void parse_url(void)
+{
+    const char *p = g_url + 8, *end = p + strcspn(p, "/?");
+    const char *at = memchr(p, '@', (size_t)(end - p));
+    const char *hosts = at ? at + 1 : p;
+    snprintf(g_hosts, sizeof g_hosts, "%.*s", (int)(end - hosts), hosts);
+    const char *user = NULL, *pass = NULL;
+    size_t un = 0, pn = 0;
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        user = p;
+        un = (size_t)((colon ? colon : at) - p);
+        if (colon)
+            pass = colon + 1, pn = (size_t)(at - pass);
+    }
+    if (pass)
+        snprintf(g_shown, sizeof g_shown, "kafka://%.*s:***@%s", (int)un, user, pass + pn + 1);
+    else
+        snprintf(g_shown, sizeof g_shown, "%s", g_url);
+    const char *q = strchr(end, '?');
+    while (q && *q) {
+        q++;
+        size_t len = strcspn(q, "&");
+        const char *eq = memchr(q, '=', len);
+        if (len && eq) {
+            size_t kn = (size_t)(eq - q);
+            bool own = false;
+            for (int i = 0; g_msgbus_opts[i]; i++)
+                own |= strlen(g_msgbus_opts[i]) == kn && strncmp(g_msgbus_opts[i], q, kn) == 0;
+            if (!own)
+                add_prop(q, kn, eq + 1, len - kn - 1);
+        }
+        q += len;
+    }
+    if (user) {
+        add_prop("sasl.username", 13, user, un);
+        if (pass)
+            add_prop("sasl.password", 13, pass, pn);
+        if (!prop("security.protocol"))
+            add_prop("security.protocol", 17, "SASL_SSL", 8);
+        if (!prop("sasl.mechanism") && !prop("sasl.mechanisms"))
+            add_prop("sasl.mechanism", 14, "SCRAM-SHA-512", 13);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)
@@ -515,7 +635,7 @@ int main(int argc, char **argv)
     g_url = getenv("MSGBUS_TEST_KAFKA_URL");
     if (!g_url || strncmp(g_url, "kafka://", 8) != 0)
         die("MSGBUS_TEST_KAFKA_URL", "not set (run scripts/brokers up; source .brokers/env)");
-    g_hosts = g_url + 8;
+    parse_url();
     if (g_rounds < 1 || g_rounds > 15 || g_n < 2 ||
         (*g_side && strcmp(g_side, "msgbus") != 0 && strcmp(g_side, "raw") != 0))
         die("arguments", "bench_kafka [messages>=2] [rounds 1..15] [case-filter] [msgbus|raw]");
@@ -556,6 +676,6 @@ int main(int argc, char **argv)
         result(name, mb, raw);
     }
     printf("(%ld messages per run, median of %d rounds, each run a process of its own, %s)\n",
-           g_n, g_rounds, g_url);
+           g_n, g_rounds, g_shown);
     return 0;
 }
