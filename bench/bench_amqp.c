@@ -18,6 +18,8 @@
  * socket set up as msgbus sets up its own (src/backends/amqp_conn.c): peer
  * and host name verified unless tls_verify_peer / tls_verify_hostname say
  * false, the URL's cacert= trusted, its cert= / key= presented.
+ * Cases: persistent_64B / persistent_1KiB (publish with confirms) and
+ * consume_64B / consume_1KiB (receive and ack what is already queued).
  * Prints per case the median rate of each side and the median of the
  * per-round ratios (robust against load that drifts during the run):
  *   RESULT case=<name> msgbus=<msg/s> raw=<msg/s> ratio=<msgbus/raw>
@@ -239,7 +241,78 @@ static double raw_run(const struct amqp_connection_info *ci, const char *topic,
     return rate;
 }
 
+/* Receives n messages already in `queue`, the way msgbus's subscription
+ * does: basic.qos prefetch (msgbus's default 200), manual acks, batched —
+ * one basic.ack multiple=true for what arrived since the last time the
+ * socket ran dry (msgbus acks what the application acked since its I/O
+ * thread's last wake-up), at most PREFETCH/2 apart. Reads each message's
+ * id, as msgbus hands every received message its id. Timed from the first
+ * message to the n-th. */
+#define PREFETCH 200
+static double raw_consume(const struct amqp_connection_info *ci, const char *queue, size_t n)
+{
+    amqp_connection_state_t c = raw_connect(ci);
+    amqp_basic_qos(c, 1, 0, PREFETCH, 0);
+    check_reply(amqp_get_rpc_reply(c), "basic.qos");
+    amqp_basic_consume(c, 1, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0,
+                       amqp_empty_table);
+    check_reply(amqp_get_rpc_reply(c), "basic.consume");
+    double t0 = 0;
+    uint64_t last = 0, acked = 0;
+    for (size_t got = 0; got < n;) {
+        amqp_envelope_t env;
+        amqp_maybe_release_buffers(c);
+        struct timeval tv = {30, 0};
+        amqp_rpc_reply_t r = amqp_consume_message(c, &env, &tv, 0);
+        check_reply(r, "raw consume");
+        if (got++ == 0)
+            t0 = now_s();
+        if (env.message.properties.message_id.len != 36)
+            die("raw consume", "message without a 36-byte message id");
+        last = env.delivery_tag;
+        amqp_destroy_envelope(&env);
+        if (got == n || last - acked >= PREFETCH / 2 ||
+            (!amqp_data_in_buffer(c) && !amqp_frames_enqueued(c))) {
+            if (amqp_basic_ack(c, 1, last, 1) != AMQP_STATUS_OK)
+                die("raw ack", "failed");
+            acked = last;
+        }
+    }
+    double rate = (n - 1) / (now_s() - t0);
+    amqp_channel_close(c, 1, AMQP_REPLY_SUCCESS);
+    amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(c);
+    return rate;
+}
+
 /* ---- msgbus ------------------------------------------------------------------------ */
+
+/* Receives n messages already in the group's queue, acking each. */
+static double msgbus_consume(const char *url, const char *topic, size_t n)
+{
+    msgbus_t *bus;
+    if (msgbus_open(&bus, url, NULL) != MSGBUS_OK)
+        die("msgbus_open", msgbus_last_error());
+    msgbus_sub_t *sub = NULL;
+    if (msgbus_subscribe(bus, topic, "bench", &sub) != MSGBUS_OK)
+        die("msgbus_subscribe", msgbus_last_error());
+    double t0 = 0;
+    for (size_t got = 0; got < n;) {
+        msgbus_msg_t *m = NULL;
+        if (msgbus_receive(sub, 30000, &m) != MSGBUS_OK)
+            die("msgbus_receive", msgbus_last_error());
+        if (got++ == 0)
+            t0 = now_s();
+        if (strlen(msgbus_msg_id(m)) != 36)
+            die("msgbus_receive", "message without a 36-byte id");
+        msgbus_ack(m);
+        msgbus_msg_free(m);
+    }
+    double rate = (n - 1) / (now_s() - t0);
+    msgbus_sub_close(sub);
+    msgbus_close(bus);
+    return rate;
+}
 
 static double msgbus_run(const char *url, const char *topic, size_t n, size_t size)
 {
@@ -283,6 +356,44 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* consume_64B / consume_1KiB: receive n persistent messages that are
+ * already in the group's durable queue (published by the raw publisher,
+ * the same record for both sides), ack each; alternating as above. */
+static void consume_case(const char *url, const struct amqp_connection_info *ci,
+                         const char *name, size_t k, size_t size, size_t n, int rounds)
+{
+    char topic[128], queue[160];
+    snprintf(topic, sizeof topic, "bench-amqp-%d-c%zu", (int)getpid(), k);
+    snprintf(queue, sizeof queue, "%s.bench", topic);
+    double mb[16], raw[16], ratio[16];
+    amqp_connection_state_t admin = raw_connect(ci);
+    raw_topology(admin, topic, queue);
+    for (int r = 0; r < rounds; r++) {
+        for (int side = 0; side < 2; side++) {
+            raw_purge(admin, queue);
+            raw_run(ci, topic, queue, n, size, true);
+            if ((side == 0) == (r % 2 == 0))
+                mb[r] = msgbus_consume(url, topic, n);
+            else
+                raw[r] = raw_consume(ci, queue, n);
+        }
+        fprintf(stderr, "  %s round %d: msgbus %.0f/s raw %.0f/s\n", name, r + 1, mb[r], raw[r]);
+        ratio[r] = mb[r] / raw[r];
+    }
+    qsort(mb, rounds, sizeof mb[0], cmp_double);
+    qsort(raw, rounds, sizeof raw[0], cmp_double);
+    qsort(ratio, rounds, sizeof ratio[0], cmp_double);
+    printf("RESULT case=%s msgbus=%.0f raw=%.0f ratio=%.2f\n", name, mb[rounds / 2],
+           raw[rounds / 2], ratio[rounds / 2]);
+    fflush(stdout);
+    amqp_queue_delete(admin, 1, amqp_cstring_bytes(queue), 0, 0);
+    amqp_get_rpc_reply(admin);
+    amqp_exchange_delete(admin, 1, amqp_cstring_bytes(topic), 0);
+    amqp_get_rpc_reply(admin);
+    amqp_connection_close(admin, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(admin);
+}
+
 int main(int argc, char **argv)
 {
     const char *url = argc > 1 ? argv[1] : getenv("MSGBUS_TEST_AMQP_URL");
@@ -312,6 +423,10 @@ int main(int argc, char **argv)
     static const struct { const char *name; size_t size; } cases[] = {
         {"persistent_64B", 64}, {"persistent_1KiB", 1024}};
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char cname[64];
+        snprintf(cname, sizeof cname, "consume_%s", cases[k].name + 11);
+        if (strstr(cname, filter))
+            consume_case(url, &ci, cname, k, cases[k].size, n, rounds);
         if (!strstr(cases[k].name, filter))
             continue;
         char topic[128], queue[160];
