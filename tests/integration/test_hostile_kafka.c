@@ -348,24 +348,6 @@ END_TEST
 
 /* ---- sizes ------------------------------------------------------------------ */
 
-struct reports {
-    int ok, failed;
-    msgbus_err_t status;
-    char error[512];
-};
-
-static void on_report(void *opaque, const msgbus_report_t *r)
-{
-    struct reports *rp = opaque;
-    if (r->status == MSGBUS_OK) {
-        rp->ok++;
-    } else {
-        rp->failed++;
-        rp->status = r->status;
-        snprintf(rp->error, sizeof rp->error, "%s", r->error);
-    }
-}
-
 static void create_topic_limited(const char *topic, const char *max_bytes)
 {
     char errstr[512];
@@ -393,14 +375,14 @@ static void create_topic_limited(const char *topic, const char *max_bytes)
 }
 
 static msgbus_err_t publish_size(msgbus_t *bus, const char *topic, const char *label, size_t size,
-                                 struct reports *rp)
+                                 struct tu_reports *rp)
 {
     char *buf = malloc(size);
     memset(buf, 'z', size);
     memcpy(buf, label, strlen(label)); /* starts with its label */
     msgbus_msg_t *m = NULL;
     tu_ck_ok(msgbus_msg_new(&m, buf, size));
-    msgbus_err_t e = msgbus_publish(bus, topic, m, on_report, rp);
+    msgbus_err_t e = msgbus_publish(bus, topic, m, tu_on_report, rp);
     msgbus_msg_free(m);
     free(buf);
     return e;
@@ -418,7 +400,7 @@ START_TEST(payloads_at_and_over_the_topic_limit)
     tu_ck_ok(msgbus_subscribe(f.bus, f.topic, "hostile", &f.sub));
 
     /* The broker's limit: refused in the report, nothing delivered. */
-    struct reports rp = {0};
+    struct tu_reports rp = {0};
     tu_ck_ok(publish_size(f.bus, f.topic, "fits", LIMIT - 200, &rp));
     tu_ck_ok(msgbus_flush(f.bus, 30000, NULL));
     tu_ck_ok(publish_size(f.bus, f.topic, "exact", LIMIT, &rp));
@@ -436,7 +418,7 @@ START_TEST(payloads_at_and_over_the_topic_limit)
     msgbus_t *bus2 = NULL;
     snprintf(url, sizeof url, "%s?message.max.bytes=%d", tu_broker_url("kafka"), LIMIT);
     tu_ck_ok(msgbus_open(&bus2, url, NULL));
-    struct reports rp2 = {0};
+    struct tu_reports rp2 = {0};
     tu_ck_err(publish_size(bus2, f.topic, "over-local", LIMIT + 1, &rp2), MSGBUS_ERR_TOO_LARGE);
     printf("over the producer's limit: %s\n", msgbus_last_error());
     ck_assert_uint_eq(msgbus_outstanding(bus2), 0);
@@ -481,9 +463,9 @@ START_TEST(invalid_id_bridged_to_amqp_publishes_once)
     tu_ck_ok(msgbus_declare(amqp, topic, "bridge"));
     msgbus_sub_t *out = NULL;
     tu_ck_ok(msgbus_subscribe(amqp, topic, "bridge", &out));
-    struct reports rp = {0};
+    struct tu_reports rp = {0};
     int64_t t0 = tu_now_ms();
-    tu_ck_ok(msgbus_publish(amqp, topic, in, on_report, &rp));
+    tu_ck_ok(msgbus_publish(amqp, topic, in, tu_on_report, &rp));
     tu_ck_ok(msgbus_flush(amqp, 10000, NULL));
     int64_t took = tu_now_ms() - t0;
     ck_assert_int_eq(rp.ok, 1);

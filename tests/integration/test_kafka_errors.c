@@ -23,23 +23,6 @@
 
 #include "testutil.h"
 
-struct reports {
-    int ok, failed;
-    msgbus_err_t status;
-};
-
-static void on_report(void *opaque, const msgbus_report_t *r)
-{
-    struct reports *rp = opaque;
-    if (r->status == MSGBUS_OK) {
-        rp->ok++;
-    } else {
-        rp->failed++;
-        rp->status = r->status;
-        printf("report: %s: %s\n", msgbus_err_name(r->status), r->error);
-    }
-}
-
 START_TEST(missing_topic_without_creation_is_not_found)
 {
     char url[512], topic[128];
@@ -231,7 +214,7 @@ START_TEST(nack_redelivers_with_attempt_two)
     tu_ck_ok(msgbus_open(&bus, tu_broker_url("kafka"), NULL));
     msgbus_sub_t *sub = NULL;
     tu_ck_ok(msgbus_subscribe(bus, topic, group, &sub));
-    struct reports rp = {0};
+    struct tu_reports rp = {0};
     for (int i = 0; i < 3; i++) {
         char payload[16];
         snprintf(payload, sizeof payload, "m%d", i);
@@ -239,7 +222,7 @@ START_TEST(nack_redelivers_with_attempt_two)
         tu_ck_ok(msgbus_msg_new(&m, payload, strlen(payload)));
         tu_ck_ok(msgbus_msg_set_key(m, "same", 4));
         tu_ck_ok(msgbus_msg_set_header(m, "content-type", "text/plain"));
-        tu_ck_ok(msgbus_publish(bus, topic, m, on_report, &rp));
+        tu_ck_ok(msgbus_publish(bus, topic, m, tu_on_report, &rp));
         msgbus_msg_free(m);
     }
     tu_ck_ok(msgbus_flush(bus, 10000, NULL));

@@ -47,31 +47,13 @@ static void mock_stop(struct mock *mk)
     rd_kafka_destroy(mk->rk);
 }
 
-struct reports {
-    int ok, failed;
-    msgbus_err_t last_status;
-    char last_error[512];
-};
-
-static void on_report(void *opaque, const msgbus_report_t *r)
-{
-    struct reports *rp = opaque;
-    if (r->status == MSGBUS_OK) {
-        rp->ok++;
-    } else {
-        rp->failed++;
-        rp->last_status = r->status;
-        snprintf(rp->last_error, sizeof rp->last_error, "%s", r->error);
-    }
-}
-
-static void publish(msgbus_t *bus, const char *topic, size_t len, struct reports *rp)
+static void publish(msgbus_t *bus, const char *topic, size_t len, struct tu_reports *rp)
 {
     char *buf = calloc(1, len + 1);
     memset(buf, 'x', len);
     msgbus_msg_t *m = NULL;
     tu_ck_ok(msgbus_msg_new(&m, buf, len));
-    tu_ck_ok(msgbus_publish(bus, topic, m, on_report, rp));
+    tu_ck_ok(msgbus_publish(bus, topic, m, tu_on_report, rp));
     msgbus_msg_free(m);
     free(buf);
 }
@@ -174,7 +156,7 @@ START_TEST(every_message_confirmed_once)
     mock_start(&mk, NULL);
     msgbus_t *bus = NULL;
     tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
-    struct reports rp = {0};
+    struct tu_reports rp = {0};
     for (int i = 0; i < 500; i++)
         publish(bus, "t1", 64, &rp);
     tu_ck_ok(msgbus_flush(bus, 5000, NULL));
@@ -238,14 +220,14 @@ START_TEST(records_reach_their_topic_past_the_handle_cache)
     mock_start(&mk, NULL);
     msgbus_t *bus = NULL; /* the mock cluster creates each topic on first use */
     tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
-    struct reports rp = {0};
+    struct tu_reports rp = {0};
     for (int i = 0; i < EACH; i++) {
         for (int t = 0; t < TOPICS; t++) {
             char name[32];
             snprintf(name, sizeof name, "topic-%02d", t);
             msgbus_msg_t *m = NULL;
             tu_ck_ok(msgbus_msg_new(&m, name, strlen(name)));
-            tu_ck_ok(msgbus_publish(bus, name, m, on_report, &rp));
+            tu_ck_ok(msgbus_publish(bus, name, m, tu_on_report, &rp));
             msgbus_msg_free(m);
         }
     }
@@ -277,13 +259,13 @@ START_TEST(received_messages_outlive_their_batch_order_and_close)
     tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
     msgbus_sub_t *sub = NULL;
     tu_ck_ok(msgbus_subscribe_ex(bus, "t1", "g", "retry_initial_ms=10", &sub));
-    struct reports rp = {0};
+    struct tu_reports rp = {0};
     for (int i = 0; i < N; i++) {
         char text[16];
         int len = snprintf(text, sizeof text, "m%d", i);
         msgbus_msg_t *m = NULL;
         tu_ck_ok(msgbus_msg_new(&m, text, (size_t)len));
-        tu_ck_ok(msgbus_publish(bus, "t1", m, on_report, &rp));
+        tu_ck_ok(msgbus_publish(bus, "t1", m, tu_on_report, &rp));
         msgbus_msg_free(m);
     }
     tu_ck_ok(msgbus_flush(bus, 10000, NULL));
@@ -350,7 +332,7 @@ START_TEST(broker_request_error_reaches_the_callback)
     mock_start(&mk, NULL);
     msgbus_t *bus = NULL;
     tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
-    struct reports rp = {0};
+    struct tu_reports rp = {0};
     publish(bus, "t1", 10, &rp); /* warm up: producer id and leader known */
     tu_ck_ok(msgbus_flush(bus, 5000, NULL));
 
@@ -361,11 +343,11 @@ START_TEST(broker_request_error_reaches_the_callback)
     size_t failed = 0;
     tu_ck_err(msgbus_flush(bus, 5000, &failed), MSGBUS_ERR_DELIVERY);
     printf("broker refusal: failed=%zu status=%s error=%s\n", failed,
-           msgbus_err_name(rp.last_status), rp.last_error);
+           msgbus_err_name(rp.status), rp.error);
     ck_assert_uint_eq(failed, 1);
     ck_assert_int_eq(rp.failed, 1);
-    ck_assert_int_eq(rp.last_status, MSGBUS_ERR_TOO_LARGE);
-    ck_assert_ptr_nonnull(strstr(rp.last_error, "MSG_SIZE_TOO_LARGE"));
+    ck_assert_int_eq(rp.status, MSGBUS_ERR_TOO_LARGE);
+    ck_assert_ptr_nonnull(strstr(rp.error, "MSG_SIZE_TOO_LARGE"));
 
     /* Retriable errors: the idempotent producer retries; one report each. */
     rd_kafka_mock_push_request_errors(mk.mc, 0, 2, RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
@@ -546,7 +528,7 @@ START_TEST(secrets_never_leave_msgbus)
     tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
     printf("url: %s\n", msgbus_url(bus));
     ck_assert_ptr_null(strstr(msgbus_url(bus), "PWsecret"));
-    struct reports rp = {0};
+    struct tu_reports rp = {0};
     publish(bus, "t1", 10, &rp);
     tu_ck_ok(msgbus_flush(bus, 5000, NULL));
     msgbus_close(bus);
@@ -593,7 +575,7 @@ static void close_with_brokers_down(bool sub_close_first)
     tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
     msgbus_sub_t *sub = NULL;
     tu_ck_ok(msgbus_subscribe(bus, "t1", "closing", &sub));
-    struct reports rp = {0};
+    struct tu_reports rp = {0};
     for (int i = 0; i < N; i++)
         publish(bus, "t1", 16, &rp);
     tu_ck_ok(msgbus_flush(bus, 10000, NULL));
@@ -622,11 +604,11 @@ static void close_with_brokers_down(bool sub_close_first)
     int64_t took = tu_now_ms() - t0;
     printf("brokers down: msgbus_close%s took %lld ms (close_timeout_ms=2000); reports ok=%d "
            "failed=%d (%s)\n", sub_close_first ? " after sub_close" : " with a subscription",
-           (long long)took, rp.ok, rp.failed, msgbus_err_name(rp.last_status));
+           (long long)took, rp.ok, rp.failed, msgbus_err_name(rp.status));
     ck_assert_int_lt(took, 3000);
     ck_assert_int_eq(rp.ok + rp.failed, N + 5);
     ck_assert_int_eq(rp.failed, 5);
-    ck_assert_int_eq(rp.last_status, MSGBUS_ERR_CLOSED);
+    ck_assert_int_eq(rp.status, MSGBUS_ERR_CLOSED);
     for (int i = 0; i < got; i++)
         msgbus_msg_free(held[i]);
     mock_stop(&mk);
@@ -659,7 +641,7 @@ START_TEST(sub_close_is_bounded_with_slow_brokers)
     tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
     msgbus_sub_t *sub = NULL;
     tu_ck_ok(msgbus_subscribe(bus, "t1", "slow", &sub));
-    struct reports rp = {0};
+    struct tu_reports rp = {0};
     for (int i = 0; i < N; i++)
         publish(bus, "t1", 16, &rp);
     tu_ck_ok(msgbus_flush(bus, 10000, NULL));

@@ -99,3 +99,16 @@ void tu_capped_log_cb(void *opaque, msgbus_log_level_t level, const char *line)
     if (bytes > cl->most_bytes)
         cl->most_bytes = bytes;
 }
+
+void tu_on_report(void *opaque, const msgbus_report_t *r)
+{
+    struct tu_reports *rp = opaque;
+    if (r->status == MSGBUS_OK) {
+        rp->ok++;
+        return;
+    }
+    rp->failed++;
+    rp->status = r->status;
+    snprintf(rp->error, sizeof rp->error, "%s", r->error ? r->error : "");
+    printf("report: %s: %s\n", msgbus_err_name(r->status), rp->error);
+}

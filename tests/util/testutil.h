@@ -49,6 +49,15 @@ struct tu_capped_log {
 };
 void tu_capped_log_cb(void *opaque, msgbus_log_level_t level, const char *line);
 
+/* Delivery outcomes counted by tu_on_report (opaque: struct tu_reports),
+ * the last failure's code and text kept and printed. Zero-initialise. */
+struct tu_reports {
+    _Atomic int ok, failed;
+    msgbus_err_t status; /* the last failure's code (MSGBUS_OK: none yet) */
+    char error[512];     /* and its text */
+};
+void tu_on_report(void *opaque, const msgbus_report_t *r);
+
 /* Runs a Check suite and returns the process exit code (0 when all passed). */
 int tu_run_suite(Suite *s);
 
