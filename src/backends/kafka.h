@@ -97,6 +97,23 @@ MB_HIDDEN rd_kafka_conf_t *mb_kafka_conf_new(struct mb_backend *be, rd_kafka_typ
  * handle gets; consumers wrap it to track their brokers). */
 MB_HIDDEN void mb_kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque);
 
+/* kafka_conf.c — configuration, for mb_kafka_open. */
+/* Reads msgbus's own options, then passes every other option through to
+ * librdkafka (properties msgbus cannot honour refused by name). */
+MB_HIDDEN msgbus_err_t mb_kafka_parse_options(struct mb_backend *be, struct mb_url *url);
+/* Credentials mean SASL (SASL_SSL + SCRAM-SHA-512 unless the URL says). */
+MB_HIDDEN msgbus_err_t mb_kafka_credentials(struct mb_backend *be, const struct mb_url *url);
+/* bootstrap.servers from the URL's hosts. */
+MB_HIDDEN msgbus_err_t mb_kafka_bootstrap(struct mb_backend *be, const struct mb_url *url);
+/* The value of the user's property `key` (after parsing), or NULL. */
+MB_HIDDEN const char *mb_kafka_prop(const struct mb_backend *be, const char *key);
+/* Scrubs the values of the backend's secret properties from `text`. */
+MB_HIDDEN void mb_kafka_scrub_props(const struct mb_backend *be, char *text, size_t cap);
+/* The producer's error_cb: mb_kafka_error_cb, plus what msgbus_open reports
+ * while it waits for the cluster. */
+MB_HIDDEN void mb_kafka_producer_error_cb(rd_kafka_t *rk, int err, const char *reason,
+                                          void *opaque);
+
 /* Maps a librdkafka error code to msgbus's. */
 MB_HIDDEN msgbus_err_t mb_kafka_err(rd_kafka_resp_err_t err);
 
