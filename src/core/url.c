@@ -122,51 +122,24 @@ static bool mb_secret_key(const char *k, size_t n)
     return secret;
 }
 
-/* The value of every option whose name says it is a secret, as "***".
- * The same text may reach the parser as a URL or as an option list, so
- * options are looked for everywhere: the text is split at '&' only, as the
- * parser splits options, and within one piece every '=' is tried as the
- * end of a name that starts where the piece starts — which covers a URL's
- * first option ("kafka://h?sasl.password" says password) and names the
- * parser reads differently ("a=b://?sasl.password=x"). The price: a URL
- * whose host or path says secret, token, pass... shows its first option's
- * value as "***" too. */
-static char *mb_redact_options(const char *text)
-{
-    size_t tl = strlen(text);
-    /* Each secret shrinks to "***" or grows by at most 3 bytes. */
-    char *r = malloc(tl + 3 * (tl / 2 + 2) + 1);
-    if (!r)
-        return NULL;
-    size_t o = 0, i = 0;
-    while (i < tl) { /* one option per round */
-        size_t plen = strcspn(text + i, "&"), kl = 0;
-        for (size_t k = 0; k < plen && !kl; k++)
-            if (text[i + k] == '=' && mb_secret_key(text + i, k))
-                kl = k + 1;
-        if (kl) {
-            memcpy(r + o, text + i, kl);
-            memcpy(r + o + kl, "***", 3);
-            o += kl + 3;
-        } else {
-            memcpy(r + o, text + i, plen);
-            o += plen;
-        }
-        i += plen;
-        if (i < tl)
-            r[o++] = text[i++];
-    }
-    r[o] = '\0';
-    return r;
-}
-
-/* One round of redaction: the password of a user:password@ after the
- * first "://" (also when the scheme is bad, so the parser's error quoting
- * it shows none), then secret options (above). */
-static char *mb_redact_once(const char *text)
+/* Marks what one round of redaction hides, on the text as given: `hide`
+ * covers secret bytes, `mark` the places where "***" stands (also for an
+ * empty secret). Both readings the parser may take are marked, never one
+ * after the other, so one reading cannot break the other's structure:
+ *  - the password of a user:password@ after the first "://" (also when the
+ *    scheme is bad, so the parser's error quoting it shows none);
+ *  - the value of every option whose name says it is a secret. The same
+ *    text may reach the parser as a URL or as an option list, so options
+ *    are looked for everywhere: split at '&' only, as the parser splits
+ *    them, and within one piece every '=' is tried as the end of a name
+ *    that starts where the piece starts — which covers a URL's first
+ *    option ("kafka://h?sasl.password" says password) and names the parser
+ *    reads differently ("a=b://?sasl.password=x"). The price: a URL whose
+ *    host or path says secret, token, pass... shows its first option's
+ *    value as "***" too. */
+static void mb_redact_mark(const char *text, size_t tl, unsigned char *hide, unsigned char *mark)
 {
     const char *sep = strstr(text, "://");
-    char *t = NULL;
     if (sep) {
         size_t auth = (size_t)(sep + 3 - text);
         size_t alen = strcspn(text + auth, "/?");
@@ -176,14 +149,61 @@ static char *mb_redact_once(const char *text)
                 at = text + auth + k;
         const char *colon = at ? memchr(text + auth, ':', (size_t)(at - text - auth)) : NULL;
         if (colon) {
-            size_t head = (size_t)(colon + 1 - text), len = head + 3 + strlen(at) + 1;
-            if (!(t = malloc(len)))
-                return NULL;
-            snprintf(t, len, "%.*s***%s", (int)head, text, at);
+            size_t from = (size_t)(colon + 1 - text), to = (size_t)(at - text);
+            mark[from] = 1;
+            memset(hide + from, 1, to - from);
         }
     }
-    char *r = mb_redact_options(t ? t : text);
-    free(t);
+    for (size_t i = 0; i < tl;) {
+        size_t plen = strcspn(text + i, "&");
+        for (size_t k = 0; k < plen; k++)
+            if (text[i + k] == '=' && mb_secret_key(text + i, k)) {
+                mark[i + k + 1] = 1;
+                memset(hide + i + k + 1, 1, plen - k - 1);
+                break;
+            }
+        i += plen + 1;
+    }
+}
+
+/* One round of redaction: every run of hidden bytes, and every mark, as
+ * one "***". */
+static char *mb_redact_once(const char *text)
+{
+    size_t tl = strlen(text);
+    unsigned char *hide = calloc(2, tl + 1), *mark = hide ? hide + tl + 1 : NULL;
+    /* Each "***" stands for a run or an empty place: at most 3 bytes more
+     * per byte of text, and one more for the end. */
+    char *r = hide ? malloc(4 * tl + 4) : NULL;
+    if (!r) {
+        free(hide);
+        return NULL;
+    }
+    mb_redact_mark(text, tl, hide, mark);
+    size_t o = 0;
+    bool just_hid = false; /* two places side by side read as one "***" */
+    for (size_t i = 0; i <= tl;) {
+        if (i < tl && hide[i]) {
+            if (!just_hid) {
+                memcpy(r + o, "***", 3);
+                o += 3;
+            }
+            while (i < tl && hide[i])
+                i++;
+            just_hid = true;
+            continue;
+        }
+        if (mark[i] && !just_hid) { /* an empty secret */
+            memcpy(r + o, "***", 3);
+            o += 3;
+        }
+        just_hid = false;
+        if (i == tl)
+            break;
+        r[o++] = text[i++];
+    }
+    r[o] = '\0';
+    free(hide);
     return r;
 }
 
