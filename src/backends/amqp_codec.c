@@ -87,6 +87,13 @@ bool mb_amqp_out_fits(const struct mb_amqp_out *o, size_t frame_max)
     return mb_amqp_header_payload(&o->props) + 8 <= frame_max;
 }
 
+/* The header names msgbus's own AMQP entries use. */
+static bool mb_amqp_own_entry(const char *name)
+{
+    return strcmp(name, MB_AMQP_H_ID) == 0 || strcmp(name, MB_AMQP_H_KEY) == 0 ||
+           strcmp(name, MB_AMQP_H_ATTEMPT) == 0 || strcmp(name, MB_AMQP_H_TS_MS) == 0;
+}
+
 msgbus_err_t mb_amqp_out_new(struct mb_amqp_out **out, const char *exchange, const void *rk,
                              size_t rk_len, const msgbus_msg_t *m, int attempt, bool copy,
                              size_t frame_max)
@@ -163,6 +170,13 @@ msgbus_err_t mb_amqp_out_new(struct mb_amqp_out **out, const char *exchange, con
         mb_amqp_entry_str(&ent[k++], MB_AMQP_H_KEY, kc, m->key_len);
     }
     for (size_t i = 0; i < m->nheaders; i++) {
+        /* msgbus writes these entries itself from the message's id, key,
+         * timestamp and attempt (above): a header of the same name
+         * (received on another backend, where it is plain data) would be a
+         * second entry, and two cloudEvents:id that disagree make the
+         * receiver keep no id. As the Kafka encoder does for ce_id. */
+        if (mb_amqp_own_entry(m->headers[i].name))
+            continue;
         size_t nl = strlen(m->headers[i].name), vl = strlen(m->headers[i].value);
         const char *name = mb_amqp_put(&cur, m->headers[i].name, nl, true);
         const char *value = mb_amqp_put(&cur, m->headers[i].value, vl, true);
