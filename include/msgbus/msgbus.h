@@ -390,6 +390,120 @@ MSGBUS_API msgbus_err_t msgbus_poll(msgbus_t *bus, int timeout_ms, int *served);
  * Any thread. */
 MSGBUS_API int msgbus_fd(msgbus_t *bus);
 
+
+/* ------------------------------------------------------------------ */
+/* Observability: connection state, stats, hooks (docs/stats.md,       */
+/* docs/tracing.md)                                                    */
+/* ------------------------------------------------------------------ */
+
+/* The state of a bus's connection, or of one subscription.
+ *  CONNECTING    opening, nothing established yet
+ *  UP            connected (a subscription: consuming)
+ *  RECONNECTING  the connection (or a subscription) was lost; msgbus is
+ *                re-establishing it on its own
+ *  DOWN          no broker reachable (Kafka: every broker down; AMQP: the
+ *                connection failed and reconnect attempts fail), or a
+ *                subscription that cannot consume (its queue was deleted);
+ *                msgbus keeps trying where it can, the reason says what */
+typedef enum msgbus_state {
+    MSGBUS_STATE_CONNECTING = 0,
+    MSGBUS_STATE_UP = 1,
+    MSGBUS_STATE_RECONNECTING = 2,
+    MSGBUS_STATE_DOWN = 3
+} msgbus_state_t;
+
+/* "CONNECTING", "UP", "RECONNECTING", "DOWN" ("?" otherwise). Static. */
+MSGBUS_API const char *msgbus_state_name(msgbus_state_t state);
+
+/* The bus connection's current state; its reason text is copied into
+ * `reason` (`size` bytes, NUL-terminated, truncated; may be NULL when size
+ * is 0). Any thread. */
+MSGBUS_API msgbus_state_t msgbus_state(const msgbus_t *bus, char *reason, size_t size);
+
+/* The same for one subscription. */
+MSGBUS_API msgbus_state_t msgbus_sub_state(const msgbus_sub_t *sub, char *reason, size_t size);
+
+/* One state change, as given to the state callback. Strings live only
+ * during the call. */
+typedef struct msgbus_state_event {
+    msgbus_state_t state;    /* the new state */
+    msgbus_state_t previous; /* the state before */
+    const char *reason;      /* why, e.g. "all brokers down", "rebalanced: 3 partitions" */
+    msgbus_sub_t *sub;       /* the subscription that changed; NULL: the bus connection */
+    const char *topic;       /* the subscription's topic and group (NULL for the bus) */
+    const char *group;
+    int64_t time_ms;         /* when it happened, ms since the Unix epoch */
+} msgbus_state_event_t;
+
+typedef void (*msgbus_state_cb)(void *opaque, const msgbus_state_event_t *ev);
+
+/* Installs (cb NULL: removes) the callback for state changes of the bus
+ * connection and its subscriptions. Changes are queued as they happen (on
+ * any thread) and the callback runs on the thread that calls msgbus_poll,
+ * msgbus_flush or msgbus_close, in order; msgbus_fd turns readable when one
+ * is waiting. Changes before the callback was installed are not replayed
+ * (read msgbus_state). Any thread. */
+MSGBUS_API msgbus_err_t msgbus_set_state_cb(msgbus_t *bus, msgbus_state_cb cb, void *opaque);
+
+/* A snapshot of the bus's figures as a JSON object (docs/stats.md lists
+ * every field with its unit): counters since open, latency percentiles
+ * since the previous snapshot, each subscription with its lag, and the
+ * backend's own detail. *out gets a NUL-terminated text to free with
+ * msgbus_stats_free. May wait up to about a second for the broker (lag).
+ * Any thread. */
+MSGBUS_API msgbus_err_t msgbus_stats_json(msgbus_t *bus, char **out);
+MSGBUS_API void msgbus_stats_free(char *text);
+
+/* Receives a snapshot (as msgbus_stats_json) every `stats_interval_ms`
+ * (URL option; 0, the default: never), on the thread that calls
+ * msgbus_poll. The text lives only during the call. */
+typedef void (*msgbus_stats_cb)(void *opaque, const char *json);
+
+/* Installs (cb NULL: removes) the periodic stats callback. Any thread. */
+MSGBUS_API msgbus_err_t msgbus_set_stats_cb(msgbus_t *bus, msgbus_stats_cb cb, void *opaque);
+
+/* How a received message ended, for msgbus_hooks_t.on_settle. */
+typedef enum msgbus_settled {
+    MSGBUS_SETTLED_ACK = 0,         /* msgbus_ack */
+    MSGBUS_SETTLED_NACK = 1,        /* msgbus_nack / _nack_reason (retry or dead letter) */
+    MSGBUS_SETTLED_DEAD_LETTER = 2, /* msgbus_dead_letter */
+    MSGBUS_SETTLED_NONE = 3         /* freed unsettled: the broker delivers it again */
+} msgbus_settled_t;
+
+/* Hooks for the application's tracer (OpenTelemetry or any other), so a
+ * service can trace its messages without msgbus depending on a tracer.
+ * Every member may be NULL. Hooks run on the application's threads, inside
+ * the msgbus call that triggers them; they must not call back into msgbus
+ * except the msgbus_msg_* accessors (and msgbus_msg_set_header /
+ * _del_header in on_publish). See docs/tracing.md.
+ *  on_publish  msgbus_publish is about to send `m` (msgbus's own copy: the
+ *              hook may set headers on it, e.g. traceparent — they are
+ *              sent, the caller's message is not changed). The value it
+ *              returns comes back to on_confirm.
+ *  on_confirm  the outcome of that message, on the thread serving its
+ *              report (msgbus_poll/_flush/_close), just before the
+ *              delivery callback.
+ *  on_receive  msgbus_receive is about to return `m` (read its headers,
+ *              e.g. extract traceparent). The value it returns comes back
+ *              to on_settle.
+ *  on_settle   `m` was acked, nacked or dead-lettered — or freed unsettled
+ *              (MSGBUS_SETTLED_NONE). Called once per received message
+ *              while its bus is open. */
+typedef struct msgbus_hooks {
+    void *opaque;
+    void *(*on_publish)(void *opaque, const char *topic, msgbus_msg_t *m);
+    void (*on_confirm)(void *opaque, const msgbus_report_t *report, void *span);
+    void *(*on_receive)(void *opaque, msgbus_msg_t *m);
+    void (*on_settle)(void *opaque, const msgbus_msg_t *m, msgbus_settled_t how, void *span);
+} msgbus_hooks_t;
+
+/* Installs a copy of `hooks` (NULL: removes them). `size` is
+ * sizeof(msgbus_hooks_t) as the caller compiled it (members may be added
+ * at the end later). Call before publishing or subscribing: changing hooks
+ * while other threads publish or receive is not safe. Subscriptions take
+ * the hooks in force when they are made. */
+MSGBUS_API msgbus_err_t msgbus_set_hooks(msgbus_t *bus, const msgbus_hooks_t *hooks, size_t size);
+
 #ifdef __cplusplus
 }
 #endif

@@ -23,8 +23,11 @@
 #include "core/msg.h"
 #include "core/url.h"
 
-/* Ops layout version: members up to `release` are valid for version 1. */
-#define MB_BACKEND_VERSION 1
+typedef struct json_t json_t; /* jansson's, for the stats ops */
+
+/* Ops layout version: members up to `release` are valid for version 1,
+ * up to `sub_stats` for version 2. */
+#define MB_BACKEND_VERSION 2
 
 /* Capability bits. */
 #define MB_CAP_PASSTHROUGH_OPTIONS 0x1u /* the backend validates unknown URL
@@ -107,6 +110,26 @@ struct mb_backend_ops {
      * must keep what release needs alive by reference counts of its own).
      * Optional. */
     void (*release)(msgbus_msg_t *m);
+
+    /* ---- version 2: observability (docs/stats.md) ---- */
+
+    /* Adds the backend's own figures to `detail`, a JSON object that
+     * becomes the "detail" member of msgbus_stats_json (Kafka: the last
+     * librdkafka statistics JSON as one object under "librdkafka"; AMQP:
+     * its channels and confirm window). Called on the thread asking for
+     * stats, concurrently with every other op; never blocks on the
+     * network. Optional. */
+    void (*stats)(struct mb_backend *be, json_t *detail);
+
+    /* Fills in the subscription's lag on `sub`, the JSON object of this
+     * subscription in msgbus_stats_json: "lag" (integer: messages
+     * published and not yet consumed by its group; leave it out when not
+     * known) and backend detail under "lag_detail" (Kafka: "partitions", an
+     * array of {partition, high_watermark, committed, lag}; AMQP: "queue",
+     * "ready", "unacked"). May ask the broker, bounded by `timeout_ms`.
+     * Called concurrently with every other op except unsubscribe of this
+     * sub. Optional (no lag reported). */
+    void (*sub_stats)(struct mb_backend_sub *bs, json_t *sub, int timeout_ms);
 };
 
 /* ---- services the core gives backends (callable from any thread) ---- */
@@ -165,6 +188,29 @@ MB_HIDDEN const char *mb_bus_url(const msgbus_t *bus);
  * (close_timeout_ms shared by every step); otherwise now + `timeout_ms`
  * (msgbus_sub_close on its own). */
 MB_HIDDEN int64_t mb_bus_close_deadline(const msgbus_t *bus, long timeout_ms);
+
+/* ---- observability services (src/core/stats.c) ---- */
+
+/* The bus connection changed state (any thread). `reason` (printf format)
+ * says why in words an operator understands ("all brokers down",
+ * "connection lost: socket closed"). A report of the state it is already
+ * in with the same reason is ignored, so backends may report freely. The
+ * core records it for msgbus_state, counts reconnects (RECONNECTING or
+ * DOWN followed by UP) and queues the event for the state callback. */
+MB_HIDDEN void mb_bus_state(msgbus_t *bus, msgbus_state_t state, const char *reason, ...)
+    MB_PRINTF(3, 4);
+/* The same for one subscription ("rebalanced: assigned 3 partitions",
+ * "queue deleted"). */
+MB_HIDDEN void mb_sub_state(msgbus_sub_t *sub, msgbus_state_t state, const char *reason, ...)
+    MB_PRINTF(3, 4);
+/* One publish→confirm latency in microseconds, recorded into the bus's
+ * histogram. Call it from the thread that confirms (usually the backend's
+ * I/O thread), once per confirmed message when the backend knows when the
+ * message was published (Kafka: rd_kafka_message_latency). A relaxed
+ * atomic add, no lock, no allocation. */
+MB_HIDDEN void mb_bus_confirm_latency(msgbus_t *bus, int64_t us);
+/* Monotonic clock in microseconds, for backends timing their messages. */
+MB_HIDDEN int64_t mb_mono_us(void);
 
 /* ---- registry ---- */
 

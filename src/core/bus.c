@@ -23,7 +23,7 @@
 static const char *const mb_core_options[] = {
     "queue_max",        "close_timeout_ms", "retry_max_attempts", "retry_initial_ms",
     "retry_multiplier", "retry_max_ms",     "retry_jitter",       "dlq",
-    "dlq_group",        NULL};
+    "dlq_group",        "stats_interval_ms", NULL};
 
 /* ---------------------------------------------------------------- work fd */
 
@@ -210,10 +210,16 @@ void mb_bus_confirm(msgbus_t *bus, struct mb_confirm *token, msgbus_err_t status
     }
     if (status != MSGBUS_OK) {
         atomic_fetch_add(&bus->failed, 1);
-        if (!token)
+        atomic_fetch_add_explicit(&bus->st.failed_by[(unsigned)status <= MSGBUS_ERR_INTERNAL
+                                                          ? status
+                                                          : MSGBUS_ERR_INTERNAL],
+                                  1, memory_order_relaxed);
+        if (!token || !token->cb)
             mb_log(MSGBUS_LOG_ERROR, "message not delivered (%s): %s", msgbus_err_name(status),
                    error && *error ? error : msgbus_strerror(status));
     }
+    else
+        atomic_fetch_add_explicit(&bus->st.confirmed, 1, memory_order_relaxed);
     if (token) {
         token->status = status;
         if (status != MSGBUS_OK)
@@ -270,6 +276,7 @@ void mb_bus_confirm_batch(msgbus_t *bus, struct mb_confirm *const *tokens, size_
             bus->rq_head = head;
         bus->rq_tail = tail;
     }
+    atomic_fetch_add_explicit(&bus->st.confirmed, n - (size_t)internal, memory_order_relaxed);
     atomic_fetch_sub(&bus->outstanding, (long)n - internal);
     pthread_cond_broadcast(&bus->cond);
     pthread_mutex_unlock(&bus->mu);
@@ -294,7 +301,10 @@ static int mb_serve_reports(msgbus_t *bus)
                              .msg_id = c->id,
                              .status = c->status,
                              .error = c->error ? c->error : ""};
-        c->cb(c->opaque, &r);
+        if (bus->hooks.on && bus->hooks.h.on_confirm)
+            bus->hooks.h.on_confirm(bus->hooks.h.opaque, &r, c->span);
+        if (c->cb)
+            c->cb(c->opaque, &r);
         free(c->error);
         if (!c->slab) {
             free(c);
@@ -322,19 +332,19 @@ MSGBUS_API msgbus_err_t msgbus_poll(msgbus_t *bus, int timeout_ms, int *served)
         *served = 0;
     if (!bus)
         return mb_error(MSGBUS_ERR_INVALID, "msgbus_poll: bus is NULL");
-    int n = mb_serve_reports(bus);
+    int n = mb_serve_reports(bus) + mb_stats_serve(bus);
     if (n == 0 && timeout_ms != 0) {
         struct timespec dl;
         mb_deadline(&dl, timeout_ms);
         pthread_mutex_lock(&bus->mu);
-        while (!bus->rq_head) {
+        while (!bus->rq_head && !mb_stats_pending_locked(bus)) {
             int rc = timeout_ms < 0 ? pthread_cond_wait(&bus->cond, &bus->mu)
                                     : pthread_cond_timedwait(&bus->cond, &bus->mu, &dl);
             if (rc == ETIMEDOUT)
                 break;
         }
         pthread_mutex_unlock(&bus->mu);
-        n = mb_serve_reports(bus);
+        n = mb_serve_reports(bus) + mb_stats_serve(bus);
     }
     if (served)
         *served = n;
@@ -360,6 +370,7 @@ static msgbus_err_t mb_flush(msgbus_t *bus, int timeout_ms, size_t *failed)
     bool timed_out = false;
     for (;;) {
         mb_serve_reports(bus);
+        mb_stats_serve(bus);
         pthread_mutex_lock(&bus->mu);
         while (atomic_load(&bus->outstanding) > 0 && !bus->rq_head && !timed_out) {
             int rc = timeout_ms < 0 ? pthread_cond_wait(&bus->cond, &bus->mu)
@@ -399,6 +410,10 @@ MSGBUS_API msgbus_err_t msgbus_flush(msgbus_t *bus, int timeout_ms, size_t *fail
 }
 
 /* ---------------------------------------------------------------- publish */
+
+static msgbus_err_t mb_publish_token(msgbus_t *bus, const char *topic, size_t topic_len,
+                                     const msgbus_msg_t *m, msgbus_delivery_cb cb, void *opaque,
+                                     void *span);
 
 /* The topic name this thread last published to, known to be valid:
  * publishers mostly repeat their topic, and comparing it with this copy
@@ -454,6 +469,25 @@ MSGBUS_API msgbus_err_t msgbus_publish(msgbus_t *bus, const char *topic, const m
         m = &with_id;
     }
 
+    /* The tracer's hook sees (and may add headers to) msgbus's own copy. */
+    msgbus_msg_t *hooked = NULL;
+    void *span = NULL;
+    if (bus->hooks.on && bus->hooks.h.on_publish) {
+        if (!(hooked = mb_msg_clone(m)))
+            return mb_error(MSGBUS_ERR_NOMEM, "out of memory publishing to '%s'", topic);
+        span = bus->hooks.h.on_publish(bus->hooks.h.opaque, topic, hooked);
+        m = hooked;
+    }
+    msgbus_err_t e = mb_publish_token(bus, topic, topic_len, m, cb, opaque, span);
+    msgbus_msg_free(hooked);
+    return e;
+}
+
+/* msgbus_publish once the message is final. */
+static msgbus_err_t mb_publish_token(msgbus_t *bus, const char *topic, size_t topic_len,
+                                     const msgbus_msg_t *m, msgbus_delivery_cb cb, void *opaque,
+                                     void *span)
+{
     if (atomic_fetch_add(&bus->outstanding, 1) >= bus->queue_max) {
         atomic_fetch_sub(&bus->outstanding, 1);
         return mb_error(MSGBUS_ERR_QUEUE_FULL,
@@ -462,7 +496,7 @@ MSGBUS_API msgbus_err_t msgbus_publish(msgbus_t *bus, const char *topic, const m
                         bus->queue_max, bus->queue_max);
     }
     struct mb_confirm *token = NULL;
-    if (cb) {
+    if (cb || (bus->hooks.on && bus->hooks.h.on_confirm)) {
         /* One allocation for the token and its strings: this is per message. */
         size_t tl = topic_len + 1, il = strlen(m->id) + 1;
         token = mb_token_new(tl + il);
@@ -480,6 +514,7 @@ MSGBUS_API msgbus_err_t msgbus_publish(msgbus_t *bus, const char *topic, const m
         token->cb = cb;
         token->opaque = opaque;
         token->internal = false;
+        token->span = span;
     }
     msgbus_err_t e = bus->ops->publish(bus->be, topic, m, token);
     if (e != MSGBUS_OK) {
@@ -529,6 +564,7 @@ void mb_sub_unref(msgbus_sub_t *sub)
     pthread_cond_destroy(&sub->cond);
     pthread_rwlock_destroy(&sub->settle_lock);
     mb_retry_policy_free(&sub->policy);
+    mb_stats_sub_free(sub);
     free(sub->topic);
     free(sub->group);
     free(sub);
@@ -686,11 +722,17 @@ msgbus_err_t mb_subscribe_policy(msgbus_t *bus, const char *topic, const char *g
         mb_sub_unref(sub);
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory subscribing to '%s'", topic);
     }
+    mb_stats_sub_open(sub);
     msgbus_err_t e = bus->ops->subscribe(bus->be, sub, &sub->bs);
     if (e) {
         mb_sub_unref(sub);
         return e;
     }
+    pthread_mutex_lock(&sub->mu);
+    bool still_connecting = sub->state.state == MSGBUS_STATE_CONNECTING;
+    pthread_mutex_unlock(&sub->mu);
+    if (still_connecting) /* the backend said nothing more: consuming */
+        mb_sub_state(sub, MSGBUS_STATE_UP, "subscribed");
     pthread_mutex_lock(&bus->subs_mu);
     sub->next = bus->subs;
     bus->subs = sub;
@@ -726,11 +768,18 @@ MSGBUS_API msgbus_err_t msgbus_receive(msgbus_sub_t *sub, int timeout_ms, msgbus
             sub->tail = NULL;
         sub->qlen--;
         m->next = NULL;
+        sub->received++;
     }
+    /* Every 8th message is timed from here to its settle (docs/stats.md):
+     * percentiles need samples, not a clock reading per message. */
+    bool sample = m && (sub->received & 7) == 1;
     bool closed = sub->closed;
     pthread_mutex_unlock(&sub->mu);
     if (m) {
         mb_work_sub(sub->bus, 1);
+        m->recv_us = sample ? mb_mono_us() : 0;
+        if (sub->hooks.on)
+            mb_stats_received(sub, m);
         *out = m;
         return MSGBUS_OK;
     }
@@ -767,6 +816,8 @@ MSGBUS_API msgbus_err_t msgbus_ack(msgbus_msg_t *m)
     msgbus_err_t e = mb_sub_settle(m->sub, m, MB_SETTLE_ACK);
     if (e)
         atomic_store(&m->state, MB_MSG_RECEIVED);
+    else
+        mb_stats_settled(m, MSGBUS_SETTLED_ACK);
     return e;
 }
 
@@ -869,6 +920,8 @@ static void mb_bus_free(msgbus_t *bus)
     pthread_mutex_destroy(&bus->fd_mu);
     pthread_mutex_destroy(&bus->subs_mu);
     pthread_mutex_destroy(&bus->worker_mu);
+    mb_stats_stop(bus);
+    mb_stats_destroy(bus);
     mb_retry_policy_free(&bus->policy);
     mb_url_free(bus->url);
     free(bus);
@@ -912,10 +965,12 @@ MSGBUS_API msgbus_err_t msgbus_open(msgbus_t **out, const char *url_text, const 
     pthread_mutex_init(&bus->fd_mu, NULL);
     pthread_mutex_init(&bus->subs_mu, NULL);
     pthread_mutex_init(&bus->worker_mu, NULL);
+    mb_stats_init(bus);
     if (ops->env_prefix && (e = mb_url_add_env(url, ops->env_prefix, ops->env_separator, mb_core_options)))
         goto fail;
     if ((e = mb_url_opt_int(url, "queue_max", 100000, 1, 100000000, &bus->queue_max)) ||
         (e = mb_url_opt_int(url, "close_timeout_ms", 5000, 0, 3600000, &bus->close_timeout_ms)) ||
+        (e = mb_url_opt_int(url, "stats_interval_ms", 0, 0, 86400000, &bus->stats_interval_ms)) ||
         (e = mb_retry_policy_from_url(url, &bus->policy)) ||
         (e = mb_check_known(url, ops)))
         goto fail;
@@ -926,6 +981,12 @@ MSGBUS_API msgbus_err_t msgbus_open(msgbus_t **out, const char *url_text, const 
     }
     if ((e = ops->open(bus, url, &bus->be)))
         goto fail;
+    pthread_mutex_lock(&bus->state_mu);
+    bool still_connecting = bus->state.state == MSGBUS_STATE_CONNECTING;
+    pthread_mutex_unlock(&bus->state_mu);
+    if (still_connecting) /* the backend said nothing more: connected */
+        mb_bus_state(bus, MSGBUS_STATE_UP, "connected");
+    mb_stats_start(bus);
     mb_log(MSGBUS_LOG_INFO, "opened %s bus on %s", ops->scheme, url->redacted);
     atomic_fetch_add(&mb_open_buses, 1);
     *out = bus;
@@ -962,6 +1023,7 @@ MSGBUS_API void msgbus_close(msgbus_t *bus)
     mb_retry_stop(bus);
     bus->ops->close(bus->be);
     mb_serve_reports(bus);
+    mb_stats_serve(bus);
     left = atomic_load(&bus->outstanding);
     if (left != 0)
         mb_log(MSGBUS_LOG_ERROR, "backend %s left %ld message(s) without an outcome at close",

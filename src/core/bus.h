@@ -27,6 +27,51 @@ struct mb_retry_policy {
 struct mb_hold;
 struct mb_retry_worker;
 
+/* ---- stats (stats.c) ----
+ * A latency histogram with fixed log buckets: values below 16 µs have a
+ * bucket each, above that 8 buckets per power of two (12.5 % wide), up to
+ * 2^40 µs. Written with relaxed atomic adds by whoever records (no lock,
+ * no allocation); a reader diffs it against its previous copy to get the
+ * figures of one interval. */
+#define MB_HIST_SUB_BITS 3
+#define MB_HIST_BUCKETS (16 + (40 - 4) * (1 << MB_HIST_SUB_BITS))
+struct mb_hist {
+    _Atomic uint64_t b[MB_HIST_BUCKETS];
+    _Atomic int64_t max; /* largest since the reader last took it */
+};
+MB_HIDDEN void mb_hist_add(struct mb_hist *h, int64_t us);
+
+/* Bus and subscription state as the backends report it. */
+struct mb_state {
+    msgbus_state_t state;
+    char reason[256];
+};
+
+struct mb_state_ev;
+
+/* Counters a subscription's settling threads write (the application's),
+ * on their own cache line, away from what the backend's thread writes. */
+struct mb_sub_stats {
+    _Alignas(64) _Atomic uint64_t acked;
+    _Atomic uint64_t nacked;
+    _Atomic uint64_t settled; /* acks, nacks and msgbus_dead_letter calls */
+    _Atomic uint64_t retried;
+    _Atomic uint64_t dead_lettered;
+    struct mb_hist settle_lat; /* receive→settle, sampled (docs/stats.md) */
+};
+
+/* What the stats reader keeps between snapshots to report "the last
+ * interval" (guarded by the bus's stats lock). */
+struct mb_hist_prev {
+    uint64_t b[MB_HIST_BUCKETS];
+};
+
+/* Hooks as installed (msgbus_set_hooks); `on` is false when none. */
+struct mb_hooks {
+    bool on;
+    msgbus_hooks_t h;
+};
+
 struct mb_confirm {
     msgbus_delivery_cb cb;
     void *opaque;
@@ -38,6 +83,8 @@ struct mb_confirm {
     /* A publish msgbus makes for itself (a dead letter): its outcome goes
      * to the retry worker, not to the application's callbacks. */
     bool internal;
+    /* What the on_publish hook returned, for on_confirm. */
+    void *span;
     /* The slab the token was cut from (bus.c), NULL for one of its own. */
     struct mb_token_slab *slab;
 };
@@ -64,6 +111,14 @@ struct msgbus_sub {
     struct mb_retry_policy policy;
     struct mb_hold *holds;
     _Atomic long dead_letters; /* handed to the worker, not yet settled */
+
+    /* Observability (stats.c). received is counted under mu by
+     * msgbus_receive; the rest in `st`. state under the bus's state_mu. */
+    uint64_t received;
+    struct mb_state state;
+    struct mb_hooks hooks;
+    struct mb_hist_prev *settle_prev; /* reader's copy, stats lock */
+    struct mb_sub_stats st;
 };
 
 struct msgbus {
@@ -98,6 +153,40 @@ struct msgbus {
     struct mb_retry_policy policy;
     struct mb_retry_worker *worker;
     pthread_mutex_t worker_mu;
+
+    /* Observability (stats.c). Confirm-side counters on their own cache
+     * line: written by the thread that confirms, read by stats. */
+    struct {
+        _Alignas(64) _Atomic uint64_t confirmed;
+        _Atomic uint64_t failed_by[MSGBUS_ERR_INTERNAL + 1];
+        struct mb_hist confirm_lat;
+    } st;
+    int64_t opened_mono_ms;
+    long stats_interval_ms;
+    struct mb_hooks hooks;
+    /* Connection state, state events queued for the state callback (served
+     * with the delivery reports, under mu), the callbacks. */
+    pthread_mutex_t state_mu;
+    struct mb_state state;
+    uint64_t reconnects;
+    bool lost; /* RECONNECTING or DOWN since the last UP */
+    struct mb_state_ev *ev_head, *ev_tail; /* under mu */
+    long ev_count;                         /* under mu */
+    _Atomic bool stats_due;                /* the ticker asks for a snapshot */
+    msgbus_state_cb state_cb;
+    void *state_opaque;
+    msgbus_stats_cb stats_cb;
+    void *stats_opaque;
+    /* Snapshots: one at a time; the previous histogram copies. */
+    pthread_mutex_t snap_mu;
+    struct mb_hist_prev confirm_prev;
+    int64_t prev_snap_ms;
+    /* The stats ticker (a thread, only with stats_interval_ms > 0). */
+    pthread_t ticker;
+    bool ticker_on;
+    bool ticker_stop;
+    pthread_mutex_t ticker_mu;
+    pthread_cond_t ticker_cond;
 };
 
 /* ---- bus.c services for retry.c ---- */
@@ -110,6 +199,25 @@ MB_HIDDEN msgbus_err_t mb_sub_settle(msgbus_sub_t *sub, msgbus_msg_t *m, enum mb
 MB_HIDDEN msgbus_err_t mb_check_name(const char *what, const char *name);
 MB_HIDDEN msgbus_err_t mb_subscribe_policy(msgbus_t *bus, const char *topic, const char *group,
                                            struct mb_retry_policy *pol, msgbus_sub_t **out);
+
+/* ---- stats.c ---- */
+MB_HIDDEN void mb_stats_init(msgbus_t *bus);
+/* Starts the ticker when stats_interval_ms > 0 (after open succeeded). */
+MB_HIDDEN void mb_stats_start(msgbus_t *bus);
+/* Stops the ticker and frees queued events (at close). */
+MB_HIDDEN void mb_stats_stop(msgbus_t *bus);
+MB_HIDDEN void mb_stats_destroy(msgbus_t *bus);
+/* Serves queued state events and a due stats snapshot on the calling
+ * thread; returns how many callbacks ran. */
+MB_HIDDEN int mb_stats_serve(msgbus_t *bus);
+/* True when events or a snapshot wait (call under bus->mu). */
+MB_HIDDEN bool mb_stats_pending_locked(msgbus_t *bus);
+/* A received message leaves msgbus_receive / is settled / is freed. */
+MB_HIDDEN void mb_stats_received(msgbus_sub_t *sub, msgbus_msg_t *m);
+MB_HIDDEN void mb_stats_settled(msgbus_msg_t *m, msgbus_settled_t how);
+/* Subscription made / being closed (state + hooks). */
+MB_HIDDEN void mb_stats_sub_open(msgbus_sub_t *sub);
+MB_HIDDEN void mb_stats_sub_free(msgbus_sub_t *sub);
 
 /* ---- retry.c ---- */
 /* The core's URL options for retry (looked up at open). */

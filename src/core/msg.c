@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bus.h"
 #include "core/msg.h"
 
 void mb_sub_msg_released(msgbus_msg_t *m); /* bus.c: drops the sub reference */
@@ -191,6 +192,10 @@ MSGBUS_API void msgbus_msg_free(msgbus_msg_t *m)
 {
     if (!m)
         return;
+    /* The application lets go of a message it never settled: the tracer's
+     * span for it ends (the broker delivers it again). */
+    if (m->hook_armed && m->sub && atomic_load(&m->state) == MB_MSG_RECEIVED)
+        mb_stats_settled(m, MSGBUS_SETTLED_NONE);
     if (m->sub && atomic_fetch_sub(&m->refs, 1) != 1)
         return; /* the core still holds it (retry timer, dead letter) */
     bool embedded = m->embedded;

@@ -69,6 +69,14 @@ struct msgbus_msg {
 
     struct msgbus_msg *next; /* link in the core's receive queue */
 
+    /* Received messages only, for stats and hooks (stats.c): when
+     * msgbus_receive handed it out (mb_mono_us; 0: not sampled for the
+     * receive→settle latency), whether on_settle is still owed, and the
+     * value on_receive returned. */
+    int64_t recv_us;
+    bool hook_armed;
+    void *hook_span;
+
     /* Received messages only: references. The application's handle is one;
      * the core takes more while a nacked message waits for its retry or a
      * dead letter waits for its confirm (mb_msg_ref). msgbus_msg_free drops

@@ -633,7 +633,23 @@ static msgbus_err_t mb_dead_letter_submit(msgbus_msg_t *m, const char *reason, c
     return MSGBUS_OK;
 }
 
+static msgbus_err_t mb_nack(msgbus_msg_t *m, const char *reason, bool *retried);
+
 MSGBUS_API msgbus_err_t msgbus_nack_reason(msgbus_msg_t *m, const char *reason)
+{
+    bool retried = false;
+    msgbus_err_t e = mb_nack(m, reason, &retried);
+    if (e == MSGBUS_OK) {
+        if (retried)
+            atomic_fetch_add_explicit(&m->sub->st.retried, 1, memory_order_relaxed);
+        mb_stats_settled(m, MSGBUS_SETTLED_NACK);
+    }
+    return e;
+}
+
+/* msgbus_nack_reason; *retried: the message goes back for another attempt
+ * (not to the dead-letter topic). */
+static msgbus_err_t mb_nack(msgbus_msg_t *m, const char *reason, bool *retried)
 {
     msgbus_err_t e = mb_check_settle(m, "nack");
     if (e)
@@ -645,6 +661,7 @@ MSGBUS_API msgbus_err_t msgbus_nack_reason(msgbus_msg_t *m, const char *reason)
             atomic_store(&m->state, MB_MSG_RECEIVED);
         return e;
     }
+    *retried = true;
     int64_t delay = mb_backoff_ms(pol, m->attempt);
     /* After msgbus_close(bus) the subscription is closed and sub->bus is
      * gone: look before touching the bus's worker. */
@@ -728,6 +745,8 @@ MSGBUS_API msgbus_err_t msgbus_dead_letter(msgbus_msg_t *m, const char *reason)
         return e;
     if ((e = mb_dead_letter_submit(m, reason, "dead_letter")))
         atomic_store(&m->state, MB_MSG_RECEIVED);
+    else
+        mb_stats_settled(m, MSGBUS_SETTLED_DEAD_LETTER);
     return e;
 }
 
@@ -903,6 +922,7 @@ static void mb_dlq_confirmed(struct mb_retry_worker *w, struct mb_confirm *c)
            "acking the original",
            m->id ? m->id : "(no id)", j->dlq_topic, sub->topic, sub->group ? sub->group : "-",
            m->attempt, j->reason);
+    atomic_fetch_add_explicit(&sub->st.dead_lettered, 1, memory_order_relaxed);
     msgbus_err_t e = mb_sub_settle(sub, m, MB_SETTLE_ACK);
     if (e)
         mb_log(MSGBUS_LOG_WARN,
