@@ -43,6 +43,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "backends/backend.h"
 
 #define MB_MEM_SCAN_LIMIT 4096 /* pending entries examined per dispatch */
@@ -89,6 +91,7 @@ struct mb_mem_group {
     struct mb_mem_node node; /* in its topic's table; unused when broadcast */
     struct mb_mem_topic *topic;
     struct mb_mem_entry *head, *tail; /* pending, by seq */
+    size_t npending;                  /* entries in that list (stats: lag) */
     struct mb_backend_sub *members;
     struct mb_mem_table keys;
     struct mb_mem_group *prev, *next; /* every group of the topic */
@@ -282,6 +285,7 @@ static void mb_mem_pending_insert(struct mb_mem_group *g, struct mb_mem_entry *e
         at->prev = e;
     else
         g->tail = e;
+    g->npending++;
 }
 
 static void mb_mem_pending_remove(struct mb_mem_group *g, struct mb_mem_entry *e)
@@ -295,6 +299,7 @@ static void mb_mem_pending_remove(struct mb_mem_group *g, struct mb_mem_entry *e
     else
         g->tail = e->prev;
     e->prev = e->next = NULL;
+    g->npending--;
 }
 
 static void mb_mem_inflight_remove(struct mb_backend_sub *bs, struct mb_mem_entry *e)
@@ -659,6 +664,7 @@ static msgbus_err_t mb_mem_publish(struct mb_backend *be, const char *topic, con
                 else
                     g->head = en;
                 g->tail = en;
+                g->npending++;
                 mb_mem_dispatch(b, g);
             }
         }
@@ -783,6 +789,33 @@ static void mb_mem_release(msgbus_msg_t *m)
     m->backend_data = NULL;
 }
 
+/* Lag as RabbitMQ counts it: messages of the group not yet handed to a
+ * member (the group's "ready" messages); "unacked": what members hold. */
+static void mb_mem_sub_stats(struct mb_backend_sub *bs, json_t *sub, int timeout_ms)
+{
+    (void)timeout_ms; /* nothing to wait for: it is all in this process */
+    struct mb_mem_broker *b = bs->be->broker;
+    pthread_mutex_lock(&b->mu);
+    struct mb_mem_group *g = bs->group;
+    size_t ready = g->npending;
+    long unacked = 0;
+    for (struct mb_backend_sub *m = g->members; m; m = m->next)
+        unacked += m->ninflight;
+    pthread_mutex_unlock(&b->mu);
+    json_object_set_new(sub, "lag", json_integer((json_int_t)ready));
+    json_t *d = json_object();
+    json_object_set_new(d, "group", g->named ? json_string(g->name) : json_null());
+    json_object_set_new(d, "ready", json_integer((json_int_t)ready));
+    json_object_set_new(d, "unacked", json_integer(unacked));
+    json_object_set_new(sub, "lag_detail", d);
+}
+
+static void mb_mem_stats(struct mb_backend *be, json_t *detail)
+{
+    json_object_set_new(detail, "broker", json_string(be->broker->name ? be->broker->name : ""));
+    json_object_set_new(detail, "prefetch", json_integer(be->prefetch));
+}
+
 static const char *const mb_mem_schemes[] = {"mem", NULL};
 
 MB_HIDDEN const struct mb_backend_ops mb_mem_ops = {
@@ -802,4 +835,6 @@ MB_HIDDEN const struct mb_backend_ops mb_mem_ops = {
     .unsubscribe = mb_mem_unsubscribe,
     .settle = mb_mem_settle,
     .release = mb_mem_release,
+    .stats = mb_mem_stats,
+    .sub_stats = mb_mem_sub_stats,
 };
