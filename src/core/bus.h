@@ -171,7 +171,7 @@ struct msgbus {
     uint64_t reconnects;
     bool lost; /* RECONNECTING or DOWN since the last UP */
     struct mb_state_ev *ev_head, *ev_tail; /* under mu */
-    long ev_count;                         /* under mu */
+    _Atomic long ev_count;                 /* changed under mu */
     _Atomic bool stats_due;                /* the ticker asks for a snapshot */
     msgbus_state_cb state_cb;
     void *state_opaque;

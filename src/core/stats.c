@@ -512,8 +512,9 @@ bool mb_stats_pending_locked(msgbus_t *bus)
 
 int mb_stats_serve(msgbus_t *bus)
 {
-    if (!bus->ev_head && !atomic_load_explicit(&bus->stats_due, memory_order_relaxed))
-        return 0; /* racy peek: what it misses wakes the next poll */
+    if (!atomic_load_explicit(&bus->ev_count, memory_order_relaxed) &&
+        !atomic_load_explicit(&bus->stats_due, memory_order_relaxed))
+        return 0; /* a peek: what it misses wakes the next poll */
     pthread_mutex_lock(&bus->mu);
     struct mb_state_ev *ev = bus->ev_head;
     bus->ev_head = bus->ev_tail = NULL;
