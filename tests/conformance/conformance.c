@@ -25,6 +25,7 @@
 #include "conformance_errors.h"
 #include "conformance_fd.h"
 #include "conformance_retry.h"
+#include "conformance_stats.h"
 
 /* ------------------------------------------------------- round trips */
 
@@ -766,5 +767,6 @@ int main(int argc, char **argv)
     cf_add(s, "poison_key", poison_message_delays_only_its_own_key, 120);
     cf_add(s, "dlq_replay", dead_letter_at_once_then_replay_moves_it_back, 120);
     cf_add(s, "retry_options", retry_options_are_checked_and_change_nothing_when_wrong, 60);
+    cf_add(s, "stats", stats_count_known_traffic_and_lag_drains_to_zero, 120);
     return tu_run_suite(s);
 }
