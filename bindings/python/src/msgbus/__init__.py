@@ -16,7 +16,7 @@ See docs/python.md in the msgbus repository.
 """
 from __future__ import annotations
 
-from ._core import Bus, Delivery, Message, Subscription
+from ._core import Bus, Delivery, Message, State, StateEvent, Subscription
 from ._lib import LibraryInfo, LibraryNotFoundError
 from . import inbox, outbox  # noqa: E402  (msgbus.outbox.put, msgbus.inbox.Inbox)
 from .errors import (AuthError, BrokerError, ClosedError, ConfigError, ConnectError,
@@ -42,16 +42,48 @@ def version() -> str:
 
 
 def set_log_level(level: int) -> None:
-    """The most verbose level msgbus writes to stderr: 0 error, 1 warn
-    (default), 2 info, 3 debug. Another value is :class:`InvalidError`, a
-    non-int (bool included) :class:`InvalidTypeError`."""
-    from . import _check, _lib
-    _lib.load().msgbus_set_log(None, None, _check.integer(level, "level", 0, 3))
+    """Pins the most verbose level of the lines libmsgbus hands to the
+    ``logging.getLogger("msgbus")`` logger: 0 error, 1 warn, 2 info,
+    3 debug (by default it follows that logger's effective level, see
+    :func:`sync_log_level`). The logger's own level and handlers still
+    decide what is shown. Another value is :class:`InvalidError`, a non-int
+    (bool included) :class:`InvalidTypeError`."""
+    from . import _check, _log
+    _log.pin(_check.integer(level, "level", 0, 3))
+
+
+def sync_log_level() -> None:
+    """Makes libmsgbus's level follow the "msgbus" logger's effective level
+    again (undoing :func:`set_log_level`) and reads that level now. It is
+    read anyway when the library loads and each time a :class:`Bus` opens;
+    call this after changing the logging configuration while buses are
+    open."""
+    from . import _log
+    _log.pin(None)
+
+
+def instrument(tracer_provider=None, propagator=None) -> None:
+    """Turns on OpenTelemetry tracing of every bus in the process: a
+    PRODUCER span per publish (and per :func:`msgbus.outbox.put`), a
+    CONSUMER span per received message ending when it is settled, the
+    context carried in the ``traceparent``/``tracestate`` headers. Needs
+    ``opentelemetry-api`` (``pip install 'msgbus[otel]'``), else
+    ImportError. `tracer_provider` and `propagator` default to
+    OpenTelemetry's global ones. See docs/python.md, "OpenTelemetry"."""
+    from . import otel
+    otel.instrument(tracer_provider=tracer_provider, propagator=propagator)
+
+
+def uninstrument() -> None:
+    """Turns tracing off again (spans already started still end)."""
+    from . import otel
+    otel.uninstrument()
 
 
 __all__ = [
     "Bus", "Delivery", "Message", "Subscription", "inbox", "outbox", "LibraryInfo", "LibraryNotFoundError",
-    "library_info", "version", "set_log_level",
+    "library_info", "version", "set_log_level", "sync_log_level", "instrument", "uninstrument",
+    "State", "StateEvent",
     "MsgbusError", "InvalidError", "InvalidTypeError", "ConfigError", "NoMemoryError", "TimeoutError",
     "QueueFullError", "ConnectError", "AuthError", "TooLargeError", "BrokerError",
     "ClosedError", "DuplicateError", "StateError", "UnsupportedError", "DeliveryError",

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import json
 import threading
 import weakref
 from ctypes import byref, c_char_p, c_int, c_size_t, c_void_p
-from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Union)
+from typing import (Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Union)
 
-from . import _check, _lib
+from . import _check, _lib, _log
 from .errors import (ClosedError, DeliveryError, InvalidError, InvalidTypeError, MsgbusError,
                      UnsupportedError, check, make_error)
 
@@ -16,6 +17,13 @@ Bytes = Union[bytes, bytearray, memoryview, str]
 HeaderValue = Union[str, bytes]
 
 _WAIT_SLICE_MS = 200  # blocking C waits are cut into slices so Ctrl-C works
+
+# The tracer msgbus.instrument() installs (msgbus.otel), None when tracing is
+# off: one global read per publish/receive/settle is all tracing costs then.
+# Its methods: publish(bus, topic, m_ptr, msg_id, payload_len, key) -> span,
+# publish_failed(span, exc), confirmed(span, exc), received(bus, message) ->
+# span, settled(message, span, how, reason, exc), created(...) (outbox).
+_tracer: Any = None
 
 
 def _hval(value: HeaderValue, name: str) -> bytes:
@@ -100,7 +108,8 @@ class Delivery:
     :meth:`result` and :meth:`exception` serve it themselves while they wait.
     """
 
-    __slots__ = ("_bus", "topic", "message_id", "_status", "_exc", "_callbacks", "__weakref__")
+    __slots__ = ("_bus", "topic", "message_id", "_status", "_exc", "_callbacks", "_span",
+                 "__weakref__")
 
     def __init__(self, bus: "Bus", topic: str, message_id: str):
         self._bus = bus
@@ -111,10 +120,17 @@ class Delivery:
         self._status: Optional[int] = None
         self._exc: Optional[MsgbusError] = None
         self._callbacks: Optional[List[Callable[["Delivery"], Any]]] = None
+        self._span: Any = None  # the tracer's publish span, ended at the outcome
 
     def _finish(self, status: int, error: Optional[bytes]) -> None:
         if status != 0:
             self._exc = make_error(status, (error or b"").decode("utf-8", "replace"))
+        span, self._span = self._span, None
+        if span is not None and _tracer is not None:
+            try:
+                _tracer.confirmed(span, self._exc)
+            except Exception:  # a tracer's error must not lose the outcome
+                _log.logger.exception("tracer: ending the publish span failed")
         with _cb_lock:
             self._status = status
             self._bus = None  # type: ignore[assignment]
@@ -207,7 +223,7 @@ class Message:
     """
 
     __slots__ = ("_ptr", "payload", "key", "headers", "id", "attempt", "topic", "group",
-                 "timestamp", "_settled", "__weakref__")
+                 "timestamp", "_settled", "_span", "__weakref__")
 
     def __init__(self, ptr: int):
         lib = _lib.load()
@@ -232,12 +248,24 @@ class Message:
         self.group: Optional[str] = _dec(lib.msgbus_msg_group(ptr))
         self.timestamp: int = lib.msgbus_msg_timestamp(ptr)
         self._settled = False
+        self._span: Any = None  # the tracer's process span, ended when settled
+
+    def _end_span(self, how: str, reason: Optional[str] = None,
+                  exc: Optional[BaseException] = None) -> None:
+        span, self._span = self._span, None
+        if span is not None and _tracer is not None:
+            try:
+                _tracer.settled(self, span, how, reason, exc)
+            except Exception:
+                _log.logger.exception("tracer: ending the process span failed")
 
     def _release(self) -> None:
         with _release_lock:
             p, self._ptr = self._ptr, None
         if p:
             _lib.load().msgbus_msg_free(p)
+        if self._span is not None and not self._settled:
+            self._end_span("none")  # freed unsettled: the broker delivers it again
 
     def __del__(self) -> None:
         try:
@@ -245,15 +273,23 @@ class Message:
         except Exception:
             pass
 
-    def _settle(self, fn: Callable[[int], int], what: str) -> None:
+    def _settle(self, fn: Callable[[int], int], what: str,
+                reason: Optional[str] = None) -> None:
         p = self._ptr
         if p is None:
             if self._settled:
                 from .errors import StateError
                 raise StateError(f"{what}: the message was already settled")
             raise ClosedError(f"{what}: the message's bus is closed (it will be delivered again)")
-        check(fn(p))
+        try:
+            check(fn(p))
+        except MsgbusError as e:
+            if self._span is not None:
+                self._end_span(what, reason, e)
+            raise
         self._settled = True
+        if self._span is not None:
+            self._end_span(what, reason)
         self._release()  # the core keeps what it still needs (refs)
 
     def ack(self) -> None:
@@ -274,7 +310,7 @@ class Message:
         if not hasattr(lib, "msgbus_nack_reason"):
             raise UnsupportedError("nack(reason): this libmsgbus has no msgbus_nack_reason")
         r = _check.text(reason, "reason", optional=True)
-        self._settle(lambda p: lib.msgbus_nack_reason(p, r), "nack")
+        self._settle(lambda p: lib.msgbus_nack_reason(p, r), "nack", reason)
 
     def dead_letter(self, reason: Optional[str] = None) -> None:
         """Sends it to its subscription's dead-letter topic at once (a poison
@@ -283,7 +319,7 @@ class Message:
         r = _check.text(reason, "reason", optional=True)
         if not hasattr(lib, "msgbus_dead_letter"):
             raise UnsupportedError("dead_letter: this libmsgbus has no msgbus_dead_letter")
-        self._settle(lambda p: lib.msgbus_dead_letter(p, r), "dead_letter")
+        self._settle(lambda p: lib.msgbus_dead_letter(p, r), "dead_letter", reason)
 
     @property
     def settled(self) -> bool:
@@ -327,6 +363,11 @@ class Subscription:
             if rc == 0:
                 m = Message(int(out.value or 0))
                 self._bus._track(m)
+                if _tracer is not None:
+                    try:
+                        m._span = _tracer.received(self._bus, m)
+                    except Exception:
+                        _log.logger.exception("tracer: starting the process span failed")
                 return m
             if rc != 4:  # not a timeout
                 check(rc)
@@ -372,6 +413,15 @@ class Subscription:
     def closed(self) -> bool:
         return self._ptr is None
 
+    @property
+    def state(self) -> "State":
+        """The subscription's own state (``msgbus_sub_state``), e.g.
+        ``State("UP", "subscribed")``; :class:`ClosedError` after close."""
+        p = self._ptr
+        if p is None:
+            raise ClosedError(f"subscription to '{self.topic}' is closed")
+        return _read_state(_need("msgbus_sub_state", "Subscription.state"), p)
+
     def __enter__(self) -> "Subscription":
         return self
 
@@ -405,6 +455,55 @@ def _options(options: Optional[Mapping[str, Any]]) -> Optional[bytes]:
     return "&".join(parts).encode()
 
 
+# ------------------------------------------------------------------ state
+
+class State(NamedTuple):
+    """A connection's (or subscription's) state: ``name`` is
+    ``"CONNECTING"``, ``"UP"``, ``"RECONNECTING"`` or ``"DOWN"``;
+    ``reason`` says why (e.g. ``"connected"``, ``"all brokers down"``)."""
+
+    name: str
+    reason: str
+
+
+class StateEvent(NamedTuple):
+    """One state change, as given to :meth:`Bus.on_state` callbacks."""
+
+    state: str
+    """The new state's name."""
+    previous: str
+    """The state before."""
+    reason: str
+    """Why it changed."""
+    subscription: Optional["Subscription"]
+    """The subscription that changed (None: the bus connection, or a
+    subscription closed since)."""
+    topic: Optional[str]
+    """The subscription's topic (None for the bus)."""
+    group: Optional[str]
+    """The subscription's group (None for the bus or a broadcast subscriber)."""
+    time_ms: int
+    """When it happened, ms since the Unix epoch."""
+
+
+def _need(name: str, what: str) -> Any:
+    lib = _lib.load()
+    fn = getattr(lib, name, None)
+    if fn is None:
+        raise UnsupportedError(f"{what}: this libmsgbus has no {name}")
+    return fn
+
+
+def _state_name(lib: Any, v: int) -> str:
+    return str(lib.msgbus_state_name(v).decode())
+
+
+def _read_state(fn: Any, ptr: int) -> State:
+    buf = ctypes.create_string_buffer(256)
+    v = fn(ptr, buf, len(buf))
+    return State(_state_name(_lib.load(), v), buf.value.decode("utf-8", "replace"))
+
+
 # ------------------------------------------------------------------ bus
 
 class Bus:
@@ -428,8 +527,15 @@ class Bus:
         self._msgs: "weakref.WeakSet[Message]" = weakref.WeakSet()
         self._dependents: "weakref.WeakSet[Any]" = weakref.WeakSet()  # outbox relays
         self._cb = _delivery_cb()
+        # ctypes callback objects of on_state/on_stats: kept while installed
+        # and until close returns (close may still serve them)
+        self._state_cfn: Any = None
+        self._stats_cfn: Any = None
+        self._otel_attrs: Any = None  # the tracer's per-bus attributes (msgbus.otel)
+        ub = _check.text(url, "url", optional=True)
+        _log.sync()  # logging configured since the last bus: follow its level
         ptr = c_void_p()
-        check(lib.msgbus_open(byref(ptr), _check.text(url, "url", optional=True), None))
+        check(lib.msgbus_open(byref(ptr), ub, None))
         self._ptr = ptr.value
 
     # -- helpers
@@ -481,15 +587,32 @@ class Bus:
         bus = self._p()
         tb = _check.text(topic, "topic")
         m = build_message(payload, key, headers, id, timestamp)
+        span = None
         try:
             mid = lib.msgbus_msg_id(m).decode()
             token = next(_ids)
             d = Delivery(self, topic, mid)
+            tracer = _tracer
+            if tracer is not None:
+                # starts the span and writes its context into m's headers
+                try:
+                    span = tracer.publish(self, topic, m, mid, payload, key)
+                except Exception:  # tracing must not stop a publish
+                    _log.logger.exception("tracer: starting the publish span failed")
+                d._span = span
             _pending[token] = d
             rc = lib.msgbus_publish(bus, tb, m, self._cb, token)
             if rc != 0:
                 _pending.pop(token, None)
                 check(rc)
+        except BaseException as e:
+            if span is not None and _tracer is not None:
+                d._span = None
+                try:
+                    _tracer.publish_failed(span, e)
+                except Exception:
+                    _log.logger.exception("tracer: ending the publish span failed")
+            raise
         finally:
             lib.msgbus_msg_free(m)
         return d
@@ -564,6 +687,92 @@ class Bus:
         check(lib.msgbus_dlq_replay(self._p(), tb, gb, n, ms, byref(moved)))
         return moved.value
 
+    # -- observability (docs/stats.md)
+    @property
+    def state(self) -> State:
+        """The connection's current state (``msgbus_state``), e.g.
+        ``State("UP", "connected")``. Any thread."""
+        return _read_state(_need("msgbus_state", "Bus.state"), self._p())
+
+    def stats(self) -> Dict[str, Any]:
+        """A snapshot of the bus's figures (``msgbus_stats_json``) as a dict:
+        counters since open, latency percentiles since the previous
+        snapshot, each subscription with its lag, the backend's detail —
+        every field is listed in docs/stats.md. May wait up to about a
+        second for the broker (lag)."""
+        fn = _need("msgbus_stats_json", "Bus.stats")
+        lib = _lib.load()
+        out = c_void_p()
+        check(fn(self._p(), byref(out)))
+        try:
+            text = ctypes.string_at(out.value) if out.value else b"{}"
+        finally:
+            lib.msgbus_stats_free(out.value)
+        return dict(json.loads(text.decode("utf-8")))
+
+    def on_state(self, callback: Optional[Callable[[StateEvent], Any]]) -> None:
+        """Calls ``callback(event)`` (a :class:`StateEvent`) for each change of
+        the connection's or a subscription's state, in order, on the thread
+        that calls :meth:`poll`, :meth:`flush` or :meth:`close` (also inside
+        ``Delivery.result()``). None removes it. Changes before it was set
+        are not replayed (read :attr:`state`). An exception the callback
+        raises is logged to the "msgbus" logger, not raised."""
+        if callback is not None:
+            _check.function(callback, "callback")
+        fn = _need("msgbus_set_state_cb", "Bus.on_state")
+        p = self._p()
+        if callback is None:
+            check(fn(p, None, None))
+            self._state_cfn = None
+            return
+        wself = weakref.ref(self)
+        lib = _lib.load()
+
+        def trampoline(_opaque: Any, evp: Any) -> None:
+            try:
+                ev = evp.contents
+                bus = wself()
+                sub = None
+                if ev.sub and bus is not None:
+                    for s in list(bus._subs):
+                        if s._ptr == ev.sub:
+                            sub = s
+                            break
+                callback(StateEvent(_state_name(lib, ev.state), _state_name(lib, ev.previous),
+                                    _dec(ev.reason) or "", sub, _dec(ev.topic), _dec(ev.group),
+                                    int(ev.time_ms)))
+            except BaseException:  # never into C
+                _log.logger.exception("Bus.on_state callback raised")
+
+        cfn = _lib.STATE_CB(trampoline)
+        check(fn(p, cfn, None))
+        self._state_cfn = cfn  # after install: the previous one may still be running
+
+    def on_stats(self, callback: Optional[Callable[[Dict[str, Any]], Any]]) -> None:
+        """Calls ``callback(snapshot)`` (a dict, as :meth:`stats`) every
+        ``stats_interval_ms`` (a URL option, e.g.
+        ``mem://?stats_interval_ms=1000``; without it never), on the thread
+        that calls :meth:`poll`. None removes it. An exception the callback
+        raises is logged to the "msgbus" logger, not raised."""
+        if callback is not None:
+            _check.function(callback, "callback")
+        fn = _need("msgbus_set_stats_cb", "Bus.on_stats")
+        p = self._p()
+        if callback is None:
+            check(fn(p, None, None))
+            self._stats_cfn = None
+            return
+
+        def trampoline(_opaque: Any, text: Optional[bytes]) -> None:
+            try:
+                callback(dict(json.loads((text or b"{}").decode("utf-8"))))
+            except BaseException:  # never into C
+                _log.logger.exception("Bus.on_stats callback raised")
+
+        cfn = _lib.STATS_CB(trampoline)
+        check(fn(p, cfn, None))
+        self._stats_cfn = cfn
+
     # -- event loops
     def fileno(self) -> int:
         """A descriptor that is readable while the bus has work: delivery
@@ -593,6 +802,7 @@ class Bus:
             s.close()
         self._ptr = None
         lib.msgbus_close(p)
+        self._state_cfn = self._stats_cfn = None  # close served the last of them
         # Deliveries of this bus that close could not report (none expected).
         for token, d in list(_pending.items()):
             if d._bus is self:

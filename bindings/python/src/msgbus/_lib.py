@@ -65,7 +65,17 @@ class OutboxStats(ctypes.Structure):
                 ("oldest_pending_age_ms", c_int64)]
 
 
+class StateEvent(ctypes.Structure):
+    """msgbus_state_event_t."""
+    _fields_ = [("state", c_int), ("previous", c_int), ("reason", c_char_p),
+                ("sub", c_void_p), ("topic", c_char_p), ("group", c_char_p),
+                ("time_ms", c_int64)]
+
+
 DELIVERY_CB = CFUNCTYPE(None, c_void_p, POINTER(Report))
+LOG_CB = CFUNCTYPE(None, c_void_p, c_int, c_char_p)
+STATE_CB = CFUNCTYPE(None, c_void_p, POINTER(StateEvent))
+STATS_CB = CFUNCTYPE(None, c_void_p, c_char_p)
 
 P = c_void_p
 PP = POINTER(c_void_p)
@@ -77,7 +87,7 @@ _PROTOTYPES = {
     "msgbus_strerror": (c_char_p, [E]),
     "msgbus_err_name": (c_char_p, [E]),
     "msgbus_last_error": (c_char_p, []),
-    "msgbus_set_log": (None, [P, P, c_int]),
+    "msgbus_set_log": (None, [P, P, c_int]),  # cb: a LOG_CB object or None
     "msgbus_msg_new": (E, [PP, c_char_p, c_size_t]),
     "msgbus_msg_free": (None, [P]),
     "msgbus_msg_payload": (P, [P, POINTER(c_size_t)]),
@@ -115,6 +125,15 @@ _PROTOTYPES = {
     "msgbus_sub_close": (None, [P]),
     "msgbus_poll": (E, [P, c_int, POINTER(c_int)]),
     "msgbus_fd": (c_int, [P]),
+    # observability (docs/stats.md): the text of msgbus_stats_json is read
+    # through a void pointer, so it can be given back to msgbus_stats_free
+    "msgbus_state_name": (c_char_p, [c_int]),
+    "msgbus_state": (c_int, [P, c_char_p, c_size_t]),
+    "msgbus_sub_state": (c_int, [P, c_char_p, c_size_t]),
+    "msgbus_set_state_cb": (E, [P, P, P]),  # cb: a STATE_CB object or None
+    "msgbus_stats_json": (E, [P, PP]),
+    "msgbus_stats_free": (None, [P]),
+    "msgbus_set_stats_cb": (E, [P, P, P]),  # cb: a STATS_CB object or None
     # outbox.h
     "msgbus_outbox_open_sqlite": (E, [PP, P, c_char_p]),
     "msgbus_outbox_open_pg": (E, [PP, P, c_char_p]),
@@ -141,7 +160,9 @@ _PROTOTYPES = {
 
 # Functions the binding can live without (newer API); absent → UnsupportedError.
 _OPTIONAL = {"msgbus_subscribe_ex", "msgbus_nack_reason", "msgbus_dead_letter",
-             "msgbus_dlq_replay"}
+             "msgbus_dlq_replay", "msgbus_state_name", "msgbus_state", "msgbus_sub_state",
+             "msgbus_set_state_cb", "msgbus_stats_json", "msgbus_stats_free",
+             "msgbus_set_stats_cb"}
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -244,6 +265,8 @@ def load() -> ctypes.CDLL:
                 lib.msgbus_version.restype = c_char_p
                 version = lib.msgbus_version().decode()
                 _declare(lib)
+                from . import _log
+                _log.install(lib)  # library log lines go to logging.getLogger("msgbus")
             except (OSError, AttributeError) as e:
                 raise LibraryNotFoundError(
                     f"msgbus: found {path} (via {source}) but could not load it: {e}") from e
@@ -283,4 +306,5 @@ def has(name: str) -> bool:
 
 
 __all__ = ["load", "info", "has", "LibraryInfo", "LibraryNotFoundError", "Report",
-           "DELIVERY_CB", "OutboxRelayOpts", "OutboxStats", "c_double"]
+           "DELIVERY_CB", "LOG_CB", "STATE_CB", "STATS_CB", "StateEvent", "OutboxRelayOpts",
+           "OutboxStats", "c_double"]
