@@ -11,10 +11,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import logging
 from ctypes import byref, c_char_p, c_int, c_size_t, c_void_p
 from typing import Any, Dict, Mapping, Optional, Union
 
-from . import _check, _lib
+from . import _check, _core, _lib
 from ._core import Bus
 from ._sql import HEADER_RE, NAME_RE, check_id, check_table, kind, pg_status, quote_table, uuid7
 from .errors import ClosedError, ConnectError, InvalidError, InvalidTypeError, StateError, \
@@ -80,7 +81,7 @@ def create_table(conn: Any, table: str = DEFAULT_TABLE) -> None:
         cur.close()
 
 
-def _headers_json(headers: Optional[Mapping[str, Union[str, bytes]]]) -> str:
+def _headers_dict(headers: Optional[Mapping[str, Union[str, bytes]]]) -> Dict[str, str]:
     out: Dict[str, str] = {}
     for name, value in (_check.mapping(headers, "headers") or {}).items():
         if not isinstance(name, str):
@@ -108,7 +109,11 @@ def _headers_json(headers: Optional[Mapping[str, Union[str, bytes]]]) -> str:
             raise InvalidError(f"header '{name}': value is not UTF-8 (JSON cannot hold "
                                "it)") from None
         out[name] = value
-    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
+    return out
+
+
+def _headers_json(headers: Mapping[str, str]) -> str:
+    return json.dumps(headers, ensure_ascii=False, separators=(",", ":"))
 
 
 def put(conn: Any, topic: str, payload: Union[bytes, str],
@@ -127,6 +132,11 @@ def put(conn: Any, topic: str, payload: Union[bytes, str],
     non-UTF-8 header value or malformed id raises :class:`InvalidError` and
     writes nothing; a database error raises :class:`StoreError`; a failed
     PostgreSQL transaction :class:`StateError`.
+
+    With tracing on (:func:`msgbus.instrument`) it makes a ``create
+    <topic>`` PRODUCER span around the INSERT and writes its context into
+    the row's headers (``traceparent``, ``tracestate``), so the consumer's
+    span of the relayed message is its child.
     """
     k = kind(conn)
     check_table(table, False)
@@ -136,27 +146,44 @@ def put(conn: Any, topic: str, payload: Union[bytes, str],
         raise InvalidError(f"invalid topic name {topic!r}: use 1..249 characters of "
                            "A-Z a-z 0-9 . _ -")
     mid = check_id(id) if id is not None else uuid7()
-    hj = _headers_json(headers)
+    hd = _headers_dict(headers)
     pb = _check.data(payload, "payload")
     kb = None if key is None else _check.data(key, "key")
     ts = None if timestamp is None else _check.int64(timestamp, "timestamp",
                                                        hint=" (ms since the epoch)")
+    if k == "pg" and pg_status(conn) == "inerror":
+        raise StateError("outbox put: the PostgreSQL transaction has failed; roll back")
+    tracer, span = _core._tracer, None
+    if tracer is not None:
+        try:
+            span, carrier = tracer.outbox_put(topic, mid, len(pb), kb, k, table)
+            hd.update(carrier)
+        except Exception:  # tracing must not stop the write
+            logging.getLogger("msgbus").exception("tracer: starting the outbox span failed")
+    hj = _headers_json(hd)
     q = quote_table(table)
     if k == "pg":
-        if pg_status(conn) == "inerror":
-            raise StateError("outbox put: the PostgreSQL transaction has failed; roll back")
         sql = (f"INSERT INTO {q} (msg_id, topic, msg_key, headers, payload, msg_ts) "
                "VALUES (%s, %s, %s, %s::jsonb, %s, %s)")
     else:
         sql = (f"INSERT INTO {q} (msg_id, topic, msg_key, headers, payload, msg_ts) "
                "VALUES (?, ?, ?, ?, ?, ?)")
-    cur = conn.cursor()
+    err: Optional[BaseException] = None
     try:
-        cur.execute(sql, (mid, topic, kb, hj, pb, ts))
-    except Exception as e:
-        raise StoreError(f"outbox put into {table}: {e}") from e
+        cur = conn.cursor()
+        try:
+            cur.execute(sql, (mid, topic, kb, hj, pb, ts))
+        except Exception as e:
+            err = StoreError(f"outbox put into {table}: {e}")
+            raise err from e
+        finally:
+            cur.close()
     finally:
-        cur.close()
+        if span is not None:
+            try:
+                tracer.outbox_done(span, err)
+            except Exception:
+                logging.getLogger("msgbus").exception("tracer: ending the outbox span failed")
     return mid
 
 
