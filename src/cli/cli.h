@@ -41,8 +41,46 @@ int cli_parse_double(const char *cmd, const char *opt, const char *text, double 
 /* Opens the bus on `url` (NULL: $MSGBUS_URL); prints the error itself. */
 int cli_open_bus(const char *cmd, const char *url, msgbus_t **bus);
 
-/* Sets the library's log level from -v counts (0: warnings). */
+/* Sets the library's log level from -v counts (0: warnings); with v >= 1
+ * cli_open_bus also shows the bus's state changes (cli_watch_state). */
 void cli_set_verbosity(int v);
+extern int cli_verbosity;
+
+/* Prints the bus's state now and installs a state callback that prints
+ * each change (of the bus and its subscriptions) to stderr as
+ * "msgbus CMD: state A -> B (reason)". `cmd` must outlive the bus. The
+ * lines come from the thread that calls msgbus_poll/_flush/_close. */
+void cli_watch_state(const char *cmd, msgbus_t *bus);
+
+/* ---- --metrics: Prometheus text exposition over HTTP (metrics.c) ---- */
+
+/* Writes the exposition to f; returns 0, or -1 when the figures cannot be
+ * read (the server answers 500). Runs on the server's thread. */
+typedef int (*cli_metrics_render_fn)(void *opaque, FILE *f);
+typedef struct cli_metrics cli_metrics_t;
+
+/* Listens on ADDR:PORT ([v6addr]:PORT; :PORT for every address; port 0:
+ * any free one, printed) and serves GET /metrics on a thread of its own
+ * until cli_metrics_stop. Prints its errors; returns a CLI_* code. */
+int cli_metrics_start(const char *cmd, const char *addr, int quiet, cli_metrics_render_fn render,
+                      void *opaque, cli_metrics_t **out);
+void cli_metrics_stop(cli_metrics_t *m);
+/* Checks ADDR:PORT and splits it (host without brackets; "" for every
+ * address); prints the error and returns CLI_USAGE when it is malformed. */
+int cli_metrics_addr(const char *cmd, const char *addr, char *host, size_t cap, char port[8]);
+
+/* Exposition helpers: a family's HELP and TYPE lines, and one sample with
+ * labels given as a NULL-terminated list of name, value pairs (may be NULL). */
+void cli_prom_family(FILE *f, const char *name, const char *type, const char *help);
+void cli_prom_sample(FILE *f, const char *name, const char *labels[], double v);
+
+/* What the bus's figures need kept between scrapes (cumulative latency
+ * counts); one per bus, shared by its scrapes. */
+typedef struct cli_prom_state cli_prom_state_t;
+cli_prom_state_t *cli_prom_state_new(void);
+void cli_prom_state_free(cli_prom_state_t *s);
+/* The bus's msgbus_stats_json snapshot as msgbus_* families. */
+msgbus_err_t cli_prom_bus(FILE *f, msgbus_t *bus, cli_prom_state_t *ps);
 
 /* Monotonic clock in microseconds. */
 int64_t cli_now_us(void);

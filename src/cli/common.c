@@ -94,11 +94,16 @@ int cli_open_bus(const char *cmd, const char *url, msgbus_t **bus)
     msgbus_err_t e = msgbus_open(bus, url, NULL);
     if (e)
         return cli_fail(cmd, "cannot open the bus", e);
+    if (cli_verbosity >= 1)
+        cli_watch_state(cmd, *bus);
     return CLI_OK;
 }
 
+int cli_verbosity;
+
 void cli_set_verbosity(int v)
 {
+    cli_verbosity = v;
     msgbus_set_log(NULL, NULL, v >= 2 ? MSGBUS_LOG_DEBUG : v == 1 ? MSGBUS_LOG_INFO
                                                                   : MSGBUS_LOG_WARN);
 }

@@ -6,6 +6,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <getopt.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -21,7 +22,9 @@ static const char doctor_help[] =
     "variables, passwords shown as ***), then connects, declares a scratch\n"
     "group, publishes one message, waits for its confirm and consumes it.\n"
     "Each step prints 'ok' with its time, or 'FAIL' with the reason; doctor\n"
-    "stops at the first failure.\n"
+    "stops at the first failure. The connection's state and each change of it\n"
+    "(CONNECTING, UP, RECONNECTING, DOWN, with the reason) print as 'state'\n"
+    "lines, and the end as 'final' with the state and the reconnect count.\n"
     "\n"
     "options:\n"
     "  -u, --url URL      broker URL (default: $MSGBUS_URL)\n"
@@ -56,6 +59,43 @@ static int step_fail(const char *step, msgbus_err_t e)
     fprintf(stderr, "msgbus doctor: %s failed: %s (%s); exit code %d\n", step, msgbus_strerror(e),
             msgbus_err_name(e), cli_exit_code(e));
     return cli_exit_code(e);
+}
+
+/* State changes print as they are served (by msgbus_poll/_flush/_close). */
+static void on_state(void *opaque, const msgbus_state_event_t *ev)
+{
+    (void)opaque;
+    if (ev->sub)
+        printf("state        subscription %s%s%s: %s -> %s (%s)\n", ev->topic ? ev->topic : "",
+               ev->group ? " group " : " (broadcast)", ev->group ? ev->group : "",
+               msgbus_state_name(ev->previous), msgbus_state_name(ev->state),
+               ev->reason ? ev->reason : "");
+    else
+        printf("state        %s -> %s (%s)\n", msgbus_state_name(ev->previous),
+               msgbus_state_name(ev->state), ev->reason ? ev->reason : "");
+    fflush(stdout);
+}
+
+/* The last line: the bus's state and how often it reconnected (from its
+ * stats snapshot). */
+static void print_final(msgbus_t *bus)
+{
+    msgbus_poll(bus, 0, NULL); /* changes still queued print first */
+    char reason[256];
+    msgbus_state_t st = msgbus_state(bus, reason, sizeof reason);
+    long long reconnects = -1;
+    char *text = NULL;
+    if (msgbus_stats_json(bus, &text) == MSGBUS_OK) {
+        json_t *o = json_loads(text, 0, NULL);
+        json_t *r = json_object_get(o, "reconnects");
+        if (json_is_integer(r))
+            reconnects = (long long)json_integer_value(r);
+        json_decref(o);
+        msgbus_stats_free(text);
+    }
+    printf("final        state %s (%s), reconnects %lld\n", msgbus_state_name(st), reason,
+           reconnects);
+    fflush(stdout);
 }
 
 int cli_doctor(int argc, char **argv)
@@ -125,22 +165,32 @@ int cli_doctor(int argc, char **argv)
     int rc = CLI_OK;
     int64_t t0 = cli_now_us(), start = t0;
     msgbus_err_t e = msgbus_open(&bus, url, NULL);
-    if (e)
-        return step_fail("connect", e);
+    if (e) {
+        rc = step_fail("connect", e);
+        /* No bus came to be: its state is DOWN, for the reason above. */
+        printf("final        state DOWN (never connected: %s), reconnects 0\n", msgbus_strerror(e));
+        return rc;
+    }
     snprintf(buf, sizeof buf, "%s (backend %s)", msgbus_url(bus), msgbus_backend(bus));
     step_ok("connect", t0, buf);
+    char reason[256];
+    msgbus_state_t st = msgbus_state(bus, reason, sizeof reason);
+    printf("state        %s (%s)\n", msgbus_state_name(st), reason);
+    msgbus_set_state_cb(bus, on_state, NULL);
 
     t0 = cli_now_us();
     if ((e = msgbus_declare(bus, topic, group))) {
         rc = step_fail("declare", e);
         goto out;
     }
+    msgbus_poll(bus, 0, NULL);
     step_ok("declare", t0, "");
     t0 = cli_now_us();
     if ((e = msgbus_subscribe(bus, topic, group, &sub))) {
         rc = step_fail("subscribe", e);
         goto out;
     }
+    msgbus_poll(bus, 0, NULL);
     step_ok("subscribe", t0, "");
 
     t0 = cli_now_us();
@@ -196,6 +246,7 @@ int cli_doctor(int argc, char **argv)
 out:
     msgbus_msg_free(m);
     msgbus_sub_close(sub);
+    print_final(bus);
     msgbus_close(bus);
     return rc;
 }

@@ -7,6 +7,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <stdatomic.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -47,6 +48,8 @@ static const char outbox_help[] =
     "      --poll-interval MS  relay: re-check for rows this often (default 1000)\n"
     "      --confirm-timeout MS  relay: wait for confirms per pass (default 10000)\n"
     "      --once              relay: relay until no row is pending, then exit\n"
+    "      --metrics ADDR:PORT relay: serve Prometheus metrics at\n"
+    "                          http://ADDR:PORT/metrics (port 0: any free port)\n"
     "  -k, -K, -H, -f, -n      put: as for 'msgbus pub'\n"
     "  -q, --quiet             no status lines on stderr\n"
     "  -v, --verbose           library log at info level (-vv: debug)\n"
@@ -179,29 +182,156 @@ static int print_stats(const char *cmd, store_t *s, FILE *out)
     return CLI_OK;
 }
 
-/* Relays with msgbus_outbox_relay passes until a pass finds nothing. */
-static int relay_once(store_t *s, msgbus_t *bus, const msgbus_outbox_relay_opts_t *o, int quiet)
+/* What the relay has done, for --metrics: written by the relay loop,
+ * read by the metrics thread. */
+struct relay_figures {
+    _Atomic uint64_t passes, failures, relayed;
+    _Atomic int64_t last_ok_ms; /* wall clock of the last pass that worked; 0: none yet */
+};
+
+struct relay_metrics {
+    store_t stats; /* a connection of its own, so a scrape never waits for a pass */
+    msgbus_t *bus;
+    struct relay_figures *fig;
+    cli_prom_state_t *ps;
+};
+
+static int render_relay(void *opaque, FILE *f)
 {
+    struct relay_metrics *rm = opaque;
+    msgbus_outbox_stats_t st;
+    msgbus_err_t e = msgbus_outbox_stats(rm->stats.ob, &st);
+    if (e) {
+        cli_fail("outbox relay", "--metrics: outbox stats", e);
+        return -1;
+    }
+    cli_prom_family(f, "msgbus_outbox_rows_relayed_total", "counter",
+                    "Outbox rows this relay published and marked sent.");
+    cli_prom_sample(f, "msgbus_outbox_rows_relayed_total", NULL, (double)rm->fig->relayed);
+    cli_prom_family(f, "msgbus_outbox_relay_passes_total", "counter",
+                    "Relay passes run (each publishes up to --batch rows).");
+    cli_prom_sample(f, "msgbus_outbox_relay_passes_total", NULL, (double)rm->fig->passes);
+    cli_prom_family(f, "msgbus_outbox_relay_failures_total", "counter",
+                    "Relay passes that failed (their rows stay pending and are retried).");
+    cli_prom_sample(f, "msgbus_outbox_relay_failures_total", NULL, (double)rm->fig->failures);
+    cli_prom_family(f, "msgbus_outbox_relay_last_success_timestamp_seconds", "gauge",
+                    "When a relay pass last worked, seconds since the Unix epoch (0: none yet).");
+    cli_prom_sample(f, "msgbus_outbox_relay_last_success_timestamp_seconds", NULL,
+                    (double)rm->fig->last_ok_ms / 1e3);
+    cli_prom_family(f, "msgbus_outbox_pending_rows", "gauge", "Outbox rows waiting to be published.");
+    cli_prom_sample(f, "msgbus_outbox_pending_rows", NULL, (double)st.pending);
+    cli_prom_family(f, "msgbus_outbox_failed_rows", "gauge",
+                    "Outbox rows moved aside as failed (need an operator).");
+    cli_prom_sample(f, "msgbus_outbox_failed_rows", NULL, (double)st.failed);
+    cli_prom_family(f, "msgbus_outbox_sent_rows", "gauge", "Sent rows still kept (retention).");
+    cli_prom_sample(f, "msgbus_outbox_sent_rows", NULL, (double)st.sent);
+    cli_prom_family(f, "msgbus_outbox_oldest_pending_age_seconds", "gauge",
+                    "Age of the oldest pending row (0 when none is pending).");
+    cli_prom_sample(f, "msgbus_outbox_oldest_pending_age_seconds", NULL,
+                    (double)st.oldest_pending_age_ms / 1e3);
+    if ((e = cli_prom_bus(f, rm->bus, rm->ps))) {
+        cli_fail("outbox relay", "--metrics: bus stats", e);
+        return -1;
+    }
+    return 0;
+}
+
+/* Serves the bus's callbacks (state changes for -v) for `ms`, or until
+ * SIGTERM/SIGINT is pending; returns that signal, else 0. The signals are
+ * blocked in every thread, so they stay pending until taken here. */
+static int relay_wait(msgbus_t *bus, const sigset_t *sigs, int ms)
+{
+    int64_t end = cli_now_us() + (int64_t)ms * 1000;
+    for (;;) {
+        struct timespec zero = {0, 0};
+        int sig = sigtimedwait(sigs, NULL, &zero);
+        if (sig > 0)
+            return sig;
+        int64_t left = (end - cli_now_us()) / 1000;
+        if (left <= 0)
+            return 0;
+        msgbus_poll(bus, left < 100 ? (int)left : 100, NULL);
+    }
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Relay passes until a signal: back to back while full batches come, then
+ * every poll interval; after a failed pass a back-off from 100 ms doubling
+ * to 30 s (as msgbus_outbox_relay_start does; the CLI runs the passes
+ * itself so that --metrics can count them). A pass in flight is finished
+ * before the signal is taken. With `once`, stops when a pass finds
+ * nothing, and a failed pass ends the run. */
+static int relay_loop(store_t *s, msgbus_t *bus, const msgbus_outbox_relay_opts_t *o, int once,
+                      int quiet, const sigset_t *sigs, struct relay_figures *fig)
+{
+    int backoff = 0, sig = 0;
     size_t total = 0;
+    msgbus_err_t last = MSGBUS_OK;
     for (;;) {
         size_t n = 0;
-        msgbus_err_t e = msgbus_outbox_relay(s->ob, bus, o->batch_max, o->confirm_timeout_ms, &n);
+        last = msgbus_outbox_relay(s->ob, bus, o->batch_max, o->confirm_timeout_ms, &n);
+        fig->passes++;
+        fig->relayed += n;
         total += n;
-        if (e)
-            return cli_fail("outbox relay", "relay pass", e);
-        if (n == 0)
+        if (last)
+            fig->failures++;
+        else
+            fig->last_ok_ms = wall_ms();
+        if (once && (last || n == 0))
+            break;
+        struct timespec zero = {0, 0};
+        if ((sig = sigtimedwait(sigs, NULL, &zero)) > 0)
+            break;
+        sig = 0;
+        if (last) {
+            backoff = backoff ? backoff * 2 : 100;
+            if (backoff > 30000)
+                backoff = 30000;
+            if (!quiet)
+                fprintf(stderr, "msgbus outbox relay: pass failed: %s (%s); retrying in %d ms\n",
+                        msgbus_strerror(last), msgbus_last_error(), backoff);
+            sig = relay_wait(bus, sigs, backoff);
+        } else {
+            backoff = 0;
+            if (n < o->batch_max)
+                sig = relay_wait(bus, sigs, o->poll_interval_ms);
+        }
+        if (sig)
             break;
     }
+    if (once) {
+        if (last)
+            return cli_fail("outbox relay", "relay pass", last);
+        if (!quiet)
+            fprintf(stderr, "msgbus outbox relay: %zu rows relayed\n", total);
+        return CLI_OK;
+    }
     if (!quiet)
-        fprintf(stderr, "msgbus outbox relay: %zu rows relayed\n", total);
+        fprintf(stderr, "msgbus outbox relay: %s: finishing the pass in flight\n",
+                sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    if (last && !quiet) /* the rows of a failed pass stay pending: nothing is lost */
+        fprintf(stderr,
+                "msgbus outbox relay: the last pass failed: %s (%s); its rows stay pending\n",
+                msgbus_strerror(last), msgbus_last_error());
+    if (!quiet) {
+        fprintf(stderr, "msgbus outbox relay: stopped; %zu rows relayed; outbox now ", total);
+        print_stats("outbox relay", s, stderr);
+    }
     return CLI_OK;
 }
 
 static int relay(const char *store_spec, const char *url, const char *table,
-                 const msgbus_outbox_relay_opts_t *o, int once, int quiet)
+                 const msgbus_outbox_relay_opts_t *o, int once, int quiet, const char *metrics)
 {
-    /* SIGTERM and SIGINT are taken with sigwait by this thread alone: block
-     * them before the library starts its threads, which inherit the mask. */
+    /* SIGTERM and SIGINT are taken with sigtimedwait by this thread alone:
+     * block them before the library starts its threads, which inherit the
+     * mask. */
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
@@ -210,48 +340,41 @@ static int relay(const char *store_spec, const char *url, const char *table,
     signal(SIGPIPE, SIG_IGN);
 
     store_t s;
+    struct relay_metrics rm;
+    memset(&rm, 0, sizeof rm);
+    struct relay_figures fig = {0};
+    cli_metrics_t *server = NULL;
     int rc = store_open("outbox relay", store_spec, table, 0, &s);
     if (rc)
         return rc;
-    msgbus_t *bus;
-    if ((rc = cli_open_bus("outbox relay", url, &bus))) {
+    if (metrics && (rc = store_open("outbox relay", store_spec, table, 0, &rm.stats))) {
         store_close(&s);
         return rc;
     }
-    if (once) {
-        rc = relay_once(&s, bus, o, quiet);
-        msgbus_close(bus);
-        store_close(&s);
-        return rc;
+    msgbus_t *bus = NULL;
+    if ((rc = cli_open_bus("outbox relay", url, &bus)))
+        goto out;
+    if (metrics) {
+        rm.bus = bus;
+        rm.fig = &fig;
+        if (!(rm.ps = cli_prom_state_new())) {
+            rc = CLI_FAILED;
+            goto out;
+        }
+        if ((rc = cli_metrics_start("outbox relay", metrics, quiet, render_relay, &rm, &server)))
+            goto out;
     }
-    msgbus_err_t e = msgbus_outbox_relay_start(s.ob, bus, o);
-    if (e) {
-        rc = cli_fail("outbox relay", "start", e);
-        msgbus_close(bus);
-        store_close(&s);
-        return rc;
-    }
-    if (!quiet)
+    if (!quiet && !once)
         fprintf(stderr, "msgbus outbox relay: relaying %s to %s; stop with SIGTERM\n",
                 s.is_sqlite ? store_spec : "PostgreSQL", msgbus_url(bus));
-    int sig = 0;
-    while (sigwait(&sigs, &sig) != 0)
-        ;
-    if (!quiet)
-        fprintf(stderr, "msgbus outbox relay: %s: finishing the pass in flight\n",
-                sig == SIGTERM ? "SIGTERM" : "SIGINT");
-    e = msgbus_outbox_relay_stop(s.ob);
-    if (e && !quiet) /* the rows of a failed pass stay pending: nothing is lost */
-        fprintf(stderr,
-                "msgbus outbox relay: the last pass failed: %s (%s); its rows stay pending\n",
-                msgbus_strerror(e), msgbus_last_error());
-    if (!quiet) {
-        fprintf(stderr, "msgbus outbox relay: stopped; outbox now ");
-        print_stats("outbox relay", &s, stderr);
-    }
+    rc = relay_loop(&s, bus, o, once, quiet, &sigs, &fig);
+out:
+    cli_metrics_stop(server); /* before the bus and the store it reads */
+    cli_prom_state_free(rm.ps);
     msgbus_close(bus);
+    store_close(&rm.stats);
     store_close(&s);
-    return CLI_OK;
+    return rc;
 }
 
 static int put(int argc, char **argv, const char *store_spec, const char *table,
@@ -317,7 +440,7 @@ int cli_outbox(int argc, char **argv)
     char cmd[32];
     snprintf(cmd, sizeof cmd, "outbox %s", sub);
     argc--, argv++;
-    enum { OPT_TABLE = 256, OPT_BATCH, OPT_POLL, OPT_CONFIRM, OPT_ONCE };
+    enum { OPT_TABLE = 256, OPT_BATCH, OPT_POLL, OPT_CONFIRM, OPT_ONCE, OPT_METRICS };
     static const struct option opts[] = {
         {"url", required_argument, 0, 'u'},
         {"table", required_argument, 0, OPT_TABLE},
@@ -325,6 +448,7 @@ int cli_outbox(int argc, char **argv)
         {"poll-interval", required_argument, 0, OPT_POLL},
         {"confirm-timeout", required_argument, 0, OPT_CONFIRM},
         {"once", no_argument, 0, OPT_ONCE},
+        {"metrics", required_argument, 0, OPT_METRICS},
         {"key", required_argument, 0, 'k'},
         {"key-delim", required_argument, 0, 'K'},
         {"header", required_argument, 0, 'H'},
@@ -334,7 +458,7 @@ int cli_outbox(int argc, char **argv)
         {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
-    const char *url = NULL, *table = NULL;
+    const char *url = NULL, *table = NULL, *metrics = NULL;
     msgbus_outbox_relay_opts_t ro;
     memset(&ro, 0, sizeof ro);
     cli_msg_opts_t mo;
@@ -361,6 +485,13 @@ int cli_outbox(int argc, char **argv)
             ro.confirm_timeout_ms = (int)v;
             break;
         case OPT_ONCE: once = 1; break;
+        case OPT_METRICS: {
+            char h[256], port[8];
+            if (cli_metrics_addr(cmd, optarg, h, sizeof h, port))
+                return CLI_USAGE;
+            metrics = optarg;
+            break;
+        }
         case 'k': mo.key = optarg; break;
         case 'K': mo.key_delim = optarg; break;
         case 'H':
@@ -400,8 +531,12 @@ int cli_outbox(int argc, char **argv)
         ro.batch_max = 10000;
     if (!ro.confirm_timeout_ms)
         ro.confirm_timeout_ms = 10000;
+    if (!ro.poll_interval_ms)
+        ro.poll_interval_ms = 1000;
+    if (metrics && strcmp(sub, "relay"))
+        return cli_usage_error(cmd, "--metrics is for 'outbox relay'");
     if (!strcmp(sub, "relay"))
-        return relay(store_spec, url, table, &ro, once, quiet);
+        return relay(store_spec, url, table, &ro, once, quiet, metrics);
     store_t s;
     int rc = store_open(cmd, store_spec, table, 0, &s);
     if (rc)

@@ -32,6 +32,9 @@ static const char sub_help[] =
     "      --dead-letter[=REASON]  send each message to the dead-letter topic\n"
     "  -o, --options OPTS   subscription options, e.g. 'retry_max_attempts=3'\n"
     "                       (see msgbus_subscribe_ex in msgbus.h)\n"
+    "      --metrics ADDR:PORT  serve Prometheus metrics (the bus and this\n"
+    "                       subscription: received, acked, lag, ...) at\n"
+    "                       http://ADDR:PORT/metrics (port 0: any free port)\n"
     "  -q, --quiet          no status lines on stderr\n"
     "  -v, --verbose        library log at info level (-vv: debug)\n"
     "  -h, --help           this text\n"
@@ -122,18 +125,35 @@ static char *to_json(const msgbus_msg_t *m)
     return text;
 }
 
+struct sub_metrics {
+    msgbus_t *bus;
+    cli_prom_state_t *ps;
+};
+
+static int render_sub(void *opaque, FILE *f)
+{
+    struct sub_metrics *sm = opaque;
+    msgbus_err_t e = cli_prom_bus(f, sm->bus, sm->ps);
+    if (e) {
+        cli_fail("sub", "--metrics: bus stats", e);
+        return -1;
+    }
+    return 0;
+}
+
 int cli_sub(int argc, char **argv)
 {
-    enum { OPT_NO_ACK = 256, OPT_NACK, OPT_DEAD };
+    enum { OPT_NO_ACK = 256, OPT_NACK, OPT_DEAD, OPT_METRICS };
     static const struct option opts[] = {
         {"url", required_argument, 0, 'u'},   {"group", required_argument, 0, 'g'},
         {"count", required_argument, 0, 'n'}, {"timeout", required_argument, 0, 't'},
         {"json", no_argument, 0, 'j'},        {"no-ack", no_argument, 0, OPT_NO_ACK},
         {"nack", optional_argument, 0, OPT_NACK}, {"dead-letter", optional_argument, 0, OPT_DEAD},
         {"options", required_argument, 0, 'o'}, {"quiet", no_argument, 0, 'q'},
+        {"metrics", required_argument, 0, OPT_METRICS},
         {"verbose", no_argument, 0, 'v'},     {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
-    const char *url = NULL, *group = NULL, *sub_opts = NULL, *reason = NULL;
+    const char *url = NULL, *group = NULL, *sub_opts = NULL, *reason = NULL, *metrics = NULL;
     uint64_t count = 0, timeout = 0;
     int have_timeout = 0, json = 0, quiet = 0, verbose = 0, c, settles = 0;
     enum settle how = SETTLE_ACK;
@@ -155,6 +175,13 @@ int cli_sub(int argc, char **argv)
         case OPT_NACK: how = SETTLE_NACK; reason = optarg; settles++; break;
         case OPT_DEAD: how = SETTLE_DEAD; reason = optarg; settles++; break;
         case 'o': sub_opts = optarg; break;
+        case OPT_METRICS: {
+            char h[256], port[8];
+            if (cli_metrics_addr("sub", optarg, h, sizeof h, port))
+                return CLI_USAGE;
+            metrics = optarg;
+            break;
+        }
         case 'q': quiet = 1; break;
         case 'v': verbose++; break;
         case 'h': fputs(sub_help, stdout); return CLI_OK;
@@ -183,6 +210,20 @@ int cli_sub(int argc, char **argv)
         msgbus_close(bus);
         return rc;
     }
+    struct sub_metrics sm = {bus, NULL};
+    cli_metrics_t *server = NULL;
+    if (metrics) {
+        if (!(sm.ps = cli_prom_state_new()))
+            rc = CLI_FAILED;
+        else
+            rc = cli_metrics_start("sub", metrics, quiet, render_sub, &sm, &server);
+        if (rc) {
+            cli_prom_state_free(sm.ps);
+            msgbus_sub_close(sub);
+            msgbus_close(bus);
+            return rc;
+        }
+    }
     if (!quiet)
         fprintf(stderr, "msgbus sub: subscribed to '%s' %s%s on %s\n", topic,
                 group ? "as group " : "as a broadcast subscriber", group ? group : "",
@@ -193,6 +234,10 @@ int cli_sub(int argc, char **argv)
     while (!cli_stop && (count == 0 || got < count)) {
         msgbus_msg_t *m;
         e = msgbus_receive(sub, 200, &m);
+        /* State changes (-v) are served by msgbus_poll: when idle, and
+         * every 1024 messages while busy. */
+        if (cli_verbosity >= 1 && (e == MSGBUS_ERR_TIMEOUT || (got & 1023) == 0))
+            msgbus_poll(bus, 0, NULL);
         if (e == MSGBUS_ERR_TIMEOUT) {
             if (have_timeout && cli_now_us() - idle_since >= (int64_t)timeout * 1000)
                 break;
@@ -246,6 +291,8 @@ int cli_sub(int argc, char **argv)
      * are confirmed: wait for that before the subscription closes. */
     if (how == SETTLE_DEAD && (e = msgbus_flush(bus, 30000, NULL)) && !rc)
         rc = cli_fail("sub", "flush dead letters", e);
+    cli_metrics_stop(server); /* before the subscription and bus it reads */
+    cli_prom_state_free(sm.ps);
     msgbus_sub_close(sub);
     msgbus_close(bus);
     if (!quiet)
