@@ -13,7 +13,6 @@ import textwrap
 import time
 
 import pytest
-from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -228,8 +227,9 @@ def test_not_instrumented_headers_untouched(mem_url, topic):
             b.ack()
 
 
-def test_instrument_uses_global_provider_and_propagator(mem_url, topic):
-    """Defaults: trace.get_tracer_provider() and the global propagator."""
+def test_instrument_with_a_custom_propagator(mem_url, topic):
+    """instrument(propagator=…) injects and extracts with it instead of the
+    global W3C one."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
