@@ -289,3 +289,22 @@ def test_msgbus_works_without_opentelemetry(mem_url):
     assert r.returncode == 0, r.stderr
     assert "ImportError: msgbus tracing needs opentelemetry-api" in r.stdout, r.stdout
     assert "msgbus[otel]" in r.stdout
+
+
+def test_spans_started_before_uninstrument_still_end(mem_url, topic, spans):
+    exporter, _ = spans
+    with msgbus.Bus(mem_url) as bus:
+        bus.declare(topic, "g")
+        d = bus.publish(topic, b"x")
+        with bus.subscribe(topic, "g") as sub:
+            m = _recv(sub)  # its process span is open
+            msgbus.uninstrument()
+            d.result(5)
+            m.ack()
+            bus.publish(topic, b"y").result(5)  # not traced any more
+            m2 = _recv(sub)
+            assert "traceparent" not in m2.headers and msgbus.otel.span_of(m2) is None
+            m2.ack()
+    assert len(_by_name(exporter, f"send {topic}")) == 1
+    (proc,) = _by_name(exporter, f"process {topic}")
+    assert proc.attributes["msgbus.settlement"] == "ack"

@@ -24,6 +24,9 @@ _WAIT_SLICE_MS = 200  # blocking C waits are cut into slices so Ctrl-C works
 # publish_failed(span, exc), confirmed(span, exc), received(bus, message) ->
 # span, settled(message, span, how, reason, exc), created(...) (outbox).
 _tracer: Any = None
+# What ends spans: the last tracer installed, kept after uninstrument() so
+# the spans already started still end.
+_span_ops: Any = None
 
 
 def _hval(value: HeaderValue, name: str) -> bytes:
@@ -126,9 +129,9 @@ class Delivery:
         if status != 0:
             self._exc = make_error(status, (error or b"").decode("utf-8", "replace"))
         span, self._span = self._span, None
-        if span is not None and _tracer is not None:
+        if span is not None and _span_ops is not None:
             try:
-                _tracer.confirmed(span, self._exc)
+                _span_ops.confirmed(span, self._exc)
             except Exception:  # a tracer's error must not lose the outcome
                 _log.logger.exception("tracer: ending the publish span failed")
         with _cb_lock:
@@ -253,9 +256,9 @@ class Message:
     def _end_span(self, how: str, reason: Optional[str] = None,
                   exc: Optional[BaseException] = None) -> None:
         span, self._span = self._span, None
-        if span is not None and _tracer is not None:
+        if span is not None and _span_ops is not None:
             try:
-                _tracer.settled(self, span, how, reason, exc)
+                _span_ops.settled(self, span, how, reason, exc)
             except Exception:
                 _log.logger.exception("tracer: ending the process span failed")
 
@@ -606,10 +609,10 @@ class Bus:
                 _pending.pop(token, None)
                 check(rc)
         except BaseException as e:
-            if span is not None and _tracer is not None:
+            if span is not None and _span_ops is not None:
                 d._span = None
                 try:
-                    _tracer.publish_failed(span, e)
+                    _span_ops.publish_failed(span, e)
                 except Exception:
                     _log.logger.exception("tracer: ending the publish span failed")
             raise

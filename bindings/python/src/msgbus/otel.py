@@ -210,7 +210,9 @@ def instrument(tracer_provider: Any = None, propagator: Any = None) -> None:
     from . import __version__
     tracer = trace.get_tracer("msgbus", __version__, tracer_provider=tracer_provider,
                               schema_url=SCHEMA_URL)
-    _core._tracer = _Tracer(tracer, propagator)
+    t = _Tracer(tracer, propagator)
+    _core._span_ops = t  # before _tracer: a span started must find what ends it
+    _core._tracer = t
 
 
 def uninstrument() -> None:
