@@ -11,6 +11,7 @@
  */
 #include "backends/amqp.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,9 @@ static msgbus_err_t mb_amqp_open(msgbus_t *bus, struct mb_url *url, struct mb_ba
         mb_amqp_free(be);
         return e;
     }
+    mb_amqp_publish_stats(be); /* before the thread: it writes them from now on */
+    const struct mb_url_host *h = &be->conf.hosts[be->host_index];
+    mb_bus_state(bus, MSGBUS_STATE_UP, "connected to %s:%d", h->host, h->port);
     if (pthread_create(&be->thread, NULL, mb_amqp_io_main, be) != 0) {
         amqp_destroy_connection(be->conn);
         mb_amqp_free(be);
@@ -169,7 +173,8 @@ static msgbus_err_t mb_amqp_publish(struct mb_backend *be, const char *topic,
     if (e)
         return e;
     o->token = token;
-    o->queued_ms = mb_mono_ms();
+    o->queued_us = mb_mono_us();
+    o->queued_ms = o->queued_us / 1000;
     pthread_mutex_lock(&be->lock);
     if (be->stopping) {
         pthread_mutex_unlock(&be->lock);
@@ -289,6 +294,103 @@ static msgbus_err_t mb_amqp_settle(struct mb_backend_sub *bs, msgbus_msg_t *m, e
     return e;
 }
 
+/* ---- observability (docs/amqp.md "Stats and state") ---------------------------- */
+
+/* The connection's figures, as the I/O thread last published them: no
+ * lock, no network. */
+static void mb_amqp_stats(struct mb_backend *be, json_t *detail)
+{
+    const struct mb_amqp_stats *st = &be->st;
+    bool connected = atomic_load_explicit(&st->connected, memory_order_relaxed);
+    long hi = atomic_load_explicit(&st->host_index, memory_order_relaxed);
+    if (hi < 0 || (size_t)hi >= be->conf.nhosts)
+        hi = 0;
+    char host[300];
+    snprintf(host, sizeof host, "%s:%d", be->conf.hosts[hi].host, be->conf.hosts[hi].port);
+    json_object_set_new(detail, "connected", json_boolean(connected));
+    json_object_set_new(detail, "host", json_string(host));
+    json_object_set_new(detail, "tls", json_boolean(be->conf.tls));
+    json_object_set_new(detail, "channels_open",
+                        json_integer(atomic_load_explicit(&st->channels, memory_order_relaxed)));
+    json_t *w = json_object();
+    json_object_set_new(w, "in_flight",
+                        json_integer(atomic_load_explicit(&st->in_flight, memory_order_relaxed)));
+    json_object_set_new(w, "limit", json_integer(be->conf.confirm_window));
+    json_object_set_new(detail, "confirm_window", w);
+    json_object_set_new(detail, "blocked",
+                        json_boolean(atomic_load_explicit(&st->blocked, memory_order_relaxed)));
+    json_object_set_new(detail, "heartbeat_s",
+                        json_integer(atomic_load_explicit(&st->heartbeat_s, memory_order_relaxed)));
+    json_object_set_new(detail, "frame_max",
+                        json_integer(atomic_load_explicit(&st->frame_max, memory_order_relaxed)));
+    json_object_set_new(detail, "prefetch", json_integer(be->conf.prefetch));
+    json_object_set_new(detail, "connections_lost",
+                        json_integer((json_int_t)atomic_load_explicit(&st->lost,
+                                                                      memory_order_relaxed)));
+    json_object_set_new(detail, "reconnect_attempts",
+                        json_integer((json_int_t)atomic_load_explicit(&st->attempts,
+                                                                      memory_order_relaxed)));
+    int64_t down = atomic_load_explicit(&st->down_since_ms, memory_order_relaxed);
+    json_object_set_new(detail, "disconnected_ms",
+                        !connected && down ? json_integer(mb_mono_ms() - down) : json_null());
+    json_object_set_new(detail, "frames_received",
+                        json_integer((json_int_t)atomic_load_explicit(&st->frames_in,
+                                                                      memory_order_relaxed)));
+    json_object_set_new(detail, "messages_sent",
+                        json_integer((json_int_t)atomic_load_explicit(&st->sent,
+                                                                      memory_order_relaxed)));
+}
+
+/* Lag: the subscription's queue's ready count, asked of the broker by the
+ * I/O thread (rabbitmq-c is not thread-safe) with a passive queue.declare,
+ * waited for at most timeout_ms. A request still unanswered then is left
+ * to the I/O thread to free. */
+static void mb_amqp_sub_stats(struct mb_backend_sub *bs, json_t *sub, int timeout_ms)
+{
+    struct mb_backend *be = bs->be;
+    json_t *d = json_object();
+    json_object_set_new(sub, "lag_detail", d);
+    char q[512] = "";
+    if (bs->group)
+        mb_amqp_group_queue(bs->topic, bs->group, q, sizeof q);
+    struct mb_amqp_op *op = mb_amqp_op_new(MB_AMQP_OP_QUEUE_INFO, be);
+    if (!op) {
+        json_object_set_new(d, "error", json_string("out of memory"));
+        return;
+    }
+    op->sub = bs;
+    if (mb_amqp_submit(be, op, false) != MSGBUS_OK) {
+        free(op);
+        json_object_set_new(d, "error", json_string(msgbus_last_error()));
+        return;
+    }
+    pthread_mutex_lock(&be->lock);
+    bool done = mb_amqp_wait_flag(be, &op->done, timeout_ms < 1 ? 1 : timeout_ms);
+    if (!done)
+        op->abandoned = true;
+    pthread_mutex_unlock(&be->lock);
+    if (!done) {
+        if (q[0])
+            json_object_set_new(d, "queue", json_string(q));
+        char why[128];
+        snprintf(why, sizeof why, "no answer within %d ms", timeout_ms);
+        json_object_set_new(d, "error", json_string(why));
+        return;
+    }
+    json_object_set_new(d, "queue", json_string(op->queue[0] ? op->queue : q));
+    if (op->result != MSGBUS_OK) {
+        json_object_set_new(d, "error", json_string(op->detail));
+    } else if (!op->found) {
+        json_object_set_new(d, "error", json_string("queue not found (deleted)"));
+    } else {
+        json_object_set_new(sub, "lag", json_integer(op->ready));
+        json_object_set_new(d, "ready", json_integer(op->ready));
+        json_object_set_new(d, "unacked", json_integer((json_int_t)op->unacked));
+        json_object_set_new(d, "consumers", json_integer(op->consumers));
+    }
+    free(op);
+}
+
 static const char *const mb_amqp_schemes[] = {"amqp", "amqps", NULL};
 
 const struct mb_backend_ops mb_amqp_ops = {
@@ -308,4 +410,6 @@ const struct mb_backend_ops mb_amqp_ops = {
     .unsubscribe = mb_amqp_unsubscribe,
     .settle = mb_amqp_settle,
     .release = NULL,
+    .stats = mb_amqp_stats,
+    .sub_stats = mb_amqp_sub_stats,
 };

@@ -27,6 +27,7 @@
 
 #include <amqp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "backends/backend.h"
 
@@ -99,6 +100,7 @@ struct mb_amqp_out {
     bool internal;            /* msgbus's own republish of a nacked message: no confirm */
     uint64_t seq;             /* confirm sequence number once sent */
     int64_t queued_ms;        /* mb_mono_ms() when handed over */
+    int64_t queued_us;        /* mb_mono_us() then: publish→confirm latency */
     int channel_errors;       /* publish-channel failures this message lived through */
     bool unroutable;
     char *return_text;        /* basic.return reply text (malloc) */
@@ -186,7 +188,8 @@ enum mb_amqp_op_kind {
     MB_AMQP_OP_SETTLE,
     MB_AMQP_OP_DECLARE,
     MB_AMQP_OP_SUBSCRIBE,
-    MB_AMQP_OP_UNSUBSCRIBE
+    MB_AMQP_OP_UNSUBSCRIBE,
+    MB_AMQP_OP_QUEUE_INFO /* a subscription's queue counts, for its lag */
 };
 
 struct mb_amqp_op {
@@ -203,6 +206,15 @@ struct mb_amqp_op {
     /* control result */
     int64_t deadline_ms;
     bool done;
+    /* The asker stopped waiting (queue info past its timeout): whoever
+     * finishes the request frees it. Under lock, like done. */
+    bool abandoned;
+    /* queue info: the queue asked about, whether it exists, its ready and
+     * consumer counts, and the deliveries this subscription holds unacked */
+    char queue[256];
+    bool found;
+    uint32_t ready, consumers;
+    size_t unacked;
     msgbus_err_t result;
     char detail[MB_AMQP_DETAIL];
 };
@@ -219,6 +231,25 @@ struct mb_amqp_topic {
 struct mb_amqp_decl {
     char *topic, *group;
     struct mb_amqp_decl *next;
+};
+
+/* The connection's figures for msgbus_stats_json (ops->stats). Only the
+ * I/O thread writes them (relaxed stores, once per loop round or when an
+ * event happens, never per message on a line another thread writes); a
+ * snapshot reads them without a lock. */
+struct mb_amqp_stats {
+    _Atomic bool connected;
+    _Atomic bool blocked;            /* connection.blocked (resource alarm) */
+    _Atomic long host_index;         /* the host connected to (or last tried) */
+    _Atomic long channels;           /* channels open on the connection */
+    _Atomic long in_flight;          /* publishes written, not yet confirmed */
+    _Atomic long heartbeat_s;        /* negotiated (the option's until connected) */
+    _Atomic long frame_max;          /* negotiated */
+    _Atomic unsigned long lost;      /* connections lost since open */
+    _Atomic unsigned long attempts;  /* reconnect attempts since open */
+    _Atomic int64_t down_since_ms;   /* mb_mono_ms() of the loss; 0: connected */
+    _Atomic uint64_t frames_in;      /* frames read */
+    _Atomic uint64_t sent;           /* messages written (resends and retry copies too) */
 };
 
 struct mb_backend {
@@ -265,6 +296,18 @@ struct mb_backend {
     bool corked;
     unsigned long reconnects; /* connections lost since open (for the log) */
     char last_error[MB_AMQP_DETAIL]; /* why the connection was lost or not made */
+    /* Connection state reporting (mb_bus_state): when the connection was
+     * lost, reconnect attempts since, whether DOWN was said. */
+    int64_t lost_ms;
+    unsigned long outage_attempts;
+    bool said_down;
+    bool blocked;
+    uint64_t frames_in, sent; /* private counts, published into st */
+
+    /* Apart from the fields above and below, which other threads write. */
+    char pad_st[64];
+    struct mb_amqp_stats st;
+    char pad_end[64];
 };
 
 /* ---- the I/O thread (amqp_io.c) -------------------------------------------------- */
@@ -287,6 +330,8 @@ MB_HIDDEN void mb_amqp_set_sockfd(struct mb_backend *be, int fd);
  * re-established). Stays pending until the I/O loop takes its next
  * requests, so a connect in progress is cut short too. */
 MB_HIDDEN void mb_amqp_kick(struct mb_backend *be, const char *why);
+/* Copies the I/O thread's figures into be->st (I/O thread). */
+MB_HIDDEN void mb_amqp_publish_stats(struct mb_backend *be);
 
 /* Classifies a failed RPC reply; writes the detail; on a channel or
  * connection close answers the broker's close. *conn_lost says whether the
@@ -328,6 +373,10 @@ MB_HIDDEN void mb_amqp_sub_frame(struct mb_backend *be, struct mb_backend_sub *b
                                  const amqp_frame_t *f);
 /* Applies one settle request (I/O thread). */
 MB_HIDDEN void mb_amqp_settle_apply(struct mb_backend *be, struct mb_amqp_op *op);
+/* Answers a queue info request: a passive queue.declare on the control
+ * channel (I/O thread, connected). Returns the error with `detail` set. */
+MB_HIDDEN msgbus_err_t mb_amqp_queue_info(struct mb_backend *be, struct mb_amqp_op *op,
+                                          char *detail, size_t n, bool *conn_lost);
 /* Delivered-tag bookkeeping (pure, unit-tested). */
 MB_HIDDEN void mb_amqp_tag_push(struct mb_backend_sub *bs, uint64_t tag);
 MB_HIDDEN struct mb_amqp_tag *mb_amqp_tag_find(struct mb_backend_sub *bs, uint64_t tag);

@@ -462,18 +462,23 @@ static msgbus_err_t mb_amqp_connect_host(struct mb_backend *be, const struct mb_
     struct timeval rpc = mb_amqp_tv(c->rpc_timeout_ms);
     amqp_set_rpc_timeout(conn, &rpc);
     /* Announce connection.blocked: without it RabbitMQ stalls publishers in
-     * a resource alarm without telling them (rabbitmq-c merges this table
-     * into its own default capabilities). */
+     * a resource alarm without telling them; and consumer_cancel_notify
+     * (not among rabbitmq-c 0.11's defaults): without it a consumer whose
+     * queue is deleted hears nothing and waits forever, instead of getting
+     * basic.cancel (its subscription then reports DOWN). rabbitmq-c merges
+     * this table into its own default capabilities. */
     amqp_table_entry_t caps_e[] = {
         {.key = amqp_cstring_bytes("connection.blocked"),
          .value = {.kind = AMQP_FIELD_KIND_BOOLEAN, .value = {.boolean = 1}}},
         {.key = amqp_cstring_bytes("authentication_failure_close"),
          .value = {.kind = AMQP_FIELD_KIND_BOOLEAN, .value = {.boolean = 1}}},
+        {.key = amqp_cstring_bytes("consumer_cancel_notify"),
+         .value = {.kind = AMQP_FIELD_KIND_BOOLEAN, .value = {.boolean = 1}}},
     };
     amqp_table_entry_t props_e[] = {
         {.key = amqp_cstring_bytes("capabilities"),
          .value = {.kind = AMQP_FIELD_KIND_TABLE,
-                   .value = {.table = {.num_entries = 2, .entries = caps_e}}}},
+                   .value = {.table = {.num_entries = 3, .entries = caps_e}}}},
         {.key = amqp_cstring_bytes("product"),
          .value = {.kind = AMQP_FIELD_KIND_UTF8, .value = {.bytes = amqp_cstring_bytes("msgbus")}}},
     };

@@ -249,13 +249,19 @@ static void mb_amqp_sub_channel_closed(struct mb_backend *be, struct mb_backend_
     amqp_channel_close_ok_t ok = {0};
     amqp_send_method(be->conn, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
     mb_amqp_sub_reset(be, bs);
+    mb_sub_state(bs->sub, MSGBUS_STATE_RECONNECTING, "the broker closed its channel: %u %.*s",
+                 c->reply_code, (int)c->reply_text.len, (const char *)c->reply_text.bytes);
     char detail[MB_AMQP_DETAIL];
     bool lost = false;
     if (mb_amqp_sub_establish(be, bs, detail, sizeof detail, &lost) != MSGBUS_OK) {
-        if (lost)
+        if (lost) {
             mb_amqp_conn_lost(be, detail);
-        else
+        } else {
             mb_log(MSGBUS_LOG_ERROR, "amqp: re-subscribing to '%s': %s", bs->topic, detail);
+            mb_sub_state(bs->sub, MSGBUS_STATE_DOWN, "cannot resubscribe: %s", detail);
+        }
+    } else {
+        mb_sub_state(bs->sub, MSGBUS_STATE_UP, "resubscribed");
     }
 }
 
@@ -287,9 +293,16 @@ void mb_amqp_sub_frame(struct mb_backend *be, struct mb_backend_sub *bs, const a
             mb_amqp_sub_channel_closed(be, bs, f->payload.method.decoded);
             return;
         case AMQP_BASIC_CANCEL_METHOD:
+            /* RabbitMQ cancels a consumer when its queue is deleted (or,
+             * for a replicated queue, when the node holding it goes). The
+             * subscription stays DOWN until the connection is re-made,
+             * which declares the queue again. */
             mb_log(MSGBUS_LOG_ERROR, "amqp: the broker cancelled the subscription to '%s' "
                                      "(queue '%s' deleted?)",
                    bs->topic, bs->queue);
+            mb_sub_state(bs->sub, MSGBUS_STATE_DOWN,
+                         "queue deleted: the broker cancelled the consumer of queue '%s'",
+                         bs->queue);
             return;
         default:
             return;
@@ -468,4 +481,49 @@ void mb_amqp_flush_acks(struct mb_backend *be)
             return;
         }
     }
+}
+
+/* ---- lag ------------------------------------------------------------------------------ */
+
+msgbus_err_t mb_amqp_queue_info(struct mb_backend *be, struct mb_amqp_op *op, char *detail,
+                                size_t n, bool *conn_lost)
+{
+    struct mb_backend_sub *bs = op->sub;
+    *conn_lost = false;
+    /* A group's queue has a fixed name; a broadcast queue is the one the
+     * broker named when the subscription was (re)established. */
+    if (bs->group)
+        mb_amqp_group_queue(bs->topic, bs->group, op->queue, sizeof op->queue);
+    else
+        snprintf(op->queue, sizeof op->queue, "%s", bs->channel ? bs->queue : "");
+    if (!op->queue[0]) {
+        snprintf(detail, n, "the subscription has no queue on this connection yet");
+        return MSGBUS_ERR_CONNECT;
+    }
+    size_t unacked = 0;
+    if (bs->channel)
+        for (size_t i = bs->tag_head; i < bs->tag_head + bs->tag_len; i++)
+            unacked += bs->tags[i].state != MB_AMQP_TAG_DONE;
+    op->unacked = unacked;
+    if (!mb_amqp_ensure_ctl(be, detail, n, conn_lost))
+        return MSGBUS_ERR_CONNECT;
+    /* Passive: only asks. A queue that is gone closes the control channel
+     * with 404, which mb_amqp_reply_error answers (reopened on next use). */
+    amqp_queue_declare_ok_t *ok = amqp_queue_declare(be->conn, MB_AMQP_CTL_CHANNEL,
+                                                     amqp_cstring_bytes(op->queue), 1, 0, 0, 0,
+                                                     amqp_empty_table);
+    char what[300];
+    snprintf(what, sizeof what, "asking for queue '%s'", op->queue);
+    msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), MB_AMQP_CTL_CHANNEL,
+                                         what, detail, n, conn_lost);
+    if (e == MSGBUS_ERR_NOT_FOUND) {
+        op->found = false;
+        return MSGBUS_OK;
+    }
+    if (e || !ok)
+        return e ? e : MSGBUS_ERR_BROKER;
+    op->found = true;
+    op->ready = ok->message_count;
+    op->consumers = ok->consumer_count;
+    return MSGBUS_OK;
 }

@@ -56,6 +56,32 @@ void mb_amqp_set_sockfd(struct mb_backend *be, int fd)
     pthread_mutex_unlock(&be->lock);
 }
 
+void mb_amqp_publish_stats(struct mb_backend *be)
+{
+    struct mb_amqp_stats *st = &be->st;
+    long channels = 0;
+    if (be->conn) {
+        channels = be->pub_channel_ok + be->ctl_channel_ok;
+        for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next)
+            channels += bs->channel != 0;
+    }
+    atomic_store_explicit(&st->connected, be->conn != NULL, memory_order_relaxed);
+    atomic_store_explicit(&st->blocked, be->conn && be->blocked, memory_order_relaxed);
+    atomic_store_explicit(&st->host_index, (long)be->host_index, memory_order_relaxed);
+    atomic_store_explicit(&st->channels, channels, memory_order_relaxed);
+    atomic_store_explicit(&st->in_flight, (long)be->ninflight, memory_order_relaxed);
+    if (be->conn) {
+        atomic_store_explicit(&st->heartbeat_s, amqp_get_heartbeat(be->conn),
+                              memory_order_relaxed);
+        atomic_store_explicit(&st->frame_max, amqp_get_frame_max(be->conn),
+                              memory_order_relaxed);
+    }
+    atomic_store_explicit(&st->lost, be->reconnects, memory_order_relaxed);
+    atomic_store_explicit(&st->down_since_ms, be->conn ? 0 : be->lost_ms, memory_order_relaxed);
+    atomic_store_explicit(&st->frames_in, be->frames_in, memory_order_relaxed);
+    atomic_store_explicit(&st->sent, be->sent, memory_order_relaxed);
+}
+
 void mb_amqp_kick(struct mb_backend *be, const char *why)
 {
     pthread_mutex_lock(&be->lock);
@@ -72,6 +98,12 @@ static void mb_amqp_op_finish(struct mb_backend *be, struct mb_amqp_op *op, msgb
                               const char *detail)
 {
     pthread_mutex_lock(&be->lock);
+    if (op->abandoned) {
+        /* Nobody waits any more (a stats snapshot past its timeout). */
+        pthread_mutex_unlock(&be->lock);
+        free(op);
+        return;
+    }
     op->result = e;
     snprintf(op->detail, sizeof op->detail, "%s", detail ? detail : "");
     op->done = true;
@@ -81,7 +113,9 @@ static void mb_amqp_op_finish(struct mb_backend *be, struct mb_amqp_op *op, msgb
 
 /* ---- publishing and confirms ------------------------------------------------------------ */
 
-static void mb_amqp_complete(struct mb_backend *be, struct mb_amqp_out *o, bool acked)
+/* `now_us`: mb_mono_us() when the confirm arrived, for the latency. */
+static void mb_amqp_complete(struct mb_backend *be, struct mb_amqp_out *o, bool acked,
+                             int64_t now_us)
 {
     if (o->internal) {
         mb_amqp_republish_done(be, o, acked);
@@ -102,6 +136,9 @@ static void mb_amqp_complete(struct mb_backend *be, struct mb_amqp_out *o, bool 
         if (o->unroutable)
             mb_log(MSGBUS_LOG_DEBUG, "amqp: message %s to topic '%s' reached no queue",
                    o->msg_id, o->topic);
+        /* From msgbus_publish to the broker's confirm, the wait for a
+         * reconnect included: what the application sees. */
+        mb_bus_confirm_latency(be->bus, now_us - o->queued_us);
         mb_bus_confirm(be->bus, o->token, MSGBUS_OK, NULL);
     }
     mb_amqp_out_free(o);
@@ -119,12 +156,13 @@ static void mb_amqp_fail(struct mb_backend *be, struct mb_amqp_out *o, msgbus_er
 
 static void mb_amqp_on_confirm(struct mb_backend *be, uint64_t tag, bool multiple, bool acked)
 {
+    int64_t now_us = mb_mono_us(); /* one clock read for the whole (multiple) ack */
     if (multiple) {
         while (be->infl_head && be->infl_head->seq <= tag) {
             struct mb_amqp_out *o = be->infl_head;
             be->infl_head = o->next;
             be->ninflight--;
-            mb_amqp_complete(be, o, acked);
+            mb_amqp_complete(be, o, acked, now_us);
         }
     } else {
         struct mb_amqp_out **pp = &be->infl_head, *prev = NULL;
@@ -138,7 +176,7 @@ static void mb_amqp_on_confirm(struct mb_backend *be, uint64_t tag, bool multipl
             if (be->infl_tail == o)
                 be->infl_tail = prev;
             be->ninflight--;
-            mb_amqp_complete(be, o, acked);
+            mb_amqp_complete(be, o, acked, now_us);
         }
     }
     if (!be->infl_head)
@@ -222,6 +260,7 @@ static void mb_amqp_send_pending(struct mb_backend *be)
         be->send_head = o->next;
         o->next = NULL;
         o->seq = ++be->next_seq;
+        be->sent++;
         if (be->infl_tail)
             be->infl_tail->next = o;
         else
@@ -322,9 +361,20 @@ void mb_amqp_conn_lost(struct mb_backend *be, const char *why)
                "amqp: connection to %s:%d lost (%s); after reconnecting msgbus sends again %zu "
                "unconfirmed and %zu not yet sent message(s)",
                h->host, h->port, why, unconfirmed, unsent);
+    be->lost_ms = mb_mono_ms();
+    be->outage_attempts = 0;
+    be->said_down = false;
+    be->blocked = false;
+    if (!stopping)
+        mb_bus_state(be->bus, MSGBUS_STATE_RECONNECTING, "connection to %s:%d lost: %s",
+                     h->host, h->port, why);
     mb_amqp_topics_clear(be);
-    for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next)
+    for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next) {
         mb_amqp_sub_reset(be, bs);
+        if (!stopping && !bs->removed)
+            mb_sub_state(bs->sub, MSGBUS_STATE_RECONNECTING, "connection lost");
+    }
+    mb_amqp_publish_stats(be);
     be->backoff_ms = be->conf.reconnect_min_ms;
     be->next_connect_ms = mb_mono_ms() + be->backoff_ms / 2 +
                           (long)(mb_random64() % (uint64_t)(be->backoff_ms / 2 + 1));
@@ -407,9 +457,18 @@ static void mb_amqp_frame(struct mb_backend *be, const amqp_frame_t *f)
             mb_amqp_send_close_ok(be, 0);
             mb_amqp_conn_lost(be, why);
         } else if (f->payload.method.id == AMQP_CONNECTION_BLOCKED_METHOD) {
+            const amqp_connection_blocked_t *b = f->payload.method.decoded;
             mb_log(MSGBUS_LOG_WARN, "amqp: the broker blocks publishing (resource alarm)");
+            /* Still connected (UP), but an operator must see why nothing
+             * is confirmed: the reason says it. */
+            be->blocked = true;
+            mb_bus_state(be->bus, MSGBUS_STATE_UP,
+                         "publishing blocked by the broker (resource alarm: %.*s)",
+                         (int)b->reason.len, (const char *)b->reason.bytes);
         } else if (f->payload.method.id == AMQP_CONNECTION_UNBLOCKED_METHOD) {
             mb_log(MSGBUS_LOG_INFO, "amqp: the broker accepts publishing again");
+            be->blocked = false;
+            mb_bus_state(be->bus, MSGBUS_STATE_UP, "publishing unblocked");
         }
         return;
     }
@@ -451,6 +510,7 @@ static void mb_amqp_read_frames(struct mb_backend *be)
             mb_amqp_conn_lost(be, why);
             return;
         }
+        be->frames_in++;
         mb_amqp_frame(be, &f);
     }
     if (be->conn)
@@ -511,6 +571,14 @@ static void mb_amqp_control(struct mb_backend *be, struct mb_amqp_op *op)
             be->subs = op->sub;
         }
         break;
+    case MB_AMQP_OP_QUEUE_INFO:
+        e = mb_amqp_queue_info(be, op, detail, sizeof detail, &lost);
+        if (lost) {
+            mb_amqp_conn_lost(be, detail);
+            mb_amqp_op_finish(be, op, e, detail);
+            return;
+        }
+        break;
     default:
         break;
     }
@@ -566,6 +634,18 @@ static void mb_amqp_run_ops(struct mb_backend *be, struct mb_amqp_op *ops)
             mb_amqp_flush_acks(be);
             mb_amqp_unsubscribe_now(be, op);
             break;
+        case MB_AMQP_OP_QUEUE_INFO:
+            /* Never parked for a reconnect: the asker waits a bounded time
+             * and the request must not outlive its subscription. */
+            if (be->conn) {
+                mb_amqp_flush_acks(be);
+                mb_amqp_control(be, op);
+            } else {
+                char d[MB_AMQP_DETAIL];
+                snprintf(d, sizeof d, "not connected to the broker");
+                mb_amqp_op_finish(be, op, MSGBUS_ERR_CONNECT, d);
+            }
+            break;
         default:
             if (be->conn) {
                 mb_amqp_flush_acks(be);
@@ -601,6 +681,9 @@ static void mb_amqp_after_connect(struct mb_backend *be)
             }
             mb_log(MSGBUS_LOG_ERROR, "amqp: resuming subscription to '%s': %s", bs->topic,
                    detail);
+            mb_sub_state(bs->sub, MSGBUS_STATE_DOWN, "cannot resubscribe: %s", detail);
+        } else {
+            mb_sub_state(bs->sub, MSGBUS_STATE_UP, "resubscribed");
         }
     }
 }
@@ -610,8 +693,24 @@ static void mb_amqp_try_connect(struct mb_backend *be)
     int64_t now = mb_mono_ms();
     if (now < be->next_connect_ms)
         return;
+    be->outage_attempts++;
+    atomic_fetch_add_explicit(&be->st.attempts, 1, memory_order_relaxed); /* I/O thread only */
     if (mb_amqp_connect(be) != MSGBUS_OK) {
         snprintf(be->last_error, sizeof be->last_error, "%s", msgbus_last_error());
+        if (!be->said_down) {
+            /* Said once per outage: the count and the time are those at
+             * the first failure; the stats detail keeps counting. */
+            be->said_down = true;
+            const char *url = mb_bus_url(be->bus), *why = be->last_error;
+            size_t ul = strlen(url);
+            if (strncmp(why, url, ul) == 0 && strncmp(why + ul, ": ", 2) == 0)
+                why += ul + 2; /* the URL is the bus's own: not repeated */
+            mb_bus_state(be->bus, MSGBUS_STATE_DOWN,
+                         "broker unreachable: %lu reconnect attempt(s) failed in %.1f s since "
+                         "the connection was lost: %s",
+                         be->outage_attempts, (double)(mb_mono_ms() - be->lost_ms) / 1000.0,
+                         why);
+        }
         long b = be->backoff_ms ? be->backoff_ms * 2 : be->conf.reconnect_min_ms;
         if (b > be->conf.reconnect_max_ms)
             b = be->conf.reconnect_max_ms;
@@ -629,6 +728,9 @@ static void mb_amqp_try_connect(struct mb_backend *be)
                             "open); sending what waited",
            h->host, h->port, be->reconnects);
     be->backoff_ms = 0;
+    mb_bus_state(be->bus, MSGBUS_STATE_UP, "reconnected to %s:%d after %.1f s (%lu attempt(s))",
+                 h->host, h->port, (double)(mb_mono_ms() - be->lost_ms) / 1000.0,
+                 be->outage_attempts);
     mb_amqp_after_connect(be);
 }
 
@@ -802,6 +904,7 @@ void *mb_amqp_io_main(void *arg)
             mb_amqp_flush_acks(be);
         }
         mb_amqp_push_batches(be);
+        mb_amqp_publish_stats(be);
 
         bool busy = false;
         if (be->conn) {

@@ -1,0 +1,628 @@
+/*
+ * test_observe_amqp.c — what the AMQP backend tells an operator
+ * (docs/stats.md, docs/amqp.md "Stats and state"), on the real RabbitMQ:
+ *
+ *  - every counter of msgbus_stats_json exact against known traffic:
+ *    published / confirmed / failed by error code (an unroutable message
+ *    the broker returns), the confirm latency count, per subscription
+ *    received / acked / nacked / retried / dead_lettered / unsettled /
+ *    queued; the connection detail (channels, confirm window, heartbeat);
+ *  - lag: the group queue's ready count, > 0 before the consumer catches
+ *    up and 0 after it has received and acked everything; the same for a
+ *    broadcast subscription's server-named queue;
+ *  - a group queue deleted under its consumer: the subscription goes DOWN
+ *    ("queue deleted") and its lag is reported as not found;
+ *  - on a PRIVATE node (tests/integration/amqp_private_node.sh; the shared
+ *    broker is never stopped): the bus goes RECONNECTING then DOWN when the
+ *    node is stopped, UP when it is back, its subscription RECONNECTING →
+ *    UP "resubscribed", the reconnect counted — in that order through the
+ *    state callback.
+ * Prints each snapshot it checks.
+ */
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+/* ---- helpers ------------------------------------------------------------------ */
+
+static void url_with(char *buf, size_t n, const char *base, const char *query)
+{
+    snprintf(buf, n, "%s%s%s", base, strchr(base, '?') ? "&" : "?", query);
+}
+
+static json_t *snapshot(msgbus_t *bus)
+{
+    char *text = NULL;
+    tu_ck_ok(msgbus_stats_json(bus, &text));
+    json_error_t err;
+    json_t *o = json_loads(text, 0, &err);
+    ck_assert_msg(o != NULL, "stats are not JSON: %s (%s)", err.text, text);
+    printf("stats: %s\n", text);
+    msgbus_stats_free(text);
+    return o;
+}
+
+static json_int_t jint(json_t *o, const char *path)
+{
+    /* "a.b.c": nested objects */
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", path);
+    json_t *cur = o;
+    for (char *save = NULL, *k = strtok_r(buf, ".", &save); k; k = strtok_r(NULL, ".", &save)) {
+        cur = json_object_get(cur, k);
+        ck_assert_msg(cur != NULL, "stats have no '%s'", path);
+    }
+    ck_assert_msg(json_is_integer(cur), "stats '%s' is not an integer", path);
+    return json_integer_value(cur);
+}
+
+static const char *jstr(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    ck_assert_msg(json_is_string(v), "stats '%s' is not a string", key);
+    return json_string_value(v);
+}
+
+/* The subscription object of `topic`/`group` (NULL: broadcast). */
+static json_t *sub_of(json_t *snap, const char *topic, const char *group)
+{
+    json_t *arr = json_object_get(snap, "subscriptions"), *s;
+    size_t i;
+    json_array_foreach(arr, i, s)
+    {
+        json_t *g = json_object_get(s, "group");
+        if (strcmp(json_string_value(json_object_get(s, "topic")), topic) == 0 &&
+            (group ? json_is_string(g) && strcmp(json_string_value(g), group) == 0
+                   : json_is_null(g)))
+            return s;
+    }
+    ck_abort_msg("no subscription %s/%s in the stats", topic, group ? group : "(broadcast)");
+    return NULL;
+}
+
+/* State events as the callback saw them (served by msgbus_poll). */
+#define MAX_EVENTS 64
+struct events {
+    int n;
+    struct {
+        msgbus_state_t state, previous;
+        bool bus; /* the connection (not a subscription) */
+        char group[64];
+        char reason[256];
+    } e[MAX_EVENTS];
+};
+
+static void on_state(void *opaque, const msgbus_state_event_t *ev)
+{
+    struct events *evs = opaque;
+    printf("state event: %s %s: %s -> %s (%s)\n", ev->topic ? "sub" : "bus",
+           ev->topic ? (ev->group ? ev->group : "(broadcast)") : "-",
+           msgbus_state_name(ev->previous), msgbus_state_name(ev->state), ev->reason);
+    if (evs->n >= MAX_EVENTS)
+        return;
+    evs->e[evs->n].state = ev->state;
+    evs->e[evs->n].previous = ev->previous;
+    evs->e[evs->n].bus = ev->topic == NULL;
+    snprintf(evs->e[evs->n].group, sizeof evs->e[evs->n].group, "%s",
+             ev->group ? ev->group : "");
+    snprintf(evs->e[evs->n].reason, sizeof evs->e[evs->n].reason, "%s", ev->reason);
+    evs->n++;
+}
+
+/* Index of the first event from `from` on that matches, or -1. */
+static int find_event(const struct events *evs, int from, bool bus, const char *group,
+                      msgbus_state_t state, const char *reason_part)
+{
+    for (int i = from; i < evs->n; i++)
+        if (evs->e[i].bus == bus && evs->e[i].state == state &&
+            (bus || strcmp(evs->e[i].group, group) == 0) &&
+            (!reason_part || strstr(evs->e[i].reason, reason_part)))
+            return i;
+    return -1;
+}
+
+static void publish_i(msgbus_t *bus, const char *topic, int i, struct tu_reports *r)
+{
+    char p[32];
+    snprintf(p, sizeof p, "%d", i);
+    msgbus_msg_t *m;
+    tu_ck_ok(msgbus_msg_new(&m, p, strlen(p) + 1));
+    tu_ck_ok(msgbus_publish(bus, topic, m, tu_on_report, r));
+    msgbus_msg_free(m);
+}
+
+/* Deletes a queue (and optionally an exchange) with rabbitmq-c directly:
+ * msgbus has no delete. */
+static void raw_delete(const char *base_url, const char *queue, const char *exchange)
+{
+    char url[1024];
+    snprintf(url, sizeof url, "%s", base_url);
+    char *query = strchr(url, '?');
+    if (query)
+        *query = '\0';
+    struct amqp_connection_info ci;
+    ck_assert_int_eq(amqp_parse_url(url, &ci), AMQP_STATUS_OK);
+    amqp_connection_state_t c = amqp_new_connection();
+    amqp_socket_t *s = amqp_tcp_socket_new(c);
+    ck_assert_int_eq(amqp_socket_open(s, ci.host, ci.port), AMQP_STATUS_OK);
+    ck_assert_int_eq(amqp_login(c, ci.vhost && *ci.vhost ? ci.vhost : "/", 0, 131072, 0,
+                                AMQP_SASL_METHOD_PLAIN, ci.user, ci.password)
+                         .reply_type,
+                     AMQP_RESPONSE_NORMAL);
+    ck_assert(amqp_channel_open(c, 1) != NULL);
+    if (queue) {
+        amqp_queue_delete(c, 1, amqp_cstring_bytes(queue), 0, 0);
+        ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    }
+    if (exchange) {
+        amqp_exchange_delete(c, 1, amqp_cstring_bytes(exchange), 0);
+        amqp_get_rpc_reply(c);
+    }
+    amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(c);
+}
+
+/* Serves msgbus_poll until `sub` (NULL: the bus) is in `want`, or ms pass. */
+static bool wait_state(msgbus_t *bus, msgbus_sub_t *sub, msgbus_state_t want, int ms,
+                       int64_t *took)
+{
+    int64_t t0 = tu_now_ms();
+    for (;;) {
+        msgbus_poll(bus, 50, NULL);
+        msgbus_state_t s = sub ? msgbus_sub_state(sub, NULL, 0) : msgbus_state(bus, NULL, 0);
+        if (s == want) {
+            if (took)
+                *took = tu_now_ms() - t0;
+            return true;
+        }
+        if (tu_now_ms() - t0 > ms)
+            return false;
+    }
+}
+
+/* ---- counters, lag, detail ---------------------------------------------------------- */
+
+START_TEST(counters_lag_and_detail_are_exact)
+{
+    enum { N = 20, PREFETCH = 5 };
+    const char *base = tu_broker_url("amqp");
+    char url[1200], topic[128], nowhere[128], q[300];
+    /* Fast retries so the nacked messages come back quickly. */
+    url_with(url, sizeof url, base,
+             "prefetch=5&retry_initial_ms=10&retry_max_ms=50&retry_jitter=0&heartbeat=10");
+    tu_unique(topic, sizeof topic, "observe");
+    tu_unique(nowhere, sizeof nowhere, "observe-unbound");
+    snprintf(q, sizeof q, "%s.g", topic);
+
+    msgbus_t *bus;
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    struct events evs = {0};
+    tu_ck_ok(msgbus_set_state_cb(bus, on_state, &evs));
+    char reason[256];
+    ck_assert_int_eq(msgbus_state(bus, reason, sizeof reason), MSGBUS_STATE_UP);
+    ck_assert_msg(strstr(reason, "connected to"), "reason: %s", reason);
+
+    tu_ck_ok(msgbus_declare(bus, topic, "g"));
+    struct tu_reports r = {0};
+    for (int i = 0; i < N; i++)
+        publish_i(bus, topic, i, &r);
+    /* No queue is bound to this topic: the broker returns the message and
+     * msgbus reports it failed (unroutable=error, the default). */
+    publish_i(bus, nowhere, 999, &r);
+    size_t failed = 0;
+    tu_ck_err(msgbus_flush(bus, 15000, &failed), MSGBUS_ERR_DELIVERY);
+    ck_assert_uint_eq(failed, 1);
+    ck_assert_int_eq(r.ok, N);
+    ck_assert_int_eq(r.status, MSGBUS_ERR_BROKER);
+
+    json_t *s = snapshot(bus);
+    ck_assert_str_eq(jstr(s, "backend"), "amqp");
+    ck_assert_str_eq(jstr(s, "state"), "UP");
+    ck_assert_int_eq(jint(s, "published"), N + 1);
+    ck_assert_int_eq(jint(s, "confirmed"), N);
+    ck_assert_int_eq(jint(s, "failed"), 1);
+    ck_assert_int_eq(jint(s, "failed_by_error.MSGBUS_ERR_BROKER"), 1);
+    ck_assert_int_eq(jint(s, "outstanding"), 0);
+    ck_assert_int_eq(jint(s, "reconnects"), 0);
+    /* One latency per confirmed message (the returned one is not confirmed). */
+    ck_assert_int_eq(jint(s, "confirm_latency_us.count"), N);
+    ck_assert_int_ge(jint(s, "confirm_latency_us.p50"), 1);
+    ck_assert_int_ge(jint(s, "confirm_latency_us.max"), jint(s, "confirm_latency_us.p99"));
+    ck_assert_int_eq(jint(s, "detail.confirm_window.limit"), 1000);
+    ck_assert_int_eq(jint(s, "detail.heartbeat_s"), 10);
+    ck_assert_int_eq(jint(s, "detail.connections_lost"), 0);
+    ck_assert_int_eq(jint(s, "detail.reconnect_attempts"), 0);
+    ck_assert_int_ge(jint(s, "detail.messages_sent"), N + 1);
+    ck_assert(json_is_true(json_object_get(json_object_get(s, "detail"), "connected")));
+    ck_assert(json_is_false(json_object_get(json_object_get(s, "detail"), "blocked")));
+    json_decref(s);
+    /* The I/O thread publishes its figures once per round: the window
+     * empties and the two channels (publish, control) show at once. */
+    int64_t t0 = tu_now_ms();
+    for (;;) {
+        s = snapshot(bus);
+        if (jint(s, "detail.confirm_window.in_flight") == 0 &&
+            jint(s, "detail.channels_open") == 2)
+            break;
+        ck_assert_msg(tu_now_ms() - t0 < 3000, "confirm window / channels not as expected");
+        json_decref(s);
+        usleep(100000);
+    }
+    ck_assert_int_eq(jint(s, "confirm_latency_us.count"), 0); /* since the previous snapshot */
+    ck_assert(json_is_null(json_object_get(json_object_get(s, "confirm_latency_us"), "p50")));
+    json_decref(s);
+
+    /* The consumer takes PREFETCH messages; the rest wait in the queue. */
+    msgbus_sub_t *sub;
+    tu_ck_ok(msgbus_subscribe(bus, topic, "g", &sub));
+    t0 = tu_now_ms();
+    json_t *so;
+    for (;;) {
+        s = snapshot(bus);
+        so = sub_of(s, topic, "g");
+        json_t *lag = json_object_get(so, "lag");
+        if (lag && json_integer_value(lag) == N - PREFETCH && jint(so, "queued") == PREFETCH &&
+            jint(so, "lag_detail.unacked") == PREFETCH)
+            break;
+        ck_assert_msg(tu_now_ms() - t0 < 10000, "lag never settled at %d", N - PREFETCH);
+        json_decref(s);
+        usleep(100000);
+    }
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(so, "lag_detail"),
+                                                       "queue")),
+                     q);
+    ck_assert_int_eq(jint(so, "lag_detail.ready"), N - PREFETCH);
+    ck_assert_int_eq(jint(so, "lag_detail.consumers"), 1);
+    ck_assert_int_eq(jint(so, "received"), 0);
+    ck_assert_str_eq(jstr(so, "state"), "UP");
+    ck_assert_int_eq(jint(s, "detail.channels_open"), 3);
+    json_decref(s);
+
+    /* Three received, none settled yet. */
+    msgbus_msg_t *held[3];
+    for (int i = 0; i < 3; i++) {
+        held[i] = tu_receive(sub, 10000);
+        ck_assert_ptr_nonnull(held[i]);
+    }
+    s = snapshot(bus);
+    so = sub_of(s, topic, "g");
+    ck_assert_int_eq(jint(so, "received"), 3);
+    ck_assert_int_eq(jint(so, "unsettled"), 3);
+    ck_assert_int_eq(jint(so, "acked"), 0);
+    json_decref(s);
+    /* Of the first N: 2 nacked (retried, then acked on their second
+     * attempt), 2 dead-lettered, the rest acked. */
+    int acked = 0, nacked = 0, dead = 0, received = 3, retried_back = 0;
+    for (int i = 0; i < 3; i++) {
+        tu_ck_ok(msgbus_ack(held[i]));
+        msgbus_msg_free(held[i]);
+        acked++;
+    }
+    while (received < N + 2) {
+        msgbus_msg_t *m = tu_receive(sub, 10000);
+        ck_assert_msg(m != NULL, "only %d of %d deliveries arrived", received, N + 2);
+        received++;
+        msgbus_poll(bus, 0, NULL);
+        if (msgbus_msg_attempt(m) > 1) {
+            retried_back++;
+            tu_ck_ok(msgbus_ack(m));
+            acked++;
+        } else if (nacked < 2) {
+            tu_ck_ok(msgbus_nack(m));
+            nacked++;
+        } else if (dead < 2) {
+            tu_ck_ok(msgbus_dead_letter(m, "poison, for the test"));
+            dead++;
+        } else {
+            tu_ck_ok(msgbus_ack(m));
+            acked++;
+        }
+        msgbus_msg_free(m);
+    }
+    ck_assert_int_eq(retried_back, 2);
+    ck_assert_int_eq(acked, N + 2 - 2 - 2);
+    /* Caught up: nothing ready, nothing held, both dead letters confirmed. */
+    t0 = tu_now_ms();
+    for (;;) {
+        msgbus_poll(bus, 0, NULL);
+        s = snapshot(bus);
+        so = sub_of(s, topic, "g");
+        json_t *lag = json_object_get(so, "lag");
+        if (lag && json_integer_value(lag) == 0 && jint(so, "lag_detail.unacked") == 0 &&
+            jint(so, "dead_lettered") == 2)
+            break;
+        ck_assert_msg(tu_now_ms() - t0 < 10000, "lag did not reach 0 after catching up");
+        json_decref(s);
+        usleep(100000);
+    }
+    ck_assert_int_eq(jint(so, "received"), N + 2);
+    ck_assert_int_eq(jint(so, "acked"), acked);
+    ck_assert_int_eq(jint(so, "nacked"), 2);
+    ck_assert_int_eq(jint(so, "retried"), 2);
+    ck_assert_int_eq(jint(so, "dead_lettered"), 2);
+    ck_assert_int_eq(jint(so, "unsettled"), 0);
+    ck_assert_int_eq(jint(so, "queued"), 0);
+    ck_assert_int_eq(jint(so, "lag_detail.ready"), 0);
+    /* Retry copies and dead letters are not the application's publishes. */
+    ck_assert_int_eq(jint(s, "published"), N + 1);
+    ck_assert_int_eq(jint(s, "confirmed"), N);
+    json_decref(s);
+
+    /* A broadcast subscriber: its server-named queue, the same way. */
+    msgbus_sub_t *bc;
+    tu_ck_ok(msgbus_subscribe(bus, topic, NULL, &bc));
+    for (int i = 0; i < 3; i++)
+        publish_i(bus, topic, 100 + i, &r);
+    tu_ck_ok(msgbus_flush(bus, 10000, NULL));
+    for (int i = 0; i < 3; i++) {
+        msgbus_msg_t *m = tu_receive(bc, 10000);
+        ck_assert_ptr_nonnull(m);
+        tu_ck_ok(msgbus_ack(m));
+        msgbus_msg_free(m);
+    }
+    t0 = tu_now_ms();
+    for (;;) {
+        s = snapshot(bus);
+        so = sub_of(s, topic, NULL);
+        json_t *lag = json_object_get(so, "lag");
+        if (lag && json_integer_value(lag) == 0 && jint(so, "lag_detail.unacked") == 0)
+            break;
+        ck_assert_msg(tu_now_ms() - t0 < 10000, "broadcast lag did not reach 0");
+        json_decref(s);
+        usleep(100000);
+    }
+    const char *bq =
+        json_string_value(json_object_get(json_object_get(so, "lag_detail"), "queue"));
+    ck_assert_msg(bq && strncmp(bq, "amq.gen-", 8) == 0, "broadcast queue '%s'", bq);
+    ck_assert_int_eq(jint(so, "received"), 3);
+    ck_assert_int_eq(jint(so, "acked"), 3);
+    ck_assert_int_eq(jint(s, "detail.channels_open"), 4);
+    json_decref(s);
+
+    /* The events, in order: both subscriptions came UP; the connection
+     * itself did not change. */
+    msgbus_poll(bus, 0, NULL);
+    int a = find_event(&evs, 0, false, "g", MSGBUS_STATE_UP, "subscribed");
+    int b = find_event(&evs, a + 1, false, "", MSGBUS_STATE_UP, "subscribed");
+    ck_assert_msg(a >= 0 && b > a, "subscription events out of order (%d, %d)", a, b);
+    ck_assert_int_eq(find_event(&evs, 0, true, NULL, MSGBUS_STATE_DOWN, NULL), -1);
+    ck_assert_int_eq(find_event(&evs, 0, true, NULL, MSGBUS_STATE_RECONNECTING, NULL), -1);
+
+    msgbus_sub_close(bc);
+    msgbus_sub_close(sub);
+    msgbus_close(bus);
+    raw_delete(base, q, topic);
+    char dq[300], dlq[200];
+    snprintf(dlq, sizeof dlq, "%s.dlq", topic);
+    snprintf(dq, sizeof dq, "%s.dlq", dlq);
+    raw_delete(base, dq, dlq);
+    raw_delete(base, NULL, nowhere);
+}
+END_TEST
+
+/* ---- queue deleted ---------------------------------------------------------------------- */
+
+START_TEST(deleted_queue_takes_its_subscription_down)
+{
+    const char *base = tu_broker_url("amqp");
+    char topic[128], q[300];
+    tu_unique(topic, sizeof topic, "observe-del");
+    snprintf(q, sizeof q, "%s.gone", topic);
+    msgbus_t *bus;
+    tu_ck_ok(msgbus_open(&bus, base, NULL));
+    struct events evs = {0};
+    tu_ck_ok(msgbus_set_state_cb(bus, on_state, &evs));
+    msgbus_sub_t *sub;
+    tu_ck_ok(msgbus_subscribe(bus, topic, "gone", &sub));
+    ck_assert_int_eq(msgbus_sub_state(sub, NULL, 0), MSGBUS_STATE_UP);
+
+    raw_delete(base, q, NULL);
+    int64_t took = 0;
+    ck_assert_msg(wait_state(bus, sub, MSGBUS_STATE_DOWN, 10000, &took),
+                  "the subscription did not go DOWN when its queue was deleted");
+    char reason[256];
+    msgbus_sub_state(sub, reason, sizeof reason);
+    printf("queue deleted: subscription DOWN after %lld ms (%s)\n", (long long)took, reason);
+    ck_assert_msg(strstr(reason, "queue deleted") && strstr(reason, q), "reason: %s", reason);
+    ck_assert_int_eq(msgbus_state(bus, NULL, 0), MSGBUS_STATE_UP);
+    msgbus_poll(bus, 0, NULL);
+    int a = find_event(&evs, 0, false, "gone", MSGBUS_STATE_UP, "subscribed");
+    int b = find_event(&evs, a + 1, false, "gone", MSGBUS_STATE_DOWN, "queue deleted");
+    ck_assert_msg(a >= 0 && b > a, "events: UP at %d, DOWN at %d", a, b);
+
+    /* Its lag: the queue is reported missing, no number. */
+    json_t *s = snapshot(bus);
+    json_t *so = sub_of(s, topic, "gone");
+    ck_assert_str_eq(jstr(so, "state"), "DOWN");
+    ck_assert_ptr_null(json_object_get(so, "lag"));
+    json_t *d = json_object_get(so, "lag_detail");
+    ck_assert_str_eq(json_string_value(json_object_get(d, "queue")), q);
+    ck_assert_msg(strstr(json_string_value(json_object_get(d, "error")), "not found"),
+                  "lag_detail.error");
+    json_decref(s);
+    /* The control channel the 404 closed is opened again for the next ask. */
+    tu_ck_ok(msgbus_declare(bus, topic, "other"));
+    msgbus_sub_close(sub);
+    msgbus_close(bus);
+    snprintf(q, sizeof q, "%s.other", topic);
+    raw_delete(base, q, topic);
+}
+END_TEST
+
+/* ---- a private node stopped and started ---------------------------------------------------- */
+
+static char script[1200], dir[1200];
+static int port;
+
+static int node(const char *args)
+{
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "bash '%s' %s", script, args);
+    return system(cmd);
+}
+
+struct node_job {
+    char args[2000];
+    int rc;
+    _Atomic int done;
+};
+
+static void *node_thread(void *arg)
+{
+    struct node_job *j = arg;
+    j->rc = node(j->args);
+    atomic_store(&j->done, 1);
+    return NULL;
+}
+
+START_TEST(stopped_broker_goes_down_and_comes_back_up)
+{
+    char url[512], topic[128];
+    /* heartbeat=2: a broker that vanishes without a word is noticed in
+     * about two heartbeats; reconnect attempts at most 1 s apart. */
+    snprintf(url, sizeof url,
+             "amqp://guest:guest@127.0.0.1:%d/?heartbeat=2&reconnect_backoff_max_ms=1000", port);
+    tu_unique(topic, sizeof topic, "observe-down");
+    msgbus_t *bus;
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    struct events evs = {0};
+    tu_ck_ok(msgbus_set_state_cb(bus, on_state, &evs));
+    msgbus_sub_t *sub;
+    tu_ck_ok(msgbus_subscribe(bus, topic, "g", &sub));
+    struct tu_reports r = {0};
+    publish_i(bus, topic, 1, &r);
+    tu_ck_ok(msgbus_flush(bus, 10000, NULL));
+
+    /* Stop the node while this thread serves the state callback. */
+    struct node_job stop = {.rc = -1};
+    snprintf(stop.args, sizeof stop.args, "stop '%s'", dir);
+    pthread_t th;
+    int64_t t0 = tu_now_ms();
+    ck_assert_int_eq(pthread_create(&th, NULL, node_thread, &stop), 0);
+    int64_t took = 0;
+    bool down = wait_state(bus, NULL, MSGBUS_STATE_DOWN, 30000, &took);
+    char reason[512];
+    msgbus_state(bus, reason, sizeof reason);
+    printf("node stopping: bus %s after %lld ms (%s)\n", down ? "DOWN" : "not DOWN",
+           (long long)took, reason);
+    pthread_join(th, NULL);
+    ck_assert_int_eq(stop.rc, 0);
+    printf("node stopped in %lld ms\n", (long long)(tu_now_ms() - t0));
+    ck_assert_msg(down, "the bus did not go DOWN within 30 s of stopping the broker");
+    ck_assert_msg(strstr(reason, "unreachable"), "DOWN reason: %s", reason);
+    /* The node closes its connections first thing in its ~4 s stop; even
+     * a silent end would be noticed in two heartbeats (4 s). */
+    ck_assert_msg(took <= 15000, "DOWN took %lld ms", (long long)took);
+    ck_assert_int_eq(msgbus_sub_state(sub, NULL, 0), MSGBUS_STATE_RECONNECTING);
+    json_t *s = snapshot(bus);
+    ck_assert_str_eq(jstr(s, "state"), "DOWN");
+    ck_assert(json_is_false(json_object_get(json_object_get(s, "detail"), "connected")));
+    ck_assert_int_eq(jint(s, "detail.connections_lost"), 1);
+    ck_assert_int_ge(jint(s, "detail.reconnect_attempts"), 1);
+    ck_assert_int_ge(jint(s, "detail.disconnected_ms"), 0);
+    ck_assert_int_eq(jint(s, "detail.channels_open"), 0);
+    json_t *so = sub_of(s, topic, "g");
+    ck_assert_ptr_null(json_object_get(so, "lag")); /* cannot ask a broker that is gone */
+    json_decref(s);
+    sleep(2); /* a few failed attempts more: still one DOWN event */
+
+    char args[2000];
+    snprintf(args, sizeof args, "start '%s' %d plain", dir, port);
+    t0 = tu_now_ms();
+    ck_assert_int_eq(node(args), 0);
+    printf("node started again in %lld ms\n", (long long)(tu_now_ms() - t0));
+    bool up = wait_state(bus, NULL, MSGBUS_STATE_UP, 20000, &took);
+    msgbus_state(bus, reason, sizeof reason);
+    printf("node back: bus %s %lld ms after the start returned (%s)\n", up ? "UP" : "not UP",
+           (long long)took, reason);
+    ck_assert_msg(up, "the bus did not come back UP within 20 s of the broker's restart");
+    ck_assert_msg(strstr(reason, "reconnected"), "UP reason: %s", reason);
+    ck_assert_msg(wait_state(bus, sub, MSGBUS_STATE_UP, 10000, NULL),
+                  "the subscription did not come back UP");
+
+    /* The events, in order: bus RECONNECTING → DOWN (once) → UP; the
+     * subscription RECONNECTING → UP "resubscribed". */
+    msgbus_poll(bus, 0, NULL);
+    int a = find_event(&evs, 0, true, NULL, MSGBUS_STATE_RECONNECTING, "lost");
+    int b = find_event(&evs, a + 1, true, NULL, MSGBUS_STATE_DOWN, "unreachable");
+    int c = find_event(&evs, b + 1, true, NULL, MSGBUS_STATE_UP, "reconnected");
+    ck_assert_msg(a >= 0 && b > a && c > b, "bus events: RECONNECTING %d, DOWN %d, UP %d", a,
+                  b, c);
+    ck_assert_int_eq(find_event(&evs, b + 1, true, NULL, MSGBUS_STATE_DOWN, NULL), -1);
+    int sa = find_event(&evs, 0, false, "g", MSGBUS_STATE_RECONNECTING, "connection lost");
+    int sb = find_event(&evs, sa + 1, false, "g", MSGBUS_STATE_UP, "resubscribed");
+    ck_assert_msg(sa >= 0 && sb > sa, "sub events: RECONNECTING %d, UP %d", sa, sb);
+
+    s = snapshot(bus);
+    ck_assert_str_eq(jstr(s, "state"), "UP");
+    ck_assert_int_eq(jint(s, "reconnects"), 1);
+    ck_assert_int_eq(jint(s, "detail.connections_lost"), 1);
+    ck_assert_int_ge(jint(s, "detail.reconnect_attempts"), 2);
+    ck_assert(json_is_null(json_object_get(json_object_get(s, "detail"), "disconnected_ms")));
+    json_decref(s);
+
+    /* And it works: a message through the re-made queue. */
+    publish_i(bus, topic, 2, &r);
+    tu_ck_ok(msgbus_flush(bus, 20000, NULL));
+    msgbus_msg_t *m = tu_receive(sub, 20000);
+    ck_assert_ptr_nonnull(m);
+    tu_ck_ok(msgbus_ack(m));
+    msgbus_msg_free(m);
+    msgbus_sub_close(sub);
+    msgbus_close(bus);
+}
+END_TEST
+
+int main(void)
+{
+    char root[1024];
+    snprintf(root, sizeof root, "%s", __FILE__);
+    char *cut = strstr(root, "/tests/integration/");
+    if (!cut) {
+        fprintf(stderr, "FAIL: cannot find the repository from %s\n", __FILE__);
+        return 1;
+    }
+    *cut = '\0';
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    tu_broker_url("amqp"); /* missing: fail now, not after starting a node */
+    /* Ports 21000 + 20*k: test_amqp_tls takes k < 50, test_amqp_node_faults
+     * 50..99, this test 100..149. */
+    port = 21000 + (100 + (int)(getpid() % 50)) * 20;
+    snprintf(dir, sizeof dir, "%s/.brokers/amqp-observe-%d", root, (int)getpid());
+    snprintf(script, sizeof script, "%s/tests/integration/amqp_private_node.sh", root);
+
+    char args[3000];
+    int64_t t0 = tu_now_ms();
+    snprintf(args, sizeof args, "start '%s' %d plain", dir, port);
+    if (node(args) != 0) {
+        fprintf(stderr, "FAIL: could not start the private RabbitMQ node\n");
+        snprintf(args, sizeof args, "stop '%s'", dir);
+        node(args);
+        return 1;
+    }
+    printf("private node on 127.0.0.1:%d started in %lld ms\n", port,
+           (long long)(tu_now_ms() - t0));
+
+    Suite *s = suite_create("observe_amqp");
+    TCase *tc = tcase_create("observe");
+    tcase_set_timeout(tc, 180);
+    tcase_add_test(tc, counters_lag_and_detail_are_exact);
+    tcase_add_test(tc, deleted_queue_takes_its_subscription_down);
+    tcase_add_test(tc, stopped_broker_goes_down_and_comes_back_up);
+    suite_add_tcase(s, tc);
+    int rc = tu_run_suite(s);
+
+    snprintf(args, sizeof args, "stop '%s' && rm -rf '%s'", dir, dir);
+    if (node(args) != 0)
+        fprintf(stderr, "warning: stopping the private node failed\n");
+    return rc;
+}
