@@ -223,6 +223,7 @@ def test_log_lines_go_to_msgbus_logger(mem_url, topic, caplog, capfd, follow_log
     recs = [r for r in caplog.records if r.name == "msgbus"]
     opened = [r for r in recs if "opened mem bus" in r.getMessage()]
     assert opened and opened[0].levelno == logging.INFO
+    assert opened[0].pathname == "libmsgbus"  # where the line comes from
     nacked = [r for r in recs if "nacked (attempt 1)" in r.getMessage()]
     assert nacked and nacked[0].levelno == logging.DEBUG
     out, err = capfd.readouterr()
@@ -319,3 +320,122 @@ def test_atexit_hands_the_hook_back_to_c(mem_url):
     lines = r.stderr.splitlines()
     assert sum("PY msgbus opened mem bus" in ln for ln in lines) == 1, r.stderr
     assert sum(ln.startswith("msgbus info: opened mem bus") for ln in lines) == 1, r.stderr
+
+
+class _Proxy:
+    """A TCP proxy on loopback to the RabbitMQ of the tests, that can be cut
+    (listener and every connection closed) and brought back on the same
+    port: a broker outage without touching the shared broker."""
+
+    def __init__(self, host: str, port: int):
+        import socket
+        import threading
+        self._socket, self._threading = socket, threading
+        self.target = (host, port)
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._lsock = None
+        self._conns = []
+        self._lock = threading.Lock()
+
+    def start(self):
+        s = self._socket.socket()
+        s.setsockopt(self._socket.SOL_SOCKET, self._socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(16)
+        self._lsock = s
+        self._threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+
+    def _accept(self, ls):
+        while True:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            try:
+                u = self._socket.create_connection(self.target, timeout=5)
+            except OSError:
+                c.close()
+                continue
+            with self._lock:
+                self._conns += [c, u]
+            for a, b in ((c, u), (u, c)):
+                self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(2)
+            except OSError:
+                pass
+
+    def cut(self):
+        if self._lsock is not None:
+            try:  # wakes the accept() in progress: close alone would not
+                self._lsock.shutdown(2)
+            except OSError:
+                pass
+            self._lsock.close()
+            self._lsock = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            try:
+                s.shutdown(2)
+            except OSError:
+                pass
+            s.close()
+
+
+def test_amqp_state_down_then_up_through_a_cut_link(topic):
+    """The link to RabbitMQ is cut: on_state sees the bus leave UP
+    (RECONNECTING, then DOWN as reconnect attempts fail) and come back UP
+    once the link is back; Bus.state and stats() say the same, and
+    "reconnects" counts one."""
+    from urllib.parse import urlsplit
+    base = urlsplit(need_url("amqp"))
+    proxy = _Proxy(base.hostname or "127.0.0.1", base.port or 5672)
+    proxy.start()
+    netloc = (base.netloc.rsplit("@", 1)[0] + "@" if "@" in base.netloc else "") + \
+        f"127.0.0.1:{proxy.port}"
+    sep = "&" if base.query else ""
+    url = base._replace(netloc=netloc, query=base.query + sep +
+                        "heartbeat=1&reconnect_backoff_ms=50&reconnect_backoff_max_ms=200"
+                        ).geturl()
+    events = []
+    try:
+        with msgbus.Bus(url) as bus:
+            assert bus.state.name == "UP"
+            bus.declare(topic, "g")
+            bus.on_state(events.append)
+            proxy.cut()
+            down = _wait(lambda: next((e for e in events if e.subscription is None
+                                       and e.state == "DOWN"), None), 30, bus=bus)
+            assert down is not None, events
+            assert bus.state.name == "DOWN" and bus.state.reason == down.reason
+            assert "reconnect" in down.reason
+            seen = [e.state for e in events if e.subscription is None]
+            assert seen[0] == "RECONNECTING" and events[0].previous == "UP", events
+            s = bus.stats()
+            assert s["state"] == "DOWN" and s["reconnects"] == 0
+            proxy.start()
+            up = _wait(lambda: next((e for e in events if e.subscription is None
+                                     and e.state == "UP"), None), 30, bus=bus)
+            assert up is not None, events
+            assert up.previous == "DOWN" and "reconnected" in up.reason
+            assert bus.state.name == "UP"
+            assert bus.stats()["reconnects"] == 1
+            bus.publish(topic, b"after").result(30)  # and it works again
+    finally:
+        proxy.cut()

@@ -45,8 +45,12 @@ def _on_line(_opaque: Any, level: int, line: Optional[bytes]) -> None:
     try:
         if _closed:
             return
-        logger.log(_TO_LOGGING.get(level, logging.ERROR), "%s",
-                   (line or b"").decode("utf-8", "replace"))
+        lvl = _TO_LOGGING.get(level, logging.ERROR)
+        if logger.isEnabledFor(lvl):
+            # the record's origin is the C library, not this file
+            logger.handle(logger.makeRecord(logger.name, lvl, "libmsgbus", 0,
+                                            (line or b"").decode("utf-8", "replace"),
+                                            None, None))
     except BaseException:  # pragma: no cover
         pass
 
