@@ -20,9 +20,10 @@ _WAIT_SLICE_MS = 200  # blocking C waits are cut into slices so Ctrl-C works
 
 # The tracer msgbus.instrument() installs (msgbus.otel), None when tracing is
 # off: one global read per publish/receive/settle is all tracing costs then.
-# Its methods: publish(bus, topic, m_ptr, msg_id, payload_len, key) -> span,
-# publish_failed(span, exc), confirmed(span, exc), received(bus, message) ->
-# span, settled(message, span, how, reason, exc), created(...) (outbox).
+# Its methods: publish(bus, topic, m_ptr, msg_id, payload, key) -> span (it
+# writes the span's context into m's headers), publish_failed(span, exc),
+# confirmed(span, exc), received(bus, message) -> span, settled(message, span,
+# how, reason, exc); outbox.put calls outbox_put(...) and outbox_done(...).
 _tracer: Any = None
 # What ends spans: the last tracer installed, kept after uninstrument() so
 # the spans already started still end.
