@@ -14,6 +14,7 @@
 #include "backends/kafka.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,9 +124,131 @@ static void mb_kafka_topics_release(struct mb_backend *be)
     atomic_store(&be->ntopics, 0);
 }
 
+/* ---- connection state (docs/kafka.md, "Stats and state") ----------------- */
+
+static void mb_kafka_dr_flush(struct mb_backend *be);
+
+/* The cluster answered (a delivery succeeded, or a probe's metadata
+ * request): UP again after RECONNECTING or DOWN. dr_mu held. */
+static void mb_kafka_conn_ok(struct mb_backend *be, const char *how)
+{
+    int c = atomic_load_explicit(&be->conn, memory_order_relaxed);
+    if (c == MB_KAFKA_CONN_UP || c == MB_KAFKA_CONN_FATAL)
+        return;
+    atomic_store_explicit(&be->conn, MB_KAFKA_CONN_UP, memory_order_relaxed);
+    mb_bus_state(be->bus, MSGBUS_STATE_UP, "cluster reachable again (%s)", how);
+}
+
+void mb_kafka_conn_error(struct mb_backend *be, int err, const char *reason)
+{
+    /* While open waits for the cluster its own error says what went wrong;
+     * the core reports UP ("connected") once open succeeds. */
+    if (be->opening)
+        return;
+    be->conn_errors++;
+    int c = atomic_load_explicit(&be->conn, memory_order_relaxed);
+    if (c == MB_KAFKA_CONN_FATAL)
+        return;
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        atomic_store_explicit(&be->conn, MB_KAFKA_CONN_FATAL, memory_order_relaxed);
+        mb_bus_state(be->bus, MSGBUS_STATE_DOWN, "fatal producer error, every publish now "
+                     "fails (reopen the bus): %s", reason);
+    } else if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+        atomic_store_explicit(&be->conn, MB_KAFKA_CONN_DOWN, memory_order_relaxed);
+        mb_bus_state(be->bus, MSGBUS_STATE_DOWN, "all brokers down");
+    } else if ((err == RD_KAFKA_RESP_ERR__TRANSPORT || err == RD_KAFKA_RESP_ERR__RESOLVE ||
+                err == RD_KAFKA_RESP_ERR__SSL || err == RD_KAFKA_RESP_ERR__AUTHENTICATION) &&
+               c == MB_KAFKA_CONN_UP) {
+        /* One broker connection lost, others may still serve: librdkafka
+         * reconnects on its own. (Reported once per outage: the reason
+         * text changes with every attempt.) */
+        atomic_store_explicit(&be->conn, MB_KAFKA_CONN_RECONNECTING, memory_order_relaxed);
+        mb_bus_state(be->bus, MSGBUS_STATE_RECONNECTING, "connection lost: %s", reason);
+    }
+}
+
+/* While the state is not UP, the poll thread asks the cluster for its
+ * brokers (a metadata request, MB_KAFKA_PROBE_WAIT_MS at most) every
+ * MB_KAFKA_PROBE_EVERY_MS: an answer means reachable again, even when
+ * nothing is published (a successful delivery says so too). Outside
+ * dr_mu: publishers serve their reports meanwhile. */
+#define MB_KAFKA_PROBE_EVERY_MS 500
+#define MB_KAFKA_PROBE_WAIT_MS 250
+static void mb_kafka_probe(struct mb_backend *be, int64_t *next)
+{
+    int c = atomic_load_explicit(&be->conn, memory_order_relaxed);
+    if (c == MB_KAFKA_CONN_UP || c == MB_KAFKA_CONN_FATAL || mb_mono_ms() < *next)
+        return;
+    *next = mb_mono_ms() + MB_KAFKA_PROBE_EVERY_MS;
+    pthread_mutex_lock(&be->dr_mu);
+    unsigned long errors = be->conn_errors;
+    pthread_mutex_unlock(&be->dr_mu);
+    const struct rd_kafka_metadata *md = NULL;
+    if (rd_kafka_metadata(be->producer, 0, NULL, &md, MB_KAFKA_PROBE_WAIT_MS) !=
+        RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    int brokers = md->broker_cnt;
+    rd_kafka_metadata_destroy(md);
+    pthread_mutex_lock(&be->dr_mu);
+    rd_kafka_poll(be->producer, 0); /* errors that came meanwhile first */
+    mb_kafka_dr_flush(be);
+    if (brokers > 0 && be->conn_errors == errors)
+        mb_kafka_conn_ok(be, "metadata");
+    pthread_mutex_unlock(&be->dr_mu);
+}
+
+/* ---- statistics ------------------------------------------------------------- */
+
+/* librdkafka's statistics (only with the user's statistics.interval.ms),
+ * on the thread serving the producer: keep a copy of the last one. */
+static int mb_kafka_stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    (void)rk;
+    struct mb_backend *be = opaque;
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return 0;
+    memcpy(copy, json, len);
+    copy[len] = '\0';
+    pthread_mutex_lock(&be->stats_mu);
+    char *old = be->stats_json;
+    be->stats_json = copy;
+    pthread_mutex_unlock(&be->stats_mu);
+    free(old);
+    return 0; /* librdkafka frees its own */
+}
+
+/* ops->stats: a few figures of our own, and librdkafka's last statistics
+ * as one object under "librdkafka" (absent without statistics.interval.ms,
+ * or before the first). */
+static void mb_kafka_stats(struct mb_backend *be, json_t *detail)
+{
+    json_object_set_new(detail, "outq_len", json_integer(rd_kafka_outq_len(be->producer)));
+    json_object_set_new(detail, "topic_handles",
+                        json_integer((json_int_t)atomic_load(&be->ntopics)));
+    char *copy = NULL;
+    pthread_mutex_lock(&be->stats_mu);
+    if (be->stats_json)
+        copy = mb_strdup(be->stats_json);
+    pthread_mutex_unlock(&be->stats_mu);
+    if (!copy)
+        return;
+    json_error_t jerr;
+    json_t *o = json_loads(copy, 0, &jerr);
+    free(copy);
+    if (o && json_is_object(o))
+        json_object_set_new(detail, "librdkafka", o);
+    else if (o)
+        json_decref(o);
+}
+
+/* ---- delivery reports ------------------------------------------------------- */
+
 /* Hands the gathered successful reports to the core. */
 static void mb_kafka_dr_flush(struct mb_backend *be)
 {
+    if (be->dr_n && atomic_load_explicit(&be->conn, memory_order_relaxed) != MB_KAFKA_CONN_UP)
+        mb_kafka_conn_ok(be, "delivery");
     mb_bus_confirm_batch(be->bus, be->dr_batch, be->dr_n);
     be->dr_n = 0;
 }
@@ -136,6 +259,9 @@ static void mb_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *
     struct mb_backend *be = opaque;
     struct mb_confirm *token = rkm->_private;
     if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        /* Free: librdkafka timestamped the message when it was produced.
+         * Successes only: the histogram's count is the confirmed count. */
+        mb_bus_confirm_latency(be->bus, rd_kafka_message_latency(rkm));
         /* Confirms per message cost a lock and maybe an eventfd write
          * each; gather them and push once per rd_kafka_poll. */
         be->dr_batch[be->dr_n++] = token;
@@ -193,7 +319,9 @@ static void *mb_kafka_poll_main(void *arg)
     struct mb_backend *be = arg;
     unsigned long seen = atomic_load(&be->published);
     int nap_ms = 1;
+    int64_t next_probe = 0;
     while (!atomic_load(&be->stopping)) {
+        mb_kafka_probe(be, &next_probe);
         unsigned long now = atomic_load(&be->published);
         pthread_mutex_lock(&be->nap_mu);
         bool woken = be->wake;
@@ -423,6 +551,8 @@ static void mb_kafka_free(struct mb_backend *be)
     pthread_mutex_destroy(&be->nap_mu);
     pthread_cond_destroy(&be->nap_cv);
     pthread_mutex_destroy(&be->topics_mu);
+    pthread_mutex_destroy(&be->stats_mu);
+    free(be->stats_json);
     free(be);
 }
 
@@ -474,7 +604,9 @@ static msgbus_err_t mb_kafka_open(msgbus_t *bus, struct mb_url *url, struct mb_b
     if (!be)
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
     pthread_mutex_init(&be->topics_mu, NULL);
+    pthread_mutex_init(&be->stats_mu, NULL);
     atomic_init(&be->ntopics, 0);
+    atomic_init(&be->conn, MB_KAFKA_CONN_UP);
     be->bus = bus;
     be->max_message_bytes = 1000000;
     pthread_mutex_init(&be->dr_mu, NULL);
@@ -505,6 +637,11 @@ static msgbus_err_t mb_kafka_open(msgbus_t *bus, struct mb_url *url, struct mb_b
     }
     rd_kafka_conf_set_dr_msg_cb(conf, mb_kafka_dr_cb);
     rd_kafka_conf_set_error_cb(conf, mb_kafka_producer_error_cb);
+    /* Statistics cost (librdkafka builds a JSON of every broker, topic and
+     * partition each interval): only when the user asked for them. */
+    const char *sint = mb_kafka_prop(be, "statistics.interval.ms");
+    if (sint && strtol(sint, NULL, 10) > 0)
+        rd_kafka_conf_set_stats_cb(conf, mb_kafka_stats_cb);
     rd_kafka_conf_set_opaque(conf, be);
     char errstr[512];
     be->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
@@ -600,4 +737,6 @@ MB_HIDDEN const struct mb_backend_ops mb_kafka_ops = {
     .unsubscribe = mb_kafka_unsubscribe,
     .settle = mb_kafka_settle,
     .release = mb_kafka_release,
+    .stats = mb_kafka_stats,
+    .sub_stats = mb_kafka_sub_stats,
 };

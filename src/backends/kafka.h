@@ -85,7 +85,32 @@ struct mb_backend {
     pthread_mutex_t topics_mu;
     _Atomic size_t ntopics;
     struct mb_kafka_topic *topics[MB_KAFKA_TOPICS];
+
+    /* Observability (docs/kafka.md, "Stats and state"). */
+    /* The last statistics JSON librdkafka gave (only with the user's
+     * statistics.interval.ms; NULL until then), swapped under stats_mu by
+     * the producer's stats_cb on whichever thread serves the producer. */
+    pthread_mutex_t stats_mu;
+    char *stats_json;
+    /* The connection state as last reported (MB_KAFKA_CONN_*). Written on
+     * state changes only, under dr_mu (error_cb and delivery reports are
+     * served under it); read once per served batch of reports. */
+    _Atomic int conn;
+    /* Errors reported so far (dr_mu held): a probe that succeeded only
+     * says "up" if no error came while it waited. */
+    unsigned long conn_errors;
 };
+
+/* The bus connection's state as the Kafka backend last reported it. */
+#define MB_KAFKA_CONN_UP 0
+#define MB_KAFKA_CONN_RECONNECTING 1
+#define MB_KAFKA_CONN_DOWN 2
+#define MB_KAFKA_CONN_FATAL 3 /* the producer hit a fatal error: stays DOWN */
+
+/* The producer's error_cb reports an error (dr_mu held, or while opening):
+ * all brokers down → DOWN, a lost connection → RECONNECTING, a fatal error
+ * → DOWN for good. `reason` is already scrubbed of secrets. */
+MB_HIDDEN void mb_kafka_conn_error(struct mb_backend *be, int err, const char *reason);
 
 /* Builds a configuration for a handle of `type`: bootstrap servers,
  * msgbus's defaults for that type, then the user's properties (which win).
@@ -183,5 +208,7 @@ MB_HIDDEN void mb_kafka_unsubscribe(struct mb_backend_sub *bs);
 MB_HIDDEN void mb_kafka_release(msgbus_msg_t *m);
 MB_HIDDEN msgbus_err_t mb_kafka_settle(struct mb_backend_sub *bs, msgbus_msg_t *m,
                                        enum mb_settle how);
+/* ops->sub_stats: lag per assigned partition (docs/kafka.md). */
+MB_HIDDEN void mb_kafka_sub_stats(struct mb_backend_sub *bs, json_t *sub, int timeout_ms);
 
 #endif

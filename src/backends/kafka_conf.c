@@ -53,7 +53,6 @@ static const struct {
     {"delivery.report.only.error",
      "msgbus confirms each message from its delivery report; without reports for successes "
      "no publish would ever be confirmed"},
-    {"statistics.interval.ms", "msgbus does not serve librdkafka's statistics"},
     {"enabled_events", "msgbus serves librdkafka through callbacks"},
     {"log.queue", "msgbus forwards librdkafka's log lines itself (see msgbus_set_log)"},
     {"consume.callback.max.messages", "msgbus does not use librdkafka's consume callback"},
@@ -201,12 +200,16 @@ void mb_kafka_producer_error_cb(rd_kafka_t *rk, int err, const char *reason, voi
 {
     struct mb_backend *be = opaque;
     mb_kafka_error_cb(rk, err, reason, opaque);
+    char detail[512];
+    if (err == RD_KAFKA_RESP_ERR__FATAL)
+        rd_kafka_fatal_error(rk, detail, sizeof detail);
+    else
+        snprintf(detail, sizeof detail, "%s", reason ? reason : rd_kafka_err2str(err));
+    mb_kafka_scrub_conf(rk, detail, sizeof detail);
+    mb_kafka_conn_error(be, err, detail);
     /* "1/1 brokers are down" says less than the error before it. */
     if (!be->opening || be->open_code != MSGBUS_OK || err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
         return;
-    char detail[512];
-    snprintf(detail, sizeof detail, "%s", reason ? reason : rd_kafka_err2str(err));
-    mb_kafka_scrub_conf(rk, detail, sizeof detail);
     snprintf(be->open_last, sizeof be->open_last, "%s", detail);
     msgbus_err_t code = mb_kafka_open_verdict(err, detail);
     /* A broker shutting down also hangs up on a request in flight: the
@@ -305,9 +308,14 @@ rd_kafka_conf_t *mb_kafka_conf_new(struct mb_backend *be, rd_kafka_type_t type,
     for (size_t i = 0; defaults && defaults[i]; i += 2)
         if (mb_kafka_conf_set(conf, defaults[i], defaults[i + 1]) != MSGBUS_OK)
             goto fail;
-    for (size_t i = 0; i < be->nprops; i++)
+    for (size_t i = 0; i < be->nprops; i++) {
+        /* librdkafka's statistics are served from the producer only
+         * (detail.librdkafka); a consumer would build them for nobody. */
+        if (type != RD_KAFKA_PRODUCER && strcmp(be->props[i].key, "statistics.interval.ms") == 0)
+            continue;
         if (mb_kafka_conf_set(conf, be->props[i].key, be->props[i].value) != MSGBUS_OK)
             goto fail;
+    }
     rd_kafka_conf_set_log_cb(conf, mb_kafka_log_cb);
     rd_kafka_conf_set_error_cb(conf, mb_kafka_error_cb);
     if (mb_log_enabled(MSGBUS_LOG_DEBUG))

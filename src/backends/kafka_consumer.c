@@ -6,7 +6,9 @@
  *
  * Invariants:
  *  - Only the subscription's thread calls into its rd_kafka_t (poll,
- *    commit, assign, close). Application threads (settle) touch only the
+ *    commit, assign, close), except the read-only queries of
+ *    mb_kafka_sub_stats (committed offsets, end offsets), which librdkafka
+ *    serves on temporary queues of their own. Application threads (settle) touch only the
  *    per-partition tables, under bs->mu; freeing a message destroys the
  *    record it borrows from, and the last reference destroys the handle
  *    (see struct mb_kafka_rkref).
@@ -23,6 +25,7 @@
  */
 #include "backends/kafka.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,6 +137,12 @@ struct mb_backend_sub {
     /* librdkafka said all brokers are down (error_cb) and nothing
      * succeeded since: a closing subscription does not wait for them. */
     _Atomic bool brokers_down;
+    /* The subscription's connection as last reported (MB_KAFKA_CONN_*:
+     * UP, RECONNECTING after a lost broker connection, DOWN with all
+     * brokers down, FATAL): the next sign of life reports UP again.
+     * Subscription thread only. */
+    int conn;
+    int64_t next_probe_ms;
     /* Set by the thread when it stopped waiting for its consumer close
      * midway: unsubscribe hands the handle to mb_kafka_reap_main. */
     rd_kafka_queue_t *reap_q;
@@ -318,6 +327,54 @@ static void mb_kafka_commit(struct mb_backend_sub *bs, const rd_kafka_topic_part
     rd_kafka_topic_partition_list_destroy(l);
 }
 
+/* ---- state (docs/kafka.md, "Stats and state") ------------------------- */
+
+/* Partitions currently assigned. bs->mu held. */
+static int mb_kafka_assigned(const struct mb_backend_sub *bs)
+{
+    int n = 0;
+    for (size_t i = 0; i < bs->nparts; i++)
+        n += bs->parts[i].assigned;
+    return n;
+}
+
+/* The brokers answered again (records fetched, a commit or an assignment
+ * went through, a probe's metadata came back): UP after RECONNECTING or
+ * DOWN. Subscription thread only. */
+static void mb_kafka_sub_alive(struct mb_backend_sub *bs)
+{
+    if (atomic_load_explicit(&bs->brokers_down, memory_order_relaxed))
+        atomic_store(&bs->brokers_down, false);
+    if (bs->conn == MB_KAFKA_CONN_UP || bs->conn == MB_KAFKA_CONN_FATAL ||
+        atomic_load(&bs->stop))
+        return;
+    bs->conn = MB_KAFKA_CONN_UP;
+    pthread_mutex_lock(&bs->mu);
+    int n = mb_kafka_assigned(bs);
+    pthread_mutex_unlock(&bs->mu);
+    mb_sub_state(bs->sub, MSGBUS_STATE_UP, "brokers reachable again: %d partition%s assigned",
+                 n, n == 1 ? "" : "s");
+}
+
+/* While the subscription's connection is lost (RECONNECTING or DOWN), its
+ * thread asks for metadata every 500 ms (250 ms at most): an answer means
+ * reachable again even when nothing is published. Subscription thread
+ * only. */
+static void mb_kafka_sub_probe(struct mb_backend_sub *bs)
+{
+    if (bs->conn == MB_KAFKA_CONN_UP || bs->conn == MB_KAFKA_CONN_FATAL ||
+        mb_mono_ms() < bs->next_probe_ms)
+        return;
+    bs->next_probe_ms = mb_mono_ms() + 500;
+    const struct rd_kafka_metadata *md = NULL;
+    if (rd_kafka_metadata(bs->rk, 0, NULL, &md, 250) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    int brokers = md->broker_cnt;
+    rd_kafka_metadata_destroy(md);
+    if (brokers > 0)
+        mb_kafka_sub_alive(bs);
+}
+
 static void mb_kafka_offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                       rd_kafka_topic_partition_list_t *offsets, void *opaque)
 {
@@ -325,7 +382,7 @@ static void mb_kafka_offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     (void)offsets;
     struct mb_backend_sub *bs = opaque;
     if (!err)
-        atomic_store(&bs->brokers_down, false);
+        mb_kafka_sub_alive(bs);
     else if (err != RD_KAFKA_RESP_ERR__NO_OFFSET)
         mb_log(MSGBUS_LOG_WARN, "kafka: async commit for group '%s' on '%s' failed: %s",
                bs->group_id, bs->topic, rd_kafka_err2str(err));
@@ -334,9 +391,32 @@ static void mb_kafka_offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 static void mb_kafka_consumer_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     struct mb_backend_sub *bs = opaque;
+    mb_kafka_error_cb(rk, err, reason, opaque);
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
         atomic_store(&bs->brokers_down, true);
-    mb_kafka_error_cb(rk, err, reason, opaque);
+    if (bs->conn == MB_KAFKA_CONN_FATAL || atomic_load(&bs->stop))
+        return;
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        char detail[512];
+        rd_kafka_fatal_error(rk, detail, sizeof detail);
+        bs->conn = MB_KAFKA_CONN_FATAL;
+        mb_sub_state(bs->sub, MSGBUS_STATE_DOWN, "fatal consumer error, nothing more is "
+                     "received (subscribe again): %s", detail);
+    } else if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+        bs->conn = MB_KAFKA_CONN_DOWN;
+        bs->next_probe_ms = mb_mono_ms() + 500;
+        mb_sub_state(bs->sub, MSGBUS_STATE_DOWN, "all brokers down");
+    } else if ((err == RD_KAFKA_RESP_ERR__TRANSPORT || err == RD_KAFKA_RESP_ERR__RESOLVE ||
+                err == RD_KAFKA_RESP_ERR__SSL || err == RD_KAFKA_RESP_ERR__AUTHENTICATION) &&
+               bs->conn == MB_KAFKA_CONN_UP) {
+        /* Scrubbed as mb_kafka_error_cb does: the reason may quote a property. */
+        char detail[512];
+        snprintf(detail, sizeof detail, "%s", reason ? reason : rd_kafka_err2str(err));
+        mb_kafka_scrub_props(bs->be, detail, sizeof detail);
+        bs->conn = MB_KAFKA_CONN_RECONNECTING;
+        bs->next_probe_ms = mb_mono_ms() + 500;
+        mb_sub_state(bs->sub, MSGBUS_STATE_RECONNECTING, "connection lost: %s", detail);
+    }
 }
 
 /* ---- rebalances ------------------------------------------------------------ */
@@ -422,6 +502,7 @@ static void mb_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         atomic_store(&bs->brokers_down, false);
         mb_kafka_resolve_positions(bs, parts);
+        int assigned = 0;
         pthread_mutex_lock(&bs->mu);
         for (int i = 0; i < parts->cnt; i++) {
             struct mb_kafka_part *p = mb_kafka_part_get(bs, parts->elems[i].partition, true);
@@ -431,6 +512,7 @@ static void mb_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             p->gen = ++bs->gen_counter;
             mb_kafka_part_reset(bs, p, parts->elems[i].offset >= 0 ? parts->elems[i].offset : -1);
         }
+        assigned = mb_kafka_assigned(bs);
         pthread_mutex_unlock(&bs->mu);
         rd_kafka_error_t *e = NULL;
         rd_kafka_resp_err_t aerr = RD_KAFKA_RESP_ERR_NO_ERROR;
@@ -449,6 +531,12 @@ static void mb_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 mb_log(MSGBUS_LOG_DEBUG, "kafka: group '%s' assigned %s[%d] at offset %lld",
                        bs->group_id, parts->elems[i].topic, (int)parts->elems[i].partition,
                        (long long)parts->elems[i].offset);
+        /* Before ready: subscribe returns with the sub already UP. */
+        if (bs->conn != MB_KAFKA_CONN_FATAL && !atomic_load(&bs->stop)) {
+            bs->conn = MB_KAFKA_CONN_UP;
+            mb_sub_state(bs->sub, MSGBUS_STATE_UP, "assigned %d partition%s", assigned,
+                         assigned == 1 ? "" : "s");
+        }
         pthread_mutex_lock(&bs->mu);
         bs->paused = false; /* the loop pauses the new assignment if needed */
         bs->ready = true;
@@ -461,9 +549,12 @@ static void mb_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
      * the partitions. Messages still queued for the application are
      * dropped; ones it holds can no longer be settled (their settle is
      * ignored) — the new owner receives them again from the commit point. */
-    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+    /* Lost (the group moved on without us: session timed out, fenced):
+     * nothing may be committed for these partitions any more. */
+    bool lost = rd_kafka_assignment_lost(rk);
+    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS && !lost)
         mb_kafka_commit(bs, parts, true);
-    else
+    else if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
         mb_log(MSGBUS_LOG_WARN, "kafka: rebalance error in group '%s': %s", bs->group_id,
                rd_kafka_err2str(err));
     pthread_mutex_lock(&bs->mu);
@@ -475,7 +566,21 @@ static void mb_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             mb_kafka_part_reset(bs, p, -1);
         }
     }
+    int left = mb_kafka_assigned(bs);
     pthread_mutex_unlock(&bs->mu);
+    /* A subscription keeping partitions (cooperative rebalance) consumes
+     * on; one left with none waits for the group's next assignment. */
+    if (bs->conn != MB_KAFKA_CONN_FATAL && !atomic_load(&bs->stop)) {
+        if (left > 0) {
+            mb_sub_state(bs->sub, MSGBUS_STATE_UP, "assigned %d partition%s", left,
+                         left == 1 ? "" : "s");
+        } else {
+            mb_sub_state(bs->sub, MSGBUS_STATE_RECONNECTING, "%s%d partition%s: waiting for "
+                         "the group's new assignment",
+                         lost ? "assignment lost (session timed out or fenced): "
+                              : "rebalancing: revoked ", parts->cnt, parts->cnt == 1 ? "" : "s");
+        }
+    }
     size_t dropped = mb_sub_drop(bs->sub, mb_kafka_drop_pred, parts);
     if (dropped)
         mb_log(MSGBUS_LOG_INFO, "kafka: rebalance of group '%s' dropped %zu queued messages",
@@ -579,7 +684,7 @@ static void mb_kafka_deliver(struct mb_backend_sub *bs, rd_kafka_message_t **rkm
     }
     if (records) {
         mb_sub_ref_batch(bs->sub, (long)records);
-        atomic_store(&bs->brokers_down, false);
+        mb_kafka_sub_alive(bs);
     }
     for (size_t i = 0; i < n; i++) {
         rd_kafka_message_t *rkm = rkms[i];
@@ -806,6 +911,7 @@ static void *mb_kafka_consumer_main(void *arg)
         }
         if (n)
             mb_kafka_deliver(bs, rkms, n);
+        mb_kafka_sub_probe(bs);
         pthread_mutex_lock(&bs->mu);
         bool due = bs->dirty && mb_mono_ms() - bs->last_commit_ms >= bs->be->commit_interval_ms;
         size_t unacked = bs->unacked;
@@ -1013,4 +1119,95 @@ void mb_kafka_unsubscribe(struct mb_backend_sub *bs)
     else if (!bs->thread_started)
         mb_kafka_consumer_destroy(bs->rk);
     mb_kafka_sub_free(bs);
+}
+
+/* ---- stats ---------------------------------------------------------------- */
+
+/* ops->sub_stats: for each partition assigned to this subscription, lag =
+ * high watermark - committed offset, summed into "lag". Committed: the
+ * group's committed offset as the coordinator has it (rd_kafka_committed;
+ * msgbus commits the acked prefix every commit_interval_ms, so it trails
+ * the acks by about that much); a broadcast subscription commits nothing
+ * and counts from its own acked position instead. High watermark: asked
+ * of the partition leaders now (one ListOffsets round trip for the whole
+ * assignment, rd_kafka_offsets_for_times with "latest"), not librdkafka's
+ * cached figure, which only fetch responses refresh and so goes stale
+ * while the subscription is paused or the brokers are down. Both requests
+ * together take at most timeout_ms; when either fails or runs out of time
+ * "lag" is left out and lag_detail says why in "error". Runs on the thread
+ * asking for stats: the subscription's thread is never waited for. */
+void mb_kafka_sub_stats(struct mb_backend_sub *bs, json_t *sub, int timeout_ms)
+{
+    int64_t deadline = mb_mono_ms() + (timeout_ms > 0 ? timeout_ms : 1);
+    rd_kafka_topic_partition_list_t *committed = rd_kafka_topic_partition_list_new(8);
+    rd_kafka_topic_partition_list_t *ends = rd_kafka_topic_partition_list_new(8);
+    int64_t *acked = NULL;
+    size_t n = 0;
+    pthread_mutex_lock(&bs->mu);
+    if (bs->nparts)
+        acked = malloc(bs->nparts * sizeof *acked);
+    for (size_t i = 0; acked && i < bs->nparts; i++) {
+        if (!bs->parts[i].assigned)
+            continue;
+        acked[n++] = mb_kafka_part_point(&bs->parts[i]);
+        rd_kafka_topic_partition_list_add(committed, bs->topic, (int32_t)i)->offset =
+            RD_KAFKA_OFFSET_INVALID;
+        /* "latest" as a timestamp: ListOffsets answers the end offset. */
+        rd_kafka_topic_partition_list_add(ends, bs->topic, (int32_t)i)->offset =
+            RD_KAFKA_OFFSET_END;
+    }
+    pthread_mutex_unlock(&bs->mu);
+    json_t *detail = json_object();
+    json_t *arr = json_array();
+    const char *error = NULL;
+    char ebuf[256];
+    if (n > 0 && bs->group) {
+        int64_t left = deadline - mb_mono_ms();
+        rd_kafka_resp_err_t err =
+            left > 0 ? rd_kafka_committed(bs->rk, committed, (int)left) : RD_KAFKA_RESP_ERR__TIMED_OUT;
+        if (err) {
+            snprintf(ebuf, sizeof ebuf, "committed offsets: %s", rd_kafka_err2str(err));
+            error = ebuf;
+        }
+    }
+    if (n > 0 && !error) {
+        int64_t left = deadline - mb_mono_ms();
+        rd_kafka_resp_err_t err = left > 0 ? rd_kafka_offsets_for_times(bs->rk, ends, (int)left)
+                                           : RD_KAFKA_RESP_ERR__TIMED_OUT;
+        if (err) {
+            snprintf(ebuf, sizeof ebuf, "end offsets: %s", rd_kafka_err2str(err));
+            error = ebuf;
+        }
+    }
+    int64_t total = 0;
+    bool known = !error && (n > 0 || bs->nparts == 0 || acked);
+    for (size_t k = 0; !error && k < n; k++) {
+        rd_kafka_topic_partition_t *c = &committed->elems[k], *e = &ends->elems[k];
+        /* No commit yet (or a broadcast subscription): its own acked position. */
+        int64_t pos = bs->group && c->offset >= 0 && !c->err ? c->offset : acked[k];
+        int64_t hw = e->err ? -1 : e->offset;
+        json_t *p = json_object();
+        json_object_set_new(p, "partition", json_integer(c->partition));
+        json_object_set_new(p, "high_watermark", hw >= 0 ? json_integer(hw) : json_null());
+        json_object_set_new(p, "committed", pos >= 0 ? json_integer(pos) : json_null());
+        json_object_set_new(p, "acked", acked[k] >= 0 ? json_integer(acked[k]) : json_null());
+        if (hw >= 0 && pos >= 0) {
+            int64_t lag = hw > pos ? hw - pos : 0;
+            total += lag;
+            json_object_set_new(p, "lag", json_integer(lag));
+        } else {
+            known = false;
+            json_object_set_new(p, "lag", json_null());
+        }
+        json_array_append_new(arr, p);
+    }
+    json_object_set_new(detail, "partitions", arr);
+    if (error)
+        json_object_set_new(detail, "error", json_string(error));
+    if (known)
+        json_object_set_new(sub, "lag", json_integer(total));
+    json_object_set_new(sub, "lag_detail", detail);
+    free(acked);
+    rd_kafka_topic_partition_list_destroy(committed);
+    rd_kafka_topic_partition_list_destroy(ends);
 }
