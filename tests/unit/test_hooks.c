@@ -466,6 +466,50 @@ START_TEST(on_settle_without_on_receive_gets_null_span)
 }
 END_TEST
 
+START_TEST(dead_letters_are_not_publishes_but_dlq_replay_is)
+{
+    /* Retry copies and dead letters are msgbus's own sends: no on_publish
+     * or on_confirm. msgbus_dlq_replay receives, republishes and acks
+     * through the public calls, so a tracer sees each letter as a
+     * receive/settle pair and its republish as publish/confirm. */
+    struct trace_log t = {0};
+    msgbus_t *bus = open_mem(NULL);
+    install_all(bus, &t);
+    tu_ck_ok(msgbus_declare(bus, "jobs", "workers"));
+    msgbus_msg_t *m = new_msg("poison");
+    tu_ck_ok(msgbus_publish(bus, "jobs", m, NULL, NULL));
+    msgbus_msg_free(m);
+    tu_ck_ok(msgbus_flush(bus, 5000, NULL));
+    msgbus_sub_t *sub = NULL;
+    tu_ck_ok(msgbus_subscribe(bus, "jobs", "workers", &sub));
+    m = tu_receive(sub, 2000);
+    ck_assert_ptr_nonnull(m);
+    tu_ck_ok(msgbus_dead_letter(m, "poison"));
+    msgbus_msg_free(m);
+    msgbus_sub_close(sub); /* waits for the letter's confirm */
+    tu_ck_ok(msgbus_flush(bus, 5000, NULL));
+    ck_assert_int_eq(t.published, 1);
+    ck_assert_int_eq(t.confirmed, 1);
+    ck_assert_int_eq(t.received, 1);
+    ck_assert_int_eq(t.settled, 1);
+
+    size_t moved = 0;
+    tu_ck_ok(msgbus_dlq_replay(bus, "jobs.dlq", NULL, 0, 200, &moved));
+    ck_assert_uint_eq(moved, 1);
+    tu_ck_ok(msgbus_flush(bus, 5000, NULL));
+    ck_assert_int_eq(t.received, 2);
+    ck_assert_str_eq(t.received_tp[1], TRACEPARENT); /* the letter carries it */
+    ck_assert_int_eq(t.settled, 2);
+    ck_assert_int_eq(t.settle_how[1], MSGBUS_SETTLED_ACK);
+    ck_assert_uint_eq(t.settle_spans[1], 2001);
+    ck_assert_int_eq(t.published, 2);
+    ck_assert_int_eq(t.confirmed, 2);
+    ck_assert_uint_eq(t.confirm_spans[1], 1001);
+    ck_assert_str_eq(t.confirm_topics[1], "jobs");
+    msgbus_close(bus);
+}
+END_TEST
+
 /* Must never run: stands behind the `size` an older caller passed. */
 static void *must_not_run_receive(void *opaque, msgbus_msg_t *m)
 {
@@ -627,6 +671,7 @@ int main(void)
     tcase_add_test(tc, on_receive_on_settle_pair_for_ack_nack_dead_letter_and_none);
     tcase_add_test(tc, on_settle_none_when_the_subscription_closes_first);
     tcase_add_test(tc, on_settle_without_on_receive_gets_null_span);
+    tcase_add_test(tc, dead_letters_are_not_publishes_but_dlq_replay_is);
     tcase_add_test(tc, older_callers_shorter_struct_works);
     tcase_add_test(tc, invalid_arguments);
     tcase_add_test(tc, null_hooks_remove_them);
