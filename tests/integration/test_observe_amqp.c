@@ -16,7 +16,8 @@
  *    broker is never stopped): the bus goes RECONNECTING then DOWN when the
  *    node is stopped, UP when it is back, its subscription RECONNECTING →
  *    UP "resubscribed", the reconnect counted — in that order through the
- *    state callback.
+ *    state callback; and a resource alarm: still UP, the reason and
+ *    detail.blocked say publishing is blocked, then unblocked.
  * Prints each snapshot it checks.
  */
 #include <amqp.h>
@@ -484,6 +485,58 @@ static void *node_thread(void *arg)
     return NULL;
 }
 
+START_TEST(resource_alarm_is_said_in_the_state_reason)
+{
+    char url[512], topic[128];
+    snprintf(url, sizeof url, "amqp://guest:guest@127.0.0.1:%d/", port);
+    tu_unique(topic, sizeof topic, "observe-alarm");
+    msgbus_t *bus;
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    msgbus_sub_t *sub;
+    tu_ck_ok(msgbus_subscribe(bus, topic, "g", &sub));
+    struct tu_reports r = {0};
+    publish_i(bus, topic, 1, &r);
+    tu_ck_ok(msgbus_flush(bus, 10000, NULL));
+
+    /* A resource alarm: still UP, the reason and the detail say blocked. */
+    char ctl[1600];
+    snprintf(ctl, sizeof ctl, "ctl '%s' set_vm_memory_high_watermark 0.0000001", dir);
+    ck_assert_int_eq(node(ctl), 0);
+    publish_i(bus, topic, 2, &r); /* a publisher is what the broker blocks */
+    char reason[512] = "";
+    int64_t t0 = tu_now_ms();
+    while (!strstr(reason, "publishing blocked") && tu_now_ms() - t0 < 15000) {
+        msgbus_poll(bus, 50, NULL);
+        ck_assert_int_eq(msgbus_state(bus, reason, sizeof reason), MSGBUS_STATE_UP);
+    }
+    printf("alarm: %s after %lld ms\n", reason, (long long)(tu_now_ms() - t0));
+    ck_assert_msg(strstr(reason, "publishing blocked by the broker"), "reason: %s", reason);
+    json_t *s = snapshot(bus);
+    ck_assert(json_is_true(json_object_get(json_object_get(s, "detail"), "blocked")));
+    json_decref(s);
+    snprintf(ctl, sizeof ctl, "ctl '%s' set_vm_memory_high_watermark 0.4", dir);
+    ck_assert_int_eq(node(ctl), 0);
+    tu_ck_ok(msgbus_flush(bus, 30000, NULL));
+    t0 = tu_now_ms();
+    while (!strstr(reason, "unblocked") && tu_now_ms() - t0 < 15000) {
+        msgbus_poll(bus, 50, NULL);
+        msgbus_state(bus, reason, sizeof reason);
+    }
+    ck_assert_msg(strstr(reason, "publishing unblocked"), "reason: %s", reason);
+    msgbus_msg_t *m = tu_receive(sub, 10000);
+    ck_assert_ptr_nonnull(m);
+    tu_ck_ok(msgbus_ack(m));
+    msgbus_msg_free(m);
+    m = tu_receive(sub, 10000);
+    ck_assert_ptr_nonnull(m);
+    tu_ck_ok(msgbus_ack(m));
+    msgbus_msg_free(m);
+
+    msgbus_sub_close(sub);
+    msgbus_close(bus);
+}
+END_TEST
+
 START_TEST(stopped_broker_goes_down_and_comes_back_up)
 {
     char url[512], topic[128];
@@ -506,11 +559,11 @@ START_TEST(stopped_broker_goes_down_and_comes_back_up)
     struct node_job stop = {.rc = -1};
     snprintf(stop.args, sizeof stop.args, "stop '%s'", dir);
     pthread_t th;
+    char reason[512] = "";
     int64_t t0 = tu_now_ms();
     ck_assert_int_eq(pthread_create(&th, NULL, node_thread, &stop), 0);
     int64_t took = 0;
     bool down = wait_state(bus, NULL, MSGBUS_STATE_DOWN, 30000, &took);
-    char reason[512];
     msgbus_state(bus, reason, sizeof reason);
     printf("node stopping: bus %s after %lld ms (%s)\n", down ? "DOWN" : "not DOWN",
            (long long)took, reason);
@@ -617,6 +670,7 @@ int main(void)
     tcase_set_timeout(tc, 180);
     tcase_add_test(tc, counters_lag_and_detail_are_exact);
     tcase_add_test(tc, deleted_queue_takes_its_subscription_down);
+    tcase_add_test(tc, resource_alarm_is_said_in_the_state_reason);
     tcase_add_test(tc, stopped_broker_goes_down_and_comes_back_up);
     suite_add_tcase(s, tc);
     int rc = tu_run_suite(s);
