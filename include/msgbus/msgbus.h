@@ -482,7 +482,9 @@ typedef enum msgbus_settled {
  *              returns comes back to on_confirm.
  *  on_confirm  the outcome of that message, on the thread serving its
  *              report (msgbus_poll/_flush/_close), just before the
- *              delivery callback.
+ *              delivery callback — or, when msgbus_publish refuses the
+ *              message after on_publish ran (QUEUE_FULL, TOO_LARGE, …),
+ *              at once inside that call with the error it returns.
  *  on_receive  msgbus_receive is about to return `m` (read its headers,
  *              e.g. extract traceparent). The value it returns comes back
  *              to on_settle.

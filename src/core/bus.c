@@ -490,6 +490,15 @@ MSGBUS_API msgbus_err_t msgbus_publish(msgbus_t *bus, const char *topic, const m
         m = hooked;
     }
     msgbus_err_t e = mb_publish_token(bus, topic, topic_len, m, cb, opaque, span);
+    if (e != MSGBUS_OK && hooked && bus->hooks.h.on_confirm) {
+        /* Refused at once: that is the message's outcome, and the tracer's
+         * span must end with it. The detail is kept for the caller. */
+        char detail[512];
+        snprintf(detail, sizeof detail, "%s", msgbus_last_error());
+        msgbus_report_t r = {.topic = topic, .msg_id = m->id, .status = e, .error = detail};
+        bus->hooks.h.on_confirm(bus->hooks.h.opaque, &r, span);
+        e = mb_error(e, "%s", detail);
+    }
     msgbus_msg_free(hooked);
     return e;
 }
