@@ -44,7 +44,7 @@ MB_HIDDEN void mb_hist_add(struct mb_hist *h, int64_t us);
 /* Bus and subscription state as the backends report it. */
 struct mb_state {
     msgbus_state_t state;
-    char reason[256];
+    char reason[512];
 };
 
 struct mb_state_ev;

@@ -30,7 +30,7 @@ struct mb_state_ev {
     msgbus_state_t state, previous;
     int64_t time_ms;
     msgbus_sub_t *sub; /* holds a reference; NULL: the bus */
-    char reason[256];
+    char reason[512];
 };
 
 int64_t mb_mono_us(void)
@@ -223,7 +223,7 @@ static void mb_state_enqueue(msgbus_t *bus, msgbus_sub_t *sub, msgbus_state_t st
 
 void mb_bus_state(msgbus_t *bus, msgbus_state_t state, const char *fmt, ...)
 {
-    char reason[256];
+    char reason[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(reason, sizeof reason, fmt, ap);
@@ -251,7 +251,7 @@ void mb_bus_state(msgbus_t *bus, msgbus_state_t state, const char *fmt, ...)
 
 void mb_sub_state(msgbus_sub_t *sub, msgbus_state_t state, const char *fmt, ...)
 {
-    char reason[256];
+    char reason[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(reason, sizeof reason, fmt, ap);
