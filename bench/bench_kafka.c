@@ -22,7 +22,11 @@
  * report for each, until the last report; consume_64 / consume_1024 —
  * receive N messages that are already in the topic, acking each (msgbus)
  * or committing positions every 100 ms (raw), from the first message to
- * the N-th.
+ * the N-th. produce_64_stats / consume_64_stats — the same with msgbus's
+ * stats on (stats_interval_ms=1000, a stats callback served by the
+ * bench's msgbus_poll calls: a snapshot with each subscription's lag every
+ * second; librdkafka's own statistics stay off), against the same raw
+ * loops (docs/stats.md: the hot path must not pay for stats).
  *
  * Isolation: every timed run is a process of its own (forked, then it
  * connects, warms up with one message and a flush, and only then starts
@@ -70,11 +74,14 @@ static int g_nprops;
  * ignores them (src/backends/kafka.c, mb_kafka_options). */
 static const char *const g_msgbus_opts[] = {
     "partitions", "replication_factor", "connect_timeout_ms", "subscribe_timeout_ms",
-    "commit_interval_ms", "create_topics", "max_unacked", "close_timeout_ms", NULL};
+    "commit_interval_ms", "create_topics", "max_unacked", "close_timeout_ms",
+    "stats_interval_ms", NULL};
 static long g_n = 200000;
 static int g_rounds = 3;
 static const char *g_filter = "";
 static const char *g_side = ""; /* "", "msgbus" or "raw" */
+static bool g_stats;            /* the msgbus side runs with stats on */
+static long g_stats_seen;       /* stats callbacks served in the child */
 
 static int side(const char *name)
 {
@@ -149,12 +156,27 @@ static void mb_report(void *opaque, const msgbus_report_t *r)
     atomic_fetch_add(&g_reports, 1);
 }
 
-/* A bus of the child's own. */
+static void on_stats(void *opaque, const char *json)
+{
+    (void)opaque;
+    if (!json || json[0] != '{')
+        die("stats", "not a JSON object");
+    g_stats_seen++;
+}
+
+/* A bus of the child's own; with g_stats, stats every second served to
+ * on_stats by the run's msgbus_poll calls. */
 static msgbus_t *open_bus(void)
 {
     msgbus_t *bus = NULL;
-    if (msgbus_open(&bus, g_url, NULL) != MSGBUS_OK)
+    char url[1200];
+    snprintf(url, sizeof url, "%s%s", g_url,
+             g_stats ? (strchr(g_url, '?') ? "&stats_interval_ms=1000" : "?stats_interval_ms=1000")
+                     : "");
+    if (msgbus_open(&bus, url, NULL) != MSGBUS_OK)
         die("open", msgbus_last_error());
+    if (g_stats && msgbus_set_stats_cb(bus, on_stats, NULL) != MSGBUS_OK)
+        die("stats callback", msgbus_last_error());
     return bus;
 }
 
@@ -294,6 +316,9 @@ static double consume_msgbus(const char *topic, const char *group)
         got++;
         msgbus_ack(m);
         msgbus_msg_free(m);
+        /* With stats on, the application's loop serves the callback. */
+        if (g_stats && (got & 1023) == 0)
+            msgbus_poll(bus, 0, NULL);
     }
     double t = now_s() - t0;
     g_cpu_ns = (cpu_s() - c0) * 1e9 / (double)(g_n - 1);
@@ -471,7 +496,17 @@ static double declare_topic(const char *topic)
     return 0;
 }
 
-enum job { CONFIG, DECLARE, FILL, PRODUCE_MSGBUS, PRODUCE_RAW, CONSUME_MSGBUS, CONSUME_RAW };
+enum job {
+    CONFIG,
+    DECLARE,
+    FILL,
+    PRODUCE_MSGBUS,
+    PRODUCE_RAW,
+    CONSUME_MSGBUS,
+    CONSUME_RAW,
+    PRODUCE_MSGBUS_STATS,
+    CONSUME_MSGBUS_STATS
+};
 
 /* Runs one job in a child process of its own; returns the rate it
  * measured and sets *cpu_ns (NULL: not wanted). The parent never loads a
@@ -498,7 +533,11 @@ static double in_child(enum job job, const char *topic, const char *group, size_
         case PRODUCE_RAW: v[0] = produce_raw(topic, size); break;
         case CONSUME_MSGBUS: v[0] = consume_msgbus(topic, group); break;
         case CONSUME_RAW: v[0] = consume_raw(topic, group); break;
+        case PRODUCE_MSGBUS_STATS: g_stats = true; v[0] = produce_msgbus(topic, size); break;
+        case CONSUME_MSGBUS_STATS: g_stats = true; v[0] = consume_msgbus(topic, group); break;
         }
+        if (g_stats)
+            fprintf(stderr, "(stats callbacks served during the run: %ld)\n", g_stats_seen);
         v[1] = g_cpu_ns;
         fflush(stderr);
         _exit(write(fd[1], v, sizeof v) == (ssize_t)sizeof v ? 0 : 1);
@@ -533,7 +572,9 @@ static void round_pair(const char *name, int r, enum job mb_job, enum job raw_jo
     }
     fprintf(stderr, "%s round %d: msgbus=%.0f raw=%.0f  (CPU of the %s thread per message: "
             "msgbus %.0f ns, raw %.0f ns)\n", name, r, *mb, *raw,
-            mb_job == PRODUCE_MSGBUS ? "publishing" : "receiving", mb_cpu, raw_cpu);
+            mb_job == PRODUCE_MSGBUS || mb_job == PRODUCE_MSGBUS_STATS ? "publishing"
+                                                                        : "receiving",
+            mb_cpu, raw_cpu);
 }
 
 /* Percent-decodes s[0..n) into a new string. */
@@ -642,22 +683,25 @@ int main(int argc, char **argv)
 
     msgbus_set_log(NULL, NULL, MSGBUS_LOG_ERROR);
     in_child(CONFIG, NULL, NULL, 0, NULL);
-    size_t sizes[] = {64, 1024};
+    /* The last one: 64-byte messages with msgbus's stats on. */
+    size_t sizes[] = {64, 1024, 64};
     double mb[16], raw[16];
-    for (int s = 0; s < 2; s++) {
+    for (int s = 0; s < 3; s++) {
         size_t size = sizes[s];
+        bool stats = s == 2;
+        const char *suffix = stats ? "_stats" : "";
         char topic[128], name[64];
-        snprintf(name, sizeof name, "produce_%zu", size);
+        snprintf(name, sizeof name, "produce_%zu%s", size, suffix);
         if (strstr(name, g_filter)) {
             unique(topic, sizeof topic, "bench-produce");
             in_child(DECLARE, topic, NULL, 0, NULL);
             for (int r = 0; r < g_rounds; r++) {
-                round_pair(name, r, PRODUCE_MSGBUS, PRODUCE_RAW, topic, NULL, topic, NULL, size,
-                           &mb[r], &raw[r]);
+                round_pair(name, r, stats ? PRODUCE_MSGBUS_STATS : PRODUCE_MSGBUS, PRODUCE_RAW,
+                           topic, NULL, topic, NULL, size, &mb[r], &raw[r]);
             }
             result(name, mb, raw);
         }
-        snprintf(name, sizeof name, "consume_%zu", size);
+        snprintf(name, sizeof name, "consume_%zu%s", size, suffix);
         if (!strstr(name, g_filter))
             continue;
         for (int r = 0; r < g_rounds; r++) {
@@ -670,8 +714,8 @@ int main(int argc, char **argv)
                 in_child(FILL, t1, g1, size, NULL);
             if (side("raw"))
                 in_child(FILL, t2, g2, size, NULL);
-            round_pair(name, r, CONSUME_MSGBUS, CONSUME_RAW, t1, g1, t2, g2, size, &mb[r],
-                       &raw[r]);
+            round_pair(name, r, stats ? CONSUME_MSGBUS_STATS : CONSUME_MSGBUS, CONSUME_RAW, t1,
+                       g1, t2, g2, size, &mb[r], &raw[r]);
         }
         result(name, mb, raw);
     }

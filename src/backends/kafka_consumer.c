@@ -1146,6 +1146,7 @@ void mb_kafka_sub_stats(struct mb_backend_sub *bs, json_t *sub, int timeout_ms)
     pthread_mutex_lock(&bs->mu);
     if (bs->nparts)
         acked = malloc(bs->nparts * sizeof *acked);
+    bool oom = bs->nparts && !acked;
     for (size_t i = 0; acked && i < bs->nparts; i++) {
         if (!bs->parts[i].assigned)
             continue;
@@ -1180,7 +1181,7 @@ void mb_kafka_sub_stats(struct mb_backend_sub *bs, json_t *sub, int timeout_ms)
         }
     }
     int64_t total = 0;
-    bool known = !error && (n > 0 || bs->nparts == 0 || acked);
+    bool known = !error && !oom;
     for (size_t k = 0; !error && k < n; k++) {
         rd_kafka_topic_partition_t *c = &committed->elems[k], *e = &ends->elems[k];
         /* No commit yet (or a broadcast subscription): its own acked position. */
@@ -1202,8 +1203,8 @@ void mb_kafka_sub_stats(struct mb_backend_sub *bs, json_t *sub, int timeout_ms)
         json_array_append_new(arr, p);
     }
     json_object_set_new(detail, "partitions", arr);
-    if (error)
-        json_object_set_new(detail, "error", json_string(error));
+    if (error || oom)
+        json_object_set_new(detail, "error", json_string(oom ? "out of memory" : error));
     if (known)
         json_object_set_new(sub, "lag", json_integer(total));
     json_object_set_new(sub, "lag_detail", detail);
