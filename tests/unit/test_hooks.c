@@ -510,6 +510,63 @@ START_TEST(dead_letters_are_not_publishes_but_dlq_replay_is)
 }
 END_TEST
 
+START_TEST(freeing_a_nacked_message_after_its_redelivery_ends_nothing_twice)
+{
+    /* The application may keep a nacked message until after its retry was
+     * received: freeing the old handle then must not end the new
+     * delivery's span (no NONE), and the new delivery settles once. */
+    struct trace_log t = {0};
+    msgbus_t *bus = open_mem(NULL);
+    install_all(bus, &t);
+    msgbus_sub_t *sub = NULL;
+    tu_ck_ok(msgbus_subscribe_ex(bus, "jobs", "workers", "retry_initial_ms=0", &sub));
+    tu_publish_str(bus, "jobs", NULL, "again");
+    msgbus_msg_t *first = tu_receive(sub, 2000);
+    ck_assert_ptr_nonnull(first);
+    tu_ck_ok(msgbus_nack(first));
+    msgbus_msg_t *second = tu_receive(sub, 3000);
+    ck_assert_ptr_nonnull(second);
+    ck_assert_int_eq(msgbus_msg_attempt(second), 2);
+    ck_assert_int_eq(msgbus_msg_attempt(first), 1);
+    msgbus_msg_free(first);
+    ck_assert_int_eq(t.received, 2);
+    ck_assert_int_eq(t.settled, 1); /* only the nack so far */
+    tu_ck_ok(msgbus_ack(second));
+    ck_assert_int_eq(t.settled, 2);
+    ck_assert_int_eq(t.settle_how[1], MSGBUS_SETTLED_ACK);
+    ck_assert_uint_eq(t.settle_spans[1], 2001);
+    msgbus_msg_free(second);
+    ck_assert_int_eq(t.settled, 2);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(a_message_freed_after_its_bus_closed_ends_its_span_then)
+{
+    /* msgbus_close with a received message still held: the message stays
+     * valid, and its span ends (NONE) when the application frees it —
+     * after the close, so the tracer must outlive the bus until then
+     * (docs/tracing.md). */
+    struct trace_log t = {0};
+    msgbus_t *bus = open_mem(NULL);
+    install_all(bus, &t);
+    msgbus_sub_t *sub = NULL;
+    tu_ck_ok(msgbus_subscribe(bus, "jobs", "workers", &sub));
+    tu_publish_str(bus, "jobs", NULL, "held past close");
+    msgbus_msg_t *m = tu_receive(sub, 2000);
+    ck_assert_ptr_nonnull(m);
+    msgbus_close(bus);
+    ck_assert_int_eq(t.settled, 0);
+    size_t len;
+    ck_assert_ptr_nonnull(msgbus_msg_payload(m, &len));
+    ck_assert_str_eq(msgbus_msg_header(m, "traceparent"), TRACEPARENT);
+    msgbus_msg_free(m);
+    ck_assert_int_eq(t.settled, 1);
+    ck_assert_int_eq(t.settle_how[0], MSGBUS_SETTLED_NONE);
+    ck_assert_uint_eq(t.settle_spans[0], 2000);
+}
+END_TEST
+
 /* Must never run: stands behind the `size` an older caller passed. */
 static void *must_not_run_receive(void *opaque, msgbus_msg_t *m)
 {
@@ -672,6 +729,8 @@ int main(void)
     tcase_add_test(tc, on_settle_none_when_the_subscription_closes_first);
     tcase_add_test(tc, on_settle_without_on_receive_gets_null_span);
     tcase_add_test(tc, dead_letters_are_not_publishes_but_dlq_replay_is);
+    tcase_add_test(tc, freeing_a_nacked_message_after_its_redelivery_ends_nothing_twice);
+    tcase_add_test(tc, a_message_freed_after_its_bus_closed_ends_its_span_then);
     tcase_add_test(tc, older_callers_shorter_struct_works);
     tcase_add_test(tc, invalid_arguments);
     tcase_add_test(tc, null_hooks_remove_them);
