@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `outbox relay --metrics` on mem:// with a SQLite outbox (no broker): the
 # exposition passes `promtool check metrics`, its figures are exact against
-# known traffic (N rows put and relayed, then M more while it runs), the
+# known traffic (N rows put and relayed, then M more while it runs; a row
+# too large for the bus counted as failed, not relayed), the
 # HTTP side answers 404 / 405 / 431 as it should and a bad ADDR:PORT is a
 # usage error; -v shows the bus's state. Arguments: BUILD_DIR (for
 # Prometheus's data directory).
@@ -59,6 +60,24 @@ expect_value "$WORK/b.prom" msgbus_confirm_latency_seconds_count $((N + M))
 passes2=$(value "$WORK/b.prom" msgbus_outbox_relay_passes_total)
 [ "$passes2" -gt "$passes" ] || fail "passes did not grow ($passes -> $passes2)"
 pass "passes grow while idle polling ($passes -> $passes2)"
+
+# A row the bus will never take (over max_message_bytes) is moved aside:
+# a failed row, not a failed pass; the rows around it go out.
+st3="sqlite://$WORK/poison.db"
+seq 1 2 | "$MSGBUS" outbox put -q "$st3" orders || fail "outbox put"
+head -c 500 /dev/zero | tr '\0' x | "$MSGBUS" outbox put -q "$st3" orders -k big || fail "outbox put (big)"
+seq 3 4 | "$MSGBUS" outbox put -q "$st3" orders || fail "outbox put"
+"$MSGBUS" outbox relay -u 'mem://?max_message_bytes=100' --metrics 127.0.0.1:0 "$st3" 2>"$WORK/relay3.err" &
+relay3=$!; PIDS+=($relay3)
+port3=$(metrics_port "$WORK/relay3.err" $relay3)
+wait_value "$port3" msgbus_outbox_failed_rows 1
+wait_value "$port3" msgbus_outbox_rows_relayed_total 4
+scrape "$port3" "$WORK/poison.prom"
+promtool_check "$WORK/poison.prom"
+expect_value "$WORK/poison.prom" msgbus_outbox_pending_rows 0
+expect_value "$WORK/poison.prom" msgbus_outbox_relay_failures_total 0
+expect_value "$WORK/poison.prom" msgbus_confirmed_total 4
+kill -TERM $relay3; wait $relay3 || fail "relay exit code after SIGTERM"
 
 # The HTTP side: only GET/HEAD /metrics.
 code() { curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$@"; }

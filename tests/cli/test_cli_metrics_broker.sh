@@ -4,7 +4,9 @@
 # pending 0, published = confirmed = N, state UP), then N messages consumed
 # (received = acked = N, unsettled 0, lag back to 0); every scrape passes
 # `promtool check metrics`. Also `doctor -v` and `pub -v` show the state
-# (UP) of a reachable broker. Argument: BACKEND (amqp|kafka).
+# (UP) of a reachable broker. On RabbitMQ, failed passes (a topic with no
+# group bound) are counted and the rows go out once it is declared.
+# Argument: BACKEND (amqp|kafka).
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/metrics_lib.sh"
 backend=${1:?}
@@ -56,6 +58,43 @@ python3 -c "import sys; v=float('$p50'); sys.exit(0 if 0 < v < 10 else 1)" ||
   fail "confirm latency p50 '$p50' is not a number of seconds in (0, 10)"
 pass "confirm latency p50 is $p50 s"
 kill -TERM $relay; wait $relay || fail "relay exit code after SIGTERM"
+
+# RabbitMQ refuses messages for a topic no group is bound to (unroutable):
+# every pass fails and the rows stay pending — counted — until the group
+# is declared; then they go out.
+if [ "$backend" = amqp ]; then
+  t2=$(unique unbound)
+  st2="sqlite://$WORK/unbound.db"
+  seq 1 3 | "$MSGBUS" outbox put -q "$st2" "$t2" || fail "outbox put (unbound)"
+  "$MSGBUS" outbox relay --metrics 127.0.0.1:0 "$st2" 2>"$WORK/relay2.err" &
+  relay2=$!; PIDS+=($relay2)
+  port2=$(metrics_port "$WORK/relay2.err" $relay2)
+  for _ in $(seq 100); do
+    scrape "$port2" "$WORK/unbound.prom"
+    [ "$(value "$WORK/unbound.prom" msgbus_outbox_relay_failures_total)" -ge 2 ] 2>/dev/null && break
+    sleep 0.1
+  done
+  promtool_check "$WORK/unbound.prom"
+  f=$(value "$WORK/unbound.prom" msgbus_outbox_relay_failures_total)
+  [ "$f" -ge 2 ] || fail "failed passes not counted ($f)"
+  pass "$f failed passes counted"
+  expect_value "$WORK/unbound.prom" msgbus_outbox_rows_relayed_total 0
+  expect_value "$WORK/unbound.prom" msgbus_outbox_pending_rows 3
+  expect_value "$WORK/unbound.prom" msgbus_outbox_relay_last_success_timestamp_seconds 0
+  expect_value "$WORK/unbound.prom" msgbus_confirmed_total 0
+  nf=$(value "$WORK/unbound.prom" 'msgbus_failed_by_error_total{error="MSGBUS_ERR_BROKER"}')
+  [ -n "$nf" ] && [ "$nf" -ge 3 ] || fail "failed publishes by MSGBUS_ERR_BROKER: '$nf', expected >= 3"
+  pass "failed publishes by error: MSGBUS_ERR_BROKER $nf"
+  age=$(value "$WORK/unbound.prom" msgbus_outbox_oldest_pending_age_seconds)
+  python3 -c "import sys; sys.exit(0 if 0 < float('$age') < 60 else 1)" || fail "oldest pending age '$age'"
+  pass "oldest pending age $age s"
+  expect_exit 0 "declare the group" -- "$MSGBUS" declare "$t2" g
+  wait_value "$port2" msgbus_outbox_rows_relayed_total 3 60
+  scrape "$port2" "$WORK/unbound2.prom"
+  expect_value "$WORK/unbound2.prom" msgbus_outbox_pending_rows 0
+  expect_value "$WORK/unbound2.prom" msgbus_outbox_oldest_pending_age_seconds 0
+  kill -TERM $relay2; wait $relay2 || fail "relay exit code after SIGTERM"
+fi
 
 # The consumer: its subscription's figures.
 "$MSGBUS" sub -g g --metrics 127.0.0.1:0 "$topic" >"$WORK/got" 2>"$WORK/sub.err" &
