@@ -353,6 +353,13 @@ static void mb_amqp_sub_stats(struct mb_backend_sub *bs, json_t *sub, int timeou
     char q[512] = "";
     if (bs->group)
         mb_amqp_group_queue(bs->topic, bs->group, q, sizeof q);
+    if (!atomic_load_explicit(&be->st.connected, memory_order_relaxed)) {
+        /* No need to queue behind a reconnect attempt to learn that. */
+        if (q[0])
+            json_object_set_new(d, "queue", json_string(q));
+        json_object_set_new(d, "error", json_string("not connected to the broker"));
+        return;
+    }
     struct mb_amqp_op *op = mb_amqp_op_new(MB_AMQP_OP_QUEUE_INFO, be);
     if (!op) {
         json_object_set_new(d, "error", json_string("out of memory"));
