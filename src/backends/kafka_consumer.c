@@ -1130,7 +1130,8 @@ void mb_kafka_unsubscribe(struct mb_backend_sub *bs)
  * the acks by about that much); a broadcast subscription commits nothing
  * and counts from its own acked position instead. High watermark: asked
  * of the partition leaders now (one ListOffsets round trip for the whole
- * assignment, rd_kafka_offsets_for_times with "latest"), not librdkafka's
+ * assignment, rd_kafka_offsets_for_times with "latest", through the
+ * producer), not librdkafka's
  * cached figure, which only fetch responses refresh and so goes stale
  * while the subscription is paused or the brokers are down. Both requests
  * together take at most timeout_ms; when either fails or runs out of time
@@ -1173,7 +1174,11 @@ void mb_kafka_sub_stats(struct mb_backend_sub *bs, json_t *sub, int timeout_ms)
     }
     if (n > 0 && !error) {
         int64_t left = deadline - mb_mono_ms();
-        rd_kafka_resp_err_t err = left > 0 ? rd_kafka_offsets_for_times(bs->rk, ends, (int)left)
+        /* Asked through the producer: on the consumer's own connection the
+         * request queued behind its long-poll fetch (fetch.wait.max.ms,
+         * 500 ms each time, measured). */
+        rd_kafka_resp_err_t err = left > 0 ? rd_kafka_offsets_for_times(bs->be->producer, ends,
+                                                                        (int)left)
                                            : RD_KAFKA_RESP_ERR__TIMED_OUT;
         if (err) {
             snprintf(ebuf, sizeof ebuf, "end offsets: %s", rd_kafka_err2str(err));

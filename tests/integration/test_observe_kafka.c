@@ -159,8 +159,12 @@ START_TEST(counters_are_exact_and_lag_goes_to_zero)
     /* A group of its own: a member of another run's "g" would share it. */
     tu_ck_ok(msgbus_declare(bus, topic, topic));
     msgbus_sub_t *sub;
-    tu_ck_ok(msgbus_subscribe_ex(bus, topic, topic,
-                                 "retry_initial_ms=1&retry_jitter=0&retry_max_attempts=5", &sub));
+    /* The dead-letter group of its own too: declaring the shared default
+     * ("dlq") waits while other tests' members hold it. */
+    char opts[256];
+    snprintf(opts, sizeof opts,
+             "retry_initial_ms=1&retry_jitter=0&retry_max_attempts=5&dlq_group=%s-dlq", topic);
+    tu_ck_ok(msgbus_subscribe_ex(bus, topic, topic, opts, &sub));
     ck_assert_int_eq(msgbus_sub_state(sub, NULL, 0), MSGBUS_STATE_UP);
     int i = wait_event(bus, &ev, 0, false, MSGBUS_STATE_UP, "assigned 3 partitions", 5000);
     ck_assert_msg(i == 0, "first event is not the assignment (%d)", i);
