@@ -179,6 +179,21 @@ typedef struct msgbus_outbox_stats {
  * Blocks. */
 MSGBUS_API msgbus_err_t msgbus_outbox_stats(msgbus_outbox_t *ob, msgbus_outbox_stats_t *st);
 
+/* What the relay did on this handle since it was opened: passes run (by
+ * the background relay and msgbus_outbox_relay alike), how many failed,
+ * rows published and marked sent, and when a pass last succeeded. For
+ * metrics (the CLI's `outbox relay --metrics`). */
+typedef struct msgbus_outbox_relay_counters {
+    uint64_t passes;
+    uint64_t failures;
+    uint64_t relayed;        /* rows */
+    int64_t last_success_ms; /* ms since the Unix epoch; 0: none yet */
+} msgbus_outbox_relay_counters_t;
+
+/* Reads them; never blocks (no database access). Any thread. */
+MSGBUS_API msgbus_err_t msgbus_outbox_relay_counters(msgbus_outbox_t *ob,
+                                                     msgbus_outbox_relay_counters_t *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -182,17 +182,10 @@ static int print_stats(const char *cmd, store_t *s, FILE *out)
     return CLI_OK;
 }
 
-/* What the relay has done, for --metrics: written by the relay loop,
- * read by the metrics thread. */
-struct relay_figures {
-    _Atomic uint64_t passes, failures, relayed;
-    _Atomic int64_t last_ok_ms; /* wall clock of the last pass that worked; 0: none yet */
-};
-
 struct relay_metrics {
-    store_t stats; /* a connection of its own, so a scrape never waits for a pass */
+    store_t stats;        /* a connection of its own, so a scrape never waits for a pass */
+    msgbus_outbox_t *ob;  /* the relay's handle: its counters (no database access) */
     msgbus_t *bus;
-    struct relay_figures *fig;
     cli_prom_state_t *ps;
 };
 
@@ -205,19 +198,24 @@ static int render_relay(void *opaque, FILE *f)
         cli_fail("outbox relay", "--metrics: outbox stats", e);
         return -1;
     }
+    msgbus_outbox_relay_counters_t c;
+    if ((e = msgbus_outbox_relay_counters(rm->ob, &c))) {
+        cli_fail("outbox relay", "--metrics: relay counters", e);
+        return -1;
+    }
     cli_prom_family(f, "msgbus_outbox_rows_relayed_total", "counter",
                     "Outbox rows this relay published and marked sent.");
-    cli_prom_sample(f, "msgbus_outbox_rows_relayed_total", NULL, (double)rm->fig->relayed);
+    cli_prom_sample(f, "msgbus_outbox_rows_relayed_total", NULL, (double)c.relayed);
     cli_prom_family(f, "msgbus_outbox_relay_passes_total", "counter",
                     "Relay passes run (each publishes up to --batch rows).");
-    cli_prom_sample(f, "msgbus_outbox_relay_passes_total", NULL, (double)rm->fig->passes);
+    cli_prom_sample(f, "msgbus_outbox_relay_passes_total", NULL, (double)c.passes);
     cli_prom_family(f, "msgbus_outbox_relay_failures_total", "counter",
                     "Relay passes that failed (their rows stay pending and are retried).");
-    cli_prom_sample(f, "msgbus_outbox_relay_failures_total", NULL, (double)rm->fig->failures);
+    cli_prom_sample(f, "msgbus_outbox_relay_failures_total", NULL, (double)c.failures);
     cli_prom_family(f, "msgbus_outbox_relay_last_success_timestamp_seconds", "gauge",
                     "When a relay pass last worked, seconds since the Unix epoch (0: none yet).");
     cli_prom_sample(f, "msgbus_outbox_relay_last_success_timestamp_seconds", NULL,
-                    (double)rm->fig->last_ok_ms / 1e3);
+                    (double)c.last_success_ms / 1e3);
     cli_prom_family(f, "msgbus_outbox_pending_rows", "gauge", "Outbox rows waiting to be published.");
     cli_prom_sample(f, "msgbus_outbox_pending_rows", NULL, (double)st.pending);
     cli_prom_family(f, "msgbus_outbox_failed_rows", "gauge",
@@ -254,73 +252,48 @@ static int relay_wait(msgbus_t *bus, const sigset_t *sigs, int ms)
     }
 }
 
-static int64_t wall_ms(void)
+/* --once: passes until one finds nothing; a failed pass ends the run. */
+static int relay_once(store_t *s, msgbus_t *bus, const msgbus_outbox_relay_opts_t *o, int quiet)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Relay passes until a signal: back to back while full batches come, then
- * every poll interval; after a failed pass a back-off from 100 ms doubling
- * to 30 s (as msgbus_outbox_relay_start does; the CLI runs the passes
- * itself so that --metrics can count them). A pass in flight is finished
- * before the signal is taken. With `once`, stops when a pass finds
- * nothing, and a failed pass ends the run. */
-static int relay_loop(store_t *s, msgbus_t *bus, const msgbus_outbox_relay_opts_t *o, int once,
-                      int quiet, const sigset_t *sigs, struct relay_figures *fig)
-{
-    int backoff = 0, sig = 0;
     size_t total = 0;
-    msgbus_err_t last = MSGBUS_OK;
     for (;;) {
         size_t n = 0;
-        last = msgbus_outbox_relay(s->ob, bus, o->batch_max, o->confirm_timeout_ms, &n);
-        fig->passes++;
-        fig->relayed += n;
+        msgbus_err_t e = msgbus_outbox_relay(s->ob, bus, o->batch_max, o->confirm_timeout_ms, &n);
         total += n;
-        if (last)
-            fig->failures++;
-        else
-            fig->last_ok_ms = wall_ms();
-        if (once && (last || n == 0))
-            break;
-        struct timespec zero = {0, 0};
-        if ((sig = sigtimedwait(sigs, NULL, &zero)) > 0)
-            break;
-        sig = 0;
-        if (last) {
-            backoff = backoff ? backoff * 2 : 100;
-            if (backoff > 30000)
-                backoff = 30000;
-            if (!quiet)
-                fprintf(stderr, "msgbus outbox relay: pass failed: %s (%s); retrying in %d ms\n",
-                        msgbus_strerror(last), msgbus_last_error(), backoff);
-            sig = relay_wait(bus, sigs, backoff);
-        } else {
-            backoff = 0;
-            if (n < o->batch_max)
-                sig = relay_wait(bus, sigs, o->poll_interval_ms);
-        }
-        if (sig)
+        if (e)
+            return cli_fail("outbox relay", "relay pass", e);
+        if (n == 0)
             break;
     }
-    if (once) {
-        if (last)
-            return cli_fail("outbox relay", "relay pass", last);
-        if (!quiet)
-            fprintf(stderr, "msgbus outbox relay: %zu rows relayed\n", total);
-        return CLI_OK;
-    }
+    if (!quiet)
+        fprintf(stderr, "msgbus outbox relay: %zu rows relayed\n", total);
+    return CLI_OK;
+}
+
+/* The library's background relay until SIGTERM/SIGINT; meanwhile this
+ * thread serves the bus's callbacks (state changes for -v). */
+static int relay_background(store_t *s, msgbus_t *bus, const msgbus_outbox_relay_opts_t *o,
+                            int quiet, const sigset_t *sigs)
+{
+    msgbus_err_t e = msgbus_outbox_relay_start(s->ob, bus, o);
+    if (e)
+        return cli_fail("outbox relay", "start", e);
+    int sig;
+    while (!(sig = relay_wait(bus, sigs, 1000)))
+        ;
     if (!quiet)
         fprintf(stderr, "msgbus outbox relay: %s: finishing the pass in flight\n",
                 sig == SIGTERM ? "SIGTERM" : "SIGINT");
-    if (last && !quiet) /* the rows of a failed pass stay pending: nothing is lost */
+    e = msgbus_outbox_relay_stop(s->ob);
+    if (e && !quiet) /* the rows of a failed pass stay pending: nothing is lost */
         fprintf(stderr,
                 "msgbus outbox relay: the last pass failed: %s (%s); its rows stay pending\n",
-                msgbus_strerror(last), msgbus_last_error());
+                msgbus_strerror(e), msgbus_last_error());
     if (!quiet) {
-        fprintf(stderr, "msgbus outbox relay: stopped; %zu rows relayed; outbox now ", total);
+        msgbus_outbox_relay_counters_t c;
+        if (msgbus_outbox_relay_counters(s->ob, &c) == MSGBUS_OK)
+            fprintf(stderr, "msgbus outbox relay: stopped; %llu rows relayed; outbox now ",
+                    (unsigned long long)c.relayed);
         print_stats("outbox relay", s, stderr);
     }
     return CLI_OK;
@@ -342,7 +315,6 @@ static int relay(const char *store_spec, const char *url, const char *table,
     store_t s;
     struct relay_metrics rm;
     memset(&rm, 0, sizeof rm);
-    struct relay_figures fig = {0};
     cli_metrics_t *server = NULL;
     int rc = store_open("outbox relay", store_spec, table, 0, &s);
     if (rc)
@@ -356,7 +328,7 @@ static int relay(const char *store_spec, const char *url, const char *table,
         goto out;
     if (metrics) {
         rm.bus = bus;
-        rm.fig = &fig;
+        rm.ob = s.ob;
         if (!(rm.ps = cli_prom_state_new())) {
             rc = CLI_FAILED;
             goto out;
@@ -367,7 +339,7 @@ static int relay(const char *store_spec, const char *url, const char *table,
     if (!quiet && !once)
         fprintf(stderr, "msgbus outbox relay: relaying %s to %s; stop with SIGTERM\n",
                 s.is_sqlite ? store_spec : "PostgreSQL", msgbus_url(bus));
-    rc = relay_loop(&s, bus, o, once, quiet, &sigs, &fig);
+    rc = once ? relay_once(&s, bus, o, quiet) : relay_background(&s, bus, o, quiet, &sigs);
 out:
     cli_metrics_stop(server); /* before the bus and the store it reads */
     cli_prom_state_free(rm.ps);

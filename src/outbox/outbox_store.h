@@ -7,6 +7,7 @@
 #ifndef MB_OUTBOX_STORE_H
 #define MB_OUTBOX_STORE_H
 
+#include <stdatomic.h>
 #include <pthread.h>
 
 #include "core/internal.h"
@@ -120,6 +121,10 @@ struct msgbus_outbox {
      * claims nothing: its rows are still pending in the table, and a claim
      * would publish them again. */
     struct mb_outbox_unmarked *unmarked;
+    /* msgbus_outbox_relay_counters: written by whoever runs a pass (under
+     * mu), read from any thread. */
+    _Atomic uint64_t passes, failures, relayed;
+    _Atomic int64_t last_success_ms;
 };
 
 /* Checks `table` and copies it into a new outbox (NULL: the default). */

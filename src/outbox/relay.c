@@ -907,8 +907,41 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
     return MSGBUS_OK;
 }
 
+static msgbus_err_t mb_relay_pass_run(msgbus_outbox_t *ob, msgbus_t *bus, size_t max_rows,
+                                      int timeout_ms, size_t *n_published);
+
+/* One pass, counted for msgbus_outbox_relay_counters. */
 static msgbus_err_t mb_relay_pass(msgbus_outbox_t *ob, msgbus_t *bus, size_t max_rows,
                                   int timeout_ms, size_t *n_published)
+{
+    size_t n = 0;
+    msgbus_err_t e = mb_relay_pass_run(ob, bus, max_rows, timeout_ms, &n);
+    atomic_fetch_add(&ob->passes, 1);
+    atomic_fetch_add(&ob->relayed, n);
+    if (e != MSGBUS_OK)
+        atomic_fetch_add(&ob->failures, 1);
+    else
+        atomic_store(&ob->last_success_ms, mb_now_ms());
+    if (n_published)
+        *n_published = n;
+    return e;
+}
+
+MSGBUS_API msgbus_err_t msgbus_outbox_relay_counters(msgbus_outbox_t *ob,
+                                                     msgbus_outbox_relay_counters_t *out)
+{
+    if (!ob || !out)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_outbox_relay_counters: %s is NULL",
+                        !ob ? "outbox" : "out");
+    out->passes = atomic_load(&ob->passes);
+    out->failures = atomic_load(&ob->failures);
+    out->relayed = atomic_load(&ob->relayed);
+    out->last_success_ms = atomic_load(&ob->last_success_ms);
+    return MSGBUS_OK;
+}
+
+static msgbus_err_t mb_relay_pass_run(msgbus_outbox_t *ob, msgbus_t *bus, size_t max_rows,
+                                      int timeout_ms, size_t *n_published)
 {
     msgbus_err_t e = ob->ops->check_idle(ob);
     if (e != MSGBUS_OK)

@@ -918,6 +918,16 @@ START_TEST(background_relay_publishes_on_wake_and_drains_on_stop)
     msgbus_outbox_stats_t st;
     tu_ck_ok(msgbus_outbox_stats(w.relay, &st));
     ck_assert_uint_eq(st.pending, 0);
+    /* What the background relay did is counted: 500 rows in passes of 50,
+     * none failed (the passes that found nothing count too). */
+    msgbus_outbox_relay_counters_t c;
+    tu_ck_ok(msgbus_outbox_relay_counters(w.relay, &c));
+    ck_assert_uint_eq(c.relayed, N);
+    ck_assert_uint_ge(c.passes, N / 50);
+    ck_assert_uint_eq(c.failures, 0);
+    ck_assert(c.last_success_ms > 0);
+    tu_ck_err(msgbus_outbox_relay_counters(NULL, &c), MSGBUS_ERR_INVALID);
+    tu_ck_err(msgbus_outbox_relay_counters(w.relay, NULL), MSGBUS_ERR_INVALID);
     /* stopped: a new row stays pending */
     put(&w, NULL, "late");
     usleep(50000);
