@@ -19,10 +19,20 @@
  * and host name verified unless tls_verify_peer / tls_verify_hostname say
  * false, the URL's cacert= trusted, its cert= / key= presented.
  * Cases: persistent_64B / persistent_1KiB (publish with confirms) and
- * consume_64B / consume_1KiB (receive and ack what is already queued).
+ * consume_64B / consume_1KiB (receive and ack what is already queued);
+ * persistent_64B_stats / consume_64B_stats: the same with msgbus's stats on
+ * (stats_interval_ms=1000 and a stats callback served by the bench's
+ * msgbus_poll calls, so every second a snapshot is built — with the group
+ * queue's lag asked of the broker — and handed over), against the same raw
+ * client: what observability costs.
  * Prints per case the median rate of each side and the median of the
  * per-round ratios (robust against load that drifts during the run):
  *   RESULT case=<name> msgbus=<msg/s> raw=<msg/s> ratio=<msgbus/raw>
+ * and for the _stats cases how many snapshots the callback got, the size of
+ * the last, and the time the measured loops spent in msgbus_poll (where
+ * snapshots are built; for persistent_64B_stats that includes the wait for
+ * confirms), summed over the case's msgbus runs:
+ *   INFO case=<name> stats_callbacks=<n> last_snapshot_bytes=<n> poll_ms=<ms>
  */
 #include <amqp.h>
 #include <amqp_ssl_socket.h>
@@ -118,7 +128,12 @@ static void parse_tls(const char *q)
     }
 }
 
-static amqp_connection_state_t raw_connect(const struct amqp_connection_info *ci)
+/* heartbeat_s: 10 as msgbus's default for the measured side; 0 for the
+ * admin connection, which idles through whole runs and would otherwise be
+ * dropped by the broker for missed heartbeats (rabbitmq-c sends them only
+ * inside its calls). */
+static amqp_connection_state_t raw_connect(const struct amqp_connection_info *ci,
+                                           int heartbeat_s)
 {
     amqp_connection_state_t c = amqp_new_connection();
     amqp_socket_t *s;
@@ -139,7 +154,7 @@ static amqp_connection_state_t raw_connect(const struct amqp_connection_info *ci
     int st = amqp_socket_open(s, ci->host, ci->port);
     if (st != AMQP_STATUS_OK)
         die("raw connect", amqp_error_string2(st));
-    check_reply(amqp_login(c, ci->vhost && *ci->vhost ? ci->vhost : "/", 0, 131072, 10,
+    check_reply(amqp_login(c, ci->vhost && *ci->vhost ? ci->vhost : "/", 0, 131072, heartbeat_s,
                            AMQP_SASL_METHOD_PLAIN, ci->user, ci->password),
                 "raw login");
     amqp_channel_open(c, 1);
@@ -194,7 +209,7 @@ static void raw_wait_confirms(amqp_connection_state_t c, uint64_t sent, uint64_t
 static double raw_run(const struct amqp_connection_info *ci, const char *topic,
                       const char *queue, size_t n, size_t size, bool same_headers)
 {
-    amqp_connection_state_t c = raw_connect(ci);
+    amqp_connection_state_t c = raw_connect(ci, 10);
     raw_topology(c, topic, queue);
     amqp_confirm_select(c, 1);
     check_reply(amqp_get_rpc_reply(c), "confirm.select");
@@ -251,7 +266,7 @@ static double raw_run(const struct amqp_connection_info *ci, const char *topic,
 #define PREFETCH 200
 static double raw_consume(const struct amqp_connection_info *ci, const char *queue, size_t n)
 {
-    amqp_connection_state_t c = raw_connect(ci);
+    amqp_connection_state_t c = raw_connect(ci, 10);
     amqp_basic_qos(c, 1, 0, PREFETCH, 0);
     check_reply(amqp_get_rpc_reply(c), "basic.qos");
     amqp_basic_consume(c, 1, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0,
@@ -287,12 +302,50 @@ static double raw_consume(const struct amqp_connection_info *ci, const char *que
 
 /* ---- msgbus ------------------------------------------------------------------------ */
 
-/* Receives n messages already in the group's queue, acking each. */
-static double msgbus_consume(const char *url, const char *topic, size_t n)
+/* stats_interval_ms for the _stats cases, and their callback: counts the
+ * snapshots and keeps the size of the last one (printed as INFO). */
+#define STATS_INTERVAL_MS 1000
+static struct {
+    long calls;
+    size_t last_len;
+    double poll_s; /* time the measured loop spent in msgbus_poll (snapshots included) */
+} g_stats;
+
+static void on_stats(void *opaque, const char *json)
+{
+    (void)opaque;
+    g_stats.calls++;
+    g_stats.last_len = strlen(json);
+}
+
+/* The URL with `extra` options appended. */
+static void url_plus(char *buf, size_t n, const char *url, const char *extra)
+{
+    snprintf(buf, n, "%s%s%s", url, strchr(url, '?') ? "&" : "?", extra);
+}
+
+static msgbus_t *bench_open(const char *url, bool stats)
 {
     msgbus_t *bus;
-    if (msgbus_open(&bus, url, NULL) != MSGBUS_OK)
+    char full[1200];
+    if (stats) {
+        char opt[64];
+        snprintf(opt, sizeof opt, "stats_interval_ms=%d", STATS_INTERVAL_MS);
+        url_plus(full, sizeof full, url, opt);
+    } else {
+        snprintf(full, sizeof full, "%s", url);
+    }
+    if (msgbus_open(&bus, full, NULL) != MSGBUS_OK)
         die("msgbus_open", msgbus_last_error());
+    if (stats && msgbus_set_stats_cb(bus, on_stats, NULL) != MSGBUS_OK)
+        die("msgbus_set_stats_cb", msgbus_last_error());
+    return bus;
+}
+
+/* Receives n messages already in the group's queue, acking each. */
+static double msgbus_consume(const char *url, const char *topic, size_t n, bool stats)
+{
+    msgbus_t *bus = bench_open(url, stats);
     msgbus_sub_t *sub = NULL;
     if (msgbus_subscribe(bus, topic, "bench", &sub) != MSGBUS_OK)
         die("msgbus_subscribe", msgbus_last_error());
@@ -307,6 +360,11 @@ static double msgbus_consume(const char *url, const char *topic, size_t n)
             die("msgbus_receive", "message without a 36-byte id");
         msgbus_ack(m);
         msgbus_msg_free(m);
+        if (stats && (got & 1023) == 0) { /* serves the stats callback */
+            double p0 = now_s();
+            msgbus_poll(bus, 0, NULL);
+            g_stats.poll_s += now_s() - p0;
+        }
     }
     double rate = (n - 1) / (now_s() - t0);
     msgbus_sub_close(sub);
@@ -314,14 +372,13 @@ static double msgbus_consume(const char *url, const char *topic, size_t n)
     return rate;
 }
 
-static double msgbus_run(const char *url, const char *topic, size_t n, size_t size)
+static double msgbus_run(const char *url, const char *topic, size_t n, size_t size,
+                         bool stats)
 {
-    msgbus_t *bus;
-    char full[1024];
-    snprintf(full, sizeof full, "%s%sconfirm_window=%d", url, strchr(url, '?') ? "&" : "?",
-             WINDOW);
-    if (msgbus_open(&bus, full, NULL) != MSGBUS_OK)
-        die("msgbus_open", msgbus_last_error());
+    char full[1024], opt[64];
+    snprintf(opt, sizeof opt, "confirm_window=%d", WINDOW);
+    url_plus(full, sizeof full, url, opt);
+    msgbus_t *bus = bench_open(full, stats);
     if (msgbus_declare(bus, topic, "bench") != MSGBUS_OK)
         die("msgbus_declare", msgbus_last_error());
     char *body = malloc(size);
@@ -338,8 +395,21 @@ static double msgbus_run(const char *url, const char *topic, size_t n, size_t si
         if (e != MSGBUS_OK)
             die("msgbus_publish", msgbus_last_error());
         msgbus_msg_free(m);
-        if ((i & 1023) == 0)
+        if ((i & 1023) == 0) {
+            double p0 = now_s();
             msgbus_poll(bus, 0, NULL);
+            if (stats)
+                g_stats.poll_s += now_s() - p0;
+        }
+    }
+    /* With stats on, the confirms are waited for in a poll loop: the stats
+     * callback is served by msgbus_poll (not by msgbus_flush), and most of
+     * a run is this wait, the publishes having been queued in the first
+     * second. */
+    while (stats && msgbus_outstanding(bus) > 0) {
+        double p0 = now_s();
+        msgbus_poll(bus, 100, NULL);
+        g_stats.poll_s += now_s() - p0;
     }
     size_t failed = 0;
     if (msgbus_flush(bus, 120000, &failed) != MSGBUS_OK)
@@ -360,20 +430,21 @@ static int cmp_double(const void *a, const void *b)
  * already in the group's durable queue (published by the raw publisher,
  * the same record for both sides), ack each; alternating as above. */
 static void consume_case(const char *url, const struct amqp_connection_info *ci,
-                         const char *name, size_t k, size_t size, size_t n, int rounds)
+                         const char *name, size_t k, size_t size, size_t n, int rounds,
+                         bool stats)
 {
     char topic[128], queue[160];
     snprintf(topic, sizeof topic, "bench-amqp-%d-c%zu", (int)getpid(), k);
     snprintf(queue, sizeof queue, "%s.bench", topic);
     double mb[16], raw[16], ratio[16];
-    amqp_connection_state_t admin = raw_connect(ci);
+    amqp_connection_state_t admin = raw_connect(ci, 0);
     raw_topology(admin, topic, queue);
     for (int r = 0; r < rounds; r++) {
         for (int side = 0; side < 2; side++) {
             raw_purge(admin, queue);
             raw_run(ci, topic, queue, n, size, true);
             if ((side == 0) == (r % 2 == 0))
-                mb[r] = msgbus_consume(url, topic, n);
+                mb[r] = msgbus_consume(url, topic, n, stats);
             else
                 raw[r] = raw_consume(ci, queue, n);
         }
@@ -385,6 +456,9 @@ static void consume_case(const char *url, const struct amqp_connection_info *ci,
     qsort(ratio, rounds, sizeof ratio[0], cmp_double);
     printf("RESULT case=%s msgbus=%.0f raw=%.0f ratio=%.2f\n", name, mb[rounds / 2],
            raw[rounds / 2], ratio[rounds / 2]);
+    if (stats)
+        printf("INFO case=%s stats_callbacks=%ld last_snapshot_bytes=%zu poll_ms=%.1f\n", name,
+               g_stats.calls, g_stats.last_len, g_stats.poll_s * 1000);
     fflush(stdout);
     amqp_queue_delete(admin, 1, amqp_cstring_bytes(queue), 0, 0);
     amqp_get_rpc_reply(admin);
@@ -420,13 +494,20 @@ int main(int argc, char **argv)
     if (ci.vhost && strcmp(ci.vhost, "") == 0)
         ci.vhost = "/";
 
-    static const struct { const char *name; size_t size; } cases[] = {
-        {"persistent_64B", 64}, {"persistent_1KiB", 1024}};
+    static const struct {
+        const char *name;
+        size_t size;
+        bool stats;
+    } cases[] = {{"persistent_64B", 64, false},
+                 {"persistent_1KiB", 1024, false},
+                 {"persistent_64B_stats", 64, true}};
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         char cname[64];
         snprintf(cname, sizeof cname, "consume_%s", cases[k].name + 11);
+        memset(&g_stats, 0, sizeof g_stats);
         if (strstr(cname, filter))
-            consume_case(url, &ci, cname, k, cases[k].size, n, rounds);
+            consume_case(url, &ci, cname, k, cases[k].size, n, rounds, cases[k].stats);
+        memset(&g_stats, 0, sizeof g_stats);
         if (!strstr(cases[k].name, filter))
             continue;
         char topic[128], queue[160];
@@ -434,20 +515,20 @@ int main(int argc, char **argv)
         snprintf(queue, sizeof queue, "%s.bench", topic); /* msgbus's group queue */
         double mb[16], raw[16];
         /* An admin connection: same topology for both, emptied before each run. */
-        amqp_connection_state_t admin = raw_connect(&ci);
+        amqp_connection_state_t admin = raw_connect(&ci, 0);
         raw_topology(admin, topic, queue);
         for (int r = 0; r < rounds; r++) {
             /* Alternate who goes first so broker warm-up favours neither. */
             if (r % 2 == 0) {
                 raw_purge(admin, queue);
-                mb[r] = msgbus_run(url, topic, n, cases[k].size);
+                mb[r] = msgbus_run(url, topic, n, cases[k].size, cases[k].stats);
                 raw_purge(admin, queue);
                 raw[r] = raw_run(&ci, topic, queue, n, cases[k].size, true);
             } else {
                 raw_purge(admin, queue);
                 raw[r] = raw_run(&ci, topic, queue, n, cases[k].size, true);
                 raw_purge(admin, queue);
-                mb[r] = msgbus_run(url, topic, n, cases[k].size);
+                mb[r] = msgbus_run(url, topic, n, cases[k].size, cases[k].stats);
             }
             fprintf(stderr, "  %s round %d: msgbus %.0f/s raw %.0f/s\n", cases[k].name, r + 1,
                     mb[r], raw[r]);
@@ -464,6 +545,9 @@ int main(int argc, char **argv)
         double m = mb[rounds / 2], w = raw[rounds / 2];
         printf("RESULT case=%s msgbus=%.0f raw=%.0f ratio=%.2f\n", cases[k].name, m, w,
                ratio[rounds / 2]);
+        if (cases[k].stats)
+            printf("INFO case=%s stats_callbacks=%ld last_snapshot_bytes=%zu poll_ms=%.1f\n",
+                   cases[k].name, g_stats.calls, g_stats.last_len, g_stats.poll_s * 1000);
         /* For the record: the same raw publisher without a headers table. */
         raw_purge(admin, queue);
         double bare = raw_run(&ci, topic, queue, n, cases[k].size, false);
