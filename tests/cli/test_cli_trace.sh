@@ -66,21 +66,26 @@ for store in "${stores[@]}"; do
   check_trace "$WORK/out" "outbox ($store) → relay → sub" 1 "1"
 done
 
+# Dead letters go to a group of this run's own: on Kafka a group name is
+# one consumer group across topics, so the default "dlq" would share
+# rebalances with every other dead-letter consumer on the shared broker.
+dg=$(unique dlq)
+
 # nack → redelivery → dead letter
 "$MSGBUS" pub -q "$topic" -H "traceparent=$TP" -H "tracestate=$TS" '{"order":9}' || fail "pub"
 expect_exit 0 "sub --nack, retry_max_attempts=2" -- \
-  "$MSGBUS" sub -q "$topic" -g g -n 2 -t 20000 --json --nack=bad -o 'retry_max_attempts=2&retry_initial_ms=100'
+  "$MSGBUS" sub -q "$topic" -g g -n 2 -t 20000 --json --nack=bad -o "retry_max_attempts=2&retry_initial_ms=100&dlq_group=$dg"
 check_trace "$WORK/out" "nack → redelivery" 2 "1 2"
-expect_exit 0 "the nacked message's dead letter" -- "$MSGBUS" sub -q "$topic.dlq" -g dlq -n 1 -t 20000 --json
+expect_exit 0 "the nacked message's dead letter" -- "$MSGBUS" sub -q "$topic.dlq" -g "$dg" -n 1 -t 20000 --json
 expect_grep '"msgbus-dlq-error":"bad"' "$WORK/out" "it is the nacked message's letter"
 check_trace "$WORK/out" "nack past the last attempt → dead letter" 1
 
 # sub --dead-letter → dead letter → dlq replay → sub
 "$MSGBUS" pub -q "$topic" -H "traceparent=$TP" -H "tracestate=$TS" '{"order":10}' || fail "pub"
-expect_exit 0 "sub --dead-letter" -- "$MSGBUS" sub -q "$topic" -g g -n 1 -t 20000 --dead-letter=poison
-expect_exit 0 "the letter, left for replay" -- "$MSGBUS" sub -q "$topic.dlq" -g dlq -n 1 -t 20000 --json --no-ack
+expect_exit 0 "sub --dead-letter" -- "$MSGBUS" sub -q "$topic" -g g -n 1 -t 20000 --dead-letter=poison -o "dlq_group=$dg"
+expect_exit 0 "the letter, left for replay" -- "$MSGBUS" sub -q "$topic.dlq" -g "$dg" -n 1 -t 20000 --json --no-ack
 check_trace "$WORK/out" "sub --dead-letter → dead letter" 1
-expect_exit 0 "dlq replay" -- "$MSGBUS" dlq replay "$topic.dlq" -t 3000
+expect_exit 0 "dlq replay" -- "$MSGBUS" dlq replay "$topic.dlq" -g "$dg" -t 3000
 [ "$(cat "$WORK/out")" = 1 ] || fail "dlq replay printed '$(cat "$WORK/out")', expected 1"
 expect_exit 0 "sub --json after the replay" -- "$MSGBUS" sub -q "$topic" -g g -n 1 -t 20000 --json
 check_trace "$WORK/out" "dlq replay → sub" 1 "1"

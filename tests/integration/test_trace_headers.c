@@ -314,15 +314,25 @@ START_TEST(nack_to_retry_copy)
 }
 END_TEST
 
-/* Receives the letter of `id` from <topic>.dlq (group "dlq"), checks it
- * and acks it. */
-static void check_letter(msgbus_t *bus, const char *topic, const char *id, int kind,
-                         const char *path)
+/* Each test dead-letters into a group of its own (dlq_group): on Kafka a
+ * group name is one consumer group across topics, so the default "dlq"
+ * would join every other dead-letter consumer on the shared broker, and
+ * one of them stuck elsewhere stalls the rebalance. */
+static void dlq_options(char *opts, size_t n, char *dlq_group, size_t gn, const char *retry)
+{
+    tu_unique(dlq_group, gn, "dlq");
+    snprintf(opts, n, "dlq_group=%s%s%s", dlq_group, retry ? "&" : "", retry ? retry : "");
+}
+
+/* Receives the letter of `id` from <topic>.dlq (as `dlq_group`), checks
+ * it and acks it. */
+static void check_letter(msgbus_t *bus, const char *topic, const char *dlq_group, const char *id,
+                         int kind, const char *path)
 {
     char dlq[160];
     snprintf(dlq, sizeof dlq, "%s.dlq", topic);
     msgbus_sub_t *ds = NULL;
-    tu_ck_ok(msgbus_subscribe(bus, dlq, "dlq", &ds));
+    tu_ck_ok(msgbus_subscribe(bus, dlq, dlq_group, &ds));
     msgbus_msg_t *m = receive_id(ds, id, path);
     const char *from = msgbus_msg_header(m, "msgbus-dlq-topic");
     ck_assert_msg(from && strcmp(from, topic) == 0, "%s: msgbus-dlq-topic %s", path, from);
@@ -334,15 +344,16 @@ static void check_letter(msgbus_t *bus, const char *topic, const char *id, int k
 
 START_TEST(nack_past_last_attempt_to_dead_letter)
 {
-    char url[1024], topic[128], group[128];
+    char url[1024], topic[128], group[128], dlq_group[128], opts[256];
     msgbus_t *bus = open_bus(_i, url, sizeof url);
     tu_unique(topic, sizeof topic, "trace-dlqn");
     tu_unique(group, sizeof group, "g");
+    dlq_options(opts, sizeof opts, dlq_group, sizeof dlq_group,
+                "retry_max_attempts=2&retry_initial_ms=100");
     tu_ck_ok(msgbus_declare(bus, topic, group));
     char *id = publish_traced(bus, topic, "{\"order\":7}");
     msgbus_sub_t *sub = NULL;
-    tu_ck_ok(msgbus_subscribe_ex(bus, topic, group, "retry_max_attempts=2&retry_initial_ms=100",
-                                 &sub));
+    tu_ck_ok(msgbus_subscribe_ex(bus, topic, group, opts, &sub));
     for (int attempt = 1; attempt <= 2; attempt++) {
         msgbus_msg_t *m = receive_id(sub, id, "delivery");
         ck_assert_int_eq(msgbus_msg_attempt(m), attempt);
@@ -350,20 +361,23 @@ START_TEST(nack_past_last_attempt_to_dead_letter)
         msgbus_msg_free(m);
     }
     msgbus_sub_close(sub); /* waits for the dead letter in flight */
-    check_letter(bus, topic, id, _i, "nack×2→dead letter");
+    check_letter(bus, topic, dlq_group, id, _i, "nack×2→dead letter");
     msgbus_close(bus);
     free(id);
 }
 END_TEST
 
-/* Publishes a traced message and dead-letters it with msgbus_dead_letter;
- * returns its id. */
-static char *dead_letter_one(msgbus_t *bus, const char *topic, const char *group)
+/* Publishes a traced message and dead-letters it with msgbus_dead_letter
+ * into `dlq_group` (made here); returns its id. */
+static char *dead_letter_one(msgbus_t *bus, const char *topic, const char *group,
+                             char *dlq_group, size_t gn)
 {
+    char opts[256];
+    dlq_options(opts, sizeof opts, dlq_group, gn, NULL);
     tu_ck_ok(msgbus_declare(bus, topic, group));
     char *id = publish_traced(bus, topic, "{\"order\":7}");
     msgbus_sub_t *sub = NULL;
-    tu_ck_ok(msgbus_subscribe(bus, topic, group, &sub));
+    tu_ck_ok(msgbus_subscribe_ex(bus, topic, group, opts, &sub));
     msgbus_msg_t *m = receive_id(sub, id, "delivery");
     tu_ck_ok(msgbus_dead_letter(m, "poison"));
     msgbus_msg_free(m);
@@ -373,12 +387,12 @@ static char *dead_letter_one(msgbus_t *bus, const char *topic, const char *group
 
 START_TEST(dead_letter_call_to_dead_letter)
 {
-    char url[1024], topic[128], group[128];
+    char url[1024], topic[128], group[128], dlq_group[128];
     msgbus_t *bus = open_bus(_i, url, sizeof url);
     tu_unique(topic, sizeof topic, "trace-dlqc");
     tu_unique(group, sizeof group, "g");
-    char *id = dead_letter_one(bus, topic, group);
-    check_letter(bus, topic, id, _i, "msgbus_dead_letter");
+    char *id = dead_letter_one(bus, topic, group, dlq_group, sizeof dlq_group);
+    check_letter(bus, topic, dlq_group, id, _i, "msgbus_dead_letter");
     msgbus_close(bus);
     free(id);
 }
@@ -386,15 +400,15 @@ END_TEST
 
 START_TEST(dlq_replay_to_receive)
 {
-    char url[1024], topic[128], group[128], dlq[160];
+    char url[1024], topic[128], group[128], dlq[160], dlq_group[128];
     msgbus_t *bus = open_bus(_i, url, sizeof url);
     tu_unique(topic, sizeof topic, "trace-replay");
     tu_unique(group, sizeof group, "g");
     snprintf(dlq, sizeof dlq, "%s.dlq", topic);
-    char *id = dead_letter_one(bus, topic, group);
+    char *id = dead_letter_one(bus, topic, group, dlq_group, sizeof dlq_group);
     size_t moved = 0;
     watch_publishes(bus);
-    tu_ck_ok(msgbus_dlq_replay(bus, dlq, NULL, 0, _i == 1 ? 15000 : 3000, &moved));
+    tu_ck_ok(msgbus_dlq_replay(bus, dlq, dlq_group, 0, _i == 1 ? 15000 : 3000, &moved));
     ck_assert_uint_eq(moved, 1);
     check_hook_saw_context("dlq replay");
     msgbus_sub_t *sub = NULL;
