@@ -489,8 +489,9 @@ typedef enum msgbus_settled {
  *              e.g. extract traceparent). The value it returns comes back
  *              to on_settle.
  *  on_settle   `m` was acked, nacked or dead-lettered — or freed unsettled
- *              (MSGBUS_SETTLED_NONE). Called once per received message
- *              while its bus is open. */
+ *              (MSGBUS_SETTLED_NONE). Called once per received message,
+ *              also for one freed after msgbus_close (then with NONE), so
+ *              `opaque` must outlive every received message. */
 typedef struct msgbus_hooks {
     void *opaque;
     void *(*on_publish)(void *opaque, const char *topic, msgbus_msg_t *m);
