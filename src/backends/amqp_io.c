@@ -138,7 +138,7 @@ static void mb_amqp_complete(struct mb_backend *be, struct mb_amqp_out *o, bool 
                    o->msg_id, o->topic);
         /* From msgbus_publish to the broker's confirm, the wait for a
          * reconnect included: what the application sees. */
-        mb_bus_confirm_latency(be->bus, now_us - o->queued_us);
+        mb_bus_confirm_latency(be->bus, o->token, now_us - o->queued_us);
         mb_bus_confirm(be->bus, o->token, MSGBUS_OK, NULL);
     }
     mb_amqp_out_free(o);

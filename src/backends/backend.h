@@ -203,12 +203,14 @@ MB_HIDDEN void mb_bus_state(msgbus_t *bus, msgbus_state_t state, const char *rea
  * "queue deleted"). */
 MB_HIDDEN void mb_sub_state(msgbus_sub_t *sub, msgbus_state_t state, const char *reason, ...)
     MB_PRINTF(3, 4);
-/* One publish→confirm latency in microseconds, recorded into the bus's
+/* One publish→confirm latency in microseconds (`token` as handed to
+ * ops->publish, NULL allowed), recorded into the bus's
  * histogram. Call it from the thread that confirms (usually the backend's
  * I/O thread), once per confirmed message when the backend knows when the
  * message was published (Kafka: rd_kafka_message_latency). A relaxed
- * atomic add, no lock, no allocation. */
-MB_HIDDEN void mb_bus_confirm_latency(msgbus_t *bus, int64_t us);
+ * atomic add, no lock, no allocation. The dead letters msgbus publishes
+ * itself are left out, as they are of the `confirmed` count. */
+MB_HIDDEN void mb_bus_confirm_latency(msgbus_t *bus, const struct mb_confirm *token, int64_t us);
 /* Monotonic clock in microseconds, for backends timing their messages. */
 MB_HIDDEN int64_t mb_mono_us(void);
 

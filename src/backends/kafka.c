@@ -261,7 +261,7 @@ static void mb_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *
     if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         /* Free: librdkafka timestamped the message when it was produced.
          * Successes only: the histogram's count is the confirmed count. */
-        mb_bus_confirm_latency(be->bus, rd_kafka_message_latency(rkm));
+        mb_bus_confirm_latency(be->bus, token, rd_kafka_message_latency(rkm));
         /* Confirms per message cost a lock and maybe an eventfd write
          * each; gather them and push once per rd_kafka_poll. */
         be->dr_batch[be->dr_n++] = token;

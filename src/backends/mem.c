@@ -674,7 +674,7 @@ static msgbus_err_t mb_mem_publish(struct mb_backend *be, const char *topic, con
     mb_mem_data_unref(d);
     if (e)
         return e;
-    mb_bus_confirm_latency(be->bus, 0); /* confirmed within the publish call */
+    mb_bus_confirm_latency(be->bus, token, 0); /* confirmed within the publish call */
     mb_bus_confirm(be->bus, token, MSGBUS_OK, NULL); /* in memory = confirmed */
     return MSGBUS_OK;
 }

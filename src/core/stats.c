@@ -648,7 +648,8 @@ void mb_stats_destroy(msgbus_t *bus)
     pthread_cond_destroy(&bus->ticker_cond);
 }
 
-void mb_bus_confirm_latency(msgbus_t *bus, int64_t us)
+void mb_bus_confirm_latency(msgbus_t *bus, const struct mb_confirm *token, int64_t us)
 {
-    mb_hist_add(&bus->st.confirm_lat, us);
+    if (!token || !token->internal)
+        mb_hist_add(&bus->st.confirm_lat, us);
 }

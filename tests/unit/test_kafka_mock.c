@@ -418,7 +418,6 @@ START_TEST(options_msgbus_cannot_honour_are_refused_by_name)
         {"delivery.report.only.error=true", "delivery report"},
         {"auto.commit.interval.ms=1000", "commit_interval_ms"},
         {"enable.auto.commit=true", "msgbus_ack"},
-        {"statistics.interval.ms=1000", "statistics"},
         {"log.queue=true", "msgbus_set_log"},
         {"offset.store.method=file", "group on the brokers"},
         {"bootstrap.servers=other:9092", "from the URL"},
