@@ -1042,8 +1042,9 @@ MSGBUS_API void msgbus_close(msgbus_t *bus)
                bus->url->redacted, left, bus->close_timeout_ms);
     mb_retry_stop(bus);
     bus->ops->close(bus->be);
+    bus->be_closed = true;
     mb_serve_reports(bus);
-    mb_stats_serve(bus);
+    mb_stats_serve(bus); /* the last state events; no snapshot now */
     left = atomic_load(&bus->outstanding);
     if (left != 0)
         mb_log(MSGBUS_LOG_ERROR, "backend %s left %ld message(s) without an outcome at close",

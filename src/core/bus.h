@@ -173,6 +173,7 @@ struct msgbus {
     struct mb_state_ev *ev_head, *ev_tail; /* under mu */
     _Atomic long ev_count;                 /* changed under mu */
     _Atomic bool stats_due;                /* the ticker asks for a snapshot */
+    bool be_closed; /* msgbus_close closed the backend: no snapshot may ask it */
     msgbus_state_cb state_cb;
     void *state_opaque;
     msgbus_stats_cb stats_cb;

@@ -553,7 +553,7 @@ int mb_stats_serve(msgbus_t *bus)
         mb_work_sub(bus, events);
     if (atomic_exchange(&bus->stats_due, false)) {
         mb_work_sub(bus, 1);
-        if (tcb) {
+        if (tcb && !bus->be_closed) {
             char *text = mb_stats_text(bus);
             if (text) {
                 tcb(top, text);
