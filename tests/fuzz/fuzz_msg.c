@@ -299,7 +299,21 @@ static void step(msgbus_msg_t **mp, struct fuzz_in *in)
         FUZZ_CHECK(e == MSGBUS_OK, "mb_msg_received_header: %d", e);
         bool kept = !null_name && len >= 1 && len <= 255 && !memchr(p, 0, len) &&
                     (null_value || !memchr(v, 0, vlen));
-        if (kept) {
+        /* The trust boundary's own two records merge, never get replaced
+         * (msg.h): a wire msgbus-invalid-headers adds to the count, and a
+         * wire msgbus-invalid-id is itself counted once this message's
+         * own id check recorded one. */
+        bool names_count = kept && len == strlen(MB_H_INVALID_HEADERS) &&
+                           memcmp(p, MB_H_INVALID_HEADERS, len) == 0;
+        bool own_id = m->own_invalid_id;
+        if (kept && own_id && len == strlen(MB_H_INVALID_ID) && memcmp(p, MB_H_INVALID_ID, len) == 0)
+            kept = false;
+        if (names_count) {
+            cnt = msgbus_msg_header(m, MB_H_INVALID_HEADERS);
+            FUZZ_CHECK(cnt && strtoul(cnt, NULL, 10) >= before,
+                       "a wire %s replaced the count (%s)", MB_H_INVALID_HEADERS,
+                       cnt ? cnt : "no count");
+        } else if (kept) {
             char *name = fuzz_cstr(p, len);
             const char *got = msgbus_msg_header(m, name);
             size_t want = null_value ? 0 : vlen;
