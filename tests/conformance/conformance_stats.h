@@ -11,24 +11,6 @@
 
 #include "conformance_util.h"
 
-static json_t *cf_stats(msgbus_t *bus)
-{
-    char *text = NULL;
-    tu_ck_ok(msgbus_stats_json(bus, &text));
-    json_error_t err;
-    json_t *o = json_loads(text, 0, &err);
-    ck_assert_msg(o != NULL, "stats JSON does not parse (%s): %s", err.text, text);
-    msgbus_stats_free(text);
-    return o;
-}
-
-static json_int_t cf_int(json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    ck_assert_msg(json_is_integer(v), "stats: '%s' is missing or not an integer", key);
-    return json_integer_value(v);
-}
-
 /* The one subscription's object of a snapshot. */
 static json_t *cf_stats_sub(json_t *o)
 {
@@ -48,7 +30,7 @@ START_TEST(stats_count_known_traffic_and_lag_drains_to_zero)
     char reason[256];
     ck_assert_int_eq(msgbus_state(bus, reason, sizeof reason), MSGBUS_STATE_UP);
     tu_ck_ok(msgbus_declare(bus, topic, group));
-    json_decref(cf_stats(bus)); /* starts the latency interval */
+    json_decref(tu_stats(bus)); /* starts the latency interval */
 
     struct cf_reports rep;
     cf_reports_init(&rep, topic, N);
@@ -58,14 +40,14 @@ START_TEST(stats_count_known_traffic_and_lag_drains_to_zero)
         free(cf_publish(bus, topic, NULL, p, strlen(p), i % 2 ? &rep : NULL));
     }
     tu_ck_ok(msgbus_flush(bus, 30000, NULL));
-    json_t *o = cf_stats(bus);
+    json_t *o = tu_stats(bus);
     ck_assert_str_eq(json_string_value(json_object_get(o, "backend")), msgbus_backend(bus));
     ck_assert_str_eq(json_string_value(json_object_get(o, "state")), "UP");
-    ck_assert_int_eq(cf_int(o, "published"), N);
-    ck_assert_int_eq(cf_int(o, "confirmed"), N);
-    ck_assert_int_eq(cf_int(o, "failed"), 0);
-    ck_assert_int_eq(cf_int(o, "outstanding"), 0);
-    ck_assert_int_eq(cf_int(json_object_get(o, "confirm_latency_us"), "count"), N);
+    ck_assert_int_eq(tu_json_int(o, "published"), N);
+    ck_assert_int_eq(tu_json_int(o, "confirmed"), N);
+    ck_assert_int_eq(tu_json_int(o, "failed"), 0);
+    ck_assert_int_eq(tu_json_int(o, "outstanding"), 0);
+    ck_assert_int_eq(tu_json_int(json_object_get(o, "confirm_latency_us"), "count"), N);
     ck_assert(json_is_object(json_object_get(o, "detail")));
     json_decref(o);
 
@@ -89,17 +71,17 @@ START_TEST(stats_count_known_traffic_and_lag_drains_to_zero)
         msgbus_msg_free(m);
     }
     ck_assert_int_eq(acked, N);
-    o = cf_stats(bus);
+    o = tu_stats(bus);
     json_t *s = cf_stats_sub(o);
     ck_assert_str_eq(json_string_value(json_object_get(s, "group")), group);
     ck_assert_str_eq(json_string_value(json_object_get(s, "state")), "UP");
-    ck_assert_int_eq(cf_int(s, "received"), N + 1);
-    ck_assert_int_eq(cf_int(s, "acked"), N);
-    ck_assert_int_eq(cf_int(s, "nacked"), 1);
-    ck_assert_int_eq(cf_int(s, "retried"), 1);
-    ck_assert_int_eq(cf_int(s, "dead_lettered"), 0);
-    ck_assert_int_eq(cf_int(s, "unsettled"), 0);
-    ck_assert_int_eq(cf_int(s, "queued"), 0);
+    ck_assert_int_eq(tu_json_int(s, "received"), N + 1);
+    ck_assert_int_eq(tu_json_int(s, "acked"), N);
+    ck_assert_int_eq(tu_json_int(s, "nacked"), 1);
+    ck_assert_int_eq(tu_json_int(s, "retried"), 1);
+    ck_assert_int_eq(tu_json_int(s, "dead_lettered"), 0);
+    ck_assert_int_eq(tu_json_int(s, "unsettled"), 0);
+    ck_assert_int_eq(tu_json_int(s, "queued"), 0);
     json_decref(o);
 
     /* Lag reaches 0 once the acks reached the broker (Kafka commits and
@@ -107,7 +89,7 @@ START_TEST(stats_count_known_traffic_and_lag_drains_to_zero)
     json_int_t lag = -1;
     deadline = tu_now_ms() + 20000;
     while (tu_now_ms() < deadline) {
-        o = cf_stats(bus);
+        o = tu_stats(bus);
         json_t *l = json_object_get(cf_stats_sub(o), "lag");
         lag = json_is_integer(l) ? json_integer_value(l) : -1;
         json_decref(o);

@@ -52,20 +52,6 @@ static json_t *snapshot(msgbus_t *bus)
     return o;
 }
 
-static json_int_t jint(json_t *o, const char *path)
-{
-    /* "a.b.c": nested objects */
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", path);
-    json_t *cur = o;
-    for (char *save = NULL, *k = strtok_r(buf, ".", &save); k; k = strtok_r(NULL, ".", &save)) {
-        cur = json_object_get(cur, k);
-        ck_assert_msg(cur != NULL, "stats have no '%s'", path);
-    }
-    ck_assert_msg(json_is_integer(cur), "stats '%s' is not an integer", path);
-    return json_integer_value(cur);
-}
-
 static const char *jstr(json_t *o, const char *key)
 {
     json_t *v = json_object_get(o, key);
@@ -228,21 +214,21 @@ START_TEST(counters_lag_and_detail_are_exact)
     json_t *s = snapshot(bus);
     ck_assert_str_eq(jstr(s, "backend"), "amqp");
     ck_assert_str_eq(jstr(s, "state"), "UP");
-    ck_assert_int_eq(jint(s, "published"), N + 1);
-    ck_assert_int_eq(jint(s, "confirmed"), N);
-    ck_assert_int_eq(jint(s, "failed"), 1);
-    ck_assert_int_eq(jint(s, "failed_by_error.MSGBUS_ERR_BROKER"), 1);
-    ck_assert_int_eq(jint(s, "outstanding"), 0);
-    ck_assert_int_eq(jint(s, "reconnects"), 0);
+    ck_assert_int_eq(tu_json_int(s, "published"), N + 1);
+    ck_assert_int_eq(tu_json_int(s, "confirmed"), N);
+    ck_assert_int_eq(tu_json_int(s, "failed"), 1);
+    ck_assert_int_eq(tu_json_int(s, "failed_by_error.MSGBUS_ERR_BROKER"), 1);
+    ck_assert_int_eq(tu_json_int(s, "outstanding"), 0);
+    ck_assert_int_eq(tu_json_int(s, "reconnects"), 0);
     /* One latency per confirmed message (the returned one is not confirmed). */
-    ck_assert_int_eq(jint(s, "confirm_latency_us.count"), N);
-    ck_assert_int_ge(jint(s, "confirm_latency_us.p50"), 1);
-    ck_assert_int_ge(jint(s, "confirm_latency_us.max"), jint(s, "confirm_latency_us.p99"));
-    ck_assert_int_eq(jint(s, "detail.confirm_window.limit"), 1000);
-    ck_assert_int_eq(jint(s, "detail.heartbeat_s"), 10);
-    ck_assert_int_eq(jint(s, "detail.connections_lost"), 0);
-    ck_assert_int_eq(jint(s, "detail.reconnect_attempts"), 0);
-    ck_assert_int_ge(jint(s, "detail.messages_sent"), N + 1);
+    ck_assert_int_eq(tu_json_int(s, "confirm_latency_us.count"), N);
+    ck_assert_int_ge(tu_json_int(s, "confirm_latency_us.p50"), 1);
+    ck_assert_int_ge(tu_json_int(s, "confirm_latency_us.max"), tu_json_int(s, "confirm_latency_us.p99"));
+    ck_assert_int_eq(tu_json_int(s, "detail.confirm_window.limit"), 1000);
+    ck_assert_int_eq(tu_json_int(s, "detail.heartbeat_s"), 10);
+    ck_assert_int_eq(tu_json_int(s, "detail.connections_lost"), 0);
+    ck_assert_int_eq(tu_json_int(s, "detail.reconnect_attempts"), 0);
+    ck_assert_int_ge(tu_json_int(s, "detail.messages_sent"), N + 1);
     ck_assert(json_is_true(json_object_get(json_object_get(s, "detail"), "connected")));
     ck_assert(json_is_false(json_object_get(json_object_get(s, "detail"), "blocked")));
     json_decref(s);
@@ -251,14 +237,14 @@ START_TEST(counters_lag_and_detail_are_exact)
     int64_t t0 = tu_now_ms();
     for (;;) {
         s = snapshot(bus);
-        if (jint(s, "detail.confirm_window.in_flight") == 0 &&
-            jint(s, "detail.channels_open") == 2)
+        if (tu_json_int(s, "detail.confirm_window.in_flight") == 0 &&
+            tu_json_int(s, "detail.channels_open") == 2)
             break;
         ck_assert_msg(tu_now_ms() - t0 < 3000, "confirm window / channels not as expected");
         json_decref(s);
         usleep(100000);
     }
-    ck_assert_int_eq(jint(s, "confirm_latency_us.count"), 0); /* since the previous snapshot */
+    ck_assert_int_eq(tu_json_int(s, "confirm_latency_us.count"), 0); /* since the previous snapshot */
     ck_assert(json_is_null(json_object_get(json_object_get(s, "confirm_latency_us"), "p50")));
     json_decref(s);
 
@@ -271,8 +257,8 @@ START_TEST(counters_lag_and_detail_are_exact)
         s = snapshot(bus);
         so = sub_of(s, topic, "g");
         json_t *lag = json_object_get(so, "lag");
-        if (lag && json_integer_value(lag) == N - PREFETCH && jint(so, "queued") == PREFETCH &&
-            jint(so, "lag_detail.unacked") == PREFETCH)
+        if (lag && json_integer_value(lag) == N - PREFETCH && tu_json_int(so, "queued") == PREFETCH &&
+            tu_json_int(so, "lag_detail.unacked") == PREFETCH)
             break;
         ck_assert_msg(tu_now_ms() - t0 < 10000, "lag never settled at %d", N - PREFETCH);
         json_decref(s);
@@ -281,11 +267,11 @@ START_TEST(counters_lag_and_detail_are_exact)
     ck_assert_str_eq(json_string_value(json_object_get(json_object_get(so, "lag_detail"),
                                                        "queue")),
                      q);
-    ck_assert_int_eq(jint(so, "lag_detail.ready"), N - PREFETCH);
-    ck_assert_int_eq(jint(so, "lag_detail.consumers"), 1);
-    ck_assert_int_eq(jint(so, "received"), 0);
+    ck_assert_int_eq(tu_json_int(so, "lag_detail.ready"), N - PREFETCH);
+    ck_assert_int_eq(tu_json_int(so, "lag_detail.consumers"), 1);
+    ck_assert_int_eq(tu_json_int(so, "received"), 0);
     ck_assert_str_eq(jstr(so, "state"), "UP");
-    ck_assert_int_eq(jint(s, "detail.channels_open"), 3);
+    ck_assert_int_eq(tu_json_int(s, "detail.channels_open"), 3);
     json_decref(s);
 
     /* Three received, none settled yet. */
@@ -296,9 +282,9 @@ START_TEST(counters_lag_and_detail_are_exact)
     }
     s = snapshot(bus);
     so = sub_of(s, topic, "g");
-    ck_assert_int_eq(jint(so, "received"), 3);
-    ck_assert_int_eq(jint(so, "unsettled"), 3);
-    ck_assert_int_eq(jint(so, "acked"), 0);
+    ck_assert_int_eq(tu_json_int(so, "received"), 3);
+    ck_assert_int_eq(tu_json_int(so, "unsettled"), 3);
+    ck_assert_int_eq(tu_json_int(so, "acked"), 0);
     json_decref(s);
     /* Of the first N: 2 nacked (retried, then acked on their second
      * attempt), 2 dead-lettered, the rest acked. */
@@ -338,24 +324,24 @@ START_TEST(counters_lag_and_detail_are_exact)
         s = snapshot(bus);
         so = sub_of(s, topic, "g");
         json_t *lag = json_object_get(so, "lag");
-        if (lag && json_integer_value(lag) == 0 && jint(so, "lag_detail.unacked") == 0 &&
-            jint(so, "dead_lettered") == 2)
+        if (lag && json_integer_value(lag) == 0 && tu_json_int(so, "lag_detail.unacked") == 0 &&
+            tu_json_int(so, "dead_lettered") == 2)
             break;
         ck_assert_msg(tu_now_ms() - t0 < 10000, "lag did not reach 0 after catching up");
         json_decref(s);
         usleep(100000);
     }
-    ck_assert_int_eq(jint(so, "received"), N + 2);
-    ck_assert_int_eq(jint(so, "acked"), acked);
-    ck_assert_int_eq(jint(so, "nacked"), 2);
-    ck_assert_int_eq(jint(so, "retried"), 2);
-    ck_assert_int_eq(jint(so, "dead_lettered"), 2);
-    ck_assert_int_eq(jint(so, "unsettled"), 0);
-    ck_assert_int_eq(jint(so, "queued"), 0);
-    ck_assert_int_eq(jint(so, "lag_detail.ready"), 0);
+    ck_assert_int_eq(tu_json_int(so, "received"), N + 2);
+    ck_assert_int_eq(tu_json_int(so, "acked"), acked);
+    ck_assert_int_eq(tu_json_int(so, "nacked"), 2);
+    ck_assert_int_eq(tu_json_int(so, "retried"), 2);
+    ck_assert_int_eq(tu_json_int(so, "dead_lettered"), 2);
+    ck_assert_int_eq(tu_json_int(so, "unsettled"), 0);
+    ck_assert_int_eq(tu_json_int(so, "queued"), 0);
+    ck_assert_int_eq(tu_json_int(so, "lag_detail.ready"), 0);
     /* Retry copies and dead letters are not the application's publishes. */
-    ck_assert_int_eq(jint(s, "published"), N + 1);
-    ck_assert_int_eq(jint(s, "confirmed"), N);
+    ck_assert_int_eq(tu_json_int(s, "published"), N + 1);
+    ck_assert_int_eq(tu_json_int(s, "confirmed"), N);
     json_decref(s);
 
     /* A broadcast subscriber: its server-named queue, the same way. */
@@ -375,7 +361,7 @@ START_TEST(counters_lag_and_detail_are_exact)
         s = snapshot(bus);
         so = sub_of(s, topic, NULL);
         json_t *lag = json_object_get(so, "lag");
-        if (lag && json_integer_value(lag) == 0 && jint(so, "lag_detail.unacked") == 0)
+        if (lag && json_integer_value(lag) == 0 && tu_json_int(so, "lag_detail.unacked") == 0)
             break;
         ck_assert_msg(tu_now_ms() - t0 < 10000, "broadcast lag did not reach 0");
         json_decref(s);
@@ -384,9 +370,9 @@ START_TEST(counters_lag_and_detail_are_exact)
     const char *bq =
         json_string_value(json_object_get(json_object_get(so, "lag_detail"), "queue"));
     ck_assert_msg(bq && strncmp(bq, "amq.gen-", 8) == 0, "broadcast queue '%s'", bq);
-    ck_assert_int_eq(jint(so, "received"), 3);
-    ck_assert_int_eq(jint(so, "acked"), 3);
-    ck_assert_int_eq(jint(s, "detail.channels_open"), 4);
+    ck_assert_int_eq(tu_json_int(so, "received"), 3);
+    ck_assert_int_eq(tu_json_int(so, "acked"), 3);
+    ck_assert_int_eq(tu_json_int(s, "detail.channels_open"), 4);
     json_decref(s);
 
     /* The events, in order: both subscriptions came UP; the connection
@@ -579,10 +565,10 @@ START_TEST(stopped_broker_goes_down_and_comes_back_up)
     json_t *s = snapshot(bus);
     ck_assert_str_eq(jstr(s, "state"), "DOWN");
     ck_assert(json_is_false(json_object_get(json_object_get(s, "detail"), "connected")));
-    ck_assert_int_eq(jint(s, "detail.connections_lost"), 1);
-    ck_assert_int_ge(jint(s, "detail.reconnect_attempts"), 1);
-    ck_assert_int_ge(jint(s, "detail.disconnected_ms"), 0);
-    ck_assert_int_eq(jint(s, "detail.channels_open"), 0);
+    ck_assert_int_eq(tu_json_int(s, "detail.connections_lost"), 1);
+    ck_assert_int_ge(tu_json_int(s, "detail.reconnect_attempts"), 1);
+    ck_assert_int_ge(tu_json_int(s, "detail.disconnected_ms"), 0);
+    ck_assert_int_eq(tu_json_int(s, "detail.channels_open"), 0);
     json_t *so = sub_of(s, topic, "g");
     ck_assert_ptr_null(json_object_get(so, "lag")); /* cannot ask a broker that is gone */
     json_decref(s);
@@ -617,9 +603,9 @@ START_TEST(stopped_broker_goes_down_and_comes_back_up)
 
     s = snapshot(bus);
     ck_assert_str_eq(jstr(s, "state"), "UP");
-    ck_assert_int_eq(jint(s, "reconnects"), 1);
-    ck_assert_int_eq(jint(s, "detail.connections_lost"), 1);
-    ck_assert_int_ge(jint(s, "detail.reconnect_attempts"), 2);
+    ck_assert_int_eq(tu_json_int(s, "reconnects"), 1);
+    ck_assert_int_eq(tu_json_int(s, "detail.connections_lost"), 1);
+    ck_assert_int_ge(tu_json_int(s, "detail.reconnect_attempts"), 2);
     ck_assert(json_is_null(json_object_get(json_object_get(s, "detail"), "disconnected_ms")));
     json_decref(s);
 

@@ -28,38 +28,6 @@
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static json_t *stats(msgbus_t *bus)
-{
-    char *text = NULL;
-    tu_ck_ok(msgbus_stats_json(bus, &text));
-    ck_assert_ptr_nonnull(text);
-    json_error_t err;
-    json_t *o = json_loads(text, 0, &err);
-    ck_assert_msg(o != NULL, "stats JSON does not parse: %s: %s", err.text, text);
-    msgbus_stats_free(text);
-    return o;
-}
-
-/* The member at "a.b.0.c" (objects by key, arrays by index), or NULL. */
-static json_t *at(json_t *o, const char *path)
-{
-    char buf[160];
-    snprintf(buf, sizeof buf, "%s", path);
-    json_t *cur = o;
-    for (char *save = NULL, *tok = strtok_r(buf, ".", &save); tok && cur;
-         tok = strtok_r(NULL, ".", &save))
-        cur = json_is_array(cur) ? json_array_get(cur, (size_t)atoi(tok))
-                                 : json_object_get(cur, tok);
-    return cur;
-}
-
-static json_int_t num(json_t *o, const char *path)
-{
-    json_t *v = at(o, path);
-    ck_assert_msg(json_is_integer(v), "stats: %s is not an integer", path);
-    return json_integer_value(v);
-}
-
 static json_t *sub0(json_t *o)
 {
     json_t *s = json_array_get(json_object_get(o, "subscriptions"), 0);
@@ -75,7 +43,7 @@ static json_int_t wait_lag(msgbus_t *bus, json_int_t want, int timeout_ms)
     json_int_t lag = -1;
     int64_t until = tu_now_ms() + timeout_ms;
     do {
-        json_t *o = stats(bus);
+        json_t *o = tu_stats(bus);
         json_t *v = json_object_get(sub0(o), "lag");
         lag = json_is_integer(v) ? json_integer_value(v) : -1;
         json_decref(o);
@@ -171,13 +139,13 @@ START_TEST(counters_are_exact_and_lag_goes_to_zero)
     ck_assert_msg(i == 0, "first event is not the assignment (%d)", i);
     ck_assert_int_eq(ev.ev[0].previous, MSGBUS_STATE_CONNECTING);
 
-    json_t *o = stats(bus); /* opens the latency interval */
+    json_t *o = tu_stats(bus); /* opens the latency interval */
     ck_assert_str_eq(json_string_value(json_object_get(o, "backend")), "kafka");
     ck_assert_str_eq(json_string_value(json_object_get(o, "state")), "UP");
-    ck_assert_int_eq(num(o, "published"), 0);
-    ck_assert_int_eq(num(o, "subscriptions.0.lag"), 0);
-    ck_assert_int_ge(num(o, "detail.outq_len"), 0);
-    ck_assert_ptr_null(at(o, "detail.librdkafka"));
+    ck_assert_int_eq(tu_json_int(o, "published"), 0);
+    ck_assert_int_eq(tu_json_int(o, "subscriptions.0.lag"), 0);
+    ck_assert_int_ge(tu_json_int(o, "detail.outq_len"), 0);
+    ck_assert_ptr_null(tu_json_at(o, "detail.librdkafka"));
     json_decref(o);
 
     int reports = 0;
@@ -199,15 +167,15 @@ START_TEST(counters_are_exact_and_lag_goes_to_zero)
     tu_ck_ok(msgbus_flush(bus, 30000, NULL));
     ck_assert_int_eq(reports, N / 2);
 
-    o = stats(bus);
-    ck_assert_int_eq(num(o, "published"), N);
-    ck_assert_int_eq(num(o, "confirmed"), N);
-    ck_assert_int_eq(num(o, "failed"), 0);
-    ck_assert_int_eq(num(o, "outstanding"), 0);
-    ck_assert_int_eq(num(o, "confirm_latency_us.count"), N);
-    ck_assert_int_gt(num(o, "confirm_latency_us.max"), 0);
-    ck_assert_int_le(num(o, "confirm_latency_us.p50"), num(o, "confirm_latency_us.max"));
-    ck_assert_int_eq(num(o, "detail.outq_len"), 0);
+    o = tu_stats(bus);
+    ck_assert_int_eq(tu_json_int(o, "published"), N);
+    ck_assert_int_eq(tu_json_int(o, "confirmed"), N);
+    ck_assert_int_eq(tu_json_int(o, "failed"), 0);
+    ck_assert_int_eq(tu_json_int(o, "outstanding"), 0);
+    ck_assert_int_eq(tu_json_int(o, "confirm_latency_us.count"), N);
+    ck_assert_int_gt(tu_json_int(o, "confirm_latency_us.max"), 0);
+    ck_assert_int_le(tu_json_int(o, "confirm_latency_us.p50"), tu_json_int(o, "confirm_latency_us.max"));
+    ck_assert_int_eq(tu_json_int(o, "detail.outq_len"), 0);
     json_decref(o);
 
     /* Before consuming: everything published is lag. */
@@ -218,35 +186,35 @@ START_TEST(counters_are_exact_and_lag_goes_to_zero)
     int64_t fastest = INT64_MAX;
     for (int k = 0; k < 3; k++) {
         int64_t t0 = tu_now_ms();
-        json_decref(stats(bus));
+        json_decref(tu_stats(bus));
         if (tu_now_ms() - t0 < fastest)
             fastest = tu_now_ms() - t0;
     }
     printf("stats with lag: fastest of 3 snapshots %lld ms\n", (long long)fastest);
     ck_assert_int_lt(fastest, 250);
-    o = stats(bus);
+    o = tu_stats(bus);
     json_t *s = sub0(o);
-    json_t *parts = at(s, "lag_detail.partitions");
+    json_t *parts = tu_json_at(s, "lag_detail.partitions");
     ck_assert_int_eq(json_array_size(parts), 3);
     json_int_t hw = 0, lag = 0;
     for (size_t k = 0; k < 3; k++) {
         json_t *p = json_array_get(parts, k);
-        hw += num(p, "high_watermark");
-        lag += num(p, "lag");
-        ck_assert_int_eq(num(p, "committed"), 0);
-        ck_assert_int_eq(num(p, "lag"), num(p, "high_watermark"));
+        hw += tu_json_int(p, "high_watermark");
+        lag += tu_json_int(p, "lag");
+        ck_assert_int_eq(tu_json_int(p, "committed"), 0);
+        ck_assert_int_eq(tu_json_int(p, "lag"), tu_json_int(p, "high_watermark"));
     }
     ck_assert_int_eq(hw, N);
     ck_assert_int_eq(lag, N);
-    ck_assert_int_eq(num(s, "received"), 0);
-    ck_assert_int_eq(num(s, "unsettled"), 0);
+    ck_assert_int_eq(tu_json_int(s, "received"), 0);
+    ck_assert_int_eq(tu_json_int(s, "unsettled"), 0);
     json_decref(o);
     /* The subscription fetches meanwhile: all of it queued for receive. */
     int64_t until = tu_now_ms() + 10000;
     json_int_t queued = 0;
     while (queued < N && tu_now_ms() < until) {
-        o = stats(bus);
-        queued = num(sub0(o), "queued");
+        o = tu_stats(bus);
+        queued = tu_json_int(sub0(o), "queued");
         json_decref(o);
         if (queued < N)
             usleep(50000);
@@ -287,16 +255,16 @@ START_TEST(counters_are_exact_and_lag_goes_to_zero)
         msgbus_stats_free(text);
     }
     ck_assert_int_eq(received, N + 1); /* N + the nacked one's second delivery */
-    o = stats(bus);
+    o = tu_stats(bus);
     s = sub0(o);
-    ck_assert_int_eq(num(s, "received"), N + 1);
-    ck_assert_int_eq(num(s, "acked"), acked);
-    ck_assert_int_eq(num(s, "nacked"), 1);
-    ck_assert_int_eq(num(s, "retried"), 1);
-    ck_assert_int_eq(num(s, "unsettled"), 1);
-    ck_assert_int_eq(num(s, "queued"), 0);
+    ck_assert_int_eq(tu_json_int(s, "received"), N + 1);
+    ck_assert_int_eq(tu_json_int(s, "acked"), acked);
+    ck_assert_int_eq(tu_json_int(s, "nacked"), 1);
+    ck_assert_int_eq(tu_json_int(s, "retried"), 1);
+    ck_assert_int_eq(tu_json_int(s, "unsettled"), 1);
+    ck_assert_int_eq(tu_json_int(s, "queued"), 0);
     /* The held message keeps its partition's commit point back. */
-    ck_assert_int_gt(num(s, "lag"), 0);
+    ck_assert_int_gt(tu_json_int(s, "lag"), 0);
     json_decref(o);
     tu_ck_ok(msgbus_ack(held));
     msgbus_msg_free(held);
@@ -307,8 +275,8 @@ START_TEST(counters_are_exact_and_lag_goes_to_zero)
     until = tu_now_ms() + 10000;
     json_int_t dl = 0;
     while (dl == 0 && tu_now_ms() < until) {
-        o = stats(bus);
-        dl = num(sub0(o), "dead_lettered");
+        o = tu_stats(bus);
+        dl = tu_json_int(sub0(o), "dead_lettered");
         json_decref(o);
         if (!dl)
             usleep(50000);
@@ -317,24 +285,24 @@ START_TEST(counters_are_exact_and_lag_goes_to_zero)
 
     /* Caught up and everything acked: lag reaches 0 once the commit is in. */
     ck_assert_int_eq(wait_lag(bus, 0, 10000), 0);
-    o = stats(bus);
+    o = tu_stats(bus);
     s = sub0(o);
-    ck_assert_int_eq(num(s, "received"), N + 1);
-    ck_assert_int_eq(num(s, "acked"), N - 1);
-    ck_assert_int_eq(num(s, "nacked"), 1);
-    ck_assert_int_eq(num(s, "dead_lettered"), 1);
-    ck_assert_int_eq(num(s, "unsettled"), 0);
-    ck_assert_int_eq(num(s, "queued"), 0);
-    parts = at(s, "lag_detail.partitions");
+    ck_assert_int_eq(tu_json_int(s, "received"), N + 1);
+    ck_assert_int_eq(tu_json_int(s, "acked"), N - 1);
+    ck_assert_int_eq(tu_json_int(s, "nacked"), 1);
+    ck_assert_int_eq(tu_json_int(s, "dead_lettered"), 1);
+    ck_assert_int_eq(tu_json_int(s, "unsettled"), 0);
+    ck_assert_int_eq(tu_json_int(s, "queued"), 0);
+    parts = tu_json_at(s, "lag_detail.partitions");
     for (size_t k = 0; k < 3; k++) {
         json_t *p = json_array_get(parts, k);
-        ck_assert_int_eq(num(p, "lag"), 0);
-        ck_assert_int_eq(num(p, "committed"), num(p, "high_watermark"));
-        ck_assert_int_eq(num(p, "acked"), num(p, "high_watermark"));
+        ck_assert_int_eq(tu_json_int(p, "lag"), 0);
+        ck_assert_int_eq(tu_json_int(p, "committed"), tu_json_int(p, "high_watermark"));
+        ck_assert_int_eq(tu_json_int(p, "acked"), tu_json_int(p, "high_watermark"));
     }
     /* Dead letters are not application publishes. */
-    ck_assert_int_eq(num(o, "published"), N);
-    ck_assert_int_eq(num(o, "failed"), 0);
+    ck_assert_int_eq(tu_json_int(o, "published"), N);
+    ck_assert_int_eq(tu_json_int(o, "failed"), 0);
     json_decref(o);
     /* Nothing but the assignment happened to the subscription. */
     for (int k = 0; k < ev.n; k++)
@@ -358,10 +326,10 @@ START_TEST(broadcast_lag_counts_from_its_own_position)
         tu_publish_str(bus, topic, NULL, "b");
     tu_ck_ok(msgbus_flush(bus, 30000, NULL));
     ck_assert_int_eq(wait_lag(bus, 10, 5000), 10);
-    json_t *o = stats(bus);
+    json_t *o = tu_stats(bus);
     ck_assert_ptr_nonnull(json_object_get(sub0(o), "group"));
     ck_assert(json_is_null(json_object_get(sub0(o), "group")));
-    ck_assert_int_eq(json_array_size(at(sub0(o), "lag_detail.partitions")), 2);
+    ck_assert_int_eq(json_array_size(tu_json_at(sub0(o), "lag_detail.partitions")), 2);
     json_decref(o);
     msgbus_msg_t *m;
     int got = 0;
@@ -372,8 +340,8 @@ START_TEST(broadcast_lag_counts_from_its_own_position)
     }
     ck_assert_int_eq(got, 10);
     /* No commit to wait for: the acked position is the subscription's own. */
-    o = stats(bus);
-    ck_assert_int_eq(num(sub0(o), "lag"), 0);
+    o = tu_stats(bus);
+    ck_assert_int_eq(tu_json_int(sub0(o), "lag"), 0);
     json_decref(o);
     msgbus_sub_close(sub);
     msgbus_close(bus);
@@ -415,8 +383,8 @@ START_TEST(librdkafka_statistics_only_when_asked)
     json_t *lr = NULL, *o = NULL;
     int64_t until = tu_now_ms() + 5000;
     while (tu_now_ms() < until) {
-        o = stats(bus);
-        lr = at(o, "detail.librdkafka");
+        o = tu_stats(bus);
+        lr = tu_json_at(o, "detail.librdkafka");
         if (lr && json_object_get(json_object_get(lr, "topics"), topic))
             break;
         json_decref(o);
@@ -435,9 +403,9 @@ START_TEST(librdkafka_statistics_only_when_asked)
     tu_publish_str(bus, topic, NULL, "s");
     tu_ck_ok(msgbus_flush(bus, 30000, NULL));
     usleep(300000);
-    o = stats(bus);
-    ck_assert_ptr_nonnull(at(o, "detail"));
-    ck_assert_ptr_null(at(o, "detail.librdkafka"));
+    o = tu_stats(bus);
+    ck_assert_ptr_nonnull(tu_json_at(o, "detail"));
+    ck_assert_ptr_null(tu_json_at(o, "detail.librdkafka"));
     json_decref(o);
     msgbus_close(bus);
 }
@@ -592,17 +560,17 @@ START_TEST(down_when_the_broker_stops_up_after_it_restarts)
     msgbus_flush(bus, 15000, &failed);
     ck_assert_int_eq(reports, 5);
     ck_assert_int_eq(failed, 5);
-    json_t *o = stats(bus);
+    json_t *o = tu_stats(bus);
     ck_assert_str_eq(json_string_value(json_object_get(o, "state")), "DOWN");
-    ck_assert_int_eq(num(o, "published"), 6);
-    ck_assert_int_eq(num(o, "confirmed"), 1);
-    ck_assert_int_eq(num(o, "failed"), 5);
-    ck_assert_int_eq(num(o, "failed_by_error.MSGBUS_ERR_TIMEOUT"), 5);
-    ck_assert_int_eq(num(o, "outstanding"), 0);
-    ck_assert_int_eq(num(o, "reconnects"), 0);
+    ck_assert_int_eq(tu_json_int(o, "published"), 6);
+    ck_assert_int_eq(tu_json_int(o, "confirmed"), 1);
+    ck_assert_int_eq(tu_json_int(o, "failed"), 5);
+    ck_assert_int_eq(tu_json_int(o, "failed_by_error.MSGBUS_ERR_TIMEOUT"), 5);
+    ck_assert_int_eq(tu_json_int(o, "outstanding"), 0);
+    ck_assert_int_eq(tu_json_int(o, "reconnects"), 0);
     /* Lag cannot be asked for: left out, within the 1 s budget. */
     ck_assert_ptr_null(json_object_get(sub0(o), "lag"));
-    ck_assert_ptr_nonnull(at(o, "subscriptions.0.lag_detail.error"));
+    ck_assert_ptr_nonnull(tu_json_at(o, "subscriptions.0.lag_detail.error"));
     json_decref(o);
 
     t0 = tu_now_ms();
@@ -620,8 +588,8 @@ START_TEST(down_when_the_broker_stops_up_after_it_restarts)
             ck_assert_msg(k < down ? ev.ev[k].state == MSGBUS_STATE_RECONNECTING
                                    : (k == down || ev.ev[k].state != MSGBUS_STATE_CONNECTING),
                           "event %d: %s", k, msgbus_state_name(ev.ev[k].state));
-    o = stats(bus);
-    ck_assert_int_ge(num(o, "reconnects"), 1);
+    o = tu_stats(bus);
+    ck_assert_int_ge(tu_json_int(o, "reconnects"), 1);
     ck_assert_str_eq(json_string_value(json_object_get(o, "state")), "UP");
     json_decref(o);
 

@@ -132,19 +132,12 @@ static msgbus_msg_t *new_msg(const char *payload)
  * `sub_index` >= 0 one of that subscription's. */
 static json_int_t stat(msgbus_t *bus, int sub_index, const char *field)
 {
-    char *text = NULL;
-    tu_ck_ok(msgbus_stats_json(bus, &text));
-    json_error_t err;
-    json_t *root = json_loads(text, 0, &err);
-    ck_assert_msg(root != NULL, "stats are not JSON: %s (%s)", err.text, text);
+    json_t *root = tu_stats(bus);
     json_t *o = root;
     if (sub_index >= 0)
         o = json_array_get(json_object_get(root, "subscriptions"), (size_t)sub_index);
-    json_t *v = json_object_get(o, field);
-    ck_assert_msg(json_is_integer(v), "stats field %s missing or not an integer: %s", field, text);
-    json_int_t n = json_integer_value(v);
+    json_int_t n = tu_json_int(o, field);
     json_decref(root);
-    msgbus_stats_free(text);
     return n;
 }
 

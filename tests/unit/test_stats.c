@@ -26,35 +26,6 @@ static msgbus_t *open_mem(const char *extra)
     return bus;
 }
 
-static json_t *stats(msgbus_t *bus)
-{
-    char *text = NULL;
-    tu_ck_ok(msgbus_stats_json(bus, &text));
-    ck_assert_ptr_nonnull(text);
-    json_error_t err;
-    json_t *o = json_loads(text, 0, &err);
-    ck_assert_msg(o != NULL, "stats JSON does not parse: %s: %s", err.text, text);
-    msgbus_stats_free(text);
-    return o;
-}
-
-static json_int_t num(json_t *o, const char *path)
-{
-    /* "a.b" walks objects; "subscriptions.0.x" indexes arrays. */
-    char buf[128];
-    snprintf(buf, sizeof buf, "%s", path);
-    json_t *cur = o;
-    for (char *save = NULL, *tok = strtok_r(buf, ".", &save); tok; tok = strtok_r(NULL, ".", &save)) {
-        if (json_is_array(cur))
-            cur = json_array_get(cur, (size_t)atoi(tok));
-        else
-            cur = json_object_get(cur, tok);
-        ck_assert_msg(cur != NULL, "stats: no member %s", path);
-    }
-    ck_assert_msg(json_is_integer(cur), "stats: %s is not an integer", path);
-    return json_integer_value(cur);
-}
-
 static const char *str(json_t *o, const char *key)
 {
     json_t *v = json_object_get(o, key);
@@ -71,14 +42,14 @@ static void count_report(void *opaque, const msgbus_report_t *r)
 START_TEST(publish_counters_are_exact)
 {
     msgbus_t *bus = open_mem("?queue_max=500");
-    json_t *o = stats(bus);
+    json_t *o = tu_stats(bus);
     ck_assert_str_eq(str(o, "backend"), "mem");
     ck_assert_str_eq(str(o, "state"), "UP");
     ck_assert_str_eq(str(o, "msgbus_version"), msgbus_version());
-    ck_assert_int_eq(num(o, "published"), 0);
-    ck_assert_int_eq(num(o, "queue_max"), 500);
-    ck_assert_int_eq(num(o, "reconnects"), 0);
-    ck_assert(num(o, "uptime_ms") >= 0);
+    ck_assert_int_eq(tu_json_int(o, "published"), 0);
+    ck_assert_int_eq(tu_json_int(o, "queue_max"), 500);
+    ck_assert_int_eq(tu_json_int(o, "reconnects"), 0);
+    ck_assert(tu_json_int(o, "uptime_ms") >= 0);
     ck_assert(json_is_null(json_object_get(json_object_get(o, "confirm_latency_us"), "p50")));
     json_decref(o);
 
@@ -95,20 +66,20 @@ START_TEST(publish_counters_are_exact)
     tu_ck_ok(msgbus_flush(bus, 5000, NULL));
     ck_assert_int_eq(reports, 100);
 
-    o = stats(bus);
-    ck_assert_int_eq(num(o, "published"), 150);
-    ck_assert_int_eq(num(o, "confirmed"), 150);
-    ck_assert_int_eq(num(o, "failed"), 0);
-    ck_assert_int_eq(num(o, "outstanding"), 0);
+    o = tu_stats(bus);
+    ck_assert_int_eq(tu_json_int(o, "published"), 150);
+    ck_assert_int_eq(tu_json_int(o, "confirmed"), 150);
+    ck_assert_int_eq(tu_json_int(o, "failed"), 0);
+    ck_assert_int_eq(tu_json_int(o, "outstanding"), 0);
     ck_assert_int_eq(json_object_size(json_object_get(o, "failed_by_error")), 0);
-    ck_assert_int_eq(num(o, "confirm_latency_us.count"), 150);
-    ck_assert_int_eq(num(o, "confirm_latency_us.p99"), 0); /* mem confirms in the call */
+    ck_assert_int_eq(tu_json_int(o, "confirm_latency_us.count"), 150);
+    ck_assert_int_eq(tu_json_int(o, "confirm_latency_us.p99"), 0); /* mem confirms in the call */
     ck_assert_int_eq(json_array_size(json_object_get(o, "subscriptions")), 0);
     json_decref(o);
     /* The latency figures cover the interval since the previous snapshot. */
-    o = stats(bus);
-    ck_assert_int_eq(num(o, "confirm_latency_us.count"), 0);
-    ck_assert_int_eq(num(o, "published"), 150);
+    o = tu_stats(bus);
+    ck_assert_int_eq(tu_json_int(o, "confirm_latency_us.count"), 0);
+    ck_assert_int_eq(tu_json_int(o, "published"), 150);
     json_decref(o);
     msgbus_close(bus);
 }
@@ -123,17 +94,17 @@ START_TEST(subscription_counters_and_lag)
         tu_publish_str(bus, "st.orders", NULL, "p");
     msgbus_sub_t *sub;
     tu_ck_ok(msgbus_subscribe(bus, "st.orders", "billing", &sub));
-    json_t *o = stats(bus);
+    json_t *o = tu_stats(bus);
     json_t *s = json_array_get(json_object_get(o, "subscriptions"), 0);
     ck_assert_ptr_nonnull(s);
     ck_assert_str_eq(str(s, "topic"), "st.orders");
     ck_assert_str_eq(str(s, "group"), "billing");
     ck_assert_str_eq(str(s, "state"), "UP");
-    ck_assert_int_eq(num(s, "lag"), 15);
-    ck_assert_int_eq(num(s, "lag_detail.ready"), 15);
-    ck_assert_int_eq(num(s, "lag_detail.unacked"), 5);
-    ck_assert_int_eq(num(s, "queued"), 5);
-    ck_assert_int_eq(num(s, "received"), 0);
+    ck_assert_int_eq(tu_json_int(s, "lag"), 15);
+    ck_assert_int_eq(tu_json_int(s, "lag_detail.ready"), 15);
+    ck_assert_int_eq(tu_json_int(s, "lag_detail.unacked"), 5);
+    ck_assert_int_eq(tu_json_int(s, "queued"), 5);
+    ck_assert_int_eq(tu_json_int(s, "received"), 0);
     json_decref(o);
 
     msgbus_msg_t *a = tu_receive(sub, 1000), *n = tu_receive(sub, 1000),
@@ -142,13 +113,13 @@ START_TEST(subscription_counters_and_lag)
     tu_ck_ok(msgbus_ack(a));
     tu_ck_ok(msgbus_nack(n));
     tu_ck_ok(msgbus_dead_letter(d, "poison"));
-    o = stats(bus);
+    o = tu_stats(bus);
     s = json_array_get(json_object_get(o, "subscriptions"), 0);
-    ck_assert_int_eq(num(s, "received"), 4);
-    ck_assert_int_eq(num(s, "acked"), 1);
-    ck_assert_int_eq(num(s, "nacked"), 1);
-    ck_assert_int_eq(num(s, "retried"), 1);
-    ck_assert_int_eq(num(s, "unsettled"), 1); /* u */
+    ck_assert_int_eq(tu_json_int(s, "received"), 4);
+    ck_assert_int_eq(tu_json_int(s, "acked"), 1);
+    ck_assert_int_eq(tu_json_int(s, "nacked"), 1);
+    ck_assert_int_eq(tu_json_int(s, "retried"), 1);
+    ck_assert_int_eq(tu_json_int(s, "unsettled"), 1); /* u */
     json_decref(o);
     msgbus_msg_free(a);
     msgbus_msg_free(n);
@@ -158,8 +129,8 @@ START_TEST(subscription_counters_and_lag)
     int64_t until = tu_now_ms() + 5000;
     json_int_t dl = 0;
     while (dl == 0 && tu_now_ms() < until) {
-        o = stats(bus);
-        dl = num(json_array_get(json_object_get(o, "subscriptions"), 0), "dead_lettered");
+        o = tu_stats(bus);
+        dl = tu_json_int(json_array_get(json_object_get(o, "subscriptions"), 0), "dead_lettered");
         json_decref(o);
         if (!dl)
             usleep(10000);
@@ -178,20 +149,20 @@ START_TEST(subscription_counters_and_lag)
     }
     /* 21 deliveries (20 + the retried copy), one nacked, one dead-lettered */
     ck_assert_int_eq(acked, 19);
-    o = stats(bus);
+    o = tu_stats(bus);
     s = json_array_get(json_object_get(o, "subscriptions"), 0);
-    ck_assert_int_eq(num(s, "lag"), 0);
-    ck_assert_int_eq(num(s, "lag_detail.unacked"), 0);
-    ck_assert_int_eq(num(s, "received"), 21);
-    ck_assert_int_eq(num(s, "acked"), 19);
-    ck_assert_int_eq(num(s, "nacked"), 1);
-    ck_assert_int_eq(num(s, "unsettled"), 0);
-    ck_assert_int_eq(num(s, "queued"), 0);
+    ck_assert_int_eq(tu_json_int(s, "lag"), 0);
+    ck_assert_int_eq(tu_json_int(s, "lag_detail.unacked"), 0);
+    ck_assert_int_eq(tu_json_int(s, "received"), 21);
+    ck_assert_int_eq(tu_json_int(s, "acked"), 19);
+    ck_assert_int_eq(tu_json_int(s, "nacked"), 1);
+    ck_assert_int_eq(tu_json_int(s, "unsettled"), 0);
+    ck_assert_int_eq(tu_json_int(s, "queued"), 0);
     /* The dead letter is not an application publish. */
-    ck_assert_int_eq(num(o, "published"), 20);
+    ck_assert_int_eq(tu_json_int(o, "published"), 20);
     json_decref(o);
     msgbus_sub_close(sub);
-    o = stats(bus);
+    o = tu_stats(bus);
     ck_assert_int_eq(json_array_size(json_object_get(o, "subscriptions")), 0);
     json_decref(o);
     msgbus_close(bus);
@@ -215,13 +186,13 @@ START_TEST(settle_latency_percentiles)
         tu_ck_ok(msgbus_ack(m));
         msgbus_msg_free(m);
     }
-    json_t *o = stats(bus);
+    json_t *o = tu_stats(bus);
     json_t *s = json_array_get(json_object_get(o, "subscriptions"), 0);
-    ck_assert_int_eq(num(s, "settle_latency_us.count"), 2);
-    json_int_t p50 = num(s, "settle_latency_us.p50"), mx = num(s, "settle_latency_us.max");
+    ck_assert_int_eq(tu_json_int(s, "settle_latency_us.count"), 2);
+    json_int_t p50 = tu_json_int(s, "settle_latency_us.p50"), mx = tu_json_int(s, "settle_latency_us.max");
     ck_assert_msg(p50 >= 30000 && p50 <= 200000, "p50 %lld us", (long long)p50);
     ck_assert_msg(mx >= p50 && mx <= 200000, "max %lld us", (long long)mx);
-    ck_assert_int_le(num(s, "settle_latency_us.p99"), mx);
+    ck_assert_int_le(tu_json_int(s, "settle_latency_us.p99"), mx);
     json_decref(o);
     msgbus_close(bus);
 }
@@ -410,16 +381,16 @@ START_TEST(concurrent_counts_are_exact)
     for (int i = 0; i < 4; i++)
         pthread_create(&t[i], NULL, publisher, &a);
     for (int i = 0; i < 20; i++) {
-        json_t *o = stats(bus);
-        ck_assert_int_le(num(o, "published"), 20000);
+        json_t *o = tu_stats(bus);
+        ck_assert_int_le(tu_json_int(o, "published"), 20000);
         json_decref(o);
     }
     for (int i = 0; i < 4; i++)
         pthread_join(t[i], NULL);
     tu_ck_ok(msgbus_flush(bus, 5000, NULL));
-    json_t *o = stats(bus);
-    ck_assert_int_eq(num(o, "published"), 20000);
-    ck_assert_int_eq(num(o, "confirmed"), 20000);
+    json_t *o = tu_stats(bus);
+    ck_assert_int_eq(tu_json_int(o, "published"), 20000);
+    ck_assert_int_eq(tu_json_int(o, "confirmed"), 20000);
     json_decref(o);
     msgbus_close(bus);
 }

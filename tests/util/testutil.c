@@ -112,3 +112,34 @@ void tu_on_report(void *opaque, const msgbus_report_t *r)
     snprintf(rp->error, sizeof rp->error, "%s", r->error ? r->error : "");
     printf("report: %s: %s\n", msgbus_err_name(r->status), rp->error);
 }
+
+json_t *tu_stats(msgbus_t *bus)
+{
+    char *text = NULL;
+    tu_ck_ok(msgbus_stats_json(bus, &text));
+    ck_assert_ptr_nonnull(text);
+    json_error_t err;
+    json_t *o = json_loads(text, 0, &err);
+    ck_assert_msg(o != NULL, "stats JSON does not parse: %s: %s", err.text, text);
+    msgbus_stats_free(text);
+    return o;
+}
+
+json_t *tu_json_at(json_t *o, const char *path)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", path);
+    json_t *cur = o;
+    for (char *save = NULL, *tok = strtok_r(buf, ".", &save); tok && cur;
+         tok = strtok_r(NULL, ".", &save))
+        cur = json_is_array(cur) ? json_array_get(cur, (size_t)atoi(tok))
+                                 : json_object_get(cur, tok);
+    return cur;
+}
+
+json_int_t tu_json_int(json_t *o, const char *path)
+{
+    json_t *v = tu_json_at(o, path);
+    ck_assert_msg(json_is_integer(v), "stats: '%s' is missing or not an integer", path);
+    return json_integer_value(v);
+}

@@ -5,6 +5,7 @@
 #define MSGBUS_TESTUTIL_H
 
 #include <check.h>
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -57,6 +58,14 @@ struct tu_reports {
     char error[512];     /* and its text */
 };
 void tu_on_report(void *opaque, const msgbus_report_t *r);
+
+/* msgbus_stats_json of `bus`, parsed (ck_asserts that it parses); the
+ * caller json_decref()s it. */
+json_t *tu_stats(msgbus_t *bus);
+/* The member at "a.b.0.c" (objects by key, arrays by index), or NULL. */
+json_t *tu_json_at(json_t *o, const char *path);
+/* The integer at that path; ck_asserts there is one. */
+json_int_t tu_json_int(json_t *o, const char *path);
 
 /* Runs a Check suite and returns the process exit code (0 when all passed). */
 int tu_run_suite(Suite *s);
