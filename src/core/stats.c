@@ -143,6 +143,30 @@ static void mb_copy_reason(char *dst, size_t size, const char *src)
     }
 }
 
+/* A state and its reason, read under the lock that guards it. */
+static msgbus_state_t mb_state_read(pthread_mutex_t *mu, const struct mb_state *st, char *reason,
+                                    size_t size)
+{
+    pthread_mutex_lock(mu);
+    msgbus_state_t s = st->state;
+    mb_copy_reason(reason, size, st->reason);
+    pthread_mutex_unlock(mu);
+    return s;
+}
+
+/* Records a change (caller holds the guarding lock); false when `st`
+ * already says exactly that. *prev gets the state before. */
+static bool mb_state_write(struct mb_state *st, msgbus_state_t state, const char *reason,
+                           msgbus_state_t *prev)
+{
+    *prev = st->state;
+    if (st->state == state && strcmp(st->reason, reason) == 0)
+        return false;
+    st->state = state;
+    mb_copy_reason(st->reason, sizeof st->reason, reason);
+    return true;
+}
+
 MSGBUS_API msgbus_state_t msgbus_state(const msgbus_t *cbus, char *reason, size_t size)
 {
     msgbus_t *bus = (msgbus_t *)cbus;
@@ -151,11 +175,7 @@ MSGBUS_API msgbus_state_t msgbus_state(const msgbus_t *cbus, char *reason, size_
         mb_copy_reason(reason, size, "");
         return MSGBUS_STATE_DOWN;
     }
-    pthread_mutex_lock(&bus->state_mu);
-    msgbus_state_t s = bus->state.state;
-    mb_copy_reason(reason, size, bus->state.reason);
-    pthread_mutex_unlock(&bus->state_mu);
-    return s;
+    return mb_state_read(&bus->state_mu, &bus->state, reason, size);
 }
 
 MSGBUS_API msgbus_state_t msgbus_sub_state(const msgbus_sub_t *csub, char *reason, size_t size)
@@ -166,22 +186,13 @@ MSGBUS_API msgbus_state_t msgbus_sub_state(const msgbus_sub_t *csub, char *reaso
         mb_copy_reason(reason, size, "");
         return MSGBUS_STATE_DOWN;
     }
-    pthread_mutex_lock(&sub->mu);
-    msgbus_state_t s = sub->state.state;
-    mb_copy_reason(reason, size, sub->state.reason);
-    pthread_mutex_unlock(&sub->mu);
-    return s;
+    return mb_state_read(&sub->mu, &sub->state, reason, size);
 }
 
 /* Queues one event for the state callback (when one is installed). */
 static void mb_state_enqueue(msgbus_t *bus, msgbus_sub_t *sub, msgbus_state_t state,
                              msgbus_state_t previous, const char *reason)
 {
-    pthread_mutex_lock(&bus->mu);
-    bool want = bus->state_cb != NULL && !atomic_load(&bus->closing);
-    pthread_mutex_unlock(&bus->mu);
-    if (!want)
-        return;
     struct mb_state_ev *ev = calloc(1, sizeof *ev);
     if (!ev) {
         mb_log(MSGBUS_LOG_ERROR, "out of memory queueing a state event (%s: %s)",
@@ -197,8 +208,9 @@ static void mb_state_enqueue(msgbus_t *bus, msgbus_sub_t *sub, msgbus_state_t st
         ev->sub = sub;
     }
     pthread_mutex_lock(&bus->mu);
-    bool full = bus->ev_count >= MB_STATE_EV_MAX;
-    if (!full) {
+    bool want = bus->state_cb != NULL && !atomic_load(&bus->closing);
+    bool full = want && bus->ev_count >= MB_STATE_EV_MAX;
+    if (want && !full) {
         if (bus->ev_tail)
             bus->ev_tail->next = ev;
         else
@@ -208,11 +220,12 @@ static void mb_state_enqueue(msgbus_t *bus, msgbus_sub_t *sub, msgbus_state_t st
         pthread_cond_broadcast(&bus->cond);
     }
     pthread_mutex_unlock(&bus->mu);
-    if (full) {
-        mb_log(MSGBUS_LOG_WARN,
-               "%d state events wait for msgbus_poll: dropping this one (%s: %s); "
-               "msgbus_state has the current state",
-               MB_STATE_EV_MAX, msgbus_state_name(state), reason);
+    if (!want || full) {
+        if (full)
+            mb_log(MSGBUS_LOG_WARN,
+                   "%d state events wait for msgbus_poll: dropping this one (%s: %s); "
+                   "msgbus_state has the current state",
+                   MB_STATE_EV_MAX, msgbus_state_name(state), reason);
         if (ev->sub)
             mb_sub_unref(ev->sub);
         free(ev);
@@ -229,13 +242,11 @@ void mb_bus_state(msgbus_t *bus, msgbus_state_t state, const char *fmt, ...)
     vsnprintf(reason, sizeof reason, fmt, ap);
     va_end(ap);
     pthread_mutex_lock(&bus->state_mu);
-    msgbus_state_t prev = bus->state.state;
-    if (prev == state && strcmp(bus->state.reason, reason) == 0) {
+    msgbus_state_t prev;
+    if (!mb_state_write(&bus->state, state, reason, &prev)) {
         pthread_mutex_unlock(&bus->state_mu);
         return;
     }
-    bus->state.state = state;
-    mb_copy_reason(bus->state.reason, sizeof bus->state.reason, reason);
     if (state == MSGBUS_STATE_UP) {
         if (bus->lost)
             bus->reconnects++;
@@ -257,12 +268,8 @@ void mb_sub_state(msgbus_sub_t *sub, msgbus_state_t state, const char *fmt, ...)
     vsnprintf(reason, sizeof reason, fmt, ap);
     va_end(ap);
     pthread_mutex_lock(&sub->mu);
-    msgbus_state_t prev = sub->state.state;
-    bool same = prev == state && strcmp(sub->state.reason, reason) == 0;
-    if (!same) {
-        sub->state.state = state;
-        mb_copy_reason(sub->state.reason, sizeof sub->state.reason, reason);
-    }
+    msgbus_state_t prev;
+    bool same = !mb_state_write(&sub->state, state, reason, &prev);
     bool closed = sub->closed;
     pthread_mutex_unlock(&sub->mu);
     if (same || closed || !sub->bus)
