@@ -23,7 +23,7 @@
 /* msgbus's own options (not librdkafka properties), for suggestions. */
 static const char *const mb_kafka_options[] = {
     "partitions",     "replication_factor", "connect_timeout_ms", "subscribe_timeout_ms",
-    "commit_interval_ms", "create_topics", "max_unacked", NULL};
+    "commit_interval_ms", "create_topics", "max_unacked", "min_insync_replicas", NULL};
 
 msgbus_err_t mb_kafka_err(rd_kafka_resp_err_t err)
 {
@@ -479,15 +479,53 @@ msgbus_err_t mb_kafka_topic_partitions(struct mb_backend *be, rd_kafka_t *rk, co
     return e;
 }
 
+/* The replication factor and min.insync.replicas of a topic msgbus
+ * creates. `auto` (the default) sizes them to the cluster: one copy per
+ * broker up to 3, and with 3 copies a write needs 2 of them (with acks=all,
+ * which msgbus's idempotent producer uses, a confirmed message then
+ * survives the loss of any one broker, and a partition stays writable while
+ * one replica is down). The broker count is the metadata's: brokers alive
+ * now, so a topic created while a node of a 3-node cluster is down gets 2
+ * copies (docs/kafka.md says so; name replication_factor=3 to be refused
+ * instead). */
+static msgbus_err_t mb_kafka_topic_sizing(struct mb_backend *be, rd_kafka_t *rk, long *rf,
+                                          long *min_isr)
+{
+    long brokers = 0;
+    if (be->replication_factor == 0) {
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, NULL, &md, (int)be->connect_timeout_ms);
+        if (err)
+            return mb_error(mb_kafka_err(err), "kafka: asking the cluster's size to create a "
+                            "topic: %s", rd_kafka_err2str(err));
+        brokers = md->broker_cnt;
+        rd_kafka_metadata_destroy(md);
+    }
+    return mb_kafka_topic_size(brokers, be->replication_factor, be->min_insync_replicas, rf,
+                               min_isr);
+}
+
 msgbus_err_t mb_kafka_ensure_topic(struct mb_backend *be, const char *topic)
 {
     char errstr[512];
     rd_kafka_t *rk = be->producer;
-    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, (int)be->partitions,
-                                                    (int)be->replication_factor, errstr,
+    long rf = 0, min_isr = 0;
+    msgbus_err_t se = mb_kafka_topic_sizing(be, rk, &rf, &min_isr);
+    if (se)
+        return se;
+    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, (int)be->partitions, (int)rf, errstr,
                                                     sizeof errstr);
     if (!nt)
         return mb_error(MSGBUS_ERR_INVALID, "kafka: cannot create topic '%s': %s", topic, errstr);
+    if (min_isr > 0) {
+        char v[24];
+        snprintf(v, sizeof v, "%ld", min_isr);
+        if (rd_kafka_NewTopic_set_config(nt, "min.insync.replicas", v)) {
+            rd_kafka_NewTopic_destroy(nt);
+            return mb_error(MSGBUS_ERR_NOMEM, "kafka: cannot create topic '%s': out of memory",
+                            topic);
+        }
+    }
     rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
     rd_kafka_AdminOptions_set_request_timeout(ao, (int)be->connect_timeout_ms, errstr,
                                               sizeof errstr);
@@ -514,8 +552,8 @@ msgbus_err_t mb_kafka_ensure_topic(struct mb_backend *be, const char *topic)
         if (terr && terr != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
             const char *s = rd_kafka_topic_result_error_string(res[0]);
             e = mb_error(mb_kafka_err(terr), "kafka: creating topic '%s' (%ld partitions, "
-                         "replication factor %ld): %s", topic, be->partitions,
-                         be->replication_factor, s ? s : rd_kafka_err2str(terr));
+                         "replication factor %ld): %s", topic, be->partitions, rf,
+                         s ? s : rd_kafka_err2str(terr));
         }
     }
     if (ev)

@@ -31,7 +31,8 @@ struct mb_backend {
 
     /* msgbus-level options (see docs/kafka.md). */
     long partitions;          /* for topics msgbus creates */
-    long replication_factor;
+    long replication_factor;  /* 0 = auto: min(3, brokers) */
+    long min_insync_replicas; /* 0 = auto: 2 when the replication factor is >= 3 */
     long connect_timeout_ms;  /* open, metadata and admin requests */
     long subscribe_timeout_ms;
     long commit_interval_ms;  /* async commits of the acked prefix */
@@ -132,6 +133,12 @@ MB_HIDDEN msgbus_err_t mb_kafka_credentials(struct mb_backend *be, const struct 
 MB_HIDDEN msgbus_err_t mb_kafka_bootstrap(struct mb_backend *be, const struct mb_url *url);
 /* The value of the user's property `key` (after parsing), or NULL. */
 MB_HIDDEN const char *mb_kafka_prop(const struct mb_backend *be, const char *key);
+/* The replication factor and min.insync.replicas (0: the broker's default)
+ * of a topic msgbus creates, from the options (0 = auto) and the number of
+ * brokers alive: min(3, brokers) copies, and 2 in sync when there are 3 or
+ * more. MSGBUS_ERR_CONFIG when min.insync.replicas exceeds the copies. */
+MB_HIDDEN msgbus_err_t mb_kafka_topic_size(long brokers, long rf_opt, long isr_opt, long *rf,
+                                           long *min_isr);
 /* Scrubs the values of the backend's secret properties from `text`. */
 MB_HIDDEN void mb_kafka_scrub_props(const struct mb_backend *be, char *text, size_t cap);
 /* The producer's error_cb: mb_kafka_error_cb, plus what msgbus_open reports

@@ -351,6 +351,26 @@ static msgbus_err_t mb_kafka_opt_int(const struct mb_url *url, const char *key, 
     return mb_url_opt_int(url, mb_kafka_opt_key(url, key, buf, sizeof buf), def, min, max, out);
 }
 
+/* An integer option that may also be `auto` (stored as 0, the default). */
+static msgbus_err_t mb_kafka_opt_auto(const struct mb_url *url, const char *key, long max,
+                                      long *out)
+{
+    char buf[64];
+    const char *k = mb_kafka_opt_key(url, key, buf, sizeof buf);
+    const char *v = mb_url_opt(url, k);
+    if (v && strcmp(v, "auto") == 0) {
+        *out = 0;
+        return MSGBUS_OK;
+    }
+    msgbus_err_t e = mb_url_opt_int(url, k, 0, 1, max, out);
+    if (e == MSGBUS_ERR_CONFIG) {
+        char why[256]; /* (mb_error formats into the buffer last_error reads) */
+        snprintf(why, sizeof why, "%s", msgbus_last_error());
+        return mb_error(e, "%s (or 'auto')", why);
+    }
+    return e;
+}
+
 static msgbus_err_t mb_kafka_opt_bool(const struct mb_url *url, const char *key, bool def,
                                       bool *out)
 {
@@ -382,7 +402,8 @@ msgbus_err_t mb_kafka_parse_options(struct mb_backend *be, struct mb_url *url)
 {
     msgbus_err_t e;
     if ((e = mb_kafka_opt_int(url, "partitions", 3, 1, 100000, &be->partitions)) ||
-        (e = mb_kafka_opt_int(url, "replication_factor", 1, 1, 100, &be->replication_factor)) ||
+        (e = mb_kafka_opt_auto(url, "replication_factor", 100, &be->replication_factor)) ||
+        (e = mb_kafka_opt_auto(url, "min_insync_replicas", 100, &be->min_insync_replicas)) ||
         (e = mb_kafka_opt_int(url, "connect_timeout_ms", 10000, 1, 3600000,
                               &be->connect_timeout_ms)) ||
         (e = mb_kafka_opt_int(url, "subscribe_timeout_ms", 60000, 1, 3600000,
@@ -428,6 +449,17 @@ msgbus_err_t mb_kafka_parse_options(struct mb_backend *be, struct mb_url *url)
     }
     rd_kafka_conf_destroy(scratch);
     return e;
+}
+
+msgbus_err_t mb_kafka_topic_size(long brokers, long rf_opt, long isr_opt, long *rf, long *min_isr)
+{
+    *rf = rf_opt ? rf_opt : brokers >= 3 ? 3 : brokers > 0 ? brokers : 1;
+    *min_isr = isr_opt ? isr_opt : *rf >= 3 ? 2 : 0; /* 0: the broker's own default */
+    if (*min_isr > *rf)
+        return mb_error(MSGBUS_ERR_CONFIG, "option 'min_insync_replicas': %ld is more than the "
+                        "replication factor %ld (no write could ever be acknowledged)",
+                        *min_isr, *rf);
+    return MSGBUS_OK;
 }
 
 /* The value of the user's property `key` (after parsing), or NULL. */

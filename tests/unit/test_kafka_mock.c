@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "testutil.h"
+#include "backends/kafka.h"
 
 /* A mock cluster lives inside a librdkafka handle of its own. */
 struct mock {
@@ -27,18 +28,23 @@ struct mock {
     char url[512];
 };
 
-static void mock_start(struct mock *mk, const char *query)
+static void mock_start_n(struct mock *mk, int brokers, const char *query)
 {
     char errstr[256];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_conf_set(conf, "log_level", "0", errstr, sizeof errstr);
     mk->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     ck_assert_msg(mk->rk != NULL, "rd_kafka_new: %s", errstr);
-    mk->mc = rd_kafka_mock_cluster_new(mk->rk, 1);
+    mk->mc = rd_kafka_mock_cluster_new(mk->rk, brokers);
     ck_assert_ptr_nonnull(mk->mc);
     ck_assert_int_eq(rd_kafka_mock_topic_create(mk->mc, "t1", 1, 1), 0);
     snprintf(mk->url, sizeof mk->url, "kafka://%s%s%s", rd_kafka_mock_cluster_bootstraps(mk->mc),
              query && *query ? "?" : "", query ? query : "");
+}
+
+static void mock_start(struct mock *mk, const char *query)
+{
+    mock_start_n(mk, 1, query);
 }
 
 static void mock_stop(struct mock *mk)
@@ -666,6 +672,48 @@ START_TEST(sub_close_is_bounded_with_slow_brokers)
 }
 END_TEST
 
+/* Topics msgbus creates get one copy per broker, up to 3, and then need
+ * 2 in sync, unless the URL says otherwise; an impossible
+ * min.insync.replicas is refused. (The sizing rule alone: the mock
+ * cluster of librdkafka 2.0.2 names no controller, so it cannot create
+ * topics; the cluster tests check what a real 3-node cluster gets.) */
+static void sized(long brokers, long rf_opt, long isr_opt, long rf_want, long isr_want)
+{
+    long rf = -1, isr = -1;
+    tu_ck_ok(mb_kafka_topic_size(brokers, rf_opt, isr_opt, &rf, &isr));
+    ck_assert_int_eq(rf, rf_want);
+    ck_assert_int_eq(isr, isr_want);
+}
+
+START_TEST(topics_are_sized_to_the_cluster)
+{
+    sized(1, 0, 0, 1, 0);
+    sized(2, 0, 0, 2, 0);
+    sized(3, 0, 0, 3, 2);
+    sized(5, 0, 0, 3, 2);
+    sized(0, 0, 0, 1, 0); /* (no broker listed: the broker will refuse, not msgbus) */
+    sized(3, 2, 0, 2, 0);
+    sized(1, 3, 0, 3, 2); /* named: used as is, the broker refuses if it cannot */
+    sized(3, 0, 3, 3, 3);
+    sized(3, 0, 1, 3, 1);
+    long rf, isr;
+    tu_ck_err(mb_kafka_topic_size(3, 2, 3, &rf, &isr), MSGBUS_ERR_CONFIG);
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "min_insync_replicas"));
+    /* A bad value is refused at open, naming the option and 'auto'. */
+    msgbus_t *bus = NULL;
+    tu_ck_err(msgbus_open(&bus, "kafka://127.0.0.1:1?replication_factor=three", NULL),
+              MSGBUS_ERR_CONFIG);
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "replication_factor"));
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "auto"));
+    tu_ck_err(msgbus_open(&bus, "kafka://127.0.0.1:1?min_insync_replicas=0", NULL),
+              MSGBUS_ERR_CONFIG);
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "min_insync_replicas"));
+    tu_ck_err(msgbus_open(&bus, "kafka://127.0.0.1:1?replication.factor=101", NULL),
+              MSGBUS_ERR_CONFIG);
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "replication.factor"));
+}
+END_TEST
+
 static Suite *kafka_mock_suite(void)
 {
     Suite *s = suite_create("kafka_mock");
@@ -683,6 +731,7 @@ static Suite *kafka_mock_suite(void)
     tcase_add_test(tc, options_msgbus_cannot_honour_are_refused_by_name);
     tcase_add_test(tc, credentials_mean_sasl);
     tcase_add_test(tc, secrets_never_leave_msgbus);
+    tcase_add_test(tc, topics_are_sized_to_the_cluster);
     suite_add_tcase(s, tc);
     /* Timeouts far above the bound, so that an overrun is measured and
      * reported, not cut short. */
