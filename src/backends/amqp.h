@@ -173,6 +173,11 @@ struct mb_backend_sub {
     unsigned epoch;           /* bumped every time it is (re)established */
     bool quorum;
     bool removed;
+    /* Not consuming on the current connection (the broker cancelled the
+     * consumer, or re-subscribing failed): try again at resub_at_ms,
+     * backing off like reconnects do. 0: nothing due. */
+    int64_t resub_at_ms;
+    long resub_backoff_ms;
     struct mb_amqp_tag *tags;
     size_t tag_head, tag_len, tag_cap;
     bool acks_pending;
@@ -311,6 +316,14 @@ struct mb_backend {
 };
 
 /* ---- the I/O thread (amqp_io.c) -------------------------------------------------- */
+
+/* A subscription that could not be (re)established on a live connection,
+ * or whose consumer the broker cancelled: re-subscribe later, with backoff,
+ * instead of staying DOWN until the next connection loss. */
+MB_HIDDEN void mb_amqp_resub_later(struct mb_backend *be, struct mb_backend_sub *bs,
+                                   const char *why);
+/* Re-subscribes those whose time has come (I/O thread, connected). */
+MB_HIDDEN void mb_amqp_resub_due(struct mb_backend *be);
 
 /* Connects to the first host that answers (failover in URL order starting
  * at be->host_index) and opens the publish and control channels. On failure

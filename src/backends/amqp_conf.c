@@ -14,7 +14,7 @@
  *   reconnect_backoff_ms=100, reconnect_backoff_max_ms=5000
  *   message_timeout_ms=0      a message not yet on the wire fails after this (0: never)
  *   rpc_timeout_ms=30000      a broker RPC taking longer drops the connection
- *   queue_type=classic|quorum group queues' type
+ *   queue_type=classic|quorum group queues' type (quorum when several hosts)
  *   x-<anything>=value        passed as a queue argument to group queues
  *   unroutable=error|ok       how a message no queue receives is reported
  *   cacert, cert, key         TLS files (amqps://)
@@ -105,7 +105,11 @@ msgbus_err_t mb_amqp_conf_parse(struct mb_url *url, struct mb_amqp_conf *c)
     if (!c->user || !c->password || !c->vhost)
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
 
+    /* A URL naming several hosts is a cluster: a classic queue lives on one
+     * node and goes with it, a quorum queue survives the loss of a
+     * minority of nodes. So there quorum is the default (docs/clusters.md). */
     const char *qt = mb_url_opt(url, "queue_type");
+    c->quorum = !qt && c->nhosts > 1;
     if (qt && strcmp(qt, "quorum") == 0)
         c->quorum = true;
     else if (qt && strcmp(qt, "classic") != 0)

@@ -132,7 +132,68 @@ msgbus_err_t mb_amqp_sub_establish(struct mb_backend *be, struct mb_backend_sub 
     bs->epoch++;
     bs->quorum = bs->group && be->conf.quorum;
     bs->tag_head = bs->tag_len = 0;
+    bs->resub_at_ms = 0;
+    bs->resub_backoff_ms = 0;
     return MSGBUS_OK;
+}
+
+void mb_amqp_resub_later(struct mb_backend *be, struct mb_backend_sub *bs, const char *why)
+{
+    long b = bs->resub_backoff_ms ? bs->resub_backoff_ms * 2 : be->conf.reconnect_min_ms;
+    if (b > be->conf.reconnect_max_ms)
+        b = be->conf.reconnect_max_ms;
+    bs->resub_backoff_ms = b;
+    bs->resub_at_ms = mb_mono_ms() + b / 2 + (long)(mb_random64() % (uint64_t)(b / 2 + 1));
+    /* Said once per outage, like the bus's own DOWN; retries log at debug. */
+    if (b == be->conf.reconnect_min_ms) {
+        mb_log(MSGBUS_LOG_ERROR, "amqp: subscription to '%s' (queue '%s') is not consuming: %s; "
+                                 "retrying with backoff",
+               bs->topic, bs->queue, why);
+        mb_sub_state(bs->sub, MSGBUS_STATE_DOWN, "not consuming: %s (retrying)", why);
+    } else {
+        mb_log(MSGBUS_LOG_DEBUG, "amqp: re-subscribing to '%s' failed again: %s; next try in "
+                                 "%ld ms",
+               bs->topic, why, (long)(bs->resub_at_ms - mb_mono_ms()));
+    }
+}
+
+void mb_amqp_resub_due(struct mb_backend *be)
+{
+    int64_t now = 0;
+    for (struct mb_backend_sub *bs = be->subs; bs && be->conn; bs = bs->next) {
+        if (!bs->resub_at_ms || bs->removed)
+            continue;
+        if (!now)
+            now = mb_mono_ms();
+        if (now < bs->resub_at_ms)
+            continue;
+        char detail[MB_AMQP_DETAIL];
+        bool lost = false;
+        if (bs->channel) {
+            /* The consumer was cancelled but its channel lives: close it,
+             * so that its unacked deliveries go back to the queue (they
+             * come again; the inbox absorbs the copies) and its acks are
+             * not mixed with the new consumer's. */
+            amqp_channel_t ch = bs->channel;
+            amqp_rpc_reply_t r = amqp_channel_close(be->conn, ch, AMQP_REPLY_SUCCESS);
+            mb_amqp_sub_reset(be, bs);
+            if (mb_amqp_reply_error(be, r, ch, "closing a cancelled consumer's channel", detail,
+                                    sizeof detail, &lost) != MSGBUS_OK && lost) {
+                mb_amqp_conn_lost(be, detail);
+                return;
+            }
+        }
+        if (mb_amqp_sub_establish(be, bs, detail, sizeof detail, &lost) != MSGBUS_OK) {
+            if (lost) {
+                mb_amqp_conn_lost(be, detail);
+                return;
+            }
+            mb_amqp_resub_later(be, bs, detail);
+        } else {
+            mb_log(MSGBUS_LOG_WARN, "amqp: consuming from queue '%s' again", bs->queue);
+            mb_sub_state(bs->sub, MSGBUS_STATE_UP, "resubscribed");
+        }
+    }
 }
 
 static bool mb_amqp_old_epoch(const msgbus_msg_t *m, void *arg)
@@ -254,12 +315,10 @@ static void mb_amqp_sub_channel_closed(struct mb_backend *be, struct mb_backend_
     char detail[MB_AMQP_DETAIL];
     bool lost = false;
     if (mb_amqp_sub_establish(be, bs, detail, sizeof detail, &lost) != MSGBUS_OK) {
-        if (lost) {
+        if (lost)
             mb_amqp_conn_lost(be, detail);
-        } else {
-            mb_log(MSGBUS_LOG_ERROR, "amqp: re-subscribing to '%s': %s", bs->topic, detail);
-            mb_sub_state(bs->sub, MSGBUS_STATE_DOWN, "cannot resubscribe: %s", detail);
-        }
+        else
+            mb_amqp_resub_later(be, bs, detail);
     } else {
         mb_sub_state(bs->sub, MSGBUS_STATE_UP, "resubscribed");
     }
@@ -293,16 +352,19 @@ void mb_amqp_sub_frame(struct mb_backend *be, struct mb_backend_sub *bs, const a
             mb_amqp_sub_channel_closed(be, bs, f->payload.method.decoded);
             return;
         case AMQP_BASIC_CANCEL_METHOD:
-            /* RabbitMQ cancels a consumer when its queue is deleted (or,
-             * for a replicated queue, when the node holding it goes). The
-             * subscription stays DOWN until the connection is re-made,
-             * which declares the queue again. */
+            /* RabbitMQ cancels a consumer when its queue is deleted, or
+             * when the cluster node holding it goes down (a classic queue,
+             * or a quorum queue that lost its majority). Declaring the
+             * queue again and consuming, with backoff while that fails,
+             * brings it back (or a fresh one, if it was deleted). */
             mb_log(MSGBUS_LOG_ERROR, "amqp: the broker cancelled the subscription to '%s' "
-                                     "(queue '%s' deleted?)",
+                                     "(queue '%s' deleted, or its node down); re-subscribing",
                    bs->topic, bs->queue);
-            mb_sub_state(bs->sub, MSGBUS_STATE_DOWN,
-                         "queue deleted: the broker cancelled the consumer of queue '%s'",
-                         bs->queue);
+            mb_sub_state(bs->sub, MSGBUS_STATE_RECONNECTING,
+                         "the broker cancelled the consumer of queue '%s' (deleted, or its "
+                         "node down)", bs->queue);
+            bs->resub_backoff_ms = 0;
+            bs->resub_at_ms = mb_mono_ms(); /* at once; then with backoff */
             return;
         default:
             return;

@@ -679,9 +679,7 @@ static void mb_amqp_after_connect(struct mb_backend *be)
                 mb_amqp_conn_lost(be, detail);
                 return;
             }
-            mb_log(MSGBUS_LOG_ERROR, "amqp: resuming subscription to '%s': %s", bs->topic,
-                   detail);
-            mb_sub_state(bs->sub, MSGBUS_STATE_DOWN, "cannot resubscribe: %s", detail);
+            mb_amqp_resub_later(be, bs, detail);
         } else {
             mb_sub_state(bs->sub, MSGBUS_STATE_UP, "resubscribed");
         }
@@ -892,6 +890,8 @@ void *mb_amqp_io_main(void *arg)
             mb_amqp_run_ops(be, rev);
         }
         mb_amqp_expire(be);
+        if (be->conn)
+            mb_amqp_resub_due(be);
         if (be->conn) {
             mb_amqp_flush_acks(be);
             mb_amqp_send_pending(be);
@@ -918,6 +918,12 @@ void *mb_amqp_io_main(void *arg)
         if (!be->conn) {
             int64_t until = be->next_connect_ms - mb_mono_ms();
             timeout = until < 0 ? 0 : until < timeout ? (int)until : timeout;
+        } else {
+            for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next)
+                if (bs->resub_at_ms) {
+                    int64_t until = bs->resub_at_ms - mb_mono_ms();
+                    timeout = until < 0 ? 0 : until < timeout ? (int)until : timeout;
+                }
         }
         struct pollfd p[2] = {{be->wake_fd, POLLIN, 0}, {-1, POLLIN, 0}};
         if (be->conn)

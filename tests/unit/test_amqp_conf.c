@@ -130,6 +130,29 @@ START_TEST(environment_variables_set_options)
 }
 END_TEST
 
+/* Several hosts = a cluster: group queues are quorum queues unless the
+ * URL says classic; one host keeps classic. */
+static bool quorum_for(const char *urltext)
+{
+    struct mb_url *u = parse(urltext);
+    struct mb_amqp_conf c;
+    tu_ck_ok(mb_amqp_conf_parse(u, &c));
+    bool q = c.quorum;
+    mb_amqp_conf_free(&c);
+    mb_url_free(u);
+    return q;
+}
+
+START_TEST(several_hosts_mean_quorum_by_default)
+{
+    ck_assert(!quorum_for("amqp://h/"));
+    ck_assert(quorum_for("amqp://h1,h2:5673,h3/"));
+    ck_assert(quorum_for("amqp://h1,h2/?queue_type=quorum"));
+    ck_assert(!quorum_for("amqp://h1,h2/?queue_type=classic"));
+    ck_assert(quorum_for("amqp://h/?queue_type=quorum"));
+}
+END_TEST
+
 START_TEST(quorum_and_queue_arguments)
 {
     struct mb_url *u =
@@ -677,6 +700,7 @@ int main(void)
     tcase_add_test(tc, bad_options_are_named);
     tcase_add_test(tc, environment_variables_set_options);
     tcase_add_test(tc, quorum_and_queue_arguments);
+    tcase_add_test(tc, several_hosts_mean_quorum_by_default);
     tcase_add_test(tc, group_queue_names);
     tcase_add_test(tc, codec_round_trip);
     tcase_add_test(tc, codec_republish_keeps_key_and_raises_attempt);
