@@ -74,19 +74,23 @@ msgbus_err_t mb_kafka_err(rd_kafka_resp_err_t err)
  * further topics are named per message as before. */
 struct mb_kafka_topic {
     rd_kafka_topic_t *rkt;
+    rd_kafka_t *rk; /* the producer it belongs to */
+    struct mb_kafka_topic *next; /* in topics_retired */
     size_t len;
     char name[]; /* len + 1 bytes */
 };
 
-/* The producer's handle for `topic` (len bytes), made on first use; NULL
- * when the cache is full or librdkafka refused: the caller then names the
- * topic per message, so errors are the same as without the cache. */
-static rd_kafka_topic_t *mb_kafka_topic(struct mb_backend *be, const char *topic, size_t len)
+/* Producer rk's handle for `topic` (len bytes), made on first use; NULL
+ * when the cache is full, librdkafka refused, or rk is no longer the
+ * current producer: the caller then names the topic per message, so
+ * errors are the same as without the cache. */
+static rd_kafka_topic_t *mb_kafka_topic(struct mb_backend *be, rd_kafka_t *rk, const char *topic,
+                                        size_t len)
 {
     size_t n = atomic_load_explicit(&be->ntopics, memory_order_acquire);
     for (size_t i = 0; i < n; i++) {
         const struct mb_kafka_topic *t = be->topics[i];
-        if (t->len == len && memcmp(t->name, topic, len) == 0)
+        if (t->len == len && t->rk == rk && memcmp(t->name, topic, len) == 0)
             return t->rkt;
     }
     if (n == MB_KAFKA_TOPICS)
@@ -94,12 +98,17 @@ static rd_kafka_topic_t *mb_kafka_topic(struct mb_backend *be, const char *topic
     rd_kafka_topic_t *rkt = NULL;
     pthread_mutex_lock(&be->topics_mu);
     size_t now = atomic_load_explicit(&be->ntopics, memory_order_relaxed);
-    for (size_t i = n; i < now && !rkt; i++) /* added meanwhile */
-        if (be->topics[i]->len == len && memcmp(be->topics[i]->name, topic, len) == 0)
+    for (size_t i = 0; i < now && !rkt; i++) /* added meanwhile (or a replacement reset it) */
+        if (be->topics[i]->len == len && be->topics[i]->rk == rk &&
+            memcmp(be->topics[i]->name, topic, len) == 0)
             rkt = be->topics[i]->rkt;
-    if (!rkt && now < MB_KAFKA_TOPICS) {
+    /* (the swap to a new producer happens under topics_mu: an rk that is
+     * not current gets no handle, so none outlives its cache slot) */
+    if (!rkt && now < MB_KAFKA_TOPICS && rk == be->producer) {
         struct mb_kafka_topic *t = malloc(sizeof *t + len + 1);
-        if (t && (t->rkt = rd_kafka_topic_new(be->producer, topic, NULL))) {
+        if (t && (t->rkt = rd_kafka_topic_new(rk, topic, NULL))) {
+            t->rk = rk;
+            t->next = NULL;
             t->len = len;
             memcpy(t->name, topic, len + 1);
             be->topics[now] = t;
@@ -122,11 +131,18 @@ static void mb_kafka_topics_release(struct mb_backend *be)
         free(be->topics[i]);
     }
     atomic_store(&be->ntopics, 0);
+    while (be->topics_retired) {
+        struct mb_kafka_topic *t = be->topics_retired;
+        be->topics_retired = t->next;
+        rd_kafka_topic_destroy(t->rkt);
+        free(t);
+    }
 }
 
 /* ---- connection state (docs/kafka.md, "Stats and state") ----------------- */
 
 static void mb_kafka_dr_flush(struct mb_backend *be);
+static rd_kafka_t *mb_kafka_new_producer(struct mb_backend *be);
 
 /* The cluster answered (a delivery succeeded, or a probe's metadata
  * request): UP again after RECONNECTING or DOWN. dr_mu held. */
@@ -151,8 +167,15 @@ void mb_kafka_conn_error(struct mb_backend *be, int err, const char *reason)
         return;
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         atomic_store_explicit(&be->conn, MB_KAFKA_CONN_FATAL, memory_order_relaxed);
-        mb_bus_state(be->bus, MSGBUS_STATE_DOWN, "fatal producer error, every publish now "
-                     "fails (reopen the bus): %s", reason);
+        if (atomic_load(&be->nreplaced) < MB_KAFKA_MAX_REPLACED) {
+            mb_bus_state(be->bus, MSGBUS_STATE_RECONNECTING, "fatal producer error, replacing "
+                         "the producer (its unconfirmed messages fail): %s", reason);
+            atomic_store(&be->fatal_pending, true); /* the poll thread's job */
+        } else {
+            mb_bus_state(be->bus, MSGBUS_STATE_DOWN, "fatal producer error, every publish now "
+                         "fails (the producer was replaced %d times already; reopen the bus): "
+                         "%s", MB_KAFKA_MAX_REPLACED, reason);
+        }
     } else if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
         atomic_store_explicit(&be->conn, MB_KAFKA_CONN_DOWN, memory_order_relaxed);
         mb_bus_state(be->bus, MSGBUS_STATE_DOWN, "all brokers down");
@@ -226,6 +249,8 @@ static void mb_kafka_stats(struct mb_backend *be, json_t *detail)
     json_object_set_new(detail, "outq_len", json_integer(rd_kafka_outq_len(be->producer)));
     json_object_set_new(detail, "topic_handles",
                         json_integer((json_int_t)atomic_load(&be->ntopics)));
+    json_object_set_new(detail, "producers_replaced",
+                        json_integer((json_int_t)atomic_load(&be->nreplaced)));
     char *copy = NULL;
     pthread_mutex_lock(&be->stats_mu);
     if (be->stats_json)
@@ -255,7 +280,6 @@ static void mb_kafka_dr_flush(struct mb_backend *be)
 
 static void mb_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 {
-    (void)rk;
     struct mb_backend *be = opaque;
     struct mb_confirm *token = rkm->_private;
     if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -275,7 +299,19 @@ static void mb_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *
     const char *topic = rkm->rkt ? rd_kafka_topic_name(rkm->rkt)
                         : token     ? mb_confirm_topic(token)
                                     : "?";
-    if (rkm->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
+    msgbus_err_t code = mb_kafka_err(rkm->err);
+    if (rk != be->producer || rkm->err == RD_KAFKA_RESP_ERR__FATAL) {
+        /* The producer hit a fatal error (and is replaced): whatever it
+         * had not confirmed fails, with a code that is not "closed". */
+        char why[400] = "";
+        rd_kafka_fatal_error(rk, why, sizeof why);
+        mb_kafka_scrub_conf(rk, why, sizeof why);
+        code = MSGBUS_ERR_BROKER;
+        snprintf(detail, sizeof detail,
+                 "kafka: not confirmed: the idempotent producer hit a fatal error (%s) and is "
+                 "replaced by a new one; publish the message again (if it was written after "
+                 "all, the inbox absorbs the copy)", why[0] ? why : rd_kafka_err2str(rkm->err));
+    } else if (rkm->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
         rkm->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
         snprintf(detail, sizeof detail,
                  "topic '%s' does not exist and the broker did not create it (automatic topic "
@@ -284,7 +320,7 @@ static void mb_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *
     else
         snprintf(detail, sizeof detail, "kafka: %s (%s)", rd_kafka_err2str(rkm->err),
                  rd_kafka_err2name(rkm->err));
-    mb_bus_confirm(be->bus, token, mb_kafka_err(rkm->err), detail);
+    mb_bus_confirm(be->bus, token, code, detail);
 }
 
 /* Serves the delivery reports already queued, unless another thread is
@@ -312,6 +348,59 @@ static void mb_kafka_serve_now(struct mb_backend *be)
  * MB_KAFKA_NAP_MAX_MS after the broker's answer while publishing goes on,
  * and so do the last reports of a burst, unless a msgbus_flush
  * (mb_kafka_flush wakes this thread) asks for them. */
+/* The poll thread, after error_cb said the producer hit a fatal error:
+ * a new producer takes over, and everything the old one still held is
+ * reported failed (mb_kafka_dr_cb says why). librdkafka's advice for a
+ * fatal error is exactly this: the instance is unusable, make a new one.
+ * The old instance is kept (idle) until close, as a publisher may still
+ * be inside a call on it; that one then gets __FATAL and tries again on
+ * the new producer (mb_kafka_publish). */
+static void mb_kafka_replace(struct mb_backend *be)
+{
+    if (!atomic_exchange(&be->fatal_pending, false))
+        return;
+    rd_kafka_t *old = be->producer;
+    rd_kafka_t *rk = mb_kafka_new_producer(be);
+    if (!rk) {
+        mb_log(MSGBUS_LOG_ERROR, "kafka: cannot replace the producer after its fatal error: "
+                                 "%s; trying again", msgbus_last_error());
+        struct timespec ts = {0, 200 * 1000000};
+        nanosleep(&ts, NULL);
+        atomic_store(&be->fatal_pending, true);
+        return;
+    }
+    pthread_mutex_lock(&be->topics_mu);
+    size_t n = atomic_load(&be->ntopics);
+    for (size_t i = 0; i < n; i++) {
+        be->topics[i]->next = be->topics_retired;
+        be->topics_retired = be->topics[i];
+    }
+    atomic_store(&be->ntopics, 0);
+    be->producer = rk;
+    pthread_mutex_unlock(&be->topics_mu);
+    size_t k = atomic_load(&be->nreplaced);
+    be->replaced[k] = old;
+    atomic_store(&be->nreplaced, k + 1);
+
+    /* Fail what the old one holds: purged messages are reported at once. */
+    pthread_mutex_lock(&be->dr_mu);
+    rd_kafka_purge(old, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    int64_t until = mb_mono_ms() + 2000;
+    do {
+        rd_kafka_poll(old, 10);
+        mb_kafka_dr_flush(be);
+    } while (rd_kafka_outq_len(old) > 0 && mb_mono_ms() < until);
+    int left = rd_kafka_outq_len(old);
+    char why[400] = "";
+    rd_kafka_fatal_error(old, why, sizeof why);
+    mb_kafka_scrub_conf(old, why, sizeof why);
+    atomic_store_explicit(&be->conn, MB_KAFKA_CONN_RECONNECTING, memory_order_relaxed);
+    pthread_mutex_unlock(&be->dr_mu);
+    mb_log(MSGBUS_LOG_WARN, "kafka: replaced the producer after its fatal error (%s); its "
+                            "unconfirmed messages were reported failed%s",
+           why, left ? " (some reports still pending)" : "");
+}
+
 #define MB_KAFKA_NAP_MAX_MS 8
 static void *mb_kafka_poll_main(void *arg)
 {
@@ -321,6 +410,7 @@ static void *mb_kafka_poll_main(void *arg)
     int nap_ms = 1;
     int64_t next_probe = 0;
     while (!atomic_load(&be->stopping)) {
+        mb_kafka_replace(be);
         mb_kafka_probe(be, &next_probe);
         unsigned long now = atomic_load(&be->published);
         pthread_mutex_lock(&be->nap_mu);
@@ -384,20 +474,33 @@ static msgbus_err_t mb_kafka_publish(struct mb_backend *be, const char *topic,
     rd_kafka_headers_t *hdrs = mb_kafka_encode_headers(m);
     if (!hdrs)
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
-    rd_kafka_topic_t *rkt = mb_kafka_topic(be, topic, strlen(topic));
     rd_kafka_resp_err_t err;
-    if (rkt)
-        err = rd_kafka_producev(
-            be->producer, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_VALUE((void *)m->payload, m->len),
-            RD_KAFKA_V_KEY((void *)m->key, m->key_len), RD_KAFKA_V_HEADERS(hdrs),
-            RD_KAFKA_V_TIMESTAMP(m->timestamp), RD_KAFKA_V_OPAQUE(token), RD_KAFKA_V_END);
-    else
-        err = rd_kafka_producev(
-            be->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_VALUE((void *)m->payload, m->len),
-            RD_KAFKA_V_KEY((void *)m->key, m->key_len), RD_KAFKA_V_HEADERS(hdrs),
-            RD_KAFKA_V_TIMESTAMP(m->timestamp), RD_KAFKA_V_OPAQUE(token), RD_KAFKA_V_END);
+    for (int attempt = 0;; attempt++) {
+        rd_kafka_t *rk = be->producer;
+        rd_kafka_topic_t *rkt = mb_kafka_topic(be, rk, topic, strlen(topic));
+        if (rkt)
+            err = rd_kafka_producev(
+                rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                RD_KAFKA_V_VALUE((void *)m->payload, m->len),
+                RD_KAFKA_V_KEY((void *)m->key, m->key_len), RD_KAFKA_V_HEADERS(hdrs),
+                RD_KAFKA_V_TIMESTAMP(m->timestamp), RD_KAFKA_V_OPAQUE(token), RD_KAFKA_V_END);
+        else
+            err = rd_kafka_producev(
+                rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                RD_KAFKA_V_VALUE((void *)m->payload, m->len),
+                RD_KAFKA_V_KEY((void *)m->key, m->key_len), RD_KAFKA_V_HEADERS(hdrs),
+                RD_KAFKA_V_TIMESTAMP(m->timestamp), RD_KAFKA_V_OPAQUE(token), RD_KAFKA_V_END);
+        /* A producer in a fatal state refuses; once the poll thread has
+         * replaced it (within milliseconds), the new one takes the message. */
+        if (err != RD_KAFKA_RESP_ERR__FATAL || attempt == 50 ||
+            atomic_load(&be->nreplaced) == MB_KAFKA_MAX_REPLACED)
+            break;
+        if (rk == be->producer) {
+            mb_kafka_serve_now(be); /* serves the error_cb if nobody did */
+            struct timespec ts = {0, 2 * 1000000};
+            nanosleep(&ts, NULL);
+        }
+    }
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) { /* librdkafka owns hdrs now */
         if ((atomic_fetch_add(&be->published, 1) & (MB_KAFKA_SERVE_EVERY - 1)) == 0)
             mb_kafka_serve_now(be);
@@ -417,6 +520,12 @@ static msgbus_err_t mb_kafka_publish(struct mb_backend *be, const char *topic,
         return mb_error(MSGBUS_ERR_NOT_FOUND,
                         "topic '%s' does not exist and the broker does not create topics "
                         "automatically: create it with msgbus_declare", topic);
+    case RD_KAFKA_RESP_ERR__FATAL:
+        return mb_error(MSGBUS_ERR_BROKER, "kafka: cannot publish to '%s': the producer hit a "
+                        "fatal error and %s", topic,
+                        atomic_load(&be->nreplaced) == MB_KAFKA_MAX_REPLACED
+                            ? "was replaced too often already: reopen the bus"
+                            : "is being replaced: publish again");
     default:
         return mb_error(mb_kafka_err(err), "kafka: cannot publish to '%s': %s", topic,
                         rd_kafka_err2str(err));
@@ -636,6 +745,33 @@ static msgbus_err_t mb_kafka_open_error(const struct mb_backend *be, const char 
                     be->open_last[0] ? "; last error: " : "", be->open_last);
 }
 
+/* A producer for the bus (at open, and to replace one that hit a fatal
+ * error); NULL with the error recorded. */
+static rd_kafka_t *mb_kafka_new_producer(struct mb_backend *be)
+{
+    static const char *const producer_defaults[] = {"enable.idempotence", "true", "acks", "all",
+                                                    NULL};
+    rd_kafka_conf_t *conf = mb_kafka_conf_new(be, RD_KAFKA_PRODUCER, producer_defaults);
+    if (!conf)
+        return NULL;
+    rd_kafka_conf_set_dr_msg_cb(conf, mb_kafka_dr_cb);
+    rd_kafka_conf_set_error_cb(conf, mb_kafka_producer_error_cb);
+    /* Statistics cost (librdkafka builds a JSON of every broker, topic and
+     * partition each interval): only when the user asked for them. */
+    const char *sint = mb_kafka_prop(be, "statistics.interval.ms");
+    if (sint && strtol(sint, NULL, 10) > 0)
+        rd_kafka_conf_set_stats_cb(conf, mb_kafka_stats_cb);
+    rd_kafka_conf_set_opaque(conf, be);
+    char errstr[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (!rk) {
+        mb_kafka_scrub_props(be, errstr, sizeof errstr);
+        rd_kafka_conf_destroy(conf);
+        mb_error(MSGBUS_ERR_CONFIG, "kafka: cannot create the producer: %s", errstr);
+    }
+    return rk;
+}
+
 static msgbus_err_t mb_kafka_open(msgbus_t *bus, struct mb_url *url, struct mb_backend **out)
 {
     struct mb_backend *be = calloc(1, sizeof *be);
@@ -666,28 +802,10 @@ static msgbus_err_t mb_kafka_open(msgbus_t *bus, struct mb_url *url, struct mb_b
         return e;
     }
 
-    static const char *const producer_defaults[] = {"enable.idempotence", "true", "acks", "all",
-                                                    NULL};
-    rd_kafka_conf_t *conf = mb_kafka_conf_new(be, RD_KAFKA_PRODUCER, producer_defaults);
-    if (!conf) {
+    be->producer = mb_kafka_new_producer(be);
+    if (!be->producer) {
         mb_kafka_free(be);
         return MSGBUS_ERR_CONFIG;
-    }
-    rd_kafka_conf_set_dr_msg_cb(conf, mb_kafka_dr_cb);
-    rd_kafka_conf_set_error_cb(conf, mb_kafka_producer_error_cb);
-    /* Statistics cost (librdkafka builds a JSON of every broker, topic and
-     * partition each interval): only when the user asked for them. */
-    const char *sint = mb_kafka_prop(be, "statistics.interval.ms");
-    if (sint && strtol(sint, NULL, 10) > 0)
-        rd_kafka_conf_set_stats_cb(conf, mb_kafka_stats_cb);
-    rd_kafka_conf_set_opaque(conf, be);
-    char errstr[512];
-    be->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (!be->producer) {
-        mb_kafka_scrub_props(be, errstr, sizeof errstr);
-        rd_kafka_conf_destroy(conf);
-        mb_kafka_free(be);
-        return mb_error(MSGBUS_ERR_CONFIG, "kafka: cannot create the producer: %s", errstr);
     }
 
     /* Prove the cluster answers before saying the bus is open: a metadata
@@ -750,6 +868,11 @@ static void mb_kafka_close(struct mb_backend *be)
     rd_kafka_poll(be->producer, 0);
     mb_kafka_dr_flush(be);
     mb_kafka_topics_release(be);
+    for (size_t i = 0; i < atomic_load(&be->nreplaced); i++) {
+        rd_kafka_poll(be->replaced[i], 0); /* (reported when it was replaced) */
+        mb_kafka_dr_flush(be);
+        rd_kafka_destroy(be->replaced[i]);
+    }
     rd_kafka_destroy(be->producer);
     mb_kafka_dr_flush(be); /* destroy may serve the last reports */
     pthread_mutex_unlock(&be->dr_mu);

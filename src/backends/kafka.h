@@ -20,6 +20,7 @@ struct mb_kafka_prop {
 };
 
 #define MB_KAFKA_TOPICS 64
+#define MB_KAFKA_MAX_REPLACED 8
 
 struct mb_kafka_topic; /* kafka.c */
 
@@ -43,7 +44,20 @@ struct mb_backend {
     long close_timeout_ms;    /* the core's close_timeout_ms: bounds each
                                  subscription's close (kafka_consumer.c) */
 
-    rd_kafka_t *producer;     /* also serves metadata and Admin requests */
+    /* The current producer; also serves metadata and Admin requests.
+     * Atomic: replaced (never freed before close) after a fatal error. */
+    rd_kafka_t *_Atomic producer;
+    /* A fatal producer error (librdkafka 2.0.2's idempotent producer can
+     * hit one when a partition leader changes): error_cb sets
+     * fatal_pending, and the poll thread replaces the producer
+     * (mb_kafka_replace): unconfirmed messages of the old one are reported
+     * failed, new publishes go to a new one. The old producers stay (idle)
+     * until close, since a publisher may still be inside a call on one;
+     * after MB_KAFKA_MAX_REPLACED of them the bus stays DOWN. */
+    _Atomic bool fatal_pending;
+    rd_kafka_t *replaced[8];
+    _Atomic size_t nreplaced;
+    struct mb_kafka_topic *topics_retired; /* old producers' topic handles */
     /* While open waits for the cluster (only the opening thread serves the
      * producer's error_cb then): the first error that no retry can cure
      * (failed SASL authentication, failed TLS handshake, a listener that
@@ -106,11 +120,12 @@ struct mb_backend {
 #define MB_KAFKA_CONN_UP 0
 #define MB_KAFKA_CONN_RECONNECTING 1
 #define MB_KAFKA_CONN_DOWN 2
-#define MB_KAFKA_CONN_FATAL 3 /* the producer hit a fatal error: stays DOWN */
+#define MB_KAFKA_CONN_FATAL 3 /* the producer hit a fatal error: being replaced,
+                                 or (past MB_KAFKA_MAX_REPLACED) DOWN for good */
 
 /* The producer's error_cb reports an error (dr_mu held, or while opening):
  * all brokers down → DOWN, a lost connection → RECONNECTING, a fatal error
- * → DOWN for good. `reason` is already scrubbed of secrets. */
+ * → RECONNECTING while the poll thread replaces the producer. `reason` is already scrubbed of secrets. */
 MB_HIDDEN void mb_kafka_conn_error(struct mb_backend *be, int err, const char *reason);
 
 /* Builds a configuration for a handle of `type`: bootstrap servers,
@@ -133,6 +148,8 @@ MB_HIDDEN msgbus_err_t mb_kafka_credentials(struct mb_backend *be, const struct 
 MB_HIDDEN msgbus_err_t mb_kafka_bootstrap(struct mb_backend *be, const struct mb_url *url);
 /* The value of the user's property `key` (after parsing), or NULL. */
 MB_HIDDEN const char *mb_kafka_prop(const struct mb_backend *be, const char *key);
+/* Scrubs the secrets of rk's configuration from text. */
+MB_HIDDEN void mb_kafka_scrub_conf(const rd_kafka_t *rk, char *text, size_t cap);
 /* The replication factor and min.insync.replicas (0: the broker's default)
  * of a topic msgbus creates, from the options (0 = auto) and the number of
  * brokers alive: min(3, brokers) copies, and 2 in sync when there are 3 or

@@ -110,7 +110,7 @@ void mb_kafka_scrub_props(const struct mb_backend *be, char *text, size_t cap)
 }
 
 /* Scrubs the secrets of rk's configuration from text. */
-static void mb_kafka_scrub_conf(const rd_kafka_t *rk, char *text, size_t cap)
+void mb_kafka_scrub_conf(const rd_kafka_t *rk, char *text, size_t cap)
 {
     const rd_kafka_conf_t *conf = rd_kafka_conf((rd_kafka_t *)rk);
     if (!conf)

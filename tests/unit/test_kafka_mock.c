@@ -20,6 +20,7 @@
 
 #include "testutil.h"
 #include "backends/kafka.h"
+#include "core/bus.h"
 
 /* A mock cluster lives inside a librdkafka handle of its own. */
 struct mock {
@@ -672,6 +673,91 @@ START_TEST(sub_close_is_bounded_with_slow_brokers)
 }
 END_TEST
 
+/* librdkafka 2.0.2's idempotent producer can hit a fatal error when a
+ * partition leader changes (a broker of a cluster dies): msgbus then
+ * replaces the producer. What it held unconfirmed is reported failed
+ * (MSGBUS_ERR_BROKER, saying so), and publishing goes on on the new one. */
+struct fatal_states {
+    int reconnecting, up;
+    char reason[512];
+};
+
+static void on_fatal_state(void *opaque, const msgbus_state_event_t *ev)
+{
+    struct fatal_states *fs = opaque;
+    if (ev->topic)
+        return;
+    printf("state: %s -> %s (%s)\n", msgbus_state_name(ev->previous),
+           msgbus_state_name(ev->state), ev->reason);
+    if (ev->state == MSGBUS_STATE_RECONNECTING && strstr(ev->reason, "fatal producer error")) {
+        fs->reconnecting++;
+        snprintf(fs->reason, sizeof fs->reason, "%s", ev->reason);
+    }
+    if (ev->state == MSGBUS_STATE_UP && fs->reconnecting)
+        fs->up++;
+}
+
+START_TEST(fatal_producer_error_replaces_the_producer)
+{
+    enum { N = 20, HELD = 5 };
+    struct mock mk;
+    mock_start(&mk, "");
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    struct fatal_states fs = {0};
+    tu_ck_ok(msgbus_set_state_cb(bus, on_fatal_state, &fs));
+    struct tu_reports before = {0}, held = {0}, after = {0};
+    for (int i = 0; i < N; i++)
+        publish(bus, "t1", 16, &before);
+    tu_ck_ok(msgbus_flush(bus, 10000, NULL));
+    ck_assert_int_eq(before.ok, N);
+
+    /* Messages in flight (the broker answers in 3 s) when the error comes. */
+    rd_kafka_mock_broker_set_rtt(mk.mc, 1, 3000);
+    for (int i = 0; i < HELD; i++)
+        publish(bus, "t1", 16, &held);
+    struct timespec ts = {0, 200 * 1000000};
+    nanosleep(&ts, NULL);
+    rd_kafka_t *old = bus->be->producer;
+    ck_assert_int_eq(rd_kafka_test_fatal_error(old, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                               "test: sequence desynchronization"),
+                     RD_KAFKA_RESP_ERR_NO_ERROR);
+    int64_t t0 = tu_now_ms();
+    while (held.ok + held.failed < HELD && tu_now_ms() - t0 < 10000)
+        msgbus_poll(bus, 50, NULL);
+    printf("held: ok=%d failed=%d after %lld ms: %s: %s\n", held.ok, held.failed,
+           (long long)(tu_now_ms() - t0), msgbus_err_name(held.status), held.error);
+    ck_assert_int_eq(held.failed, HELD);
+    ck_assert_int_eq(held.status, MSGBUS_ERR_BROKER);
+    ck_assert_msg(strstr(held.error, "fatal error") && strstr(held.error, "publish the message "
+                                                                          "again"),
+                  "%s", held.error);
+    ck_assert_msg(strstr(held.error, "sequence desynchronization"), "%s", held.error);
+    ck_assert_ptr_ne(bus->be->producer, old);
+    /* (flush says what failed since the last one) */
+    tu_ck_err(msgbus_flush(bus, 10000, NULL), MSGBUS_ERR_DELIVERY);
+
+    /* The new producer takes over. */
+    rd_kafka_mock_broker_set_rtt(mk.mc, 1, 0);
+    for (int i = 0; i < N; i++)
+        publish(bus, "t1", 16, &after);
+    tu_ck_ok(msgbus_flush(bus, 10000, NULL));
+    ck_assert_int_eq(after.ok, N);
+    t0 = tu_now_ms();
+    while (!fs.up && tu_now_ms() - t0 < 5000)
+        msgbus_poll(bus, 50, NULL);
+    ck_assert_int_eq(fs.reconnecting, 1);
+    ck_assert_int_ge(fs.up, 1);
+    ck_assert_msg(strstr(fs.reason, "replacing the producer"), "%s", fs.reason);
+    ck_assert_int_eq(msgbus_state(bus, NULL, 0), MSGBUS_STATE_UP);
+    json_t *st = tu_stats(bus);
+    ck_assert_int_eq(tu_json_int(st, "detail.producers_replaced"), 1);
+    json_decref(st);
+    msgbus_close(bus);
+    mock_stop(&mk);
+}
+END_TEST
+
 /* Topics msgbus creates get one copy per broker, up to 3, and then need
  * 2 in sync, unless the URL says otherwise; an impossible
  * min.insync.replicas is refused. (The sizing rule alone: the mock
@@ -732,6 +818,7 @@ static Suite *kafka_mock_suite(void)
     tcase_add_test(tc, credentials_mean_sasl);
     tcase_add_test(tc, secrets_never_leave_msgbus);
     tcase_add_test(tc, topics_are_sized_to_the_cluster);
+    tcase_add_test(tc, fatal_producer_error_replaces_the_producer);
     suite_add_tcase(s, tc);
     /* Timeouts far above the bound, so that an overrun is measured and
      * reported, not cut short. */
