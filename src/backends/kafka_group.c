@@ -181,7 +181,20 @@ static msgbus_err_t mb_kafka_uncommitted(rd_kafka_t *rk, const char *topic, cons
         if (parts->elems[i].offset >= 0)
             continue;
         int64_t hi;
-        err = mb_kafka_end_offset(rk, topic, parts->elems[i].partition, timeout, NULL, &hi);
+        /* A topic made a moment ago on a cluster: the broker this consumer
+         * asks may not know the partition yet (or its leader moves). */
+        int64_t until = mb_mono_ms() + timeout;
+        for (;;) {
+            err = mb_kafka_end_offset(rk, topic, parts->elems[i].partition, timeout, NULL, &hi);
+            if ((err != RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION &&
+                 err != RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC &&
+                 err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART &&
+                 err != RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION &&
+                 err != RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE) ||
+                mb_mono_ms() >= until)
+                break;
+            mb_kafka_nap();
+        }
         if (err)
             return mb_error(mb_kafka_err(err), "kafka: declare '%s' group '%s': end offset of "
                             "partition %d: %s", topic, group, (int)parts->elems[i].partition,
@@ -204,7 +217,10 @@ static msgbus_err_t mb_kafka_uncommitted(rd_kafka_t *rk, const char *topic, cons
 msgbus_err_t mb_kafka_declare_group(struct mb_backend *be, const char *topic, const char *group)
 {
     int n = 0;
-    msgbus_err_t e = mb_kafka_topic_partitions(be, be->producer, topic, false, &n);
+    /* Declare made the topic a moment ago (mb_kafka_ensure_topic): on a
+     * cluster, the broker asked now may not know it yet, so "unknown" is
+     * waited out (connect_timeout_ms), not an answer. */
+    msgbus_err_t e = mb_kafka_topic_partitions(be, be->producer, topic, true, &n);
     if (e)
         return e;
     rd_kafka_t *rk = mb_kafka_consumer_new(be, group, NULL, NULL, NULL, NULL);
