@@ -124,8 +124,10 @@ static void mb_amqp_complete(struct mb_backend *be, struct mb_amqp_out *o, bool 
     }
     if (!acked) {
         mb_bus_confirm(be->bus, o->token, MSGBUS_ERR_BROKER,
-                       "the broker refused the message (basic.nack): an internal error or a "
-                       "queue limit with x-overflow=reject-publish");
+                       "the broker refused the message (basic.nack): a quorum queue with no "
+                       "leader for the moment (a cluster node just went down: publish it "
+                       "again), a queue limit with x-overflow=reject-publish, or an internal "
+                       "error");
     } else if (o->unroutable && !be->conf.unroutable_ok) {
         char d[MB_AMQP_DETAIL];
         snprintf(d, sizeof d, "unroutable: no queue bound to topic '%s' (%s); declare a group "
