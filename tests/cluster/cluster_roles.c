@@ -27,6 +27,7 @@ struct publisher {
     int *done; /* confirmed, not yet recorded */
     int ndone;
     long confirmed, failures;
+    long replaced; /* producer replacements recorded, on this bus */
 };
 
 /* True when the bus is DOWN for good with a fatal (Kafka idempotent)
@@ -34,6 +35,35 @@ struct publisher {
 static bool fatal_down(msgbus_t *bus, char *reason, size_t size)
 {
     return msgbus_state(bus, reason, size) == MSGBUS_STATE_DOWN && strstr(reason, "fatal") != NULL;
+}
+
+/* How many producers the bus replaced after a fatal error (Kafka's
+ * detail.producers_replaced; 0 where there is no such figure). */
+static long producers_replaced(msgbus_t *bus)
+{
+    char *json = NULL;
+    long n = 0;
+    if (msgbus_stats_json(bus, &json) != MSGBUS_OK)
+        return 0;
+    const char *p = strstr(json, "\"producers_replaced\"");
+    if (p) {
+        p += strlen("\"producers_replaced\"");
+        while (*p == ':' || *p == ' ')
+            p++;
+        n = strtol(p, NULL, 10);
+    }
+    msgbus_stats_free(json);
+    return n;
+}
+
+/* Records producer replacements not recorded yet (*seen: those that were). */
+static void record_replaced(msgbus_t *bus, PGconn *pg, const char *run, const char *who, long *seen)
+{
+    long n = producers_replaced(bus);
+    for (; *seen < n; (*seen)++) {
+        fprintf(stderr, "%s: msgbus replaced its producer after a fatal error\n", who);
+        pg_exec(pg, "INSERT INTO %s_events(who, what) VALUES ('%s', 'producer_replaced')", run, who);
+    }
 }
 
 /* Records that a child had to reopen its bus, for the CLUSTER line. */
@@ -82,6 +112,8 @@ static void pub_send(struct publisher *p, int i)
             /* The documented recipe: messages still in flight are
              * reported failed by the close (and go again), then a new bus. */
             record_reopen(p->pg, p->run, "publisher", reason);
+            record_replaced(p->bus, p->pg, p->run, "publisher", &p->replaced);
+            p->replaced = 0;
             msgbus_close(p->bus);
             if (msgbus_open(&p->bus, p->url, NULL) != MSGBUS_OK)
                 die("publisher: reopen: %s", msgbus_last_error());
@@ -125,7 +157,7 @@ int publisher_main(const char *url, const char *topic, const char *run, int n, i
     p.todo = calloc((size_t)n, sizeof *p.todo);
     p.done = calloc((size_t)n, sizeof *p.done);
     int *retry = calloc((size_t)n, sizeof *retry);
-    int64_t t0 = now_us(), last_record = t0, last_retry = t0;
+    int64_t t0 = now_us(), last_record = t0, last_retry = t0, last_stats = t0;
     int next = 0;
     while (p.confirmed < n && !g_stop) {
         int64_t now = now_us();
@@ -149,11 +181,16 @@ int publisher_main(const char *url, const char *topic, const char *run, int n, i
             pub_record(&p, pg, run);
             last_record = now;
         }
+        if (now - last_stats > 1000000) {
+            record_replaced(p.bus, pg, run, "publisher", &p.replaced);
+            last_stats = now;
+        }
         if (next == n && now - t0 > (int64_t)(seconds + 300) * 1000000)
             die("publisher: %ld of %d messages confirmed 300 s after the last was published",
                 p.confirmed, n);
     }
     pub_record(&p, pg, run);
+    record_replaced(p.bus, pg, run, "publisher", &p.replaced);
     long retried = 0;
     for (int i = 0; i < n; i++)
         retried += p.retried[i];
@@ -227,13 +264,18 @@ int relay_main(const char *url, const char *run)
     if (msgbus_outbox_relay_start(ob, bus, &o) != MSGBUS_OK)
         die("relay: start: %s", msgbus_last_error());
     char reason[1024];
-    while (!g_stop) {
+    long replaced = 0;
+    for (int tick = 0; !g_stop; tick++) {
         usleep(50000);
+        if (tick % 20 == 0)
+            record_replaced(bus, pg, run, "relay", &replaced);
         if (fatal_down(bus, reason, sizeof reason)) {
             /* Rows published on the dead bus and not confirmed stay
              * pending: the new bus publishes them again (same ids). */
             record_reopen(pg, run, "relay", reason);
             msgbus_outbox_relay_stop(ob);
+            record_replaced(bus, pg, run, "relay", &replaced);
+            replaced = 0;
             msgbus_close(bus);
             if (msgbus_open(&bus, url, NULL) != MSGBUS_OK ||
                 msgbus_outbox_relay_start(ob, bus, &o) != MSGBUS_OK)
