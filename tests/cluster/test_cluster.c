@@ -51,6 +51,45 @@ static char g_exe[4096];
  * restarts it, so that the next test finds the whole cluster. */
 static char g_down_node[16];
 
+/* What the run created, removed on every way out (after the children are
+ * gone): its tables, and its topic or its queue and exchange. */
+static struct {
+    bool kafka;
+    char run[40], topic[64], group[16];
+    struct cluster_url u;
+    int declared_through; /* the host index the queue was declared through */
+} g_made;
+
+static void remove_made(void)
+{
+    if (!g_made.run[0])
+        return;
+    PGconn *pg = PQconnectdb(getenv("MSGBUS_TEST_PG_URL"));
+    if (PQstatus(pg) == CONNECTION_OK) {
+        for (const char *t = "effects confirmed written events outbox inbox"; *t;) {
+            size_t l = strcspn(t, " ");
+            char sql[256];
+            snprintf(sql, sizeof sql, "DROP TABLE IF EXISTS %s_%.*s", g_made.run, (int)l, t);
+            PQclear(PQexec(pg, sql));
+            t += l + (t[l] == ' ');
+        }
+    } else {
+        fprintf(stderr, "dropping the tables of %s: %s", g_made.run, PQerrorMessage(pg));
+    }
+    PQfinish(pg);
+    if (g_made.topic[0]) {
+#ifdef CLUSTER_WITH_KAFKA
+        if (g_made.kafka)
+            delete_topic(&g_made.u, g_made.topic);
+#endif
+#ifdef CLUSTER_WITH_AMQP
+        if (!g_made.kafka)
+            delete_queue(&g_made.u, g_made.declared_through, g_made.topic, g_made.group);
+#endif
+    }
+    g_made.run[0] = 0;
+}
+
 static void restore_node(void)
 {
     if (!g_down_node[0])
@@ -250,6 +289,10 @@ static int orchestrate(const char *kind, bool smoke)
     fprintf(stderr, "run %s: %s, %d messages (%d direct, %d outbox) over ~%d s, topic %s%s\n", run,
             kind, total, ndirect, noutbox, seconds, topic, smoke ? ", SMOKE: no node faults" : "");
 
+    g_made.kafka = kafka;
+    g_made.u = u;
+    snprintf(g_made.run, sizeof g_made.run, "%s", run);
+    snprintf(g_made.group, sizeof g_made.group, "%s", group);
     PGconn *pg = pg_connect();
     pg_exec(pg, "SET client_min_messages = warning");
     pg_exec(pg, "CREATE TABLE %s_effects (serial bigserial PRIMARY KEY, id text NOT NULL, source char(1) "
@@ -280,6 +323,8 @@ static int orchestrate(const char *kind, bool smoke)
     msgbus_t *bus = NULL;
     if (msgbus_open(&bus, url_other, NULL) != MSGBUS_OK)
         die("open: %s", msgbus_last_error());
+    snprintf(g_made.topic, sizeof g_made.topic, "%s", topic); /* from here on it may exist */
+    g_made.declared_through = other;
     /* On a fresh Kafka cluster topic a declare has been seen to fail right
      * after creating the topic (a broker not knowing it yet): said out
      * loud, and tried again. */
@@ -500,20 +545,7 @@ static int orchestrate(const char *kind, bool smoke)
                 (int)lost, (int)dup, (int)stray, (int)order, kafka ? "" : " (counted only)",
                 (int)confirmed, ndirect, (int)written, noutbox, rc_members);
 
-    for (const char *t = "effects confirmed written events outbox inbox"; *t;) {
-        size_t l = strcspn(t, " ");
-        pg_exec(pg, "DROP TABLE IF EXISTS %s_%.*s", run, (int)l, t);
-        t += l + (t[l] == ' ');
-    }
     PQfinish(pg);
-#ifdef CLUSTER_WITH_KAFKA
-    if (kafka)
-        delete_topic(&u, topic);
-#endif
-#ifdef CLUSTER_WITH_AMQP
-    if (!kafka)
-        delete_queue(&u, other, topic, group);
-#endif
     return ok ? 0 : 1;
 }
 
@@ -533,7 +565,10 @@ int main(int argc, char **argv)
         if (strcmp(argv[1], "amqp") == 0)
             die("built without AMQP");
 #endif
-        atexit(restore_node); /* runs after kill_children */
+        /* In reverse: children killed, a killed node restarted, what the
+         * run made removed. */
+        atexit(remove_made);
+        atexit(restore_node);
         atexit(kill_children);
         signal(SIGTERM, on_fatal_signal);
         signal(SIGINT, on_fatal_signal);
