@@ -456,6 +456,24 @@ static int orchestrate(const char *kind, bool smoke)
                     }
                 } else {
                     snprintf(x->node, sizeof x->node, "%s", conn_name);
+                    /* Where leadership went after fault 1: when it moved to
+                     * this node, fault 2 is a leader's loss too. */
+                    char now_leader[16] = "?";
+                    if (!kafka) {
+                        char q[160];
+                        snprintf(q, sizeof q, "%s.%s", topic, group);
+                        cluster_node(now_leader, sizeof now_leader, "leader rabbitmq %s%s", q, "");
+                    }
+#ifdef CLUSTER_WITH_KAFKA
+                    if (kafka) {
+                        char ps[16];
+                        snprintf(ps, sizeof ps, "%d", predicted_busiest_partition(&u, topic));
+                        cluster_node(now_leader, sizeof now_leader, "leader kafka %s %s", topic, ps);
+                    }
+#endif
+                    fprintf(stderr, "%s: the busiest partition's / the queue's leader is now %s%s\n",
+                            x->name, now_leader,
+                            strcmp(now_leader, x->node) == 0 ? ": this fault kills a leader too" : "");
                 }
                 cluster_cmd(NULL, 0, "kill %s", x->node);
                 x->kill_us = now_us();
