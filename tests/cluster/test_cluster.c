@@ -22,9 +22,11 @@
  *   <run>_confirmed  direct messages whose confirm arrived (retried: the
  *                    publisher had to publish it again after a failure)
  *   <run>_written    outbox messages, written in the outbox row's transaction
+ *   <run>_events     producers msgbus replaced, buses a child reopened
  *   <run>_outbox, <run>_inbox   msgbus's own tables
- * All are dropped at the end; so are the topic (Kafka) or the queue and
- * exchange (RabbitMQ).
+ * All are dropped on every way out, failures included; so are the topic
+ * (Kafka) or the queue and exchange (RabbitMQ). A node the run killed and
+ * had not restarted yet when it failed is restarted.
  *
  * Environment: MSGBUS_TEST_{KAFKA,AMQP}_CLUSTER_URL and MSGBUS_TEST_PG_URL
  * (missing: FAIL); MSGBUS_CLUSTER_MESSAGES (default 50000) and
