@@ -462,6 +462,31 @@ static msgbus_err_t mb_kafka_flush(struct mb_backend *be, int timeout_ms)
     return MSGBUS_OK;
 }
 
+/* Whether a metadata request for `topic` on rk says it exists (up to 3
+ * requests, 100 ms apart: each may reach another broker). The answer also
+ * updates rk's view of the topic. */
+static bool mb_kafka_topic_seen(struct mb_backend *be, rd_kafka_t *rk, const char *topic)
+{
+    (void)be;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+    if (!rkt)
+        return false;
+    bool seen = false;
+    for (int i = 0; i < 3 && !seen; i++) {
+        if (i) {
+            struct timespec ts = {0, 100 * 1000000};
+            nanosleep(&ts, NULL);
+        }
+        const struct rd_kafka_metadata *md = NULL;
+        if (rd_kafka_metadata(rk, 0, rkt, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            seen = md->topic_cnt == 1 && !md->topics[0].err && md->topics[0].partition_cnt > 0;
+            rd_kafka_metadata_destroy(md);
+        }
+    }
+    rd_kafka_topic_destroy(rkt);
+    return seen;
+}
+
 static msgbus_err_t mb_kafka_publish(struct mb_backend *be, const char *topic,
                                      const msgbus_msg_t *m, struct mb_confirm *token)
 {
@@ -475,6 +500,7 @@ static msgbus_err_t mb_kafka_publish(struct mb_backend *be, const char *topic,
     if (!hdrs)
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
     rd_kafka_resp_err_t err;
+    bool refreshed = false;
     for (int attempt = 0;; attempt++) {
         rd_kafka_t *rk = be->producer;
         rd_kafka_topic_t *rkt = mb_kafka_topic(be, rk, topic, strlen(topic));
@@ -490,6 +516,15 @@ static msgbus_err_t mb_kafka_publish(struct mb_backend *be, const char *topic,
                 RD_KAFKA_V_VALUE((void *)m->payload, m->len),
                 RD_KAFKA_V_KEY((void *)m->key, m->key_len), RD_KAFKA_V_HEADERS(hdrs),
                 RD_KAFKA_V_TIMESTAMP(m->timestamp), RD_KAFKA_V_OPAQUE(token), RD_KAFKA_V_END);
+        /* "Unknown topic" from librdkafka's cache: on a cluster that can be
+         * a broker that had not heard of a new topic yet. Ask again
+         * (twice at most, on this one error path) before believing it. */
+        if (err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC && !refreshed) {
+            refreshed = true;
+            if (mb_kafka_topic_seen(be, rk, topic))
+                continue;
+            break;
+        }
         /* A producer in a fatal state refuses; once the poll thread has
          * replaced it (within milliseconds), the new one takes the message. */
         if (err != RD_KAFKA_RESP_ERR__FATAL || attempt == 50 ||
@@ -597,44 +632,117 @@ msgbus_err_t mb_kafka_topic_partitions(struct mb_backend *be, rd_kafka_t *rk, co
  * now, so a topic created while a node of a 3-node cluster is down gets 2
  * copies (docs/kafka.md says so; name replication_factor=3 to be refused
  * instead). */
-static msgbus_err_t mb_kafka_topic_sizing(struct mb_backend *be, rd_kafka_t *rk, long *rf,
-                                          long *min_isr)
+/* Whether the broker at `hostport` alone knows `topic` with a leader for
+ * every partition. A handle of its own whose only known broker is that
+ * one: its first metadata request can go nowhere else. */
+static bool mb_kafka_broker_knows(struct mb_backend *be, const char *hostport, const char *topic,
+                                  int timeout_ms)
 {
-    long brokers = 0;
-    if (be->replication_factor == 0) {
-        const struct rd_kafka_metadata *md = NULL;
-        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, NULL, &md, (int)be->connect_timeout_ms);
-        if (err)
-            return mb_error(mb_kafka_err(err), "kafka: asking the cluster's size to create a "
-                            "topic: %s", rd_kafka_err2str(err));
-        brokers = md->broker_cnt;
+    rd_kafka_conf_t *conf = mb_kafka_conf_new(be, RD_KAFKA_CONSUMER, NULL);
+    if (!conf)
+        return false;
+    char errstr[256];
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", hostport, errstr, sizeof errstr) !=
+        RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        return false;
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        return false;
+    }
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+    bool ok = false;
+    const struct rd_kafka_metadata *md = NULL;
+    if (rkt && rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        ok = md->topic_cnt == 1 && !md->topics[0].err && md->topics[0].partition_cnt > 0;
+        for (int i = 0; ok && i < md->topics[0].partition_cnt; i++)
+            ok = md->topics[0].partitions[i].leader >= 0 && !md->topics[0].partitions[i].err;
         rd_kafka_metadata_destroy(md);
     }
-    return mb_kafka_topic_size(brokers, be->replication_factor, be->min_insync_replicas, rf,
-                               min_isr);
+    if (rkt)
+        rd_kafka_topic_destroy(rkt);
+    rd_kafka_destroy(rk);
+    return ok;
 }
 
+/* A topic just created: returns when every broker of the cluster knows it
+ * (connect_timeout_ms at most; then it goes on, and the waits that follow
+ * say what is missing). Brokers learn a new topic one after another (on
+ * this project's 3-node cluster up to ~0.6 s apart); a client that asks a
+ * late one meanwhile is told "unknown topic", and librdkafka 2.0.2 then
+ * fails publishes to a topic it had already seen, or a consumer group's
+ * leader assigns nobody any partition until its next metadata refresh
+ * (minutes). Asking each broker itself is the only way to know. */
+static void mb_kafka_wait_everywhere(struct mb_backend *be, const struct rd_kafka_metadata *md,
+                                     const char *topic)
+{
+    if (md->broker_cnt < 2)
+        return;
+    int64_t deadline = mb_mono_ms() + be->connect_timeout_ms;
+    for (int i = 0; i < md->broker_cnt; i++) {
+        char hp[300];
+        snprintf(hp, sizeof hp, "%s:%d", md->brokers[i].host, md->brokers[i].port);
+        for (;;) {
+            int64_t left = deadline - mb_mono_ms();
+            if (left <= 0) {
+                mb_log(MSGBUS_LOG_WARN, "kafka: topic '%s' created, but broker %d (%s) does "
+                       "not know it after %ld ms", topic, (int)md->brokers[i].id, hp,
+                       be->connect_timeout_ms);
+                return;
+            }
+            if (mb_kafka_broker_knows(be, hp, topic, (int)(left < 2000 ? left : 2000)))
+                break;
+            struct timespec ts = {0, 50 * 1000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+/* Creates `topic` (already there is fine), sized to the cluster, and when
+ * it made it, returns once every broker knows it (mb_kafka_wait_everywhere).
+ * The producer does not ask about the topic here: librdkafka 2.0.2 gives a
+ * topic it once saw no grace when a late broker says "unknown", and then
+ * fails publishes to it (a topic it has never seen gets
+ * topic.metadata.propagation.max.ms); callers that need the partitions ask
+ * on a consumer handle of their own (mb_kafka_topic_partitions). */
 msgbus_err_t mb_kafka_ensure_topic(struct mb_backend *be, const char *topic)
 {
     char errstr[512];
     rd_kafka_t *rk = be->producer;
+    /* The brokers: how many (the replication factor's `auto`), and where
+     * (mb_kafka_wait_everywhere). */
+    const struct rd_kafka_metadata *cluster = NULL;
+    rd_kafka_resp_err_t merr = rd_kafka_metadata(rk, 0, NULL, &cluster,
+                                                 (int)be->connect_timeout_ms);
+    if (merr)
+        return mb_error(mb_kafka_err(merr), "kafka: asking the cluster's brokers to create "
+                        "topic '%s': %s", topic, rd_kafka_err2str(merr));
     long rf = 0, min_isr = 0;
-    msgbus_err_t se = mb_kafka_topic_sizing(be, rk, &rf, &min_isr);
-    if (se)
+    msgbus_err_t se = mb_kafka_topic_size(cluster->broker_cnt, be->replication_factor,
+                                          be->min_insync_replicas, &rf, &min_isr);
+    if (se) {
+        rd_kafka_metadata_destroy(cluster);
         return se;
+    }
     rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, (int)be->partitions, (int)rf, errstr,
                                                     sizeof errstr);
-    if (!nt)
+    if (!nt) {
+        rd_kafka_metadata_destroy(cluster);
         return mb_error(MSGBUS_ERR_INVALID, "kafka: cannot create topic '%s': %s", topic, errstr);
+    }
     if (min_isr > 0) {
         char v[24];
         snprintf(v, sizeof v, "%ld", min_isr);
         if (rd_kafka_NewTopic_set_config(nt, "min.insync.replicas", v)) {
             rd_kafka_NewTopic_destroy(nt);
+            rd_kafka_metadata_destroy(cluster);
             return mb_error(MSGBUS_ERR_NOMEM, "kafka: cannot create topic '%s': out of memory",
                             topic);
         }
     }
+    bool created = false;
     rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
     rd_kafka_AdminOptions_set_request_timeout(ao, (int)be->connect_timeout_ms, errstr,
                                               sizeof errstr);
@@ -658,6 +766,7 @@ msgbus_err_t mb_kafka_ensure_topic(struct mb_backend *be, const char *topic)
             rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &cnt);
         rd_kafka_resp_err_t terr = cnt ? rd_kafka_topic_result_error(res[0])
                                        : RD_KAFKA_RESP_ERR_NO_ERROR;
+        created = terr == RD_KAFKA_RESP_ERR_NO_ERROR;
         if (terr && terr != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
             const char *s = rd_kafka_topic_result_error_string(res[0]);
             e = mb_error(mb_kafka_err(terr), "kafka: creating topic '%s' (%ld partitions, "
@@ -670,18 +779,28 @@ msgbus_err_t mb_kafka_ensure_topic(struct mb_backend *be, const char *topic)
     rd_kafka_queue_destroy(q);
     rd_kafka_AdminOptions_destroy(ao);
     rd_kafka_NewTopic_destroy(nt);
-    if (e)
-        return e;
-    int n;
-    return mb_kafka_topic_partitions(be, be->producer, topic, true, &n);
+    if (!e && created)
+        mb_kafka_wait_everywhere(be, cluster, topic);
+    rd_kafka_metadata_destroy(cluster);
+    return e;
 }
 
 static msgbus_err_t mb_kafka_declare(struct mb_backend *be, const char *topic, const char *group)
 {
     msgbus_err_t e = mb_kafka_ensure_topic(be, topic);
-    if (e || !group)
+    if (e)
         return e;
-    return mb_kafka_declare_group(be, topic, group);
+    if (group)
+        return mb_kafka_declare_group(be, topic, group);
+    /* Declare returns once the topic is there: asked on a handle of its
+     * own (see mb_kafka_ensure_topic: not the producer). */
+    rd_kafka_t *rk = mb_kafka_consumer_new(be, "msgbus-declare", NULL, NULL, NULL, NULL);
+    if (!rk)
+        return MSGBUS_ERR_CONFIG;
+    int n;
+    e = mb_kafka_topic_partitions(be, rk, topic, true, &n);
+    rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    return e;
 }
 
 /* ---- lifecycle -------------------------------------------------------- */

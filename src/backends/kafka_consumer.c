@@ -1036,13 +1036,18 @@ msgbus_err_t mb_kafka_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
         mb_kafka_sub_free(bs);
         return MSGBUS_ERR_CONFIG;
     }
-    if (!be->create_topics) {
-        int n;
-        if ((e = mb_kafka_topic_partitions(be, bs->rk, topic, false, &n)) != MSGBUS_OK) {
-            mb_kafka_consumer_destroy(bs->rk);
-            mb_kafka_sub_free(bs);
-            return e;
-        }
+    /* The consumer's own view of the topic first. Without create_topics,
+     * a missing topic is an error now. With it, the topic may be a moment
+     * old: on a cluster the broker this consumer asks may not know it yet,
+     * and a subscription that starts with "Subscribed topic not
+     * available" waits for librdkafka's next metadata refresh (minutes),
+     * so wait here until the consumer sees it (connect_timeout_ms). */
+    int nparts;
+    if ((e = mb_kafka_topic_partitions(be, bs->rk, topic, be->create_topics, &nparts)) !=
+        MSGBUS_OK) {
+        mb_kafka_consumer_destroy(bs->rk);
+        mb_kafka_sub_free(bs);
+        return e;
     }
     rd_kafka_poll_set_consumer(bs->rk);
     rd_kafka_topic_partition_list_t *tl = rd_kafka_topic_partition_list_new(1);

@@ -217,15 +217,17 @@ static msgbus_err_t mb_kafka_uncommitted(rd_kafka_t *rk, const char *topic, cons
 msgbus_err_t mb_kafka_declare_group(struct mb_backend *be, const char *topic, const char *group)
 {
     int n = 0;
-    /* Declare made the topic a moment ago (mb_kafka_ensure_topic): on a
-     * cluster, the broker asked now may not know it yet, so "unknown" is
-     * waited out (connect_timeout_ms), not an answer. */
-    msgbus_err_t e = mb_kafka_topic_partitions(be, be->producer, topic, true, &n);
-    if (e)
-        return e;
     rd_kafka_t *rk = mb_kafka_consumer_new(be, group, NULL, NULL, NULL, NULL);
     if (!rk)
         return MSGBUS_ERR_CONFIG;
+    /* Declare made the topic a moment ago (mb_kafka_ensure_topic): on a
+     * cluster, the broker asked now may not know it yet, so "unknown" is
+     * waited out (connect_timeout_ms), not an answer. */
+    msgbus_err_t e = mb_kafka_topic_partitions(be, rk, topic, true, &n);
+    if (e) {
+        rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+        return e;
+    }
     int timeout = (int)be->connect_timeout_ms;
     int64_t deadline = mb_mono_ms() + timeout;
     rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(n);

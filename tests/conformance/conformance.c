@@ -729,6 +729,9 @@ int main(int argc, char **argv)
     /* A failing check ends the test's process at once: line-buffer stdout
      * so the counts it printed are not lost with it. */
     setvbuf(stdout, NULL, _IOLBF, 0);
+    /* CF_DEBUG=1: msgbus's debug lines (with the URL's debug=… librdkafka's) on stderr. */
+    if (getenv("CF_DEBUG"))
+        msgbus_set_log(NULL, NULL, MSGBUS_LOG_DEBUG);
     if (cf_is("mem")) {
         snprintf(cf_url, sizeof cf_url, "mem://conformance-%d", (int)getpid());
     } else if (cf_is("kafka")) {
