@@ -322,6 +322,10 @@ struct mb_backend {
  * instead of staying DOWN until the next connection loss. */
 MB_HIDDEN void mb_amqp_resub_later(struct mb_backend *be, struct mb_backend_sub *bs,
                                    const char *why);
+/* (Re)establishes bs on the live connection: UP "resubscribed", or again
+ * later with backoff. false when the connection was lost meanwhile
+ * (mb_amqp_conn_lost has run: the caller stops). */
+MB_HIDDEN bool mb_amqp_resubscribe(struct mb_backend *be, struct mb_backend_sub *bs);
 /* Re-subscribes those whose time has come (I/O thread, connected). */
 MB_HIDDEN void mb_amqp_resub_due(struct mb_backend *be);
 

@@ -183,17 +183,25 @@ void mb_amqp_resub_due(struct mb_backend *be)
                 return;
             }
         }
-        if (mb_amqp_sub_establish(be, bs, detail, sizeof detail, &lost) != MSGBUS_OK) {
-            if (lost) {
-                mb_amqp_conn_lost(be, detail);
-                return;
-            }
-            mb_amqp_resub_later(be, bs, detail);
-        } else {
-            mb_log(MSGBUS_LOG_WARN, "amqp: consuming from queue '%s' again", bs->queue);
-            mb_sub_state(bs->sub, MSGBUS_STATE_UP, "resubscribed");
-        }
+        if (!mb_amqp_resubscribe(be, bs))
+            return;
     }
+}
+
+bool mb_amqp_resubscribe(struct mb_backend *be, struct mb_backend_sub *bs)
+{
+    char detail[MB_AMQP_DETAIL];
+    bool lost = false;
+    if (mb_amqp_sub_establish(be, bs, detail, sizeof detail, &lost) != MSGBUS_OK) {
+        if (lost) {
+            mb_amqp_conn_lost(be, detail);
+            return false;
+        }
+        mb_amqp_resub_later(be, bs, detail);
+    } else {
+        mb_sub_state(bs->sub, MSGBUS_STATE_UP, "resubscribed");
+    }
+    return true;
 }
 
 static bool mb_amqp_old_epoch(const msgbus_msg_t *m, void *arg)
@@ -312,16 +320,7 @@ static void mb_amqp_sub_channel_closed(struct mb_backend *be, struct mb_backend_
     mb_amqp_sub_reset(be, bs);
     mb_sub_state(bs->sub, MSGBUS_STATE_RECONNECTING, "the broker closed its channel: %u %.*s",
                  c->reply_code, (int)c->reply_text.len, (const char *)c->reply_text.bytes);
-    char detail[MB_AMQP_DETAIL];
-    bool lost = false;
-    if (mb_amqp_sub_establish(be, bs, detail, sizeof detail, &lost) != MSGBUS_OK) {
-        if (lost)
-            mb_amqp_conn_lost(be, detail);
-        else
-            mb_amqp_resub_later(be, bs, detail);
-    } else {
-        mb_sub_state(bs->sub, MSGBUS_STATE_UP, "resubscribed");
-    }
+    mb_amqp_resubscribe(be, bs);
 }
 
 void mb_amqp_sub_frame(struct mb_backend *be, struct mb_backend_sub *bs, const amqp_frame_t *f)

@@ -675,17 +675,9 @@ static void mb_amqp_after_connect(struct mb_backend *be)
             mb_log(MSGBUS_LOG_ERROR, "amqp: re-declaring after reconnect: %s", detail);
         }
     }
-    for (struct mb_backend_sub *bs = be->subs; bs && be->conn; bs = bs->next) {
-        if (mb_amqp_sub_establish(be, bs, detail, sizeof detail, &lost) != MSGBUS_OK) {
-            if (lost) {
-                mb_amqp_conn_lost(be, detail);
-                return;
-            }
-            mb_amqp_resub_later(be, bs, detail);
-        } else {
-            mb_sub_state(bs->sub, MSGBUS_STATE_UP, "resubscribed");
-        }
-    }
+    for (struct mb_backend_sub *bs = be->subs; bs && be->conn; bs = bs->next)
+        if (!mb_amqp_resubscribe(be, bs))
+            return;
 }
 
 static void mb_amqp_try_connect(struct mb_backend *be)
