@@ -362,6 +362,10 @@ MSGBUS_API msgbus_err_t msgbus_msg_del_header(msgbus_msg_t *m, const char *name)
             memmove(&m->headers[i], &m->headers[i + 1], (m->nheaders - i - 1) * sizeof *m->headers);
             m->nheaders--;
             mb_msg_headers_changed(m);
+            /* This message's own msgbus-invalid-id record is gone: one that
+             * arrives later is the wire's, not ours. */
+            if (strcmp(name, MB_H_INVALID_ID) == 0)
+                m->own_invalid_id = false;
             return MSGBUS_OK;
         }
     }

@@ -61,7 +61,8 @@ struct msgbus_msg {
     bool embedded;
     /* Received messages: msgbus-invalid-id was recorded by this message's
      * own id check (mb_msg_received_id), so a header of that name from the
-     * wire (an earlier hop's, or forged) must not replace it. */
+     * wire (an earlier hop's, or forged) must not replace it. Cleared when
+     * that header is deleted (then a later one is the wire's). */
     bool own_invalid_id;
     /* Storage for an id of up to 36 characters (every UUIDv7), so a new
      * message is one allocation; m->id points here or to a malloc'd string. */
