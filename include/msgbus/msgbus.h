@@ -197,6 +197,18 @@ MSGBUS_API const char *msgbus_msg_topic(const msgbus_msg_t *m);
 MSGBUS_API const char *msgbus_msg_group(const msgbus_msg_t *m);
 MSGBUS_API int msgbus_msg_attempt(const msgbus_msg_t *m);
 
+/* Where a received message came from. Kafka: the partition it was read
+ * from and its offset there (what kcat prints). -1 for both where the
+ * backend has no such position (RabbitMQ, mem://) and on a message the
+ * application made. */
+MSGBUS_API int32_t msgbus_msg_partition(const msgbus_msg_t *m);
+MSGBUS_API int64_t msgbus_msg_offset(const msgbus_msg_t *m);
+/* 1 when the broker says it delivered this message before (RabbitMQ's
+ * redelivered flag: an earlier delivery was not acked — a consumer closed
+ * or its connection died); else 0, also on backends that do not say
+ * (Kafka, mem://: msgbus_msg_attempt counts msgbus's own retries there). */
+MSGBUS_API int msgbus_msg_redelivered(const msgbus_msg_t *m);
+
 /* ------------------------------------------------------------------ */
 /* Bus                                                                 */
 /* ------------------------------------------------------------------ */

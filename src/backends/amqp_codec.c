@@ -399,5 +399,6 @@ bool mb_amqp_decode(msgbus_msg_t *m, const amqp_basic_properties_t *p, amqp_byte
     else if (redelivered)
         attempt += 1;
     m->attempt = attempt > 1000000 ? 1000000 : (int)attempt;
+    m->redelivered = redelivered;
     return true;
 }

@@ -644,6 +644,7 @@ static msgbus_msg_t *mb_kafka_convert(struct mb_backend_sub *bs, rd_kafka_messag
     m->timestamp = ts >= 0 ? ts : mb_now_ms();
     m->partition = rkm->partition;
     m->offset = rkm->offset;
+    m->has_position = true;
     return m;
 fail:
     msgbus_msg_free(m);
@@ -982,6 +983,7 @@ msgbus_err_t mb_kafka_settle(struct mb_backend_sub *bs, msgbus_msg_t *m, enum mb
     again->timestamp = m->timestamp;
     again->partition = m->partition;
     again->offset = m->offset;
+    again->has_position = m->has_position;
     again->tag = m->tag;
     again->attempt = m->attempt + 1;
     again->next = NULL;

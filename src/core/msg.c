@@ -477,6 +477,21 @@ MSGBUS_API int msgbus_msg_attempt(const msgbus_msg_t *m)
     return m ? m->attempt : 0;
 }
 
+MSGBUS_API int32_t msgbus_msg_partition(const msgbus_msg_t *m)
+{
+    return m && m->has_position ? m->partition : -1;
+}
+
+MSGBUS_API int64_t msgbus_msg_offset(const msgbus_msg_t *m)
+{
+    return m && m->has_position ? m->offset : -1;
+}
+
+MSGBUS_API int msgbus_msg_redelivered(const msgbus_msg_t *m)
+{
+    return m && m->redelivered ? 1 : 0;
+}
+
 size_t mb_msg_wire_size(const msgbus_msg_t *m)
 {
     size_t n = m->len + m->key_len + (m->id ? strlen(m->id) : 0);

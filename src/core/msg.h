@@ -46,6 +46,11 @@ struct msgbus_msg {
     /* Broker position, for the backend's own use. */
     int32_t partition;
     int64_t offset;
+    /* What msgbus_msg_partition/offset/redelivered say: has_position is
+     * set by a backend whose partition/offset above are the broker's
+     * (Kafka); redelivered by one that knows (AMQP). */
+    bool has_position;
+    bool redelivered;
     uint64_t tag;
     void *backend_data;     /* released by the backend's ops->release */
 

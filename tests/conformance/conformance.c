@@ -105,6 +105,74 @@ START_TEST(round_trip_keeps_default_id_and_timestamp_and_no_key)
 }
 END_TEST
 
+/* msgbus_msg_partition/offset/redelivered: on Kafka the partition and
+ * offset a message was read from (one key: one partition, offsets rising);
+ * -1 where the backend has no position; the redelivered flag only where
+ * the broker says so (RabbitMQ, after an unacked delivery). */
+START_TEST(position_says_where_a_message_came_from)
+{
+    enum { N = 5 };
+    char topic[128], group[128];
+    cf_name(topic, sizeof topic, "pos");
+    cf_name(group, sizeof group, "g");
+    msgbus_t *bus = cf_open();
+    msgbus_sub_t *sub = NULL;
+    tu_ck_ok(msgbus_subscribe(bus, topic, group, &sub));
+    msgbus_msg_t *made = NULL;
+    tu_ck_ok(msgbus_msg_new(&made, "x", 1));
+    ck_assert_int_eq(msgbus_msg_partition(made), -1);
+    ck_assert_int_eq(msgbus_msg_offset(made), -1);
+    ck_assert_int_eq(msgbus_msg_redelivered(made), 0);
+    msgbus_msg_free(made);
+    ck_assert_int_eq(msgbus_msg_partition(NULL), -1);
+    ck_assert_int_eq(msgbus_msg_offset(NULL), -1);
+    ck_assert_int_eq(msgbus_msg_redelivered(NULL), 0);
+    for (int i = 0; i < N; i++)
+        free(cf_publish(bus, topic, "pk", "p", 1, NULL));
+    cf_flush_ok(bus);
+    int32_t part = -2;
+    int64_t last = -1;
+    for (int i = 0; i < N; i++) {
+        msgbus_msg_t *in = cf_receive_one(sub);
+        int32_t p = msgbus_msg_partition(in);
+        int64_t o = msgbus_msg_offset(in);
+        printf("  position[%s]: partition %d offset %lld redelivered %d\n", cf_backend, (int)p,
+               (long long)o, msgbus_msg_redelivered(in));
+        if (cf_is("kafka")) {
+            ck_assert_int_ge(p, 0);
+            ck_assert_int_lt(p, 3);
+            ck_assert_msg(part == -2 || p == part, "one key, one partition (%d, %d)", part, p);
+            ck_assert_msg(o > last, "offsets rise (%lld after %lld)", (long long)o,
+                          (long long)last);
+            part = p;
+            last = o;
+        } else {
+            ck_assert_int_eq(p, -1);
+            ck_assert_int_eq(o, -1);
+        }
+        ck_assert_int_eq(msgbus_msg_redelivered(in), 0);
+        if (i < N - 1)
+            tu_ck_ok(msgbus_ack(in));
+        msgbus_msg_free(in); /* the last one unsettled: delivered again */
+    }
+    msgbus_sub_close(sub);
+    tu_ck_ok(msgbus_subscribe(bus, topic, group, &sub));
+    msgbus_msg_t *again = cf_receive_one(sub);
+    printf("  again[%s]: partition %d offset %lld redelivered %d\n", cf_backend,
+           (int)msgbus_msg_partition(again), (long long)msgbus_msg_offset(again),
+           msgbus_msg_redelivered(again));
+    ck_assert_int_eq(msgbus_msg_redelivered(again), cf_is("amqp") ? 1 : 0);
+    if (cf_is("kafka")) {
+        ck_assert_int_eq(msgbus_msg_partition(again), part);
+        ck_assert_int_eq(msgbus_msg_offset(again), last);
+    }
+    tu_ck_ok(msgbus_ack(again));
+    msgbus_msg_free(again);
+    msgbus_sub_close(sub);
+    msgbus_close(bus);
+}
+END_TEST
+
 /* Publishes `len` bytes and checks they come back byte for byte. */
 static void cf_payload_round_trip(const unsigned char *payload, size_t len, const void *key,
                                   size_t klen)
@@ -750,6 +818,7 @@ int main(int argc, char **argv)
     Suite *s = suite_create(cf_backend);
     cf_add(s, "round_trip", round_trip_keeps_payload_key_headers_id_timestamp, 90);
     cf_add(s, "round_trip_defaults", round_trip_keeps_default_id_and_timestamp_and_no_key, 90);
+    cf_add(s, "position", position_says_where_a_message_came_from, 90);
     cf_add(s, "binary_payload", binary_payload_with_nul_bytes_round_trips, 90);
     cf_add(s, "empty_payload", empty_payload_round_trips, 90);
     cf_add(s, "one_mib_payload", one_mib_payload_round_trips, 90);
