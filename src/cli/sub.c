@@ -96,6 +96,12 @@ static char *to_json(const msgbus_msg_t *m)
     else
         json_object_set_new(o, "key", json_null());
     json_object_set_new(o, "attempt", json_integer(msgbus_msg_attempt(m)));
+    /* Where it came from: Kafka's partition and offset, null elsewhere. */
+    int32_t part = msgbus_msg_partition(m);
+    json_object_set_new(o, "partition", part >= 0 ? json_integer(part) : json_null());
+    int64_t off = msgbus_msg_offset(m);
+    json_object_set_new(o, "offset", off >= 0 ? json_integer(off) : json_null());
+    json_object_set_new(o, "redelivered", json_boolean(msgbus_msg_redelivered(m)));
     json_object_set_new(o, "timestamp", json_integer(msgbus_msg_timestamp(m)));
     json_t *h = json_object(), *h64 = NULL;
     size_t n = msgbus_msg_header_count(m);

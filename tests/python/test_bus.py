@@ -53,6 +53,41 @@ def test_round_trip_fields(url, topic):
             assert sub.receive(0.3) is None
 
 
+def test_position_and_redelivered(url, topic):
+    """Kafka says the partition and offset a message came from (one key:
+    one partition, offsets rising); others say -1. RabbitMQ flags a message
+    that was delivered before and not acked."""
+    group = unique("g")
+    with msgbus.Bus(url) as bus:
+        bus.declare(topic, group)
+        for _ in range(3):
+            bus.publish(topic, b"p", key=b"pk")
+        bus.flush(30)
+        with bus.subscribe(topic, group) as sub:
+            got = receive_n(sub, 3)
+            assert len(got) == 3, f"received {len(got)} of 3"
+            kafka = url.startswith("kafka")
+            for m in got:
+                assert not m.redelivered
+                if kafka:
+                    assert m.partition == got[0].partition and m.partition >= 0
+                else:
+                    assert (m.partition, m.offset) == (-1, -1)
+            if kafka:
+                assert [m.offset for m in got] == sorted({m.offset for m in got})
+            got[0].ack()
+            got[1].ack()
+            last = got[2]
+            last_offset = last.offset
+            del got, m, last  # the last one unsettled: delivered again
+        with bus.subscribe(topic, group) as sub:
+            again = receive_n(sub, 1)
+            assert len(again) == 1
+            assert again[0].redelivered == url.startswith("amqp")
+            if url.startswith("kafka"):
+                assert again[0].offset == last_offset
+
+
 def test_nack_redelivers_with_attempt_raised(url, topic):
     group = unique("g")
     with msgbus.Bus(url) as bus:

@@ -227,7 +227,8 @@ class Message:
     """
 
     __slots__ = ("_ptr", "payload", "key", "headers", "id", "attempt", "topic", "group",
-                 "timestamp", "_settled", "_span", "__weakref__")
+                 "timestamp", "partition", "offset", "redelivered", "_settled", "_span",
+                 "__weakref__")
 
     def __init__(self, ptr: int):
         lib = _lib.load()
@@ -251,6 +252,11 @@ class Message:
         self.topic: Optional[str] = _dec(lib.msgbus_msg_topic(ptr))
         self.group: Optional[str] = _dec(lib.msgbus_msg_group(ptr))
         self.timestamp: int = lib.msgbus_msg_timestamp(ptr)
+        #: Kafka: the partition and offset it was read from; -1 elsewhere.
+        self.partition: int = lib.msgbus_msg_partition(ptr)
+        self.offset: int = lib.msgbus_msg_offset(ptr)
+        #: The broker delivered it before (RabbitMQ's redelivered flag).
+        self.redelivered: bool = bool(lib.msgbus_msg_redelivered(ptr))
         self._settled = False
         self._span: Any = None  # the tracer's process span, ended when settled
 
