@@ -720,6 +720,9 @@ static void mb_amqp_try_connect(struct mb_backend *be)
                             "open); sending what waited",
            h->host, h->port, be->reconnects);
     be->backoff_ms = 0;
+    /* The stats say "connected" before anyone hears UP (a snapshot taken on
+     * the UP event saw the outage's disconnected_ms still running). */
+    mb_amqp_publish_stats(be);
     mb_bus_state(be->bus, MSGBUS_STATE_UP, "reconnected to %s:%d after %.1f s (%lu attempt(s))",
                  h->host, h->port, (double)(mb_mono_ms() - be->lost_ms) / 1000.0,
                  be->outage_attempts);
