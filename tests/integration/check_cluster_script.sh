@@ -108,7 +108,18 @@ done
 check "leadership moved off $leader (now ${new:-none})" test -n "$new" -a "$new" != "$leader"
 out=$("$cluster" start "$leader" 2>&1)
 check "start $leader: ${out##*$'\n'}" grep -Eq "^$leader: rejoined in [0-9]+\.[0-9] s$" <<<"$out"
-m=$(meta)
+under_replicated() { awk '
+    $1 == "partition" { r = $0; sub(/.*replicas: /, "", r); sub(/,? isrs:.*/, "", r)
+                        i = $0; sub(/.*isrs: /, "", i); sub(/[^0-9,].*/, "", i)
+                        if (split(r, a, ",") != split(i, b, ",")) { print; bad = 1 } }
+    END { exit !bad }' <<<"$1"; }
+# start waited for the ISRs; a broker's metadata may still lag them for a
+# moment (kcat asks any broker), so look again for up to 20 s.
+for ((i = 0; i < 40; i++)); do
+    m=$(meta)
+    under_replicated "$m" >/dev/null || break
+    sleep 0.5
+done
 check "  3 brokers again" grep -q '^ 3 brokers:' <<<"$m"
 check "  no partition under-replicated" awk '
     $1 == "partition" { r = $0; sub(/.*replicas: /, "", r); sub(/,? isrs:.*/, "", r)
