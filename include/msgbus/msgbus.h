@@ -384,6 +384,118 @@ MSGBUS_API msgbus_err_t msgbus_dlq_replay(msgbus_t *bus, const char *dlq_topic,
  * thread, after others stopped calling msgbus_receive on it. */
 MSGBUS_API void msgbus_sub_close(msgbus_sub_t *sub);
 
+/* Receives up to `max` messages at once: waits up to `timeout_ms` (0: do
+ * not wait; -1: forever) for the first, then takes what is already queued
+ * (up to `max`) without waiting more, under one lock. On MSGBUS_OK out[0 ..
+ * *n-1] (*n >= 1) are messages the caller owns, each settled and freed as
+ * one from msgbus_receive. MSGBUS_ERR_TIMEOUT when none arrived (*n = 0);
+ * MSGBUS_ERR_CLOSED after close; MSGBUS_ERR_INVALID for NULLs or max 0.
+ * Any thread. */
+MSGBUS_API msgbus_err_t msgbus_receive_batch(msgbus_sub_t *sub, size_t max, int timeout_ms,
+                                             msgbus_msg_t **out, size_t *n);
+
+/* Pauses a subscription: the backend stops fetching (Kafka: its partitions
+ * are paused; RabbitMQ: its consumer is cancelled, unsettled messages stay
+ * unsettled; mem: nothing more is handed to it), and msgbus_receive on it
+ * returns nothing (messages already buffered wait, unsettled, counted in
+ * msgbus_fd only after resume). Messages received before stay valid and can
+ * be settled. Pausing a paused subscription (or resuming a running one) is
+ * a no-op. Never blocks on the network. MSGBUS_ERR_CLOSED after close.
+ * Any thread. */
+MSGBUS_API msgbus_err_t msgbus_sub_pause(msgbus_sub_t *sub);
+MSGBUS_API msgbus_err_t msgbus_sub_resume(msgbus_sub_t *sub);
+
+/* ------------------------------------------------------------------ */
+/* Positions, inspection and capabilities (docs/semantics.md)          */
+/* ------------------------------------------------------------------ */
+
+/* Start positions. The subscription option start= (msgbus_subscribe_ex, or
+ * the bus URL for every subscription) says where a group with no position
+ * yet, or a broadcast subscriber, begins:
+ *   latest         messages published from now on (the default)
+ *   earliest       the oldest message the backend still keeps
+ *   <RFC 3339>     the first message at or after that time, e.g.
+ *                  2026-12-07T08:00:00Z or 2026-12-07T09:00:00.5+01:00
+ *   -<duration>    that long ago: -15m, -2h, -30s, -1d, -500ms
+ * A group that already has a position (it consumed, or was declared) keeps
+ * it: move it with msgbus_group_reset. A backend without
+ * MSGBUS_CAP_REPLAY refuses earliest and times with MSGBUS_ERR_UNSUPPORTED
+ * saying why (RabbitMQ queues hold only what was routed to them).
+ *
+ * msgbus_group_reset moves `group`'s position on `topic` to `position`
+ * (same syntax as start=) so its next member begins there. The group must
+ * have no active member: MSGBUS_ERR_STATE naming how many there are.
+ * Kafka commits the offsets of that time in every partition; mem:// moves
+ * the group within what it retains (URL option retain=); RabbitMQ can only
+ * go to "latest", by purging the group's queue (every waiting message is
+ * dropped), and refuses the rest with MSGBUS_ERR_UNSUPPORTED. A topic that
+ * does not exist is MSGBUS_ERR_NOT_FOUND; a group that does not exist yet
+ * is given that position where the backend can (Kafka: its offsets are
+ * committed; mem://: the group is declared there) and is
+ * MSGBUS_ERR_NOT_FOUND where not (RabbitMQ). Blocks. Any thread. */
+MSGBUS_API msgbus_err_t msgbus_group_reset(msgbus_t *bus, const char *topic, const char *group,
+                                           const char *position);
+
+/* What the broker holds, as a JSON object (docs/semantics.md,
+ * "Inspecting"): {"topics": [{"name", "partitions", "retention_ms",
+ * "groups": [{"name", "members", "lag", "partitions": [{"partition",
+ * "committed", "high_watermark", "lag"}] | "ready", "unacked"}]}]}; members
+ * left out where unknown. `topic` NULL: every topic (MSGBUS_ERR_UNSUPPORTED
+ * where the backend cannot list them: RabbitMQ over AMQP); `group` NULL:
+ * every group of each topic the backend can list (RabbitMQ: none unless
+ * named). A named topic or group that does not exist is
+ * MSGBUS_ERR_NOT_FOUND. Waits up to `timeout_ms` for the broker. *out gets
+ * a text to free with msgbus_free. Any thread. */
+MSGBUS_API msgbus_err_t msgbus_inspect_json(msgbus_t *bus, const char *topic, const char *group,
+                                            int timeout_ms, char **out);
+
+/* Frees a text msgbus returned (msgbus_inspect_json, msgbus_caps_json).
+ * NULL is a no-op. */
+MSGBUS_API void msgbus_free(void *p);
+
+/* Capabilities: what the backend of an open bus guarantees, as it is
+ * configured. Each bit is exact: claimed means the conformance suite
+ * checks it holds; not claimed means the feature is refused with
+ * MSGBUS_ERR_UNSUPPORTED (or, for guarantees, not promised). The URL option
+ * require=name,name,... makes msgbus_open fail with MSGBUS_ERR_CONFIG
+ * naming each one the backend lacks and why. */
+#define MSGBUS_CAP_KEY_ORDER (1u << 0)   /* "key_order": per-key order holds across
+                                           several members of a group */
+#define MSGBUS_CAP_REPLAY (1u << 1)      /* "replay": start=earliest/time and
+                                           msgbus_group_reset to any position */
+#define MSGBUS_CAP_DURABLE (1u << 2)     /* "durable": a confirmed message survives
+                                           a broker restart */
+#define MSGBUS_CAP_SHARED (1u << 3)      /* "shared": other processes reach the same
+                                           topics (a real broker, not mem://) */
+#define MSGBUS_CAP_POSITIONS (1u << 4)   /* "positions": msgbus_msg_partition and
+                                           msgbus_msg_offset are set */
+#define MSGBUS_CAP_REDELIVERED (1u << 5) /* "redelivered": msgbus_msg_redelivered
+                                           reports the broker's flag */
+#define MSGBUS_CAP_NO_DUPLICATE_PUBLISH (1u << 6) /* "no_duplicate_publish": the broker
+                                           drops duplicates of a publish retried
+                                           after a lost confirm (Kafka's idempotent
+                                           producer) */
+#define MSGBUS_CAP_LIST (1u << 7)        /* "list": msgbus_inspect_json lists every
+                                           topic and group */
+#define MSGBUS_CAP_DELAYED (1u << 8)     /* "delayed": the broker delivers a message
+                                           at a later time by itself */
+#define MSGBUS_CAP_LAG (1u << 9)         /* "lag": stats and msgbus_inspect_json
+                                           report each group's lag */
+#define MSGBUS_CAP_ALL ((1u << 10) - 1)
+
+/* The capability bits of the bus (MSGBUS_CAP_*); 0 for NULL. Any thread. */
+MSGBUS_API uint64_t msgbus_caps(msgbus_t *bus);
+/* The name of one capability bit ("key_order"), or NULL. Static. */
+MSGBUS_API const char *msgbus_cap_name(uint64_t cap);
+/* The largest message (payload, key and headers) the bus accepts, in bytes,
+ * as configured; 0 for NULL. Any thread. */
+MSGBUS_API size_t msgbus_max_message_size(msgbus_t *bus);
+/* Every capability as JSON: {"backend": "kafka", "max_message_size": N,
+ * "capabilities": [{"name", "supported", "description", "why_not"}]} in
+ * bit order (why_not only when not supported). *out is freed with
+ * msgbus_free. Any thread. */
+MSGBUS_API msgbus_err_t msgbus_caps_json(msgbus_t *bus, char **out);
+
 /* ------------------------------------------------------------------ */
 /* The application's event loop                                        */
 /* ------------------------------------------------------------------ */

@@ -26,8 +26,8 @@
 typedef struct json_t json_t; /* jansson's, for the stats ops */
 
 /* Ops layout version: members up to `release` are valid for version 1,
- * up to `sub_stats` for version 2. */
-#define MB_BACKEND_VERSION 2
+ * up to `sub_stats` for version 2, up to `inspect` for version 3. */
+#define MB_BACKEND_VERSION 3
 
 /* Capability bits. */
 #define MB_CAP_PASSTHROUGH_OPTIONS 0x1u /* the backend validates unknown URL
@@ -38,6 +38,30 @@ struct mb_backend_sub; /* each backend defines its own */
 struct mb_confirm;     /* core-owned token for one published message */
 
 enum mb_settle { MB_SETTLE_ACK = 0, MB_SETTLE_NACK = 1 };
+
+/* A start position (subscription option start=, msgbus_group_reset), as
+ * the core parsed it: durations are already turned into a time. */
+enum mb_start_kind {
+    MB_START_DEFAULT = 0, /* not given: as latest (a new group begins at the
+                             end as of its first assignment) */
+    MB_START_LATEST,
+    MB_START_EARLIEST,
+    MB_START_TIME, /* time_ms */
+};
+struct mb_start {
+    enum mb_start_kind kind;
+    int64_t time_ms; /* MB_START_TIME: ms since the Unix epoch */
+};
+
+/* What a backend guarantees as configured (ops->capabilities). bits: MSGBUS_CAP_*.
+ * why_not[i]: for bit i not claimed, a static sentence saying why ("RabbitMQ
+ * round-robins a queue over its consumers"), shown by require= errors and
+ * msgbus_caps_json; NULL gives a generic text. */
+struct mb_caps {
+    uint64_t bits;
+    size_t max_message; /* bytes; 0: no limit of its own */
+    const char *why_not[64];
+};
 
 struct mb_backend_ops {
     int version;                /* MB_BACKEND_VERSION */
@@ -130,6 +154,39 @@ struct mb_backend_ops {
      * Called concurrently with every other op except unsubscribe of this
      * sub. Optional (no lag reported). */
     void (*sub_stats)(struct mb_backend_sub *bs, json_t *sub, int timeout_ms);
+
+    /* ---- version 3: positions, pause, inspection, capabilities ---- */
+
+    /* Fills `out` (zeroed by the caller) with what this bus guarantees as
+     * configured. Called once, right after open; the core keeps the answer
+     * (msgbus_caps, require=, and the checks below). Required. */
+    void (*capabilities)(struct mb_backend *be, struct mb_caps *out);
+
+    /* Stops (paused true) or restarts fetching for a subscription. Must
+     * not drop or settle anything: unsettled messages stay unsettled and
+     * settleable. The core already holds back what it has queued. Never
+     * blocks on the network. Called with the subscription open, never
+     * concurrently with itself for one sub. Optional (NULL: the core only
+     * holds back its queue, and the backend keeps filling it up to its
+     * prefetch window). */
+    msgbus_err_t (*pause)(struct mb_backend_sub *bs, bool paused);
+
+    /* Moves `group`'s position on `topic` to `to` (never MB_START_DEFAULT;
+     * EARLIEST/TIME only asked of a backend claiming MSGBUS_CAP_REPLAY).
+     * MSGBUS_ERR_STATE (naming how many) while the group has an active
+     * member, MSGBUS_ERR_NOT_FOUND when the topic does not exist (and for
+     * a group that does not exist where the backend cannot create it at a
+     * position; see msgbus_group_reset).
+     * Blocks up to timeout_ms. Optional (NULL: UNSUPPORTED). */
+    msgbus_err_t (*group_reset)(struct mb_backend *be, const char *topic, const char *group,
+                                const struct mb_start *to, int timeout_ms);
+
+    /* Fills `out` ({"topics": [...]}, see msgbus_inspect_json) for `topic`
+     * (NULL: every topic, or MSGBUS_ERR_UNSUPPORTED) and `group` (NULL:
+     * every group it can list). Blocks up to timeout_ms. Optional (NULL:
+     * UNSUPPORTED). */
+    msgbus_err_t (*inspect)(struct mb_backend *be, const char *topic, const char *group,
+                            int timeout_ms, json_t *out);
 };
 
 /* ---- services the core gives backends (callable from any thread) ---- */
@@ -180,6 +237,15 @@ MB_HIDDEN size_t mb_sub_drop(msgbus_sub_t *sub, bool (*pred)(const msgbus_msg_t 
 
 MB_HIDDEN const char *mb_sub_topic(const msgbus_sub_t *sub);
 MB_HIDDEN const char *mb_sub_group(const msgbus_sub_t *sub); /* NULL: broadcast */
+/* Where the subscription starts (option start=). A backend claiming
+ * MSGBUS_CAP_REPLAY applies it to a group with no position yet and to a
+ * broadcast subscriber; the core has already refused EARLIEST/TIME for one
+ * that does not claim it. */
+MB_HIDDEN const struct mb_start *mb_sub_start(const msgbus_sub_t *sub);
+/* Parses a start position ("latest", "earliest", RFC 3339, "-15m"); a
+ * duration is taken back from now. MSGBUS_ERR_CONFIG naming `what` and the
+ * text when malformed. */
+MB_HIDDEN msgbus_err_t mb_start_parse(const char *what, const char *text, struct mb_start *out);
 
 /* The bus's redacted URL, for messages. */
 MB_HIDDEN const char *mb_bus_url(const msgbus_t *bus);
