@@ -398,6 +398,146 @@ static void mb_amqp_sub_stats(struct mb_backend_sub *bs, json_t *sub, int timeou
     free(op);
 }
 
+/* ---- positions, pause, inspection, capabilities (docs/amqp.md) -------------------- */
+
+static void mb_amqp_capabilities(struct mb_backend *be, struct mb_caps *out)
+{
+    mb_amqp_caps(&be->conf, out);
+}
+
+/* Only asks the I/O thread: it cancels or restarts the consumer when it
+ * next comes round (never waited for here). */
+static msgbus_err_t mb_amqp_pause(struct mb_backend_sub *bs, bool paused)
+{
+    struct mb_amqp_op *op = calloc(1, sizeof *op);
+    if (!op)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+    op->kind = MB_AMQP_OP_PAUSE;
+    op->sub = bs;
+    op->paused = paused;
+    msgbus_err_t e = mb_amqp_submit(bs->be, op, false);
+    if (e)
+        free(op);
+    return e;
+}
+
+/* A request about `topic` (and `group`'s queue) for the I/O thread, which
+ * must not depend on the caller's strings: the caller may stop waiting. */
+static msgbus_err_t mb_amqp_topic_op(struct mb_backend *be, enum mb_amqp_op_kind kind,
+                                     const char *topic, const char *group, int timeout_ms,
+                                     struct mb_amqp_op **out)
+{
+    if (strlen(topic) > 255)
+        return mb_error(MSGBUS_ERR_INVALID,
+                        "topic '%.64s…' is longer than AMQP's limit of 255 bytes for an "
+                        "exchange name", topic);
+    char q[512] = "";
+    msgbus_err_t e;
+    if (group && (e = mb_amqp_group_queue(topic, group, q, sizeof q)))
+        return e;
+    struct mb_amqp_op *op = mb_amqp_op_new(kind, be);
+    if (!op)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+    snprintf(op->exchange, sizeof op->exchange, "%s", topic);
+    snprintf(op->queue, sizeof op->queue, "%s", q);
+    /* Without a connection it waits for one as long as the asker does. */
+    op->deadline_ms = mb_mono_ms() + timeout_ms;
+    *out = op;
+    return MSGBUS_OK;
+}
+
+/* Runs `op` on the I/O thread and waits up to timeout_ms for the answer.
+ * On MSGBUS_OK the caller reads and frees op; otherwise op is gone (freed
+ * here, or left to the I/O thread when the wait ran out). */
+static msgbus_err_t mb_amqp_ask(struct mb_backend *be, struct mb_amqp_op *op, int timeout_ms,
+                                const char *what)
+{
+    msgbus_err_t e = mb_amqp_submit(be, op, false);
+    if (e) {
+        free(op);
+        return e;
+    }
+    pthread_mutex_lock(&be->lock);
+    /* A little longer than the op's own deadline, so that a missing
+     * connection is reported as such rather than as a bare timeout. */
+    bool done = mb_amqp_wait_flag(be, &op->done, (timeout_ms < 1 ? 1 : timeout_ms) + 100);
+    if (!done)
+        op->abandoned = true;
+    pthread_mutex_unlock(&be->lock);
+    if (!done)
+        return mb_error(MSGBUS_ERR_TIMEOUT, "%s: no answer from the broker within %d ms", what,
+                        timeout_ms);
+    if (op->result) {
+        e = mb_error(op->result, "%s: %s", what, op->detail);
+        free(op);
+        return e;
+    }
+    return MSGBUS_OK;
+}
+
+/* "latest" only (the core refuses the rest: no MSGBUS_CAP_REPLAY): purge
+ * the group's queue once nobody consumes from it. */
+static msgbus_err_t mb_amqp_group_reset(struct mb_backend *be, const char *topic,
+                                        const char *group, const struct mb_start *to,
+                                        int timeout_ms)
+{
+    if (to->kind != MB_START_LATEST)
+        return mb_error(MSGBUS_ERR_UNSUPPORTED, "resetting group '%s' on '%s': %s", group, topic,
+                        MB_AMQP_WHY_NO_REPLAY);
+    struct mb_amqp_op *op;
+    msgbus_err_t e = mb_amqp_topic_op(be, MB_AMQP_OP_GROUP_RESET, topic, group, timeout_ms, &op);
+    if (e)
+        return e;
+    char what[600];
+    snprintf(what, sizeof what, "resetting group '%s' on '%s'", group, topic);
+    if ((e = mb_amqp_ask(be, op, timeout_ms, what)))
+        return e;
+    free(op);
+    return MSGBUS_OK;
+}
+
+/* One topic, partitions 1 (an exchange is one stream), and the named
+ * group's queue: members (its consumers, plus this bus's paused members),
+ * ready = lag. Unacked counts are not visible over AMQP (only the
+ * management plugin shows them): left out. */
+static msgbus_err_t mb_amqp_inspect(struct mb_backend *be, const char *topic, const char *group,
+                                    int timeout_ms, json_t *out)
+{
+    if (!topic)
+        return mb_error(MSGBUS_ERR_UNSUPPORTED, "inspecting every topic: %s",
+                        MB_AMQP_WHY_NO_LIST);
+    struct mb_amqp_op *op;
+    msgbus_err_t e = mb_amqp_topic_op(be, MB_AMQP_OP_INSPECT, topic, group, timeout_ms, &op);
+    if (e)
+        return e;
+    char what[600];
+    snprintf(what, sizeof what, "inspecting '%s'%s%s", topic, group ? " group " : "",
+             group ? group : "");
+    if ((e = mb_amqp_ask(be, op, timeout_ms, what)))
+        return e;
+    json_t *topics = json_object_get(out, "topics");
+    if (!json_is_array(topics)) {
+        topics = json_array();
+        json_object_set_new(out, "topics", topics);
+    }
+    json_t *t = json_object(), *groups = json_array();
+    json_object_set_new(t, "name", json_string(topic));
+    json_object_set_new(t, "partitions", json_integer(1));
+    if (group) {
+        json_t *g = json_object();
+        json_object_set_new(g, "name", json_string(group));
+        json_object_set_new(g, "members",
+                            json_integer((json_int_t)op->consumers + op->local_members));
+        json_object_set_new(g, "ready", json_integer(op->ready));
+        json_object_set_new(g, "lag", json_integer(op->ready));
+        json_array_append_new(groups, g);
+    }
+    json_object_set_new(t, "groups", groups);
+    json_array_append_new(topics, t);
+    free(op);
+    return MSGBUS_OK;
+}
+
 static const char *const mb_amqp_schemes[] = {"amqp", "amqps", NULL};
 
 const struct mb_backend_ops mb_amqp_ops = {
@@ -419,4 +559,8 @@ const struct mb_backend_ops mb_amqp_ops = {
     .release = NULL,
     .stats = mb_amqp_stats,
     .sub_stats = mb_amqp_sub_stats,
+    .capabilities = mb_amqp_capabilities,
+    .pause = mb_amqp_pause,
+    .group_reset = mb_amqp_group_reset,
+    .inspect = mb_amqp_inspect,
 };

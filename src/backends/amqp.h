@@ -92,6 +92,17 @@ MB_HIDDEN size_t mb_amqp_queue_args(const struct mb_amqp_conf *c, amqp_table_ent
 
 MB_HIDDEN extern const char *const mb_amqp_option_names[];
 
+/* What a bus so configured guarantees (ops->capabilities): bits and the
+ * reasons for the rest (docs/amqp.md "Capabilities"). */
+MB_HIDDEN void mb_amqp_caps(const struct mb_amqp_conf *c, struct mb_caps *out);
+/* Why not, for the refusals the backend makes itself too. */
+#define MB_AMQP_WHY_NO_REPLAY                                                                   \
+    "a RabbitMQ queue holds only what was routed to it while it existed, and acked messages " \
+    "are gone: a group can only start at the end"
+#define MB_AMQP_WHY_NO_LIST                                                                   \
+    "AMQP 0-9-1 cannot list exchanges or queues (msgbus does not use the management "       \
+    "plugin): name the topic and group"
+
 /* ---- outgoing messages (amqp_codec.c) ------------------------------------ */
 
 struct mb_amqp_out {
@@ -173,6 +184,12 @@ struct mb_backend_sub {
     unsigned epoch;           /* bumped every time it is (re)established */
     bool quorum;
     bool removed;
+    /* msgbus_sub_pause: no consumer on the queue while set; the channel
+     * stays open so its unsettled deliveries stay settleable (their tags
+     * are the channel's). Every (re)establishment honours it. */
+    bool paused;
+    bool consuming;           /* our basic.consume is registered (ctag) */
+    char ctag[256];           /* its consumer tag, as the broker named it */
     /* Not consuming on the current connection (the broker cancelled the
      * consumer, or re-subscribing failed): try again at resub_at_ms,
      * backing off like reconnects do. 0: nothing due. */
@@ -194,7 +211,10 @@ enum mb_amqp_op_kind {
     MB_AMQP_OP_DECLARE,
     MB_AMQP_OP_SUBSCRIBE,
     MB_AMQP_OP_UNSUBSCRIBE,
-    MB_AMQP_OP_QUEUE_INFO /* a subscription's queue counts, for its lag */
+    MB_AMQP_OP_QUEUE_INFO, /* a subscription's queue counts, for its lag */
+    MB_AMQP_OP_PAUSE,      /* msgbus_sub_pause / _resume: fire and forget */
+    MB_AMQP_OP_GROUP_RESET, /* purge a group's queue (position "latest") */
+    MB_AMQP_OP_INSPECT     /* a topic's exchange and a group's queue counts */
 };
 
 struct mb_amqp_op {
@@ -208,6 +228,17 @@ struct mb_amqp_op {
     msgbus_msg_t *copy;   /* nack on a classic queue: what to republish */
     /* declare */
     char *topic, *group;
+    /* pause: the state asked for */
+    bool paused;
+    /* group reset and inspect: copies of the names (the asker may stop
+     * waiting and return), the group's queue ("" for the topic alone), and
+     * what was found: the exchange, the queue's counts, this bus's own
+     * members of the group that have no consumer on the queue right now
+     * (paused, or re-subscribing), and how many messages a purge dropped */
+    char exchange[256];
+    bool exchange_found;
+    uint32_t local_members;
+    uint32_t purged;
     /* control result */
     int64_t deadline_ms;
     bool done;
@@ -394,6 +425,15 @@ MB_HIDDEN void mb_amqp_settle_apply(struct mb_backend *be, struct mb_amqp_op *op
  * channel (I/O thread, connected). Returns the error with `detail` set. */
 MB_HIDDEN msgbus_err_t mb_amqp_queue_info(struct mb_backend *be, struct mb_amqp_op *op,
                                           char *detail, size_t n, bool *conn_lost);
+/* msgbus_sub_pause / _resume on the I/O thread: basic.cancel or
+ * basic.consume on the subscription's own channel (kept open). */
+MB_HIDDEN void mb_amqp_pause_apply(struct mb_backend *be, struct mb_amqp_op *op);
+/* Group reset (purge) and inspect: passive declares on the control channel
+ * (I/O thread, connected). Return the error with `detail` set. */
+MB_HIDDEN msgbus_err_t mb_amqp_group_reset_run(struct mb_backend *be, struct mb_amqp_op *op,
+                                               char *detail, size_t n, bool *conn_lost);
+MB_HIDDEN msgbus_err_t mb_amqp_inspect_run(struct mb_backend *be, struct mb_amqp_op *op,
+                                           char *detail, size_t n, bool *conn_lost);
 /* Delivered-tag bookkeeping (pure, unit-tested). */
 MB_HIDDEN void mb_amqp_tag_push(struct mb_backend_sub *bs, uint64_t tag);
 MB_HIDDEN struct mb_amqp_tag *mb_amqp_tag_find(struct mb_backend_sub *bs, uint64_t tag);

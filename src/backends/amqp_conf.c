@@ -222,3 +222,43 @@ size_t mb_amqp_queue_args(const struct mb_amqp_conf *c, amqp_table_entry_t *entr
     }
     return n;
 }
+
+/* ---- capabilities (docs/amqp.md "Capabilities") ----------------------------------- */
+
+static void mb_amqp_why_not(struct mb_caps *out, uint64_t cap, const char *why)
+{
+    out->why_not[__builtin_ctzll(cap)] = why;
+}
+
+/* Each claim is exact for the bus as configured: every message msgbus
+ * publishes is persistent (delivery_mode 2) and every group queue durable,
+ * so a confirmed message survives a restart — unless x-expires lets the
+ * broker delete an idle group queue, messages and all. */
+void mb_amqp_caps(const struct mb_amqp_conf *c, struct mb_caps *out)
+{
+    bool expires = false;
+    for (size_t i = 0; i < c->nqargs; i++)
+        expires |= strcmp(c->qargs[i].name, "x-expires") == 0;
+    out->bits = MSGBUS_CAP_SHARED | MSGBUS_CAP_REDELIVERED | MSGBUS_CAP_LAG;
+    if (!expires)
+        out->bits |= MSGBUS_CAP_DURABLE;
+    else
+        mb_amqp_why_not(out, MSGBUS_CAP_DURABLE,
+                        "the queue argument x-expires lets RabbitMQ delete an idle group queue "
+                        "with the messages it holds");
+    out->max_message = (size_t)c->max_message_bytes;
+    mb_amqp_why_not(out, MSGBUS_CAP_KEY_ORDER,
+                    "a RabbitMQ queue round-robins its messages over its consumers, so one "
+                    "key's messages can be processed by two members at once (with one member "
+                    "order holds)");
+    mb_amqp_why_not(out, MSGBUS_CAP_REPLAY, MB_AMQP_WHY_NO_REPLAY);
+    mb_amqp_why_not(out, MSGBUS_CAP_POSITIONS,
+                    "AMQP 0-9-1 has no partitions or offsets");
+    mb_amqp_why_not(out, MSGBUS_CAP_NO_DUPLICATE_PUBLISH,
+                    "a publish retried after a lost confirm is stored twice by RabbitMQ (the "
+                    "inbox absorbs the copy)");
+    mb_amqp_why_not(out, MSGBUS_CAP_LIST, MB_AMQP_WHY_NO_LIST);
+    mb_amqp_why_not(out, MSGBUS_CAP_DELAYED,
+                    "RabbitMQ needs the delayed-message plugin for that, which it does not "
+                    "ship");
+}

@@ -71,6 +71,27 @@ msgbus_err_t mb_amqp_declare_group(struct mb_backend *be, amqp_channel_t ch, con
     return mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, n, lost);
 }
 
+/* basic.consume on `ch`, keeping the consumer tag the broker chose (a
+ * pause cancels by it). */
+static msgbus_err_t mb_amqp_consume(struct mb_backend *be, struct mb_backend_sub *bs,
+                                    amqp_channel_t ch, char *detail, size_t n, bool *lost)
+{
+    amqp_basic_consume_ok_t *ok =
+        amqp_basic_consume(be->conn, ch, amqp_cstring_bytes(bs->queue), amqp_empty_bytes, 0, 0,
+                           0, amqp_empty_table);
+    char what[300];
+    snprintf(what, sizeof what, "consuming from queue '%s'", bs->queue);
+    msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, n,
+                                         lost);
+    if (e)
+        return e;
+    if (ok)
+        snprintf(bs->ctag, sizeof bs->ctag, "%.*s", (int)ok->consumer_tag.len,
+                 (const char *)ok->consumer_tag.bytes);
+    bs->consuming = true;
+    return MSGBUS_OK;
+}
+
 static amqp_channel_t mb_amqp_alloc_channel(struct mb_backend *be)
 {
     for (int tries = 0; tries < 65536; tries++) {
@@ -122,11 +143,12 @@ msgbus_err_t mb_amqp_sub_establish(struct mb_backend *be, struct mb_backend_sub 
     }
     if (e)
         return e;
-    amqp_basic_consume(be->conn, ch, amqp_cstring_bytes(bs->queue), amqp_empty_bytes, 0, 0, 0,
-                       amqp_empty_table);
-    char what[300];
-    snprintf(what, sizeof what, "consuming from queue '%s'", bs->queue);
-    if ((e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, n, lost)))
+    /* A paused subscription gets its channel and queue (so a resume is one
+     * basic.consume) but no consumer: a reconnect or a re-subscribe while
+     * paused must not start deliveries. */
+    bs->consuming = false;
+    bs->ctag[0] = '\0';
+    if (!bs->paused && (e = mb_amqp_consume(be, bs, ch, detail, n, lost)))
         return e;
     bs->channel = ch;
     bs->epoch++;
@@ -213,6 +235,8 @@ static bool mb_amqp_old_epoch(const msgbus_msg_t *m, void *arg)
 void mb_amqp_sub_reset(struct mb_backend *be, struct mb_backend_sub *bs)
 {
     bs->channel = 0;
+    bs->consuming = false;
+    bs->ctag[0] = '\0';
     bs->tag_head = bs->tag_len = 0;
     bs->acks_pending = false;
     mb_amqp_asm_clear(&bs->as);
@@ -362,6 +386,7 @@ void mb_amqp_sub_frame(struct mb_backend *be, struct mb_backend_sub *bs, const a
             mb_sub_state(bs->sub, MSGBUS_STATE_RECONNECTING,
                          "the broker cancelled the consumer of queue '%s' (deleted, or its "
                          "node down)", bs->queue);
+            bs->consuming = false;
             bs->resub_backoff_ms = 0;
             bs->resub_at_ms = mb_mono_ms(); /* at once; then with backoff */
             return;
@@ -587,4 +612,163 @@ msgbus_err_t mb_amqp_queue_info(struct mb_backend *be, struct mb_amqp_op *op, ch
     op->ready = ok->message_count;
     op->consumers = ok->consumer_count;
     return MSGBUS_OK;
+}
+
+/* ---- pause ---------------------------------------------------------------------------- */
+
+/* Pause cancels the consumer and keeps the channel: its unsettled
+ * deliveries stay unsettled (a channel's delivery tags die with it, so
+ * closing it would hand them back to the queue and make the application's
+ * acks void), and resume is one basic.consume on the same channel.
+ * Deliveries already on their way when the cancel goes out still arrive
+ * (rabbitmq-c queues them while it waits for cancel-ok) and wait in the
+ * core, which holds back a paused subscription's queue. */
+void mb_amqp_pause_apply(struct mb_backend *be, struct mb_amqp_op *op)
+{
+    struct mb_backend_sub *bs = op->sub;
+    bool want = op->paused;
+    free(op);
+    if (bs->removed || bs->paused == want)
+        return;
+    bs->paused = want;
+    /* Not established on this connection, or waiting to re-subscribe: the
+     * next establishment honours `paused`. */
+    if (!be->conn || !bs->channel || bs->resub_at_ms)
+        return;
+    char detail[MB_AMQP_DETAIL], what[300];
+    bool lost = false;
+    msgbus_err_t e = MSGBUS_OK;
+    if (want && bs->consuming) {
+        amqp_basic_cancel(be->conn, bs->channel, amqp_cstring_bytes(bs->ctag));
+        snprintf(what, sizeof what, "pausing: cancelling the consumer of queue '%s'", bs->queue);
+        e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), bs->channel, what, detail,
+                                sizeof detail, &lost);
+        if (!e) {
+            bs->consuming = false;
+            bs->ctag[0] = '\0';
+            mb_log(MSGBUS_LOG_DEBUG, "amqp: subscription to '%s' paused (queue '%s')",
+                   bs->topic, bs->queue);
+        }
+    } else if (!want && !bs->consuming) {
+        e = mb_amqp_consume(be, bs, bs->channel, detail, sizeof detail, &lost);
+        if (!e)
+            mb_log(MSGBUS_LOG_DEBUG, "amqp: subscription to '%s' resumed (queue '%s')",
+                   bs->topic, bs->queue);
+    }
+    if (!e)
+        return;
+    if (lost) {
+        mb_amqp_conn_lost(be, detail);
+        return;
+    }
+    /* The broker closed the channel (its queue was deleted meanwhile, say):
+     * establish it again, which honours `paused`. */
+    mb_log(MSGBUS_LOG_ERROR, "amqp: %s; re-subscribing", detail);
+    mb_amqp_sub_reset(be, bs);
+    mb_sub_state(bs->sub, MSGBUS_STATE_RECONNECTING, "%s", detail);
+    mb_amqp_resubscribe(be, bs);
+}
+
+/* ---- group reset and inspection ----------------------------------------------------- */
+
+/* Passive declares only ask; one that finds nothing makes the broker close
+ * the channel (404). They run on the control channel, which
+ * mb_amqp_reply_error marks closed and mb_amqp_ensure_ctl reopens on its
+ * next use — never on the publish channel or a subscription's. */
+static msgbus_err_t mb_amqp_passive_exchange(struct mb_backend *be, struct mb_amqp_op *op,
+                                             char *detail, size_t n, bool *lost)
+{
+    if (!mb_amqp_ensure_ctl(be, detail, n, lost))
+        return MSGBUS_ERR_CONNECT;
+    amqp_exchange_declare(be->conn, MB_AMQP_CTL_CHANNEL, amqp_cstring_bytes(op->exchange),
+                          amqp_cstring_bytes("topic"), 1, 0, 0, 0, amqp_empty_table);
+    char what[300];
+    snprintf(what, sizeof what, "asking for exchange '%s'", op->exchange);
+    msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), MB_AMQP_CTL_CHANNEL,
+                                         what, detail, n, lost);
+    if (e == MSGBUS_ERR_NOT_FOUND)
+        snprintf(detail, n, "topic '%s' does not exist (no exchange of that name)",
+                 op->exchange);
+    op->exchange_found = e == MSGBUS_OK;
+    return e;
+}
+
+static msgbus_err_t mb_amqp_passive_queue(struct mb_backend *be, struct mb_amqp_op *op,
+                                          char *detail, size_t n, bool *lost)
+{
+    const char *group = op->queue + strlen(op->exchange) + 1;
+    if (!mb_amqp_ensure_ctl(be, detail, n, lost))
+        return MSGBUS_ERR_CONNECT;
+    amqp_queue_declare_ok_t *ok = amqp_queue_declare(be->conn, MB_AMQP_CTL_CHANNEL,
+                                                     amqp_cstring_bytes(op->queue), 1, 0, 0, 0,
+                                                     amqp_empty_table);
+    char what[300];
+    snprintf(what, sizeof what, "asking for queue '%s'", op->queue);
+    msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), MB_AMQP_CTL_CHANNEL,
+                                         what, detail, n, lost);
+    if (e == MSGBUS_ERR_NOT_FOUND)
+        snprintf(detail, n, "group '%s' does not exist on topic '%s' (no queue '%s')", group,
+                 op->exchange, op->queue);
+    if (e)
+        return e;
+    if (!ok) {
+        snprintf(detail, n, "%s: no queue.declare-ok from the broker", what);
+        return MSGBUS_ERR_BROKER;
+    }
+    op->found = true;
+    op->ready = ok->message_count;
+    op->consumers = ok->consumer_count;
+    /* The broker counts consumers; this bus's own members of the group
+     * without one right now (paused, or re-subscribing) are members too. */
+    op->local_members = 0;
+    for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next)
+        op->local_members += !bs->removed && !bs->consuming && bs->group &&
+                             strcmp(bs->topic, op->exchange) == 0 &&
+                             strcmp(bs->group, group) == 0;
+    return MSGBUS_OK;
+}
+
+msgbus_err_t mb_amqp_group_reset_run(struct mb_backend *be, struct mb_amqp_op *op,
+                                     char *detail, size_t n, bool *lost)
+{
+    *lost = false;
+    msgbus_err_t e;
+    if ((e = mb_amqp_passive_exchange(be, op, detail, n, lost)) ||
+        (e = mb_amqp_passive_queue(be, op, detail, n, lost)))
+        return e;
+    const char *group = op->queue + strlen(op->exchange) + 1;
+    uint32_t members = op->consumers + op->local_members;
+    if (members) {
+        snprintf(detail, n, "group '%s' has %u active member%s on topic '%s' (queue '%s'); "
+                            "stop %s before resetting it",
+                 group, members, members == 1 ? "" : "s", op->exchange, op->queue,
+                 members == 1 ? "it" : "them");
+        return MSGBUS_ERR_STATE;
+    }
+    /* "latest" on a queue: drop everything waiting. Unacked deliveries are
+     * not purged, but with no member there are none. A member that starts
+     * between the passive declare and the purge loses what the purge drops
+     * — AMQP has no way to do both at once. */
+    amqp_queue_purge_ok_t *ok =
+        amqp_queue_purge(be->conn, MB_AMQP_CTL_CHANNEL, amqp_cstring_bytes(op->queue));
+    char what[300];
+    snprintf(what, sizeof what, "purging queue '%s'", op->queue);
+    if ((e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), MB_AMQP_CTL_CHANNEL, what,
+                                 detail, n, lost)))
+        return e;
+    op->purged = ok ? ok->message_count : 0;
+    mb_log(MSGBUS_LOG_INFO, "amqp: group '%s' on '%s' reset to latest: purged %u message(s) "
+                            "from queue '%s'",
+           group, op->exchange, op->purged, op->queue);
+    return MSGBUS_OK;
+}
+
+msgbus_err_t mb_amqp_inspect_run(struct mb_backend *be, struct mb_amqp_op *op, char *detail,
+                                 size_t n, bool *lost)
+{
+    *lost = false;
+    msgbus_err_t e = mb_amqp_passive_exchange(be, op, detail, n, lost);
+    if (!e && op->queue[0])
+        e = mb_amqp_passive_queue(be, op, detail, n, lost);
+    return e;
 }

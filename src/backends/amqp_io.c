@@ -573,6 +573,12 @@ static void mb_amqp_control(struct mb_backend *be, struct mb_amqp_op *op)
             be->subs = op->sub;
         }
         break;
+    case MB_AMQP_OP_GROUP_RESET:
+        e = mb_amqp_group_reset_run(be, op, detail, sizeof detail, &lost);
+        break;
+    case MB_AMQP_OP_INSPECT:
+        e = mb_amqp_inspect_run(be, op, detail, sizeof detail, &lost);
+        break;
     case MB_AMQP_OP_QUEUE_INFO:
         e = mb_amqp_queue_info(be, op, detail, sizeof detail, &lost);
         if (lost) {
@@ -635,6 +641,11 @@ static void mb_amqp_run_ops(struct mb_backend *be, struct mb_amqp_op *ops)
         case MB_AMQP_OP_UNSUBSCRIBE:
             mb_amqp_flush_acks(be);
             mb_amqp_unsubscribe_now(be, op);
+            break;
+        case MB_AMQP_OP_PAUSE:
+            /* Never parked: without a connection it only records the
+             * state, which the next establishment honours. */
+            mb_amqp_pause_apply(be, op);
             break;
         case MB_AMQP_OP_QUEUE_INFO:
             /* Never parked for a reconnect: the asker waits a bounded time
@@ -752,8 +763,13 @@ static void mb_amqp_expire(struct mb_backend *be)
         *pp = op->next;
         char d[MB_AMQP_DETAIL], last[MB_AMQP_DETAIL + 16] = "";
         mb_amqp_last_error(be, last, sizeof last);
-        snprintf(d, sizeof d, "%s: no connection to the broker within subscribe_timeout_ms=%ld%s",
-                 mb_bus_url(be->bus), be->conf.subscribe_timeout_ms, last);
+        if (op->kind == MB_AMQP_OP_GROUP_RESET || op->kind == MB_AMQP_OP_INSPECT)
+            snprintf(d, sizeof d, "%s: no connection to the broker within the timeout%s",
+                     mb_bus_url(be->bus), last);
+        else
+            snprintf(d, sizeof d,
+                     "%s: no connection to the broker within subscribe_timeout_ms=%ld%s",
+                     mb_bus_url(be->bus), be->conf.subscribe_timeout_ms, last);
         mb_amqp_op_finish(be, op, MSGBUS_ERR_CONNECT, d);
     }
     /* Messages that could not even be sent within message_timeout_ms. */
@@ -807,6 +823,8 @@ static void mb_amqp_shutdown(struct mb_backend *be)
             if (op->kind == MB_AMQP_OP_SETTLE) {
                 msgbus_msg_free(op->copy);
                 free(op);
+            } else if (op->kind == MB_AMQP_OP_PAUSE) {
+                free(op); /* nobody waits for it */
             } else if (op->kind == MB_AMQP_OP_UNSUBSCRIBE) {
                 mb_amqp_unsubscribe_now(be, op);
             } else {

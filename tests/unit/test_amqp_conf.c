@@ -690,6 +690,46 @@ START_TEST(acks_batch_into_one_multiple_ack)
 }
 END_TEST
 
+/* The capability table follows the configuration: durable unless
+ * x-expires may delete an idle group queue; every bit not claimed has a
+ * reason; the size limit is max_message_bytes. */
+START_TEST(capabilities_as_configured)
+{
+    struct mb_url *u = parse("amqp://h/?max_message_bytes=1000&queue_type=quorum");
+    struct mb_amqp_conf c;
+    tu_ck_ok(mb_amqp_conf_parse(u, &c));
+    struct mb_caps caps = {0};
+    mb_amqp_caps(&c, &caps);
+    ck_assert_uint_eq(caps.bits, MSGBUS_CAP_DURABLE | MSGBUS_CAP_SHARED |
+                                     MSGBUS_CAP_REDELIVERED | MSGBUS_CAP_LAG);
+    ck_assert_uint_eq(caps.max_message, 1000);
+    for (int i = 0; i < 10; i++) {
+        if (caps.bits & (1ull << i))
+            ck_assert_ptr_null(caps.why_not[i]);
+        else
+            ck_assert_msg(caps.why_not[i] && strlen(caps.why_not[i]) > 20,
+                          "capability bit %d has no reason", i);
+    }
+    ck_assert(strstr(caps.why_not[0], "round-robin"));       /* key_order */
+    ck_assert(strstr(caps.why_not[1], "routed to it"));      /* replay */
+    ck_assert(strstr(caps.why_not[7], "management plugin")); /* list */
+    ck_assert(strstr(caps.why_not[8], "delayed-message"));   /* delayed */
+    mb_amqp_conf_free(&c);
+    mb_url_free(u);
+
+    u = parse("amqp://h/?x-expires=60000");
+    tu_ck_ok(mb_amqp_conf_parse(u, &c));
+    memset(&caps, 0, sizeof caps);
+    mb_amqp_caps(&c, &caps);
+    ck_assert(!(caps.bits & MSGBUS_CAP_DURABLE));
+    ck_assert(caps.bits & MSGBUS_CAP_SHARED);
+    ck_assert(strstr(caps.why_not[2], "x-expires"));
+    ck_assert_uint_eq(caps.max_message, 128u * 1024 * 1024);
+    mb_amqp_conf_free(&c);
+    mb_url_free(u);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("amqp_conf");
@@ -702,6 +742,7 @@ int main(void)
     tcase_add_test(tc, quorum_and_queue_arguments);
     tcase_add_test(tc, several_hosts_mean_quorum_by_default);
     tcase_add_test(tc, group_queue_names);
+    tcase_add_test(tc, capabilities_as_configured);
     tcase_add_test(tc, codec_round_trip);
     tcase_add_test(tc, codec_republish_keeps_key_and_raises_attempt);
     tcase_add_test(tc, codec_quorum_delivery_count_and_foreign_headers);
