@@ -23,7 +23,8 @@
 static const char *const mb_core_options[] = {
     "queue_max",        "close_timeout_ms", "retry_max_attempts", "retry_initial_ms",
     "retry_multiplier", "retry_max_ms",     "retry_jitter",       "dlq",
-    "dlq_group",        "stats_interval_ms", NULL};
+    "dlq_group",        "stats_interval_ms", "start",            "require",
+    NULL};
 
 /* Buses and subscriptions keep counters on cache lines of their own
  * (_Alignas(64) members), which malloc's 16-byte alignment would not give. */
@@ -670,9 +671,12 @@ void mb_sub_push(msgbus_sub_t *sub, msgbus_msg_t *first, size_t count)
         sub->head = first;
     sub->tail = last;
     sub->qlen += count;
-    pthread_cond_broadcast(&sub->cond);
+    long work = mb_sub_work(sub, count);
+    if (work)
+        pthread_cond_broadcast(&sub->cond);
     pthread_mutex_unlock(&sub->mu);
-    mb_work_add(sub->bus, (long)count);
+    if (work)
+        mb_work_add(sub->bus, work);
 }
 
 size_t mb_sub_drop(msgbus_sub_t *sub, bool (*pred)(const msgbus_msg_t *, void *), void *arg)
@@ -695,9 +699,10 @@ size_t mb_sub_drop(msgbus_sub_t *sub, bool (*pred)(const msgbus_msg_t *, void *)
     }
     sub->tail = prev;
     sub->qlen -= n;
+    long unwork = mb_sub_work(sub, n);
     pthread_mutex_unlock(&sub->mu);
-    if (n)
-        mb_work_sub(sub->bus, (long)n);
+    if (unwork)
+        mb_work_sub(sub->bus, unwork);
     while (dropped) {
         msgbus_msg_t *next = dropped->next;
         msgbus_msg_free(dropped);
@@ -742,8 +747,13 @@ msgbus_err_t mb_subscribe_policy(msgbus_t *bus, const char *topic, const char *g
         mb_sub_unref(sub);
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory subscribing to '%s'", topic);
     }
+    msgbus_err_t e = mb_sub_start_resolve(bus, sub->policy.start, &sub->start);
+    if (e) {
+        mb_sub_unref(sub);
+        return e;
+    }
     mb_stats_sub_open(sub);
-    msgbus_err_t e = bus->ops->subscribe(bus->be, sub, &sub->bs);
+    e = bus->ops->subscribe(bus->be, sub, &sub->bs);
     if (e) {
         mb_sub_unref(sub);
         return e;
@@ -767,45 +777,139 @@ MSGBUS_API msgbus_err_t msgbus_subscribe(msgbus_t *bus, const char *topic, const
     return msgbus_subscribe_ex(bus, topic, group, NULL, out);
 }
 
-MSGBUS_API msgbus_err_t msgbus_receive(msgbus_sub_t *sub, int timeout_ms, msgbus_msg_t **out)
+/* Waits up to timeout_ms for a message, then takes up to `max` under one
+ * lock (a paused subscription hands out nothing). */
+static msgbus_err_t mb_receive(msgbus_sub_t *sub, int timeout_ms, size_t max, msgbus_msg_t **out,
+                               size_t *n)
 {
-    if (!sub || !out)
-        return mb_error(MSGBUS_ERR_INVALID, "msgbus_receive: %s is NULL", !sub ? "sub" : "out");
     struct timespec dl;
     if (timeout_ms > 0)
         mb_deadline(&dl, timeout_ms);
     pthread_mutex_lock(&sub->mu);
-    while (!sub->head && !sub->closed && timeout_ms != 0) {
+    while ((!sub->head || sub->paused) && !sub->closed && timeout_ms != 0) {
         int rc = timeout_ms < 0 ? pthread_cond_wait(&sub->cond, &sub->mu)
                                 : pthread_cond_timedwait(&sub->cond, &sub->mu, &dl);
         if (rc == ETIMEDOUT)
             break;
     }
-    msgbus_msg_t *m = sub->head;
-    if (m) {
+    size_t got = 0;
+    uint64_t first_seq = sub->received + 1;
+    while (got < max && sub->head && !sub->paused) {
+        msgbus_msg_t *m = sub->head;
         sub->head = m->next;
-        if (!sub->head)
-            sub->tail = NULL;
-        sub->qlen--;
         m->next = NULL;
-        sub->received++;
+        out[got++] = m;
     }
-    /* Every 8th message is timed from here to its settle (docs/stats.md):
-     * percentiles need samples, not a clock reading per message. */
-    bool sample = m && (sub->received & 7) == 1;
+    if (!sub->head)
+        sub->tail = NULL;
+    sub->qlen -= got;
+    sub->received += got;
     bool closed = sub->closed;
     pthread_mutex_unlock(&sub->mu);
-    if (m) {
-        mb_work_sub(sub->bus, 1);
-        m->recv_us = sample ? mb_mono_us() : 0;
-        if (sub->hooks.on)
-            mb_stats_received(sub, m);
-        *out = m;
+    *n = got;
+    if (got) {
+        mb_work_sub(sub->bus, (long)got);
+        for (size_t i = 0; i < got; i++) {
+            /* Every 8th message is timed from here to its settle
+             * (docs/stats.md): percentiles need samples, not a clock
+             * reading per message. */
+            out[i]->recv_us = ((first_seq + i) & 7) == 1 ? mb_mono_us() : 0;
+            if (sub->hooks.on)
+                mb_stats_received(sub, out[i]);
+        }
         return MSGBUS_OK;
     }
     if (closed)
         return mb_error(MSGBUS_ERR_CLOSED, "subscription to '%s' is closed", sub->topic);
     return mb_error(MSGBUS_ERR_TIMEOUT, "no message on '%s' within %d ms", sub->topic, timeout_ms);
+}
+
+MSGBUS_API msgbus_err_t msgbus_receive(msgbus_sub_t *sub, int timeout_ms, msgbus_msg_t **out)
+{
+    if (!sub || !out)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_receive: %s is NULL", !sub ? "sub" : "out");
+    size_t n;
+    return mb_receive(sub, timeout_ms, 1, out, &n);
+}
+
+MSGBUS_API msgbus_err_t msgbus_receive_batch(msgbus_sub_t *sub, size_t max, int timeout_ms,
+                                             msgbus_msg_t **out, size_t *n)
+{
+    if (n)
+        *n = 0;
+    if (!sub || !out || !n)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_receive_batch: %s is NULL",
+                        !sub ? "sub" : !out ? "out" : "n");
+    if (max == 0)
+        return mb_error(MSGBUS_ERR_INVALID, "msgbus_receive_batch: max is 0");
+    return mb_receive(sub, timeout_ms, max, out, n);
+}
+
+static msgbus_err_t mb_sub_set_paused(msgbus_sub_t *sub, bool paused)
+{
+    const char *what = paused ? "msgbus_sub_pause" : "msgbus_sub_resume";
+    if (!sub)
+        return mb_error(MSGBUS_ERR_INVALID, "%s: sub is NULL", what);
+    /* The settle lock keeps the backend's subscription alive (close takes
+     * it exclusively) and orders pause/resume calls of one sub. */
+    pthread_rwlock_wrlock(&sub->settle_lock);
+    pthread_mutex_lock(&sub->mu);
+    bool closed = sub->closed, was = sub->paused;
+    pthread_mutex_unlock(&sub->mu);
+    if (closed) {
+        pthread_rwlock_unlock(&sub->settle_lock);
+        return mb_error(MSGBUS_ERR_CLOSED, "%s: subscription to '%s' is closed", what,
+                        sub->topic);
+    }
+    if (was == paused) {
+        pthread_rwlock_unlock(&sub->settle_lock);
+        return MSGBUS_OK;
+    }
+    msgbus_err_t e = MSGBUS_OK;
+    if (paused) {
+        /* Hold the queue back first, then stop the backend: nothing it
+         * still pushes is handed out. */
+        pthread_mutex_lock(&sub->mu);
+        long unwork = (long)sub->qlen;
+        sub->paused = true;
+        pthread_mutex_unlock(&sub->mu);
+        mb_work_sub(sub->bus, unwork);
+        if (sub->ops->version >= 3 && sub->ops->pause)
+            e = sub->ops->pause(sub->bs, true);
+    } else {
+        if (sub->ops->version >= 3 && sub->ops->pause)
+            e = sub->ops->pause(sub->bs, false);
+    }
+    if (e && paused) { /* the backend could not: undo */
+        pthread_mutex_lock(&sub->mu);
+        long work = (long)sub->qlen;
+        sub->paused = false;
+        pthread_mutex_unlock(&sub->mu);
+        mb_work_add(sub->bus, work);
+    } else if (!e && !paused) {
+        pthread_mutex_lock(&sub->mu);
+        long work = (long)sub->qlen;
+        sub->paused = false;
+        pthread_cond_broadcast(&sub->cond);
+        pthread_mutex_unlock(&sub->mu);
+        if (work)
+            mb_work_add(sub->bus, work);
+    }
+    pthread_rwlock_unlock(&sub->settle_lock);
+    if (!e)
+        mb_log(MSGBUS_LOG_DEBUG, "subscription to '%s' %s", sub->topic,
+               paused ? "paused" : "resumed");
+    return e;
+}
+
+MSGBUS_API msgbus_err_t msgbus_sub_pause(msgbus_sub_t *sub)
+{
+    return mb_sub_set_paused(sub, true);
+}
+
+MSGBUS_API msgbus_err_t msgbus_sub_resume(msgbus_sub_t *sub)
+{
+    return mb_sub_set_paused(sub, false);
 }
 
 msgbus_err_t mb_sub_settle(msgbus_sub_t *sub, msgbus_msg_t *m, enum mb_settle how)
@@ -882,11 +986,11 @@ MSGBUS_API void msgbus_sub_close(msgbus_sub_t *sub)
      * already gave them back to the broker). */
     pthread_mutex_lock(&sub->mu);
     msgbus_msg_t *m = sub->head;
-    size_t n = sub->qlen;
+    long unwork = mb_sub_work(sub, sub->qlen);
     sub->head = sub->tail = NULL;
     sub->qlen = 0;
     pthread_mutex_unlock(&sub->mu);
-    mb_work_sub(bus, (long)n);
+    mb_work_sub(bus, unwork);
     while (m) {
         msgbus_msg_t *next = m->next;
         msgbus_msg_free(m);
@@ -999,8 +1103,20 @@ MSGBUS_API msgbus_err_t msgbus_open(msgbus_t **out, const char *url_text, const 
         e = mb_error(MSGBUS_ERR_INTERNAL, "eventfd: %s", strerror(errno));
         goto fail;
     }
+    const char *require = mb_url_opt(url, "require");
     if ((e = ops->open(bus, url, &bus->be)))
         goto fail;
+    /* Capabilities, and what the URL asks of them, before anything uses
+     * the bus: a bus that cannot give what require= or start= asks is
+     * never handed out. */
+    mb_caps_load(bus);
+    struct mb_start start;
+    if ((require && (e = mb_caps_require(bus, require))) ||
+        (e = mb_sub_start_resolve(bus, bus->policy.start, &start))) {
+        ops->close(bus->be);
+        bus->be = NULL;
+        goto fail;
+    }
     pthread_mutex_lock(&bus->state_mu);
     bool still_connecting = bus->state.state == MSGBUS_STATE_CONNECTING;
     pthread_mutex_unlock(&bus->state_mu);

@@ -22,6 +22,8 @@ struct mb_retry_policy {
     bool dlq;
     char *dlq_topic; /* NULL: <topic>.dlq (on a bus: always NULL) */
     char *dlq_group;
+    char *start; /* option start= as given (NULL: not given); parsed at
+                    subscribe, where a duration counts back from */
 };
 
 struct mb_hold;
@@ -119,6 +121,12 @@ struct msgbus_sub {
     struct mb_hooks hooks;
     struct mb_hist_prev *settle_prev; /* reader's copy, stats lock */
     struct mb_sub_stats st;
+
+    /* Positions and flow (caps.c; msgbus_sub_pause). paused under mu:
+     * while set, msgbus_receive hands nothing out and the queued messages
+     * are not counted in the bus's work (msgbus_fd). */
+    struct mb_start start;
+    bool paused;
 };
 
 struct msgbus {
@@ -188,7 +196,17 @@ struct msgbus {
     bool ticker_stop;
     pthread_mutex_t ticker_mu;
     pthread_cond_t ticker_cond;
+
+    /* What the backend guarantees as configured, asked once after open. */
+    struct mb_caps caps;
 };
+
+/* How much of `n` messages added to (or taken from) the sub's queue counts
+ * in the bus's work (msgbus_fd): none while it is paused. Under sub->mu. */
+static inline long mb_sub_work(const msgbus_sub_t *sub, size_t n)
+{
+    return sub->paused ? 0 : (long)n;
+}
 
 /* ---- bus.c services for retry.c ---- */
 MB_HIDDEN void mb_work_add(msgbus_t *bus, long n);
@@ -198,6 +216,18 @@ MB_HIDDEN void mb_sub_unref(msgbus_sub_t *sub);
  * once the subscription is closed (the broker redelivers). */
 MB_HIDDEN msgbus_err_t mb_sub_settle(msgbus_sub_t *sub, msgbus_msg_t *m, enum mb_settle how);
 MB_HIDDEN msgbus_err_t mb_check_name(const char *what, const char *name);
+
+/* ---- caps.c ---- */
+MB_HIDDEN void mb_caps_load(msgbus_t *bus);
+MB_HIDDEN bool mb_caps_has(const msgbus_t *bus, uint64_t cap);
+/* MSGBUS_ERR_UNSUPPORTED: "<what>: <backend> has no '<cap>' capability: <why>". */
+MB_HIDDEN msgbus_err_t mb_caps_refuse(const msgbus_t *bus, uint64_t cap, const char *what);
+/* require=a,b: MSGBUS_ERR_CONFIG naming every capability missing, and why. */
+MB_HIDDEN msgbus_err_t mb_caps_require(const msgbus_t *bus, const char *list);
+/* The start of a subscription from option text (NULL: default), refused
+ * (UNSUPPORTED) where the backend cannot start there. */
+MB_HIDDEN msgbus_err_t mb_sub_start_resolve(const msgbus_t *bus, const char *text,
+                                            struct mb_start *out);
 MB_HIDDEN msgbus_err_t mb_subscribe_policy(msgbus_t *bus, const char *topic, const char *group,
                                            struct mb_retry_policy *pol, msgbus_sub_t **out);
 

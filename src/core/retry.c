@@ -39,7 +39,8 @@
 
 static const char *const mb_sub_options[] = {
     "retry_max_attempts", "retry_initial_ms", "retry_multiplier", "retry_max_ms", "retry_jitter",
-    "dlq",                "dlq_topic",        "dlq_group",        NULL};
+    "dlq",                "dlq_topic",        "dlq_group",        "start",
+    NULL};
 
 /* ------------------------------------------------------------------ policy */
 
@@ -47,7 +48,8 @@ void mb_retry_policy_free(struct mb_retry_policy *p)
 {
     free(p->dlq_topic);
     free(p->dlq_group);
-    p->dlq_topic = p->dlq_group = NULL;
+    free(p->start);
+    p->dlq_topic = p->dlq_group = p->start = NULL;
 }
 
 static msgbus_err_t mb_policy_read(struct mb_url *u, const struct mb_retry_policy *def,
@@ -78,9 +80,18 @@ static msgbus_err_t mb_policy_read(struct mb_url *u, const struct mb_retry_polic
     const char *t = allow_topic ? mb_url_opt(u, "dlq_topic") : NULL;
     if (t && (e = mb_check_name("dead-letter topic (dlq_topic)", t)))
         return mb_error_prefix(MSGBUS_ERR_CONFIG, "bad option");
+    /* start= is checked here (so a typo fails at once) and parsed again at
+     * each subscribe, where a duration counts back from. */
+    const char *st = mb_url_opt(u, "start");
+    struct mb_start parsed;
+    if (st && (e = mb_start_parse("option 'start'", st, &parsed)))
+        return e;
+    if (!st)
+        st = def->start;
     p.dlq_group = mb_strdup(g ? g : def->dlq_group ? def->dlq_group : "dlq");
     p.dlq_topic = t ? mb_strdup(t) : NULL;
-    if (!p.dlq_group || (t && !p.dlq_topic)) {
+    p.start = st ? mb_strdup(st) : NULL;
+    if (!p.dlq_group || (t && !p.dlq_topic) || (st && !p.start)) {
         mb_retry_policy_free(&p);
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory reading retry options");
     }
@@ -526,7 +537,7 @@ static void mb_run_retry(struct mb_retry_worker *w, struct mb_job *j)
             if (awaited && e)
                 mb_hold_take_await(h, m->id);
             still = awaited && !e && mb_hold_awaits(h, m->id);
-            released = mb_hold_maybe_release(sub, h);
+            released = mb_sub_work(sub, mb_hold_maybe_release(sub, h));
         }
         pthread_mutex_unlock(&sub->mu);
         if (released)
@@ -562,7 +573,7 @@ static void mb_run_expire(struct mb_job *j)
                "retried message %s did not come back to this consumer of '%s' within %d ms: "
                "releasing the messages held behind it",
                j->id, sub->topic, MB_HOLD_TIMEOUT_MS);
-        released = mb_hold_maybe_release(sub, h);
+        released = mb_sub_work(sub, mb_hold_maybe_release(sub, h));
     }
     bool closed = sub->closed;
     pthread_mutex_unlock(&sub->mu);
@@ -719,9 +730,10 @@ static msgbus_err_t mb_nack(msgbus_msg_t *m, const char *reason, bool *retried)
             sub->qlen -= moved;
         }
     }
+    long unwork = mb_sub_work(sub, moved);
     pthread_mutex_unlock(&sub->mu);
-    if (moved)
-        mb_work_sub(sub->bus, (long)moved);
+    if (unwork)
+        mb_work_sub(sub->bus, unwork);
     j->kind = MB_JOB_RETRY;
     j->due = mb_mono_ms() + delay;
     mb_msg_ref(m);

@@ -1,0 +1,285 @@
+/*
+ * test_caps.c — the core half of issue 20 on mem://: start positions as
+ * text (every form accepted and refused), the refusals a missing capability
+ * implies, require=, msgbus_caps_json against msgbus_caps, batch receive,
+ * and pause/resume with msgbus_fd's readiness. The backends' halves (what
+ * each claims and that it holds) are in the conformance suite.
+ */
+#include <jansson.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#include "backends/backend.h"
+#include "core/internal.h"
+
+static msgbus_t *open_mem(const char *extra)
+{
+    char url[300], name[64];
+    tu_unique(name, sizeof name, "caps");
+    snprintf(url, sizeof url, "mem://%s%s", name, extra ? extra : "");
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    return bus;
+}
+
+static bool fd_readable(msgbus_t *bus)
+{
+    struct pollfd p = {.fd = msgbus_fd(bus), .events = POLLIN};
+    return poll(&p, 1, 0) == 1;
+}
+
+START_TEST(start_positions_parse)
+{
+    struct mb_start s;
+    tu_ck_ok(mb_start_parse("t", "latest", &s));
+    ck_assert_int_eq(s.kind, MB_START_LATEST);
+    tu_ck_ok(mb_start_parse("t", "earliest", &s));
+    ck_assert_int_eq(s.kind, MB_START_EARLIEST);
+    tu_ck_ok(mb_start_parse("t", "1970-01-01T00:00:01Z", &s));
+    ck_assert_int_eq(s.kind, MB_START_TIME);
+    ck_assert_int_eq(s.time_ms, 1000);
+    tu_ck_ok(mb_start_parse("t", "2026-12-07T09:00:00.5+01:00", &s));
+    ck_assert_int_eq(s.time_ms, 1796630400500LL); /* 08:00:00.5Z */
+    tu_ck_ok(mb_start_parse("t", "2024-02-29t08:00:00.123456-00:30", &s));
+    ck_assert_int_eq(s.time_ms, 1709195400123LL);
+    int64_t now = mb_now_ms();
+    tu_ck_ok(mb_start_parse("t", "-15m", &s));
+    ck_assert_int_eq(s.kind, MB_START_TIME);
+    ck_assert(llabs(s.time_ms - (now - 900000)) < 2000);
+    tu_ck_ok(mb_start_parse("t", "-1.5h", &s));
+    ck_assert(llabs(s.time_ms - (now - 5400000)) < 2000);
+    tu_ck_ok(mb_start_parse("t", "-500ms", &s));
+    ck_assert(llabs(s.time_ms - (now - 500)) < 2000);
+
+    static const char *const bad[] = {"", "first", "-15", "-15y", "--1m", "-m",
+                                      "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z",
+                                      "2023-02-29T00:00:00Z", "2026-12-07T08:00:00",
+                                      "2026-12-07T08:00:00Zjunk", "2026-12-07", "-1e20d", NULL};
+    for (int i = 0; bad[i]; i++) {
+        ck_assert_msg(mb_start_parse("option 'start'", bad[i], &s) == MSGBUS_ERR_CONFIG,
+                      "'%s' accepted", bad[i]);
+        ck_assert_msg(strstr(msgbus_last_error(), "option 'start'"), "%s", msgbus_last_error());
+    }
+}
+END_TEST
+
+START_TEST(a_bad_start_option_fails_and_subscribes_nothing)
+{
+    msgbus_t *bus = open_mem(NULL);
+    msgbus_sub_t *sub = NULL;
+    ck_assert_int_eq(msgbus_subscribe_ex(bus, "t", "g", "start=yesterday", &sub),
+                     MSGBUS_ERR_CONFIG);
+    ck_assert_ptr_null(sub);
+    ck_assert_msg(strstr(msgbus_last_error(), "yesterday"), "%s", msgbus_last_error());
+    msgbus_close(bus);
+    msgbus_t *b2 = NULL;
+    ck_assert_int_eq(msgbus_open(&b2, "mem://x?start=soon", NULL), MSGBUS_ERR_CONFIG);
+    ck_assert_ptr_null(b2);
+}
+END_TEST
+
+START_TEST(replay_is_refused_where_not_claimed)
+{
+    msgbus_t *bus = open_mem(NULL); /* mem:// without retain= keeps nothing */
+    ck_assert(!(msgbus_caps(bus) & MSGBUS_CAP_REPLAY));
+    msgbus_sub_t *sub = NULL;
+    ck_assert_int_eq(msgbus_subscribe_ex(bus, "t", "g", "start=earliest", &sub),
+                     MSGBUS_ERR_UNSUPPORTED);
+    ck_assert_ptr_null(sub);
+    ck_assert_msg(strstr(msgbus_last_error(), "'replay'"), "%s", msgbus_last_error());
+    ck_assert_int_eq(msgbus_subscribe_ex(bus, "t", NULL, "start=-1h", &sub),
+                     MSGBUS_ERR_UNSUPPORTED);
+    tu_ck_ok(msgbus_subscribe_ex(bus, "t", "g", "start=latest", &sub));
+    msgbus_sub_close(sub);
+    ck_assert_int_eq(msgbus_group_reset(bus, "t", "g", "earliest"), MSGBUS_ERR_UNSUPPORTED);
+    ck_assert_int_eq(msgbus_group_reset(bus, "t", "g", "nope"), MSGBUS_ERR_INVALID);
+    ck_assert_int_eq(msgbus_group_reset(bus, "t", NULL, "latest"), MSGBUS_ERR_INVALID);
+    ck_assert_int_eq(msgbus_group_reset(bus, "t", "bad name", "latest"), MSGBUS_ERR_INVALID);
+    msgbus_close(bus);
+
+    /* The bus URL's start= is the default of every subscription: refused
+     * at open when the backend cannot do it. */
+    msgbus_t *b2 = NULL;
+    ck_assert_int_eq(msgbus_open(&b2, "mem://caps-replay?start=earliest", NULL),
+                     MSGBUS_ERR_UNSUPPORTED);
+    ck_assert_ptr_null(b2);
+}
+END_TEST
+
+START_TEST(require_names_what_is_missing)
+{
+    msgbus_t *bus = NULL;
+    ck_assert_int_eq(msgbus_open(&bus, "mem://caps-req?require=delayed", NULL),
+                     MSGBUS_ERR_CONFIG);
+    ck_assert_ptr_null(bus);
+    ck_assert_msg(strstr(msgbus_last_error(), "'delayed'"), "%s", msgbus_last_error());
+    ck_assert_int_eq(msgbus_open(&bus, "mem://caps-req?require=delayed,durable", NULL),
+                     MSGBUS_ERR_CONFIG);
+    ck_assert_msg(strstr(msgbus_last_error(), "'delayed'") &&
+                      strstr(msgbus_last_error(), "'durable'"),
+                  "%s", msgbus_last_error());
+    ck_assert_int_eq(msgbus_open(&bus, "mem://caps-req?require=speed", NULL), MSGBUS_ERR_CONFIG);
+    ck_assert_msg(strstr(msgbus_last_error(), "unknown capability 'speed'") &&
+                      strstr(msgbus_last_error(), "key_order"),
+                  "%s", msgbus_last_error());
+    /* What mem:// claims opens, and an empty list asks nothing. */
+    bus = open_mem(NULL);
+    uint64_t caps = msgbus_caps(bus);
+    msgbus_close(bus);
+    char url[600] = "mem://caps-req2?require=";
+    for (uint64_t b = 1; b & MSGBUS_CAP_ALL; b <<= 1)
+        if (caps & b) {
+            strcat(url, msgbus_cap_name(b));
+            strcat(url, ",");
+        }
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(caps_json_matches_the_bits)
+{
+    msgbus_t *bus = open_mem(NULL);
+    char *text = NULL;
+    tu_ck_ok(msgbus_caps_json(bus, &text));
+    json_error_t je;
+    json_t *o = json_loads(text, 0, &je);
+    ck_assert_msg(o, "caps json: %s", je.text);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "backend")), "mem");
+    ck_assert_int_eq(tu_json_int(o, "max_message_size"), (json_int_t)msgbus_max_message_size(bus));
+    json_t *arr = json_object_get(o, "capabilities");
+    int n = 0;
+    for (uint64_t b = 1; b & MSGBUS_CAP_ALL; b <<= 1, n++) {
+        json_t *c = json_array_get(arr, (size_t)n);
+        ck_assert_str_eq(json_string_value(json_object_get(c, "name")), msgbus_cap_name(b));
+        bool yes = json_is_true(json_object_get(c, "supported"));
+        ck_assert_int_eq(yes, (msgbus_caps(bus) & b) != 0);
+        ck_assert_int_eq(json_object_get(c, "why_not") != NULL, !yes);
+        ck_assert(json_is_string(json_object_get(c, "description")));
+    }
+    ck_assert_int_eq(json_array_size(arr), (size_t)n);
+    json_decref(o);
+    msgbus_free(text);
+    ck_assert_ptr_null(msgbus_cap_name(0));
+    ck_assert_ptr_null(msgbus_cap_name(3));
+    ck_assert_ptr_null(msgbus_cap_name((uint64_t)MSGBUS_CAP_ALL + 1));
+    ck_assert_int_eq(msgbus_caps(NULL), 0);
+    ck_assert_int_eq(msgbus_caps_json(NULL, &text), MSGBUS_ERR_INVALID);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(receive_batch_takes_what_is_queued)
+{
+    msgbus_t *bus = open_mem(NULL);
+    msgbus_sub_t *sub = NULL;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &sub));
+    msgbus_msg_t *out[8];
+    size_t n = 99;
+    ck_assert_int_eq(msgbus_receive_batch(sub, 8, 0, out, &n), MSGBUS_ERR_TIMEOUT);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_int_eq(msgbus_receive_batch(sub, 0, 0, out, &n), MSGBUS_ERR_INVALID);
+    ck_assert_int_eq(msgbus_receive_batch(sub, 8, 0, NULL, &n), MSGBUS_ERR_INVALID);
+    ck_assert_int_eq(msgbus_receive_batch(NULL, 8, 0, out, &n), MSGBUS_ERR_INVALID);
+    char p[16];
+    for (int i = 0; i < 11; i++) {
+        snprintf(p, sizeof p, "m%d", i);
+        tu_publish_str(bus, "t", "k", p);
+    }
+    int next = 0;
+    for (int round = 0; round < 2; round++) {
+        tu_ck_ok(msgbus_receive_batch(sub, 8, 5000, out, &n));
+        ck_assert_uint_eq(n, round == 0 ? 8 : 3);
+        for (size_t i = 0; i < n; i++) {
+            snprintf(p, sizeof p, "m%d", next++);
+            size_t len;
+            const char *pl = msgbus_msg_payload(out[i], &len);
+            ck_assert_msg(len == strlen(p) && memcmp(pl, p, len) == 0, "out of order");
+            tu_ck_ok(msgbus_ack(out[i]));
+            msgbus_msg_free(out[i]);
+        }
+    }
+    ck_assert(!fd_readable(bus) || (msgbus_poll(bus, 0, NULL), !fd_readable(bus)));
+    msgbus_sub_close(sub);
+    ck_assert_int_eq(msgbus_receive_batch(sub = NULL, 1, 0, out, &n), MSGBUS_ERR_INVALID);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(pause_holds_back_and_resume_gives_everything)
+{
+    msgbus_t *bus = open_mem(NULL);
+    msgbus_sub_t *sub = NULL;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &sub));
+    tu_publish_str(bus, "t", NULL, "before");
+    msgbus_msg_t *held = tu_receive(sub, 5000);
+    tu_ck_ok(msgbus_sub_pause(sub));
+    tu_ck_ok(msgbus_sub_pause(sub)); /* a no-op */
+    for (int i = 0; i < 5; i++)
+        tu_publish_str(bus, "t", NULL, "during");
+    while (msgbus_poll(bus, 0, NULL) == MSGBUS_OK && fd_readable(bus))
+        ;
+    msgbus_msg_t *m = NULL;
+    ck_assert_int_eq(msgbus_receive(sub, 300, &m), MSGBUS_ERR_TIMEOUT);
+    ck_assert_msg(!fd_readable(bus), "the fd is readable for a paused subscription");
+    /* What was received before the pause can still be settled. */
+    tu_ck_ok(msgbus_ack(held));
+    msgbus_msg_free(held);
+    tu_ck_ok(msgbus_sub_resume(sub));
+    tu_ck_ok(msgbus_sub_resume(sub));
+    ck_assert_msg(fd_readable(bus), "the fd is not readable after resume");
+    for (int i = 0; i < 5; i++) {
+        m = tu_receive(sub, 5000);
+        size_t len;
+        const char *pl = msgbus_msg_payload(m, &len);
+        ck_assert(len == 6 && memcmp(pl, "during", 6) == 0);
+        tu_ck_ok(msgbus_ack(m));
+        msgbus_msg_free(m);
+    }
+    ck_assert_int_eq(msgbus_receive(sub, 100, &m), MSGBUS_ERR_TIMEOUT);
+    ck_assert(!fd_readable(bus));
+    /* Closing a paused subscription with messages queued leaves the fd
+     * count right. */
+    tu_ck_ok(msgbus_sub_pause(sub));
+    tu_publish_str(bus, "t", NULL, "left");
+    msgbus_poll(bus, 100, NULL);
+    msgbus_sub_close(sub);
+    ck_assert(!fd_readable(bus));
+    ck_assert_int_eq(msgbus_sub_pause(NULL), MSGBUS_ERR_INVALID);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(inspect_checks_its_arguments)
+{
+    msgbus_t *bus = open_mem(NULL);
+    char *out = NULL;
+    ck_assert_int_eq(msgbus_inspect_json(bus, NULL, "g", 1000, &out), MSGBUS_ERR_INVALID);
+    ck_assert_int_eq(msgbus_inspect_json(bus, "bad name", NULL, 1000, &out), MSGBUS_ERR_INVALID);
+    ck_assert_int_eq(msgbus_inspect_json(bus, "t", NULL, 1000, NULL), MSGBUS_ERR_INVALID);
+    ck_assert_int_eq(msgbus_inspect_json(NULL, "t", NULL, 1000, &out), MSGBUS_ERR_INVALID);
+    ck_assert_ptr_null(out);
+    msgbus_free(NULL);
+    msgbus_close(bus);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("caps");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, start_positions_parse);
+    tcase_add_test(tc, a_bad_start_option_fails_and_subscribes_nothing);
+    tcase_add_test(tc, replay_is_refused_where_not_claimed);
+    tcase_add_test(tc, require_names_what_is_missing);
+    tcase_add_test(tc, caps_json_matches_the_bits);
+    tcase_add_test(tc, receive_batch_takes_what_is_queued);
+    tcase_add_test(tc, pause_holds_back_and_resume_gives_everything);
+    tcase_add_test(tc, inspect_checks_its_arguments);
+    suite_add_tcase(s, tc);
+    return tu_run_suite(s);
+}
