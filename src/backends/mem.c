@@ -35,6 +35,34 @@
  * Topics, groups and held keys are found through hash tables that grow and
  * shrink with their contents, so lookups stay O(1) with 25k groups.
  *
+ * Retention and positions (issue 20), off by default:
+ *  - URL option retain=N (0..MB_MEM_RETAIN_MAX, default 0) makes each topic
+ *    keep its last N published messages after every group is done with
+ *    them, so a new group or a broadcast subscriber can start at earliest
+ *    or at a time (option start=) and msgbus_group_reset can move a group
+ *    back. The ring holds shared references, not copies: a retained
+ *    message costs one ring slot (16 bytes) plus, once no group holds it
+ *    any more, its own clone (~250 bytes + payload, key and headers). So
+ *    retain=N costs up to N × (that) per topic ever published to — with
+ *    retain > 0 a topic is created by its first publish and lives, with
+ *    its ring, as long as the broker. The ring grows by doubling up to N,
+ *    so a quiet topic costs what it holds. A message falling out of the
+ *    ring is freed when no group holds it either.
+ *  - retain= belongs to the broker (like a Kafka topic's retention), not
+ *    to one bus: the first bus on a name sets it; a later bus on the name
+ *    that gives another value is refused (MSGBUS_ERR_CONFIG), one that
+ *    gives none shares the broker's.
+ *  - A position is a choice among the retained messages: earliest → all
+ *    of them; a time → those whose timestamp (msgbus_msg_timestamp) is at
+ *    or after it — a filter, not a seek, since applications may set
+ *    timestamps out of order. A group that exists keeps its position; a
+ *    reset replaces the group's pending list by that choice (pending
+ *    messages no longer retained are dropped by the reset — the operator
+ *    asked for that position, and a reset is refused while members hold
+ *    anything).
+ *  - A paused member is skipped by dispatch (its window frozen; keys it
+ *    holds stay its own, so other members do not overtake it).
+ *
  * One mutex per broker guards everything in it; delivery to the core's
  * queues happens in one batch per member per dispatch pass.
  */
@@ -49,6 +77,8 @@
 
 #define MB_MEM_SCAN_LIMIT 4096 /* pending entries examined per dispatch */
 #define MB_MEM_TABLE_MIN 8     /* buckets of a table that holds anything */
+#define MB_MEM_RETAIN_MAX 1000000L /* retain= ceiling: up to ~16 MB of ring per topic */
+#define MB_MEM_RING_MIN 16         /* ring slots of a topic's first retained message */
 
 /* A named thing in a hash table: topics, groups, held keys. Embedded first
  * in each, so a node pointer is a pointer to its owner. */
@@ -100,17 +130,27 @@ struct mb_mem_group {
     char name[];
 };
 
+struct mb_mem_retained { /* one slot of a topic's ring */
+    struct mb_mem_data *data; /* one reference, the ring's */
+    uint64_t seq;
+};
+
 struct mb_mem_topic {
     struct mb_mem_node node;
     struct mb_mem_table named; /* named groups, by name */
     struct mb_mem_group *groups; /* all of them, broadcast ones too */
     size_t ngroups;
+    /* The last `retain` messages (oldest at ring[first]), when the broker
+     * retains; the ring grows by doubling up to retain slots. */
+    struct mb_mem_retained *ring;
+    size_t ring_cap, ring_first, nretained;
     char name[];
 };
 
 struct mb_mem_broker {
     char *name;
     long refs;
+    long retain; /* retain= of the first bus on this name; fixed for life */
     pthread_mutex_t mu;
     struct mb_mem_table topics;
     uint64_t next_seq;
@@ -134,6 +174,7 @@ struct mb_backend_sub {
     long ninflight;
     msgbus_msg_t *batch_head, *batch_tail; /* built during a dispatch */
     size_t batch_len;
+    bool paused; /* msgbus_sub_pause: dispatch hands it nothing */
     struct mb_backend_sub *next;
 };
 
@@ -314,6 +355,13 @@ static void mb_mem_inflight_remove(struct mb_backend_sub *bs, struct mb_mem_entr
     bs->ninflight--;
 }
 
+/* Whether dispatch may hand `m` one more message: a paused member's window
+ * is frozen, whatever room it has. */
+static bool mb_mem_has_room(const struct mb_backend_sub *m)
+{
+    return !m->paused && m->ninflight < m->prefetch;
+}
+
 static struct mb_backend_sub *mb_mem_least_loaded(struct mb_mem_group *g)
 {
     size_t n = 0;
@@ -329,7 +377,7 @@ static struct mb_backend_sub *mb_mem_least_loaded(struct mb_mem_group *g)
         for (struct mb_backend_sub *m = g->members; m; m = m->next, i++) {
             if ((pass == 0 && i < start) || (pass == 1 && i >= start))
                 continue;
-            if (m->ninflight < m->prefetch && (!best || m->ninflight < best->ninflight))
+            if (mb_mem_has_room(m) && (!best || m->ninflight < best->ninflight))
                 best = m;
         }
     }
@@ -375,7 +423,7 @@ static void mb_mem_dispatch(struct mb_mem_broker *b, struct mb_mem_group *g)
      * scanning, or a long backlog makes each publish walk it. */
     long room = 0;
     for (struct mb_backend_sub *m = g->members; m; m = m->next)
-        if (m->ninflight < m->prefetch)
+        if (mb_mem_has_room(m))
             room += m->prefetch - m->ninflight;
     size_t scanned = 0;
     struct mb_mem_entry *e = g->head;
@@ -386,8 +434,8 @@ static void mb_mem_dispatch(struct mb_mem_broker *b, struct mb_mem_group *g)
         struct mb_mem_keyown *ko = src->key ? mb_mem_key_find(g, src) : NULL;
         if (ko) {
             to = ko->owner;
-            if (to->ninflight >= to->prefetch) {
-                e = next; /* held back behind its key's owner */
+            if (!mb_mem_has_room(to)) {
+                e = next; /* held back behind its key's owner (full or paused) */
                 continue;
             }
         } else {
@@ -454,14 +502,112 @@ static struct mb_mem_topic *mb_mem_topic_get(struct mb_mem_broker *b, const char
     return t;
 }
 
-/* Frees `t` if nothing refers to it any more: a topic is only where its
- * groups hang, so one without groups holds nothing worth keeping. */
+/* Frees `t` if nothing refers to it any more: a topic is where its groups
+ * hang and its retained messages wait, so one without either holds nothing
+ * worth keeping. */
 static void mb_mem_topic_drop_if_unused(struct mb_mem_broker *b, struct mb_mem_topic *t)
 {
-    if (t->groups)
+    if (t->groups || t->nretained)
         return;
     mb_mem_table_remove(&b->topics, &t->node);
+    free(t->ring);
     free(t);
+}
+
+/* ------------------------------------------------------------ retention */
+
+/* Makes room in `t`'s ring for one more message, growing it (up to the
+ * broker's retain) when full below that. A ring at retain has room: the
+ * push replaces its oldest. False (ring unchanged) when out of memory. */
+static bool mb_mem_ring_reserve(const struct mb_mem_broker *b, struct mb_mem_topic *t)
+{
+    if (t->nretained < t->ring_cap || t->ring_cap >= (size_t)b->retain)
+        return true;
+    size_t cap = t->ring_cap ? t->ring_cap * 2 : MB_MEM_RING_MIN;
+    if (cap > (size_t)b->retain)
+        cap = (size_t)b->retain;
+    struct mb_mem_retained *r = malloc(cap * sizeof *r);
+    if (!r)
+        return false;
+    for (size_t i = 0; i < t->nretained; i++)
+        r[i] = t->ring[(t->ring_first + i) % t->ring_cap];
+    free(t->ring);
+    t->ring = r;
+    t->ring_cap = cap;
+    t->ring_first = 0;
+    return true;
+}
+
+/* Retains `d` (one more reference) as `t`'s newest message, after
+ * mb_mem_ring_reserve. The oldest falls out of a full ring: freed now
+ * unless a group still holds it. */
+static void mb_mem_ring_push(struct mb_mem_topic *t, struct mb_mem_data *d, uint64_t seq)
+{
+    atomic_fetch_add(&d->refs, 1);
+    struct mb_mem_retained r = {.data = d, .seq = seq};
+    if (t->nretained == t->ring_cap) {
+        struct mb_mem_retained *oldest = &t->ring[t->ring_first];
+        mb_mem_data_unref(oldest->data);
+        *oldest = r;
+        t->ring_first = (t->ring_first + 1) % t->ring_cap;
+    } else {
+        t->ring[(t->ring_first + t->nretained) % t->ring_cap] = r;
+        t->nretained++;
+    }
+}
+
+static void mb_mem_ring_free(struct mb_mem_topic *t)
+{
+    for (size_t i = 0; i < t->nretained; i++)
+        mb_mem_data_unref(t->ring[(t->ring_first + i) % t->ring_cap].data);
+    free(t->ring);
+    t->ring = NULL;
+    t->ring_cap = t->ring_first = t->nretained = 0;
+}
+
+static void mb_mem_entries_free(struct mb_mem_entry *e)
+{
+    for (struct mb_mem_entry *n; e; e = n) {
+        n = e->next;
+        mb_mem_data_unref(e->data);
+        free(e);
+    }
+}
+
+/* A group's pending list for position `from` on `t`: the retained messages
+ * (all for EARLIEST, those with timestamp >= time_ms for TIME, none for
+ * LATEST/DEFAULT), oldest first. False (nothing made) when out of memory. */
+static bool mb_mem_retained_list(const struct mb_mem_topic *t, const struct mb_start *from,
+                                 struct mb_mem_entry **head, struct mb_mem_entry **tail,
+                                 size_t *count)
+{
+    *head = *tail = NULL;
+    *count = 0;
+    if (from->kind != MB_START_EARLIEST && from->kind != MB_START_TIME)
+        return true;
+    for (size_t i = 0; i < t->nretained; i++) {
+        const struct mb_mem_retained *r = &t->ring[(t->ring_first + i) % t->ring_cap];
+        if (from->kind == MB_START_TIME && r->data->msg->timestamp < from->time_ms)
+            continue;
+        struct mb_mem_entry *e = calloc(1, sizeof *e);
+        if (!e) {
+            mb_mem_entries_free(*head);
+            *head = *tail = NULL;
+            *count = 0;
+            return false;
+        }
+        e->seq = r->seq;
+        e->data = r->data;
+        atomic_fetch_add(&r->data->refs, 1);
+        e->prev = *tail;
+        if (*tail)
+            (*tail)->next = e;
+        else
+            *head = e;
+        *tail = e;
+        (*count)++;
+    }
+    return true;
 }
 
 /* A new group on `t`: named when `name` is non-NULL, else a broadcast
@@ -490,21 +636,21 @@ static struct mb_mem_group *mb_mem_group_new(struct mb_mem_topic *t, const char 
     return g;
 }
 
+static struct mb_mem_group *mb_mem_group_find(struct mb_mem_topic *t, const char *name)
+{
+    return (struct mb_mem_group *)mb_mem_table_find(&t->named, name, strlen(name));
+}
+
 static struct mb_mem_group *mb_mem_group_get(struct mb_mem_topic *t, const char *name)
 {
-    struct mb_mem_group *g =
-        (struct mb_mem_group *)mb_mem_table_find(&t->named, name, strlen(name));
+    struct mb_mem_group *g = mb_mem_group_find(t, name);
     return g ? g : mb_mem_group_new(t, name);
 }
 
 /* Frees a group and everything it still holds; the caller has unlinked it. */
 static void mb_mem_group_free(struct mb_mem_group *g)
 {
-    for (struct mb_mem_entry *e = g->head, *n; e; e = n) {
-        n = e->next;
-        mb_mem_data_unref(e->data);
-        free(e);
-    }
+    mb_mem_entries_free(g->head);
     for (uint32_t i = 0; i < g->keys.nbuckets; i++)
         for (struct mb_mem_node *k = g->keys.buckets[i], *n; k; k = n) {
             n = k->hnext;
@@ -542,6 +688,7 @@ static void mb_mem_broker_free(struct mb_mem_broker *b)
                 gn = g->next;
                 mb_mem_group_free(g);
             }
+            mb_mem_ring_free(t);
             free(t->named.buckets);
             free(t);
         }
@@ -553,7 +700,7 @@ static void mb_mem_broker_free(struct mb_mem_broker *b)
 
 /* ---------------------------------------------------------------- ops */
 
-static const char *const mb_mem_options[] = {"prefetch", "max_message_bytes", NULL};
+static const char *const mb_mem_options[] = {"prefetch", "max_message_bytes", "retain", NULL};
 
 static msgbus_err_t mb_mem_open(msgbus_t *bus, struct mb_url *url, struct mb_backend **out)
 {
@@ -572,8 +719,10 @@ static msgbus_err_t mb_mem_open(msgbus_t *bus, struct mb_url *url, struct mb_bac
     if (!be)
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory opening mem://");
     msgbus_err_t e;
+    long retain; /* -1: not given, take the broker's */
     if ((e = mb_url_opt_int(url, "prefetch", 1000, 1, 1000000, &be->prefetch)) ||
-        (e = mb_url_opt_int(url, "max_message_bytes", 64L << 20, 1, 1L << 30, &be->max_bytes))) {
+        (e = mb_url_opt_int(url, "max_message_bytes", 64L << 20, 1, 1L << 30, &be->max_bytes)) ||
+        (e = mb_url_opt_int(url, "retain", -1, 0, MB_MEM_RETAIN_MAX, &retain))) {
         free(be);
         return e;
     }
@@ -582,6 +731,17 @@ static msgbus_err_t mb_mem_open(msgbus_t *bus, struct mb_url *url, struct mb_bac
     struct mb_mem_broker *b = mb_mem_brokers;
     while (b && strcmp(b->name, name) != 0)
         b = b->next;
+    if (b && retain >= 0 && retain != b->retain) {
+        /* Retention is the broker's, as a topic's is on Kafka: two buses
+         * cannot see one topic with two different pasts. */
+        long have = b->retain;
+        pthread_mutex_unlock(&mb_mem_registry_mu);
+        free(be);
+        return mb_error(MSGBUS_ERR_CONFIG,
+                        "option 'retain=%ld' in URL '%s': mem://%s is already open with "
+                        "retain=%ld (set by its first bus); give the same value or leave it out",
+                        retain, url->redacted, name, have);
+    }
     if (!b) {
         b = calloc(1, sizeof *b);
         if (!b || !(b->name = mb_strdup(name))) {
@@ -591,6 +751,7 @@ static msgbus_err_t mb_mem_open(msgbus_t *bus, struct mb_url *url, struct mb_bac
             return mb_error(MSGBUS_ERR_NOMEM, "out of memory opening mem://");
         }
         pthread_mutex_init(&b->mu, NULL);
+        b->retain = retain > 0 ? retain : 0;
         b->next = mb_mem_brokers;
         mb_mem_brokers = b;
     }
@@ -635,11 +796,17 @@ static msgbus_err_t mb_mem_publish(struct mb_backend *be, const char *topic, con
     struct mb_mem_broker *b = be->broker;
     msgbus_err_t e = MSGBUS_OK;
     pthread_mutex_lock(&b->mu);
-    /* No topic: no group would ever receive it, so it is kept nowhere. */
-    struct mb_mem_topic *t = mb_mem_topic_find(b, topic);
+    /* No topic: no group would ever receive it, so without retention it is
+     * kept nowhere; with retention the publish makes the topic, for groups
+     * that start at earliest later. */
+    struct mb_mem_topic *t =
+        b->retain ? mb_mem_topic_get(b, topic) : mb_mem_topic_find(b, topic);
+    if (b->retain && !t)
+        e = mb_error(MSGBUS_ERR_NOMEM, "out of memory publishing to '%s'", topic);
     if (t) {
         uint64_t seq = ++b->next_seq;
-        /* Allocate every entry first, so a failure changes nothing. */
+        /* Allocate every entry (and ring slot) first, so a failure changes
+         * nothing. */
         size_t ngroups = t->ngroups;
         struct mb_mem_entry **es = ngroups ? calloc(ngroups, sizeof *es) : NULL;
         size_t made = 0;
@@ -647,11 +814,14 @@ static msgbus_err_t mb_mem_publish(struct mb_backend *be, const char *topic, con
             for (; made < ngroups; made++)
                 if (!(es[made] = calloc(1, sizeof **es)))
                     break;
-        if (ngroups && (!es || made < ngroups)) {
+        if ((ngroups && (!es || made < ngroups)) || (b->retain && !mb_mem_ring_reserve(b, t))) {
             for (size_t i = 0; es && i < made; i++)
                 free(es[i]);
+            mb_mem_topic_drop_if_unused(b, t); /* one this publish made */
             e = mb_error(MSGBUS_ERR_NOMEM, "out of memory publishing to '%s'", topic);
         } else {
+            if (b->retain)
+                mb_mem_ring_push(t, d, seq);
             size_t i = 0;
             for (struct mb_mem_group *g = t->groups; g; g = g->next, i++) {
                 struct mb_mem_entry *en = es[i];
@@ -713,14 +883,33 @@ static msgbus_err_t mb_mem_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
     pthread_mutex_lock(&b->mu);
     struct mb_mem_topic *t = mb_mem_topic_get(b, mb_sub_topic(sub));
     struct mb_mem_group *g = NULL;
-    if (t)
-        g = group ? mb_mem_group_get(t, group) : mb_mem_group_new(t, NULL);
+    bool fresh = false; /* made by this subscribe: it has no position yet */
+    if (t) {
+        g = group ? mb_mem_group_find(t, group) : NULL;
+        if (!g) {
+            g = mb_mem_group_new(t, group);
+            fresh = true;
+        }
+    }
     if (!g) {
         if (t)
             mb_mem_topic_drop_if_unused(b, t);
         pthread_mutex_unlock(&b->mu);
         free(bs);
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory subscribing");
+    }
+    if (fresh) { /* start=: where a group without a position begins */
+        struct mb_mem_entry *head, *tail;
+        size_t n;
+        if (!mb_mem_retained_list(t, mb_sub_start(sub), &head, &tail, &n)) {
+            mb_mem_group_drop(b, g); /* and the topic, if it was all there was */
+            pthread_mutex_unlock(&b->mu);
+            free(bs);
+            return mb_error(MSGBUS_ERR_NOMEM, "out of memory subscribing");
+        }
+        g->head = head;
+        g->tail = tail;
+        g->npending = n;
     }
     bs->group = g;
     bs->next = g->members;
@@ -816,6 +1005,233 @@ static void mb_mem_stats(struct mb_backend *be, json_t *detail)
     json_object_set_new(detail, "prefetch", json_integer(be->prefetch));
 }
 
+
+/* ------------------------------------------------ positions, inspection */
+
+/* A paused member keeps what it holds (settleable as ever) and gets nothing
+ * more; its keys stay its own, so their later messages wait for it rather
+ * than overtake it on another member. */
+static msgbus_err_t mb_mem_pause(struct mb_backend_sub *bs, bool paused)
+{
+    struct mb_mem_broker *b = bs->be->broker;
+    pthread_mutex_lock(&b->mu);
+    bs->paused = paused;
+    if (!paused)
+        mb_mem_dispatch(b, bs->group);
+    pthread_mutex_unlock(&b->mu);
+    return MSGBUS_OK;
+}
+
+static size_t mb_mem_count_members(const struct mb_mem_group *g)
+{
+    size_t n = 0;
+    for (const struct mb_backend_sub *m = g->members; m; m = m->next)
+        n++;
+    return n;
+}
+
+/* The group's pending list becomes exactly the retained messages from `to`
+ * (see the top of this file); a group that does not exist yet is declared
+ * there. Nothing is in flight: a group without members holds nothing
+ * unsettled (a closing member gives its messages back). */
+static msgbus_err_t mb_mem_group_reset(struct mb_backend *be, const char *topic,
+                                       const char *group, const struct mb_start *to,
+                                       int timeout_ms)
+{
+    (void)timeout_ms; /* all in this process: nothing to wait for */
+    struct mb_mem_broker *b = be->broker;
+    msgbus_err_t e = MSGBUS_OK;
+    pthread_mutex_lock(&b->mu);
+    struct mb_mem_topic *t = mb_mem_topic_find(b, topic);
+    struct mb_mem_group *g = t ? mb_mem_group_find(t, group) : NULL;
+    size_t members = g ? mb_mem_count_members(g) : 0;
+    struct mb_mem_entry *head = NULL, *tail = NULL;
+    size_t n = 0;
+    if (!t) {
+        e = mb_error(MSGBUS_ERR_NOT_FOUND,
+                     "msgbus_group_reset: topic '%s' does not exist on mem://%s (no group was "
+                     "declared on it%s)",
+                     topic, b->name, b->retain ? " and nothing was published to it" : "");
+    } else if (members) {
+        e = mb_error(MSGBUS_ERR_STATE,
+                     "msgbus_group_reset: group '%s' on '%s' has %zu active member%s: close %s "
+                     "first",
+                     group, topic, members, members == 1 ? "" : "s",
+                     members == 1 ? "it" : "them");
+    } else if (!mb_mem_retained_list(t, to, &head, &tail, &n) ||
+               (!g && !(g = mb_mem_group_new(t, group)))) {
+        mb_mem_entries_free(head);
+        e = mb_error(MSGBUS_ERR_NOMEM, "out of memory resetting group '%s' on '%s'", group,
+                     topic);
+    } else {
+        mb_mem_entries_free(g->head);
+        g->head = head;
+        g->tail = tail;
+        g->npending = n;
+    }
+    pthread_mutex_unlock(&b->mu);
+    return e;
+}
+
+/* One group as msgbus_inspect_json shows it. Lag as in sub_stats: what the
+ * group has not yet been handed ("ready"); "unacked" is what its members
+ * hold. */
+static json_t *mb_mem_inspect_group(const struct mb_mem_group *g)
+{
+    long unacked = 0;
+    for (const struct mb_backend_sub *m = g->members; m; m = m->next)
+        unacked += m->ninflight;
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_string(g->name));
+    json_object_set_new(o, "members", json_integer((json_int_t)mb_mem_count_members(g)));
+    json_object_set_new(o, "ready", json_integer((json_int_t)g->npending));
+    json_object_set_new(o, "unacked", json_integer(unacked));
+    json_object_set_new(o, "lag", json_integer((json_int_t)g->npending));
+    return o;
+}
+
+static int mb_mem_by_name(const void *a, const void *b)
+{
+    const struct mb_mem_node *x = *(const struct mb_mem_node *const *)a;
+    const struct mb_mem_node *y = *(const struct mb_mem_node *const *)b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->key, y->key, n);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/* The nodes of `t`, sorted by name (listings read the same every time);
+ * NULL with *n = 0 when empty or out of memory (*oom says which). */
+static struct mb_mem_node **mb_mem_table_sorted(const struct mb_mem_table *t, size_t *n,
+                                                bool *oom)
+{
+    *n = 0;
+    *oom = false;
+    if (!t->count)
+        return NULL;
+    struct mb_mem_node **v = malloc(t->count * sizeof *v);
+    if (!v) {
+        *oom = true;
+        return NULL;
+    }
+    for (uint32_t i = 0; i < t->nbuckets; i++)
+        for (struct mb_mem_node *k = t->buckets[i]; k; k = k->hnext)
+            v[(*n)++] = k;
+    qsort(v, *n, sizeof *v, mb_mem_by_name);
+    return v;
+}
+
+/* One topic: its named groups (or just `group`), sorted by name. Broadcast
+ * subscribers' private groups have no name to list or reset: they are
+ * counted as "broadcast_subscribers". */
+static msgbus_err_t mb_mem_inspect_topic(const struct mb_mem_broker *b,
+                                         const struct mb_mem_topic *t, const char *group,
+                                         json_t *topics)
+{
+    json_t *groups = json_array();
+    if (group) {
+        struct mb_mem_group *g = mb_mem_group_find((struct mb_mem_topic *)t, group);
+        if (!g) {
+            json_decref(groups);
+            return mb_error(MSGBUS_ERR_NOT_FOUND,
+                            "msgbus_inspect_json: group '%s' does not exist on topic '%s' of "
+                            "mem://%s",
+                            group, t->name, b->name);
+        }
+        json_array_append_new(groups, mb_mem_inspect_group(g));
+    } else {
+        size_t n;
+        bool oom;
+        struct mb_mem_node **v = mb_mem_table_sorted(&t->named, &n, &oom);
+        if (oom) {
+            json_decref(groups);
+            return mb_error(MSGBUS_ERR_NOMEM, "msgbus_inspect_json: out of memory");
+        }
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(groups, mb_mem_inspect_group((struct mb_mem_group *)v[i]));
+        free(v);
+    }
+    size_t broadcast = 0;
+    for (const struct mb_mem_group *g = t->groups; g; g = g->next)
+        broadcast += !g->named;
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_string(t->name));
+    json_object_set_new(o, "partitions", json_integer(1));
+    json_object_set_new(o, "retained", json_integer((json_int_t)t->nretained));
+    json_object_set_new(o, "retention_messages", json_integer(b->retain));
+    json_object_set_new(o, "groups", groups);
+    json_object_set_new(o, "broadcast_subscribers", json_integer((json_int_t)broadcast));
+    json_array_append_new(topics, o);
+    return MSGBUS_OK;
+}
+
+static msgbus_err_t mb_mem_inspect(struct mb_backend *be, const char *topic, const char *group,
+                                   int timeout_ms, json_t *out)
+{
+    (void)timeout_ms;
+    struct mb_mem_broker *b = be->broker;
+    json_t *topics = json_object_get(out, "topics");
+    if (!json_is_array(topics)) {
+        topics = json_array();
+        json_object_set_new(out, "topics", topics);
+    }
+    msgbus_err_t e = MSGBUS_OK;
+    pthread_mutex_lock(&b->mu);
+    if (topic) {
+        struct mb_mem_topic *t = mb_mem_topic_find(b, topic);
+        if (!t)
+            e = mb_error(MSGBUS_ERR_NOT_FOUND,
+                         "msgbus_inspect_json: topic '%s' does not exist on mem://%s", topic,
+                         b->name);
+        else
+            e = mb_mem_inspect_topic(b, t, group, topics);
+    } else {
+        size_t n;
+        bool oom;
+        struct mb_mem_node **v = mb_mem_table_sorted(&b->topics, &n, &oom);
+        if (oom)
+            e = mb_error(MSGBUS_ERR_NOMEM, "msgbus_inspect_json: out of memory");
+        for (size_t i = 0; i < n && !e; i++) {
+            struct mb_mem_topic *t = (struct mb_mem_topic *)v[i];
+            /* A group named without its topic: the topics that have it. */
+            if (group && !mb_mem_group_find(t, group))
+                continue;
+            e = mb_mem_inspect_topic(b, t, group, topics);
+        }
+        free(v);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return e;
+}
+
+#define MB_MEM_CAP_INDEX(cap) (__builtin_ctz(cap))
+
+static void mb_mem_capabilities(struct mb_backend *be, struct mb_caps *out)
+{
+    /* Key ownership gives per-key order across members; a publish is one
+     * function call confirmed inside it, so it is never retried and never
+     * doubled; every topic and group is in this process to list. */
+    out->bits = MSGBUS_CAP_KEY_ORDER | MSGBUS_CAP_NO_DUPLICATE_PUBLISH | MSGBUS_CAP_LIST |
+                MSGBUS_CAP_LAG;
+    if (be->broker->retain > 0)
+        out->bits |= MSGBUS_CAP_REPLAY;
+    else
+        out->why_not[MB_MEM_CAP_INDEX(MSGBUS_CAP_REPLAY)] =
+            "mem:// keeps no messages once every group has them: open it with retain=N";
+    out->why_not[MB_MEM_CAP_INDEX(MSGBUS_CAP_DURABLE)] =
+        "mem:// keeps messages in this process's memory: they go when the last bus on its name "
+        "closes or the process ends";
+    out->why_not[MB_MEM_CAP_INDEX(MSGBUS_CAP_SHARED)] =
+        "mem:// lives in one process: mem://name is shared by the buses of this process only";
+    out->why_not[MB_MEM_CAP_INDEX(MSGBUS_CAP_POSITIONS)] =
+        "mem:// has no partitions or offsets";
+    out->why_not[MB_MEM_CAP_INDEX(MSGBUS_CAP_REDELIVERED)] =
+        "mem:// sets no redelivered flag: msgbus_msg_attempt counts its deliveries (above 1 "
+        "after a nack or a member's close)";
+    out->why_not[MB_MEM_CAP_INDEX(MSGBUS_CAP_DELAYED)] =
+        "mem:// delivers at once: it has no delayed delivery of its own";
+    out->max_message = (size_t)be->max_bytes;
+}
+
 static const char *const mb_mem_schemes[] = {"mem", NULL};
 
 MB_HIDDEN const struct mb_backend_ops mb_mem_ops = {
@@ -837,4 +1253,8 @@ MB_HIDDEN const struct mb_backend_ops mb_mem_ops = {
     .release = mb_mem_release,
     .stats = mb_mem_stats,
     .sub_stats = mb_mem_sub_stats,
+    .capabilities = mb_mem_capabilities,
+    .pause = mb_mem_pause,
+    .group_reset = mb_mem_group_reset,
+    .inspect = mb_mem_inspect,
 };

@@ -7,6 +7,7 @@
 #include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -853,6 +854,510 @@ START_TEST(drained_group_without_members_keeps_later_messages)
 }
 END_TEST
 
+/* ------------------------------------------ retention, positions (issue 20) */
+
+/* Opens mem://<name><extra> exactly (buses that must share one broker). */
+static msgbus_err_t open_named(msgbus_t **bus, const char *name, const char *extra)
+{
+    char url[160];
+    snprintf(url, sizeof url, "mem://%s%s", name, extra ? extra : "");
+    return msgbus_open(bus, url, NULL);
+}
+
+static void publish_ts(msgbus_t *bus, const char *topic, const char *key, const char *payload,
+                       int64_t ts)
+{
+    msgbus_msg_t *m;
+    tu_ck_ok(msgbus_msg_new(&m, payload, strlen(payload)));
+    if (key)
+        tu_ck_ok(msgbus_msg_set_key(m, key, strlen(key)));
+    if (ts)
+        tu_ck_ok(msgbus_msg_set_timestamp(m, ts));
+    tu_ck_ok(msgbus_publish(bus, topic, m, NULL, NULL));
+    msgbus_msg_free(m);
+}
+
+/* Receives the payloads "<prefix><from>" .. "<prefix><to-1>", in order,
+ * acking each. */
+static void expect_range(msgbus_sub_t *s, const char *prefix, int from, int to)
+{
+    for (int i = from; i < to; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "%s%d", prefix, i);
+        msgbus_msg_t *m = tu_receive(s, 1000);
+        ck_assert_msg(m != NULL, "missing %s", want);
+        ck_assert_str_eq(payload_str(m), want);
+        tu_ck_ok(msgbus_ack(m));
+        msgbus_msg_free(m);
+    }
+}
+
+/* Nothing more comes within 50 ms. */
+static void expect_none(msgbus_sub_t *s)
+{
+    msgbus_msg_t *extra = tu_receive(s, 50);
+    ck_assert_msg(extra == NULL, "unexpected '%s'", extra ? payload_str(extra) : "");
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void publish_range(msgbus_t *bus, const char *topic, const char *prefix, int from, int to,
+                          int64_t ts)
+{
+    for (int i = from; i < to; i++) {
+        char p[64];
+        snprintf(p, sizeof p, "%s%d", prefix, i);
+        publish_ts(bus, topic, NULL, p, ts);
+    }
+}
+
+/* msgbus_inspect_json parsed; ck_asserts it succeeds. */
+static json_t *inspect(msgbus_t *bus, const char *topic, const char *group)
+{
+    char *text = NULL;
+    tu_ck_ok(msgbus_inspect_json(bus, topic, group, 1000, &text));
+    json_error_t err;
+    json_t *o = json_loads(text, 0, &err);
+    ck_assert_msg(o != NULL, "inspect gave bad JSON: %s", text);
+    msgbus_free(text);
+    return o;
+}
+
+START_TEST(retain_option_is_bounded_and_belongs_to_the_broker)
+{
+    char name[64];
+    tu_unique(name, sizeof name, "ret");
+    msgbus_t *bus = NULL, *other = NULL;
+    const char *bad[] = {"?retain=-1", "?retain=1000001", "?retain=ten", "?retain="};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        tu_ck_err(open_named(&bus, name, bad[i]), MSGBUS_ERR_CONFIG);
+        ck_assert_ptr_null(bus);
+        ck_assert_msg(strstr(msgbus_last_error(), "retain"), "%s: '%s' does not name retain",
+                      bad[i], msgbus_last_error());
+    }
+    tu_ck_ok(open_named(&bus, name, "?retain=5"));
+    ck_assert(msgbus_caps(bus) & MSGBUS_CAP_REPLAY);
+    /* Another value on the same broker: refused, naming both. */
+    tu_ck_err(open_named(&other, name, "?retain=6"), MSGBUS_ERR_CONFIG);
+    ck_assert_ptr_null(other);
+    ck_assert_msg(strstr(msgbus_last_error(), "retain=6") &&
+                      strstr(msgbus_last_error(), "retain=5"),
+                  "%s", msgbus_last_error());
+    tu_ck_ok(open_named(&other, name, "?retain=5")); /* the same: fine */
+    msgbus_close(other);
+    tu_ck_ok(open_named(&other, name, NULL)); /* none: the broker's */
+    ck_assert(msgbus_caps(other) & MSGBUS_CAP_REPLAY);
+    msgbus_close(other);
+    msgbus_close(bus);
+    /* The broker went with its last bus: the name is free for another value. */
+    tu_ck_ok(open_named(&bus, name, "?retain=0"));
+    ck_assert(!(msgbus_caps(bus) & MSGBUS_CAP_REPLAY));
+    msgbus_close(bus);
+}
+END_TEST
+
+/* retain=3: a topic without groups keeps its last 3 messages, and a group
+ * starting at earliest gets exactly those; what falls out is freed. */
+START_TEST(retained_ring_keeps_the_last_n_and_frees_the_rest)
+{
+    msgbus_t *bus = open_mem("?retain=3");
+    publish_range(bus, "t", "m", 0, 10, 0);
+    json_t *o = inspect(bus, "t", NULL);
+    ck_assert_int_eq(tu_json_int(o, "topics.0.retained"), 3);
+    ck_assert_int_eq(tu_json_int(o, "topics.0.retention_messages"), 3);
+    json_decref(o);
+    msgbus_sub_t *s;
+    tu_ck_ok(msgbus_subscribe_ex(bus, "t", "g", "start=earliest", &s));
+    expect_range(s, "m", 7, 10);
+    expect_none(s);
+    msgbus_sub_close(s);
+    msgbus_close(bus);
+
+    /* Memory: 2000 messages of 4 KiB through retain=50 keep ~50 of them. */
+    msgbus_t *warm = open_mem("?retain=50");
+    publish_range(warm, "t", "w", 0, 60, 0);
+    msgbus_close(warm);
+    size_t before = heap_in_use();
+    bus = open_mem("?retain=50");
+    static char big[4096];
+    memset(big, 'x', sizeof big - 1);
+    for (int i = 0; i < 2000; i++)
+        publish_ts(bus, "t", NULL, big, 0);
+    long grown = heap_growth(before);
+    printf("  retain=50, 2000 x 4 KiB published: heap +%ld bytes\n", grown);
+    ck_assert_msg(grown < 60 * 5000, "the ring keeps more than its 50 messages (%ld bytes)",
+                  grown);
+    ck_assert_msg(grown > 50 * 4096, "the ring does not hold its 50 messages (%ld bytes)", grown);
+    msgbus_close(bus);
+    long after = heap_growth(before);
+    printf("  after the broker closed: heap %+ld bytes\n", after);
+    ck_assert_msg(after < 16384, "retained messages outlive their broker (%ld bytes)", after);
+}
+END_TEST
+
+/* A retained message a group still holds stays alive after it falls out of
+ * the ring, and is freed once the group acks it. */
+START_TEST(message_out_of_the_ring_lives_while_a_group_holds_it)
+{
+    msgbus_t *bus = open_mem("?retain=1");
+    msgbus_sub_t *s;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &s));
+    publish_ts(bus, "t", NULL, "old", 0);
+    publish_ts(bus, "t", NULL, "new", 0); /* "old" leaves the ring */
+    msgbus_msg_t *a = tu_receive(s, 1000), *b = tu_receive(s, 1000);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_str_eq(payload_str(a), "old"); /* payload borrowed from the shared copy */
+    ck_assert_str_eq(payload_str(b), "new");
+    tu_ck_ok(msgbus_ack(a));
+    tu_ck_ok(msgbus_ack(b));
+    msgbus_msg_free(a);
+    msgbus_msg_free(b);
+    msgbus_sub_close(s);
+    /* Reset to earliest: only what is retained comes back. */
+    tu_ck_ok(msgbus_group_reset(bus, "t", "g", "earliest"));
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &s));
+    msgbus_msg_t *m = tu_receive(s, 1000);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_str_eq(payload_str(m), "new");
+    tu_ck_ok(msgbus_ack(m));
+    msgbus_msg_free(m);
+    ck_assert_ptr_null(tu_receive(s, 50));
+    msgbus_sub_close(s);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(start_earliest_and_times_for_new_groups_and_broadcast)
+{
+    msgbus_t *bus = open_mem("?retain=100");
+    tu_ck_ok(msgbus_declare(bus, "t", "declared")); /* has a position: ignores start */
+    publish_range(bus, "t", "a", 0, 5, 1000);
+    publish_range(bus, "t", "b", 0, 5, 2000);
+    msgbus_sub_t *early, *late, *bc, *decl, *latest, *dflt;
+    tu_ck_ok(msgbus_subscribe_ex(bus, "t", "early", "start=earliest", &early));
+    tu_ck_ok(msgbus_subscribe_ex(bus, "t", "late", "start=1970-01-01T00:00:01.500Z", &late));
+    tu_ck_ok(msgbus_subscribe_ex(bus, "t", NULL, "start=earliest", &bc));
+    tu_ck_ok(msgbus_subscribe_ex(bus, "t", "latest", "start=latest", &latest));
+    tu_ck_ok(msgbus_subscribe(bus, "t", "default", &dflt));
+    /* The time is a filter on the timestamp, boundary included. */
+    msgbus_sub_t *exact;
+    tu_ck_ok(msgbus_subscribe_ex(bus, "t", "exact", "start=1970-01-01T00:00:02Z", &exact));
+    /* The declared group began when declared: all 10, whatever start says. */
+    tu_ck_ok(msgbus_subscribe_ex(bus, "t", "declared", "start=1970-01-01T00:00:01.500Z", &decl));
+    publish_range(bus, "t", "c", 0, 1, 0);
+    msgbus_msg_t *m;
+    for (int i = 0; i < 5; i++) {
+        char want[8];
+        snprintf(want, sizeof want, "a%d", i);
+        ck_assert_ptr_nonnull(m = tu_receive(early, 1000));
+        ck_assert_str_eq(payload_str(m), want);
+        msgbus_ack(m);
+        msgbus_msg_free(m);
+        ck_assert_ptr_nonnull(m = tu_receive(bc, 1000));
+        ck_assert_str_eq(payload_str(m), want);
+        ck_assert_ptr_null(msgbus_msg_group(m));
+        msgbus_ack(m);
+        msgbus_msg_free(m);
+        ck_assert_ptr_nonnull(m = tu_receive(decl, 1000));
+        ck_assert_str_eq(payload_str(m), want);
+        msgbus_ack(m);
+        msgbus_msg_free(m);
+    }
+    msgbus_sub_t *with_b[] = {early, bc, decl, late, exact};
+    for (size_t k = 0; k < 5; k++) {
+        for (int i = 0; i < 5; i++) {
+            char want[8];
+            snprintf(want, sizeof want, "b%d", i);
+            ck_assert_ptr_nonnull(m = tu_receive(with_b[k], 1000));
+            ck_assert_str_eq(payload_str(m), want);
+            msgbus_ack(m);
+            msgbus_msg_free(m);
+        }
+        expect_range(with_b[k], "c", 0, 1);
+        expect_none(with_b[k]);
+    }
+    expect_range(latest, "c", 0, 1);
+    expect_range(dflt, "c", 0, 1);
+    expect_none(latest);
+    expect_none(dflt);
+    msgbus_sub_t *all[] = {early, late, bc, decl, latest, dflt, exact};
+    for (size_t k = 0; k < 7; k++)
+        msgbus_sub_close(all[k]);
+    /* A group that consumed keeps its position: start=earliest is ignored. */
+    tu_ck_ok(msgbus_subscribe_ex(bus, "t", "early", "start=earliest", &early));
+    ck_assert_ptr_null(tu_receive(early, 50));
+    msgbus_sub_close(early);
+
+    /* -<duration>: from now back. */
+    int64_t now = wall_ms();
+    publish_range(bus, "t", "hour-ago", 0, 2, now - 3600 * 1000);
+    publish_range(bus, "t", "recent", 0, 2, now);
+    msgbus_sub_t *recent;
+    tu_ck_ok(msgbus_subscribe_ex(bus, "t", "recent", "start=-30m", &recent));
+    expect_range(recent, "c", 0, 1); /* published just now, too */
+    expect_range(recent, "recent", 0, 2);
+    expect_none(recent);
+    msgbus_sub_close(recent);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(start_earliest_without_retain_is_unsupported)
+{
+    msgbus_t *bus = open_mem(NULL);
+    msgbus_sub_t *s = (msgbus_sub_t *)&s;
+    const char *refused[] = {"start=earliest", "start=2026-01-01T00:00:00Z", "start=-15m"};
+    for (int i = 0; i < 3; i++) {
+        tu_ck_err(msgbus_subscribe_ex(bus, "t", "g", refused[i], &s), MSGBUS_ERR_UNSUPPORTED);
+        ck_assert_ptr_eq(s, (msgbus_sub_t *)&s);
+        ck_assert_msg(strstr(msgbus_last_error(), "retain="), "%s", msgbus_last_error());
+    }
+    /* Nothing was subscribed: the group does not exist. */
+    char *text = NULL;
+    tu_ck_err(msgbus_inspect_json(bus, "t", NULL, 1000, &text), MSGBUS_ERR_NOT_FOUND);
+    tu_ck_err(msgbus_group_reset(bus, "t", "g", "earliest"), MSGBUS_ERR_UNSUPPORTED);
+    tu_ck_ok(msgbus_subscribe_ex(bus, "t", "g", "start=latest", &s));
+    msgbus_sub_close(s);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(paused_member_gets_nothing_and_settles_what_it_has)
+{
+    msgbus_t *bus = open_mem(NULL);
+    msgbus_sub_t *s;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &s));
+    publish_ts(bus, "t", NULL, "before", 0);
+    msgbus_msg_t *held = tu_receive(s, 1000);
+    ck_assert_ptr_nonnull(held);
+    tu_ck_ok(msgbus_sub_pause(s));
+    tu_ck_ok(msgbus_sub_pause(s)); /* twice: a no-op */
+    publish_range(bus, "t", "p", 0, 5, 0);
+    ck_assert_ptr_null(tu_receive(s, 200));
+    /* Not just held back by the core: mem handed nothing out. */
+    json_t *o = inspect(bus, "t", "g");
+    ck_assert_int_eq(tu_json_int(o, "topics.0.groups.0.ready"), 5);
+    ck_assert_int_eq(tu_json_int(o, "topics.0.groups.0.unacked"), 1);
+    ck_assert_int_eq(tu_json_int(o, "topics.0.groups.0.members"), 1);
+    json_decref(o);
+    tu_ck_ok(msgbus_ack(held)); /* settling while paused works */
+    msgbus_msg_free(held);
+    ck_assert_ptr_null(tu_receive(s, 50));
+    tu_ck_ok(msgbus_sub_resume(s));
+    tu_ck_ok(msgbus_sub_resume(s));
+    expect_range(s, "p", 0, 5);
+    expect_none(s);
+    msgbus_sub_close(s);
+    msgbus_close(bus);
+}
+END_TEST
+
+/* A paused member keeps its keys: their later messages wait for it rather
+ * than go to another member out of order; other keys flow to the others. */
+START_TEST(paused_member_keeps_its_keys)
+{
+    msgbus_t *bus = open_mem(NULL);
+    msgbus_sub_t *a, *b;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &a));
+    publish_ts(bus, "t", "k", "k0", 0);
+    msgbus_msg_t *k0 = tu_receive(a, 1000);
+    ck_assert_ptr_nonnull(k0);
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &b));
+    tu_ck_ok(msgbus_sub_pause(a));
+    publish_ts(bus, "t", "k", "k1", 0);
+    publish_ts(bus, "t", "other", "o0", 0);
+    msgbus_msg_t *m = tu_receive(b, 1000);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_str_eq(payload_str(m), "o0");
+    tu_ck_ok(msgbus_ack(m));
+    msgbus_msg_free(m);
+    ck_assert_ptr_null(tu_receive(b, 100)); /* k1 waits for a */
+    tu_ck_ok(msgbus_ack(k0)); /* a no longer holds k: k1 may go to b */
+    msgbus_msg_free(k0);
+    m = tu_receive(b, 1000);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_str_eq(payload_str(m), "k1");
+    tu_ck_ok(msgbus_ack(m));
+    msgbus_msg_free(m);
+    ck_assert_ptr_null(tu_receive(a, 50));
+    msgbus_sub_close(a);
+    msgbus_sub_close(b);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(group_reset_moves_a_group_without_members)
+{
+    msgbus_t *bus = open_mem("?retain=100");
+    tu_ck_err(msgbus_group_reset(bus, "nope", "g", "latest"), MSGBUS_ERR_NOT_FOUND);
+    ck_assert_msg(strstr(msgbus_last_error(), "'nope'"), "%s", msgbus_last_error());
+    msgbus_sub_t *s, *s2;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &s));
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &s2));
+    tu_ck_err(msgbus_group_reset(bus, "t", "g", "earliest"), MSGBUS_ERR_STATE);
+    ck_assert_msg(strstr(msgbus_last_error(), "group 'g'") &&
+                      strstr(msgbus_last_error(), "2 active members"),
+                  "%s", msgbus_last_error());
+    msgbus_sub_close(s2);
+    publish_range(bus, "t", "a", 0, 3, 1000);
+    publish_range(bus, "t", "b", 0, 3, 2000);
+    msgbus_sub_close(s); /* its 6 unsettled go back: pending */
+    /* Latest drops them. */
+    tu_ck_ok(msgbus_group_reset(bus, "t", "g", "latest"));
+    json_t *o = inspect(bus, "t", "g");
+    ck_assert_int_eq(tu_json_int(o, "topics.0.groups.0.ready"), 0);
+    ck_assert_int_eq(tu_json_int(o, "topics.0.groups.0.members"), 0);
+    json_decref(o);
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &s));
+    ck_assert_ptr_null(tu_receive(s, 50));
+    msgbus_sub_close(s);
+    /* Earliest: every retained message again, acked or not. */
+    tu_ck_ok(msgbus_group_reset(bus, "t", "g", "earliest"));
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &s));
+    expect_range(s, "a", 0, 3);
+    expect_range(s, "b", 0, 3);
+    expect_none(s);
+    msgbus_sub_close(s);
+    /* A time: those at or after it. */
+    tu_ck_ok(msgbus_group_reset(bus, "t", "g", "1970-01-01T00:00:01.999Z"));
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &s));
+    expect_range(s, "b", 0, 3);
+    expect_none(s);
+    msgbus_sub_close(s);
+    /* A group that does not exist is declared at the position. */
+    tu_ck_ok(msgbus_group_reset(bus, "t", "new", "earliest"));
+    publish_range(bus, "t", "c", 0, 1, 0);
+    tu_ck_ok(msgbus_subscribe(bus, "t", "new", &s));
+    expect_range(s, "a", 0, 3);
+    expect_range(s, "b", 0, 3);
+    expect_range(s, "c", 0, 1);
+    expect_none(s);
+    msgbus_sub_close(s);
+    tu_ck_err(msgbus_group_reset(bus, "t", "g", "yesterday"), MSGBUS_ERR_INVALID);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(group_reset_to_latest_without_retain_drops_what_waits)
+{
+    msgbus_t *bus = open_mem(NULL);
+    tu_ck_ok(msgbus_declare(bus, "t", "g"));
+    publish_range(bus, "t", "x", 0, 4, 0);
+    tu_ck_ok(msgbus_group_reset(bus, "t", "g", "latest"));
+    publish_range(bus, "t", "y", 0, 1, 0);
+    msgbus_sub_t *s;
+    tu_ck_ok(msgbus_subscribe(bus, "t", "g", &s));
+    expect_range(s, "y", 0, 1);
+    expect_none(s);
+    msgbus_sub_close(s);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(inspect_lists_topics_and_named_groups)
+{
+    msgbus_t *bus = open_mem("?retain=2");
+    tu_ck_ok(msgbus_declare(bus, "orders", "shipping"));
+    tu_ck_ok(msgbus_declare(bus, "orders", "billing"));
+    msgbus_sub_t *m1, *bc;
+    tu_ck_ok(msgbus_subscribe(bus, "orders", "billing", &m1));
+    tu_ck_ok(msgbus_subscribe(bus, "orders", NULL, &bc));
+    publish_range(bus, "orders", "o", 0, 3, 0);
+    publish_range(bus, "audit", "a", 0, 1, 0); /* retained: the topic exists */
+    msgbus_msg_t *held = tu_receive(m1, 1000);
+    ck_assert_ptr_nonnull(held);
+    json_t *o = inspect(bus, NULL, NULL);
+    char *text = json_dumps(o, JSON_COMPACT);
+    printf("  inspect: %s\n", text);
+    free(text);
+    ck_assert_uint_eq(json_array_size(json_object_get(o, "topics")), 2);
+    ck_assert_str_eq(json_string_value(tu_json_at(o, "topics.0.name")), "audit");
+    ck_assert_int_eq(tu_json_int(o, "topics.0.retained"), 1);
+    ck_assert_uint_eq(json_array_size(tu_json_at(o, "topics.0.groups")), 0);
+    ck_assert_str_eq(json_string_value(tu_json_at(o, "topics.1.name")), "orders");
+    ck_assert_int_eq(tu_json_int(o, "topics.1.partitions"), 1);
+    ck_assert_int_eq(tu_json_int(o, "topics.1.retained"), 2);
+    ck_assert_int_eq(tu_json_int(o, "topics.1.broadcast_subscribers"), 1);
+    ck_assert_uint_eq(json_array_size(tu_json_at(o, "topics.1.groups")), 2);
+    ck_assert_str_eq(json_string_value(tu_json_at(o, "topics.1.groups.0.name")), "billing");
+    ck_assert_int_eq(tu_json_int(o, "topics.1.groups.0.members"), 1);
+    ck_assert_int_eq(tu_json_int(o, "topics.1.groups.0.unacked"), 3);
+    ck_assert_int_eq(tu_json_int(o, "topics.1.groups.0.ready"), 0);
+    ck_assert_int_eq(tu_json_int(o, "topics.1.groups.0.lag"), 0);
+    ck_assert_str_eq(json_string_value(tu_json_at(o, "topics.1.groups.1.name")), "shipping");
+    ck_assert_int_eq(tu_json_int(o, "topics.1.groups.1.members"), 0);
+    ck_assert_int_eq(tu_json_int(o, "topics.1.groups.1.ready"), 3);
+    ck_assert_int_eq(tu_json_int(o, "topics.1.groups.1.lag"), 3);
+    json_decref(o);
+    o = inspect(bus, "orders", "shipping");
+    ck_assert_uint_eq(json_array_size(json_object_get(o, "topics")), 1);
+    ck_assert_uint_eq(json_array_size(tu_json_at(o, "topics.0.groups")), 1);
+    ck_assert_str_eq(json_string_value(tu_json_at(o, "topics.0.groups.0.name")), "shipping");
+    json_decref(o);
+    text = (char *)&text;
+    tu_ck_err(msgbus_inspect_json(bus, "nope", NULL, 1000, &text), MSGBUS_ERR_NOT_FOUND);
+    ck_assert_msg(strstr(msgbus_last_error(), "'nope'"), "%s", msgbus_last_error());
+    tu_ck_err(msgbus_inspect_json(bus, "orders", "nope", 1000, &text), MSGBUS_ERR_NOT_FOUND);
+    ck_assert_msg(strstr(msgbus_last_error(), "'nope'"), "%s", msgbus_last_error());
+    ck_assert_ptr_eq(text, (char *)&text);
+    tu_ck_ok(msgbus_ack(held));
+    msgbus_msg_free(held);
+    msgbus_sub_close(m1);
+    msgbus_sub_close(bc);
+    msgbus_close(bus);
+}
+END_TEST
+
+START_TEST(capabilities_follow_the_configuration)
+{
+    const uint64_t always = MSGBUS_CAP_KEY_ORDER | MSGBUS_CAP_NO_DUPLICATE_PUBLISH |
+                            MSGBUS_CAP_LIST | MSGBUS_CAP_LAG;
+    msgbus_t *bus = open_mem("?max_message_bytes=4096");
+    ck_assert_uint_eq(msgbus_caps(bus), always);
+    ck_assert_uint_eq(msgbus_max_message_size(bus), 4096);
+    char *text = NULL;
+    tu_ck_ok(msgbus_caps_json(bus, &text));
+    json_error_t err;
+    json_t *o = json_loads(text, 0, &err);
+    msgbus_free(text);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "backend")), "mem");
+    json_t *caps = json_object_get(o, "capabilities");
+    for (size_t i = 0; i < json_array_size(caps); i++) {
+        json_t *c = json_array_get(caps, i);
+        bool yes = json_is_true(json_object_get(c, "supported"));
+        ck_assert_int_eq(yes, (msgbus_caps(bus) & (1ull << i)) != 0);
+        const char *why = json_string_value(json_object_get(c, "why_not"));
+        ck_assert_msg(yes || (why && strncmp(why, "mem://", 6) == 0),
+                      "'%s' is refused without mem's own reason (%s)",
+                      json_string_value(json_object_get(c, "name")), why ? why : "none");
+    }
+    json_decref(o);
+    msgbus_close(bus);
+    bus = open_mem("?retain=10");
+    ck_assert_uint_eq(msgbus_caps(bus), always | MSGBUS_CAP_REPLAY);
+    ck_assert_uint_eq(msgbus_max_message_size(bus), 64u << 20);
+    msgbus_close(bus);
+    bus = NULL;
+    char name[64];
+    tu_unique(name, sizeof name, "req");
+    tu_ck_err(open_named(&bus, name, "?require=replay"), MSGBUS_ERR_CONFIG);
+    ck_assert_msg(strstr(msgbus_last_error(), "replay") && strstr(msgbus_last_error(), "retain="),
+                  "%s", msgbus_last_error());
+    tu_ck_err(open_named(&bus, name, "?require=key_order,shared"), MSGBUS_ERR_CONFIG);
+    ck_assert_msg(strstr(msgbus_last_error(), "shared"), "%s", msgbus_last_error());
+    ck_assert_ptr_null(bus);
+    tu_ck_ok(open_named(&bus, name, "?retain=5&require=replay,key_order,list,lag"));
+    msgbus_close(bus);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("mem");
@@ -878,7 +1383,20 @@ int main(void)
     tcase_add_test(mem, broadcast_queues_and_empty_topics_are_freed);
     tcase_add_test(mem, group_lookup_does_not_slow_with_the_number_of_groups);
     tcase_add_test(mem, drained_group_without_members_keeps_later_messages);
+    TCase *pos = tcase_create("positions");
+    tcase_add_test(pos, retain_option_is_bounded_and_belongs_to_the_broker);
+    tcase_add_test(pos, retained_ring_keeps_the_last_n_and_frees_the_rest);
+    tcase_add_test(pos, message_out_of_the_ring_lives_while_a_group_holds_it);
+    tcase_add_test(pos, start_earliest_and_times_for_new_groups_and_broadcast);
+    tcase_add_test(pos, start_earliest_without_retain_is_unsupported);
+    tcase_add_test(pos, paused_member_gets_nothing_and_settles_what_it_has);
+    tcase_add_test(pos, paused_member_keeps_its_keys);
+    tcase_add_test(pos, group_reset_moves_a_group_without_members);
+    tcase_add_test(pos, group_reset_to_latest_without_retain_drops_what_waits);
+    tcase_add_test(pos, inspect_lists_topics_and_named_groups);
+    tcase_add_test(pos, capabilities_follow_the_configuration);
     suite_add_tcase(s, tc);
     suite_add_tcase(s, mem);
+    suite_add_tcase(s, pos);
     return tu_run_suite(s);
 }
