@@ -998,6 +998,47 @@ static void mb_kafka_close(struct mb_backend *be)
     mb_kafka_free(be);
 }
 
+/* ---- capabilities (docs/kafka.md, "Capabilities") ------------------------ */
+
+/* Whether the current producer's `property` is `value`, as librdkafka
+ * holds it after msgbus's defaults and the user's settings. */
+static bool mb_kafka_producer_says(struct mb_backend *be, const char *property, const char *value)
+{
+    char v[64];
+    size_t n = sizeof v;
+    const rd_kafka_conf_t *conf = rd_kafka_conf(be->producer);
+    return conf && rd_kafka_conf_get(conf, property, v, &n) == RD_KAFKA_CONF_OK &&
+           strcmp(v, value) == 0;
+}
+
+/* ops->capabilities. Everything but no_duplicate_publish and durable holds
+ * however the bus is configured; those two follow the producer's
+ * settings, read back from librdkafka so that an alias or an environment
+ * variable counts the same as the URL. */
+static void mb_kafka_capabilities(struct mb_backend *be, struct mb_caps *out)
+{
+    out->bits = MSGBUS_CAP_KEY_ORDER | MSGBUS_CAP_REPLAY | MSGBUS_CAP_SHARED |
+                MSGBUS_CAP_POSITIONS | MSGBUS_CAP_LIST | MSGBUS_CAP_LAG;
+    if (mb_kafka_producer_says(be, "enable.idempotence", "true"))
+        out->bits |= MSGBUS_CAP_NO_DUPLICATE_PUBLISH;
+    else
+        out->why_not[6] = "the bus is opened with enable.idempotence=false: a publish librdkafka "
+                          "retries after a lost acknowledgement may be written twice (the "
+                          "inbox absorbs the copy)";
+    /* acks=0: the delivery report says "sent", not "written". */
+    if (mb_kafka_producer_says(be, "acks", "0"))
+        out->why_not[2] = "the bus is opened with acks=0: a confirm only says the message was "
+                          "sent, not that a broker wrote it";
+    else
+        out->bits |= MSGBUS_CAP_DURABLE;
+    out->why_not[5] = "Kafka has no redelivered flag: a message read again is the same offset "
+                      "read again (after a restart or a rebalance), and msgbus_msg_attempt "
+                      "counts the deliveries msgbus knows of";
+    out->why_not[8] = "Kafka has no delayed delivery: a record is readable as soon as it is "
+                      "written";
+    out->max_message = be->max_message_bytes > 0 ? (size_t)be->max_message_bytes : 0;
+}
+
 static const char *const mb_kafka_schemes[] = {"kafka", NULL};
 
 MB_HIDDEN const struct mb_backend_ops mb_kafka_ops = {
@@ -1019,4 +1060,8 @@ MB_HIDDEN const struct mb_backend_ops mb_kafka_ops = {
     .release = mb_kafka_release,
     .stats = mb_kafka_stats,
     .sub_stats = mb_kafka_sub_stats,
+    .capabilities = mb_kafka_capabilities,
+    .pause = mb_kafka_sub_pause,
+    .group_reset = mb_kafka_group_reset,
+    .inspect = mb_kafka_inspect,
 };

@@ -43,6 +43,10 @@ struct mb_backend {
     long max_message_bytes;   /* the producer's message.max.bytes */
     long close_timeout_ms;    /* the core's close_timeout_ms: bounds each
                                  subscription's close (kafka_consumer.c) */
+    /* Where a subscription whose start= is not given (MB_START_DEFAULT)
+     * begins when its group has no position: LATEST, or EARLIEST when the
+     * URL says auto.offset.reset=earliest (kafka_conf.c maps it). */
+    enum mb_start_kind default_start;
 
     /* The current producer; also serves metadata and Admin requests.
      * Atomic: replaced (never freed before close) after a fatal error. */
@@ -192,18 +196,35 @@ MB_HIDDEN rd_kafka_t *mb_kafka_consumer_new(struct mb_backend *be, const char *g
                                             void *opaque, mb_kafka_rebalance_fn rebalance_cb,
                                             mb_kafka_commit_fn commit_cb,
                                             mb_kafka_error_fn error_cb);
-/* End offset / committed offsets, retrying transient errors up to
- * timeout_ms. With `stop` (a subscription's), they also give up soon after
- * *stop turns true: a closing subscription must not sit out the timeout. */
+/* Low and high watermark / end offset / committed offsets, retrying
+ * transient errors up to timeout_ms. With `stop` (a subscription's), they
+ * also give up soon after *stop turns true: a closing subscription must not
+ * sit out the timeout. */
+MB_HIDDEN rd_kafka_resp_err_t mb_kafka_watermarks(rd_kafka_t *rk, const char *topic,
+                                                  int32_t partition, int timeout_ms,
+                                                  const _Atomic bool *stop, int64_t *lo,
+                                                  int64_t *hi);
 MB_HIDDEN rd_kafka_resp_err_t mb_kafka_end_offset(rd_kafka_t *rk, const char *topic,
                                                   int32_t partition, int timeout_ms,
                                                   const _Atomic bool *stop, int64_t *hi);
 MB_HIDDEN rd_kafka_resp_err_t mb_kafka_committed(rd_kafka_t *rk,
                                                  rd_kafka_topic_partition_list_t *parts,
                                                  int timeout_ms, const _Atomic bool *stop);
+/* The offset a start position names in each partition of `parts` (topic
+ * and partition set; start->kind never MB_START_DEFAULT): EARLIEST the low
+ * watermark, LATEST the high watermark, TIME the first message at or after
+ * start->time_ms (ListOffsets by time), or the high watermark when none is
+ * that recent. Each element gets its offset, or its err; the first error is
+ * returned. Retries transient errors up to timeout_ms (and `stop`, as
+ * above). */
+MB_HIDDEN rd_kafka_resp_err_t mb_kafka_start_offsets(rd_kafka_t *rk,
+                                                     rd_kafka_topic_partition_list_t *parts,
+                                                     const struct mb_start *start, int timeout_ms,
+                                                     const _Atomic bool *stop);
 /* Commits `offsets` (rd_kafka_commit_queue) and waits for the outcome up
  * to timeout_ms, or until give_up(arg) (may be NULL) says so; the wait,
- * not the request, ends then. __TIMED_OUT when no outcome came. */
+ * not the request, ends then. __TIMED_OUT when no outcome came. A
+ * partition the broker refused makes the outcome its error. */
 MB_HIDDEN rd_kafka_resp_err_t mb_kafka_commit_wait(rd_kafka_t *rk,
                                                    const rd_kafka_topic_partition_list_t *offsets,
                                                    int timeout_ms, bool (*give_up)(void *),
@@ -212,6 +233,13 @@ MB_HIDDEN rd_kafka_resp_err_t mb_kafka_commit_wait(rd_kafka_t *rk,
  * committed offset (declare). */
 MB_HIDDEN msgbus_err_t mb_kafka_declare_group(struct mb_backend *be, const char *topic,
                                               const char *group);
+/* ops->group_reset and ops->inspect (docs/kafka.md, "Group reset",
+ * "Inspecting"). */
+MB_HIDDEN msgbus_err_t mb_kafka_group_reset(struct mb_backend *be, const char *topic,
+                                            const char *group, const struct mb_start *to,
+                                            int timeout_ms);
+MB_HIDDEN msgbus_err_t mb_kafka_inspect(struct mb_backend *be, const char *topic,
+                                        const char *group, int timeout_ms, json_t *out);
 
 /* kafka_codec.c */
 /* Decodes a received record's headers into `m` (a new received message
@@ -232,6 +260,8 @@ MB_HIDDEN void mb_kafka_unsubscribe(struct mb_backend_sub *bs);
 MB_HIDDEN void mb_kafka_release(msgbus_msg_t *m);
 MB_HIDDEN msgbus_err_t mb_kafka_settle(struct mb_backend_sub *bs, msgbus_msg_t *m,
                                        enum mb_settle how);
+/* ops->pause: stops or restarts fetching (docs/kafka.md, "Pause"). */
+MB_HIDDEN msgbus_err_t mb_kafka_sub_pause(struct mb_backend_sub *bs, bool paused);
 /* ops->sub_stats: lag per assigned partition (docs/kafka.md). */
 MB_HIDDEN void mb_kafka_sub_stats(struct mb_backend_sub *bs, json_t *sub, int timeout_ms);
 

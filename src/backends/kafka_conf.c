@@ -42,10 +42,6 @@ static const struct {
     {"metadata.broker.list", MB_KAFKA_HOSTS},
     {"transactional.id", MB_KAFKA_NO_TX},
     {"transaction.timeout.ms", MB_KAFKA_NO_TX},
-    {"auto.offset.reset",
-     "msgbus starts a new group at the end of each partition as of its first assignment "
-     "(msgbus_declare fixes that point before any consumer runs); a configurable start "
-     "position is not supported yet"},
     {"enable.partition.eof", "msgbus delivers messages only and has no end-of-partition event"},
     {"group.instance.id",
      "msgbus makes one consumer per subscription (and one for declare), and one static "
@@ -395,6 +391,41 @@ static msgbus_err_t mb_kafka_add_prop(struct mb_backend *be, const char *key, co
     return MSGBUS_OK;
 }
 
+/* auto.offset.reset, as a Kafka user writes it, names where a group with
+ * no position starts: msgbus takes it as the default of the subscription
+ * option start= (be->default_start; start= given wins) and never hands it
+ * to librdkafka, whose consumers keep auto.offset.reset=earliest for a
+ * committed offset that retention deleted (never skip). librdkafka's
+ * spellings are accepted; "error" (fail the partition instead) is refused,
+ * since msgbus always has a position to start from. */
+static msgbus_err_t mb_kafka_offset_reset(struct mb_backend *be, const struct mb_url *url)
+{
+    be->default_start = MB_START_LATEST;
+    const char *key = "auto.offset.reset";
+    if (!mb_url_opt(url, key))
+        return MSGBUS_OK;
+    char origin[160];
+    mb_url_opt_origin(url, key, origin, sizeof origin);
+    const char *v = mb_url_opt(url, key); /* marks it used */
+    static const char *const earliest[] = {"earliest", "smallest", "beginning", NULL};
+    static const char *const latest[] = {"latest", "largest", "end", NULL};
+    for (size_t i = 0; earliest[i]; i++)
+        if (strcasecmp(v, earliest[i]) == 0) {
+            be->default_start = MB_START_EARLIEST;
+            return MSGBUS_OK;
+        }
+    for (size_t i = 0; latest[i]; i++)
+        if (strcasecmp(v, latest[i]) == 0)
+            return MSGBUS_OK;
+    return mb_error(MSGBUS_ERR_CONFIG, "%s: auto.offset.reset=%s is not taken: msgbus reads it "
+                    "as where a group with no position starts (earliest, smallest or beginning: "
+                    "start=earliest; latest, largest or end: start=latest)%s", origin, v,
+                    strcasecmp(v, "error") == 0
+                        ? "; 'error' (fail instead of starting) has no msgbus equivalent: a "
+                          "group always starts somewhere (start= says where)"
+                        : "");
+}
+
 /* Reads msgbus's own options, then passes every other option through to
  * librdkafka, validating each on a scratch configuration so that a refusal
  * names the option as the user wrote it. */
@@ -412,6 +443,9 @@ msgbus_err_t mb_kafka_parse_options(struct mb_backend *be, struct mb_url *url)
                               &be->commit_interval_ms)) ||
         (e = mb_kafka_opt_int(url, "max_unacked", 100000, 1, 100000000, &be->max_unacked)) ||
         (e = mb_kafka_opt_bool(url, "create_topics", true, &be->create_topics)))
+        return e;
+
+    if ((e = mb_kafka_offset_reset(be, url)))
         return e;
 
     rd_kafka_conf_t *scratch = rd_kafka_conf_new();

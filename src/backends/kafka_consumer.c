@@ -17,8 +17,12 @@
  *    delivered offset, or the offset after the last delivered one when all
  *    are acked: a crash redelivers only messages at or after it.
  *  - Positions are resolved explicitly at assignment (committed offset, else
- *    the partition's end), never left to auto.offset.reset, so subscribe()
- *    returning means a message published afterwards is received.
+ *    where start= points: by default the partition's end), never left to
+ *    librdkafka's auto.offset.reset, so subscribe() returning means a
+ *    message published afterwards is received.
+ *  - Pausing (msgbus_sub_pause, and flow control) is done by the
+ *    subscription's thread too: the application only sets a flag and cuts
+ *    the thread's poll short.
  *  - Each assignment of a partition gets a new generation, stamped on the
  *    messages (m->tag). A settle for an older generation is ignored: the
  *    partition was revoked and its new owner receives the message again.
@@ -161,7 +165,17 @@ struct mb_backend_sub {
     size_t unacked;
     pthread_cond_t room; /* signalled when unacked falls to max_unacked/2 */
     bool waiting_room;
-    bool paused; /* subscription thread only */
+    /* Fetching stops (the whole assignment paused in librdkafka) while
+     * flow control (max_unacked) or the application (msgbus_sub_pause)
+     * wants it. Subscription thread only, except want_pause. */
+    bool flow_paused;
+    bool user_paused;        /* want_pause as the thread last applied it */
+    bool fetch_paused;       /* what librdkafka was last told */
+    _Atomic bool want_pause; /* set by ops->pause, on the application's thread */
+    /* The consumer queue the thread polls, so ops->pause can cut a poll
+     * short (rd_kafka_queue_yield); NULL once the thread is closing. mu
+     * held. */
+    rd_kafka_queue_t *wake_q;
 };
 
 /* ---- per-partition tables (bs->mu held) --------------------------------- */
@@ -421,10 +435,14 @@ static void mb_kafka_consumer_error_cb(rd_kafka_t *rk, int err, const char *reas
 
 /* ---- rebalances ------------------------------------------------------------ */
 
+static void mb_kafka_pause(struct mb_backend_sub *bs, bool pause);
+
 /* Fills each partition's start offset: the group's committed offset, else
- * the partition's current end (a new group starts at "latest as of
- * assignment"; a declared group has committed offsets, so it starts where
- * declare fixed it). */
+ * where the subscription's start= points (its default: the URL's
+ * auto.offset.reset, else latest — the partition's end as of assignment).
+ * A group has committed offsets once declared or consumed, so start=
+ * decides only for a new group; a broadcast subscriber has no committed
+ * offsets and always starts where start= says. */
 static void mb_kafka_resolve_positions(struct mb_backend_sub *bs,
                                        rd_kafka_topic_partition_list_t *parts)
 {
@@ -448,30 +466,46 @@ static void mb_kafka_resolve_positions(struct mb_backend_sub *bs,
         for (int i = 0; i < parts->cnt; i++)
             parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
     }
-    rd_kafka_topic_partition_list_t *fixed = NULL;
+    rd_kafka_topic_partition_list_t *todo = NULL;
     for (int i = 0; i < parts->cnt; i++) {
-        rd_kafka_topic_partition_t *tp = &parts->elems[i];
-        if (tp->offset >= 0)
+        if (parts->elems[i].offset >= 0)
             continue;
-        int64_t hi = 0;
-        rd_kafka_resp_err_t werr = mb_kafka_end_offset(bs->rk, tp->topic, tp->partition, timeout,
-                                                       &bs->stop, &hi);
-        if (werr) {
+        if (!todo)
+            todo = rd_kafka_topic_partition_list_new(parts->cnt);
+        rd_kafka_topic_partition_list_add(todo, parts->elems[i].topic,
+                                          parts->elems[i].partition);
+    }
+    if (!todo)
+        return;
+    struct mb_start start = *mb_sub_start(bs->sub);
+    if (start.kind == MB_START_DEFAULT)
+        start.kind = bs->be->default_start == MB_START_EARLIEST ? MB_START_EARLIEST
+                                                                : MB_START_LATEST;
+    mb_kafka_start_offsets(bs->rk, todo, &start, timeout, &bs->stop);
+    rd_kafka_topic_partition_list_t *fixed = NULL;
+    for (int i = 0; i < todo->cnt; i++) {
+        rd_kafka_topic_partition_t *s = &todo->elems[i];
+        rd_kafka_topic_partition_t *tp =
+            rd_kafka_topic_partition_list_find(parts, s->topic, s->partition);
+        if (!tp)
+            continue;
+        if (s->err || s->offset < 0) {
             /* Last resort: let librdkafka resolve (stored offset, else
              * auto.offset.reset=earliest: duplicates, never loss). */
-            mb_log(MSGBUS_LOG_ERROR, "kafka: end offset of %s[%d] unknown: %s; starting at the "
-                   "group's stored position", tp->topic, (int)tp->partition,
-                   rd_kafka_err2str(werr));
+            mb_log(MSGBUS_LOG_ERROR, "kafka: start offset of %s[%d] unknown: %s; starting at the "
+                   "group's stored position", s->topic, (int)s->partition,
+                   rd_kafka_err2str(s->err ? s->err : RD_KAFKA_RESP_ERR__NO_OFFSET));
             tp->offset = RD_KAFKA_OFFSET_STORED;
-        } else {
-            tp->offset = hi;
-            if (bs->group) {
-                if (!fixed)
-                    fixed = rd_kafka_topic_partition_list_new(parts->cnt);
-                rd_kafka_topic_partition_list_add(fixed, tp->topic, tp->partition)->offset = hi;
-            }
+            continue;
+        }
+        tp->offset = s->offset;
+        if (bs->group) {
+            if (!fixed)
+                fixed = rd_kafka_topic_partition_list_new(todo->cnt);
+            rd_kafka_topic_partition_list_add(fixed, s->topic, s->partition)->offset = s->offset;
         }
     }
+    rd_kafka_topic_partition_list_destroy(todo);
     if (!fixed)
         return;
     /* Persist the start at once: otherwise a member that closes (or dies)
@@ -537,8 +571,16 @@ static void mb_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             mb_sub_state(bs->sub, MSGBUS_STATE_UP, "assigned %d partition%s", assigned,
                          assigned == 1 ? "" : "s");
         }
+        /* Flow control starts over with the new assignment (the loop
+         * pauses it again if needed); partitions assigned while the
+         * application has the subscription paused start paused. The whole
+         * assignment is told, not only `parts`: a cooperative rebalance
+         * keeps partitions whose pause state is then made the same. */
+        bs->flow_paused = false;
+        bs->user_paused = atomic_load(&bs->want_pause);
+        bs->fetch_paused = !bs->user_paused; /* so mb_kafka_pause tells librdkafka */
+        mb_kafka_pause(bs, bs->user_paused);
         pthread_mutex_lock(&bs->mu);
-        bs->paused = false; /* the loop pauses the new assignment if needed */
         bs->ready = true;
         pthread_cond_broadcast(&bs->cv);
         pthread_mutex_unlock(&bs->mu);
@@ -763,7 +805,7 @@ static void mb_kafka_pause(struct mb_backend_sub *bs, bool pause)
         mb_log(MSGBUS_LOG_WARN, "kafka: %s fetching for group '%s' failed: %s",
                pause ? "pausing" : "resuming", bs->group_id, rd_kafka_err2str(err));
     else
-        bs->paused = pause;
+        bs->fetch_paused = pause;
     rd_kafka_topic_partition_list_destroy(l);
 }
 
@@ -788,8 +830,42 @@ static void mb_kafka_wait_for_room(struct mb_backend_sub *bs)
     }
     bs->waiting_room = false;
     pthread_mutex_unlock(&bs->mu);
-    if (!room && !atomic_load(&bs->stop))
-        mb_kafka_pause(bs, true);
+    if (!room && !atomic_load(&bs->stop)) {
+        bs->flow_paused = true;
+        if (!bs->fetch_paused)
+            mb_kafka_pause(bs, true);
+    }
+}
+
+/* Applies what the application asked last (ops->pause) and flow control
+ * want together: fetching stops while either says so. Subscription thread
+ * only. */
+static void mb_kafka_fetch_sync(struct mb_backend_sub *bs)
+{
+    bool user = atomic_load(&bs->want_pause);
+    if (user != bs->user_paused) {
+        bs->user_paused = user;
+        mb_log(MSGBUS_LOG_DEBUG, "kafka: group '%s' on '%s': %s by the application",
+               bs->group_id, bs->topic, user ? "paused" : "resumed");
+    }
+    bool want = bs->flow_paused || bs->user_paused;
+    if (want != bs->fetch_paused)
+        mb_kafka_pause(bs, want);
+}
+
+/* ops->pause: the subscription's thread does it (only it calls into its
+ * consumer), within one poll: the request is a flag, and the poll it may
+ * be waiting in is cut short. Never blocks on the network. What was
+ * fetched before the pause took effect stays queued in the core, which
+ * holds it back until resume; nothing is settled or dropped. */
+msgbus_err_t mb_kafka_sub_pause(struct mb_backend_sub *bs, bool paused)
+{
+    atomic_store(&bs->want_pause, paused);
+    pthread_mutex_lock(&bs->mu);
+    if (bs->wake_q)
+        rd_kafka_queue_yield(bs->wake_q);
+    pthread_mutex_unlock(&bs->mu);
+    return MSGBUS_OK;
 }
 
 /* Finishes a consumer close that the subscription stopped waiting for:
@@ -897,12 +973,16 @@ static void *mb_kafka_consumer_main(void *arg)
     mb_thread_name("msgbus-ksub");
     struct mb_backend_sub *bs = arg;
     rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(bs->rk);
+    pthread_mutex_lock(&bs->mu);
+    bs->wake_q = q;
+    pthread_mutex_unlock(&bs->mu);
     rd_kafka_message_t *rkms[MB_KAFKA_BATCH];
     while (!atomic_load(&bs->stop)) {
         /* Block for the first message (this also serves rebalances), then
          * take whatever else is already there without waiting. */
-        /* While paused, come back soon to resume once acks catch up. */
-        rd_kafka_message_t *rkm = rd_kafka_consumer_poll(bs->rk, bs->paused ? 5 : 100);
+        /* While flow control pauses, come back soon to resume once acks
+         * catch up. */
+        rd_kafka_message_t *rkm = rd_kafka_consumer_poll(bs->rk, bs->flow_paused ? 5 : 100);
         size_t n = 0;
         if (rkm) {
             rkms[n++] = rkm;
@@ -920,11 +1000,15 @@ static void *mb_kafka_consumer_main(void *arg)
         if (due)
             mb_kafka_commit(bs, NULL, false);
         size_t max = (size_t)bs->be->max_unacked;
-        if (!bs->paused && unacked >= max)
+        if (!bs->flow_paused && unacked >= max)
             mb_kafka_wait_for_room(bs);
-        else if (bs->paused && unacked <= max / 2)
-            mb_kafka_pause(bs, false);
+        else if (bs->flow_paused && unacked <= max / 2)
+            bs->flow_paused = false;
+        mb_kafka_fetch_sync(bs);
     }
+    pthread_mutex_lock(&bs->mu);
+    bs->wake_q = NULL;
+    pthread_mutex_unlock(&bs->mu);
     rd_kafka_queue_destroy(q);
     bs->reap_q = mb_kafka_close_consumer(bs);
     return NULL;

@@ -3,11 +3,16 @@
  * subscriptions and declare: creating consumer handles with msgbus's
  * settings, reading committed and end offsets through the transient errors
  * that follow topic creation or a broker restart, and declare's fixing of a
- * group's starting positions.
+ * group's starting positions; start positions (start=, group reset), and
+ * the operator's view of topics and groups (inspect).
  */
 #include "backends/kafka.h"
 
+#include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 /* ---- offsets ---------------------------------------------------------------- */
@@ -60,18 +65,93 @@ static bool mb_kafka_give_up(rd_kafka_resp_err_t err, int64_t deadline, const _A
            (stop && atomic_load(stop));
 }
 
-/* The partition's end offset, retrying transient errors up to timeout_ms. */
-rd_kafka_resp_err_t mb_kafka_end_offset(rd_kafka_t *rk, const char *topic, int32_t partition,
-                                        int timeout_ms, const _Atomic bool *stop, int64_t *hi)
+/* The partition's low and high watermarks, retrying transient errors up
+ * to timeout_ms. */
+rd_kafka_resp_err_t mb_kafka_watermarks(rd_kafka_t *rk, const char *topic, int32_t partition,
+                                        int timeout_ms, const _Atomic bool *stop, int64_t *lo,
+                                        int64_t *hi)
 {
-    int64_t deadline = mb_mono_ms() + timeout_ms, lo = 0;
+    int64_t deadline = mb_mono_ms() + timeout_ms;
     for (;;) {
         rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(
-            rk, topic, partition, &lo, hi, mb_kafka_slice(deadline, stop));
+            rk, topic, partition, lo, hi, mb_kafka_slice(deadline, stop));
         if (mb_kafka_give_up(err, deadline, stop))
             return err;
         mb_kafka_nap();
     }
+}
+
+/* The partition's end offset, retrying transient errors up to timeout_ms. */
+rd_kafka_resp_err_t mb_kafka_end_offset(rd_kafka_t *rk, const char *topic, int32_t partition,
+                                        int timeout_ms, const _Atomic bool *stop, int64_t *hi)
+{
+    int64_t lo = 0;
+    return mb_kafka_watermarks(rk, topic, partition, timeout_ms, stop, &lo, hi);
+}
+
+/* Offsets by time (ListOffsets, one request per leader for the whole
+ * list), retrying transient errors of the request or of any partition.
+ * A partition with no message at or after the time gets -1. */
+static rd_kafka_resp_err_t mb_kafka_offsets_at(rd_kafka_t *rk,
+                                               rd_kafka_topic_partition_list_t *parts,
+                                               int64_t time_ms, int64_t deadline,
+                                               const _Atomic bool *stop)
+{
+    for (;;) {
+        for (int i = 0; i < parts->cnt; i++) {
+            parts->elems[i].offset = time_ms;
+            parts->elems[i].err = RD_KAFKA_RESP_ERR_NO_ERROR;
+        }
+        rd_kafka_resp_err_t err = rd_kafka_offsets_for_times(rk, parts,
+                                                             mb_kafka_slice(deadline, stop));
+        for (int i = 0; !err && i < parts->cnt; i++)
+            err = parts->elems[i].err;
+        if (mb_kafka_give_up(err, deadline, stop))
+            return err;
+        mb_kafka_nap();
+    }
+}
+
+rd_kafka_resp_err_t mb_kafka_start_offsets(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts,
+                                           const struct mb_start *start, int timeout_ms,
+                                           const _Atomic bool *stop)
+{
+    int64_t deadline = mb_mono_ms() + timeout_ms;
+    rd_kafka_resp_err_t first = RD_KAFKA_RESP_ERR_NO_ERROR;
+    for (int i = 0; i < parts->cnt; i++) {
+        parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+        parts->elems[i].err = RD_KAFKA_RESP_ERR_NO_ERROR;
+    }
+    if (start->kind == MB_START_TIME && parts->cnt > 0) {
+        rd_kafka_topic_partition_list_t *at = rd_kafka_topic_partition_list_copy(parts);
+        first = mb_kafka_offsets_at(rk, at, start->time_ms, deadline, stop);
+        for (int i = 0; i < parts->cnt; i++) {
+            parts->elems[i].err = first ? first : at->elems[i].err;
+            if (!parts->elems[i].err && at->elems[i].offset >= 0)
+                parts->elems[i].offset = at->elems[i].offset;
+        }
+        rd_kafka_topic_partition_list_destroy(at);
+        if (first)
+            return first;
+    }
+    /* EARLIEST, LATEST, and a time later than every message: the end. */
+    for (int i = 0; i < parts->cnt; i++) {
+        rd_kafka_topic_partition_t *tp = &parts->elems[i];
+        if (tp->offset >= 0)
+            continue;
+        int64_t lo = 0, hi = 0, left = deadline - mb_mono_ms();
+        rd_kafka_resp_err_t err = mb_kafka_watermarks(rk, tp->topic, tp->partition,
+                                                      (int)(left > 100 ? left : 100), stop, &lo,
+                                                      &hi);
+        if (err) {
+            tp->err = err;
+            if (!first)
+                first = err;
+            continue;
+        }
+        tp->offset = start->kind == MB_START_EARLIEST ? lo : hi;
+    }
+    return first;
 }
 
 /* The group's committed offsets, retrying transient errors. */
@@ -110,8 +190,16 @@ rd_kafka_resp_err_t mb_kafka_commit_wait(rd_kafka_t *rk,
             rd_kafka_event_t *ev = rd_kafka_queue_poll(q, (int)(left < 0 ? 0 : left > 50 ? 50 : left));
             if (ev) {
                 bool done = rd_kafka_event_type(ev) == RD_KAFKA_EVENT_OFFSET_COMMIT;
-                if (done)
+                if (done) {
                     err = rd_kafka_event_error(ev);
+                    /* A request that went through can still refuse
+                     * partitions one by one (a group with a new member:
+                     * UNKNOWN_MEMBER_ID per partition). */
+                    const rd_kafka_topic_partition_list_t *res =
+                        rd_kafka_event_topic_partition_list(ev);
+                    for (int i = 0; !err && res && i < res->cnt; i++)
+                        err = res->elems[i].err;
+                }
                 rd_kafka_event_destroy(ev);
                 if (done)
                     break;
@@ -264,6 +352,589 @@ msgbus_err_t mb_kafka_declare_group(struct mb_backend *be, const char *topic, co
     }
     rd_kafka_topic_partition_list_destroy(todo);
     rd_kafka_topic_partition_list_destroy(parts);
+    rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    return e;
+}
+
+/* ---- admin requests: topics and groups as an operator sees them ---------- */
+
+/* What is left of `deadline` for one request, at least 1 ms. */
+static int mb_kafka_left(int64_t deadline)
+{
+    int64_t left = deadline - mb_mono_ms();
+    return left > 1 ? (int)(left < INT32_MAX ? left : INT32_MAX) : 1;
+}
+
+/* Every topic of the cluster (metadata for all topics: no topic handle is
+ * made, so asking creates nothing even where the broker creates topics on
+ * first use), retrying transient errors until `deadline`. */
+static msgbus_err_t mb_kafka_cluster_topics(rd_kafka_t *rk, int64_t deadline, const char *what,
+                                            const struct rd_kafka_metadata **out)
+{
+    for (;;) {
+        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 1, NULL, out, mb_kafka_left(deadline));
+        if (!err)
+            return MSGBUS_OK;
+        if (!mb_kafka_retriable(err) || mb_mono_ms() >= deadline)
+            return mb_error(err == RD_KAFKA_RESP_ERR__TIMED_OUT ? MSGBUS_ERR_TIMEOUT
+                                                                : mb_kafka_err(err),
+                            "kafka: %s: asking the cluster for its topics: %s", what,
+                            rd_kafka_err2str(err));
+        mb_kafka_nap();
+    }
+}
+
+static const struct rd_kafka_metadata_topic *mb_kafka_find_topic(const struct rd_kafka_metadata *md,
+                                                                 const char *topic)
+{
+    for (int i = 0; i < md->topic_cnt; i++)
+        if (strcmp(md->topics[i].topic, topic) == 0 &&
+            md->topics[i].err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+            return &md->topics[i];
+    return NULL;
+}
+
+/* Kafka's own topics (__consumer_offsets, __transaction_state, ...). */
+static bool mb_kafka_internal_topic(const char *name)
+{
+    return strncmp(name, "__", 2) == 0;
+}
+
+static rd_kafka_AdminOptions_t *mb_kafka_admin_options(rd_kafka_t *rk, rd_kafka_admin_op_t op,
+                                                       int64_t deadline)
+{
+    char errstr[256];
+    rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(rk, op);
+    if (ao)
+        rd_kafka_AdminOptions_set_request_timeout(ao, mb_kafka_left(deadline), errstr,
+                                                  sizeof errstr);
+    return ao;
+}
+
+/* Waits on `q` for the result of one admin request of type `type` (other
+ * events are dropped) until `deadline`; NULL when none came. */
+static rd_kafka_event_t *mb_kafka_admin_wait(rd_kafka_queue_t *q, rd_kafka_event_type_t type,
+                                             int64_t deadline)
+{
+    for (;;) {
+        int64_t left = deadline - mb_mono_ms();
+        if (left <= 0)
+            return NULL;
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, (int)left);
+        if (ev && rd_kafka_event_type(ev) == type)
+            return ev;
+        if (ev)
+            rd_kafka_event_destroy(ev);
+    }
+}
+
+/* How many members `group` has now (0 for a group that does not exist):
+ * DescribeConsumerGroups through `rk`. */
+static msgbus_err_t mb_kafka_group_members(rd_kafka_t *rk, const char *group, int64_t deadline,
+                                           size_t *members)
+{
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_AdminOptions_t *ao =
+        mb_kafka_admin_options(rk, RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS, deadline);
+    const char *groups[1] = {group};
+    rd_kafka_DescribeConsumerGroups(rk, groups, 1, ao, q);
+    rd_kafka_event_t *ev = mb_kafka_admin_wait(q, RD_KAFKA_EVENT_DESCRIBECONSUMERGROUPS_RESULT,
+                                               deadline);
+    msgbus_err_t e = MSGBUS_OK;
+    *members = 0;
+    if (!ev) {
+        e = mb_error(MSGBUS_ERR_TIMEOUT, "kafka: group '%s': no description of the group in "
+                     "time (DescribeConsumerGroups)", group);
+    } else if (rd_kafka_event_error(ev)) {
+        e = mb_error(mb_kafka_err(rd_kafka_event_error(ev)), "kafka: describing group '%s': %s",
+                     group, rd_kafka_event_error_string(ev));
+    } else {
+        size_t n = 0;
+        const rd_kafka_ConsumerGroupDescription_t **d = rd_kafka_DescribeConsumerGroups_result_groups(
+            rd_kafka_event_DescribeConsumerGroups_result(ev), &n);
+        const rd_kafka_error_t *gerr = n ? rd_kafka_ConsumerGroupDescription_error(d[0]) : NULL;
+        if (gerr && rd_kafka_error_code(gerr) != RD_KAFKA_RESP_ERR_GROUP_ID_NOT_FOUND)
+            e = mb_error(mb_kafka_err(rd_kafka_error_code(gerr)), "kafka: describing group "
+                         "'%s': %s", group, rd_kafka_error_string(gerr));
+        else if (n && !gerr)
+            *members = rd_kafka_ConsumerGroupDescription_member_count(d[0]);
+    }
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_AdminOptions_destroy(ao);
+    rd_kafka_queue_destroy(q);
+    return e;
+}
+
+/* ---- group reset ------------------------------------------------------------ */
+
+/* ops->group_reset: the offsets `to` names, committed for `group` by a
+ * consumer of that group id that never joins it (as declare does). The
+ * broker itself refuses such a commit while the group has members, so a
+ * member that joins between the check and the commit is refused too
+ * (MSGBUS_ERR_STATE either way), never overwritten. */
+msgbus_err_t mb_kafka_group_reset(struct mb_backend *be, const char *topic, const char *group,
+                                  const struct mb_start *to, int timeout_ms)
+{
+    int64_t deadline = mb_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    rd_kafka_t *rk = mb_kafka_consumer_new(be, group, NULL, NULL, NULL, NULL);
+    if (!rk)
+        return MSGBUS_ERR_CONFIG;
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    char what[300];
+    snprintf(what, sizeof what, "resetting group '%s' on '%s'", group, topic);
+    msgbus_err_t e = mb_kafka_cluster_topics(rk, deadline, what, &md);
+    if (!e) {
+        const struct rd_kafka_metadata_topic *t = mb_kafka_find_topic(md, topic);
+        if (!t || t->partition_cnt <= 0) {
+            e = mb_error(MSGBUS_ERR_NOT_FOUND, "kafka: cannot reset group '%s': topic '%s' does "
+                         "not exist on %s", group, topic, mb_bus_url(be->bus));
+        } else {
+            parts = rd_kafka_topic_partition_list_new(t->partition_cnt);
+            for (int i = 0; i < t->partition_cnt; i++)
+                rd_kafka_topic_partition_list_add(parts, topic, t->partitions[i].id);
+        }
+        rd_kafka_metadata_destroy(md);
+    }
+    size_t members = 0;
+    if (!e)
+        e = mb_kafka_group_members(rk, group, deadline, &members);
+    if (!e && members > 0)
+        e = mb_error(MSGBUS_ERR_STATE, "kafka: cannot reset group '%s' on '%s': group '%s' has "
+                     "%zu active member%s (close its subscriptions first)", group, topic, group,
+                     members, members == 1 ? "" : "s");
+    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (!e && (err = mb_kafka_start_offsets(rk, parts, to, mb_kafka_left(deadline), NULL))) {
+        int32_t bad = 0;
+        for (int i = 0; i < parts->cnt; i++)
+            if (parts->elems[i].err) {
+                bad = parts->elems[i].partition;
+                break;
+            }
+        e = mb_error(err == RD_KAFKA_RESP_ERR__TIMED_OUT ? MSGBUS_ERR_TIMEOUT : mb_kafka_err(err),
+                     "kafka: resetting group '%s' on '%s': offsets of partition %d: %s", group,
+                     topic, (int)bad, rd_kafka_err2str(err));
+    }
+    if (!e) {
+        err = mb_kafka_commit_wait(rk, parts, mb_kafka_left(deadline), NULL, NULL);
+        if (err == RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID ||
+            err == RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION ||
+            err == RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS)
+            e = mb_error(MSGBUS_ERR_STATE, "kafka: cannot reset group '%s' on '%s': a member "
+                         "joined the group while it was being reset (%s); nothing was changed",
+                         group, topic, rd_kafka_err2str(err));
+        else if (err)
+            e = mb_error(err == RD_KAFKA_RESP_ERR__TIMED_OUT ? MSGBUS_ERR_TIMEOUT
+                                                             : mb_kafka_err(err),
+                         "kafka: resetting group '%s' on '%s': committing the new offsets: %s",
+                         group, topic, rd_kafka_err2str(err));
+    }
+    if (!e && mb_log_enabled(MSGBUS_LOG_INFO)) {
+        char line[512];
+        size_t off = 0;
+        for (int i = 0; i < parts->cnt && off < sizeof line; i++)
+            off += (size_t)snprintf(line + off, sizeof line - off, " %d@%lld",
+                                    (int)parts->elems[i].partition,
+                                    (long long)parts->elems[i].offset);
+        mb_log(MSGBUS_LOG_INFO, "kafka: group '%s' on '%s' reset to%s", group, topic, line);
+    }
+    if (parts)
+        rd_kafka_topic_partition_list_destroy(parts);
+    rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    return e;
+}
+
+/* ---- inspect ------------------------------------------------------------------- */
+
+/* One consumer group, as inspect gathers it. */
+struct mb_kafka_ginfo {
+    const char *name;                         /* owned by the listing event, or the caller */
+    rd_kafka_topic_partition_list_t *offsets; /* committed offsets; NULL until answered */
+    long members;                             /* -1: not known */
+    bool answered;
+};
+
+static int mb_kafka_cmp_topic(const void *a, const void *b)
+{
+    const struct rd_kafka_metadata_topic *const *x = a, *const *y = b;
+    return strcmp((*x)->topic, (*y)->topic);
+}
+
+static int mb_kafka_cmp_group(const void *a, const void *b)
+{
+    const struct mb_kafka_ginfo *x = a, *y = b;
+    return strcmp(x->name, y->name);
+}
+
+/* The committed offset of topic[partition] in `offsets`, or -1. */
+static int64_t mb_kafka_committed_in(const rd_kafka_topic_partition_list_t *offsets,
+                                     const char *topic, int32_t partition)
+{
+    for (int i = 0; offsets && i < offsets->cnt; i++)
+        if (offsets->elems[i].partition == partition && !offsets->elems[i].err &&
+            strcmp(offsets->elems[i].topic, topic) == 0)
+            return offsets->elems[i].offset >= 0 ? offsets->elems[i].offset : -1;
+    return -1;
+}
+
+static bool mb_kafka_has_position(const struct mb_kafka_ginfo *g, const char *topic)
+{
+    for (int i = 0; g->offsets && i < g->offsets->cnt; i++)
+        if (!g->offsets->elems[i].err && g->offsets->elems[i].offset >= 0 &&
+            strcmp(g->offsets->elems[i].topic, topic) == 0)
+            return true;
+    return false;
+}
+
+/* retention.ms of each topic in `topics` from a DescribeConfigs result
+ * (retention[i] stays INT64_MIN where the broker did not say). */
+static void mb_kafka_retention(rd_kafka_event_t *ev, const struct rd_kafka_metadata_topic **topics,
+                               size_t n, int64_t *retention)
+{
+    size_t cnt = 0;
+    const rd_kafka_ConfigResource_t **res =
+        rd_kafka_DescribeConfigs_result_resources(rd_kafka_event_DescribeConfigs_result(ev), &cnt);
+    for (size_t r = 0; r < cnt; r++) {
+        if (rd_kafka_ConfigResource_error(res[r]))
+            continue;
+        const char *name = rd_kafka_ConfigResource_name(res[r]);
+        size_t ne = 0;
+        const rd_kafka_ConfigEntry_t **entries = rd_kafka_ConfigResource_configs(res[r], &ne);
+        for (size_t k = 0; k < ne; k++) {
+            const char *v = rd_kafka_ConfigEntry_value(entries[k]);
+            if (strcmp(rd_kafka_ConfigEntry_name(entries[k]), "retention.ms") != 0 || !v)
+                continue;
+            for (size_t t = 0; t < n; t++)
+                if (strcmp(topics[t]->topic, name) == 0)
+                    retention[t] = strtoll(v, NULL, 10);
+        }
+    }
+}
+
+/* One topic's object of the inspect answer. */
+static json_t *mb_kafka_topic_json(const struct rd_kafka_metadata_topic *t, int64_t retention,
+                                   const rd_kafka_topic_partition_list_t *ends,
+                                   const struct mb_kafka_ginfo *groups, size_t ngroups)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_string(t->topic));
+    json_object_set_new(o, "partitions", json_integer(t->partition_cnt));
+    if (retention != INT64_MIN)
+        json_object_set_new(o, "retention_ms", json_integer(retention));
+    json_t *garr = json_array();
+    for (size_t g = 0; g < ngroups; g++) {
+        if (!mb_kafka_has_position(&groups[g], t->topic))
+            continue;
+        json_t *go = json_object();
+        json_object_set_new(go, "name", json_string(groups[g].name));
+        if (groups[g].members >= 0)
+            json_object_set_new(go, "members", json_integer(groups[g].members));
+        json_t *parr = json_array();
+        int64_t total = 0;
+        bool known = true;
+        for (int p = 0; p < t->partition_cnt; p++) {
+            int32_t part = t->partitions[p].id;
+            int64_t committed = mb_kafka_committed_in(groups[g].offsets, t->topic, part);
+            int64_t hw = -1;
+            for (int k = 0; k < ends->cnt; k++)
+                if (ends->elems[k].partition == part && !ends->elems[k].err &&
+                    strcmp(ends->elems[k].topic, t->topic) == 0)
+                    hw = ends->elems[k].offset;
+            json_t *po = json_object();
+            json_object_set_new(po, "partition", json_integer(part));
+            json_object_set_new(po, "committed", committed >= 0 ? json_integer(committed)
+                                                                : json_null());
+            json_object_set_new(po, "high_watermark", hw >= 0 ? json_integer(hw) : json_null());
+            if (committed >= 0 && hw >= 0) {
+                int64_t lag = hw > committed ? hw - committed : 0;
+                total += lag;
+                json_object_set_new(po, "lag", json_integer(lag));
+            } else {
+                known = false;
+                json_object_set_new(po, "lag", json_null());
+            }
+            json_array_append_new(parr, po);
+        }
+        if (known)
+            json_object_set_new(go, "lag", json_integer(total));
+        json_object_set_new(go, "partitions", parr);
+        json_array_append_new(garr, go);
+    }
+    json_object_set_new(o, "groups", garr);
+    return o;
+}
+
+/* ops->inspect. Requests go out together where they can (the topics'
+ * configurations and the group list while the end offsets are asked; every
+ * group's committed offsets and their descriptions at once) on a handle of
+ * its own, so the whole answer takes a few round trips, bounded by
+ * timeout_ms. What the brokers do not answer in time: retention_ms and
+ * members are left out; end offsets come back null (no lag); group
+ * listings and committed offsets fail the call (MSGBUS_ERR_TIMEOUT), since
+ * a group left out would read as "no such group". */
+msgbus_err_t mb_kafka_inspect(struct mb_backend *be, const char *topic, const char *group,
+                              int timeout_ms, json_t *out)
+{
+    int64_t deadline = mb_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    rd_kafka_t *rk = mb_kafka_consumer_new(be, "msgbus-inspect", NULL, NULL, NULL, NULL);
+    if (!rk)
+        return MSGBUS_ERR_CONFIG;
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    const struct rd_kafka_metadata *md = NULL;
+    const struct rd_kafka_metadata_topic **topics = NULL;
+    size_t ntopics = 0, nconf = 0, ngroups = 0;
+    int64_t *retention = NULL;
+    rd_kafka_topic_partition_list_t *ends = NULL;
+    struct mb_kafka_ginfo *groups = NULL;
+    rd_kafka_event_t *listing = NULL;
+    rd_kafka_AdminOptions_t *ao_conf = NULL, *ao_list = NULL, *ao_offs = NULL, *ao_desc = NULL;
+    rd_kafka_ConfigResource_t **conf_res = NULL;
+    msgbus_err_t e = mb_kafka_cluster_topics(rk, deadline, "inspect", &md);
+    if (e)
+        goto done;
+
+    topics = calloc((size_t)md->topic_cnt + 1, sizeof *topics);
+    if (!topics) {
+        e = mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < md->topic_cnt; i++) {
+        const struct rd_kafka_metadata_topic *t = &md->topics[i];
+        if (t->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+            (topic ? strcmp(t->topic, topic) != 0 : mb_kafka_internal_topic(t->topic)))
+            continue;
+        topics[ntopics++] = t;
+    }
+    if (topic && ntopics == 0) {
+        e = mb_error(MSGBUS_ERR_NOT_FOUND, "kafka: inspect: topic '%s' does not exist on %s",
+                     topic, mb_bus_url(be->bus));
+        goto done;
+    }
+    qsort(topics, ntopics, sizeof *topics, mb_kafka_cmp_topic);
+
+    /* Retention (DescribeConfigs) and the groups (ListConsumerGroups)
+     * travel while the end offsets are asked. */
+    retention = malloc((ntopics + 1) * sizeof *retention);
+    conf_res = calloc(ntopics + 1, sizeof *conf_res);
+    ends = rd_kafka_topic_partition_list_new(16);
+    if (!retention || !conf_res) {
+        e = mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    nconf = ntopics;
+    for (size_t t = 0; t < ntopics; t++) {
+        retention[t] = INT64_MIN;
+        conf_res[t] = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topics[t]->topic);
+        for (int p = 0; p < topics[t]->partition_cnt; p++)
+            rd_kafka_topic_partition_list_add(ends, topics[t]->topic,
+                                              topics[t]->partitions[p].id)
+                ->offset = RD_KAFKA_OFFSET_END;
+    }
+    bool want_conf = ntopics > 0, want_list = group == NULL;
+    if (want_conf) {
+        ao_conf = mb_kafka_admin_options(rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS, deadline);
+        rd_kafka_DescribeConfigs(rk, conf_res, ntopics, ao_conf, q);
+    }
+    if (want_list) {
+        ao_list = mb_kafka_admin_options(rk, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPS, deadline);
+        rd_kafka_ListConsumerGroups(rk, ao_list, q);
+    }
+    /* End offsets: "latest" as a timestamp, one ListOffsets per leader. A
+     * failure leaves high_watermark null (and the lag unknown). */
+    if (ends->cnt > 0) {
+        rd_kafka_resp_err_t err = rd_kafka_offsets_for_times(rk, ends, mb_kafka_left(deadline));
+        if (err) {
+            mb_log(MSGBUS_LOG_WARN, "kafka: inspect: end offsets: %s", rd_kafka_err2str(err));
+            for (int i = 0; i < ends->cnt; i++)
+                ends->elems[i].err = err;
+        }
+    }
+    while (want_conf || want_list) {
+        int64_t left = deadline - mb_mono_ms();
+        rd_kafka_event_t *ev = left > 0 ? rd_kafka_queue_poll(q, (int)left) : NULL;
+        if (!ev)
+            break;
+        if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_DESCRIBECONFIGS_RESULT) {
+            want_conf = false;
+            if (!rd_kafka_event_error(ev))
+                mb_kafka_retention(ev, topics, ntopics, retention);
+            rd_kafka_event_destroy(ev);
+        } else if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_LISTCONSUMERGROUPS_RESULT) {
+            want_list = false;
+            listing = ev; /* kept: the group names live in it */
+        } else {
+            rd_kafka_event_destroy(ev);
+        }
+    }
+    if (want_list) {
+        e = mb_error(MSGBUS_ERR_TIMEOUT, "kafka: inspect: the cluster did not list its consumer "
+                     "groups within %d ms", timeout_ms);
+        goto done;
+    }
+
+    /* The groups: the one named, or every group the cluster listed. */
+    if (group) {
+        groups = calloc(1, sizeof *groups);
+        if (groups) {
+            groups[0].name = group;
+            ngroups = 1;
+        }
+    } else {
+        if (rd_kafka_event_error(listing)) {
+            e = mb_error(mb_kafka_err(rd_kafka_event_error(listing)), "kafka: inspect: listing "
+                         "consumer groups: %s", rd_kafka_event_error_string(listing));
+            goto done;
+        }
+        const rd_kafka_ListConsumerGroups_result_t *lr =
+            rd_kafka_event_ListConsumerGroups_result(listing);
+        size_t nerr = 0, nvalid = 0;
+        const rd_kafka_error_t **errs = rd_kafka_ListConsumerGroups_result_errors(lr, &nerr);
+        for (size_t i = 0; i < nerr; i++) /* one broker's list missing: groups may be too */
+            mb_log(MSGBUS_LOG_WARN, "kafka: inspect: listing consumer groups: %s",
+                   rd_kafka_error_string(errs[i]));
+        const rd_kafka_ConsumerGroupListing_t **valid =
+            rd_kafka_ListConsumerGroups_result_valid(lr, &nvalid);
+        groups = calloc(nvalid + 1, sizeof *groups);
+        for (size_t i = 0; groups && i < nvalid; i++)
+            groups[ngroups++].name = rd_kafka_ConsumerGroupListing_group_id(valid[i]);
+    }
+    if (!groups) {
+        e = mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t g = 0; g < ngroups; g++)
+        groups[g].members = -1;
+
+    /* Every group's committed offsets (one request per group: librdkafka
+     * 2.0.2 takes one group per call) and their descriptions, at once. */
+    size_t waiting = 0;
+    bool want_desc = ngroups > 0;
+    if (ngroups > 0) {
+        ao_offs = mb_kafka_admin_options(rk, RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPOFFSETS, deadline);
+        for (size_t g = 0; g < ngroups; g++) {
+            rd_kafka_ListConsumerGroupOffsets_t *req =
+                rd_kafka_ListConsumerGroupOffsets_new(groups[g].name, NULL);
+            rd_kafka_ListConsumerGroupOffsets(rk, &req, 1, ao_offs, q);
+            rd_kafka_ListConsumerGroupOffsets_destroy(req);
+            waiting++;
+        }
+        const char **names = malloc(ngroups * sizeof *names);
+        if (!names) {
+            e = mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+            goto done;
+        }
+        for (size_t g = 0; g < ngroups; g++)
+            names[g] = groups[g].name;
+        ao_desc = mb_kafka_admin_options(rk, RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS, deadline);
+        rd_kafka_DescribeConsumerGroups(rk, names, ngroups, ao_desc, q);
+        free(names);
+    }
+    while (waiting > 0 || want_desc) {
+        int64_t left = deadline - mb_mono_ms();
+        rd_kafka_event_t *ev = left > 0 ? rd_kafka_queue_poll(q, (int)left) : NULL;
+        if (!ev)
+            break;
+        if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_LISTCONSUMERGROUPOFFSETS_RESULT) {
+            waiting--;
+            size_t n = 0;
+            const rd_kafka_group_result_t **gr = rd_kafka_ListConsumerGroupOffsets_result_groups(
+                rd_kafka_event_ListConsumerGroupOffsets_result(ev), &n);
+            for (size_t i = 0; i < n; i++) {
+                const char *name = rd_kafka_group_result_name(gr[i]);
+                const rd_kafka_error_t *gerr = rd_kafka_group_result_error(gr[i]);
+                const rd_kafka_topic_partition_list_t *offs = rd_kafka_group_result_partitions(gr[i]);
+                for (size_t g = 0; g < ngroups; g++) {
+                    if (strcmp(groups[g].name, name) != 0 || groups[g].answered)
+                        continue;
+                    groups[g].answered = true;
+                    if (gerr && rd_kafka_error_code(gerr) != RD_KAFKA_RESP_ERR_GROUP_ID_NOT_FOUND)
+                        mb_log(MSGBUS_LOG_WARN, "kafka: inspect: offsets of group '%s': %s",
+                               name, rd_kafka_error_string(gerr));
+                    else if (offs)
+                        groups[g].offsets = rd_kafka_topic_partition_list_copy(offs);
+                    break;
+                }
+            }
+            if (rd_kafka_event_error(ev))
+                mb_log(MSGBUS_LOG_WARN, "kafka: inspect: committed offsets: %s",
+                       rd_kafka_event_error_string(ev));
+        } else if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_DESCRIBECONSUMERGROUPS_RESULT) {
+            want_desc = false;
+            size_t n = 0;
+            const rd_kafka_ConsumerGroupDescription_t **d =
+                rd_kafka_DescribeConsumerGroups_result_groups(
+                    rd_kafka_event_DescribeConsumerGroups_result(ev), &n);
+            for (size_t i = 0; i < n; i++) {
+                if (rd_kafka_ConsumerGroupDescription_error(d[i]))
+                    continue;
+                const char *name = rd_kafka_ConsumerGroupDescription_group_id(d[i]);
+                for (size_t g = 0; g < ngroups; g++)
+                    if (strcmp(groups[g].name, name) == 0)
+                        groups[g].members =
+                            (long)rd_kafka_ConsumerGroupDescription_member_count(d[i]);
+            }
+        }
+        rd_kafka_event_destroy(ev);
+    }
+    if (waiting > 0) {
+        e = mb_error(MSGBUS_ERR_TIMEOUT, "kafka: inspect: the committed offsets of %zu of %zu "
+                     "consumer group%s did not come within %d ms", waiting, ngroups,
+                     ngroups == 1 ? "" : "s", timeout_ms);
+        goto done;
+    }
+    qsort(groups, ngroups, sizeof *groups, mb_kafka_cmp_group);
+
+    /* A named group must have a position on some topic asked about; with
+     * no topic named, only the topics it has positions on are shown. */
+    if (group) {
+        size_t kept = 0;
+        for (size_t t = 0; t < ntopics; t++)
+            if (mb_kafka_has_position(&groups[0], topics[t]->topic)) {
+                topics[kept] = topics[t];
+                retention[kept++] = retention[t];
+            }
+        if (kept == 0) {
+            e = mb_error(MSGBUS_ERR_NOT_FOUND, "kafka: inspect: group '%s' has no committed "
+                         "position on %s%s%s", group, topic ? "topic '" : "any topic",
+                         topic ? topic : "", topic ? "'" : "");
+            goto done;
+        }
+        ntopics = kept;
+    }
+    json_t *arr = json_array();
+    for (size_t t = 0; t < ntopics; t++)
+        json_array_append_new(arr, mb_kafka_topic_json(topics[t], retention[t], ends, groups,
+                                                       ngroups));
+    json_object_set_new(out, "topics", arr);
+
+done:
+    for (size_t g = 0; groups && g < ngroups; g++)
+        if (groups[g].offsets)
+            rd_kafka_topic_partition_list_destroy(groups[g].offsets);
+    free(groups);
+    if (listing)
+        rd_kafka_event_destroy(listing);
+    for (size_t t = 0; conf_res && t < nconf; t++)
+        if (conf_res[t])
+            rd_kafka_ConfigResource_destroy(conf_res[t]);
+    free(conf_res);
+    free(retention);
+    if (ends)
+        rd_kafka_topic_partition_list_destroy(ends);
+    free(topics);
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    if (ao_conf)
+        rd_kafka_AdminOptions_destroy(ao_conf);
+    if (ao_list)
+        rd_kafka_AdminOptions_destroy(ao_list);
+    if (ao_offs)
+        rd_kafka_AdminOptions_destroy(ao_offs);
+    if (ao_desc)
+        rd_kafka_AdminOptions_destroy(ao_desc);
+    /* Before the handle: events still queued (late answers) hold references. */
+    rd_kafka_queue_destroy(q);
     rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     return e;
 }

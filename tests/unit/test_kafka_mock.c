@@ -418,8 +418,8 @@ START_TEST(options_msgbus_cannot_honour_are_refused_by_name)
     } cases[] = {
         {"transactional.id=tx1", "outbox"},
         {"transaction.timeout.ms=60000", "outbox"},
-        {"auto.offset.reset=earliest", "msgbus_declare"},
-        {"auto.offset.reset=latest", "not supported yet"},
+        {"auto.offset.reset=error", "start="},
+        {"auto.offset.reset=sometimes", "start=earliest"},
         {"enable.partition.eof=true", "end-of-partition"},
         {"group.instance.id=me", "one consumer per subscription"},
         {"delivery.report.only.error=true", "delivery report"},
@@ -449,6 +449,101 @@ START_TEST(options_msgbus_cannot_honour_are_refused_by_name)
     unsetenv("MSGBUS_KAFKA_TRANSACTIONAL_ID");
     ck_assert_ptr_nonnull(strstr(err, "MSGBUS_KAFKA_TRANSACTIONAL_ID"));
     ck_assert_ptr_nonnull(strstr(err, "outbox"));
+}
+END_TEST
+
+/* auto.offset.reset is read, not passed on: each of librdkafka's spellings
+ * becomes the backend's default start (start= not given), and the
+ * consumers keep auto.offset.reset=earliest for offsets retention deleted. */
+START_TEST(auto_offset_reset_is_the_default_start)
+{
+    static const struct {
+        const char *value;
+        enum mb_start_kind kind;
+    } cases[] = {
+        {"earliest", MB_START_EARLIEST}, {"smallest", MB_START_EARLIEST},
+        {"beginning", MB_START_EARLIEST}, {"EARLIEST", MB_START_EARLIEST},
+        {"latest", MB_START_LATEST},     {"largest", MB_START_LATEST},
+        {"end", MB_START_LATEST},
+    };
+    struct mock mk;
+    mock_start(&mk, NULL);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0] + 1; i++) {
+        char url[600];
+        if (i < sizeof cases / sizeof cases[0])
+            snprintf(url, sizeof url, "%s?auto.offset.reset=%s", mk.url, cases[i].value);
+        else
+            snprintf(url, sizeof url, "%s", mk.url); /* not given: latest */
+        msgbus_t *bus = NULL;
+        tu_ck_ok(msgbus_open(&bus, url, NULL));
+        enum mb_start_kind want = i < sizeof cases / sizeof cases[0] ? cases[i].kind
+                                                                     : MB_START_LATEST;
+        printf("%s -> default start %d\n", url, (int)bus->be->default_start);
+        ck_assert_int_eq(bus->be->default_start, want);
+        ck_assert_ptr_null(mb_kafka_prop(bus->be, "auto.offset.reset"));
+        msgbus_close(bus);
+    }
+    /* From the environment too. */
+    setenv("MSGBUS_KAFKA_AUTO_OFFSET_RESET", "smallest", 1);
+    msgbus_t *bus = NULL;
+    msgbus_err_t e = msgbus_open(&bus, mk.url, NULL);
+    unsetenv("MSGBUS_KAFKA_AUTO_OFFSET_RESET");
+    tu_ck_ok(e);
+    ck_assert_int_eq(bus->be->default_start, MB_START_EARLIEST);
+    msgbus_close(bus);
+    mock_stop(&mk);
+}
+END_TEST
+
+/* The capability bits follow the producer as configured:
+ * no_duplicate_publish only with idempotence, durable not with acks=0;
+ * max_message_size is message.max.bytes. */
+START_TEST(capabilities_follow_the_producer_settings)
+{
+    struct mock mk;
+    mock_start(&mk, NULL);
+    const uint64_t always = MSGBUS_CAP_KEY_ORDER | MSGBUS_CAP_REPLAY | MSGBUS_CAP_SHARED |
+                            MSGBUS_CAP_POSITIONS | MSGBUS_CAP_LIST | MSGBUS_CAP_LAG;
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    uint64_t caps = msgbus_caps(bus);
+    printf("default caps 0x%llx, max %zu\n", (unsigned long long)caps,
+           msgbus_max_message_size(bus));
+    ck_assert_uint_eq(caps, always | MSGBUS_CAP_DURABLE | MSGBUS_CAP_NO_DUPLICATE_PUBLISH);
+    ck_assert_uint_eq(msgbus_max_message_size(bus), 1000000);
+    char *json = NULL;
+    tu_ck_ok(msgbus_caps_json(bus, &json));
+    ck_assert_ptr_nonnull(strstr(json, "no redelivered flag"));
+    ck_assert_ptr_nonnull(strstr(json, "no delayed delivery"));
+    msgbus_free(json);
+    msgbus_close(bus);
+
+    char url[600];
+    snprintf(url, sizeof url, "%s?enable.idempotence=false&message.max.bytes=200000", mk.url);
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    caps = msgbus_caps(bus);
+    printf("idempotence off: caps 0x%llx\n", (unsigned long long)caps);
+    ck_assert_uint_eq(caps, always | MSGBUS_CAP_DURABLE);
+    ck_assert_uint_eq(msgbus_max_message_size(bus), 200000);
+    tu_ck_ok(msgbus_caps_json(bus, &json));
+    ck_assert_ptr_nonnull(strstr(json, "enable.idempotence=false"));
+    msgbus_free(json);
+    msgbus_close(bus);
+
+    snprintf(url, sizeof url, "%s?enable.idempotence=false&acks=0", mk.url);
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    ck_assert_uint_eq(msgbus_caps(bus), always);
+    msgbus_close(bus);
+
+    /* require= names what the bus as configured lacks. */
+    snprintf(url, sizeof url, "%s?enable.idempotence=false&require=replay,no_duplicate_publish",
+             mk.url);
+    bus = NULL;
+    tu_ck_err(msgbus_open(&bus, url, NULL), MSGBUS_ERR_CONFIG);
+    printf("require: %s\n", msgbus_last_error());
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "no_duplicate_publish"));
+    ck_assert_ptr_null(strstr(msgbus_last_error(), "replay"));
+    mock_stop(&mk);
 }
 END_TEST
 
@@ -815,6 +910,8 @@ static Suite *kafka_mock_suite(void)
     tcase_add_test(tc, broker_request_error_reaches_the_callback);
     tcase_add_test(tc, received_messages_outlive_their_batch_order_and_close);
     tcase_add_test(tc, options_msgbus_cannot_honour_are_refused_by_name);
+    tcase_add_test(tc, auto_offset_reset_is_the_default_start);
+    tcase_add_test(tc, capabilities_follow_the_producer_settings);
     tcase_add_test(tc, credentials_mean_sasl);
     tcase_add_test(tc, secrets_never_leave_msgbus);
     tcase_add_test(tc, topics_are_sized_to_the_cluster);
