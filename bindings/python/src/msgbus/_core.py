@@ -1,6 +1,7 @@
 """Bus, Delivery, Subscription and Message: the Python face of msgbus.h."""
 from __future__ import annotations
 
+import collections
 import ctypes
 import itertools
 import json
@@ -17,6 +18,7 @@ Bytes = Union[bytes, bytearray, memoryview, str]
 HeaderValue = Union[str, bytes]
 
 _WAIT_SLICE_MS = 200  # blocking C waits are cut into slices so Ctrl-C works
+_RECV_BATCH = 64  # messages taken from the C queue per msgbus_receive_batch call
 
 # The tracer msgbus.instrument() installs (msgbus.otel), None when tracing is
 # off: one global read per publish/receive/settle is all tracing costs then.
@@ -356,35 +358,116 @@ class Subscription:
         self._ptr: Optional[int] = ptr
         self.topic = topic
         self.group = group
+        # Messages taken from the C queue by one msgbus_receive_batch call
+        # and not handed out yet (raw pointers; freed unsettled at close, so
+        # the broker delivers them again).
+        self._buf: "collections.deque[int]" = collections.deque()
+        self._paused = False
+        lib = _lib.load()
+        self._batch = hasattr(lib, "msgbus_receive_batch")
+        self._arr = (c_void_p * _RECV_BATCH)() if self._batch else None
+
+    def _wrap(self, ptr: int) -> Message:
+        m = Message(ptr)
+        self._bus._track(m)
+        if _tracer is not None:
+            try:
+                m._span = _tracer.received(self._bus, m)
+            except Exception:
+                _log.logger.exception("tracer: starting the process span failed")
+        return m
+
+    def _take(self, p: int, ms: int, max_n: int) -> List[int]:
+        """Up to max_n raw messages, waiting up to ms for the first."""
+        lib = _lib.load()
+        if self._batch:
+            n = c_size_t()
+            rc = lib.msgbus_receive_batch(p, min(max_n, _RECV_BATCH), ms, self._arr, byref(n))
+            if rc == 0:
+                return [int(self._arr[i] or 0) for i in range(n.value)]
+        else:
+            out = c_void_p()
+            rc = lib.msgbus_receive(p, ms, byref(out))
+            if rc == 0:
+                return [int(out.value or 0)]
+        if rc != 4:  # not a timeout
+            check(rc)
+        return []
 
     def receive(self, timeout: Optional[float] = None) -> Optional[Message]:
         """The next message, waiting up to `timeout` seconds (None: forever,
         0: do not wait); None when none arrived. :class:`ClosedError` after
         close."""
         total = _check.timeout_ms(timeout)
-        lib = _lib.load()
-        out = c_void_p()
         while True:
             p = self._ptr
             if p is None:
                 raise ClosedError(f"subscription to '{self.topic}' is closed")
+            if not self._paused:
+                try:
+                    return self._wrap(self._buf.popleft())
+                except IndexError:
+                    pass
             step = _WAIT_SLICE_MS if total < 0 else min(total, _WAIT_SLICE_MS)
-            rc = lib.msgbus_receive(p, step, byref(out))
-            if rc == 0:
-                m = Message(int(out.value or 0))
-                self._bus._track(m)
-                if _tracer is not None:
-                    try:
-                        m._span = _tracer.received(self._bus, m)
-                    except Exception:
-                        _log.logger.exception("tracer: starting the process span failed")
-                return m
-            if rc != 4:  # not a timeout
-                check(rc)
+            got = self._take(p, step, _RECV_BATCH)
+            if got:
+                first = got[0]
+                self._buf.extend(got[1:])
+                return self._wrap(first)
             if total >= 0:
                 total -= step
                 if total <= 0:
                     return None
+
+    def receive_batch(self, max: int = 100, timeout: Optional[float] = None) -> List[Message]:
+        """Up to `max` messages at once (``msgbus_receive_batch``): waits up
+        to `timeout` seconds (None: forever, 0: do not wait) for the first,
+        then takes what is already there. An empty list when none arrived."""
+        n = _check.size(max, "max", lo=1)
+        total = _check.timeout_ms(timeout)
+        out: List[Message] = []
+        while True:
+            p = self._ptr
+            if p is None:
+                raise ClosedError(f"subscription to '{self.topic}' is closed")
+            if not self._paused:
+                while self._buf and len(out) < n:
+                    try:
+                        out.append(self._wrap(self._buf.popleft()))
+                    except IndexError:
+                        break
+            if len(out) >= n:
+                return out
+            step = 0 if out else (_WAIT_SLICE_MS if total < 0 else min(total, _WAIT_SLICE_MS))
+            got = self._take(p, step, n - len(out))
+            out.extend(self._wrap(g) for g in got)
+            if out:
+                return out
+            if total >= 0:
+                total -= step
+                if total <= 0:
+                    return out
+
+    def pause(self) -> None:
+        """Stops delivery (``msgbus_sub_pause``): nothing is received until
+        :meth:`resume`; messages already received can still be settled."""
+        p = self._ptr
+        if p is None:
+            raise ClosedError(f"subscription to '{self.topic}' is closed")
+        check(_need("msgbus_sub_pause", "Subscription.pause")(p))
+        self._paused = True
+
+    def resume(self) -> None:
+        """Delivers again after :meth:`pause`, starting with what waited."""
+        p = self._ptr
+        if p is None:
+            raise ClosedError(f"subscription to '{self.topic}' is closed")
+        check(_need("msgbus_sub_resume", "Subscription.resume")(p))
+        self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     def messages(self, idle_timeout: Optional[float] = None) -> Iterator[Message]:
         """Yields messages until the subscription closes or, with
@@ -416,7 +499,10 @@ class Subscription:
         :class:`ClosedError`. Idempotent."""
         p, self._ptr = self._ptr, None
         if p:
-            _lib.load().msgbus_sub_close(p)
+            lib = _lib.load()
+            lib.msgbus_sub_close(p)
+            while self._buf:  # never handed out: freed unsettled, delivered again
+                lib.msgbus_msg_free(self._buf.popleft())
             self._bus._subs.discard(self)
 
     @property
@@ -696,6 +782,62 @@ class Bus:
         moved = c_size_t()
         check(lib.msgbus_dlq_replay(self._p(), tb, gb, n, ms, byref(moved)))
         return moved.value
+
+    # -- positions, inspection, capabilities (docs/semantics.md)
+    def group_reset(self, topic: str, group: str, to: str) -> None:
+        """Moves `group`'s position on `topic` (``msgbus_group_reset``):
+        ``"earliest"``, ``"latest"``, an RFC 3339 time or ``"-15m"``. The
+        group must have no active member (:class:`StateError`)."""
+        tb = _check.text(topic, "topic")
+        gb = _check.text(group, "group")
+        pb = _check.text(to, "to")
+        check(_need("msgbus_group_reset", "Bus.group_reset")(self._p(), tb, gb, pb))
+
+    def _text(self, fn: Any, *args: Any) -> Dict[str, Any]:
+        lib = _lib.load()
+        out = c_void_p()
+        check(fn(self._p(), *args, byref(out)))
+        try:
+            text = ctypes.string_at(out.value) if out.value else b"{}"
+        finally:
+            lib.msgbus_free(out.value)
+        return dict(json.loads(text.decode("utf-8")))
+
+    def inspect(self, topic: Optional[str] = None, group: Optional[str] = None,
+                timeout: Optional[float] = 10.0) -> Dict[str, Any]:
+        """What the broker holds (``msgbus_inspect_json``) as a dict: topics
+        with their partitions and groups with their lag."""
+        tb = _check.text(topic, "topic", optional=True)
+        gb = _check.text(group, "group", optional=True)
+        ms = _check.timeout_ms(timeout)
+        return self._text(_need("msgbus_inspect_json", "Bus.inspect"), tb, gb, ms)
+
+    @property
+    def capabilities(self) -> "frozenset[str]":
+        """The names of the capabilities the backend claims (``msgbus_caps``),
+        e.g. ``{"key_order", "replay", ...}``."""
+        lib = _lib.load()
+        bits = _need("msgbus_caps", "Bus.capabilities")(self._p())
+        names = set()
+        b = 1
+        while True:
+            name = lib.msgbus_cap_name(b)
+            if name is None:
+                break
+            if bits & b:
+                names.add(name.decode())
+            b <<= 1
+        return frozenset(names)
+
+    def capabilities_detail(self) -> Dict[str, Any]:
+        """Every capability with its description and, where not supported,
+        why (``msgbus_caps_json``), plus ``max_message_size``."""
+        return self._text(_need("msgbus_caps_json", "Bus.capabilities_detail"))
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest message the bus accepts, in bytes (0: no limit)."""
+        return int(_need("msgbus_max_message_size", "Bus.max_message_size")(self._p()))
 
     # -- observability (docs/stats.md)
     @property

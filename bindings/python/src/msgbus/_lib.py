@@ -137,6 +137,18 @@ _PROTOTYPES = {
     "msgbus_stats_json": (E, [P, PP]),
     "msgbus_stats_free": (None, [P]),
     "msgbus_set_stats_cb": (E, [P, P, P]),  # cb: a STATS_CB object or None
+    # positions, inspection, capabilities (docs/semantics.md); texts are read
+    # through a void pointer and given back to msgbus_free
+    "msgbus_receive_batch": (E, [P, c_size_t, c_int, P, POINTER(c_size_t)]),
+    "msgbus_sub_pause": (E, [P]),
+    "msgbus_sub_resume": (E, [P]),
+    "msgbus_group_reset": (E, [P, c_char_p, c_char_p, c_char_p]),
+    "msgbus_inspect_json": (E, [P, c_char_p, c_char_p, c_int, PP]),
+    "msgbus_free": (None, [P]),
+    "msgbus_caps": (ctypes.c_uint64, [P]),
+    "msgbus_cap_name": (c_char_p, [ctypes.c_uint64]),
+    "msgbus_caps_json": (E, [P, PP]),
+    "msgbus_max_message_size": (c_size_t, [P]),
     # outbox.h
     "msgbus_outbox_open_sqlite": (E, [PP, P, c_char_p]),
     "msgbus_outbox_open_pg": (E, [PP, P, c_char_p]),
@@ -165,7 +177,9 @@ _PROTOTYPES = {
 _OPTIONAL = {"msgbus_subscribe_ex", "msgbus_nack_reason", "msgbus_dead_letter",
              "msgbus_dlq_replay", "msgbus_state_name", "msgbus_state", "msgbus_sub_state",
              "msgbus_set_state_cb", "msgbus_stats_json", "msgbus_stats_free",
-             "msgbus_set_stats_cb"}
+             "msgbus_set_stats_cb", "msgbus_receive_batch", "msgbus_sub_pause",
+             "msgbus_sub_resume", "msgbus_group_reset", "msgbus_inspect_json", "msgbus_free",
+             "msgbus_caps", "msgbus_cap_name", "msgbus_caps_json", "msgbus_max_message_size"}
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
