@@ -299,7 +299,7 @@ typedef struct msgbus_sub msgbus_sub_t;
 /* Subscribes to `topic` as a member of `group` (members of one group share
  * the messages; every group gets every message), or with group NULL as a
  * broadcast subscriber that alone sees every message published after this
- * call. Returns once the subscription is established: a message published
+ * call (or from its start position: msgbus_subscribe_ex). Returns once the subscription is established: a message published
  * after it returns reaches it. Group names: as topic names. Any thread;
  * blocks up to the backend's subscribe timeout. */
 MSGBUS_API msgbus_err_t msgbus_subscribe(msgbus_t *bus, const char *topic, const char *group,
@@ -342,6 +342,11 @@ MSGBUS_API msgbus_err_t msgbus_nack(msgbus_msg_t *m);
  *   dlq_topic           <topic>.dlq  where dead letters go (not in the URL)
  *   dlq_group           dlq    the group declared on the dead-letter topic
  *                              so its messages are kept until read
+ *   start               latest where a new group or a broadcast subscriber
+ *                              begins: latest, earliest, an RFC 3339 time
+ *                              or -<duration> (see "Start positions" below;
+ *                              MSGBUS_ERR_UNSUPPORTED where the backend
+ *                              cannot replay)
  * `options` is read during the call, not kept. Any thread; blocks like
  * msgbus_subscribe. See docs/semantics.md, "Retry and dead letters". */
 MSGBUS_API msgbus_err_t msgbus_subscribe_ex(msgbus_t *bus, const char *topic, const char *group,
