@@ -2,8 +2,9 @@
  * amqp.c — the AMQP 0-9-1 backend's ops table (amqp:// and amqps://), over
  * rabbitmq-c 0.11. These functions run on application threads: they check,
  * encode and queue work for the bus's I/O thread (amqp_io.c), which owns
- * the connection. Only open (first connect), declare, subscribe and
- * unsubscribe wait for the network; publish and settle never do.
+ * the connection. Only open (first connect), declare, subscribe,
+ * unsubscribe, group reset and inspect wait for the network; publish,
+ * settle and pause never do.
  *
  * Topology (docs/amqp.md): topic → durable `topic` exchange named after it;
  * group → durable queue "<topic>.<group>" bound with "#"; broadcast →

@@ -6,15 +6,17 @@
  *   amqp_codec.c   msgbus message ↔ AMQP properties/headers/body
  *   amqp_conn.c    connecting (TCP/TLS, login, failover), errors, exchanges
  *   amqp_io.c      the I/O thread: loop, reconnect, publish + confirms
- *   amqp_consume.c the I/O thread's consumer half: deliveries, acks, nacks
+ *   amqp_consume.c the I/O thread's consumer half: deliveries, acks, nacks,
+ *                  pause; group reset and inspection (passive declares)
  *
  * Threads: exactly one I/O thread per bus owns the rabbitmq-c connection
  * (it is not thread-safe). Application threads never touch it: they append
  * work to two queues under `lock` (publishes; settles and control requests)
  * and wake the thread through an eventfd once per batch — only when the
  * queue goes from "nobody will look" to "somebody must look" (`wake_pending`).
- * Control requests (declare, subscribe, unsubscribe) are the only calls that
- * wait for the I/O thread, on `cond`.
+ * Control requests (declare, subscribe, unsubscribe; group reset, inspect and
+ * a lag snapshot, bounded by their timeouts) are the only calls that wait
+ * for the I/O thread, on `cond`; pause and settle never do.
  *
  * Channels: 1 publishes in confirm mode, 2 runs topology RPCs, 3.. are one
  * per subscription (its own prefetch; closing it returns its unacked
