@@ -26,6 +26,8 @@
 #include "conformance_fd.h"
 #include "conformance_retry.h"
 #include "conformance_stats.h"
+#include "conformance_positions.h"
+#include "conformance_caps.h"
 
 /* ------------------------------------------------------- round trips */
 
@@ -840,5 +842,15 @@ int main(int argc, char **argv)
     cf_add(s, "dlq_replay", dead_letter_at_once_then_replay_moves_it_back, 120);
     cf_add(s, "retry_options", retry_options_are_checked_and_change_nothing_when_wrong, 60);
     cf_add(s, "stats", stats_count_known_traffic_and_lag_drains_to_zero, 120);
+    cf_add(s, "start_positions", start_positions_replay_what_the_backend_keeps, 240);
+    cf_add(s, "group_reset", group_reset_moves_a_group_without_members, 180);
+    cf_add(s, "pause", pause_holds_everything_back_until_resume, 120);
+    cf_add(s, "receive_batch", receive_batch_takes_up_to_max_in_key_order, 90);
+    cf_add(s, "caps", caps_are_reported_alike_and_enforced_by_require, 120);
+    cf_add(s, "caps_key_order", key_order_claimed_holds_across_members, 180);
+    cf_add(s, "caps_where", positions_and_redelivered_flag_as_claimed, 120);
+    cf_add(s, "caps_list_lag", list_and_lag_as_claimed, 150);
+    cf_add(s, "caps_shared", shared_claimed_reaches_another_process, 120);
+    cf_add(s, "caps_max_message", max_message_size_is_enforced, 90);
     return tu_run_suite(s);
 }
