@@ -133,19 +133,17 @@ int cli_bench(int argc, char **argv)
     uint64_t count = 10000, size = 100, timeout = 30000;
     double rate = 0;
     int json = !isatty(STDOUT_FILENO), verbose = 0, c;
-    while ((c = getopt_long(argc, argv, "u:n:s:r:t:jvh", opts, NULL)) != -1) {
+    while ((c = cli_getopt("bench", argc, argv, "u:n:s:r:t:jvh", opts)) != -1) {
         switch (c) {
         case 'u': url = optarg; break;
         case 'n':
-            if (cli_parse_u64("bench", "--count", optarg, &count) || count == 0 ||
-                count > 100000000)
-                return cli_usage_error("bench", "--count must be 1..100000000");
+            if (cli_parse_range("bench", "--count", optarg, 1, 100000000, "", &count))
+                return CLI_USAGE;
             break;
         case 's':
-            if (cli_parse_u64("bench", "--size", optarg, &size) || size < sizeof(stamp_t) ||
-                size > 64 * 1024 * 1024)
-                return cli_usage_error("bench", "--size must be %zu..67108864 bytes",
-                                       sizeof(stamp_t));
+            if (cli_parse_range("bench", "--size", optarg, sizeof(stamp_t), 64 * 1024 * 1024,
+                                "bytes", &size))
+                return CLI_USAGE;
             break;
         case 'r':
             if (cli_parse_double("bench", "--rate", optarg, &rate))
@@ -154,14 +152,13 @@ int cli_bench(int argc, char **argv)
         case OPT_TOPIC: topic = optarg; break;
         case OPT_GROUP: group = optarg; break;
         case 't':
-            if (cli_parse_u64("bench", "--timeout", optarg, &timeout) || timeout == 0 ||
-                timeout > 3600000)
-                return cli_usage_error("bench", "--timeout must be 1..3600000 ms");
+            if (cli_parse_range("bench", "--timeout", optarg, 1, 3600000, "ms", &timeout))
+                return CLI_USAGE;
             break;
         case 'j': json = 1; break;
         case 'v': verbose++; break;
         case 'h': fputs(bench_help, stdout); return CLI_OK;
-        default: return cli_usage_error("bench", "unknown option");
+        default: return CLI_USAGE;
         }
     }
     if (optind < argc)

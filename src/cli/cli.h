@@ -6,6 +6,7 @@
 #ifndef MSGBUS_CLI_H
 #define MSGBUS_CLI_H
 
+#include <getopt.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -31,8 +32,32 @@ int cli_exit_code(msgbus_err_t e);
 /* Prints "msgbus CMD: WHAT: text (detail)" to stderr; returns the exit code. */
 int cli_fail(const char *cmd, const char *what, msgbus_err_t e);
 
-/* Prints "msgbus CMD: message" to stderr and returns CLI_USAGE. */
+/* Prints "msgbus CMD: message (see 'msgbus CMD --help')" — one line — to
+ * stderr and returns CLI_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The name among `names` (n of them; NULL entries skipped) closest to
+ * `word` within a typo's distance (two edits, one for words under four
+ * letters), or NULL. */
+const char *cli_suggest(const char *word, const char *const *names, size_t n);
+
+/* "msgbus CMD: unknown KIND 'word'; did you mean 'x'?" (the suggestion
+ * when there is one); returns CLI_USAGE. */
+int cli_unknown_word(const char *cmd, const char *kind, const char *word,
+                     const char *const *names, size_t n);
+
+/* getopt_long that says each mistake once (glibc's own messages are off):
+ * an unknown option with "did you mean", an ambiguous abbreviation with
+ * its candidates, a missing or unexpected value. Returns the option, -1 at
+ * the end, '?' after printing an error (the caller returns CLI_USAGE). */
+int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
+               const struct option *longopts);
+
+/* Parses an integer option value in min..max; prints one line naming the
+ * option, the range and `unit` ("ms", may be "") and returns -1 when it is
+ * not. */
+int cli_parse_range(const char *cmd, const char *opt, const char *text, uint64_t min,
+                    uint64_t max, const char *unit, uint64_t *out);
 
 /* Parses a non-negative integer option value; on error prints and returns -1. */
 int cli_parse_u64(const char *cmd, const char *opt, const char *text, uint64_t *out);
@@ -122,6 +147,14 @@ void cli_source_rewind(cli_source_t *s);
 void cli_source_keep_lines(cli_source_t *s);
 void cli_source_close(cli_source_t *s);
 
+/* ---- sub --format (format.c) ---- */
+
+/* Checks a kcat-style format (%t %k %s %h %p %o %T %i %S %K %g %a %%, and
+ * \n \t \r \\ \0); prints the first mistake and returns CLI_USAGE. */
+int cli_format_check(const char *cmd, const char *format);
+/* Writes one message by a checked format; -1 when the stream fails. */
+int cli_format_write(FILE *out, const char *format, const msgbus_msg_t *m);
+
 /* ---- commands ---- */
 int cli_pub(int argc, char **argv);
 int cli_sub(int argc, char **argv);
@@ -130,5 +163,7 @@ int cli_outbox(int argc, char **argv);
 int cli_dlq(int argc, char **argv);
 int cli_bench(int argc, char **argv);
 int cli_doctor(int argc, char **argv);
+int cli_ls(int argc, char **argv);
+int cli_group(int argc, char **argv);
 
 #endif

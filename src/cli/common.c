@@ -3,7 +3,9 @@
  * message sources shared by `pub` and `outbox put`.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <ctype.h>
 #include <errno.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +50,7 @@ int cli_fail(const char *cmd, const char *what, msgbus_err_t e)
     return cli_exit_code(e);
 }
 
+/* One line per mistake: the reason and where to read more, together. */
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 {
     va_list ap;
@@ -55,8 +58,129 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\n(see 'msgbus %s --help')\n", cmd);
+    fprintf(stderr, " (see 'msgbus %s --help')\n", cmd);
     return CLI_USAGE;
+}
+
+/* Optimal string alignment distance (Levenshtein plus adjacent
+ * transpositions: "sbu" is one step from "sub"), for short words. */
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63)
+        return (size_t)-1;
+    size_t d[64][64];
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= lb; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= la; i++)
+        for (size_t j = 1; j <= lb; j++) {
+            size_t cost = a[i - 1] != b[j - 1];
+            size_t v = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < v)
+                v = d[i][j - 1] + 1;
+            if (d[i - 1][j - 1] + cost < v)
+                v = d[i - 1][j - 1] + cost;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < v)
+                v = d[i - 2][j - 2] + 1;
+            d[i][j] = v;
+        }
+    return d[la][lb];
+}
+
+const char *cli_suggest(const char *word, const char *const *names, size_t n)
+{
+    const char *best = NULL;
+    size_t best_d = (size_t)-1, len = strlen(word);
+    /* Two edits for words of four letters or more, one below: "lss" is not
+     * a typo of every three-letter command. */
+    size_t max_d = len >= 4 ? 2 : 1;
+    for (size_t i = 0; i < n; i++) {
+        if (!names[i])
+            continue;
+        size_t d = edit_distance(word, names[i]);
+        if (d <= max_d && d < best_d)
+            best = names[i], best_d = d;
+    }
+    return best;
+}
+
+int cli_unknown_word(const char *cmd, const char *kind, const char *word,
+                     const char *const *names, size_t n)
+{
+    const char *s = cli_suggest(word, names, n);
+    if (s)
+        return cli_usage_error(cmd, "unknown %s '%s'; did you mean '%s'?", kind, word, s);
+    return cli_usage_error(cmd, "unknown %s '%s'", kind, word);
+}
+
+/* getopt_long with the errors said once, by us, with a suggestion: glibc's
+ * own message ("unrecognized option") followed by ours was two lines for
+ * one mistake. */
+int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
+               const struct option *longopts)
+{
+    char spec[128];
+    snprintf(spec, sizeof spec, ":%s", shortopts); /* ':' tells a missing value apart */
+    opterr = 0;
+    int c = getopt_long(argc, argv, spec, longopts, NULL);
+    if (c != '?' && c != ':')
+        return c;
+    const char *arg = optind > 0 && optind <= argc ? argv[optind - 1] : "";
+    int is_long = arg && strncmp(arg, "--", 2) == 0;
+    if (c == ':') {
+        if (is_long)
+            cli_usage_error(cmd, "option '%s' needs a value", arg);
+        else
+            cli_usage_error(cmd, "option '-%c' needs a value", optopt);
+        return '?';
+    }
+    if (!is_long) {
+        if (isprint(optopt))
+            cli_usage_error(cmd, "unknown option '-%c'", optopt);
+        else
+            cli_usage_error(cmd, "unknown option '%s'", arg);
+        return '?';
+    }
+    /* A long option: unknown, ambiguous, or given a value it takes none of. */
+    char name[64];
+    const char *eq = strchr(arg + 2, '=');
+    size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
+    snprintf(name, sizeof name, "%.*s", (int)(len < sizeof name ? len : sizeof name - 1), arg + 2);
+    const char *names[64];
+    size_t n = 0, prefixed = 0;
+    char list[512] = "";
+    const char *only_flag = NULL; /* an abbreviation of a flag, given a value */
+    for (const struct option *o = longopts; o->name && n < 64; o++) {
+        names[n++] = o->name;
+        if (!strcmp(o->name, name) && o->has_arg == no_argument && eq) {
+            cli_usage_error(cmd, "option '--%s' takes no value", name);
+            return '?';
+        }
+        if (len && !strncmp(o->name, name, len)) {
+            if (!prefixed && o->has_arg == no_argument && eq)
+                only_flag = o->name;
+            prefixed++;
+            size_t l = strlen(list);
+            snprintf(list + l, sizeof list - l, "%s--%s", l ? ", " : "", o->name);
+        }
+    }
+    if (prefixed > 1) {
+        cli_usage_error(cmd, "option '--%s' is ambiguous: %s", name, list);
+        return '?';
+    }
+    if (prefixed == 1 && only_flag) {
+        cli_usage_error(cmd, "option '--%s' takes no value", only_flag);
+        return '?';
+    }
+    const char *s = cli_suggest(name, names, n);
+    if (s)
+        cli_usage_error(cmd, "unknown option '--%s'; did you mean '--%s'?", name, s);
+    else
+        cli_usage_error(cmd, "unknown option '--%s'", name);
+    return '?';
 }
 
 int cli_parse_u64(const char *cmd, const char *opt, const char *text, uint64_t *out)
@@ -70,6 +194,27 @@ int cli_parse_u64(const char *cmd, const char *opt, const char *text, uint64_t *
     unsigned long long v = strtoull(text, &end, 10);
     if (errno || *end) {
         cli_usage_error(cmd, "%s needs a non-negative integer, not '%s'", opt, text);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_parse_range(const char *cmd, const char *opt, const char *text, uint64_t min,
+                    uint64_t max, const char *unit, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = 0;
+    int ok = text && *text >= '0' && *text <= '9';
+    if (ok) {
+        v = strtoull(text, &end, 10);
+        ok = !errno && !*end && v >= min && v <= max;
+    }
+    if (!ok) {
+        cli_usage_error(cmd, "%s must be an integer %llu..%llu%s%s, not '%s'", opt,
+                        (unsigned long long)min, (unsigned long long)max, *unit ? " " : "",
+                        unit, text ? text : "");
         return -1;
     }
     *out = v;

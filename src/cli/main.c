@@ -19,12 +19,14 @@ static const char main_help[] =
     "  pub TOPIC [MESSAGE...]     publish arguments, files or stdin lines\n"
     "  sub TOPIC [-g GROUP]       print received messages (raw or --json)\n"
     "  declare TOPIC GROUP        create a group's storage before its consumers\n"
+    "  ls [TOPIC [GROUP]]         topics, partitions, groups and their lag\n"
+    "  group reset TOPIC GROUP    move a group to earliest, latest or a time\n"
     "  outbox relay STORE         publish committed outbox rows until SIGTERM\n"
     "  outbox put STORE TOPIC ... write messages into an outbox table\n"
     "  outbox stats STORE         pending / failed / sent rows as JSON\n"
     "  dlq replay DLQ_TOPIC       move dead letters back to their topics\n"
     "  bench                      publish/consume throughput and latency\n"
-    "  doctor                     check the configuration and the broker\n"
+    "  doctor                     check the broker; what the backend guarantees\n"
     "  version                    print the library version\n"
     "\n"
     "'msgbus COMMAND --help' describes a command. Exit codes:\n"
@@ -67,8 +69,28 @@ static const char dlq_help[] =
     "msgbus-dlq-topic header were left on DLQ_TOPIC, or any other failure\n"
     "(see docs/cli.md)\n";
 
-static int cli_version(void)
+static const char version_help[] =
+    "usage: msgbus version\n"
+    "\n"
+    "Prints the version of the msgbus library the tool runs with.\n"
+    "\n"
+    "options:\n"
+    "  -h, --help   this text\n"
+    "\n"
+    "exit: 0, or 1 for an unexpected argument\n";
+
+static int cli_version(int argc, char **argv)
 {
+    static const struct option opts[] = {{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    int c;
+    while ((c = cli_getopt("version", argc, argv, "h", opts)) != -1) {
+        switch (c) {
+        case 'h': fputs(version_help, stdout); return CLI_OK;
+        default: return CLI_USAGE;
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error("version", "unexpected argument '%s'", argv[optind]);
     printf("msgbus %s\n", msgbus_version());
     return CLI_OK;
 }
@@ -81,12 +103,12 @@ int cli_declare(int argc, char **argv)
                                          {0, 0, 0, 0}};
     const char *url = NULL;
     int verbose = 0, c;
-    while ((c = getopt_long(argc, argv, "u:vh", opts, NULL)) != -1) {
+    while ((c = cli_getopt("declare", argc, argv, "u:vh", opts)) != -1) {
         switch (c) {
         case 'u': url = optarg; break;
         case 'v': verbose++; break;
         case 'h': fputs(declare_help, stdout); return CLI_OK;
-        default: return cli_usage_error("declare", "unknown option");
+        default: return CLI_USAGE;
         }
     }
     if (argc - optind != 2)
@@ -112,8 +134,11 @@ int cli_dlq(int argc, char **argv)
         fputs(dlq_help, stdout);
         return CLI_OK;
     }
-    if (argc < 2 || strcmp(argv[1], "replay") != 0)
+    static const char *const subs[] = {"replay"};
+    if (argc < 2)
         return cli_usage_error("dlq", "the only dlq command is 'replay'");
+    if (strcmp(argv[1], "replay") != 0)
+        return cli_unknown_word("dlq", "command", argv[1], subs, 1);
     argc--, argv++;
     static const struct option opts[] = {
         {"url", required_argument, 0, 'u'}, {"group", required_argument, 0, 'g'},
@@ -123,7 +148,7 @@ int cli_dlq(int argc, char **argv)
     const char *url = NULL, *group = NULL;
     uint64_t max = 0, idle = 2000;
     int quiet = 0, verbose = 0, c;
-    while ((c = getopt_long(argc, argv, "u:g:n:t:qvh", opts, NULL)) != -1) {
+    while ((c = cli_getopt("dlq replay", argc, argv, "u:g:n:t:qvh", opts)) != -1) {
         switch (c) {
         case 'u': url = optarg; break;
         case 'g': group = optarg; break;
@@ -132,13 +157,13 @@ int cli_dlq(int argc, char **argv)
                 return CLI_USAGE;
             break;
         case 't':
-            if (cli_parse_u64("dlq replay", "--idle", optarg, &idle) || idle > 86400000)
-                return cli_usage_error("dlq replay", "--idle must be 0..86400000 ms");
+            if (cli_parse_range("dlq replay", "--idle", optarg, 0, 86400000, "ms", &idle))
+                return CLI_USAGE;
             break;
         case 'q': quiet = 1; break;
         case 'v': verbose++; break;
         case 'h': fputs(dlq_help, stdout); return CLI_OK;
-        default: return cli_usage_error("dlq replay", "unknown option");
+        default: return CLI_USAGE;
         }
     }
     if (argc - optind != 1)
@@ -183,14 +208,27 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         int (*fn)(int, char **);
-    } commands[] = {{"pub", cli_pub},       {"sub", cli_sub},       {"declare", cli_declare},
-                    {"outbox", cli_outbox}, {"dlq", cli_dlq},       {"bench", cli_bench},
-                    {"doctor", cli_doctor}};
-    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(cmd, commands[i].name))
+    } commands[] = {{"pub", cli_pub},         {"sub", cli_sub},       {"declare", cli_declare},
+                    {"ls", cli_ls},           {"group", cli_group},   {"outbox", cli_outbox},
+                    {"dlq", cli_dlq},         {"bench", cli_bench},   {"doctor", cli_doctor},
+                    {"version", cli_version}, {"help", NULL}};
+    enum { N_COMMANDS = sizeof commands / sizeof commands[0] };
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (commands[i].fn && !strcmp(cmd, commands[i].name))
             return commands[i].fn(argc, argv);
-    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version"))
-        return cli_version();
-    fprintf(stderr, "msgbus: unknown command '%s'\n\n%s", cmd, main_help);
+    if (!strcmp(cmd, "--version"))
+        return cli_version(1, argv);
+    /* One line, with the closest command: the whole help after it buried
+     * the mistake. */
+    const char *names[N_COMMANDS];
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        names[i] = commands[i].name;
+    const char *s = cmd[0] == '-' ? NULL : cli_suggest(cmd, names, N_COMMANDS);
+    if (s)
+        fprintf(stderr, "msgbus: unknown %s '%s'; did you mean '%s'? (see 'msgbus --help')\n",
+                cmd[0] == '-' ? "option" : "command", cmd, s);
+    else
+        fprintf(stderr, "msgbus: unknown %s '%s' (see 'msgbus --help')\n",
+                cmd[0] == '-' ? "option" : "command", cmd);
     return CLI_USAGE;
 }

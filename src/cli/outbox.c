@@ -405,9 +405,11 @@ int cli_outbox(int argc, char **argv)
         fputs(outbox_help, stdout);
         return CLI_OK;
     }
-    if (argc < 2 ||
-        (strcmp(argv[1], "relay") && strcmp(argv[1], "put") && strcmp(argv[1], "stats")))
+    static const char *const subs[] = {"relay", "put", "stats"};
+    if (argc < 2)
         return cli_usage_error("outbox", "needs one of: relay, put, stats");
+    if (strcmp(argv[1], "relay") && strcmp(argv[1], "put") && strcmp(argv[1], "stats"))
+        return cli_unknown_word("outbox", "command", argv[1], subs, 3);
     const char *sub = argv[1];
     char cmd[32];
     snprintf(cmd, sizeof cmd, "outbox %s", sub);
@@ -437,23 +439,23 @@ int cli_outbox(int argc, char **argv)
     memset(&mo, 0, sizeof mo);
     uint64_t v, count = 0;
     int once = 0, quiet = 0, verbose = 0, c;
-    while ((c = getopt_long(argc, argv, "u:k:K:H:f:n:qvh", opts, NULL)) != -1) {
+    while ((c = cli_getopt(cmd, argc, argv, "u:k:K:H:f:n:qvh", opts)) != -1) {
         switch (c) {
         case 'u': url = optarg; break;
         case OPT_TABLE: table = optarg; break;
         case OPT_BATCH:
-            if (cli_parse_u64(cmd, "--batch", optarg, &v) || v == 0 || v > 1000000)
-                return cli_usage_error(cmd, "--batch must be 1..1000000");
+            if (cli_parse_range(cmd, "--batch", optarg, 1, 1000000, "", &v))
+                return CLI_USAGE;
             ro.batch_max = (size_t)v;
             break;
         case OPT_POLL:
-            if (cli_parse_u64(cmd, "--poll-interval", optarg, &v) || v == 0 || v > 3600000)
-                return cli_usage_error(cmd, "--poll-interval must be 1..3600000 ms");
+            if (cli_parse_range(cmd, "--poll-interval", optarg, 1, 3600000, "ms", &v))
+                return CLI_USAGE;
             ro.poll_interval_ms = (int)v;
             break;
         case OPT_CONFIRM:
-            if (cli_parse_u64(cmd, "--confirm-timeout", optarg, &v) || v == 0 || v > 3600000)
-                return cli_usage_error(cmd, "--confirm-timeout must be 1..3600000 ms");
+            if (cli_parse_range(cmd, "--confirm-timeout", optarg, 1, 3600000, "ms", &v))
+                return CLI_USAGE;
             ro.confirm_timeout_ms = (int)v;
             break;
         case OPT_ONCE: once = 1; break;
@@ -482,7 +484,7 @@ int cli_outbox(int argc, char **argv)
         case 'q': quiet = 1; break;
         case 'v': verbose++; break;
         case 'h': fputs(outbox_help, stdout); return CLI_OK;
-        default: return cli_usage_error(cmd, "unknown option");
+        default: return CLI_USAGE;
         }
     }
     if (optind >= argc)

@@ -72,7 +72,7 @@ int cli_pub(int argc, char **argv)
     uint64_t count = 0, timeout = 30000;
     double rate = 0;
     int quiet = 0, verbose = 0, c;
-    while ((c = getopt_long(argc, argv, "u:k:K:H:f:n:r:t:qvh", opts, NULL)) != -1) {
+    while ((c = cli_getopt("pub", argc, argv, "u:k:K:H:f:n:r:t:qvh", opts)) != -1) {
         switch (c) {
         case 'u': url = optarg; break;
         case 'k': mo.key = optarg; break;
@@ -95,13 +95,13 @@ int cli_pub(int argc, char **argv)
                 return CLI_USAGE;
             break;
         case 't':
-            if (cli_parse_u64("pub", "--timeout", optarg, &timeout) || timeout > 86400000)
-                return cli_usage_error("pub", "--timeout must be 0..86400000 ms");
+            if (cli_parse_range("pub", "--timeout", optarg, 0, 86400000, "ms", &timeout))
+                return CLI_USAGE;
             break;
         case 'q': quiet = 1; break;
         case 'v': verbose++; break;
         case 'h': fputs(pub_help, stdout); return CLI_OK;
-        default: return cli_usage_error("pub", "unknown option");
+        default: return CLI_USAGE;
         }
     }
     if (optind >= argc)
