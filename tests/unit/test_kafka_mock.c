@@ -9,7 +9,9 @@
  * messages are MSGBUS_ERR_TOO_LARGE, before sending and when the broker
  * refuses them; request errors the broker returns reach each message's
  * callback exactly once with their real outcome; retriable errors are
- * retried by the idempotent producer without duplicates in the reports.
+ * retried by the idempotent producer without duplicates in the reports;
+ * auto.offset.reset is read as the default start position; the capability
+ * bits follow the producer's settings.
  */
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
