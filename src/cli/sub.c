@@ -239,7 +239,7 @@ static int end_prepare(end_state_t *end, msgbus_t *bus, const char *topic, const
     end->parts = (size_t)json_integer_value(np);
     end->end = malloc(end->parts * sizeof *end->end);
     end->done = calloc(end->parts, 1);
-    int64_t *committed = malloc(end->parts * sizeof *committed);
+    int64_t *committed = malloc(2 * end->parts * sizeof *committed); /* and low */
     if (!end->end || !end->done || !committed) {
         free(committed);
         fprintf(stderr, "msgbus sub: out of memory\n");
@@ -262,9 +262,27 @@ static int end_prepare(end_state_t *end, msgbus_t *bus, const char *topic, const
         }
         msgbus_free(text);
     }
-    /* Every partition's end from any group of the topic (they share them). */
+    /* Every partition's end: from the topic's own "watermarks" where the
+     * backend gives them ({partition, low, high}), else from any group of
+     * the topic (they share them). A partition whose low watermark is its
+     * end holds nothing to read from any start. */
+    int64_t *low = committed + end->parts;
+    for (size_t i = 0; i < end->parts; i++)
+        low[i] = -1;
     size_t gi;
     json_t *g;
+    json_array_foreach(json_object_get(t, "watermarks"), gi, g) {
+        json_t *pn = json_object_get(g, "partition"), *hi = json_object_get(g, "high"),
+               *lo = json_object_get(g, "low");
+        if (!json_is_integer(pn) || json_integer_value(pn) < 0 ||
+            (size_t)json_integer_value(pn) >= end->parts)
+            continue;
+        size_t k = (size_t)json_integer_value(pn);
+        if (json_is_integer(hi))
+            end->end[k] = json_integer_value(hi);
+        if (json_is_integer(lo))
+            low[k] = json_integer_value(lo);
+    }
     json_array_foreach(json_object_get(t, "groups"), gi, g)
         take_partitions(end, g, NULL);
     for (size_t i = 0; i < end->parts; i++)
@@ -280,7 +298,8 @@ static int end_prepare(end_state_t *end, msgbus_t *bus, const char *topic, const
          * (the default start) or somewhere before it (--from-beginning,
          * --since). */
         int reached = committed[i] >= 0 ? committed[i] >= end->end[i]
-                                         : !have_start || end->end[i] == 0;
+                                         : !have_start || end->end[i] == 0 ||
+                                               (low[i] >= 0 && low[i] >= end->end[i]);
         end->done[i] = (unsigned char)reached;
         end->pending += !reached;
     }
