@@ -60,10 +60,8 @@ int cli_format_write(FILE *out, const char *f, const msgbus_msg_t *m)
         case 'i': s = msgbus_msg_id(m); break;
         case 'k': bytes = msgbus_msg_key(m, &len); break;
         case 's': bytes = msgbus_msg_payload(m, &len); break;
-        case 'K':
-            if (msgbus_msg_key(m, &len) == NULL)
-                len = 0;
-            if (fprintf(out, "%zu", len) < 0)
+        case 'K': /* -1 without a key, as kcat prints a NULL key's length */
+            if (fprintf(out, "%lld", msgbus_msg_key(m, &len) ? (long long)len : -1LL) < 0)
                 return -1;
             continue;
         case 'S':
