@@ -240,6 +240,22 @@ MB_HIDDEN msgbus_err_t mb_kafka_group_reset(struct mb_backend *be, const char *t
                                             int timeout_ms);
 MB_HIDDEN msgbus_err_t mb_kafka_inspect(struct mb_backend *be, const char *topic,
                                         const char *group, int timeout_ms, json_t *out);
+/* Admin plumbing group reset and inspect (kafka_inspect.c) share. What is
+ * left of `deadline` for one request, at least 1 ms: */
+MB_HIDDEN int mb_kafka_left(int64_t deadline);
+/* Every topic of the cluster (all-topics metadata: asking creates
+ * nothing), retrying transient errors until `deadline`; `what` names the
+ * caller in errors. */
+MB_HIDDEN msgbus_err_t mb_kafka_cluster_topics(rd_kafka_t *rk, int64_t deadline,
+                                               const char *what,
+                                               const struct rd_kafka_metadata **out);
+/* Kafka's own topics (__consumer_offsets, __transaction_state, ...). */
+MB_HIDDEN bool mb_kafka_internal_topic(const char *name);
+/* Admin options for `op` whose request timeout is what is left of
+ * `deadline`. */
+MB_HIDDEN rd_kafka_AdminOptions_t *mb_kafka_admin_options(rd_kafka_t *rk,
+                                                          rd_kafka_admin_op_t op,
+                                                          int64_t deadline);
 
 /* kafka_codec.c */
 /* Decodes a received record's headers into `m` (a new received message
