@@ -79,7 +79,19 @@ static void mb_kafka_retention(rd_kafka_event_t *ev, const struct rd_kafka_metad
 }
 
 /* One topic's object of the inspect answer. */
+/* The offset `list` has for topic[partition], or -1. */
+static int64_t mb_kafka_offset_in(const rd_kafka_topic_partition_list_t *list, const char *topic,
+                                  int32_t partition)
+{
+    for (int k = 0; list && k < list->cnt; k++)
+        if (list->elems[k].partition == partition && !list->elems[k].err &&
+            strcmp(list->elems[k].topic, topic) == 0)
+            return list->elems[k].offset;
+    return -1;
+}
+
 static json_t *mb_kafka_topic_json(const struct rd_kafka_metadata_topic *t, int64_t retention,
+                                   const rd_kafka_topic_partition_list_t *lows,
                                    const rd_kafka_topic_partition_list_t *ends,
                                    const struct mb_kafka_ginfo *groups, size_t ngroups)
 {
@@ -88,6 +100,20 @@ static json_t *mb_kafka_topic_json(const struct rd_kafka_metadata_topic *t, int6
     json_object_set_new(o, "partitions", json_integer(t->partition_cnt));
     if (retention != INT64_MIN)
         json_object_set_new(o, "retention_ms", json_integer(retention));
+    /* Where each partition begins and ends now, whatever the groups: what
+     * `msgbus sub -e` reads up to, and low == high for an empty one. */
+    json_t *warr = json_array();
+    for (int p = 0; p < t->partition_cnt; p++) {
+        int32_t part = t->partitions[p].id;
+        int64_t lo = mb_kafka_offset_in(lows, t->topic, part);
+        int64_t hi = mb_kafka_offset_in(ends, t->topic, part);
+        json_t *w = json_object();
+        json_object_set_new(w, "partition", json_integer(part));
+        json_object_set_new(w, "low", lo >= 0 ? json_integer(lo) : json_null());
+        json_object_set_new(w, "high", hi >= 0 ? json_integer(hi) : json_null());
+        json_array_append_new(warr, w);
+    }
+    json_object_set_new(o, "watermarks", warr);
     json_t *garr = json_array();
     for (size_t g = 0; g < ngroups; g++) {
         if (!mb_kafka_has_position(&groups[g], t->topic))
@@ -102,11 +128,7 @@ static json_t *mb_kafka_topic_json(const struct rd_kafka_metadata_topic *t, int6
         for (int p = 0; p < t->partition_cnt; p++) {
             int32_t part = t->partitions[p].id;
             int64_t committed = mb_kafka_committed_in(groups[g].offsets, t->topic, part);
-            int64_t hw = -1;
-            for (int k = 0; k < ends->cnt; k++)
-                if (ends->elems[k].partition == part && !ends->elems[k].err &&
-                    strcmp(ends->elems[k].topic, t->topic) == 0)
-                    hw = ends->elems[k].offset;
+            int64_t hw = mb_kafka_offset_in(ends, t->topic, part);
             json_t *po = json_object();
             json_object_set_new(po, "partition", json_integer(part));
             json_object_set_new(po, "committed", committed >= 0 ? json_integer(committed)
@@ -151,7 +173,7 @@ msgbus_err_t mb_kafka_inspect(struct mb_backend *be, const char *topic, const ch
     const struct rd_kafka_metadata_topic **topics = NULL;
     size_t ntopics = 0, nconf = 0, ngroups = 0;
     int64_t *retention = NULL;
-    rd_kafka_topic_partition_list_t *ends = NULL;
+    rd_kafka_topic_partition_list_t *ends = NULL, *lows = NULL;
     struct mb_kafka_ginfo *groups = NULL;
     rd_kafka_event_t *listing = NULL;
     rd_kafka_AdminOptions_t *ao_conf = NULL, *ao_list = NULL, *ao_offs = NULL, *ao_desc = NULL;
@@ -184,6 +206,7 @@ msgbus_err_t mb_kafka_inspect(struct mb_backend *be, const char *topic, const ch
     retention = malloc((ntopics + 1) * sizeof *retention);
     conf_res = calloc(ntopics + 1, sizeof *conf_res);
     ends = rd_kafka_topic_partition_list_new(16);
+    lows = rd_kafka_topic_partition_list_new(16);
     if (!retention || !conf_res) {
         e = mb_error(MSGBUS_ERR_NOMEM, "out of memory");
         goto done;
@@ -192,10 +215,14 @@ msgbus_err_t mb_kafka_inspect(struct mb_backend *be, const char *topic, const ch
     for (size_t t = 0; t < ntopics; t++) {
         retention[t] = INT64_MIN;
         conf_res[t] = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topics[t]->topic);
-        for (int p = 0; p < topics[t]->partition_cnt; p++)
+        for (int p = 0; p < topics[t]->partition_cnt; p++) {
             rd_kafka_topic_partition_list_add(ends, topics[t]->topic,
                                               topics[t]->partitions[p].id)
                 ->offset = RD_KAFKA_OFFSET_END;
+            rd_kafka_topic_partition_list_add(lows, topics[t]->topic,
+                                              topics[t]->partitions[p].id)
+                ->offset = RD_KAFKA_OFFSET_BEGINNING;
+        }
     }
     bool want_conf = ntopics > 0, want_list = group == NULL;
     if (want_conf) {
@@ -208,12 +235,14 @@ msgbus_err_t mb_kafka_inspect(struct mb_backend *be, const char *topic, const ch
     }
     /* End offsets: "latest" as a timestamp, one ListOffsets per leader. A
      * failure leaves high_watermark null (and the lag unknown). */
-    if (ends->cnt > 0) {
-        rd_kafka_resp_err_t err = rd_kafka_offsets_for_times(rk, ends, mb_kafka_left(deadline));
+    for (int which = 0; which < 2 && ends->cnt > 0; which++) {
+        rd_kafka_topic_partition_list_t *l = which ? lows : ends;
+        rd_kafka_resp_err_t err = rd_kafka_offsets_for_times(rk, l, mb_kafka_left(deadline));
         if (err) {
-            mb_log(MSGBUS_LOG_WARN, "kafka: inspect: end offsets: %s", rd_kafka_err2str(err));
-            for (int i = 0; i < ends->cnt; i++)
-                ends->elems[i].err = err;
+            mb_log(MSGBUS_LOG_WARN, "kafka: inspect: %s offsets: %s", which ? "start" : "end",
+                   rd_kafka_err2str(err));
+            for (int i = 0; i < l->cnt; i++)
+                l->elems[i].err = err;
         }
     }
     while (want_conf || want_list) {
@@ -370,8 +399,8 @@ msgbus_err_t mb_kafka_inspect(struct mb_backend *be, const char *topic, const ch
     }
     json_t *arr = json_array();
     for (size_t t = 0; t < ntopics; t++)
-        json_array_append_new(arr, mb_kafka_topic_json(topics[t], retention[t], ends, groups,
-                                                       ngroups));
+        json_array_append_new(arr, mb_kafka_topic_json(topics[t], retention[t], lows, ends,
+                                                       groups, ngroups));
     json_object_set_new(out, "topics", arr);
 
 done:
@@ -388,6 +417,8 @@ done:
     free(retention);
     if (ends)
         rd_kafka_topic_partition_list_destroy(ends);
+    if (lows)
+        rd_kafka_topic_partition_list_destroy(lows);
     free(topics);
     if (md)
         rd_kafka_metadata_destroy(md);

@@ -477,6 +477,18 @@ START_TEST(inspect_shows_partitions_and_the_group_lag)
     ck_assert_int_eq(tu_json_int(t, "partitions"), 3);
     ck_assert_msg(json_is_integer(json_object_get(t, "retention_ms")), "no retention_ms");
     ck_assert_int_eq(json_array_size(json_object_get(t, "groups")), 0);
+    /* Each partition's watermarks, with no group: low 0, the highs add up
+     * to the 10 published. */
+    json_t *wm = json_object_get(t, "watermarks");
+    ck_assert_int_eq(json_array_size(wm), 3);
+    json_int_t highs = 0;
+    for (size_t k = 0; k < 3; k++) {
+        json_t *w = json_array_get(wm, k);
+        ck_assert_int_eq(tu_json_int(w, "partition"), (json_int_t)k);
+        ck_assert_int_eq(tu_json_int(w, "low"), 0);
+        highs += tu_json_int(w, "high");
+    }
+    ck_assert_int_eq(highs, 10);
     json_decref(o);
 
     /* A member starting at the oldest: it commits its start (0 in each
