@@ -419,7 +419,8 @@ MSGBUS_API msgbus_err_t msgbus_sub_resume(msgbus_sub_t *sub);
  * yet, or a broadcast subscriber, begins:
  *   latest         messages published from now on (the default)
  *   earliest       the oldest message the backend still keeps
- *   <RFC 3339>     the first message at or after that time, e.g.
+ *   <RFC 3339>     the first message at or after that time (mem://: the
+ *                  retained messages stamped at or after it), e.g.
  *                  2026-12-07T08:00:00Z or 2026-12-07T09:00:00.5+01:00
  *   -<duration>    that long ago: -15m, -2h, -30s, -1d, -500ms
  * A group that already has a position (it consumed, or was declared) keeps
@@ -445,7 +446,8 @@ MSGBUS_API msgbus_err_t msgbus_group_reset(msgbus_t *bus, const char *topic, con
  * "Inspecting"): {"topics": [{"name", "partitions", "retention_ms",
  * "groups": [{"name", "members", "lag", "partitions": [{"partition",
  * "committed", "high_watermark", "lag"}] | "ready", "unacked"}]}]}; members
- * left out where unknown. `topic` NULL: every topic (MSGBUS_ERR_UNSUPPORTED
+ * left out where unknown, and backends add their own (Kafka: each topic's
+ * "watermarks"; docs/semantics.md, "Inspecting"). `topic` NULL: every topic (MSGBUS_ERR_UNSUPPORTED
  * where the backend cannot list them: RabbitMQ over AMQP); `group` NULL:
  * every group of each topic the backend can list (RabbitMQ: none unless
  * named). A named topic or group that does not exist is
