@@ -209,6 +209,25 @@ MSGBUS_API int64_t msgbus_msg_offset(const msgbus_msg_t *m);
  * (Kafka, mem://: msgbus_msg_attempt counts msgbus's own retries there). */
 MSGBUS_API int msgbus_msg_redelivered(const msgbus_msg_t *m);
 
+/* CloudEvents attributes (docs/interop.md). Every message travels as a
+ * CloudEvent (URL option cloudevents=binary, the default): id, source (the
+ * bus option ce_source), type (the topic unless set), time (from the
+ * timestamp), subject (when set), datacontenttype (the content-type
+ * header). These set a message's own type, source and subject: 1..1024
+ * bytes of printable UTF-8 (no control characters), copied; NULL clears
+ * (back to the default). MSGBUS_ERR_INVALID naming what was wrong. */
+MSGBUS_API msgbus_err_t msgbus_msg_set_type(msgbus_msg_t *m, const char *type);
+MSGBUS_API msgbus_err_t msgbus_msg_set_source(msgbus_msg_t *m, const char *source);
+MSGBUS_API msgbus_err_t msgbus_msg_set_subject(msgbus_msg_t *m, const char *subject);
+/* What was set, or on a received message what arrived (binary or
+ * structured CloudEvent, any binding's prefix); NULL when none. Other
+ * CloudEvents attributes (extensions) are headers named ce_<name> on every
+ * backend, both ways. Valid while the message lives. */
+MSGBUS_API const char *msgbus_msg_type(const msgbus_msg_t *m);
+MSGBUS_API const char *msgbus_msg_source(const msgbus_msg_t *m);
+MSGBUS_API const char *msgbus_msg_subject(const msgbus_msg_t *m);
+#define MSGBUS_MAX_CE_ATTR 1024
+
 /* ------------------------------------------------------------------ */
 /* Bus                                                                 */
 /* ------------------------------------------------------------------ */

@@ -255,6 +255,44 @@ MB_HIDDEN const char *mb_bus_url(const msgbus_t *bus);
  * (msgbus_sub_close on its own). */
 MB_HIDDEN int64_t mb_bus_close_deadline(const msgbus_t *bus, long timeout_ms);
 
+/* ---- CloudEvents on the wire (src/core/cloudevents.c, docs/interop.md) ----
+ * Every backend writes a message as a CloudEvent of its binding, in the
+ * mode of the bus option cloudevents=:
+ *   MB_CE_BINARY      the attributes of mb_ce_attrs as the binding's
+ *                     headers (Kafka ce_*, AMQP cloudEvents_*), the
+ *                     content type as the binding's content type, the
+ *                     payload as is; each header ce_<ext> that
+ *                     mb_ce_extension_header accepts as an extension
+ *                     attribute under the binding's prefix;
+ *   MB_CE_STRUCTURED  the payload is mb_ce_structured's JSON with content
+ *                     type application/cloudevents+json; the id still
+ *                     travels where the backend's own id needs it (AMQP
+ *                     message_id); ce_<ext> headers are inside the JSON;
+ *   MB_CE_OFF         only the id, as before CloudEvents (Kafka ce_id,
+ *                     AMQP message_id), so the inbox keeps working.
+ * On receive, a backend hands every attribute under any prefix it reads
+ * to mb_msg_received_ce and then calls mb_msg_ce_unpack (core/msg.h). */
+enum mb_ce_mode { MB_CE_BINARY = 0, MB_CE_STRUCTURED, MB_CE_OFF };
+MB_HIDDEN enum mb_ce_mode mb_bus_ce_mode(const msgbus_t *bus);
+/* The attribute values to write for `m` published to `topic`. Strings
+ * point into m, the bus or topic (valid during the publish call). */
+struct mb_ce_attrs {
+    const char *id;              /* NULL: none (write none) */
+    const char *source;          /* m's own, else the bus's ce_source */
+    const char *type;            /* m's own, else the topic */
+    const char *subject;         /* NULL: none */
+    char time[32];               /* RFC 3339 (UTC, ms) of m->timestamp */
+    const char *datacontenttype; /* the content-type header, NULL: none */
+};
+MB_HIDDEN void mb_ce_attrs(const msgbus_t *bus, const char *topic, const msgbus_msg_t *m,
+                           struct mb_ce_attrs *out);
+/* True when header `name` is ce_<ext> with <ext> a CloudEvents extension
+ * name (a-z 0-9, not a context attribute msgbus writes): *attr = <ext>. */
+MB_HIDDEN bool mb_ce_extension_header(const char *name, const char **attr);
+/* The structured form of `m` (a JSON text to free(), *len bytes). */
+MB_HIDDEN msgbus_err_t mb_ce_structured(const msgbus_t *bus, const char *topic,
+                                        const msgbus_msg_t *m, char **json, size_t *len);
+
 /* ---- observability services (src/core/stats.c) ---- */
 
 /* The bus connection changed state (any thread). `reason` (printf format)

@@ -397,7 +397,7 @@ static msgbus_msg_t *mb_mem_make_msg(struct mb_backend_sub *bs, struct mb_mem_en
     atomic_fetch_add(&e->data->refs, 1);
     m->backend_data = e->data;
     if ((src->key && !(m->key = mb_key_dup(src->key, src->key_len))) ||
-        (src->id && !(m->id = mb_strdup(src->id))))
+        (src->id && !(m->id = mb_strdup(src->id))) || !mb_ce_copy(m, src))
         goto fail;
     m->key_len = src->key_len;
     for (size_t i = 0; i < src->nheaders; i++)
@@ -791,6 +791,18 @@ static msgbus_err_t mb_mem_publish(struct mb_backend *be, const char *topic, con
     if (!d || !(d->msg = mb_msg_clone(m))) {
         free(d);
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory publishing to '%s'", topic);
+    }
+    /* As the brokers' bindings do, a receiver sees the CloudEvents type and
+     * source the publish wrote: the message's own, else the defaults. */
+    if (mb_bus_ce_mode(be->bus) != MB_CE_OFF && (!m->ce_type || !m->ce_source)) {
+        struct mb_ce_attrs a;
+        mb_ce_attrs(be->bus, topic, m, &a);
+        if ((!m->ce_type && msgbus_msg_set_type(d->msg, a.type)) ||
+            (!m->ce_source && msgbus_msg_set_source(d->msg, a.source))) {
+            msgbus_msg_free(d->msg);
+            free(d);
+            return mb_error(MSGBUS_ERR_NOMEM, "out of memory publishing to '%s'", topic);
+        }
     }
     atomic_init(&d->refs, 1);
     struct mb_mem_broker *b = be->broker;

@@ -24,7 +24,7 @@ static const char *const mb_core_options[] = {
     "queue_max",        "close_timeout_ms", "retry_max_attempts", "retry_initial_ms",
     "retry_multiplier", "retry_max_ms",     "retry_jitter",       "dlq",
     "dlq_group",        "stats_interval_ms", "start",            "require",
-    NULL};
+    "cloudevents",      "ce_source",        NULL};
 
 /* Buses and subscriptions keep counters on cache lines of their own
  * (_Alignas(64) members), which malloc's 16-byte alignment would not give. */
@@ -1047,6 +1047,7 @@ static void mb_bus_free(msgbus_t *bus)
     mb_stats_stop(bus);
     mb_stats_destroy(bus);
     mb_retry_policy_free(&bus->policy);
+    free(bus->ce_source);
     mb_url_free(bus->url);
     free(bus);
 }
@@ -1096,6 +1097,7 @@ MSGBUS_API msgbus_err_t msgbus_open(msgbus_t **out, const char *url_text, const 
         (e = mb_url_opt_int(url, "close_timeout_ms", 5000, 0, 3600000, &bus->close_timeout_ms)) ||
         (e = mb_url_opt_int(url, "stats_interval_ms", 0, 0, 86400000, &bus->stats_interval_ms)) ||
         (e = mb_retry_policy_from_url(url, &bus->policy)) ||
+        (e = mb_ce_conf_read(bus, url)) ||
         (e = mb_check_known(url, ops)))
         goto fail;
     bus->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

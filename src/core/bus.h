@@ -199,6 +199,10 @@ struct msgbus {
 
     /* What the backend guarantees as configured, asked once after open. */
     struct mb_caps caps;
+
+    /* CloudEvents (cloudevents.c): options cloudevents= and ce_source=. */
+    enum mb_ce_mode ce_mode;
+    char *ce_source;
 };
 
 /* How much of `n` messages added to (or taken from) the sub's queue counts
@@ -216,6 +220,11 @@ MB_HIDDEN void mb_sub_unref(msgbus_sub_t *sub);
  * once the subscription is closed (the broker redelivers). */
 MB_HIDDEN msgbus_err_t mb_sub_settle(msgbus_sub_t *sub, msgbus_msg_t *m, enum mb_settle how);
 MB_HIDDEN msgbus_err_t mb_check_name(const char *what, const char *name);
+
+/* ---- cloudevents.c ---- */
+/* Reads cloudevents= and ce_source= (the default source names this host
+ * and program). */
+MB_HIDDEN msgbus_err_t mb_ce_conf_read(msgbus_t *bus, struct mb_url *url);
 
 /* ---- caps.c ---- */
 MB_HIDDEN void mb_caps_load(msgbus_t *bus);

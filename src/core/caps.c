@@ -210,7 +210,7 @@ static int mb_digits(const char **p, int n)
 
 /* RFC 3339: 2026-12-07T08:00:00Z, 2026-12-07T08:00:00.123+01:00 ('t', 'z'
  * and a space for 'T' accepted, as the RFC allows). */
-static bool mb_parse_rfc3339(const char *s, int64_t *ms)
+bool mb_rfc3339_parse(const char *s, int64_t *ms)
 {
     const char *p = s;
     int Y = mb_digits(&p, 4);
@@ -275,6 +275,15 @@ static bool mb_parse_rfc3339(const char *s, int64_t *ms)
     return true;
 }
 
+void mb_rfc3339_format(int64_t ms, char out[32])
+{
+    time_t s = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, 32 - n, ".%03dZ", (int)(ms % 1000));
+}
+
 msgbus_err_t mb_start_parse(const char *what, const char *text, struct mb_start *out)
 {
     struct mb_start s = {0};
@@ -293,7 +302,7 @@ msgbus_err_t mb_start_parse(const char *what, const char *text, struct mb_start 
                             text);
         s.kind = MB_START_TIME;
         s.time_ms = mb_now_ms() - v;
-    } else if (mb_parse_rfc3339(text, &v)) {
+    } else if (mb_rfc3339_parse(text, &v)) {
         s.kind = MB_START_TIME;
         s.time_ms = v;
     } else {

@@ -30,6 +30,13 @@ MB_HIDDEN bool mb_log_enabled(msgbus_log_level_t level);
 /* Clocks. */
 MB_HIDDEN int64_t mb_now_ms(void);        /* wall clock, ms since epoch */
 MB_HIDDEN int64_t mb_mono_ms(void);       /* monotonic, ms */
+/* RFC 3339 time ("2026-12-07T08:00:00.5+01:00"; 't', 'z' and a space for
+ * 'T' accepted) → ms since the epoch (fractions past ms dropped); false
+ * when malformed (caps.c). */
+MB_HIDDEN bool mb_rfc3339_parse(const char *s, int64_t *ms);
+/* ms since the epoch (>= 0) → "2026-12-07T08:00:00.500Z" (UTC, always ms;
+ * at most 31 bytes with the NUL for years up to 9999). */
+MB_HIDDEN void mb_rfc3339_format(int64_t ms, char out[32]);
 /* Fills a struct timespec (CLOCK_MONOTONIC) `ms` from now, for condvars
  * created with mb_cond_init. */
 struct timespec;

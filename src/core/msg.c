@@ -207,6 +207,8 @@ MSGBUS_API void msgbus_msg_free(msgbus_msg_t *m)
         free(m->key);
     if (m->headers)
         mb_headers_free(m);
+    if (m->ce_type || m->ce_source || m->ce_subject)
+        mb_ce_free(m);
     mb_free_id(m);
     if (embedded)
         mb_sub_msg_released(m); /* last: may free the block m lives in */
@@ -228,6 +230,8 @@ msgbus_msg_t *mb_msg_clone(const msgbus_msg_t *src)
     if (src->id && !mb_copy_id(m, src->id))
         goto fail;
     m->timestamp = src->timestamp;
+    if (!mb_ce_copy(m, src))
+        goto fail;
     for (size_t i = 0; i < src->nheaders; i++)
         if (mb_msg_put_header(m, src->headers[i].name, strlen(src->headers[i].name),
                               src->headers[i].value, strlen(src->headers[i].value)))
@@ -288,10 +292,16 @@ MSGBUS_API const void *msgbus_msg_key(const msgbus_msg_t *m, size_t *len)
     return m ? m->key : NULL;
 }
 
-static bool mb_reserved_header(const char *name)
+void mb_msg_take_payload(msgbus_msg_t *m, unsigned char *p, size_t len)
 {
-    return strncmp(name, "msgbus-", 7) == 0 || strcmp(name, "ce_id") == 0 ||
-           strcmp(name, "cloudEvents:id") == 0;
+    mb_free_payload(m);
+    if (len) {
+        m->payload = p;
+    } else {
+        free(p);
+        m->payload = mb_empty;
+    }
+    m->len = len;
 }
 
 msgbus_err_t mb_msg_put_header(msgbus_msg_t *m, const char *name, size_t name_len,
@@ -343,9 +353,13 @@ MSGBUS_API msgbus_err_t msgbus_msg_set_header(msgbus_msg_t *m, const char *name,
         return mb_error(MSGBUS_ERR_INVALID,
                         "invalid header name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ : -",
                         name, MSGBUS_MAX_HEADER_NAME);
-    if (mb_reserved_header(name))
+    if (strncmp(name, "msgbus-", 7) == 0)
+        return mb_error(MSGBUS_ERR_INVALID, "header name '%s' is reserved for msgbus", name);
+    if (mb_ce_reserved_header(name))
         return mb_error(MSGBUS_ERR_INVALID,
-                        "header name '%s' is reserved for msgbus (use msgbus_msg_set_id for ids)",
+                        "header name '%s' is a CloudEvents attribute msgbus writes itself: use "
+                        "msgbus_msg_set_id / _set_type / _set_source / _set_subject, the "
+                        "timestamp, or the content-type header",
                         name);
     return mb_msg_put_header(m, name, strlen(name), value, strlen(value));
 }

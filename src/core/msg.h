@@ -35,6 +35,9 @@ struct msgbus_msg {
     struct mb_header_index *hindex;
     char *id;               /* NULL only on a received message without one */
     int64_t timestamp;
+    /* CloudEvents attributes of the message's own (malloc'd; NULL: none,
+     * the bus's default on publish). */
+    char *ce_type, *ce_source, *ce_subject;
 
     /* Received messages only. topic and group point into the subscription,
      * which the message keeps alive by a reference. */
@@ -108,6 +111,17 @@ MB_HIDDEN msgbus_msg_t *mb_msg_clone(const msgbus_msg_t *m);
  * received headers, and for msgbus's own headers). */
 MB_HIDDEN msgbus_err_t mb_msg_put_header(msgbus_msg_t *m, const char *name, size_t name_len,
                                          const char *value, size_t value_len);
+/* Takes over `p` (malloc'd, `len` bytes; freed at once when len is 0) as
+ * the payload, releasing the one before (a borrowed one is left to the
+ * backend's release hook, as always). */
+MB_HIDDEN void mb_msg_take_payload(msgbus_msg_t *m, unsigned char *p, size_t len);
+/* cloudevents.c: the CloudEvents fields of a message. A header name
+ * msgbus writes as a context attribute of some binding (ce_type,
+ * cloudEvents_id, ce-time, ...: refused from applications). */
+MB_HIDDEN bool mb_ce_reserved_header(const char *name);
+MB_HIDDEN void mb_ce_free(msgbus_msg_t *m);
+/* Copies type/source/subject into a message that has none; false on NOMEM. */
+MB_HIDDEN bool mb_ce_copy(msgbus_msg_t *dst, const msgbus_msg_t *src);
 /* Takes over an id (malloc'd string) without checks. */
 MB_HIDDEN void mb_msg_take_id(msgbus_msg_t *m, char *id);
 /* Sets the id of a message that has none to a copy of the `len` bytes at
@@ -131,6 +145,31 @@ MB_HIDDEN void *mb_key_dup(const void *key, size_t len);
  * them listed (',' separated) in msgbus-invalid-id. Only NOMEM fails. */
 #define MB_H_INVALID_ID "msgbus-invalid-id"
 MB_HIDDEN msgbus_err_t mb_msg_received_id(msgbus_msg_t *m, const void *raw, size_t len);
+
+/* mb_msg_received_ce: one CloudEvents attribute as it arrived, its name
+ * without the binding's prefix (ce_, cloudEvents_, cloudEvents:, ce-; the
+ * backend strips it and lowers an HTTP-style name's case). id goes through
+ * mb_msg_received_id; type, source and subject become the message's when
+ * they pass msgbus_msg_set_type's rule; time becomes the timestamp when it
+ * is RFC 3339; specversion "1.0" is dropped; datacontenttype becomes the
+ * content-type header when there is none. Anything else — an extension,
+ * or a value that failed its rule — is kept as header ce_<name> through
+ * mb_msg_received_header (so never dropped without a trace). Backends set
+ * the broker's own timestamp BEFORE decoding attributes: the event's time
+ * wins. Only NOMEM fails. */
+MB_HIDDEN msgbus_err_t mb_msg_received_ce(msgbus_msg_t *m, const char *name, size_t name_len,
+                                          const void *value, size_t value_len);
+
+/* A structured-mode CloudEvent (content-type application/cloudevents+json,
+ * parameters allowed) is unpacked in place: attributes as by
+ * mb_msg_received_ce, payload = its data (JSON data as JSON text,
+ * data_base64 decoded), content-type = its datacontenttype (or none). A
+ * message with another content type is left alone. A payload that is not
+ * a valid structured CloudEvent is left as it arrived, with header
+ * msgbus-invalid-cloudevent saying why. Backends call it after decoding
+ * headers. Only NOMEM fails. */
+#define MB_H_INVALID_CE "msgbus-invalid-cloudevent"
+MB_HIDDEN msgbus_err_t mb_msg_ce_unpack(msgbus_msg_t *m);
 
 /* mb_msg_received_header: one header as it arrived. Kept when its name is
  * 1..255 bytes without NUL and its value has no NUL (`value` NULL: "");

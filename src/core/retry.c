@@ -794,15 +794,6 @@ static msgbus_err_t mb_put(msgbus_msg_t *m, const char *name, const char *value)
     return mb_msg_put_header(m, name, strlen(name), value, strlen(value));
 }
 
-static void mb_rfc3339(int64_t ms, char out[40])
-{
-    time_t s = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    size_t n = strftime(out, 40, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, 40 - n, ".%03dZ", (int)(ms % 1000));
-}
-
 static void mb_dlq_again(struct mb_retry_worker *w, struct mb_job *j, const char *why)
 {
     int64_t d = MB_DLQ_RETRY_MIN_MS;
@@ -873,7 +864,7 @@ static void mb_run_dlq(struct mb_retry_worker *w, struct mb_job *j)
     msgbus_msg_t *d = mb_msg_clone(m);
     char attempts[24], when[40];
     snprintf(attempts, sizeof attempts, "%d", m->attempt);
-    mb_rfc3339(mb_now_ms(), when);
+    mb_rfc3339_format(mb_now_ms(), when);
     msgbus_err_t e = d ? MSGBUS_OK : MSGBUS_ERR_NOMEM;
     if (d)
         mb_strip_msgbus_headers(d);
