@@ -49,9 +49,15 @@ def _dec(b: Optional[bytes]) -> Optional[str]:
     return None if b is None else b.decode("utf-8", "surrogateescape")
 
 
+_CE_SETTERS = (("type", "msgbus_msg_set_type"), ("source", "msgbus_msg_set_source"),
+               ("subject", "msgbus_msg_set_subject"))
+
+
 def build_message(payload: Bytes, key: Optional[Bytes] = None,
                   headers: Optional[Mapping[str, HeaderValue]] = None,
-                  id: Optional[str] = None, timestamp: Optional[int] = None) -> int:
+                  id: Optional[str] = None, timestamp: Optional[int] = None,
+                  type: Optional[str] = None, source: Optional[str] = None,
+                  subject: Optional[str] = None) -> int:
     """Makes a C msgbus_msg_t (caller frees it) and returns its address.
     Every argument is checked before the message is made."""
     lib = _lib.load()
@@ -62,6 +68,10 @@ def build_message(payload: Bytes, key: Optional[Bytes] = None,
     ib = _check.text(id, "id", optional=True)
     ts = None if timestamp is None else _check.int64(timestamp, "timestamp",
                                                        hint=" (ms since the epoch)")
+    ce = [(fn, _check.text(v, what)) for (what, fn), v in zip(_CE_SETTERS, (type, source, subject))
+          if v is not None]
+    for fn, _ in ce:
+        _need(fn, f"publish({fn[15:]}=...)")
     ptr = c_void_p()
     check(lib.msgbus_msg_new(byref(ptr), pb, len(pb)))
     m = int(ptr.value or 0)
@@ -74,6 +84,8 @@ def build_message(payload: Bytes, key: Optional[Bytes] = None,
             check(lib.msgbus_msg_set_id(m, ib))
         if ts is not None:
             check(lib.msgbus_msg_set_timestamp(m, ts))
+        for fn, v in ce:
+            check(getattr(lib, fn)(m, v))
     except BaseException:
         lib.msgbus_msg_free(m)
         raise
@@ -229,8 +241,8 @@ class Message:
     """
 
     __slots__ = ("_ptr", "payload", "key", "headers", "id", "attempt", "topic", "group",
-                 "timestamp", "partition", "offset", "redelivered", "_settled", "_span",
-                 "__weakref__")
+                 "timestamp", "partition", "offset", "redelivered", "type", "source",
+                 "subject", "_settled", "_span", "__weakref__")
 
     def __init__(self, ptr: int):
         lib = _lib.load()
@@ -259,6 +271,10 @@ class Message:
         self.offset: int = lib.msgbus_msg_offset(ptr)
         #: The broker delivered it before (RabbitMQ's redelivered flag).
         self.redelivered: bool = bool(lib.msgbus_msg_redelivered(ptr))
+        #: Its CloudEvents type, source and subject (None when it had none).
+        self.type: Optional[str] = _dec(lib.msgbus_msg_type(ptr))
+        self.source: Optional[str] = _dec(lib.msgbus_msg_source(ptr))
+        self.subject: Optional[str] = _dec(lib.msgbus_msg_subject(ptr))
         self._settled = False
         self._span: Any = None  # the tracer's process span, ended when settled
 
@@ -669,12 +685,16 @@ class Bus:
     # -- publishing
     def publish(self, topic: str, payload: Bytes, key: Optional[Bytes] = None,
                 headers: Optional[Mapping[str, HeaderValue]] = None, *,
-                id: Optional[str] = None, timestamp: Optional[int] = None) -> Delivery:
+                id: Optional[str] = None, timestamp: Optional[int] = None,
+                type: Optional[str] = None, source: Optional[str] = None,
+                subject: Optional[str] = None) -> Delivery:
         """Publishes a message asynchronously and returns its :class:`Delivery`.
 
         ``payload`` and ``key`` are bytes (a str is encoded as UTF-8);
         ``headers`` maps names to str values; ``id`` replaces the fresh
-        UUIDv7 id; ``timestamp`` is ms since the epoch. Never blocks on the
+        UUIDv7 id; ``timestamp`` is ms since the epoch; ``type``,
+        ``source`` and ``subject`` are the message's CloudEvents attributes
+        (default type: the topic; source: the bus's ``ce_source``). Never blocks on the
         network. :class:`QueueFullError` when ``queue_max`` messages await
         confirms (call :meth:`poll` or :meth:`flush`, then retry);
         :class:`InvalidError` for a bad topic or header name.
@@ -682,7 +702,7 @@ class Bus:
         lib = _lib.load()
         bus = self._p()
         tb = _check.text(topic, "topic")
-        m = build_message(payload, key, headers, id, timestamp)
+        m = build_message(payload, key, headers, id, timestamp, type, source, subject)
         span = None
         try:
             mid = lib.msgbus_msg_id(m).decode()
