@@ -130,10 +130,17 @@ typedef struct cli_msg_opts {
     int n_args;
     const char *files[64];     /* -f: one message per file */
     size_t n_files;
+    /* --type, --source, --subject: the CloudEvents attributes of every
+     * message (NULL: the bus's defaults, the topic and ce_source). */
+    const char *ce_type, *ce_source, *ce_subject;
 } cli_msg_opts_t;
 
 /* Parses "-H name=value" into opts; prints the error and returns CLI_USAGE. */
 int cli_add_header(const char *cmd, cli_msg_opts_t *o, char *spec);
+/* Checks --type/--source/--subject and the -H headers against the
+ * library's rules before anything is opened, so a bad value is one usage
+ * line and not a failed first publish; prints and returns CLI_USAGE. */
+int cli_check_msg_opts(const char *cmd, const cli_msg_opts_t *o);
 
 typedef struct cli_source cli_source_t;
 int cli_source_open(const char *cmd, const cli_msg_opts_t *o, cli_source_t **out);
@@ -149,8 +156,9 @@ void cli_source_close(cli_source_t *s);
 
 /* ---- sub --format (format.c) ---- */
 
-/* Checks a kcat-style format (%t %k %s %h %p %o %T %i %S %K %g %a %%, and
- * \n \t \r \\ \0); prints the first mistake and returns CLI_USAGE. */
+/* Checks a kcat-style format (%t %k %s %h %p %o %T %i %S %K %g %a, the
+ * CloudEvents %y type, %u source, %j subject, %%, and \n \t \r \\ \0);
+ * prints the first mistake and returns CLI_USAGE. */
 int cli_format_check(const char *cmd, const char *format);
 /* Writes one message by a checked format; -1 when the stream fails. */
 int cli_format_write(FILE *out, const char *format, const msgbus_msg_t *m);

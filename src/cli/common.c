@@ -295,6 +295,27 @@ int cli_add_header(const char *cmd, cli_msg_opts_t *o, char *spec)
     return CLI_OK;
 }
 
+int cli_check_msg_opts(const char *cmd, const cli_msg_opts_t *o)
+{
+    msgbus_msg_t *m;
+    msgbus_err_t e = msgbus_msg_new(&m, "", 0);
+    if (e)
+        return cli_fail(cmd, "message", e);
+    static const char *const flags[] = {"--type", "--source", "--subject"};
+    msgbus_err_t (*const set[])(msgbus_msg_t *, const char *) = {
+        msgbus_msg_set_type, msgbus_msg_set_source, msgbus_msg_set_subject};
+    const char *values[] = {o->ce_type, o->ce_source, o->ce_subject};
+    int rc = CLI_OK;
+    for (size_t i = 0; i < 3 && !rc; i++)
+        if (values[i] && set[i](m, values[i]) != MSGBUS_OK)
+            rc = cli_usage_error(cmd, "%s: %s", flags[i], msgbus_last_error());
+    for (size_t i = 0; i < o->n_headers && !rc; i++)
+        if (msgbus_msg_set_header(m, o->headers[i].name, o->headers[i].value) != MSGBUS_OK)
+            rc = cli_usage_error(cmd, "-H %s: %s", o->headers[i].name, msgbus_last_error());
+    msgbus_msg_free(m);
+    return rc;
+}
+
 typedef struct item {
     char *data;
     size_t len;
@@ -426,6 +447,13 @@ static msgbus_msg_t *build(cli_source_t *s, const char *data, size_t len, int *r
             msgbus_msg_free(m);
             return NULL;
         }
+    if ((o->ce_type && (e = msgbus_msg_set_type(m, o->ce_type))) ||
+        (o->ce_source && (e = msgbus_msg_set_source(m, o->ce_source))) ||
+        (o->ce_subject && (e = msgbus_msg_set_subject(m, o->ce_subject)))) {
+        *rc = cli_fail(s->cmd, "CloudEvents attribute", e);
+        msgbus_msg_free(m);
+        return NULL;
+    }
     return m;
 }
 

@@ -9,8 +9,11 @@
 
 #include "cli.h"
 
-/* The conversions, as kcat spells them where kcat has them. */
-static const char conversions[] = "tkshpoTiSKga%";
+/* The conversions, as kcat spells them where kcat has them; msgbus's own
+ * take letters kcat does not use (kcat: s S R k K T h t p o), so a kcat
+ * format means the same here: %i id, %g group, %a attempt, and the
+ * CloudEvents attributes %y type, %u source (a URI reference), %j subject. */
+static const char conversions[] = "tkshpoTiSKgayuj%";
 
 int cli_format_check(const char *cmd, const char *f)
 {
@@ -21,7 +24,7 @@ int cli_format_check(const char *cmd, const char *f)
             if (!strchr(conversions, p[1]))
                 return cli_usage_error(cmd,
                                        "--format: unknown conversion '%%%c' (known: %%t %%k %%s "
-                                       "%%h %%p %%o %%T %%i %%S %%K %%g %%a %%%%)",
+                                       "%%h %%p %%o %%T %%i %%S %%K %%g %%a %%y %%u %%j %%%%)",
                                        p[1]);
             p++;
         } else if (*p == '\\') {
@@ -58,6 +61,9 @@ int cli_format_write(FILE *out, const char *f, const msgbus_msg_t *m)
         case 't': s = msgbus_msg_topic(m); break;
         case 'g': s = msgbus_msg_group(m); break;
         case 'i': s = msgbus_msg_id(m); break;
+        case 'y': s = msgbus_msg_type(m); break;
+        case 'u': s = msgbus_msg_source(m); break;
+        case 'j': s = msgbus_msg_subject(m); break;
         case 'k': bytes = msgbus_msg_key(m, &len); break;
         case 's': bytes = msgbus_msg_payload(m, &len); break;
         case 'K': /* -1 without a key, as kcat prints a NULL key's length */
@@ -106,8 +112,8 @@ int cli_format_write(FILE *out, const char *f, const msgbus_msg_t *m)
             bytes = s;
             len = strlen(s);
         }
-        /* A missing key, id or group prints as nothing, as kcat prints a
-         * NULL key. */
+        /* A missing key, id, group, type, source or subject prints as
+         * nothing, as kcat prints a NULL key. */
         if (bytes && len && fwrite(bytes, 1, len, out) != len)
             return -1;
     }

@@ -39,13 +39,14 @@ static const char sub_help[] =
     "  -t, --timeout MS     exit when no message came for MS (with --count and\n"
     "                       fewer than N received: exit code 5)\n"
     "  -j, --json           JSON lines: topic, group, id, key, attempt, partition,\n"
-    "                       offset, redelivered, timestamp, headers, payload\n"
-    "                       (base64 when not UTF-8, see docs/cli.md)\n"
+    "                       offset, redelivered, timestamp, type, source, subject,\n"
+    "                       headers, payload (base64 when not UTF-8, see\n"
+    "                       docs/cli.md)\n"
     "  -f, --format FMT     print each message by FMT, as kcat -f: %t topic,\n"
     "                       %k key, %s payload, %h headers (n=v,...), %p partition,\n"
     "                       %o offset (-1 without), %T timestamp (ms), %i id,\n"
     "                       %S payload bytes, %K key bytes (-1: none), %g group,\n"
-    "                       %a attempt,\n"
+    "                       %a attempt, CloudEvents %y type, %u source, %j subject,\n"
     "                       %% and \\n \\t \\r \\\\ \\0; no newline is added\n"
     "      --create         subscribe even if TOPIC does not exist (creates it)\n"
     "      --no-ack         leave messages unsettled (the broker delivers them\n"
@@ -127,6 +128,12 @@ static char *to_json(const msgbus_msg_t *m)
     json_object_set_new(o, "offset", off >= 0 ? json_integer(off) : json_null());
     json_object_set_new(o, "redelivered", json_boolean(msgbus_msg_redelivered(m)));
     json_object_set_new(o, "timestamp", json_integer(msgbus_msg_timestamp(m)));
+    /* The CloudEvents attributes (docs/interop.md); null when the message
+     * arrived without one (a bare message, cloudevents=off). */
+    const char *ce[3] = {msgbus_msg_type(m), msgbus_msg_source(m), msgbus_msg_subject(m)};
+    static const char *const ce_names[3] = {"type", "source", "subject"};
+    for (int i = 0; i < 3; i++)
+        json_object_set_new(o, ce_names[i], ce[i] ? json_string(ce[i]) : json_null());
     json_t *h = json_object(), *h64 = NULL;
     size_t n = msgbus_msg_header_count(m);
     for (size_t i = 0; i < n; i++) {
