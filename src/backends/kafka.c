@@ -490,15 +490,21 @@ static bool mb_kafka_topic_seen(struct mb_backend *be, rd_kafka_t *rk, const cha
 static msgbus_err_t mb_kafka_publish(struct mb_backend *be, const char *topic,
                                      const msgbus_msg_t *m, struct mb_confirm *token)
 {
-    size_t size = mb_msg_wire_size(m);
-    if (be->max_message_bytes > 0 && size > (size_t)be->max_message_bytes)
+    /* The CloudEvents Kafka binding (kafka_codec.c): ce_* headers, or the
+     * structured event as the value, as the bus's cloudevents= says. */
+    struct mb_kafka_record r;
+    if (mb_kafka_encode(be->bus, topic, m, &r) != MSGBUS_OK)
+        return MSGBUS_ERR_NOMEM;
+    /* What is sent, attributes and structured JSON included. */
+    size_t size = r.size;
+    if (be->max_message_bytes > 0 && size > (size_t)be->max_message_bytes) {
+        mb_kafka_record_clear(&r);
         return mb_error(MSGBUS_ERR_TOO_LARGE,
-                        "message of %zu bytes exceeds the Kafka producer's message.max.bytes "
-                        "(%ld)", size, be->max_message_bytes);
-    /* CloudEvents Kafka binding: the id travels as header ce_id. */
-    rd_kafka_headers_t *hdrs = mb_kafka_encode_headers(m);
-    if (!hdrs)
-        return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+                        "message of %zu bytes (value, key and headers as sent) exceeds the Kafka "
+                        "producer's message.max.bytes (%ld)",
+                        size, be->max_message_bytes);
+    }
+    rd_kafka_headers_t *hdrs = r.hdrs;
     rd_kafka_resp_err_t err;
     bool refreshed = false;
     for (int attempt = 0;; attempt++) {
@@ -507,13 +513,13 @@ static msgbus_err_t mb_kafka_publish(struct mb_backend *be, const char *topic,
         if (rkt)
             err = rd_kafka_producev(
                 rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                RD_KAFKA_V_VALUE((void *)m->payload, m->len),
+                RD_KAFKA_V_VALUE((void *)r.value, r.len),
                 RD_KAFKA_V_KEY((void *)m->key, m->key_len), RD_KAFKA_V_HEADERS(hdrs),
                 RD_KAFKA_V_TIMESTAMP(m->timestamp), RD_KAFKA_V_OPAQUE(token), RD_KAFKA_V_END);
         else
             err = rd_kafka_producev(
                 rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                RD_KAFKA_V_VALUE((void *)m->payload, m->len),
+                RD_KAFKA_V_VALUE((void *)r.value, r.len),
                 RD_KAFKA_V_KEY((void *)m->key, m->key_len), RD_KAFKA_V_HEADERS(hdrs),
                 RD_KAFKA_V_TIMESTAMP(m->timestamp), RD_KAFKA_V_OPAQUE(token), RD_KAFKA_V_END);
         /* "Unknown topic" from librdkafka's cache: on a cluster that can be
@@ -537,11 +543,12 @@ static msgbus_err_t mb_kafka_publish(struct mb_backend *be, const char *topic,
         }
     }
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) { /* librdkafka owns hdrs now */
+        free(r.json);                        /* copied (RD_KAFKA_MSG_F_COPY) */
         if ((atomic_fetch_add(&be->published, 1) & (MB_KAFKA_SERVE_EVERY - 1)) == 0)
             mb_kafka_serve_now(be);
         return MSGBUS_OK;
     }
-    rd_kafka_headers_destroy(hdrs);
+    mb_kafka_record_clear(&r);
     switch (err) {
     case RD_KAFKA_RESP_ERR__QUEUE_FULL:
         /* Make room: the queue empties as reports are served. */

@@ -257,15 +257,30 @@ MB_HIDDEN rd_kafka_AdminOptions_t *mb_kafka_admin_options(rd_kafka_t *rk,
                                                           rd_kafka_admin_op_t op,
                                                           int64_t deadline);
 
-/* kafka_codec.c */
+/* kafka_codec.c (docs/kafka.md, "What msgbus writes", "What arrives") */
 /* Decodes a received record's headers into `m` (a new received message
- * without id or headers): each ce_id through mb_msg_received_id, every
- * other header through mb_msg_received_header (docs/kafka.md, "What
- * arrives"). `hdrs` may be NULL (no headers). MSGBUS_OK or
- * MSGBUS_ERR_NOMEM. */
+ * without id or headers, its timestamp already the record's): each
+ * ce_<attr> header (attr of a-z 0-9) through mb_msg_received_ce, ce_id
+ * included, every other header through mb_msg_received_header. `hdrs` may
+ * be NULL (no headers). The caller then calls mb_msg_ce_unpack. MSGBUS_OK
+ * or MSGBUS_ERR_NOMEM. */
 MB_HIDDEN msgbus_err_t mb_kafka_decode_headers(msgbus_msg_t *m, const rd_kafka_headers_t *hdrs);
-/* The record headers for publishing `m`: ce_id (when m has an id), then
- * its headers. NULL on out of memory. */
+/* One record as a publish writes it, but for the key (m's own). */
+struct mb_kafka_record {
+    rd_kafka_headers_t *hdrs; /* producev takes them over when it succeeds */
+    const void *value;        /* m's payload, or `json` */
+    size_t len;
+    char *json;               /* the structured event, or NULL */
+    size_t size;              /* value + key + every header's name and value */
+};
+/* The record for publishing `m` to `topic` in the bus's CloudEvents mode
+ * (bus NULL: mode off). MSGBUS_ERR_NOMEM, with the error recorded. */
+MB_HIDDEN msgbus_err_t mb_kafka_encode(const msgbus_t *bus, const char *topic,
+                                       const msgbus_msg_t *m, struct mb_kafka_record *out);
+/* Frees what producev did not take (headers, JSON). */
+MB_HIDDEN void mb_kafka_record_clear(struct mb_kafka_record *r);
+/* The record headers of mode off: ce_id (when m has an id), then its
+ * headers. NULL on out of memory. */
 MB_HIDDEN rd_kafka_headers_t *mb_kafka_encode_headers(const msgbus_msg_t *m);
 
 /* kafka_consumer.c */

@@ -676,14 +676,17 @@ static msgbus_msg_t *mb_kafka_convert(struct mb_backend_sub *bs, rd_kafka_messag
     }
     if (rkm->key && msgbus_msg_set_key(m, rkm->key, rkm->key_len) != MSGBUS_OK)
         goto fail;
-    rd_kafka_headers_t *hdrs = NULL;
-    if (rd_kafka_message_headers(rkm, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        hdrs = NULL; /* none (__NOENT) */
-    if (mb_kafka_decode_headers(m, hdrs) != MSGBUS_OK)
-        goto fail;
+    /* The record's timestamp first: a ce_time header (the event's own
+     * time) replaces it while the headers are decoded, then a structured
+     * CloudEvent's attributes and data replace the envelope's. */
     rd_kafka_timestamp_type_t tstype;
     int64_t ts = rd_kafka_message_timestamp(rkm, &tstype);
     m->timestamp = ts >= 0 ? ts : mb_now_ms();
+    rd_kafka_headers_t *hdrs = NULL;
+    if (rd_kafka_message_headers(rkm, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        hdrs = NULL; /* none (__NOENT) */
+    if (mb_kafka_decode_headers(m, hdrs) != MSGBUS_OK || mb_msg_ce_unpack(m) != MSGBUS_OK)
+        goto fail;
     m->partition = rkm->partition;
     m->offset = rkm->offset;
     m->has_position = true;
@@ -1060,6 +1063,8 @@ msgbus_err_t mb_kafka_settle(struct mb_backend_sub *bs, msgbus_msg_t *m, enum mb
         else
             mb_msg_take_id(again, id);
     }
+    if (!e && !mb_ce_copy(again, m)) /* the same event: type, source, subject */
+        e = MSGBUS_ERR_NOMEM;
     if (e) {
         msgbus_msg_free(again);
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory redelivering a nacked message");

@@ -15,14 +15,20 @@
  */
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
+#include <errno.h> /* program_invocation_short_name */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
 
 #include "testutil.h"
 #include "backends/kafka.h"
 #include "core/bus.h"
+#include "core/internal.h"
+#include "core/msg.h"
 
 /* A mock cluster lives inside a librdkafka handle of its own. */
 struct mock {
@@ -897,6 +903,547 @@ START_TEST(topics_are_sized_to_the_cluster)
 }
 END_TEST
 
+/* ---- CloudEvents on the wire (issue 21; docs/kafka.md, "What msgbus
+ * writes", "What arrives") ---- */
+
+/* One record as a plain librdkafka consumer sees it. */
+#define RAW_HDRS 16
+struct raw_rec {
+    char *value, *key; /* NUL-terminated copies; key NULL when none */
+    size_t len;
+    int64_t ts;
+    int nh;
+    char *hn[RAW_HDRS], *hv[RAW_HDRS];
+};
+
+static void raw_free(struct raw_rec *r, int n)
+{
+    for (int i = 0; i < n; i++) {
+        free(r[i].value);
+        free(r[i].key);
+        for (int k = 0; k < r[i].nh; k++) {
+            free(r[i].hn[k]);
+            free(r[i].hv[k]);
+        }
+    }
+}
+
+static const char *raw_header(const struct raw_rec *r, const char *name)
+{
+    for (int k = 0; k < r->nh; k++)
+        if (strcmp(r->hn[k], name) == 0)
+            return r->hv[k];
+    return NULL;
+}
+
+/* The header names of r in wire order, joined by ','. */
+static const char *raw_names(const struct raw_rec *r)
+{
+    static char out[1024];
+    out[0] = '\0';
+    for (int k = 0; k < r->nh; k++)
+        snprintf(out + strlen(out), sizeof out - strlen(out), "%s%s", k ? "," : "", r->hn[k]);
+    return out;
+}
+
+/* Reads partition 0 of `topic` from offset `from`, `n` records. */
+static void raw_read(struct mock *mk, const char *topic, int64_t from, int n, struct raw_rec *out)
+{
+    char errstr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", rd_kafka_mock_cluster_bootstraps(mk->mc), errstr,
+                      sizeof errstr);
+    rd_kafka_conf_set(conf, "group.id", "raw-reader", errstr, sizeof errstr);
+    rd_kafka_conf_set(conf, "fetch.wait.max.ms", "10", errstr, sizeof errstr);
+    rd_kafka_conf_set(conf, "log_level", "0", errstr, sizeof errstr);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    ck_assert_msg(rk != NULL, "rd_kafka_new: %s", errstr);
+    rd_kafka_topic_partition_list_t *tl = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(tl, topic, 0)->offset = from;
+    ck_assert_int_eq(rd_kafka_assign(rk, tl), 0);
+    rd_kafka_topic_partition_list_destroy(tl);
+    int got = 0;
+    for (int tries = 0; got < n && tries < 100; tries++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
+        if (!m)
+            continue;
+        if (!m->err) {
+            struct raw_rec *r = &out[got++];
+            memset(r, 0, sizeof *r);
+            r->value = strndup(m->payload ? m->payload : "", m->len);
+            r->len = m->len;
+            if (m->key)
+                r->key = strndup(m->key, m->key_len);
+            r->ts = rd_kafka_message_timestamp(m, NULL);
+            rd_kafka_headers_t *h = NULL;
+            const char *name;
+            const void *v;
+            size_t vn;
+            if (rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR)
+                for (size_t i = 0; r->nh < RAW_HDRS &&
+                                   !rd_kafka_header_get_all(h, i, &name, &v, &vn);
+                     i++) {
+                    r->hn[r->nh] = strdup(name);
+                    r->hv[r->nh++] = strndup(v ? v : "", vn);
+                }
+        }
+        rd_kafka_message_destroy(m);
+    }
+    ck_assert_int_eq(got, n);
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+}
+
+/* Publishes `m` to t1 and waits for its confirm. */
+static void publish_one(msgbus_t *bus, const char *topic, msgbus_msg_t *m)
+{
+    struct tu_reports rp = {0};
+    tu_ck_ok(msgbus_publish(bus, topic, m, tu_on_report, &rp));
+    tu_ck_ok(msgbus_flush(bus, 5000, NULL));
+    ck_assert_int_eq(rp.ok, 1);
+}
+
+/* The source msgbus writes when the bus has no ce_source: //host/program. */
+static const char *default_source(void)
+{
+    static char out[600];
+    char host[256] = "localhost";
+    if (gethostname(host, sizeof host) != 0 || !host[0])
+        snprintf(host, sizeof host, "localhost");
+    host[sizeof host - 1] = '\0';
+    snprintf(out, sizeof out, "//%s/%s", host, program_invocation_short_name);
+    return out;
+}
+
+static void ck_time_is(const char *got, int64_t ms)
+{
+    char want[32];
+    mb_rfc3339_format(ms, want);
+    ck_assert_msg(got && strcmp(got, want) == 0, "ce_time '%s', want '%s' (%lld ms)",
+                  got ? got : "(none)", want, (long long)ms);
+}
+
+/* Binary mode (the default): the context attributes as ce_* headers in a
+ * fixed order, before the application's headers; the payload as it is. */
+START_TEST(binary_publish_writes_ce_headers)
+{
+    struct mock mk;
+    mock_start(&mk, NULL);
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+
+    /* Defaults: type = topic, source = //host/program, time = timestamp. */
+    msgbus_msg_t *m = NULL;
+    tu_ck_ok(msgbus_msg_new(&m, "{\"a\":1}", 7));
+    tu_ck_ok(msgbus_msg_set_header(m, "content-type", "application/json"));
+    tu_ck_ok(msgbus_msg_set_header(m, "ce_traceparent", "00-abc-def-01"));
+    tu_ck_ok(msgbus_msg_set_header(m, "app", "x"));
+    char id1[64];
+    snprintf(id1, sizeof id1, "%s", msgbus_msg_id(m));
+    publish_one(bus, "t1", m);
+    msgbus_msg_free(m);
+
+    /* The message's own type, source, subject and timestamp. */
+    tu_ck_ok(msgbus_msg_new(&m, "two", 3));
+    tu_ck_ok(msgbus_msg_set_id(m, "order-42"));
+    tu_ck_ok(msgbus_msg_set_type(m, "com.example.order.created"));
+    tu_ck_ok(msgbus_msg_set_source(m, "/orders/eu"));
+    tu_ck_ok(msgbus_msg_set_subject(m, "order 42 \xc3\xa9"));
+    tu_ck_ok(msgbus_msg_set_timestamp(m, 1700000000123));
+    tu_ck_ok(msgbus_msg_set_key(m, "k42", 3));
+    publish_one(bus, "t1", m);
+    msgbus_msg_free(m);
+    msgbus_close(bus);
+
+    struct raw_rec r[2];
+    raw_read(&mk, "t1", RD_KAFKA_OFFSET_BEGINNING, 2, r);
+    printf("binary #1 headers: %s\n", raw_names(&r[0]));
+    for (int k = 0; k < r[0].nh; k++)
+        printf("  %s: %s\n", r[0].hn[k], r[0].hv[k]);
+    ck_assert_str_eq(raw_names(&r[0]),
+                     "ce_specversion,ce_id,ce_source,ce_type,ce_time,content-type,"
+                     "ce_traceparent,app");
+    ck_assert_str_eq(raw_header(&r[0], "ce_specversion"), "1.0");
+    ck_assert_str_eq(raw_header(&r[0], "ce_id"), id1);
+    ck_assert_str_eq(raw_header(&r[0], "ce_source"), default_source());
+    ck_assert_str_eq(raw_header(&r[0], "ce_type"), "t1");
+    ck_time_is(raw_header(&r[0], "ce_time"), r[0].ts);
+    ck_assert_str_eq(raw_header(&r[0], "content-type"), "application/json");
+    ck_assert_str_eq(raw_header(&r[0], "ce_traceparent"), "00-abc-def-01");
+    ck_assert_str_eq(r[0].value, "{\"a\":1}");
+    ck_assert_ptr_null(r[0].key);
+
+    printf("binary #2 headers: %s\n", raw_names(&r[1]));
+    ck_assert_str_eq(raw_names(&r[1]),
+                     "ce_specversion,ce_id,ce_source,ce_type,ce_time,ce_subject");
+    ck_assert_str_eq(raw_header(&r[1], "ce_id"), "order-42");
+    ck_assert_str_eq(raw_header(&r[1], "ce_type"), "com.example.order.created");
+    ck_assert_str_eq(raw_header(&r[1], "ce_source"), "/orders/eu");
+    ck_assert_str_eq(raw_header(&r[1], "ce_subject"), "order 42 \xc3\xa9");
+    ck_assert_str_eq(raw_header(&r[1], "ce_time"), "2023-11-14T22:13:20.123Z");
+    ck_assert_int_eq(r[1].ts, 1700000000123);
+    ck_assert_str_eq(r[1].key, "k42");
+    raw_free(r, 2);
+    mock_stop(&mk);
+}
+END_TEST
+
+/* Structured mode: the value is the JSON event, content-type says so,
+ * no ce_* header (extensions are inside), other headers and the key stay. */
+START_TEST(structured_publish_writes_one_json_event)
+{
+    struct mock mk;
+    mock_start(&mk, "cloudevents=structured&ce_source=//test/kafka21");
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    msgbus_msg_t *m = NULL;
+    tu_ck_ok(msgbus_msg_new(&m, "{\"a\":[1,2]}", 11));
+    tu_ck_ok(msgbus_msg_set_header(m, "content-type", "application/json"));
+    tu_ck_ok(msgbus_msg_set_header(m, "ce_traceparent", "00-abc-def-01"));
+    tu_ck_ok(msgbus_msg_set_header(m, "app", "x"));
+    tu_ck_ok(msgbus_msg_set_key(m, "k1", 2));
+    tu_ck_ok(msgbus_msg_set_subject(m, "s1"));
+    char id1[64];
+    snprintf(id1, sizeof id1, "%s", msgbus_msg_id(m));
+    publish_one(bus, "t1", m);
+    msgbus_msg_free(m);
+    /* Bytes that are not text travel as data_base64. */
+    tu_ck_ok(msgbus_msg_new(&m, "\x00\x01\x02\xff", 4));
+    tu_ck_ok(msgbus_msg_set_type(m, "bin"));
+    publish_one(bus, "t1", m);
+    msgbus_msg_free(m);
+    msgbus_close(bus);
+
+    struct raw_rec r[2];
+    raw_read(&mk, "t1", RD_KAFKA_OFFSET_BEGINNING, 2, r);
+    printf("structured headers: %s\nvalue: %s\n", raw_names(&r[0]), r[0].value);
+    ck_assert_str_eq(raw_names(&r[0]), "content-type,app");
+    ck_assert_str_eq(raw_header(&r[0], "content-type"), "application/cloudevents+json");
+    ck_assert_str_eq(r[0].key, "k1");
+    json_error_t je;
+    json_t *o = json_loads(r[0].value, 0, &je);
+    ck_assert_msg(o != NULL, "not JSON: %s", je.text);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "specversion")), "1.0");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "id")), id1);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "source")), "//test/kafka21");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "type")), "t1");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "subject")), "s1");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "datacontenttype")),
+                     "application/json");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "traceparent")), "00-abc-def-01");
+    ck_time_is(json_string_value(json_object_get(o, "time")), r[0].ts);
+    json_t *want = json_loads("{\"a\":[1,2]}", 0, NULL);
+    ck_assert_msg(json_equal(json_object_get(o, "data"), want), "data is not {\"a\":[1,2]}");
+    json_decref(want);
+    json_decref(o);
+
+    printf("structured binary data: %s\n", r[1].value);
+    ck_assert_str_eq(raw_names(&r[1]), "content-type");
+    ck_assert_ptr_null(r[1].key);
+    o = json_loads(r[1].value, 0, &je);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_str_eq(json_string_value(json_object_get(o, "type")), "bin");
+    ck_assert_str_eq(json_string_value(json_object_get(o, "data_base64")), "AAEC/w==");
+    ck_assert_ptr_null(json_object_get(o, "data"));
+    json_decref(o);
+    raw_free(r, 2);
+    mock_stop(&mk);
+}
+END_TEST
+
+/* cloudevents=off: the record as before CloudEvents, only ce_id. */
+START_TEST(off_writes_only_the_id)
+{
+    struct mock mk;
+    mock_start(&mk, "cloudevents=off");
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    msgbus_msg_t *m = NULL;
+    tu_ck_ok(msgbus_msg_new(&m, "bare", 4));
+    tu_ck_ok(msgbus_msg_set_header(m, "content-type", "text/plain"));
+    tu_ck_ok(msgbus_msg_set_type(m, "ignored"));
+    publish_one(bus, "t1", m);
+    msgbus_msg_free(m);
+    msgbus_close(bus);
+    struct raw_rec r[1];
+    raw_read(&mk, "t1", RD_KAFKA_OFFSET_BEGINNING, 1, r);
+    printf("off headers: %s\n", raw_names(&r[0]));
+    ck_assert_str_eq(raw_names(&r[0]), "ce_id,content-type");
+    ck_assert_str_eq(r[0].value, "bare");
+    raw_free(r, 1);
+    mock_stop(&mk);
+}
+END_TEST
+
+/* The size check counts what is sent: the attributes in binary mode, the
+ * JSON (base64 data and all) in structured mode. */
+START_TEST(too_large_counts_the_attributes_and_the_json)
+{
+    struct mock mk;
+    mock_start(&mk, "message.max.bytes=2000");
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    char payload[1500], subject[701];
+    memset(payload, 0xfe, sizeof payload);
+    memset(subject, 's', 700);
+    subject[700] = '\0';
+    msgbus_msg_t *m = NULL;
+    tu_ck_ok(msgbus_msg_new(&m, payload, sizeof payload));
+    publish_one(bus, "t1", m); /* ~1,650 bytes with the attributes: fits */
+    tu_ck_ok(msgbus_msg_set_subject(m, subject));
+    tu_ck_err(msgbus_publish(bus, "t1", m, NULL, NULL), MSGBUS_ERR_TOO_LARGE);
+    printf("binary: %s\n", msgbus_last_error());
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "message.max.bytes (2000)"));
+    msgbus_msg_free(m);
+    msgbus_close(bus);
+
+    char url[600];
+    snprintf(url, sizeof url, "%s&cloudevents=structured", mk.url);
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    tu_ck_ok(msgbus_msg_new(&m, payload, 1100)); /* base64: 1,468 bytes + attributes */
+    publish_one(bus, "t1", m);
+    msgbus_msg_free(m);
+    tu_ck_ok(msgbus_msg_new(&m, payload, sizeof payload)); /* base64: 2,000 bytes */
+    tu_ck_err(msgbus_publish(bus, "t1", m, NULL, NULL), MSGBUS_ERR_TOO_LARGE);
+    printf("structured: %s\n", msgbus_last_error());
+    ck_assert_uint_eq(msgbus_outstanding(bus), 0);
+    msgbus_msg_free(m);
+    msgbus_close(bus);
+    mock_stop(&mk);
+}
+END_TEST
+
+/* A raw producer on the mock cluster (another client's records). */
+static rd_kafka_t *raw_producer(struct mock *mk)
+{
+    char errstr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", rd_kafka_mock_cluster_bootstraps(mk->mc), errstr,
+                      sizeof errstr);
+    rd_kafka_conf_set(conf, "log_level", "0", errstr, sizeof errstr);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    ck_assert_msg(rk != NULL, "rd_kafka_new: %s", errstr);
+    return rk;
+}
+
+/* Produces one record to t1 partition 0: headers as name, value pairs
+ * (NULL-terminated), record timestamp `ts`. */
+static void raw_produce(rd_kafka_t *rk, const char *value, size_t len, int64_t ts,
+                        const char *const *hv)
+{
+    rd_kafka_headers_t *h = rd_kafka_headers_new(8);
+    for (size_t i = 0; hv[i]; i += 2)
+        rd_kafka_header_add(h, hv[i], -1, hv[i + 1], -1);
+    ck_assert_int_eq(rd_kafka_producev(rk, RD_KAFKA_V_TOPIC("t1"), RD_KAFKA_V_PARTITION(0),
+                                       RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                       RD_KAFKA_V_VALUE((void *)value, len),
+                                       RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_TIMESTAMP(ts),
+                                       RD_KAFKA_V_END),
+                     0);
+    ck_assert_int_eq(rd_kafka_flush(rk, 5000), 0);
+}
+
+static void ck_header(msgbus_msg_t *m, const char *name, const char *want)
+{
+    const char *got = msgbus_msg_header(m, name);
+    if (!want)
+        ck_assert_msg(!got, "header %s is '%s', want none", name, got);
+    else
+        ck_assert_msg(got && strcmp(got, want) == 0, "header %s is '%s', want '%s'", name,
+                      got ? got : "(none)", want);
+}
+
+static void ck_str(const char *what, const char *got, const char *want)
+{
+    if (!want)
+        ck_assert_msg(!got, "%s is '%s', want none", what, got);
+    else
+        ck_assert_msg(got && strcmp(got, want) == 0, "%s is '%s', want '%s'", what,
+                      got ? got : "(none)", want);
+}
+
+static void print_msg(const char *what, msgbus_msg_t *m)
+{
+    size_t len;
+    const char *p = msgbus_msg_payload(m, &len);
+    char t[32];
+    mb_rfc3339_format(msgbus_msg_timestamp(m), t);
+    printf("%s: id=%s type=%s source=%s subject=%s time=%s payload=%zu bytes '%.*s'\n", what,
+           msgbus_msg_id(m) ? msgbus_msg_id(m) : "-", msgbus_msg_type(m) ? msgbus_msg_type(m) : "-",
+           msgbus_msg_source(m) ? msgbus_msg_source(m) : "-",
+           msgbus_msg_subject(m) ? msgbus_msg_subject(m) : "-", t, len, (int)len, p);
+    for (size_t i = 0; i < msgbus_msg_header_count(m); i++) {
+        const char *n, *v;
+        msgbus_msg_header_at(m, i, &n, &v);
+        printf("    %s: %s\n", n, v);
+    }
+}
+
+/* What other clients write reads right: an SDK's binary event (its time
+ * wins over the record's), a structured event with data_base64, a broken
+ * structured payload (delivered as it came, marked), names that only look
+ * like the binding's; and msgbus's own records, both modes, round trip;
+ * a nacked CloudEvent comes again as the same event. */
+START_TEST(foreign_records_decode_right)
+{
+    struct mock mk;
+    mock_start(&mk, "create_topics=false&fetch.wait.max.ms=10");
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    msgbus_sub_t *sub = NULL;
+    tu_ck_ok(msgbus_subscribe_ex(bus, "t1", "ce-reader", "retry_initial_ms=10", &sub));
+    rd_kafka_t *rk = raw_producer(&mk);
+
+    static const char *const sdk_binary[] = {
+        "ce_specversion", "1.0", "ce_id", "sdk-1", "ce_source", "/sdk/py", "ce_type",
+        "com.example.sdk", "ce_time", "2024-01-02T03:04:05.678Z", "ce_subject", "subj",
+        "content-type", "text/plain", "ce_partitionkey", "pk-1", NULL};
+    raw_produce(rk, "hello", 5, 1800000000000, sdk_binary);
+    static const char sdk_structured[] =
+        "{\"specversion\":\"1.0\",\"id\":\"sdk-2\",\"source\":\"/sdk/py\",\"type\":\"t.b64\","
+        "\"time\":\"2024-05-06T07:08:09Z\",\"datacontenttype\":\"application/octet-stream\","
+        "\"data_base64\":\"AAEC/w==\",\"ext1\":\"v1\",\"count\":3}";
+    static const char *const structured_hdrs[] = {
+        "content-type", "application/cloudevents+json; charset=utf-8", "trace", "t-2", NULL};
+    raw_produce(rk, sdk_structured, sizeof sdk_structured - 1, 1800000000000, structured_hdrs);
+    static const char *const broken_hdrs[] = {"content-type", "application/cloudevents+json",
+                                              "ce_id", "raw-3", NULL};
+    raw_produce(rk, "{not json", 9, 1800000000000, broken_hdrs);
+    static const char *const lookalike[] = {"ce_id",   "raw-4",     "ce_Type",   "Upper",
+                                            "CE_id",   "other",     "ce_time",   "yesterday",
+                                            "ce_x-y",  "dash",      "ce_type",   "bad\x01type",
+                                            NULL};
+    raw_produce(rk, "four", 4, 1700000000000, lookalike);
+    rd_kafka_destroy(rk);
+
+    msgbus_msg_t *m = tu_receive(sub, 15000);
+    ck_assert_ptr_nonnull(m);
+    print_msg("sdk binary", m);
+    ck_str("id", msgbus_msg_id(m), "sdk-1");
+    ck_str("type", msgbus_msg_type(m), "com.example.sdk");
+    ck_str("source", msgbus_msg_source(m), "/sdk/py");
+    ck_str("subject", msgbus_msg_subject(m), "subj");
+    ck_assert_int_eq(msgbus_msg_timestamp(m), 1704164645678); /* ce_time, not the record's */
+    ck_header(m, "content-type", "text/plain");
+    ck_header(m, "ce_partitionkey", "pk-1");
+    ck_header(m, "ce_specversion", NULL);
+    ck_header(m, "ce_type", NULL);
+    ck_assert_uint_eq(msgbus_msg_header_count(m), 2);
+    size_t len;
+    const char *p = msgbus_msg_payload(m, &len);
+    ck_assert_int_eq((int)len, 5);
+    ck_assert_int_eq(memcmp(p, "hello", 5), 0);
+    tu_ck_ok(msgbus_ack(m));
+    msgbus_msg_free(m);
+
+    m = tu_receive(sub, 5000);
+    ck_assert_ptr_nonnull(m);
+    print_msg("sdk structured", m);
+    ck_str("id", msgbus_msg_id(m), "sdk-2");
+    ck_str("type", msgbus_msg_type(m), "t.b64");
+    ck_str("source", msgbus_msg_source(m), "/sdk/py");
+    ck_assert_int_eq(msgbus_msg_timestamp(m), 1714979289000);
+    ck_header(m, "content-type", "application/octet-stream");
+    ck_header(m, "ce_ext1", "v1");
+    ck_header(m, "ce_count", "3");
+    ck_header(m, "trace", "t-2");
+    ck_header(m, MB_H_INVALID_CE, NULL);
+    p = msgbus_msg_payload(m, &len);
+    ck_assert_int_eq((int)len, 4);
+    ck_assert_int_eq(memcmp(p, "\x00\x01\x02\xff", 4), 0);
+    tu_ck_ok(msgbus_ack(m));
+    msgbus_msg_free(m);
+
+    m = tu_receive(sub, 5000);
+    ck_assert_ptr_nonnull(m);
+    print_msg("broken structured", m);
+    ck_str("id", msgbus_msg_id(m), "raw-3");
+    ck_assert_ptr_nonnull(msgbus_msg_header(m, MB_H_INVALID_CE));
+    ck_header(m, "content-type", "application/cloudevents+json");
+    ck_assert_int_eq(msgbus_msg_timestamp(m), 1800000000000);
+    p = msgbus_msg_payload(m, &len);
+    ck_assert_int_eq((int)len, 9);
+    ck_assert_int_eq(memcmp(p, "{not json", 9), 0);
+    tu_ck_ok(msgbus_ack(m));
+    msgbus_msg_free(m);
+
+    /* Kafka header names are case-sensitive and attribute names are
+     * a-z 0-9: ce_Type, CE_id and ce_x-y are the producer's own headers.
+     * A ce_time or ce_type that fails its rule stays a header. */
+    m = tu_receive(sub, 5000);
+    ck_assert_ptr_nonnull(m);
+    print_msg("look-alikes", m);
+    ck_str("id", msgbus_msg_id(m), "raw-4");
+    ck_str("type", msgbus_msg_type(m), NULL);
+    ck_header(m, "ce_Type", "Upper");
+    ck_header(m, "CE_id", "other");
+    ck_header(m, "ce_x-y", "dash");
+    ck_header(m, "ce_time", "yesterday");
+    ck_header(m, "ce_type", "bad\x01type");
+    ck_assert_int_eq(msgbus_msg_timestamp(m), 1700000000000); /* the record's */
+    tu_ck_ok(msgbus_ack(m));
+    msgbus_msg_free(m);
+
+    /* msgbus to msgbus, both modes: the same event comes out. */
+    for (int structured = 0; structured < 2; structured++) {
+        char url[600];
+        snprintf(url, sizeof url, "%s&cloudevents=%s&ce_source=//pub/%d", mk.url,
+                 structured ? "structured" : "binary", structured);
+        msgbus_t *pub = NULL;
+        tu_ck_ok(msgbus_open(&pub, url, NULL));
+        tu_ck_ok(msgbus_msg_new(&m, "{\"n\":1}", 7));
+        tu_ck_ok(msgbus_msg_set_header(m, "content-type", "application/json"));
+        tu_ck_ok(msgbus_msg_set_header(m, "ce_traceparent", "00-1-2-01"));
+        tu_ck_ok(msgbus_msg_set_header(m, "app", "a"));
+        tu_ck_ok(msgbus_msg_set_subject(m, "sub"));
+        tu_ck_ok(msgbus_msg_set_key(m, "key", 3));
+        tu_ck_ok(msgbus_msg_set_timestamp(m, 1710000000999));
+        char id[64], src[32];
+        snprintf(id, sizeof id, "%s", msgbus_msg_id(m));
+        snprintf(src, sizeof src, "//pub/%d", structured);
+        publish_one(pub, "t1", m);
+        msgbus_msg_free(m);
+        msgbus_close(pub);
+
+        m = tu_receive(sub, 5000);
+        ck_assert_ptr_nonnull(m);
+        print_msg(structured ? "msgbus structured" : "msgbus binary", m);
+        ck_str("id", msgbus_msg_id(m), id);
+        ck_str("type", msgbus_msg_type(m), "t1");
+        ck_str("source", msgbus_msg_source(m), src);
+        ck_str("subject", msgbus_msg_subject(m), "sub");
+        ck_assert_int_eq(msgbus_msg_timestamp(m), 1710000000999);
+        ck_header(m, "content-type", "application/json");
+        ck_header(m, "ce_traceparent", "00-1-2-01");
+        ck_header(m, "app", "a");
+        ck_assert_uint_eq(msgbus_msg_header_count(m), 3);
+        p = msgbus_msg_payload(m, &len);
+        ck_assert_int_eq((int)len, 7);
+        ck_assert_int_eq(memcmp(p, "{\"n\":1}", 7), 0);
+        p = msgbus_msg_key(m, &len);
+        ck_assert_int_eq((int)len, 3);
+        if (structured) { /* a nack: the copy is the same event */
+            tu_ck_ok(msgbus_nack(m));
+            msgbus_msg_free(m);
+            m = tu_receive(sub, 5000);
+            ck_assert_ptr_nonnull(m);
+            print_msg("redelivered", m);
+            ck_assert_int_eq(msgbus_msg_attempt(m), 2);
+            ck_str("id", msgbus_msg_id(m), id);
+            ck_str("type", msgbus_msg_type(m), "t1");
+            ck_str("source", msgbus_msg_source(m), src);
+            ck_str("subject", msgbus_msg_subject(m), "sub");
+            ck_assert_int_eq(msgbus_msg_timestamp(m), 1710000000999);
+        }
+        tu_ck_ok(msgbus_ack(m));
+        msgbus_msg_free(m);
+    }
+    msgbus_sub_close(sub);
+    msgbus_close(bus);
+    mock_stop(&mk);
+}
+END_TEST
+
 static Suite *kafka_mock_suite(void)
 {
     Suite *s = suite_create("kafka_mock");
@@ -927,6 +1474,14 @@ static Suite *kafka_mock_suite(void)
     tcase_add_test(close, sub_close_is_bounded_with_brokers_down);
     tcase_add_test(close, sub_close_is_bounded_with_slow_brokers);
     suite_add_tcase(s, close);
+    TCase *ce = tcase_create("cloudevents");
+    tcase_set_timeout(ce, 60);
+    tcase_add_test(ce, binary_publish_writes_ce_headers);
+    tcase_add_test(ce, structured_publish_writes_one_json_event);
+    tcase_add_test(ce, off_writes_only_the_id);
+    tcase_add_test(ce, too_large_counts_the_attributes_and_the_json);
+    tcase_add_test(ce, foreign_records_decode_right);
+    suite_add_tcase(s, ce);
     return s;
 }
 
