@@ -169,8 +169,30 @@ static msgbus_err_t mb_amqp_publish(struct mb_backend *be, const char *topic,
                         "message of %zu bytes is larger than max_message_bytes=%ld (RabbitMQ's "
                         "max_message_size; default 128 MiB)",
                         m->len, be->conf.max_message_bytes);
+    /* The message as a CloudEvent of the AMQP binding, in the bus's mode
+     * (backend.h, "CloudEvents on the wire"). */
+    struct mb_amqp_ce ce = {.mode = mb_bus_ce_mode(be->bus)};
+    struct mb_ce_attrs attrs;
+    char *json = NULL;
+    msgbus_err_t e;
+    if (ce.mode == MB_CE_BINARY) {
+        mb_ce_attrs(be->bus, topic, m, &attrs);
+        ce.attrs = &attrs;
+    } else if (ce.mode == MB_CE_STRUCTURED) {
+        if ((e = mb_ce_structured(be->bus, topic, m, &json, &ce.json_len)))
+            return e;
+        if (ce.json_len > (size_t)be->conf.max_message_bytes) {
+            free(json);
+            return mb_error(MSGBUS_ERR_TOO_LARGE,
+                            "message of %zu bytes is %zu bytes as a structured CloudEvent, larger "
+                            "than max_message_bytes=%ld",
+                            m->len, ce.json_len, be->conf.max_message_bytes);
+        }
+        ce.json = json;
+    }
     struct mb_amqp_out *o;
-    msgbus_err_t e = mb_amqp_out_new(&o, topic, NULL, 0, m, 1, false, (size_t)be->conf.frame_max);
+    e = mb_amqp_out_build(&o, topic, NULL, 0, m, 1, false, (size_t)be->conf.frame_max, &ce);
+    free(json);
     if (e)
         return e;
     o->token = token;

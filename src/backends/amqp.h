@@ -38,8 +38,13 @@
 #define MB_AMQP_FIRST_SUB_CHANNEL 3
 #define MB_AMQP_DETAIL 512
 
-/* Header names msgbus writes and strips again on receipt. */
-#define MB_AMQP_H_ID "cloudEvents:id"
+/* Header names msgbus writes and strips again on receipt. The id also
+ * rides in cloudEvents_id (the CloudEvents AMQP binding's prefix as its
+ * current text and the SDKs write it); msgbus before issue 21 wrote
+ * cloudEvents:id, which is still read. */
+#define MB_AMQP_H_ID "cloudEvents_id"
+#define MB_AMQP_H_ID_OLD "cloudEvents:id"
+#define MB_AMQP_CE_PREFIX "cloudEvents_"
 #define MB_AMQP_H_ATTEMPT "msgbus-attempt"
 #define MB_AMQP_H_TS_MS "msgbus-timestamp-ms"
 #define MB_AMQP_H_KEY "msgbus-key"
@@ -128,13 +133,37 @@ struct mb_amqp_out {
     /* table entries and strings follow in the same allocation */
 };
 
+/* How a publish writes the message as a CloudEvent (backend.h, "CloudEvents
+ * on the wire"; docs/amqp.md "CloudEvents"). */
+struct mb_amqp_ce {
+    enum mb_ce_mode mode;
+    /* MB_CE_BINARY: the attribute values (mb_ce_attrs); each non-NULL one
+     * becomes a cloudEvents_<attr> string header, specversion "1.0" with
+     * type and source. */
+    const struct mb_ce_attrs *attrs;
+    /* MB_CE_STRUCTURED: the body (mb_ce_structured's JSON) that replaces
+     * the payload; content_type application/cloudevents+json. */
+    const char *json;
+    size_t json_len;
+};
+
 /* Builds the wire form of `m` in one allocation: exchange `exchange`,
  * routing key `rk` (NULL: m's key), attempt header when attempt > 1.
  * `copy`: msgbus's own republish (routed by queue name; the key rides in
- * msgbus-key). Checks every AMQP limit first — short strings of 255 bytes,
- * the content header within `frame_max` — and fails with mb_error set
- * (MSGBUS_ERR_INVALID / MSGBUS_ERR_TOO_LARGE naming the limit, or NOMEM),
- * so a message that cannot be encoded fails alone, on the calling thread. */
+ * msgbus-key). `ce` says how the message is a CloudEvent; NULL: binary
+ * with the attributes the message itself has (id, type, source, subject,
+ * time), what a retry copy or a forward of a received message carries, so
+ * it reads back as it arrived. Every value msgbus writes in the headers
+ * table is a string (Watermill and other string-only readers). Checks
+ * every AMQP limit first — short strings of 255 bytes, the content header
+ * within `frame_max` — and fails with mb_error set (MSGBUS_ERR_INVALID /
+ * MSGBUS_ERR_TOO_LARGE naming the limit, or NOMEM), so a message that
+ * cannot be encoded fails alone, on the calling thread. */
+MB_HIDDEN msgbus_err_t mb_amqp_out_build(struct mb_amqp_out **out, const char *exchange,
+                                         const void *rk, size_t rk_len, const msgbus_msg_t *m,
+                                         int attempt, bool copy, size_t frame_max,
+                                         const struct mb_amqp_ce *ce);
+/* mb_amqp_out_build with ce NULL. */
 MB_HIDDEN msgbus_err_t mb_amqp_out_new(struct mb_amqp_out **out, const char *exchange,
                                        const void *rk, size_t rk_len, const msgbus_msg_t *m,
                                        int attempt, bool copy, size_t frame_max);
@@ -146,10 +175,17 @@ MB_HIDDEN void mb_amqp_out_free(struct mb_amqp_out *o);
 /* Fills a received message from a content header, the delivery's exchange
  * and routing key. A delivery through the default exchange "" is msgbus's
  * own republished copy (routed by queue name). Ids and headers pass the
- * trust boundary (mb_msg_received_id / _header). Returns false on out of
+ * trust boundary (mb_msg_received_id / _header), CloudEvents attributes
+ * under any prefix msgbus reads (cloudEvents_, cloudEvents:, ce-) go to
+ * mb_msg_received_ce, foreign basic properties become headers
+ * (content-type, amqp-correlation-id, ...). Returns false on out of
  * memory. */
 MB_HIDDEN bool mb_amqp_decode(msgbus_msg_t *m, const amqp_basic_properties_t *p,
                               amqp_bytes_t exchange, amqp_bytes_t routing_key, bool redelivered);
+/* The body has arrived (m->payload is complete): a structured CloudEvent
+ * is unpacked (mb_msg_ce_unpack; a broken one is delivered as it came,
+ * with msgbus-invalid-cloudevent). false on out of memory. */
+MB_HIDDEN bool mb_amqp_decode_body(msgbus_msg_t *m);
 
 /* ---- subscriptions ---------------------------------------------------------- */
 

@@ -433,8 +433,18 @@ void mb_amqp_sub_frame(struct mb_backend *be, struct mb_backend_sub *bs, const a
     } else {
         return;
     }
-    if (as->got >= as->body_size)
+    if (as->got >= as->body_size) {
+        /* A structured CloudEvent is unpacked here, once its body is whole
+         * (a broken one arrives as it was sent, marked
+         * msgbus-invalid-cloudevent). */
+        if (!mb_amqp_decode_body(as->msg)) {
+            mb_log(MSGBUS_LOG_ERROR, "amqp: out of memory decoding a message; it is requeued");
+            amqp_basic_nack(be->conn, bs->channel, as->tag, 0, 1);
+            mb_amqp_asm_clear(as);
+            return;
+        }
         mb_amqp_deliver_done(bs);
+    }
 }
 
 void mb_amqp_push_batches(struct mb_backend *be)
