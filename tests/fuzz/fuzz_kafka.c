@@ -23,9 +23,10 @@
 #include "core/msg.h"
 #include "fuzz.h"
 
-static const char *const special[] = {"ce_id",          "msgbus-attempt", MB_H_INVALID_ID,
-                                      MB_H_INVALID_HEADERS, "msgbus-key",  "msgbus-timestamp-ms",
-                                      "content-type"};
+static const char *const special[] = {
+    "ce_id",      "msgbus-attempt",  MB_H_INVALID_ID, MB_H_INVALID_HEADERS, "msgbus-key",
+    "msgbus-timestamp-ms", "content-type", "ce_type", "ce_source", "ce_time",
+    "ce_specversion",      "ce_subject",   "ce_datacontenttype", "ce_ext1", "ce_Type"};
 #define NSPECIAL (sizeof special / sizeof *special)
 #define MAX_HDRS 300
 
@@ -34,6 +35,18 @@ struct hdr {
     void *value; /* NULL: a null value */
     size_t len;
 };
+
+/* A header the Kafka binding reads as a CloudEvents context attribute:
+ * ce_ and a lower-case context attribute name (ce_Type is a header). */
+static bool ce_context(const char *name)
+{
+    if (strncmp(name, "ce_", 3) != 0 || !mb_ce_reserved_header(name))
+        return false;
+    for (const char *p = name; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            return false;
+    return true;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -94,6 +107,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(msgbus_msg_header(m, MB_H_INVALID_ID), "ce_id refused but not kept in %s",
                    MB_H_INVALID_ID);
 
+    /* ce_datacontenttype becomes the content-type header when there is
+     * none yet (whichever comes first wins). */
+    bool ce_dct = false;
+    for (size_t i = 0; i < n; i++)
+        ce_dct = ce_dct || strcmp(h[i].name, "ce_datacontenttype") == 0;
+
     /* The headers: C strings, good names, ce_id not among them. */
     size_t count = msgbus_msg_header_count(m);
     for (size_t i = 0; i < count; i++) {
@@ -104,12 +123,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(strcmp(name, "ce_id") != 0, "ce_id shown as a header");
         (void)strlen(value);
     }
-    /* Kept byte for byte: a good name (not msgbus's, last of its name),
-     * a value without NUL. */
+    /* Kept byte for byte: a good name (not msgbus's, not a CloudEvents
+     * context attribute, last of its name), a value without NUL. A
+     * context attribute (ce_type, ce_time, ...: mb_ce_reserved_header)
+     * becomes the message's type/source/subject/timestamp or content-type
+     * when its value passes the rule, and stays a header otherwise;
+     * ce_<ext> extensions and look-alikes (ce_Type) stay headers. */
     for (size_t i = 0; i < n; i++) {
         size_t nl = strlen(h[i].name);
         if (!nl || nl > 255 || strncmp(h[i].name, "msgbus-", 7) == 0 ||
-            strcmp(h[i].name, "ce_id") == 0 || (h[i].value && memchr(h[i].value, 0, h[i].len)))
+            ce_context(h[i].name) ||
+            (strcmp(h[i].name, "content-type") == 0 && ce_dct) ||
+            (h[i].value && memchr(h[i].value, 0, h[i].len)))
             continue;
         bool later = false;
         for (size_t j = i + 1; j < n && !later; j++)

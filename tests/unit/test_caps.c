@@ -67,6 +67,28 @@ START_TEST(start_positions_parse)
 }
 END_TEST
 
+START_TEST(rfc3339_format_round_trips)
+{
+    /* The per-thread cache of the last second gives what the general path
+     * gives, across second, day and year boundaries. */
+    char out[32];
+    int64_t ms[] = {0, 999, 1000, 86399999, 86400000, 1796630400500LL, 1796630400999LL,
+                    1796630401000LL, 1796630400000LL, 253402300799999LL};
+    const char *want[] = {"1970-01-01T00:00:00.000Z", "1970-01-01T00:00:00.999Z",
+                          "1970-01-01T00:00:01.000Z", "1970-01-01T23:59:59.999Z",
+                          "1970-01-02T00:00:00.000Z", "2026-12-07T08:00:00.500Z",
+                          "2026-12-07T08:00:00.999Z", "2026-12-07T08:00:01.000Z",
+                          "2026-12-07T08:00:00.000Z", "9999-12-31T23:59:59.999Z"};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+        mb_rfc3339_format(ms[i], out);
+        ck_assert_str_eq(out, want[i]);
+        int64_t back;
+        ck_assert(mb_rfc3339_parse(out, &back));
+        ck_assert_int_eq(back, ms[i]);
+    }
+}
+END_TEST
+
 START_TEST(a_bad_start_option_fails_and_subscribes_nothing)
 {
     msgbus_t *bus = open_mem(NULL);
@@ -273,6 +295,7 @@ int main(void)
     Suite *s = suite_create("caps");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, start_positions_parse);
+    tcase_add_test(tc, rfc3339_format_round_trips);
     tcase_add_test(tc, a_bad_start_option_fails_and_subscribes_nothing);
     tcase_add_test(tc, replay_is_refused_where_not_claimed);
     tcase_add_test(tc, require_names_what_is_missing);
