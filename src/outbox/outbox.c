@@ -181,13 +181,21 @@ void msgbus_outbox_close(msgbus_outbox_t *ob)
 /* ---- put ---- */
 
 /* The headers as a compact JSON object {"name":"value",…} (insertion
- * order kept). JSON strings must be UTF-8, so a value that is not is
- * refused here rather than stored mangled. */
+ * order kept), and the message's own CloudEvents type, source and subject
+ * under the names ce_type, ce_source and ce_subject (names no application
+ * header may have: docs/outbox.md, "The table"). JSON strings must be
+ * UTF-8, so a value that is not is refused here rather than stored
+ * mangled. */
 static msgbus_err_t mb_outbox_headers_json(const msgbus_msg_t *m, char **out)
 {
     json_t *obj = json_object();
     if (!obj)
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory encoding headers");
+    const char *ce_names[3] = {"ce_type", "ce_source", "ce_subject"};
+    const char *ce_values[3] = {m->ce_type, m->ce_source, m->ce_subject};
+    for (int i = 0; i < 3; i++)
+        if (ce_values[i])
+            json_object_set_new(obj, ce_names[i], json_string(ce_values[i]));
     for (size_t i = 0; i < m->nheaders; i++) {
         json_t *v = json_string(m->headers[i].value);
         if (!v) {

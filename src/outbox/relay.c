@@ -121,7 +121,17 @@ static msgbus_err_t mb_relay_build(const struct mb_outbox_row *r, msgbus_msg_t *
                 json_decref(obj);
                 goto fail;
             }
-            if ((e = msgbus_msg_set_header(m, name, json_string_value(v))) != MSGBUS_OK) {
+            /* The message's own CloudEvents attributes (outbox.c). */
+            const char *val = json_string_value(v);
+            if (strcmp(name, "ce_type") == 0)
+                e = msgbus_msg_set_type(m, val);
+            else if (strcmp(name, "ce_source") == 0)
+                e = msgbus_msg_set_source(m, val);
+            else if (strcmp(name, "ce_subject") == 0)
+                e = msgbus_msg_set_subject(m, val);
+            else
+                e = msgbus_msg_set_header(m, name, val);
+            if (e != MSGBUS_OK) {
                 e = mb_error_prefix(e, "outbox row %lld", (long long)r->id);
                 json_decref(obj);
                 goto fail;

@@ -61,6 +61,26 @@ def test_sqlite_outbox_row_relayed_by_c(app_db, mem_url, topic):
     assert conn.execute("SELECT count(*) FROM msgbus_outbox").fetchone()[0] == 0
 
 
+def test_sqlite_outbox_keeps_cloudevents_attributes(app_db, mem_url, topic):
+    path, conn = app_db
+    mboutbox.create_table(conn)
+    mboutbox.put(conn, topic, b"x", type="com.example.created", source="//shop/orders",
+                 subject="o-1")
+    mboutbox.put(conn, topic, b"y")
+    for bad in ({"type": ""}, {"source": "a\nb"}, {"headers": {"ce_type": "x"}},
+                {"headers": {"cloudEvents_id": "x"}}):
+        with pytest.raises(msgbus.InvalidError):
+            mboutbox.put(conn, topic, b"z", **bad)
+    conn.commit()
+    with msgbus.Bus(mem_url) as bus, bus.subscribe(topic, "g") as sub, \
+            mboutbox.Relay.sqlite(path, bus) as relay:
+        assert relay.run_once(100, 5) == 2
+        a, b = _recv_all(sub, 2)
+        assert (a.type, a.source, a.subject) == ("com.example.created", "//shop/orders", "o-1")
+        assert a.headers == {}
+        assert b.type == topic and b.subject is None
+
+
 def test_sqlite_rolled_back_transaction_leaves_nothing(app_db, mem_url, topic):
     path, conn = app_db
     mboutbox.create_table(conn)

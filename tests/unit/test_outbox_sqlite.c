@@ -170,6 +170,37 @@ START_TEST(commit_publishes_once_with_the_stored_id)
 }
 END_TEST
 
+START_TEST(cloudevents_attributes_travel_through_the_outbox)
+{
+    /* What the application set is what the relay publishes; unset, the
+     * relay's bus writes its defaults (the topic as type). */
+    struct world w;
+    world_open(&w);
+    msgbus_msg_t *m = NULL;
+    tu_ck_ok(msgbus_msg_new(&m, "x", 1));
+    tu_ck_ok(msgbus_msg_set_type(m, "com.example.order.created"));
+    tu_ck_ok(msgbus_msg_set_source(m, "//shop/orders"));
+    tu_ck_ok(msgbus_msg_set_subject(m, "order-7"));
+    tu_ck_ok(msgbus_outbox_put(w.ob, w.topic, m));
+    msgbus_msg_free(m);
+    put(&w, "k", "plain");
+    ck_assert_uint_eq(relay_all(&w, 100), 2);
+    msgbus_msg_t *in = tu_receive(w.sub, 2000);
+    ck_assert_str_eq(msgbus_msg_type(in), "com.example.order.created");
+    ck_assert_str_eq(msgbus_msg_source(in), "//shop/orders");
+    ck_assert_str_eq(msgbus_msg_subject(in), "order-7");
+    ck_assert_uint_eq(msgbus_msg_header_count(in), 0);
+    msgbus_ack(in);
+    msgbus_msg_free(in);
+    in = tu_receive(w.sub, 2000);
+    ck_assert_str_eq(msgbus_msg_type(in), w.topic);
+    ck_assert_ptr_null(msgbus_msg_subject(in));
+    msgbus_ack(in);
+    msgbus_msg_free(in);
+    world_close(&w);
+}
+END_TEST
+
 START_TEST(autocommit_put_is_its_own_transaction)
 {
     struct world w;
@@ -946,6 +977,7 @@ int main(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, rollback_leaves_no_message);
     tcase_add_test(tc, commit_publishes_once_with_the_stored_id);
+    tcase_add_test(tc, cloudevents_attributes_travel_through_the_outbox);
     tcase_add_test(tc, autocommit_put_is_its_own_transaction);
     tcase_add_test(tc, rows_are_published_in_commit_order);
     tcase_add_test(tc, retention_keeps_sent_rows_until_purged);

@@ -81,6 +81,17 @@ def create_table(conn: Any, table: str = DEFAULT_TABLE) -> None:
         cur.close()
 
 
+_CE_PREFIXES = ("ce_", "ce-", "cloudevents_", "cloudevents:")
+_CE_CONTEXT = {"id", "specversion", "type", "source", "subject", "time", "datacontenttype"}
+
+
+def _ce_reserved(name: str) -> bool:
+    """A CloudEvents context attribute under a binding's prefix, which msgbus
+    writes itself (msgbus_msg_set_header refuses these names too)."""
+    low = name.lower()
+    return any(low.startswith(p) and low[len(p):] in _CE_CONTEXT for p in _CE_PREFIXES)
+
+
 def _headers_dict(headers: Optional[Mapping[str, Union[str, bytes]]]) -> Dict[str, str]:
     out: Dict[str, str] = {}
     for name, value in (_check.mapping(headers, "headers") or {}).items():
@@ -89,9 +100,9 @@ def _headers_dict(headers: Optional[Mapping[str, Union[str, bytes]]]) -> Dict[st
         if not HEADER_RE.match(name):
             raise InvalidError(f"header name {name!r}: use 1..255 characters of "
                                "A-Z a-z 0-9 . _ : -")
-        if name.startswith("msgbus-") or name in ("ce_id", "cloudEvents:id"):
-            raise InvalidError(f"header name '{name}' is reserved for msgbus "
-                               "(give the message id as id=)")
+        if name.startswith("msgbus-") or _ce_reserved(name):
+            raise InvalidError(f"header name '{name}' is reserved for msgbus (give the id, "
+                               "type, source and subject as id=, type=, source=, subject=)")
         if isinstance(value, (bytes, bytearray)):
             try:
                 value = bytes(value).decode("utf-8")
@@ -119,9 +130,13 @@ def _headers_json(headers: Mapping[str, str]) -> str:
 def put(conn: Any, topic: str, payload: Union[bytes, str],
         key: Optional[Union[bytes, str]] = None,
         headers: Optional[Mapping[str, Union[str, bytes]]] = None, *, id: Optional[str] = None,
-        timestamp: Optional[int] = None, table: str = DEFAULT_TABLE) -> str:
+        timestamp: Optional[int] = None, type: Optional[str] = None,
+        source: Optional[str] = None, subject: Optional[str] = None,
+        table: str = DEFAULT_TABLE) -> str:
     """Writes one pending outbox row with `conn` (``sqlite3`` or ``psycopg``)
-    and returns its message id (`id`, or a fresh UUIDv7).
+    and returns its message id (`id`, or a fresh UUIDv7). `type`, `source`
+    and `subject` are the message's CloudEvents attributes (stored in the
+    row's headers as ce_type, ce_source, ce_subject; docs/outbox.md).
 
     The INSERT joins the transaction the application has open on `conn`
     and is never committed or rolled back here: the row becomes visible to
@@ -147,6 +162,14 @@ def put(conn: Any, topic: str, payload: Union[bytes, str],
                            "A-Z a-z 0-9 . _ -")
     mid = check_id(id) if id is not None else uuid7()
     hd = _headers_dict(headers)
+    for what, v in (("type", type), ("source", source), ("subject", subject)):
+        if v is not None:
+            t = (_check.text(v, what) or b"").decode("utf-8")
+            if not 1 <= len(t.encode("utf-8")) <= 1024 or any(
+                    ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f for c in t):
+                raise InvalidError(f"invalid CloudEvents {what} {t[:64]!r}: use 1..1024 bytes "
+                                   "of UTF-8 without control characters")
+            hd["ce_" + what] = t
     pb = _check.data(payload, "payload")
     kb = None if key is None else _check.data(key, "key")
     ts = None if timestamp is None else _check.int64(timestamp, "timestamp",
