@@ -133,6 +133,57 @@ printf '%s\n' "four|com.example.s|//shop/s|sub-4" "three|$topic|//$(hostname)/ms
 diff "$WORK/b.want" "$WORK/b.sorted" || fail "sub --format '%s|%y|%u|%j' output"
 pass "sub --format %y %u %j byte for byte (a missing subject prints as nothing)"
 
+# The reverse: a CloudEvent written by hand with the broker's stock tool
+# (kcat -P / amqp-publish -H, string headers) arrives with its id, type,
+# source, subject and time. Group c is declared now, after msgbus's four.
+expect_exit 0 "declare group c" -- "$MSGBUS" declare "$topic" c
+if [ "$mode" = kafka ]; then
+  brokers=${base#kafka://}; brokers=${brokers%%\?*}
+  printf 'from kcat' | kcat -P -b "$brokers" -t "$topic" -k k9 -H ce_specversion=1.0 \
+    -H ce_id=kcat-1 -H ce_type=com.example.kcat -H ce_source=//kcat -H ce_subject=s9 \
+    -H ce_time=2026-12-07T08:00:00.5Z -H content-type=text/plain 2>"$WORK/kcatp.err" \
+    || { cat "$WORK/kcatp.err"; fail "kcat -P"; }
+  printf 'from kcat, ce-' | kcat -P -b "$brokers" -t "$topic" -k k9 -H ce-id=not-kafka \
+    2>"$WORK/kcatp.err" || { cat "$WORK/kcatp.err"; fail "kcat -P"; }
+  peers="kcat"
+else
+  # amqp-tools read a trailing '/' as the vhost "" (docs/interop.md).
+  aurl=${base%%\?*}; aurl=${aurl%/}
+  amqp-publish -u "$aurl" -e "$topic" -r k9 -C text/plain -H "cloudEvents_specversion: 1.0" \
+    -H "cloudEvents_id: amqptools-1" -H "cloudEvents_type: com.example.amqptools" \
+    -H "cloudEvents_source: //amqp-publish" -H "cloudEvents_subject: s9" \
+    -H "cloudEvents_time: 2026-12-07T08:00:00.5Z" -b "from amqp-publish" \
+    2>"$WORK/ap.err" || { cat "$WORK/ap.err"; fail "amqp-publish"; }
+  amqp-publish -u "$aurl" -e "$topic" -r k9 -H "ce-specversion: 1.0" -H "ce-id: amqptools-2" \
+    -H "ce-type: com.example.knative" -H "ce-source: //knative" -b "from amqp-publish, ce-" \
+    2>"$WORK/ap.err" || { cat "$WORK/ap.err"; fail "amqp-publish ce-"; }
+  peers="amqp-publish"
+fi
+"$MSGBUS" sub "$topic" -g c -n 2 -t 20000 --json > "$WORK/c.json" 2>"$WORK/c.err" \
+  || { cat "$WORK/c.err"; fail "sub group c"; }
+python3 - "$WORK/c.json" "$mode" <<'PY' || fail "what the stock tool's CloudEvents became"
+import json, sys
+rows = {json.loads(l)["payload"]: json.loads(l) for l in open(sys.argv[1])}
+if sys.argv[2] == "kafka":
+    r = rows["from kcat"]
+    assert r["id"] == "kcat-1" and r["type"] == "com.example.kcat", r
+    assert r["source"] == "//kcat" and r["subject"] == "s9", r
+    # ce- is not the Kafka binding's prefix: a header, and no id
+    o = rows["from kcat, ce-"]
+    assert o["id"] is None and o["headers"].get("ce-id") == "not-kafka" and o["type"] is None, o
+else:
+    r = rows["from amqp-publish"]
+    assert r["id"] == "amqptools-1" and r["type"] == "com.example.amqptools", r
+    assert r["source"] == "//amqp-publish" and r["subject"] == "s9", r
+    o = rows["from amqp-publish, ce-"]
+    assert o["id"] == "amqptools-2" and o["type"] == "com.example.knative", o
+    assert o["source"] == "//knative" and o["subject"] is None, o
+assert r["timestamp"] == 1796630400500, r  # ce_time / cloudEvents_time
+assert r["headers"] == {"content-type": "text/plain"}, r
+print(json.dumps(r, ensure_ascii=False))
+PY
+pass "$peers's hand-written CloudEvents arrive with id, type, source, subject and time"
+
 if [ "$mode" = kafka ]; then
   # A stock Kafka tool sees the binding's headers as msgbus wrote them.
   brokers=${base#kafka://}; brokers=${brokers%%\?*}
