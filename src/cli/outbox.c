@@ -37,8 +37,9 @@ static const char outbox_help[] =
     "        in commit order, until SIGTERM or SIGINT; then finishes the pass in\n"
     "        flight (publish, confirms, marking rows sent) and exits 0.\n"
     "put     writes the messages (read as 'msgbus pub' reads them: arguments,\n"
-    "        -f files or stdin lines; -k, -K, -H, -n as there) as pending rows\n"
-    "        for TOPIC, all in one transaction.\n"
+    "        -f files or stdin lines; -k, -K, -H, -n, --type, --source,\n"
+    "        --subject as there) as pending rows for TOPIC, all in one\n"
+    "        transaction.\n"
     "stats   prints {\"pending\",\"failed\",\"sent\",\"oldest_pending_age_ms\"}.\n"
     "\n"
     "options:\n"
@@ -51,6 +52,8 @@ static const char outbox_help[] =
     "      --metrics ADDR:PORT relay: serve Prometheus metrics at\n"
     "                          http://ADDR:PORT/metrics (port 0: any free port)\n"
     "  -k, -K, -H, -f, -n      put: as for 'msgbus pub'\n"
+    "      --type, --source, --subject  put: the CloudEvents attributes, as for\n"
+    "                          'msgbus pub' (kept in the row; the relay writes them)\n"
     "  -q, --quiet             no status lines on stderr\n"
     "  -v, --verbose           library log at info level (-vv: debug)\n"
     "  -h, --help              this text\n"
@@ -414,7 +417,17 @@ int cli_outbox(int argc, char **argv)
     char cmd[32];
     snprintf(cmd, sizeof cmd, "outbox %s", sub);
     argc--, argv++;
-    enum { OPT_TABLE = 256, OPT_BATCH, OPT_POLL, OPT_CONFIRM, OPT_ONCE, OPT_METRICS };
+    enum {
+        OPT_TABLE = 256,
+        OPT_BATCH,
+        OPT_POLL,
+        OPT_CONFIRM,
+        OPT_ONCE,
+        OPT_METRICS,
+        OPT_TYPE,
+        OPT_SOURCE,
+        OPT_SUBJECT
+    };
     static const struct option opts[] = {
         {"url", required_argument, 0, 'u'},
         {"table", required_argument, 0, OPT_TABLE},
@@ -428,6 +441,9 @@ int cli_outbox(int argc, char **argv)
         {"header", required_argument, 0, 'H'},
         {"file", required_argument, 0, 'f'},
         {"count", required_argument, 0, 'n'},
+        {"type", required_argument, 0, OPT_TYPE},
+        {"source", required_argument, 0, OPT_SOURCE},
+        {"subject", required_argument, 0, OPT_SUBJECT},
         {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'},
@@ -481,6 +497,9 @@ int cli_outbox(int argc, char **argv)
             if (cli_parse_u64(cmd, "--count", optarg, &count))
                 return CLI_USAGE;
             break;
+        case OPT_TYPE: mo.ce_type = optarg; break;
+        case OPT_SOURCE: mo.ce_source = optarg; break;
+        case OPT_SUBJECT: mo.ce_subject = optarg; break;
         case 'q': quiet = 1; break;
         case 'v': verbose++; break;
         case 'h': fputs(outbox_help, stdout); return CLI_OK;
@@ -494,6 +513,8 @@ int cli_outbox(int argc, char **argv)
     if (!strcmp(sub, "put")) {
         if (mo.key && mo.key_delim)
             return cli_usage_error(cmd, "-k and -K exclude each other");
+        if (cli_check_msg_opts(cmd, &mo))
+            return CLI_USAGE;
         /* No signal handler: SIGINT/SIGTERM end the process inside its
          * transaction, so nothing is written. */
         signal(SIGPIPE, SIG_IGN);
@@ -509,6 +530,12 @@ int cli_outbox(int argc, char **argv)
         ro.poll_interval_ms = 1000;
     if (metrics && strcmp(sub, "relay"))
         return cli_usage_error(cmd, "--metrics is for 'outbox relay'");
+    /* The relay publishes each row as it was put: a message option here
+     * would be silently ignored. */
+    if (mo.key || mo.key_delim || mo.n_headers || mo.n_files || count || mo.ce_type ||
+        mo.ce_source || mo.ce_subject)
+        return cli_usage_error(cmd, "-k, -K, -H, -f, -n, --type, --source, --subject are for "
+                                    "'outbox put'");
     if (!strcmp(sub, "relay"))
         return relay(store_spec, url, table, &ro, once, quiet, metrics);
     store_t s;

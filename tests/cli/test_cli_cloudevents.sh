@@ -6,9 +6,12 @@
 #   amqp | kafka (integration): what pub sets comes out of sub --json and
 #   --format; unset, type is the topic and source the URL's ce_source; a
 #   structured publish (cloudevents=structured) arrives unpacked; on Kafka
-#   kcat sees the ce_ headers and the structured JSON as msgbus wrote them.
+#   kcat sees the ce_ headers and the structured JSON as msgbus wrote them;
+#   CloudEvents written by hand with kcat -P / amqp-publish are read; with
+#   sqlite, outbox put --type/--source/--subject survive the relay.
 . "$(dirname "$0")/lib.sh"
-mode=${1:?usage: $0 MSGBUS mem|amqp|kafka}
+mode=${1:?usage: $0 MSGBUS mem|amqp|kafka [sqlite]}
+store=${2:-}  # "sqlite": the build has the SQLite outbox (outbox put → relay)
 
 expect_one_line() {
   local n; n=$(wc -l < "$WORK/err")
@@ -61,6 +64,12 @@ if [ "$mode" = mem ]; then
   done
   # An extension attribute is an ordinary header.
   expect_exit 0 "-H ce_tenant (an extension) allowed" -- "$MSGBUS" pub -u mem:// t -H ce_tenant=acme y
+
+  # outbox put checks them the same way, before the store is opened.
+  expect_exit 1 "outbox put --type ''" -- "$MSGBUS" outbox put sqlite:///nonexistent/x.db t --type "" x
+  expect_grep "^msgbus outbox put: --type:" "$WORK/err" "outbox put names the flag"
+  expect_exit 1 "outbox relay --type" -- "$MSGBUS" outbox relay -u mem:// sqlite:///nonexistent/x.db --type t
+  expect_grep "are for 'outbox put'" "$WORK/err" "a message option on relay is refused, not ignored"
 
   expect_exit 0 "--format with %y %u %j" -- \
     "$MSGBUS" sub -u mem:// t -g g -e -t 100 --format '%i %y %u %j\n'
@@ -183,6 +192,25 @@ assert r["headers"] == {"content-type": "text/plain"}, r
 print(json.dumps(r, ensure_ascii=False))
 PY
 pass "$peers's hand-written CloudEvents arrive with id, type, source, subject and time"
+
+if [ "$store" = sqlite ]; then
+  # The outbox keeps a row's attributes; the relay writes them.
+  expect_exit 0 "declare group d" -- "$MSGBUS" declare "$topic" d
+  db="$WORK/outbox.db"
+  expect_exit 0 "outbox put --type --source --subject" -- "$MSGBUS" outbox put "sqlite://$db" \
+    "$topic" -k k1 --type com.example.outbox --source //outbox/cli --subject o-1 "from the outbox"
+  expect_exit 0 "outbox relay --once" -- "$MSGBUS" outbox relay "sqlite://$db" --once
+  expect_exit 0 "sub group d" -- "$MSGBUS" sub "$topic" -g d -n 1 -t 20000 --json
+  python3 - "$WORK/out" <<'PY' || fail "the relayed message's attributes"
+import json, sys
+r = json.loads(open(sys.argv[1]).readline())
+assert r["payload"] == "from the outbox", r
+assert (r["type"], r["source"], r["subject"]) == ("com.example.outbox", "//outbox/cli", "o-1"), r
+assert not [h for h in r["headers"] if h.startswith("ce_")], r
+print("relayed:", r["type"], r["source"], r["subject"])
+PY
+  pass "outbox put --type/--source/--subject → relay → sub: the attributes as put"
+fi
 
 if [ "$mode" = kafka ]; then
   # A stock Kafka tool sees the binding's headers as msgbus wrote them.
