@@ -132,10 +132,8 @@ static bool mb_amqp_ce_core(const char *name, size_t n)
     return false;
 }
 
-/* The latest time RFC 3339 can write (9999-12-31T23:59:59.999Z): a later
- * timestamp has no cloudEvents_time (the attribute is optional). */
-#define MB_AMQP_MAX_RFC3339_MS 253402300799999LL
-
+/* A timestamp past MB_CE_MAX_TIME_MS (backend.h) has no cloudEvents_time:
+ * RFC 3339 cannot write it, and the attribute is optional. */
 /* What the encoder does with one application header. */
 enum mb_amqp_hdr { MB_AMQP_HDR_PLAIN, MB_AMQP_HDR_SKIP, MB_AMQP_HDR_EXT };
 
@@ -200,7 +198,7 @@ msgbus_err_t mb_amqp_out_build(struct mb_amqp_out **out, const char *exchange, c
             a = &own;
         }
     }
-    bool with_time = a && m->timestamp <= MB_AMQP_MAX_RFC3339_MS;
+    bool with_time = a && m->timestamp <= MB_CE_MAX_TIME_MS;
     size_t srclen = a && a->source ? strlen(a->source) : 0;
     size_t typelen = a && a->type ? strlen(a->type) : 0;
     size_t subjlen = a && a->subject ? strlen(a->subject) : 0;
@@ -461,7 +459,7 @@ static msgbus_err_t mb_amqp_received_ce(msgbus_msg_t *m, const char *name, size_
     if (mb_amqp_name_is(name, n, "time") && v->kind != AMQP_FIELD_KIND_UTF8 &&
         v->kind != AMQP_FIELD_KIND_BYTES && mb_amqp_field_int(v, &ms)) {
         bool secs = v->kind == AMQP_FIELD_KIND_TIMESTAMP;
-        if (ms >= 0 && ms <= (secs ? MB_AMQP_MAX_RFC3339_MS / 1000 : MB_AMQP_MAX_RFC3339_MS) &&
+        if (ms >= 0 && ms <= (secs ? MB_CE_MAX_TIME_MS / 1000 : MB_CE_MAX_TIME_MS) &&
             !(secs && v->value.u64 > (uint64_t)INT64_MAX)) {
             mb_rfc3339_format(secs ? ms * 1000 : ms, buf);
             return mb_msg_received_ce(m, name, n, buf, strlen(buf));

@@ -273,6 +273,8 @@ MB_HIDDEN int64_t mb_bus_close_deadline(const msgbus_t *bus, long timeout_ms);
  * On receive, a backend hands every attribute under any prefix it reads
  * to mb_msg_received_ce and then calls mb_msg_ce_unpack (core/msg.h). */
 enum mb_ce_mode { MB_CE_BINARY = 0, MB_CE_STRUCTURED, MB_CE_OFF };
+/* 9999-12-31T23:59:59.999Z: RFC 3339 has no later time. */
+#define MB_CE_MAX_TIME_MS 253402300799999LL
 MB_HIDDEN enum mb_ce_mode mb_bus_ce_mode(const msgbus_t *bus);
 /* The attribute values to write for `m` published to `topic`. Strings
  * point into m, the bus or topic (valid during the publish call). */
@@ -281,7 +283,8 @@ struct mb_ce_attrs {
     const char *source;          /* m's own, else the bus's ce_source */
     const char *type;            /* m's own, else the topic */
     const char *subject;         /* NULL: none */
-    char time[32];               /* RFC 3339 (UTC, ms) of m->timestamp */
+    char time[32];               /* RFC 3339 (UTC, ms) of m->timestamp; ""
+                                    past MB_CE_MAX_TIME_MS (write no time) */
     const char *datacontenttype; /* the content-type header, NULL: none */
 };
 MB_HIDDEN void mb_ce_attrs(const msgbus_t *bus, const char *topic, const msgbus_msg_t *m,

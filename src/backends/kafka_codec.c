@@ -117,7 +117,7 @@ msgbus_err_t mb_kafka_encode(const msgbus_t *bus, const char *topic, const msgbu
             ok = mb_kafka_add(h, sz, "ce_id", 5, a.id, strlen(a.id));
         ok = ok && mb_kafka_add(h, sz, "ce_source", 9, a.source, strlen(a.source)) &&
              mb_kafka_add(h, sz, "ce_type", 7, a.type, strlen(a.type)) &&
-             mb_kafka_add(h, sz, "ce_time", 7, a.time, strlen(a.time));
+             (!a.time[0] || mb_kafka_add(h, sz, "ce_time", 7, a.time, strlen(a.time)));
         if (ok && a.subject)
             ok = mb_kafka_add(h, sz, "ce_subject", 10, a.subject, strlen(a.subject));
         break;

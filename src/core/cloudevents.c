@@ -218,7 +218,11 @@ void mb_ce_attrs(const msgbus_t *bus, const char *topic, const msgbus_msg_t *m,
     out->source = m->ce_source ? m->ce_source : bus->ce_source;
     out->type = m->ce_type ? m->ce_type : topic;
     out->subject = m->ce_subject;
-    mb_rfc3339_format(m->timestamp >= 0 ? m->timestamp : 0, out->time);
+    /* RFC 3339 has four-digit years: a later timestamp has no time. */
+    if (m->timestamp <= MB_CE_MAX_TIME_MS)
+        mb_rfc3339_format(m->timestamp >= 0 ? m->timestamp : 0, out->time);
+    else
+        out->time[0] = '\0';
     out->datacontenttype = msgbus_msg_header(m, "content-type");
 }
 
@@ -327,7 +331,8 @@ msgbus_err_t mb_ce_structured(const msgbus_t *bus, const char *topic, const msgb
         json_object_set_new(o, "id", json_string(a.id));
     json_object_set_new(o, "source", json_string(a.source));
     json_object_set_new(o, "type", json_string(a.type));
-    json_object_set_new(o, "time", json_string(a.time));
+    if (a.time[0])
+        json_object_set_new(o, "time", json_string(a.time));
     if (a.subject)
         json_object_set_new(o, "subject", json_string(a.subject));
     if (a.datacontenttype)

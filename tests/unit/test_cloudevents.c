@@ -106,6 +106,18 @@ START_TEST(a_publish_writes_the_defaults_or_the_message_own)
     ck_assert_str_eq(a.source, "//own");
     ck_assert_str_eq(a.subject, "s");
     ck_assert_str_eq(a.datacontenttype, "text/plain");
+    /* Past year 9999 RFC 3339 has no form: no time is written. */
+    tu_ck_ok(msgbus_msg_set_timestamp(m, MB_CE_MAX_TIME_MS + 1));
+    mb_ce_attrs(bus, "orders", m, &a);
+    ck_assert_str_eq(a.time, "");
+    char *json = NULL;
+    size_t jlen = 0;
+    tu_ck_ok(mb_ce_structured(bus, "orders", m, &json, &jlen));
+    ck_assert_msg(!strstr(json, "\"time\""), "%s", json);
+    free(json);
+    tu_ck_ok(msgbus_msg_set_timestamp(m, MB_CE_MAX_TIME_MS));
+    mb_ce_attrs(bus, "orders", m, &a);
+    ck_assert_str_eq(a.time, "9999-12-31T23:59:59.999Z");
     const char *attr;
     ck_assert(mb_ce_extension_header("ce_traceparent", &attr) && strcmp(attr, "traceparent") == 0);
     ck_assert(!mb_ce_extension_header("ce_type", &attr));
