@@ -43,8 +43,11 @@
  * auto commit and offset store off, queued.min.messages=1000000; both
  * sides' non-default properties are printed once, "config ...", msgbus's
  * from its debug log) and produces the same record: the payload, the
- * key-less partitioner, and the 36-byte id header (ce_id) msgbus adds to
- * every message. On consume the raw loop reads that id header from each
+ * key-less partitioner, and the CloudEvents headers msgbus writes on every
+ * message by default (ce_specversion, the 36-byte ce_id, ce_source,
+ * ce_type, ce_time; the time formatted once per second, as msgbus caches
+ * it). Bench msgbus's bare record with ?cloudevents=off in the URL (the raw
+ * side then still writes the five: compare with care). On consume the raw loop reads that id header from each
  * record, as a raw user who wants message ids must (msgbus hands every
  * received message its id).
  */
@@ -77,7 +80,7 @@ static int g_nprops;
 static const char *const g_msgbus_opts[] = {
     "partitions", "replication_factor", "connect_timeout_ms", "subscribe_timeout_ms",
     "commit_interval_ms", "create_topics", "max_unacked", "close_timeout_ms",
-    "stats_interval_ms", NULL};
+    "stats_interval_ms", "cloudevents", "ce_source", NULL};
 static long g_n = 200000;
 static int g_rounds = 3;
 static const char *g_filter = "";
@@ -249,12 +252,32 @@ static void raw_produce_all(rd_kafka_t *rk, const char *topic, size_t size, long
 {
     char *payload = calloc(1, size);
     memset(payload, 'r', size);
+    char source[300], host[256] = "localhost";
+    gethostname(host, sizeof host);
+    host[sizeof host - 1] = '\0';
+    snprintf(source, sizeof source, "//%s/bench_kafka", host);
+    char when[40] = "";
+    time_t when_s = 0;
     for (long i = 0; i < n; i++) {
-        /* Same record as msgbus: payload plus a 36-byte ce_id header. */
+        /* Same record as msgbus: payload plus its CloudEvents headers. */
         char id[64];
         snprintf(id, sizeof id, "0190a1b2-c3d4-7e5f-8a9b-%012ld", i % 1000000000000L);
-        rd_kafka_headers_t *h = rd_kafka_headers_new(1);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        if (ts.tv_sec != when_s) {
+            struct tm tm;
+            gmtime_r(&ts.tv_sec, &tm);
+            strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+            when_s = ts.tv_sec;
+        }
+        char time_ms[48];
+        snprintf(time_ms, sizeof time_ms, "%s.%03dZ", when, (int)(ts.tv_nsec / 1000000));
+        rd_kafka_headers_t *h = rd_kafka_headers_new(5);
+        rd_kafka_header_add(h, "ce_specversion", 14, "1.0", 3);
         rd_kafka_header_add(h, "ce_id", 5, id, -1);
+        rd_kafka_header_add(h, "ce_source", 9, source, -1);
+        rd_kafka_header_add(h, "ce_type", 7, topic, -1);
+        rd_kafka_header_add(h, "ce_time", 7, time_ms, -1);
         rd_kafka_resp_err_t err;
         for (;;) {
             err = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic),
