@@ -132,8 +132,6 @@ static bool mb_amqp_ce_core(const char *name, size_t n)
     return false;
 }
 
-/* A timestamp past MB_CE_MAX_TIME_MS (backend.h) has no cloudEvents_time:
- * RFC 3339 cannot write it, and the attribute is optional. */
 /* What the encoder does with one application header. */
 enum mb_amqp_hdr { MB_AMQP_HDR_PLAIN, MB_AMQP_HDR_SKIP, MB_AMQP_HDR_EXT };
 
@@ -198,6 +196,8 @@ msgbus_err_t mb_amqp_out_build(struct mb_amqp_out **out, const char *exchange, c
             a = &own;
         }
     }
+    /* A timestamp past MB_CE_MAX_TIME_MS (backend.h) has no
+     * cloudEvents_time: RFC 3339 cannot write it, and it is optional. */
     bool with_time = a && m->timestamp <= MB_CE_MAX_TIME_MS;
     size_t srclen = a && a->source ? strlen(a->source) : 0;
     size_t typelen = a && a->type ? strlen(a->type) : 0;
