@@ -27,6 +27,7 @@
 
 #include "core/internal.h"
 #include "testutil.h"
+#include "tu_kafka_raw.h"
 
 /* host:port list of the test broker, from its URL. */
 static const char *hosts(void)
@@ -64,87 +65,10 @@ static void publish_one(msgbus_t *bus, const char *topic, msgbus_msg_t *m)
 
 /* ---- a plain consumer's view ----------------------------------------------- */
 
-#define RAW_HDRS 16
-struct raw_rec {
-    char *value, *key;
-    size_t len;
-    int64_t ts;
-    int nh;
-    char *hn[RAW_HDRS], *hv[RAW_HDRS];
-};
-
-static void raw_free(struct raw_rec *r, int n)
+/* raw_read: the first `n` records of partition 0 of `topic`. */
+static void raw_read(const char *topic, int n, struct tu_raw_rec *out)
 {
-    for (int i = 0; i < n; i++) {
-        free(r[i].value);
-        free(r[i].key);
-        for (int k = 0; k < r[i].nh; k++) {
-            free(r[i].hn[k]);
-            free(r[i].hv[k]);
-        }
-    }
-}
-
-static const char *raw_header(const struct raw_rec *r, const char *name)
-{
-    for (int k = 0; k < r->nh; k++)
-        if (strcmp(r->hn[k], name) == 0)
-            return r->hv[k];
-    return NULL;
-}
-
-static const char *raw_names(const struct raw_rec *r)
-{
-    static char out[1024];
-    out[0] = '\0';
-    for (int k = 0; k < r->nh; k++)
-        snprintf(out + strlen(out), sizeof out - strlen(out), "%s%s", k ? "," : "", r->hn[k]);
-    return out;
-}
-
-/* The first `n` records of partition 0 of `topic`. */
-static void raw_read(const char *topic, int n, struct raw_rec *out)
-{
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set(conf, "bootstrap.servers", hosts(), errstr, sizeof errstr);
-    rd_kafka_conf_set(conf, "group.id", "kafka21-raw-reader", errstr, sizeof errstr);
-    rd_kafka_conf_set(conf, "fetch.wait.max.ms", "10", errstr, sizeof errstr);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
-    ck_assert_msg(rk != NULL, "rd_kafka_new: %s", errstr);
-    rd_kafka_topic_partition_list_t *tl = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(tl, topic, 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
-    ck_assert_int_eq(rd_kafka_assign(rk, tl), 0);
-    rd_kafka_topic_partition_list_destroy(tl);
-    int got = 0;
-    for (int tries = 0; got < n && tries < 300; tries++) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
-        if (!m)
-            continue;
-        if (!m->err) {
-            struct raw_rec *r = &out[got++];
-            memset(r, 0, sizeof *r);
-            r->value = strndup(m->payload ? m->payload : "", m->len);
-            r->len = m->len;
-            if (m->key)
-                r->key = strndup(m->key, m->key_len);
-            r->ts = rd_kafka_message_timestamp(m, NULL);
-            rd_kafka_headers_t *h = NULL;
-            const char *name;
-            const void *v;
-            size_t vn;
-            if (rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR)
-                for (size_t i = 0;
-                     r->nh < RAW_HDRS && !rd_kafka_header_get_all(h, i, &name, &v, &vn); i++) {
-                    r->hn[r->nh] = strdup(name);
-                    r->hv[r->nh++] = strndup(v ? v : "", vn);
-                }
-        }
-        rd_kafka_message_destroy(m);
-    }
-    ck_assert_msg(got == n, "read %d of %d records of %s", got, n, topic);
-    rd_kafka_consumer_close(rk);
-    rd_kafka_destroy(rk);
+    tu_raw_read(hosts(), topic, RD_KAFKA_OFFSET_BEGINNING, n, 300, out);
 }
 
 /* kcat's view of the first record: its headers as kcat -f '%h' prints
@@ -257,26 +181,26 @@ START_TEST(binary_headers_on_the_wire_and_back)
     publish_one(bus, topic, m);
     msgbus_msg_free(m);
 
-    struct raw_rec r[2];
+    struct tu_raw_rec r[2];
     raw_read(topic, 2, r);
-    printf("record 1 headers: %s\n", raw_names(&r[0]));
-    ck_assert_str_eq(raw_names(&r[0]), "ce_specversion,ce_id,ce_source,ce_type,ce_time,"
+    printf("record 1 headers: %s\n", tu_raw_names(&r[0]));
+    ck_assert_str_eq(tu_raw_names(&r[0]), "ce_specversion,ce_id,ce_source,ce_type,ce_time,"
                                        "ce_subject,content-type,ce_traceparent,app");
-    ck_assert_str_eq(raw_header(&r[0], "ce_specversion"), "1.0");
-    ck_assert_str_eq(raw_header(&r[0], "ce_id"), id);
-    ck_assert_str_eq(raw_header(&r[0], "ce_source"), "//kafka21/it");
-    ck_assert_str_eq(raw_header(&r[0], "ce_type"), "com.example.order.created");
-    ck_assert_str_eq(raw_header(&r[0], "ce_subject"), "order/42");
-    ck_assert_str_eq(raw_header(&r[0], "ce_time"), "2025-12-06T05:46:40.123Z");
+    ck_assert_str_eq(tu_raw_header(&r[0], "ce_specversion"), "1.0");
+    ck_assert_str_eq(tu_raw_header(&r[0], "ce_id"), id);
+    ck_assert_str_eq(tu_raw_header(&r[0], "ce_source"), "//kafka21/it");
+    ck_assert_str_eq(tu_raw_header(&r[0], "ce_type"), "com.example.order.created");
+    ck_assert_str_eq(tu_raw_header(&r[0], "ce_subject"), "order/42");
+    ck_assert_str_eq(tu_raw_header(&r[0], "ce_time"), "2025-12-06T05:46:40.123Z");
     ck_assert_int_eq(r[0].ts, 1765000000123);
     ck_assert_str_eq(r[0].key, "o42");
     ck_assert_str_eq(r[0].value, "{\"order\":42}");
-    printf("record 2 headers: %s\n", raw_names(&r[1]));
-    ck_assert_str_eq(raw_names(&r[1]), "ce_specversion,ce_id,ce_source,ce_type,ce_time");
-    ck_assert_str_eq(raw_header(&r[1], "ce_id"), id2);
-    ck_assert_str_eq(raw_header(&r[1], "ce_type"), topic);
-    ck_time_is(raw_header(&r[1], "ce_time"), r[1].ts);
-    raw_free(r, 2);
+    printf("record 2 headers: %s\n", tu_raw_names(&r[1]));
+    ck_assert_str_eq(tu_raw_names(&r[1]), "ce_specversion,ce_id,ce_source,ce_type,ce_time");
+    ck_assert_str_eq(tu_raw_header(&r[1], "ce_id"), id2);
+    ck_assert_str_eq(tu_raw_header(&r[1], "ce_type"), topic);
+    ck_time_is(tu_raw_header(&r[1], "ce_time"), r[1].ts);
+    tu_raw_free(r, 2);
 
     char line[2048], want[2048];
     kcat_headers(topic, line, sizeof line);
@@ -321,11 +245,11 @@ START_TEST(structured_event_on_the_wire_and_back)
     publish_one(bus, topic, m);
     msgbus_msg_free(m);
 
-    struct raw_rec r[1];
+    struct tu_raw_rec r[1];
     raw_read(topic, 1, r);
-    printf("structured headers: %s\nvalue: %s\n", raw_names(&r[0]), r[0].value);
-    ck_assert_str_eq(raw_names(&r[0]), "content-type,app");
-    ck_assert_str_eq(raw_header(&r[0], "content-type"), "application/cloudevents+json");
+    printf("structured headers: %s\nvalue: %s\n", tu_raw_names(&r[0]), r[0].value);
+    ck_assert_str_eq(tu_raw_names(&r[0]), "content-type,app");
+    ck_assert_str_eq(tu_raw_header(&r[0], "content-type"), "application/cloudevents+json");
     ck_assert_str_eq(r[0].key, "o42");
     ck_assert_int_eq(r[0].ts, 1765000000123);
     json_error_t je;
@@ -344,7 +268,7 @@ START_TEST(structured_event_on_the_wire_and_back)
     ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(o, "data"), "order")),
                      42);
     json_decref(o);
-    raw_free(r, 1);
+    tu_raw_free(r, 1);
     char line[2048];
     kcat_headers(topic, line, sizeof line);
     ck_assert_str_eq(line, "content-type=application/cloudevents+json,app=billing");

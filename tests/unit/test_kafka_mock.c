@@ -25,6 +25,7 @@
 #include <jansson.h>
 
 #include "testutil.h"
+#include "tu_kafka_raw.h"
 #include "backends/kafka.h"
 #include "core/bus.h"
 #include "core/internal.h"
@@ -906,92 +907,10 @@ END_TEST
 /* ---- CloudEvents on the wire (issue 21; docs/kafka.md, "What msgbus
  * writes", "What arrives") ---- */
 
-/* One record as a plain librdkafka consumer sees it. */
-#define RAW_HDRS 16
-struct raw_rec {
-    char *value, *key; /* NUL-terminated copies; key NULL when none */
-    size_t len;
-    int64_t ts;
-    int nh;
-    char *hn[RAW_HDRS], *hv[RAW_HDRS];
-};
-
-static void raw_free(struct raw_rec *r, int n)
+/* raw_read: `n` records of partition 0 of `topic` from offset `from`. */
+static void raw_read(struct mock *mk, const char *topic, int64_t from, int n, struct tu_raw_rec *out)
 {
-    for (int i = 0; i < n; i++) {
-        free(r[i].value);
-        free(r[i].key);
-        for (int k = 0; k < r[i].nh; k++) {
-            free(r[i].hn[k]);
-            free(r[i].hv[k]);
-        }
-    }
-}
-
-static const char *raw_header(const struct raw_rec *r, const char *name)
-{
-    for (int k = 0; k < r->nh; k++)
-        if (strcmp(r->hn[k], name) == 0)
-            return r->hv[k];
-    return NULL;
-}
-
-/* The header names of r in wire order, joined by ','. */
-static const char *raw_names(const struct raw_rec *r)
-{
-    static char out[1024];
-    out[0] = '\0';
-    for (int k = 0; k < r->nh; k++)
-        snprintf(out + strlen(out), sizeof out - strlen(out), "%s%s", k ? "," : "", r->hn[k]);
-    return out;
-}
-
-/* Reads partition 0 of `topic` from offset `from`, `n` records. */
-static void raw_read(struct mock *mk, const char *topic, int64_t from, int n, struct raw_rec *out)
-{
-    char errstr[256];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set(conf, "bootstrap.servers", rd_kafka_mock_cluster_bootstraps(mk->mc), errstr,
-                      sizeof errstr);
-    rd_kafka_conf_set(conf, "group.id", "raw-reader", errstr, sizeof errstr);
-    rd_kafka_conf_set(conf, "fetch.wait.max.ms", "10", errstr, sizeof errstr);
-    rd_kafka_conf_set(conf, "log_level", "0", errstr, sizeof errstr);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
-    ck_assert_msg(rk != NULL, "rd_kafka_new: %s", errstr);
-    rd_kafka_topic_partition_list_t *tl = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(tl, topic, 0)->offset = from;
-    ck_assert_int_eq(rd_kafka_assign(rk, tl), 0);
-    rd_kafka_topic_partition_list_destroy(tl);
-    int got = 0;
-    for (int tries = 0; got < n && tries < 100; tries++) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
-        if (!m)
-            continue;
-        if (!m->err) {
-            struct raw_rec *r = &out[got++];
-            memset(r, 0, sizeof *r);
-            r->value = strndup(m->payload ? m->payload : "", m->len);
-            r->len = m->len;
-            if (m->key)
-                r->key = strndup(m->key, m->key_len);
-            r->ts = rd_kafka_message_timestamp(m, NULL);
-            rd_kafka_headers_t *h = NULL;
-            const char *name;
-            const void *v;
-            size_t vn;
-            if (rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR)
-                for (size_t i = 0; r->nh < RAW_HDRS &&
-                                   !rd_kafka_header_get_all(h, i, &name, &v, &vn);
-                     i++) {
-                    r->hn[r->nh] = strdup(name);
-                    r->hv[r->nh++] = strndup(v ? v : "", vn);
-                }
-        }
-        rd_kafka_message_destroy(m);
-    }
-    ck_assert_int_eq(got, n);
-    rd_kafka_consumer_close(rk);
-    rd_kafka_destroy(rk);
+    tu_raw_read(rd_kafka_mock_cluster_bootstraps(mk->mc), topic, from, n, 100, out);
 }
 
 /* Publishes `m` to t1 and waits for its confirm. */
@@ -1055,35 +974,35 @@ START_TEST(binary_publish_writes_ce_headers)
     msgbus_msg_free(m);
     msgbus_close(bus);
 
-    struct raw_rec r[2];
+    struct tu_raw_rec r[2];
     raw_read(&mk, "t1", RD_KAFKA_OFFSET_BEGINNING, 2, r);
-    printf("binary #1 headers: %s\n", raw_names(&r[0]));
+    printf("binary #1 headers: %s\n", tu_raw_names(&r[0]));
     for (int k = 0; k < r[0].nh; k++)
         printf("  %s: %s\n", r[0].hn[k], r[0].hv[k]);
-    ck_assert_str_eq(raw_names(&r[0]),
+    ck_assert_str_eq(tu_raw_names(&r[0]),
                      "ce_specversion,ce_id,ce_source,ce_type,ce_time,content-type,"
                      "ce_traceparent,app");
-    ck_assert_str_eq(raw_header(&r[0], "ce_specversion"), "1.0");
-    ck_assert_str_eq(raw_header(&r[0], "ce_id"), id1);
-    ck_assert_str_eq(raw_header(&r[0], "ce_source"), default_source());
-    ck_assert_str_eq(raw_header(&r[0], "ce_type"), "t1");
-    ck_time_is(raw_header(&r[0], "ce_time"), r[0].ts);
-    ck_assert_str_eq(raw_header(&r[0], "content-type"), "application/json");
-    ck_assert_str_eq(raw_header(&r[0], "ce_traceparent"), "00-abc-def-01");
+    ck_assert_str_eq(tu_raw_header(&r[0], "ce_specversion"), "1.0");
+    ck_assert_str_eq(tu_raw_header(&r[0], "ce_id"), id1);
+    ck_assert_str_eq(tu_raw_header(&r[0], "ce_source"), default_source());
+    ck_assert_str_eq(tu_raw_header(&r[0], "ce_type"), "t1");
+    ck_time_is(tu_raw_header(&r[0], "ce_time"), r[0].ts);
+    ck_assert_str_eq(tu_raw_header(&r[0], "content-type"), "application/json");
+    ck_assert_str_eq(tu_raw_header(&r[0], "ce_traceparent"), "00-abc-def-01");
     ck_assert_str_eq(r[0].value, "{\"a\":1}");
     ck_assert_ptr_null(r[0].key);
 
-    printf("binary #2 headers: %s\n", raw_names(&r[1]));
-    ck_assert_str_eq(raw_names(&r[1]),
+    printf("binary #2 headers: %s\n", tu_raw_names(&r[1]));
+    ck_assert_str_eq(tu_raw_names(&r[1]),
                      "ce_specversion,ce_id,ce_source,ce_type,ce_time,ce_subject");
-    ck_assert_str_eq(raw_header(&r[1], "ce_id"), "order-42");
-    ck_assert_str_eq(raw_header(&r[1], "ce_type"), "com.example.order.created");
-    ck_assert_str_eq(raw_header(&r[1], "ce_source"), "/orders/eu");
-    ck_assert_str_eq(raw_header(&r[1], "ce_subject"), "order 42 \xc3\xa9");
-    ck_assert_str_eq(raw_header(&r[1], "ce_time"), "2023-11-14T22:13:20.123Z");
+    ck_assert_str_eq(tu_raw_header(&r[1], "ce_id"), "order-42");
+    ck_assert_str_eq(tu_raw_header(&r[1], "ce_type"), "com.example.order.created");
+    ck_assert_str_eq(tu_raw_header(&r[1], "ce_source"), "/orders/eu");
+    ck_assert_str_eq(tu_raw_header(&r[1], "ce_subject"), "order 42 \xc3\xa9");
+    ck_assert_str_eq(tu_raw_header(&r[1], "ce_time"), "2023-11-14T22:13:20.123Z");
     ck_assert_int_eq(r[1].ts, 1700000000123);
     ck_assert_str_eq(r[1].key, "k42");
-    raw_free(r, 2);
+    tu_raw_free(r, 2);
     mock_stop(&mk);
 }
 END_TEST
@@ -1114,11 +1033,11 @@ START_TEST(structured_publish_writes_one_json_event)
     msgbus_msg_free(m);
     msgbus_close(bus);
 
-    struct raw_rec r[2];
+    struct tu_raw_rec r[2];
     raw_read(&mk, "t1", RD_KAFKA_OFFSET_BEGINNING, 2, r);
-    printf("structured headers: %s\nvalue: %s\n", raw_names(&r[0]), r[0].value);
-    ck_assert_str_eq(raw_names(&r[0]), "content-type,app");
-    ck_assert_str_eq(raw_header(&r[0], "content-type"), "application/cloudevents+json");
+    printf("structured headers: %s\nvalue: %s\n", tu_raw_names(&r[0]), r[0].value);
+    ck_assert_str_eq(tu_raw_names(&r[0]), "content-type,app");
+    ck_assert_str_eq(tu_raw_header(&r[0], "content-type"), "application/cloudevents+json");
     ck_assert_str_eq(r[0].key, "k1");
     json_error_t je;
     json_t *o = json_loads(r[0].value, 0, &je);
@@ -1138,7 +1057,7 @@ START_TEST(structured_publish_writes_one_json_event)
     json_decref(o);
 
     printf("structured binary data: %s\n", r[1].value);
-    ck_assert_str_eq(raw_names(&r[1]), "content-type");
+    ck_assert_str_eq(tu_raw_names(&r[1]), "content-type");
     ck_assert_ptr_null(r[1].key);
     o = json_loads(r[1].value, 0, &je);
     ck_assert_ptr_nonnull(o);
@@ -1146,7 +1065,7 @@ START_TEST(structured_publish_writes_one_json_event)
     ck_assert_str_eq(json_string_value(json_object_get(o, "data_base64")), "AAEC/w==");
     ck_assert_ptr_null(json_object_get(o, "data"));
     json_decref(o);
-    raw_free(r, 2);
+    tu_raw_free(r, 2);
     mock_stop(&mk);
 }
 END_TEST
@@ -1165,12 +1084,12 @@ START_TEST(off_writes_only_the_id)
     publish_one(bus, "t1", m);
     msgbus_msg_free(m);
     msgbus_close(bus);
-    struct raw_rec r[1];
+    struct tu_raw_rec r[1];
     raw_read(&mk, "t1", RD_KAFKA_OFFSET_BEGINNING, 1, r);
-    printf("off headers: %s\n", raw_names(&r[0]));
-    ck_assert_str_eq(raw_names(&r[0]), "ce_id,content-type");
+    printf("off headers: %s\n", tu_raw_names(&r[0]));
+    ck_assert_str_eq(tu_raw_names(&r[0]), "ce_id,content-type");
     ck_assert_str_eq(r[0].value, "bare");
-    raw_free(r, 1);
+    tu_raw_free(r, 1);
     mock_stop(&mk);
 }
 END_TEST
