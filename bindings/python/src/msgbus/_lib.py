@@ -5,10 +5,13 @@ found but fails to load is an error, never a reason to try the next one):
 
 1. ``$MSGBUS_LIBRARY`` — the path of the library file. When set, it is the
    only candidate.
-2. The install prefix: ``$MSGBUS_PREFIX/lib*`` if set, then the Python
+2. The copy bundled in this package (``msgbus/libmsgbus.so.0``): a wheel
+   built by ``pip install ./bindings/python`` or ``python -m build`` carries
+   the library it was built with (setup.py).
+3. The install prefix: ``$MSGBUS_PREFIX/lib*`` if set, then the Python
    prefix (``sys.prefix/lib*``), ``/usr/local/lib*``, then the dynamic
    linker's own search (``ldconfig`` cache, as ``ctypes.util.find_library``).
-3. The build tree: ``$MSGBUS_BUILD_DIR``, then ``build/`` of the source
+4. The build tree: ``$MSGBUS_BUILD_DIR``, then ``build/`` of the source
    checkout this package was installed from.
 
 :func:`library_info` says which file was loaded and why; when none is found
@@ -229,6 +232,12 @@ def _candidates() -> Tuple[List[Tuple[str, str]], List[str]]:
         return [("MSGBUS_LIBRARY", env)], notes
     notes.append("$MSGBUS_LIBRARY: not set")
     cands: List[Tuple[str, str]] = []
+    # The copy the wheel bundles (setup.py), next to this file.
+    bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBNAME + ".0")
+    if os.path.isfile(bundled):
+        cands.append(("bundled", bundled))
+    else:
+        notes.append("bundled: none in this package")
     prefixes = []
     if os.environ.get("MSGBUS_PREFIX"):
         prefixes.append(os.environ["MSGBUS_PREFIX"])
