@@ -66,7 +66,8 @@ class BuildPy(build_py):
         with open(os.path.join(pkg, "_origin.py"), "w") as f:
             f.write('"""Written at build time by setup.py."""\n')
             f.write(f"SOURCE_TREE = {root!r}\n")
-        lib = _prebuilt(root) or _cmake_build(root, os.path.abspath(self.build_temp))
+        tmp = os.path.abspath(self.get_finalized_command("build").build_temp)
+        lib = _prebuilt(root) or _cmake_build(root, tmp)
         for old in glob.glob(os.path.join(pkg, "libmsgbus.so*")):
             os.remove(old)
         if lib:

@@ -507,7 +507,7 @@ static msgbus_err_t mb_amqp_group_reset(struct mb_backend *be, const char *topic
     if (to->kind != MB_START_LATEST)
         return mb_error(MSGBUS_ERR_UNSUPPORTED, "resetting group '%s' on '%s': %s", group, topic,
                         MB_AMQP_WHY_NO_REPLAY);
-    struct mb_amqp_op *op;
+    struct mb_amqp_op *op = NULL;
     msgbus_err_t e = mb_amqp_topic_op(be, MB_AMQP_OP_GROUP_RESET, topic, group, timeout_ms, &op);
     if (e)
         return e;
@@ -529,7 +529,7 @@ static msgbus_err_t mb_amqp_inspect(struct mb_backend *be, const char *topic, co
     if (!topic)
         return mb_error(MSGBUS_ERR_UNSUPPORTED, "inspecting every topic: %s",
                         MB_AMQP_WHY_NO_LIST);
-    struct mb_amqp_op *op;
+    struct mb_amqp_op *op = NULL;
     msgbus_err_t e = mb_amqp_topic_op(be, MB_AMQP_OP_INSPECT, topic, group, timeout_ms, &op);
     if (e)
         return e;
