@@ -74,6 +74,13 @@ def instrument(tracer_provider=None, propagator=None) -> None:
     otel.instrument(tracer_provider=tracer_provider, propagator=propagator)
 
 
+def __getattr__(name: str):  # PEP 562: msgbus.aio loads asyncio only when used
+    if name == "aio":
+        import importlib
+        return importlib.import_module(".aio", __name__)
+    raise AttributeError(f"module 'msgbus' has no attribute '{name}'")
+
+
 def uninstrument() -> None:
     """Turns tracing off again (spans already started still end)."""
     from . import otel
@@ -81,7 +88,7 @@ def uninstrument() -> None:
 
 
 __all__ = [
-    "Bus", "Delivery", "Message", "Subscription", "inbox", "outbox", "LibraryInfo", "LibraryNotFoundError",
+    "Bus", "Delivery", "Message", "Subscription", "aio", "inbox", "outbox", "LibraryInfo", "LibraryNotFoundError",
     "library_info", "version", "set_log_level", "sync_log_level", "instrument", "uninstrument",
     "State", "StateEvent",
     "MsgbusError", "InvalidError", "InvalidTypeError", "ConfigError", "NoMemoryError", "TimeoutError",

@@ -1,0 +1,339 @@
+"""msgbus.aio — publish/confirm, receive, async for, flush, cancellation,
+many receivers, backpressure and closing, on mem:// and both real brokers.
+Plain asyncio.run: no pytest-asyncio needed."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+import threading
+import time
+
+import pytest
+
+import msgbus
+import msgbus.aio as aio
+from conftest import unique
+
+
+def run(coro, timeout=120.0):
+    """Runs `coro` on a fresh loop, failing (not hanging) after `timeout` s."""
+    async def bounded():
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
+
+
+async def receive_n(sub, n, timeout=30.0):
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        m = await sub.receive(0.5)
+        if m is not None:
+            out.append(m)
+    return out
+
+
+def test_publish_resolves_on_confirm_and_round_trips(url, topic):
+    """await publish returns the id the consumer sees, after the confirm
+    (nothing outstanding then); fields survive; ack settles."""
+    group = unique("g")
+
+    async def main():
+        async with aio.Bus(url) as bus:
+            await bus.declare(topic, group)
+            mid = await bus.publish(topic, b"\x00\xffpayload", key=b"k1",
+                                    headers={"content-type": "text/plain"})
+            assert isinstance(mid, str) and mid
+            assert bus.outstanding == 0
+            async with bus.subscribe(topic, group) as sub:
+                m = await sub.receive(30)
+                assert isinstance(m, msgbus.Message)
+                assert (m.id, m.payload, m.key) == (mid, b"\x00\xffpayload", b"k1")
+                assert m.headers["content-type"] == "text/plain"
+                assert m.attempt == 1 and m.topic == topic and m.group == group
+                m.ack()
+                assert m.settled
+                assert await sub.receive(0.3) is None
+    run(main())
+
+
+def test_async_for_and_flush(url, topic):
+    """publish_nowait many, await flush: every future resolved with its id;
+    async for yields each exactly once and ends when the subscription
+    closes."""
+    group = unique("g")
+    n = 200
+
+    async def main():
+        async with aio.Bus(url) as bus:
+            await bus.declare(topic, group)
+            futs = [bus.publish_nowait(topic, b"m%d" % i) for i in range(n)]
+            await bus.flush(60)
+            assert all(f.done() for f in futs), "flush returned before every confirm"
+            ids = [f.result() for f in futs]
+            assert len(set(ids)) == n
+            assert bus.outstanding == 0
+            got = []
+            async with bus.subscribe(topic, group) as sub:
+                async def consume():
+                    async for m in sub:
+                        got.append(m.id)
+                        m.ack()
+                        if len(got) == n:
+                            asyncio.get_running_loop().call_soon(
+                                asyncio.ensure_future, sub.close())
+                    return "ended"
+                assert await asyncio.wait_for(consume(), 60) == "ended"
+            print(f"\nFIGURE aio async-for {bus.backend}: {len(got)} of {n}")
+            assert sorted(got) == sorted(ids)
+    run(main())
+
+
+def test_gathered_publishes(url, topic):
+    """Concurrent awaited publishes all resolve (they share the confirm
+    round trips)."""
+    async def main():
+        async with aio.Bus(url) as bus:
+            await bus.declare(topic)
+            ids = await asyncio.gather(*(bus.publish(topic, b"x") for _ in range(100)))
+            assert len(set(ids)) == 100
+            assert bus.outstanding == 0
+    run(main())
+
+
+def test_cancelled_receives_lose_nothing(url, topic):
+    """Receivers are cancelled and time out at random while messages
+    arrive; in the end every message was received exactly once."""
+    group = unique("g")
+    n = 300
+    rnd = random.Random(22)
+
+    async def main():
+        async with aio.Bus(url) as bus:
+            await bus.declare(topic, group)
+            async with bus.subscribe(topic, group) as sub:
+                got = collections.Counter()
+                cancels = timeouts = 0
+
+                async def produce():
+                    for i in range(n):
+                        await bus.publish(topic, b"c%d" % i) if i % 50 == 0 else \
+                            bus.publish_nowait(topic, b"c%d" % i)
+                        # a trickle, so that receivers wait and get cancelled
+                        await asyncio.sleep(rnd.choice([0, 0.001, 0.003]))
+                    await bus.flush(60)
+
+                producer = asyncio.ensure_future(produce())
+                deadline = time.monotonic() + 60
+                while sum(got.values()) < n and time.monotonic() < deadline:
+                    t = asyncio.ensure_future(sub.receive(rnd.choice([None, 0.001, 0.05])))
+                    await asyncio.sleep(rnd.choice([0, 0, 0.0005, 0.001]))
+                    if not t.done() and rnd.random() < 0.6:
+                        t.cancel()
+                    try:
+                        m = await t
+                    except asyncio.CancelledError:
+                        cancels += 1
+                        continue
+                    if m is None:
+                        timeouts += 1
+                        continue
+                    got[m.payload] += 1
+                    m.ack()
+                await producer
+                print(f"\nFIGURE aio cancel {bus.backend}: {sum(got.values())} received, "
+                      f"{len(got)} distinct of {n}, {cancels} cancelled, {timeouts} timed out")
+                assert cancels > 0
+                assert len(got) == n, f"{n - len(got)} messages never received"
+                assert max(got.values()) == 1, "a message was received twice"
+                assert await sub.receive(0.5) is None
+    run(main())
+
+
+def test_cancel_after_hand_over_gives_the_message_back(mem_url, topic):
+    """The race itself, made certain: the reader hands a message to a
+    waiting receive, and that task is cancelled before it runs again. The
+    message goes back to the front of the buffer and the next receive
+    gets it."""
+    group = unique("g")
+
+    async def main():
+        async with aio.Bus(mem_url) as bus:
+            await bus.declare(topic, group)
+            async with bus.subscribe(topic, group) as sub:
+                t = asyncio.ensure_future(sub.receive())
+                await asyncio.sleep(0)  # t is waiting now
+                d = bus.sync.publish(topic, b"raced")
+                while not d.done():  # the confirm; the message is in the C queue
+                    bus.sync.poll(0.05)
+                bus._on_readable()  # what the loop does when the fd turns readable
+                t.cancel()  # before t runs: it has the message in hand
+                with pytest.raises(asyncio.CancelledError):
+                    await t
+                assert sub.buffered == 1
+                m = await sub.receive(1)
+                assert m is not None and m.payload == b"raced" and m.attempt == 1
+                m.ack()
+    run(main())
+
+
+def test_many_concurrent_receivers(url, topic):
+    """Twenty tasks receive from one subscription: each message goes to
+    exactly one of them, and the work is spread."""
+    group = unique("g")
+    n, tasks = 400, 20
+
+    async def main():
+        async with aio.Bus(url) as bus:
+            await bus.declare(topic, group)
+            async with bus.subscribe(topic, group) as sub:
+                got = []
+                per = collections.Counter()
+                done = asyncio.Event()
+
+                async def worker(w):
+                    while not done.is_set():
+                        m = await sub.receive(0.2)
+                        if m is None:
+                            continue
+                        got.append(m.id)
+                        per[w] += 1
+                        m.ack()
+                        await asyncio.sleep(0)  # let the others take a turn
+                        if len(got) >= n:
+                            done.set()
+                ws = [asyncio.ensure_future(worker(w)) for w in range(tasks)]
+                await asyncio.sleep(0.05)  # everyone is waiting
+                futs = [bus.publish_nowait(topic, b"w%d" % i) for i in range(n)]
+                await bus.flush(60)
+                ids = [f.result() for f in futs]
+                try:
+                    await asyncio.wait_for(done.wait(), 60)
+                finally:
+                    done.set()
+                    await asyncio.gather(*ws)
+                print(f"\nFIGURE aio receivers {bus.backend}: {len(got)} of {n} over "
+                      f"{len(per)} tasks (max {max(per.values())} per task)")
+                assert sorted(got) == sorted(ids)
+                assert len(per) > 1
+    run(main())
+
+
+def test_buffer_full_pauses_and_nothing_is_lost(url, topic):
+    """With nobody receiving, a subscription holds at most `buffer`
+    messages (the rest wait in the broker/C, paused); receiving then gets
+    every one, once."""
+    group = unique("g")
+    n = 120
+
+    async def main():
+        async with aio.Bus(url) as bus:
+            await bus.declare(topic, group)
+            async with bus.subscribe(topic, group, buffer=10) as sub:
+                futs = [bus.publish_nowait(topic, b"b%d" % i) for i in range(n)]
+                await bus.flush(60)
+                ids = {f.result() for f in futs}
+                for _ in range(20):
+                    await asyncio.sleep(0.05)
+                    assert sub.buffered <= 10
+                got = [m.id for m in await receive_n(sub, n, 60)]
+                for _ in range(2):
+                    assert await sub.receive(0.3) is None
+                assert len(got) == n, f"received {len(got)} of {n}"
+                assert set(got) == ids
+    run(main())
+
+
+def test_close_wakes_receivers_and_redelivers_buffered(mem_url, topic):
+    """Closing a subscription fails its waiting receivers with ClosedError
+    (async for ends); messages it had buffered unsettled are delivered
+    again to the next member."""
+    group = unique("g")
+
+    async def main():
+        async with aio.Bus(mem_url) as bus:
+            await bus.declare(topic, group)
+            sub = await bus.subscribe(topic, group)
+            waiting = asyncio.ensure_future(sub.receive())
+            await asyncio.sleep(0.01)
+            await sub.close()
+            with pytest.raises(msgbus.ClosedError):
+                await waiting
+            with pytest.raises(msgbus.ClosedError):
+                await sub.receive(0)
+            assert [m async for m in sub] == []
+
+            # buffered, never handed out, then closed: redelivered
+            sub = await bus.subscribe(topic, group)
+            for i in range(5):
+                await bus.publish(topic, b"r%d" % i)
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+                if sub.buffered == 5:
+                    break
+            assert sub.buffered == 5
+            await sub.close()
+            async with bus.subscribe(topic, group) as again:
+                got = await receive_n(again, 5, 10)
+                assert sorted(m.payload for m in got) == [b"r%d" % i for i in range(5)]
+                for m in got:
+                    m.ack()
+    run(main())
+
+
+def test_bus_close_resolves_publishes_and_refuses_later_calls(mem_url, topic):
+    async def main():
+        bus = await aio.Bus(mem_url)
+        await bus.declare(topic)
+        futs = [bus.publish_nowait(topic, b"x") for _ in range(10)]
+        sub = await bus.subscribe(topic)
+        waiting = asyncio.ensure_future(sub.receive())
+        await asyncio.sleep(0)
+        await bus.close()
+        await bus.close()  # idempotent
+        for f in futs:
+            await asyncio.wait_for(f, 5)  # confirmed or failed, never left pending
+        with pytest.raises(msgbus.ClosedError):
+            await waiting
+        with pytest.raises(msgbus.ClosedError):
+            await bus.publish(topic, b"late")
+        with pytest.raises(msgbus.ClosedError):
+            bus.subscribe(topic)
+        assert bus.closed
+    run(main())
+
+
+def test_no_thread_per_subscription(mem_url, topic):
+    """Subscriptions and waiting receivers add no threads: one reader on the
+    bus's descriptor serves them all."""
+    async def main():
+        async with aio.Bus(mem_url) as bus:
+            await bus.declare(topic)
+            first = await bus.subscribe(topic)  # warms the executor up
+            before = threading.active_count()
+            subs = [await bus.subscribe(topic) for _ in range(10)]
+            waits = [asyncio.ensure_future(s.receive(5)) for s in subs]
+            await asyncio.sleep(0.05)
+            during = threading.active_count()
+            await bus.publish(topic, b"all")
+            got = await asyncio.gather(*waits)
+            assert all(m is not None and m.payload == b"all" for m in got)
+            assert during <= before, f"{during - before} threads more with 10 subscriptions"
+            for s in subs + [first]:
+                await s.close()
+    run(main())
+
+
+def test_errors_are_the_binding_errors(mem_url, topic):
+    async def main():
+        with pytest.raises(msgbus.ConfigError):
+            await aio.Bus("nosuch://x").open()
+        async with aio.Bus(mem_url) as bus:
+            with pytest.raises(msgbus.InvalidError):
+                await bus.publish("bad topic\n", b"x")
+            with pytest.raises(msgbus.InvalidTypeError):
+                bus.subscribe(topic, buffer="many")
+            with pytest.raises(msgbus.InvalidTypeError):
+                await bus.flush("soon")
+            async with bus.subscribe(topic) as sub:
+                assert await sub.receive(0) is None
+    run(main())
