@@ -19,6 +19,11 @@ HeaderValue = Union[str, bytes]
 
 _WAIT_SLICE_MS = 200  # blocking C waits are cut into slices so Ctrl-C works
 _RECV_BATCH = 64  # messages taken from the C queue per msgbus_receive_batch call
+# Topics publish has checked and encoded (str → its UTF-8 bytes): a service
+# publishes to a handful of topics; the bound keeps a caller that makes a
+# topic per message from growing it without end.
+_topics: Dict[str, bytes] = {}
+_TOPIC_CACHE_MAX = 1024
 
 # The tracer msgbus.instrument() installs (msgbus.otel), None when tracing is
 # off: one global read per publish/receive/settle is all tracing costs then.
@@ -228,55 +233,129 @@ class Delivery:
 _release_lock = threading.Lock()
 
 
+# A received message's fields are read from C when first asked for (one
+# ctypes call each costs about as much as the rest of a receive; a consumer
+# that reads the payload and acks needs none of the others). Each reader
+# takes (lib, ptr); Message.__getattr__ runs it once and stores the value in
+# the slot, so later reads are plain attribute reads. Before the C message
+# is freed while its Python object lives on (Bus.close), every field still
+# unread is read (_materialise): fields stay readable after free.
+def _read_payload(lib: Any, ptr: int) -> bytes:
+    n = c_size_t()
+    p = lib.msgbus_msg_payload(ptr, byref(n))
+    return ctypes.string_at(p, n.value) if n.value else b""
+
+
+def _read_key(lib: Any, ptr: int) -> Optional[bytes]:
+    n = c_size_t()
+    k = lib.msgbus_msg_key(ptr, byref(n))
+    return None if not k else ctypes.string_at(k, n.value)
+
+
+def _read_headers(lib: Any, ptr: int) -> Dict[str, str]:
+    hs: Dict[str, str] = {}
+    cnt = lib.msgbus_msg_header_count(ptr)
+    if cnt:
+        hn, hv = c_char_p(), c_char_p()
+        at = lib.msgbus_msg_header_at
+        for i in range(cnt):
+            if at(ptr, i, byref(hn), byref(hv)) == 0:
+                hs[(hn.value or b"").decode("utf-8", "surrogateescape")] = \
+                    (hv.value or b"").decode("utf-8", "surrogateescape")
+    return hs
+
+
+def _text_reader(fn: str) -> Callable[[Any, int], Optional[str]]:
+    def read(lib: Any, ptr: int) -> Optional[str]:
+        return _dec(getattr(lib, fn)(ptr))
+    return read
+
+
+def _int_reader(fn: str) -> Callable[[Any, int], int]:
+    def read(lib: Any, ptr: int) -> int:
+        return int(getattr(lib, fn)(ptr))
+    return read
+
+
+_FIELDS: Dict[str, Callable[[Any, int], Any]] = {
+    "payload": _read_payload,
+    "key": _read_key,
+    "headers": _read_headers,
+    "id": _text_reader("msgbus_msg_id"),
+    "attempt": _int_reader("msgbus_msg_attempt"),
+    "topic": _text_reader("msgbus_msg_topic"),
+    "group": _text_reader("msgbus_msg_group"),
+    "timestamp": _int_reader("msgbus_msg_timestamp"),
+    "partition": _int_reader("msgbus_msg_partition"),
+    "offset": _int_reader("msgbus_msg_offset"),
+    "redelivered": lambda lib, ptr: bool(lib.msgbus_msg_redelivered(ptr)),
+    "type": _text_reader("msgbus_msg_type"),
+    "source": _text_reader("msgbus_msg_source"),
+    "subject": _text_reader("msgbus_msg_subject"),
+}
+
+
 class Message:
     """A received message.
 
-    Its fields are read once, at receipt: ``payload`` (bytes), ``key``
-    (bytes or None), ``headers`` (dict str → str; values that are not UTF-8
-    keep their bytes as surrogate escapes), ``id``, ``attempt`` (1 on first
-    delivery), ``topic``, ``group`` (None for a broadcast subscriber) and
-    ``timestamp`` (ms since the epoch). Settle it once with :meth:`ack`,
-    :meth:`nack` or :meth:`dead_letter`. A message dropped unsettled is
-    delivered again when its subscription closes.
+    Its fields: ``payload`` (bytes), ``key`` (bytes or None), ``headers``
+    (dict str → str; values that are not UTF-8 keep their bytes as
+    surrogate escapes), ``id``, ``attempt`` (1 on first delivery),
+    ``topic``, ``group`` (None for a broadcast subscriber), ``timestamp``
+    (ms since the epoch), ``partition`` and ``offset`` (Kafka; -1
+    elsewhere), ``redelivered`` (the broker delivered it before:
+    RabbitMQ's flag) and ``type``, ``source``, ``subject`` (its CloudEvents
+    attributes, None when it had none). Each is read from the library the
+    first time it is asked for and is the same value every time after,
+    also once the message is settled or its bus is closed. Settle it once
+    with :meth:`ack`, :meth:`nack` or :meth:`dead_letter`. A message
+    dropped unsettled is delivered again when its subscription closes.
     """
 
     __slots__ = ("_ptr", "payload", "key", "headers", "id", "attempt", "topic", "group",
                  "timestamp", "partition", "offset", "redelivered", "type", "source",
                  "subject", "_settled", "_span", "__weakref__")
 
+    # Declared for type checkers; the values live in the slots above.
+    payload: bytes
+    key: Optional[bytes]
+    headers: Dict[str, str]
+    id: Optional[str]
+    attempt: int
+    topic: Optional[str]
+    group: Optional[str]
+    timestamp: int
+    partition: int
+    offset: int
+    redelivered: bool
+    type: Optional[str]
+    source: Optional[str]
+    subject: Optional[str]
+
     def __init__(self, ptr: int):
-        lib = _lib.load()
+        # The C message stays ours until this object goes (or its bus
+        # closes): an ack settles it but keeps it, so unread fields can
+        # still be read from it.
         self._ptr: Optional[int] = ptr
-        n = c_size_t()
-        p = lib.msgbus_msg_payload(ptr, byref(n))
-        self.payload: bytes = ctypes.string_at(p, n.value) if n.value else b""
-        k = lib.msgbus_msg_key(ptr, byref(n))
-        self.key: Optional[bytes] = None if not k else ctypes.string_at(k, n.value)
-        hs: Dict[str, str] = {}
-        cnt = lib.msgbus_msg_header_count(ptr)
-        if cnt:
-            hn, hv = c_char_p(), c_char_p()
-            for i in range(cnt):
-                if lib.msgbus_msg_header_at(ptr, i, byref(hn), byref(hv)) == 0:
-                    hs[(hn.value or b"").decode("utf-8", "surrogateescape")] = \
-                        (hv.value or b"").decode("utf-8", "surrogateescape")
-        self.headers: Dict[str, str] = hs
-        self.id: Optional[str] = _dec(lib.msgbus_msg_id(ptr))
-        self.attempt: int = lib.msgbus_msg_attempt(ptr)
-        self.topic: Optional[str] = _dec(lib.msgbus_msg_topic(ptr))
-        self.group: Optional[str] = _dec(lib.msgbus_msg_group(ptr))
-        self.timestamp: int = lib.msgbus_msg_timestamp(ptr)
-        #: Kafka: the partition and offset it was read from; -1 elsewhere.
-        self.partition: int = lib.msgbus_msg_partition(ptr)
-        self.offset: int = lib.msgbus_msg_offset(ptr)
-        #: The broker delivered it before (RabbitMQ's redelivered flag).
-        self.redelivered: bool = bool(lib.msgbus_msg_redelivered(ptr))
-        #: Its CloudEvents type, source and subject (None when it had none).
-        self.type: Optional[str] = _dec(lib.msgbus_msg_type(ptr))
-        self.source: Optional[str] = _dec(lib.msgbus_msg_source(ptr))
-        self.subject: Optional[str] = _dec(lib.msgbus_msg_subject(ptr))
         self._settled = False
         self._span: Any = None  # the tracer's process span, ended when settled
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for a slot not yet filled: a field read the first time.
+        read = _FIELDS.get(name)
+        if read is None:
+            raise AttributeError(f"'Message' object has no attribute '{name}'")
+        p = self._ptr
+        if p is None:  # freed before the field was read: cannot happen (see _release)
+            raise AttributeError(f"Message.{name}: the message was released")
+        v = read(_lib.load(), p)
+        object.__setattr__(self, name, v)
+        return v
+
+    def _materialise(self) -> None:
+        """Reads every field not read yet (before the C message goes)."""
+        for name in _FIELDS:
+            getattr(self, name)
 
     def _end_span(self, how: str, reason: Optional[str] = None,
                   exc: Optional[BaseException] = None) -> None:
@@ -287,7 +366,11 @@ class Message:
             except Exception:
                 _log.logger.exception("tracer: ending the process span failed")
 
-    def _release(self) -> None:
+    def _release(self, keep_fields: bool = True) -> None:
+        """Frees the C message; with `keep_fields`, reads the fields not read
+        yet first (the object lives on: Bus.close, nack, dead_letter)."""
+        if keep_fields and self._ptr is not None:
+            self._materialise()
         with _release_lock:
             p, self._ptr = self._ptr, None
         if p:
@@ -297,18 +380,22 @@ class Message:
 
     def __del__(self) -> None:
         try:
-            self._release()
+            self._release(False)  # nobody can read its fields any more
         except Exception:
             pass
 
     def _settle(self, fn: Callable[[int], int], what: str,
                 reason: Optional[str] = None) -> None:
+        if self._settled:
+            from .errors import StateError
+            raise StateError(f"{what}: the message was already settled")
         p = self._ptr
         if p is None:
-            if self._settled:
-                from .errors import StateError
-                raise StateError(f"{what}: the message was already settled")
             raise ClosedError(f"{what}: the message's bus is closed (it will be delivered again)")
+        if what != "ack":
+            # A nacked message may come back through the core's retry as
+            # the same C message with new fields: keep what was received.
+            self._materialise()
         try:
             check(fn(p))
         except MsgbusError as e:
@@ -318,7 +405,11 @@ class Message:
         self._settled = True
         if self._span is not None:
             self._end_span(what, reason)
-        self._release()  # the core keeps what it still needs (refs)
+        if what != "ack":
+            self._release(False)  # the core keeps what it still needs (refs)
+        # An acked message stays ours until this object goes (or its bus
+        # closes), so its fields not read yet can still be read: a free now
+        # would mean reading all of them first, the cost laziness avoids.
 
     def ack(self) -> None:
         """Done: never deliver it again. Never blocks on the network.
@@ -700,9 +791,27 @@ class Bus:
         :class:`InvalidError` for a bad topic or header name.
         """
         lib = _lib.load()
-        bus = self._p()
-        tb = _check.text(topic, "topic")
-        m = build_message(payload, key, headers, id, timestamp, type, source, subject)
+        bus = self._ptr
+        if bus is None:
+            raise ClosedError("the bus is closed")
+        exact = topic.__class__ is str
+        tb = _topics.get(topic) if exact else None
+        if tb is None:
+            tb = _check.text(topic, "topic")
+            if exact:
+                if len(_topics) >= _TOPIC_CACHE_MAX:
+                    _topics.clear()
+                _topics[topic] = tb  # type: ignore[assignment]
+        if key is None and headers is None and id is None and timestamp is None \
+                and type is None and source is None and subject is None:
+            # The common case, without build_message's general path (lists
+            # and checks of arguments that are not there).
+            pb = payload if payload.__class__ is bytes else _check.data(payload, "payload")
+            out = c_void_p()
+            check(lib.msgbus_msg_new(byref(out), pb, len(pb)))
+            m = out.value or 0
+        else:
+            m = build_message(payload, key, headers, id, timestamp, type, source, subject)
         span = None
         try:
             mid = lib.msgbus_msg_id(m).decode()
