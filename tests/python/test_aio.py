@@ -337,3 +337,64 @@ def test_errors_are_the_binding_errors(mem_url, topic):
             async with bus.subscribe(topic) as sub:
                 assert await sub.receive(0) is None
     run(main())
+
+
+def test_outbox_and_inbox_from_async_code(url, topic, tmp_path):
+    """The pattern of docs/python.md ("Outbox and inbox from async code"):
+    one executor thread owns the sqlite3 connection; outbox.put and
+    Inbox.handle run there; the C relay publishes into the aio bus; each
+    message is applied once, a duplicate is absorbed."""
+    import concurrent.futures
+    import sqlite3
+    from msgbus import outbox
+    from msgbus.inbox import Inbox, Outcome
+    group = unique("g")
+    path = str(tmp_path / "app.db")
+    n = 20
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        db_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        db = await loop.run_in_executor(db_thread, sqlite3.connect, path)
+
+        def setup():
+            db.execute("CREATE TABLE orders (id TEXT PRIMARY KEY)")
+            db.execute("CREATE TABLE ledger (order_id TEXT PRIMARY KEY)")
+            outbox.create_table(db)
+            db.commit()
+            return Inbox(db, "billing")
+        inbox = await loop.run_in_executor(db_thread, setup)
+
+        def place_order(order_id):
+            with db:  # one transaction: the order and its message
+                db.execute("INSERT INTO orders VALUES (?)", (order_id,))
+                return outbox.put(db, topic, order_id.encode(), key=order_id)
+
+        def apply(m):
+            db.execute("INSERT INTO ledger VALUES (?)", (m.payload.decode(),))
+
+        async with aio.Bus(url) as bus:
+            await bus.declare(topic, group)
+            ids = [await loop.run_in_executor(db_thread, place_order, f"o{i}") for i in range(n)]
+            relay = outbox.Relay.sqlite(path, bus.sync)
+            try:
+                sent = 0
+                for _ in range(20):
+                    sent += await loop.run_in_executor(None, relay.run_once, 500, 30.0)
+                    if sent >= n:
+                        break
+                assert sent == n
+            finally:
+                relay.close()
+            await bus.publish(topic, b"o0", id=ids[0])  # a duplicate of the first
+            outcomes = collections.Counter()
+            async with bus.subscribe(topic, group) as sub:
+                for m in await receive_n(sub, n + 1, 60):
+                    outcomes[await loop.run_in_executor(db_thread, inbox.handle, m, apply)] += 1
+            rows = await loop.run_in_executor(
+                db_thread, lambda: db.execute("SELECT count(*) FROM ledger").fetchone()[0])
+            await loop.run_in_executor(db_thread, db.close)
+            db_thread.shutdown()
+            assert outcomes == {Outcome.APPLIED: n, Outcome.DUPLICATE: 1}, outcomes
+            assert rows == n
+    run(main())
