@@ -398,3 +398,22 @@ def test_outbox_and_inbox_from_async_code(url, topic, tmp_path):
             assert outcomes == {Outcome.APPLIED: n, Outcome.DUPLICATE: 1}, outcomes
             assert rows == n
     run(main())
+
+
+def test_publish_waits_for_room_when_the_queue_is_full(broker_url, topic):
+    """queue_max=3: publish_nowait raises QueueFullError (a confirm takes a
+    broker round trip, a publish does not), while 200 gathered publishes
+    wait for confirms to make room and all resolve."""
+    sep = "&" if "?" in broker_url else "?"
+
+    async def main():
+        async with aio.Bus(f"{broker_url}{sep}queue_max=3") as bus:
+            await bus.declare(topic, "g")  # RabbitMQ fails a message no queue took
+            with pytest.raises(msgbus.QueueFullError, match="queue_max=3"):
+                for _ in range(1000):
+                    bus.publish_nowait(topic, b"x")
+            await bus.flush(30)
+            ids = await asyncio.gather(*(bus.publish(topic, b"y") for _ in range(200)))
+            assert len(set(ids)) == 200
+            assert bus.outstanding == 0
+    run(main())

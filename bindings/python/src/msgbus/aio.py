@@ -63,6 +63,7 @@ _PULL = 64  # messages taken from the C queue per msgbus_receive_batch call
 # bus): stop watching it for a moment instead of spinning the loop.
 _IDLE_WAKEUPS = 64
 _IDLE_BACKOFF = 0.01  # seconds
+_ROOM_RECHECK = 0.05  # seconds a publisher waits for room before trying again
 
 
 def _running_loop() -> asyncio.AbstractEventLoop:
@@ -272,9 +273,15 @@ class Bus:
                                           subject=subject)
                 break
             except QueueFullError:
+                # Wait for the reader to serve confirms; but confirms served
+                # elsewhere (a flush or relay on another thread) set nothing
+                # here, so look again after a short while in any case.
                 assert self._room is not None
                 self._room.clear()
-                await self._room.wait()
+                try:
+                    await asyncio.wait_for(self._room.wait(), _ROOM_RECHECK)
+                except asyncio.TimeoutError:
+                    pass
                 self._p()  # closed meanwhile: ClosedError
         return await fut
 
