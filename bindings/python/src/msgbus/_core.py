@@ -111,7 +111,8 @@ def _on_delivery(opaque: Optional[int], report: Any) -> None:
         d = _pending.pop(opaque or 0, None)
         if d is not None:
             r = report.contents
-            d._finish(r.status, r.error)
+            status = r.status
+            d._finish(status, r.error if status else None)  # the text only on failure
     except BaseException:  # pragma: no cover - never let an exception into C
         pass
 
@@ -379,8 +380,16 @@ class Message:
             self._end_span("none")  # freed unsettled: the broker delivers it again
 
     def __del__(self) -> None:
+        # Nobody can read its fields any more, and nobody else can free it:
+        # Bus.close holds a reference while it releases, so it cannot run
+        # at the same time as this (no lock needed).
         try:
-            self._release(False)  # nobody can read its fields any more
+            p = self._ptr
+            if p:
+                self._ptr = None
+                _lib.load().msgbus_msg_free(p)
+            if self._span is not None and not self._settled:
+                self._end_span("none")  # freed unsettled: the broker delivers it again
         except Exception:
             pass
 
@@ -415,7 +424,15 @@ class Message:
         """Done: never deliver it again. Never blocks on the network.
         :class:`StateError` if already settled; :class:`ClosedError` if its
         subscription or bus is closed (the broker delivers it again)."""
-        self._settle(_lib.load().msgbus_ack, "ack")
+        p = self._ptr
+        if p is None or self._settled or self._span is not None:
+            self._settle(_lib.load().msgbus_ack, "ack")  # the errors, or a span to end
+            return
+        rc = _lib.load().msgbus_ack(p)
+        if rc != 0:
+            check(rc)
+        self._settled = True
+        # The C message stays ours (see _settle): fields not read yet can be.
 
     def nack(self, reason: Optional[str] = None) -> None:
         """Failed: deliver it again with ``attempt`` + 1. ``reason`` travels in
@@ -491,7 +508,7 @@ class Subscription:
             n = c_size_t()
             rc = lib.msgbus_receive_batch(p, min(max_n, _RECV_BATCH), ms, self._arr, byref(n))
             if rc == 0:
-                return [int(self._arr[i] or 0) for i in range(n.value)]
+                return self._arr[:n.value]  # ints (a received message is never NULL)
         else:
             out = c_void_p()
             rc = lib.msgbus_receive(p, ms, byref(out))
@@ -505,7 +522,7 @@ class Subscription:
         """The next message, waiting up to `timeout` seconds (None: forever,
         0: do not wait); None when none arrived. :class:`ClosedError` after
         close."""
-        total = _check.timeout_ms(timeout)
+        total = -1 if timeout is None else _check.timeout_ms(timeout)
         while True:
             p = self._ptr
             if p is None:
