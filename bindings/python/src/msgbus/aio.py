@@ -46,7 +46,7 @@ import collections
 import threading
 from typing import Any, Deque, Generator, List, Mapping, Optional
 
-from . import _check
+from . import _check, _log
 from ._core import Bus as SyncBus
 from ._core import Bytes, Delivery, HeaderValue, Message
 from ._core import Subscription as SyncSubscription
@@ -213,13 +213,13 @@ class Bus:
             if served and self._room is not None:
                 self._room.set()  # confirms served: a publisher waiting for room retries
             did += served
-            for s in list(self._subs):
-                did += s._pump()
-        except ClosedError:
-            return
         except Exception:  # never let one error stop the reader
-            from ._log import logger
-            logger.exception("msgbus.aio: serving the bus descriptor failed")
+            _log.logger.exception("msgbus.aio: serving delivery reports failed")
+        for s in list(self._subs):
+            try:
+                did += s._pump()
+            except Exception as e:  # one subscription's error is its receivers'
+                s._fail(e)
         self._after_poll()
         if did:
             self._idle = 0
@@ -501,6 +501,17 @@ class Subscription:
                 break
         self._hand()
         return taken
+
+    def _fail(self, e: BaseException) -> None:
+        """Taking messages from C failed (found by the reader): the waiting
+        receivers get the error, as a sync receive would; the next receive
+        tries again."""
+        if not self._waiters:
+            _log.logger.error("msgbus.aio: receiving on '%s' failed: %s", self.topic, e)
+        while self._waiters:
+            f = self._waiters.popleft()
+            if not f.done():
+                f.set_exception(e)
 
     def _hand(self) -> None:
         while self._buf and self._waiters:
