@@ -505,7 +505,10 @@ class Subscription:
     def _fail(self, e: BaseException) -> None:
         """Taking messages from C failed (found by the reader): the waiting
         receivers get the error, as a sync receive would; the next receive
-        tries again."""
+        tries again. A subscription closed behind our back ends here."""
+        if isinstance(e, ClosedError):
+            self._shut(e)
+            return
         if not self._waiters:
             _log.logger.error("msgbus.aio: receiving on '%s' failed: %s", self.topic, e)
         while self._waiters:
