@@ -241,16 +241,20 @@ _release_lock = threading.Lock()
 # the slot, so later reads are plain attribute reads. Before the C message
 # is freed while its Python object lives on (Bus.close), every field still
 # unread is read (_materialise): fields stay readable after free.
+# ctypes.string_at without its Python wrapper (a call less per message).
+_string_at = getattr(ctypes, "_string_at", ctypes.string_at)
+
+
 def _read_payload(lib: Any, ptr: int) -> bytes:
     n = c_size_t()
     p = lib.msgbus_msg_payload(ptr, byref(n))
-    return ctypes.string_at(p, n.value) if n.value else b""
+    return _string_at(p, n.value) if n.value else b""
 
 
 def _read_key(lib: Any, ptr: int) -> Optional[bytes]:
     n = c_size_t()
     k = lib.msgbus_msg_key(ptr, byref(n))
-    return None if not k else ctypes.string_at(k, n.value)
+    return None if not k else _string_at(k, n.value)
 
 
 def _read_headers(lib: Any, ptr: int) -> Dict[str, str]:
@@ -307,7 +311,7 @@ class Message:
     elsewhere), ``redelivered`` (the broker delivered it before:
     RabbitMQ's flag) and ``type``, ``source``, ``subject`` (its CloudEvents
     attributes, None when it had none). Each is read from the library the
-    first time it is asked for and is the same value every time after,
+    first time it is asked for (the payload at once) and is the same value every time after,
     also once the message is settled or its bus is closed. Settle it once
     with :meth:`ack`, :meth:`nack` or :meth:`dead_letter`. A message
     dropped unsettled is delivered again when its subscription closes.
@@ -340,6 +344,9 @@ class Message:
         self._ptr: Optional[int] = ptr
         self._settled = False
         self._span: Any = None  # the tracer's process span, ended when settled
+        # Nearly every consumer reads the payload: read at once, it skips the
+        # first-read detour through __getattr__.
+        self.payload = _read_payload(_lib.load(), ptr)
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for a slot not yet filled: a field read the first time.
