@@ -24,6 +24,8 @@ _RECV_BATCH = 64  # messages taken from the C queue per msgbus_receive_batch cal
 # topic per message from growing it without end.
 _topics: Dict[str, bytes] = {}
 _TOPIC_CACHE_MAX = 1024
+# Timeouts (s) receive converts itself: well inside _check.timeout_ms's range.
+_FAST_TIMEOUT_S = 1_000_000
 
 # The tracer msgbus.instrument() installs (msgbus.otel), None when tracing is
 # off: one global read per publish/receive/settle is all tracing costs then.
@@ -247,13 +249,13 @@ _string_at = getattr(ctypes, "_string_at", ctypes.string_at)
 
 def _read_payload(lib: Any, ptr: int) -> bytes:
     n = c_size_t()
-    p = lib.msgbus_msg_payload(ptr, byref(n))
+    p = lib.msgbus_msg_payload(ptr, n)  # ctypes passes n by reference (cheaper than byref)
     return _string_at(p, n.value) if n.value else b""
 
 
 def _read_key(lib: Any, ptr: int) -> Optional[bytes]:
     n = c_size_t()
-    k = lib.msgbus_msg_key(ptr, byref(n))
+    k = lib.msgbus_msg_key(ptr, n)
     return None if not k else _string_at(k, n.value)
 
 
@@ -500,7 +502,7 @@ class Subscription:
 
     def _wrap(self, ptr: int) -> Message:
         m = Message(ptr)
-        self._bus._track(m)
+        self._bus._msgs.add(m)  # Bus._track, without the call
         if _tracer is not None:
             try:
                 m._span = _tracer.received(self._bus, m)
@@ -513,7 +515,7 @@ class Subscription:
         lib = _lib.load()
         if self._batch:
             n = c_size_t()
-            rc = lib.msgbus_receive_batch(p, min(max_n, _RECV_BATCH), ms, self._arr, byref(n))
+            rc = lib.msgbus_receive_batch(p, min(max_n, _RECV_BATCH), ms, self._arr, n)
             if rc == 0:
                 return self._arr[:n.value]  # ints (a received message is never NULL)
         else:
@@ -529,7 +531,12 @@ class Subscription:
         """The next message, waiting up to `timeout` seconds (None: forever,
         0: do not wait); None when none arrived. :class:`ClosedError` after
         close."""
-        total = -1 if timeout is None else _check.timeout_ms(timeout)
+        if timeout is None:
+            total = -1
+        elif timeout.__class__ in (int, float) and 0 <= timeout <= _FAST_TIMEOUT_S:
+            total = int(timeout * 1000 + 0.5)  # what _check.timeout_ms gives, without the call
+        else:
+            total = _check.timeout_ms(timeout)  # the checks and their errors
         while True:
             p = self._ptr
             if p is None:
@@ -832,7 +839,7 @@ class Bus:
             # and checks of arguments that are not there).
             pb = payload if payload.__class__ is bytes else _check.data(payload, "payload")
             out = c_void_p()
-            check(lib.msgbus_msg_new(byref(out), pb, len(pb)))
+            check(lib.msgbus_msg_new(out, pb, len(pb)))  # by reference, as byref(out)
             m = out.value or 0
         else:
             m = build_message(payload, key, headers, id, timestamp, type, source, subject)
