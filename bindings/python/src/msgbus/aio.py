@@ -50,7 +50,7 @@ from . import _check, _log
 from ._core import Bus as SyncBus
 from ._core import Bytes, Delivery, HeaderValue, Message
 from ._core import Subscription as SyncSubscription
-from .errors import ClosedError, QueueFullError
+from .errors import ClosedError, QueueFullError, StateError
 from .errors import TimeoutError as MsgbusTimeoutError
 
 __all__ = ["Bus", "Subscription", "DEFAULT_BUFFER"]
@@ -101,8 +101,10 @@ class Bus:
     async def open(self) -> "Bus":
         """Opens the bus (in the loop's executor: connecting may take a
         while) and starts watching its descriptor. Returns the bus."""
-        if self._sync is not None or self._closing:
-            raise ClosedError("aio.Bus.open: a Bus opens once")
+        if self._closing:
+            raise ClosedError("aio.Bus.open: the bus was closed (a Bus opens once)")
+        if self._sync is not None:
+            raise StateError("aio.Bus.open: the bus is open already")
         loop = _running_loop()
         sync = await loop.run_in_executor(None, SyncBus, self._url)
         self._loop, self._loop_thread = loop, threading.get_ident()
@@ -126,8 +128,12 @@ class Bus:
         if sync is None:
             return
         self._unwatch()
+        subs = []
         for s in list(self._subs):
             s._shut(ClosedError("the bus was closed"))
+            if s._sync is not None:
+                subs.append(s._sync)
+                s._sync = None
         for f in self._flushers:
             if not f.done():
                 f.set_exception(ClosedError("the bus was closed before the flush ended"))
@@ -135,8 +141,6 @@ class Bus:
         if self._room is not None:
             self._room.set()  # publishers waiting for room see the bus closed
         loop = _running_loop()
-        subs = [s._sync for s in self._subs if s._sync is not None]
-        self._subs.clear()
 
         def close_all() -> None:
             for s in subs:
@@ -402,8 +406,10 @@ class Subscription:
     # -- opening and closing
     async def open(self) -> "Subscription":
         """Subscribes (in the executor). Returns the subscription."""
-        if self._sync is not None or self._closed is not None:
-            raise ClosedError(f"subscription to '{self.topic}': it opens once")
+        if self._closed is not None:
+            raise ClosedError(f"subscription to '{self.topic}' is closed")
+        if self._sync is not None:
+            raise StateError(f"subscription to '{self.topic}' is open already")
         bus = self._bus._p()
         sync = await _running_loop().run_in_executor(
             None, bus.subscribe, self.topic, self.group, self._options)
