@@ -38,7 +38,8 @@ assert "msgbus/libmsgbus.so.0" in names, f"the wheel bundles no library: {names}
 assert "msgbus/py.typed" in names
 print("wheel: bundles msgbus/libmsgbus.so.0,", len(names), "files")
 PY
-tar tzf "$sdist" | grep -q 'msgbus-.*/src/msgbus/_core.py' || { echo "check_wheel: sdist lacks the package" >&2; exit 1; }
+listing=$(tar tzf "$sdist") # (grep -q on a pipe would cut tar short under pipefail)
+grep -q 'msgbus-.*/src/msgbus/_core.py' <<<"$listing" || { echo "check_wheel: sdist lacks the package" >&2; exit 1; }
 python3 -m venv "$tmp/venv"
 "$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$wheel"
 env -u MSGBUS_LIBRARY -u MSGBUS_BUILD_DIR -u MSGBUS_PREFIX -u PYTHONPATH \
