@@ -402,12 +402,13 @@ def one(url: str, broker: str, what: str, size: int, batch: int, side: str, n: i
     topic = _unique(f"{side}-{what}-{size}")
     group = _unique("g")
     murl = url if broker == "kafka" else url + ("&" if "?" in url else "?") + "confirm_window=1000"
+    surl = murl if side == "msgbus" else url  # the peer's URL without msgbus's options
     if what == "produce":
         # RabbitMQ keeps persistent messages only where a queue is bound
-        return run_child("produce", side, murl, topic, n, size,
+        return run_child("produce", side, surl, topic, n, size,
                          group if broker == "amqp" else "", batch)
     run_child("fill", "msgbus", murl, topic, n, size, group, batch)
-    return run_child("consume", side, murl, topic, n, size, group, batch)
+    return run_child("consume", side, surl, topic, n, size, group, batch)
 
 
 def main() -> int:
