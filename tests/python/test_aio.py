@@ -238,11 +238,13 @@ def test_buffer_full_pauses_and_nothing_is_lost(url, topic):
                     assert sub.buffered <= 10
                     full = max(full, sub.buffered)
                 assert full == 10, f"the buffer never filled ({full})"
+                assert sub.sync.paused, "a full buffer with more waiting did not pause"
                 got = [m.id for m in await receive_n(sub, n, 60)]
                 for _ in range(2):
                     assert await sub.receive(0.3) is None
                 assert len(got) == n, f"received {len(got)} of {n}"
                 assert set(got) == ids
+                assert not sub.sync.paused
     run(main())
 
 

@@ -33,9 +33,10 @@ out ``receive`` never drops a message. Messages still buffered when the
 subscription closes are released unsettled: the broker delivers them again.
 
 Backpressure: a subscription buffers at most ``buffer`` messages (default
-1000). When the buffer is full and more wait in C, the subscription is
-paused (``msgbus_sub_pause``: the descriptor stops counting them) and
-resumed when receivers have taken half of the buffer.
+1000). When the buffer stays full while more wait in C (receivers are not
+taking them), the subscription is paused (``msgbus_sub_pause``: the
+descriptor stops counting them) and resumed when receivers have taken half
+of the buffer.
 
 See docs/python.md, "asyncio".
 """
@@ -63,6 +64,9 @@ _PULL = 64  # messages taken from the C queue per msgbus_receive_batch call
 # bus): stop watching it for a moment instead of spinning the loop.
 _IDLE_WAKEUPS = 64
 _IDLE_BACKOFF = 0.01  # seconds
+# Reader wake-ups in a row that find a subscription's buffer full (and
+# nothing taken from it) before it is paused.
+_PAUSE_AFTER = 8
 _ROOM_RECHECK = 0.05  # seconds a publisher waits for room before trying again
 
 
@@ -400,7 +404,8 @@ class Subscription:
         self._sync: Optional[SyncSubscription] = None
         self._buf: Deque[Message] = collections.deque()
         self._waiters: Deque[asyncio.Future] = collections.deque()
-        self._paused = False  # paused by us: the buffer is full
+        self._paused = False  # paused by us: the buffer stayed full
+        self._full_wakeups = 0  # reader wake-ups in a row that found the buffer full
         self._closed: Optional[BaseException] = None
 
     # -- opening and closing
@@ -492,11 +497,18 @@ class Subscription:
         while not self._paused:
             room = self._max - len(self._buf)
             if room <= 0:
-                # Full, and C may hold more: pause so the descriptor stops
-                # counting them, until receivers make room.
-                sync.pause()
-                self._paused = True
+                # Full, and C may hold more, which keeps the descriptor
+                # readable. While receivers are taking messages the next
+                # wake-up finds room again; when several in a row find none,
+                # pause, so the loop does not spin on the descriptor until
+                # receivers have made room. (Not at once: a pause costs
+                # Kafka its prefetched messages, refetched at resume.)
+                self._full_wakeups += 1
+                if self._full_wakeups >= _PAUSE_AFTER:
+                    sync.pause()
+                    self._paused = True
                 break
+            self._full_wakeups = 0
             got = sync.receive_batch(min(room, _PULL), 0)
             if not got:
                 break
