@@ -422,3 +422,27 @@ def test_publish_waits_for_room_when_the_queue_is_full(broker_url, topic):
             assert len(set(ids)) == 200
             assert bus.outstanding == 0
     run(main())
+
+
+def test_failed_deliveries_fail_their_publishes_and_the_flush(topic):
+    """RabbitMQ refuses a message no queue takes: each publish future fails
+    with BrokerError and the flush raises DeliveryError counting them, as
+    the sync flush does."""
+    from conftest import need_url
+    url = need_url("amqp")
+
+    async def main():
+        async with aio.Bus(url) as bus:
+            futs = [bus.publish_nowait(topic, b"nobody") for _ in range(5)]
+            with pytest.raises(msgbus.DeliveryError) as ei:
+                await bus.flush(30)
+            assert ei.value.failed == 5
+            for f in futs:
+                assert isinstance(f.exception(), msgbus.BrokerError)
+            with pytest.raises(msgbus.BrokerError):
+                await bus.publish(topic, b"nobody")
+            with pytest.raises(msgbus.DeliveryError) as ei:
+                await bus.flush(30)
+            assert ei.value.failed == 1  # since the previous flush
+            await bus.flush(30)
+    run(main())

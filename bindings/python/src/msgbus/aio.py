@@ -329,22 +329,28 @@ class Bus:
         `timeout` seconds (None: no limit) pass first."""
         ms = _check.timeout_ms(timeout)
         bus = self._p()
-        if bus.outstanding > 0:
-            loop = _running_loop()
+        loop = _running_loop()
+        deadline = None if ms < 0 else loop.time() + ms / 1000.0
+        while bus.outstanding > 0:
+            # The reader resolves `fut` when it served the last confirm; but
+            # confirms served on another thread (a relay's run_once, a sync
+            # flush) wake no reader, so look again every _ROOM_RECHECK.
+            left = _ROOM_RECHECK if deadline is None else min(_ROOM_RECHECK,
+                                                              deadline - loop.time())
+            if left <= 0:
+                raise MsgbusTimeoutError(
+                    f"flush: {bus.outstanding} messages still await their confirm "
+                    f"after {timeout} s")
             fut: asyncio.Future = loop.create_future()
             self._flushers.append(fut)
             try:
-                if ms < 0:
-                    await fut
-                else:
-                    await asyncio.wait_for(asyncio.shield(fut), ms / 1000.0)
+                await asyncio.wait_for(fut, left)
             except asyncio.TimeoutError:
-                raise MsgbusTimeoutError(
-                    f"flush: {self._p().outstanding} messages still await their confirm "
-                    f"after {timeout} s") from None
+                pass
             finally:
                 if fut in self._flushers:
                     self._flushers.remove(fut)
+            bus = self._p()  # closed meanwhile: ClosedError
         # Nothing outstanding: the C flush returns at once, serves what is
         # left and reports the failures since the previous flush.
         self._p().flush(0)
