@@ -446,3 +446,10 @@ def test_failed_deliveries_fail_their_publishes_and_the_flush(topic):
             assert ei.value.failed == 1  # since the previous flush
             await bus.flush(30)
     run(main())
+
+
+def test_module_docstring_example_runs():
+    """What help(msgbus.aio) shows runs as written."""
+    import doctest
+    res = doctest.testmod(aio)
+    assert res.attempted > 0 and res.failed == 0
