@@ -7,8 +7,9 @@ Where the library comes from, first found:
      build's temporary directory — what makes `pip install ./bindings/python`
      work on a fresh machine with the build dependencies installed
      (scripts/deps);
-  4. none: the package then loads the installed libmsgbus from the standard
-     places at import time (an sdist built away from the checkout).
+  4. none (also with MSGBUS_NO_BUNDLE=1): the package then loads the
+     installed libmsgbus from the standard places at import time (an sdist
+     built away from the checkout).
 It is copied into the package as msgbus/libmsgbus.so.0 and found there
 first (src/msgbus/_lib.py). The source checkout is also recorded, so a
 package installed from it can fall back to its build/ directory."""
@@ -67,7 +68,12 @@ class BuildPy(build_py):
             f.write('"""Written at build time by setup.py."""\n')
             f.write(f"SOURCE_TREE = {root!r}\n")
         tmp = os.path.abspath(self.get_finalized_command("build").build_temp)
-        lib = _prebuilt(root) or _cmake_build(root, tmp)
+        # MSGBUS_NO_BUNDLE=1: a package that loads the installed or built
+        # library from the standard places (scripts/test-python's, whose
+        # tests check that search order).
+        lib = None
+        if os.environ.get("MSGBUS_NO_BUNDLE") != "1":
+            lib = _prebuilt(root) or _cmake_build(root, tmp)
         for old in glob.glob(os.path.join(pkg, "libmsgbus.so*")):
             os.remove(old)
         if lib:
