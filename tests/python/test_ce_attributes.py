@@ -58,3 +58,4 @@ def test_bad_values_are_refused(mem_url):
         msgbus.Bus(f"{mem_url}?cloudevents=sometimes")
     with pytest.raises(msgbus.ConfigError, match="ce_source"):
         msgbus.Bus(f"{mem_url}?ce_source=a%0Ab")
+

@@ -345,3 +345,18 @@ def test_bus_close_stops_its_background_relay(app_db, mem_url, topic):
     bus.close()  # must stop the relay thread before msgbus_close
     with pytest.raises(msgbus.ClosedError):
         relay.stats()
+
+
+def test_an_async_psycopg_connection_is_refused():
+    """psycopg's AsyncConnection.execute returns a coroutine: the outbox and
+    inbox would write nothing, so they refuse it (by type, before any SQL)."""
+    from msgbus import _sql
+
+    class AsyncConnection:  # stands for psycopg.AsyncConnection (same module and name)
+        pass
+
+    AsyncConnection.__module__ = "psycopg.connection_async"
+    with pytest.raises(msgbus.InvalidTypeError, match="asynchronous"):
+        _sql.kind(AsyncConnection())
+    with pytest.raises(msgbus.InvalidTypeError, match="asynchronous"):
+        msgbus.outbox.put(AsyncConnection(), "t", b"x")

@@ -22,6 +22,13 @@ def kind(conn: Any) -> str:
         return "sqlite"
     mod = type(conn).__module__
     if mod.startswith("psycopg"):
+        if "Async" in type(conn).__name__:
+            # Its execute() returns a coroutine: called from here nothing
+            # would be written, silently (docs/python.md, asyncio).
+            raise InvalidTypeError(
+                f"connection: {mod}.{type(conn).__name__} is asynchronous; use a synchronous "
+                "psycopg connection in an executor (docs/python.md, \"Outbox and inbox from "
+                "async code\")")
         return "pg"
     got = "None" if conn is None else f"{type(conn).__module__}.{type(conn).__name__}"
     raise InvalidTypeError(f"connection: expected a sqlite3 or psycopg connection, got {got}")
