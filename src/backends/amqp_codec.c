@@ -121,17 +121,6 @@ static bool mb_amqp_name_is(const char *name, size_t n, const char *what)
     return strlen(what) == n && strncasecmp(name, what, n) == 0;
 }
 
-/* A context attribute msgbus writes itself (core/cloudevents.c's list). */
-static bool mb_amqp_ce_core(const char *name, size_t n)
-{
-    static const char *const core[] = {"id",      "specversion", "type", "source",
-                                       "subject", "time",        "datacontenttype", NULL};
-    for (size_t i = 0; core[i]; i++)
-        if (mb_amqp_name_is(name, n, core[i]))
-            return true;
-    return false;
-}
-
 /* What the encoder does with one application header. */
 enum mb_amqp_hdr { MB_AMQP_HDR_PLAIN, MB_AMQP_HDR_SKIP, MB_AMQP_HDR_EXT };
 
@@ -148,7 +137,7 @@ static enum mb_amqp_hdr mb_amqp_header_kind(const char *name, enum mb_ce_mode mo
      * the message itself — two ids that disagree make the receiver keep
      * none. As the Kafka encoder does for ce_id. */
     size_t n = strlen(name), pfx = mb_amqp_ce_prefix(name, n);
-    if (pfx && mb_amqp_ce_core(name + pfx, n - pfx))
+    if (pfx && mb_ce_core_attr(name + pfx, n - pfx))
         return MB_AMQP_HDR_SKIP;
     const char *attr;
     if (mode != MB_CE_OFF && mb_ce_extension_header(name, &attr))

@@ -289,6 +289,10 @@ struct mb_ce_attrs {
 };
 MB_HIDDEN void mb_ce_attrs(const msgbus_t *bus, const char *topic, const msgbus_msg_t *m,
                            struct mb_ce_attrs *out);
+/* True when the `n` bytes at `name` (no prefix, any case) are a context
+ * attribute msgbus writes itself: id, specversion, type, source, subject,
+ * time, datacontenttype. */
+MB_HIDDEN bool mb_ce_core_attr(const char *name, size_t n);
 /* True when header `name` is ce_<ext> with <ext> a CloudEvents extension
  * name (a-z 0-9, not a context attribute msgbus writes): *attr = <ext>. */
 MB_HIDDEN bool mb_ce_extension_header(const char *name, const char **attr);

@@ -125,7 +125,7 @@ MSGBUS_API const char *msgbus_msg_subject(const msgbus_msg_t *m)
 static const char *const mb_ce_core[] = {"id",      "specversion", "type", "source",
                                          "subject", "time",        "datacontenttype", NULL};
 
-static bool mb_ce_core_attr(const char *name, size_t n)
+bool mb_ce_core_attr(const char *name, size_t n)
 {
     for (size_t i = 0; mb_ce_core[i]; i++)
         if (strlen(mb_ce_core[i]) == n && strncasecmp(mb_ce_core[i], name, n) == 0)
