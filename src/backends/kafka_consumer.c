@@ -159,6 +159,7 @@ struct mb_backend_sub {
     uint64_t gen_counter;
     bool dirty; /* the commit point moved since the last commit */
     int64_t last_commit_ms;
+    bool commit_failing; /* the last asynchronous commit failed (warned once) */
     /* Delivered and not yet acked, over all partitions: the backend stops
      * fetching (pauses its partitions) at max_unacked, so a backlog is
      * not pulled into memory faster than the application settles it. */
@@ -389,17 +390,56 @@ static void mb_kafka_sub_probe(struct mb_backend_sub *bs)
         mb_kafka_sub_alive(bs);
 }
 
+/* An asynchronous commit's outcome (subscription thread, from its poll).
+ * A failed one (the coordinator moving or still loading its offsets after
+ * a restart, a timeout) puts its points back so the next round commits
+ * them again: else the group keeps the old position until the next ack,
+ * its lag stays up and a restart redelivers what was acked. One warning
+ * per run of failures, one line when commits go through again. */
 static void mb_kafka_offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                       rd_kafka_topic_partition_list_t *offsets, void *opaque)
 {
     (void)rk;
-    (void)offsets;
     struct mb_backend_sub *bs = opaque;
-    if (!err)
+    if (err == RD_KAFKA_RESP_ERR__NO_OFFSET)
+        return;
+    rd_kafka_resp_err_t first = err;
+    int again = 0;
+    pthread_mutex_lock(&bs->mu);
+    for (int k = 0; offsets && k < offsets->cnt; k++) {
+        const rd_kafka_topic_partition_t *e = &offsets->elems[k];
+        if (!err && !e->err)
+            continue;
+        if (!first)
+            first = e->err;
+        if (e->partition < 0 || (size_t)e->partition >= bs->nparts || e->offset < 0 ||
+            strcmp(e->topic, bs->topic) != 0)
+            continue;
+        struct mb_kafka_part *p = &bs->parts[e->partition];
+        /* Only if nothing later was handed over since; an unassigned
+         * partition is skipped by the next round anyway. */
+        if (p->assigned && p->committed == e->offset) {
+            p->committed = e->offset - 1;
+            again++;
+        }
+    }
+    if (again)
+        bs->dirty = true;
+    pthread_mutex_unlock(&bs->mu);
+    if (!first) {
+        if (bs->commit_failing) {
+            bs->commit_failing = false;
+            mb_log(MSGBUS_LOG_INFO, "kafka: commits for group '%s' on '%s' go through again",
+                   bs->group_id, bs->topic);
+        }
         mb_kafka_sub_alive(bs);
-    else if (err != RD_KAFKA_RESP_ERR__NO_OFFSET)
-        mb_log(MSGBUS_LOG_WARN, "kafka: async commit for group '%s' on '%s' failed: %s",
-               bs->group_id, bs->topic, rd_kafka_err2str(err));
+        return;
+    }
+    if (!bs->commit_failing && !atomic_load(&bs->stop))
+        mb_log(MSGBUS_LOG_WARN, "kafka: async commit for group '%s' on '%s' failed: %s; "
+               "retrying every commit_interval_ms while the partitions stay assigned",
+               bs->group_id, bs->topic, rd_kafka_err2str(first));
+    bs->commit_failing = true;
 }
 
 static void mb_kafka_consumer_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)

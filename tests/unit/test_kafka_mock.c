@@ -11,7 +11,7 @@
  * callback exactly once with their real outcome; retriable errors are
  * retried by the idempotent producer without duplicates in the reports;
  * auto.offset.reset is read as the default start position; the capability
- * bits follow the producer's settings.
+ * bits follow the producer's settings; a refused commit is made again.
  */
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -1385,6 +1385,51 @@ START_TEST(foreign_records_decode_right)
 }
 END_TEST
 
+/* A commit the coordinator refuses (after a broker restart: still loading
+ * its offsets; here an error librdkafka does not retry on its own) is made
+ * again at the next round: the group's
+ * committed offset reaches the acked point and the lag goes to 0 without
+ * another ack. */
+START_TEST(refused_commit_is_made_again)
+{
+    struct mock mk;
+    mock_start(&mk, "create_topics=false&fetch.wait.max.ms=10&commit_interval_ms=50");
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    msgbus_sub_t *sub = NULL;
+    tu_ck_ok(msgbus_subscribe(bus, "t1", "gc", &sub));
+    struct tu_reports rp = {0};
+    publish(bus, "t1", 10, &rp);
+    tu_ck_ok(msgbus_flush(bus, 10000, NULL));
+    ck_assert_int_eq(rp.ok, 1);
+    msgbus_msg_t *m = tu_receive(sub, 10000);
+    ck_assert_ptr_nonnull(m);
+    /* More refusals than librdkafka retries on its own. */
+    rd_kafka_mock_push_request_errors(
+        mk.mc, 8 /* OffsetCommit */, 6, RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE,
+        RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE, RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE,
+        RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE, RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE,
+        RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE);
+    tu_ck_ok(msgbus_ack(m));
+    msgbus_msg_free(m);
+    json_int_t lag = -1;
+    int64_t until = tu_now_ms() + 10000;
+    while (tu_now_ms() < until) {
+        json_t *o = tu_stats(bus);
+        json_t *v = tu_json_at(o, "subscriptions.0.lag");
+        lag = json_is_integer(v) ? json_integer_value(v) : -1;
+        json_decref(o);
+        if (lag == 0)
+            break;
+        usleep(50000);
+    }
+    ck_assert_int_eq(lag, 0);
+    msgbus_sub_close(sub);
+    msgbus_close(bus);
+    mock_stop(&mk);
+}
+END_TEST
+
 static Suite *kafka_mock_suite(void)
 {
     Suite *s = suite_create("kafka_mock");
@@ -1406,6 +1451,7 @@ static Suite *kafka_mock_suite(void)
     tcase_add_test(tc, secrets_never_leave_msgbus);
     tcase_add_test(tc, topics_are_sized_to_the_cluster);
     tcase_add_test(tc, fatal_producer_error_replaces_the_producer);
+    tcase_add_test(tc, refused_commit_is_made_again);
     suite_add_tcase(s, tc);
     /* Timeouts far above the bound, so that an overrun is measured and
      * reported, not cut short. */
