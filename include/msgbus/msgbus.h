@@ -142,7 +142,11 @@ MSGBUS_API void msgbus_msg_free(msgbus_msg_t *m);
  * (or its payload replaced). Never NULL (an empty payload gives ""). */
 MSGBUS_API const void *msgbus_msg_payload(const msgbus_msg_t *m, size_t *len);
 
-/* Replaces the payload with a copy of `payload`. */
+/* Replaces the payload with a copy of `payload` (`len` bytes; may contain
+ * NUL bytes; NULL when len is 0). A pointer from msgbus_msg_payload is
+ * invalid afterwards. MSGBUS_ERR_INVALID for a NULL message or a NULL
+ * payload with len > 0, MSGBUS_ERR_NOMEM (the message keeps its old
+ * payload). */
 MSGBUS_API msgbus_err_t msgbus_msg_set_payload(msgbus_msg_t *m, const void *payload, size_t len);
 
 /* Sets (copies) the ordering/partitioning key; key NULL removes it.
@@ -185,13 +189,17 @@ MSGBUS_API const char *msgbus_msg_id(const msgbus_msg_t *m);
 /* Replaces the message id (1..255 printable ASCII bytes, no spaces). */
 MSGBUS_API msgbus_err_t msgbus_msg_set_id(msgbus_msg_t *m, const char *id);
 
-/* Timestamp in milliseconds since the Unix epoch. */
+/* The message's timestamp, in milliseconds since the Unix epoch, and
+ * setting it. msgbus_msg_new stamps the current time; a received message
+ * carries what its producer set (the CloudEvents time, docs/interop.md).
+ * msgbus_msg_timestamp gives 0 for NULL; msgbus_msg_set_timestamp refuses
+ * a negative time with MSGBUS_ERR_INVALID. */
 MSGBUS_API int64_t msgbus_msg_timestamp(const msgbus_msg_t *m);
 MSGBUS_API msgbus_err_t msgbus_msg_set_timestamp(msgbus_msg_t *m, int64_t ms);
 
-/* On a received message: the topic, the group (NULL for a broadcast
- * subscriber) and the delivery attempt (1 on first delivery, +1 each time
- * it is delivered again). On a message the application made: NULL, NULL, 0.
+/* The topic, group and delivery attempt of a received message: the topic,
+ * the group (NULL for a broadcast subscriber) and the attempt (1 on first
+ * delivery, +1 each time it is delivered again). On a message the application made: NULL, NULL, 0.
  * Strings live until the message is freed. */
 MSGBUS_API const char *msgbus_msg_topic(const msgbus_msg_t *m);
 MSGBUS_API const char *msgbus_msg_group(const msgbus_msg_t *m);
@@ -209,7 +217,8 @@ MSGBUS_API int64_t msgbus_msg_offset(const msgbus_msg_t *m);
  * (Kafka, mem://: msgbus_msg_attempt counts msgbus's own retries there). */
 MSGBUS_API int msgbus_msg_redelivered(const msgbus_msg_t *m);
 
-/* CloudEvents attributes (docs/interop.md). Every message travels as a
+/* Sets a message's own CloudEvents type, source and subject
+ * (docs/interop.md). Every message travels as a
  * CloudEvent (URL option cloudevents=binary, the default): id, source (the
  * bus option ce_source), type (the topic unless set), time (from the
  * timestamp), subject (when set), datacontenttype (the content-type
@@ -219,8 +228,9 @@ MSGBUS_API int msgbus_msg_redelivered(const msgbus_msg_t *m);
 MSGBUS_API msgbus_err_t msgbus_msg_set_type(msgbus_msg_t *m, const char *type);
 MSGBUS_API msgbus_err_t msgbus_msg_set_source(msgbus_msg_t *m, const char *source);
 MSGBUS_API msgbus_err_t msgbus_msg_set_subject(msgbus_msg_t *m, const char *subject);
-/* What was set, or on a received message what arrived (binary or
- * structured CloudEvent, any binding's prefix); NULL when none. Other
+/* The message's CloudEvents type, source and subject: what was set, or
+ * on a received message what arrived (binary or structured CloudEvent, any
+ * binding's prefix); NULL when none. Other
  * CloudEvents attributes (extensions) are headers named ce_<name> on every
  * backend, both ways. Valid while the message lives. */
 MSGBUS_API const char *msgbus_msg_type(const msgbus_msg_t *m);
@@ -315,12 +325,13 @@ MSGBUS_API msgbus_err_t msgbus_declare(msgbus_t *bus, const char *topic, const c
 
 typedef struct msgbus_sub msgbus_sub_t;
 
-/* Subscribes to `topic` as a member of `group` (members of one group share
- * the messages; every group gets every message), or with group NULL as a
- * broadcast subscriber that alone sees every message published after this
- * call (or from its start position: msgbus_subscribe_ex). Returns once the subscription is established: a message published
- * after it returns reaches it. Group names: as topic names. Any thread;
- * blocks up to the backend's subscribe timeout. */
+/* Subscribes to `topic`, as a member of `group` or, with group NULL, as a
+ * broadcast subscriber. Members of one group share the messages; every
+ * group gets every message. A broadcast subscriber alone sees every message
+ * published after this call (or from its start position:
+ * msgbus_subscribe_ex). Returns once the subscription is established: a
+ * message published after it returns reaches it. Group names: as topic
+ * names. Any thread; blocks up to the backend's subscribe timeout. */
 MSGBUS_API msgbus_err_t msgbus_subscribe(msgbus_t *bus, const char *topic, const char *group,
                                          msgbus_sub_t **out);
 
@@ -433,7 +444,19 @@ MSGBUS_API msgbus_err_t msgbus_sub_resume(msgbus_sub_t *sub);
 /* Positions, inspection and capabilities (docs/semantics.md)          */
 /* ------------------------------------------------------------------ */
 
-/* Start positions. The subscription option start= (msgbus_subscribe_ex, or
+/* Moves `group`'s position on `topic` to `position` (a start position,
+ * below) so its next member begins there. The group must have no active
+ * member: MSGBUS_ERR_STATE naming how many there are.
+ * Kafka commits the offsets of that time in every partition; mem:// moves
+ * the group within what it retains (URL option retain=); RabbitMQ can only
+ * go to "latest", by purging the group's queue (every waiting message is
+ * dropped), and refuses the rest with MSGBUS_ERR_UNSUPPORTED. A topic that
+ * does not exist is MSGBUS_ERR_NOT_FOUND; a group that does not exist yet
+ * is given that position where the backend can (Kafka: its offsets are
+ * committed; mem://: the group is declared there) and is
+ * MSGBUS_ERR_NOT_FOUND where not (RabbitMQ). Blocks. Any thread.
+ *
+ * Start positions. The subscription option start= (msgbus_subscribe_ex, or
  * the bus URL for every subscription) says where a group with no position
  * yet, or a broadcast subscriber, begins:
  *   latest         messages published from now on (the default)
@@ -445,19 +468,7 @@ MSGBUS_API msgbus_err_t msgbus_sub_resume(msgbus_sub_t *sub);
  * A group that already has a position (it consumed, or was declared) keeps
  * it: move it with msgbus_group_reset. A backend without
  * MSGBUS_CAP_REPLAY refuses earliest and times with MSGBUS_ERR_UNSUPPORTED
- * saying why (RabbitMQ queues hold only what was routed to them).
- *
- * msgbus_group_reset moves `group`'s position on `topic` to `position`
- * (same syntax as start=) so its next member begins there. The group must
- * have no active member: MSGBUS_ERR_STATE naming how many there are.
- * Kafka commits the offsets of that time in every partition; mem:// moves
- * the group within what it retains (URL option retain=); RabbitMQ can only
- * go to "latest", by purging the group's queue (every waiting message is
- * dropped), and refuses the rest with MSGBUS_ERR_UNSUPPORTED. A topic that
- * does not exist is MSGBUS_ERR_NOT_FOUND; a group that does not exist yet
- * is given that position where the backend can (Kafka: its offsets are
- * committed; mem://: the group is declared there) and is
- * MSGBUS_ERR_NOT_FOUND where not (RabbitMQ). Blocks. Any thread. */
+ * saying why (RabbitMQ queues hold only what was routed to them). */
 MSGBUS_API msgbus_err_t msgbus_group_reset(msgbus_t *bus, const char *topic, const char *group,
                                            const char *position);
 
