@@ -55,6 +55,14 @@ typedef struct msgbus_inbox msgbus_inbox_t;
 /* Default table name of the SQL stores. */
 #define MSGBUS_INBOX_TABLE "msgbus_inbox"
 
+/* The SQL that creates the inbox table `table` (NULL: "msgbus_inbox") and
+ * its purge index on `store` ("sqlite" or "pg"; on "pg" the name may be
+ * schema.table): exactly what msgbus_inbox_open_sqlite / _open_pg run, as
+ * statements each ended by ";\n", in *sql (free it with msgbus_free).
+ * MSGBUS_ERR_INVALID for an unknown store or a table name the open would
+ * refuse (then *sql is NULL). Any thread. */
+MSGBUS_API msgbus_err_t msgbus_inbox_schema(const char *store, const char *table, char **sql);
+
 /* Opens an inbox for consumer `consumer` (1..255 bytes of [A-Za-z0-9._-];
  * usually the group name) on the application's SQLite connection `db`.
  * `table` (NULL: "msgbus_inbox") is created with its index if missing; an

@@ -490,6 +490,26 @@ MSGBUS_API msgbus_err_t msgbus_inspect_json(msgbus_t *bus, const char *topic, co
  * NULL is a no-op. */
 MSGBUS_API void msgbus_free(void *p);
 
+/* What msgbus_check checks: the rules the API applies to names and
+ * attribute values, for code that must refuse a bad value before it
+ * reaches msgbus (an outbox row written in another language, a form). */
+typedef enum msgbus_check_kind {
+    MSGBUS_CHECK_TOPIC = 1,       /* topic names (msgbus_publish, _declare, _outbox_put) */
+    MSGBUS_CHECK_GROUP = 2,       /* group names (msgbus_subscribe, _declare) */
+    MSGBUS_CHECK_HEADER_NAME = 3, /* header names an application may set (msgbus_msg_set_header) */
+    MSGBUS_CHECK_ID = 4,          /* message ids (msgbus_msg_set_id, msgbus_inbox_claim_id) */
+    MSGBUS_CHECK_CONSUMER = 5,    /* inbox consumer names (msgbus_inbox_open_*) */
+    MSGBUS_CHECK_CE_TYPE = 6,     /* CloudEvents type (msgbus_msg_set_type) */
+    MSGBUS_CHECK_CE_SOURCE = 7,   /* CloudEvents source (msgbus_msg_set_source) */
+    MSGBUS_CHECK_CE_SUBJECT = 8   /* CloudEvents subject (msgbus_msg_set_subject) */
+} msgbus_check_t;
+
+/* Checks `text` against the rule `what` names, as the API would: MSGBUS_OK,
+ * or MSGBUS_ERR_INVALID with the same message (msgbus_last_error) the API
+ * gives for that value — also for reserved header names, and for an
+ * unknown `what` or a NULL text. Changes nothing. Any thread. */
+MSGBUS_API msgbus_err_t msgbus_check(msgbus_check_t what, const char *text);
+
 /* Capabilities: what the backend of an open bus guarantees, as it is
  * configured. Each bit is exact: claimed means the conformance suite
  * checks it holds; not claimed means the feature is refused with

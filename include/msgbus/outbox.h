@@ -48,6 +48,15 @@ typedef struct msgbus_outbox msgbus_outbox_t;
 /* Default table name when `table` is NULL. */
 #define MSGBUS_OUTBOX_TABLE "msgbus_outbox"
 
+/* The SQL that creates the outbox table `table` (NULL: "msgbus_outbox")
+ * and its indexes on `store` ("sqlite" or "pg"): exactly what
+ * msgbus_outbox_open_sqlite / _open_pg run, as statements each ended by
+ * ";\n", in *sql (free it with msgbus_free). For writers in other languages
+ * and for migrations: create the table before the relay first opens.
+ * MSGBUS_ERR_INVALID for an unknown store or a table name the open would
+ * refuse (then *sql is NULL). Any thread. */
+MSGBUS_API msgbus_err_t msgbus_outbox_schema(const char *store, const char *table, char **sql);
+
 /* Opens an outbox on SQLite connection `db` (not owned: the caller closes
  * it after msgbus_outbox_close). Creates the table `table` (NULL:
  * "msgbus_outbox"; [A-Za-z_][A-Za-z0-9_]*, 1..50 bytes, else

@@ -464,9 +464,7 @@ MSGBUS_API msgbus_err_t msgbus_publish(msgbus_t *bus, const char *topic, const m
                         !bus ? "bus" : !topic ? "topic" : "message");
     size_t topic_len;
     if (!mb_check_topic(topic, &topic_len))
-        return mb_error(MSGBUS_ERR_INVALID,
-                        "invalid topic name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ -, not \".\", \"..\" or \"amq.*\"",
-                        topic, MB_TOPIC_MAX);
+        return mb_check_name("topic", topic);
     if (atomic_load(&bus->closing))
         return mb_error(MSGBUS_ERR_CLOSED, "msgbus_publish: the bus is closing");
 
@@ -555,13 +553,9 @@ MSGBUS_API msgbus_err_t msgbus_declare(msgbus_t *bus, const char *topic, const c
     if (!bus || !topic)
         return mb_error(MSGBUS_ERR_INVALID, "msgbus_declare: %s is NULL", !bus ? "bus" : "topic");
     if (!mb_valid_name(topic, MB_TOPIC_MAX))
-        return mb_error(MSGBUS_ERR_INVALID,
-                        "invalid topic name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ -, not \".\", \"..\" or \"amq.*\"",
-                        topic, MB_TOPIC_MAX);
+        return mb_check_name("topic", topic);
     if (group && !mb_valid_name(group, MB_TOPIC_MAX))
-        return mb_error(MSGBUS_ERR_INVALID,
-                        "invalid group name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ -, not \".\", \"..\" or \"amq.*\"",
-                        group, MB_TOPIC_MAX);
+        return mb_check_name("group", group);
     return bus->ops->declare(bus->be, topic, group);
 }
 
@@ -709,15 +703,6 @@ size_t mb_sub_drop(msgbus_sub_t *sub, bool (*pred)(const msgbus_msg_t *, void *)
         dropped = next;
     }
     return n;
-}
-
-msgbus_err_t mb_check_name(const char *what, const char *name)
-{
-    if (!mb_valid_name(name, MB_TOPIC_MAX))
-        return mb_error(MSGBUS_ERR_INVALID,
-                        "invalid %s name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ -, not \".\", \"..\" or \"amq.*\"", what,
-                        name, MB_TOPIC_MAX);
-    return MSGBUS_OK;
 }
 
 /* Subscribes with `pol`, which the subscription takes over (also on

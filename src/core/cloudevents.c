@@ -63,6 +63,23 @@ static bool mb_ce_valid(const unsigned char *s, size_t n)
     return true;
 }
 
+msgbus_err_t mb_ce_check(const char *what, const char *v)
+{
+    size_t n = strlen(v);
+    if (mb_ce_valid((const unsigned char *)v, n))
+        return MSGBUS_OK;
+    /* Shown with its control bytes as '?': the error is one line. */
+    char shown[65];
+    size_t k = 0;
+    for (; k < 64 && v[k]; k++)
+        shown[k] = (unsigned char)v[k] < 0x20 || v[k] == 0x7f ? '?' : v[k];
+    shown[k] = '\0';
+    return mb_error(MSGBUS_ERR_INVALID,
+                    "invalid CloudEvents %s '%s'%s (%zu bytes): use 1..%d bytes of UTF-8 "
+                    "without control characters",
+                    what, shown, n > 64 ? "…" : "", n, MSGBUS_MAX_CE_ATTR);
+}
+
 static msgbus_err_t mb_ce_set(msgbus_msg_t *m, char **field, const char *what, const char *v)
 {
     if (!m)
@@ -70,18 +87,9 @@ static msgbus_err_t mb_ce_set(msgbus_msg_t *m, char **field, const char *what, c
     char *copy = NULL;
     if (v) {
         size_t n = strlen(v);
-        if (!mb_ce_valid((const unsigned char *)v, n)) {
-            /* Shown with its control bytes as '?': the error is one line. */
-            char shown[65];
-            size_t k = 0;
-            for (; k < 64 && v[k]; k++)
-                shown[k] = (unsigned char)v[k] < 0x20 || v[k] == 0x7f ? '?' : v[k];
-            shown[k] = '\0';
-            return mb_error(MSGBUS_ERR_INVALID,
-                            "invalid CloudEvents %s '%s'%s (%zu bytes): use 1..%d bytes of UTF-8 "
-                            "without control characters",
-                            what, shown, n > 64 ? "…" : "", n, MSGBUS_MAX_CE_ATTR);
-        }
+        msgbus_err_t e = mb_ce_check(what, v);
+        if (e != MSGBUS_OK)
+            return e;
         if (!(copy = mb_memdup(v, n + 1)))
             return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a CloudEvents %s", what);
     }

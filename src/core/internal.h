@@ -66,6 +66,26 @@ MB_HIDDEN uint64_t mb_random64(void);
 MB_HIDDEN bool mb_valid_name(const char *s, size_t max);
 MB_HIDDEN bool mb_valid_header_name(const char *s);
 MB_HIDDEN bool mb_valid_id(const char *s);
+/* The same rules with the API's error (MSGBUS_ERR_INVALID, a message that
+ * names the value and the rule): src/core/rules.c, also behind
+ * msgbus_check; mb_check_name for topics and groups. */
+MB_HIDDEN msgbus_err_t mb_check_header_name(const char *name);
+MB_HIDDEN msgbus_err_t mb_check_id(const char *id);
+MB_HIDDEN msgbus_err_t mb_check_consumer(const char *consumer);
+/* A CloudEvents type/source/subject value (`what` names it). */
+MB_HIDDEN msgbus_err_t mb_ce_check(const char *what, const char *v);
+
+/* Outbox and inbox tables (rules.c): names, and the SQL that creates them. */
+#define MB_TABLE_MAX 50 /* PG identifiers are 63 bytes; room for "_claimed_idx" */
+enum mb_schema { MB_SCHEMA_OUTBOX, MB_SCHEMA_INBOX };
+enum mb_store { MB_STORE_SQLITE, MB_STORE_PG };
+MB_HIDDEN bool mb_valid_table(const char *t, bool allow_schema);
+MB_HIDDEN msgbus_err_t mb_table_error(enum mb_schema which, bool allow_schema, const char *table);
+/* The number of statements that create `which` on `store`, and statement
+ * `i` for `table` (malloc'd; NULL when out of memory). */
+MB_HIDDEN size_t mb_schema_count(enum mb_schema which, enum mb_store store);
+MB_HIDDEN char *mb_schema_stmt(enum mb_schema which, enum mb_store store, size_t i,
+                               const char *table);
 /* The id rule on `len` raw bytes (no NUL needed): 1..MSGBUS_MAX_ID bytes of
  * printable ASCII without spaces (0x21..0x7e). */
 MB_HIDDEN bool mb_valid_id_bytes(const void *s, size_t len);

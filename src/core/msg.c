@@ -349,18 +349,9 @@ MSGBUS_API msgbus_err_t msgbus_msg_set_header(msgbus_msg_t *m, const char *name,
     if (!m || !name || !value)
         return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_set_header: %s is NULL",
                         !m ? "message" : !name ? "name" : "value");
-    if (!mb_valid_header_name(name))
-        return mb_error(MSGBUS_ERR_INVALID,
-                        "invalid header name '%.64s': use 1..%d characters of A-Z a-z 0-9 . _ : -",
-                        name, MSGBUS_MAX_HEADER_NAME);
-    if (strncmp(name, "msgbus-", 7) == 0)
-        return mb_error(MSGBUS_ERR_INVALID, "header name '%s' is reserved for msgbus", name);
-    if (mb_ce_reserved_header(name))
-        return mb_error(MSGBUS_ERR_INVALID,
-                        "header name '%s' is a CloudEvents attribute msgbus writes itself: use "
-                        "msgbus_msg_set_id / _set_type / _set_source / _set_subject, the "
-                        "timestamp, or the content-type header",
-                        name);
+    msgbus_err_t e = mb_check_header_name(name);
+    if (e != MSGBUS_OK)
+        return e;
     return mb_msg_put_header(m, name, strlen(name), value, strlen(value));
 }
 
@@ -423,10 +414,9 @@ MSGBUS_API msgbus_err_t msgbus_msg_set_id(msgbus_msg_t *m, const char *id)
 {
     if (!m || !id)
         return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_set_id: %s is NULL", !m ? "message" : "id");
-    if (!mb_valid_id(id))
-        return mb_error(MSGBUS_ERR_INVALID,
-                        "invalid message id '%.64s': use 1..%d printable ASCII characters, no spaces",
-                        id, MSGBUS_MAX_ID);
+    msgbus_err_t e = mb_check_id(id);
+    if (e != MSGBUS_OK)
+        return e;
     if (strlen(id) < sizeof m->idbuf) {
         memmove(m->idbuf, id, strlen(id) + 1); /* id may be m->id itself */
         if (m->id != m->idbuf)

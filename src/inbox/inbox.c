@@ -10,34 +10,6 @@
 #include "inbox/inbox_store.h"
 #include "msgbus/inbox.h"
 
-#define MB_INBOX_TABLE_MAX 50 /* PG identifiers are 63 bytes; leave room for "_claimed_idx" */
-
-static bool mb_inbox_valid_ident(const char *s, size_t n)
-{
-    if (n == 0 || n > MB_INBOX_TABLE_MAX)
-        return false;
-    if (s[0] >= '0' && s[0] <= '9')
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'))
-            return false;
-    }
-    return true;
-}
-
-/* Table names are spliced into SQL text (identifiers cannot be bound), so
- * only plain identifiers are accepted: no quoting games, no injection. */
-static bool mb_inbox_valid_table(const char *t, bool allow_schema)
-{
-    const char *dot = strchr(t, '.');
-    if (!dot)
-        return mb_inbox_valid_ident(t, strlen(t));
-    if (!allow_schema || strchr(dot + 1, '.'))
-        return false;
-    return mb_inbox_valid_ident(t, (size_t)(dot - t)) && mb_inbox_valid_ident(dot + 1, strlen(dot + 1));
-}
-
 const char *mb_inbox_table_base(const char *table)
 {
     const char *dot = strrchr(table, '.');
@@ -51,18 +23,15 @@ msgbus_err_t mb_inbox_new(msgbus_inbox_t **out, const struct mb_inbox_ops *ops, 
         return mb_error(MSGBUS_ERR_INVALID, "inbox open: out is NULL");
     if (!consumer)
         return mb_error(MSGBUS_ERR_INVALID, "inbox open: consumer is NULL");
-    if (!mb_valid_name(consumer, 255))
-        return mb_error(MSGBUS_ERR_INVALID,
-                        "inbox open: invalid consumer name '%.64s' (1..255 bytes of [A-Za-z0-9._-])",
-                        consumer);
+    msgbus_err_t ce = mb_check_consumer(consumer);
+    if (ce != MSGBUS_OK)
+        return mb_error_prefix(ce, "inbox open");
     if (sql) {
         if (!table)
             table = MSGBUS_INBOX_TABLE;
-        if (!mb_inbox_valid_table(table, allow_schema))
-            return mb_error(MSGBUS_ERR_INVALID,
-                            "inbox open: invalid table name '%.64s' (1..%d bytes of [A-Za-z0-9_], "
-                            "not starting with a digit%s)",
-                            table, MB_INBOX_TABLE_MAX, allow_schema ? ", optionally schema." : "");
+        if (!mb_valid_table(table, allow_schema))
+            return mb_error_prefix(mb_table_error(MB_SCHEMA_INBOX, allow_schema, table),
+                                   "inbox open");
     }
     msgbus_inbox_t *ib = calloc(1, sizeof *ib);
     if (!ib)
@@ -173,11 +142,9 @@ msgbus_err_t msgbus_inbox_claim_id(msgbus_inbox_t *ib, const char *id)
         return mb_error(MSGBUS_ERR_INVALID, "msgbus_inbox_claim_id: inbox is NULL");
     if (!id)
         return mb_error(MSGBUS_ERR_INVALID, "msgbus_inbox_claim_id: id is NULL");
-    if (!mb_valid_id(id))
-        return mb_error(MSGBUS_ERR_INVALID,
-                        "msgbus_inbox_claim_id: invalid id '%.64s' (1..255 printable ASCII bytes, "
-                        "no spaces)",
-                        id);
+    msgbus_err_t e = mb_check_id(id);
+    if (e != MSGBUS_OK)
+        return mb_error_prefix(e, "msgbus_inbox_claim_id");
     return mb_inbox_claim_checked(ib, id, "msgbus_inbox_claim_id");
 }
 

@@ -262,42 +262,37 @@ msgbus_err_t msgbus_inbox_open_pg(msgbus_inbox_t **out, struct pg_conn *conn, co
      * application's notice receiver would get — printed to stderr by
      * libpq's default — on every open: SET LOCAL silences it for this
      * transaction only, and COMMIT puts the application's setting back. */
-    char sql[1024];
-    snprintf(sql, sizeof sql,
-             "BEGIN;"
-             "SET LOCAL client_min_messages TO warning;"
-             "SELECT pg_advisory_xact_lock(hashtext('msgbus_inbox:%s'));"
-             "CREATE TABLE IF NOT EXISTS %s ("
-             " consumer TEXT NOT NULL,"
-             " message_id TEXT NOT NULL,"
-             " claimed_at BIGINT NOT NULL"
-             "  DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::bigint,"
-             " PRIMARY KEY (consumer, message_id));"
-             "COMMIT",
-             ib->table, ib->table);
-    PGresult *r = PQexec(conn, sql);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK)
-        e = mb_inbox_pg_error(ib, conn, r, "creating the table");
-    PQclear(r);
-    if (PQtransactionStatus(conn) != PQTRANS_IDLE)
-        mb_inbox_pg_rollback(ib);
-    if (e == MSGBUS_OK)
-        e = mb_inbox_pg_check_table(ib);
-    if (e == MSGBUS_OK) {
-        /* After the check, so a foreign table gets the clear message. */
-        snprintf(sql, sizeof sql,
-                 "BEGIN;"
-                 "SET LOCAL client_min_messages TO warning;"
-                 "SELECT pg_advisory_xact_lock(hashtext('msgbus_inbox:%s'));"
-                 "CREATE INDEX IF NOT EXISTS %s_claimed_idx ON %s (consumer, claimed_at);"
-                 "COMMIT",
-                 ib->table, mb_inbox_table_base(ib->table), ib->table);
-        r = PQexec(conn, sql);
+    size_t nstmt = mb_schema_count(MB_SCHEMA_INBOX, MB_STORE_PG);
+    for (size_t i = 0; e == MSGBUS_OK && i < nstmt; i++) {
+        char *stmt = mb_schema_stmt(MB_SCHEMA_INBOX, MB_STORE_PG, i, ib->table);
+        char *sql = NULL;
+        if (stmt) {
+#define MB_INBOX_PG_DDL                                                        \
+    "BEGIN;"                                                                   \
+    "SET LOCAL client_min_messages TO warning;"                                \
+    "SELECT pg_advisory_xact_lock(hashtext('msgbus_inbox:%s'));"               \
+    "%s;"                                                                      \
+    "COMMIT"
+            size_t n = sizeof MB_INBOX_PG_DDL + strlen(ib->table) + strlen(stmt);
+            if ((sql = malloc(n)))
+                snprintf(sql, n, MB_INBOX_PG_DDL, ib->table, stmt);
+#undef MB_INBOX_PG_DDL
+        }
+        free(stmt);
+        if (!sql) {
+            e = mb_error(MSGBUS_ERR_NOMEM, "msgbus_inbox_open_pg: out of memory");
+            break;
+        }
+        PGresult *r = PQexec(conn, sql);
+        free(sql);
         if (PQresultStatus(r) != PGRES_COMMAND_OK)
-            e = mb_inbox_pg_error(ib, conn, r, "creating the purge index");
+            e = mb_inbox_pg_error(ib, conn, r, i ? "creating the purge index" : "creating the table");
         PQclear(r);
         if (PQtransactionStatus(conn) != PQTRANS_IDLE)
             mb_inbox_pg_rollback(ib);
+        /* After the table, so a foreign table gets the clear message. */
+        if (e == MSGBUS_OK && i == 0)
+            e = mb_inbox_pg_check_table(ib);
     }
     if (e != MSGBUS_OK) {
         msgbus_inbox_close(ib);

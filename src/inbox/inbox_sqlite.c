@@ -233,24 +233,18 @@ msgbus_err_t msgbus_inbox_open_sqlite(msgbus_inbox_t **out, struct sqlite3 *db, 
     s->db = db;
     ib->store = s;
 
-    char sql[1024];
-    snprintf(sql, sizeof sql,
-             "CREATE TABLE IF NOT EXISTS %s ("
-             " consumer TEXT NOT NULL,"
-             " message_id TEXT NOT NULL,"
-             " claimed_at INTEGER NOT NULL"
-             "  DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),"
-             " PRIMARY KEY (consumer, message_id)"
-             ") WITHOUT ROWID",
-             ib->table);
-    e = mb_inbox_sqlite_exec(ib, db, sql, "creating the table");
-    if (e == MSGBUS_OK)
-        e = mb_inbox_sqlite_check_table(ib, db);
-    if (e == MSGBUS_OK) {
-        /* After the check, so a foreign table gets the clear message. */
-        snprintf(sql, sizeof sql, "CREATE INDEX IF NOT EXISTS %s_claimed_idx ON %s (consumer, claimed_at)",
-                 ib->table, ib->table);
-        e = mb_inbox_sqlite_exec(ib, db, sql, "creating the purge index");
+    /* The contract in SQL (src/core/rules.c; docs/inbox.md): the table,
+     * checked (so a foreign table gets the clear message), then the purge
+     * index. */
+    size_t nstmt = mb_schema_count(MB_SCHEMA_INBOX, MB_STORE_SQLITE);
+    for (size_t i = 0; e == MSGBUS_OK && i < nstmt; i++) {
+        char *sql = mb_schema_stmt(MB_SCHEMA_INBOX, MB_STORE_SQLITE, i, ib->table);
+        e = sql ? mb_inbox_sqlite_exec(ib, db, sql,
+                                       i ? "creating the purge index" : "creating the table")
+                : mb_error(MSGBUS_ERR_NOMEM, "msgbus_inbox_open_sqlite: out of memory");
+        free(sql);
+        if (e == MSGBUS_OK && i == 0)
+            e = mb_inbox_sqlite_check_table(ib, db);
     }
     if (e == MSGBUS_OK)
         e = mb_inbox_sqlite_prepare(ib, db,

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bus.h"
 #include "core/msg.h"
 #include "outbox/outbox_store.h"
 
@@ -17,36 +18,13 @@ const char *const mb_outbox_columns[] = {"id",      "msg_id",     "topic", "msg_
                                          "state",   "attempts",   "sent_at", "error",
                                          NULL};
 
-/* Table names are spliced into SQL (quoted), so they are restricted to a
- * plain identifier that needs no escaping in either dialect, and short
- * enough for PostgreSQL's 63-byte limit once "_pending" and friends are
- * appended to name the indexes. */
-static bool mb_outbox_valid_table(const char *t)
-{
-    size_t n = strlen(t);
-    if (n == 0 || n > 50)
-        return false;
-    if (!((t[0] >= 'A' && t[0] <= 'Z') || (t[0] >= 'a' && t[0] <= 'z') || t[0] == '_'))
-        return false;
-    for (size_t i = 1; i < n; i++) {
-        char c = t[i];
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '_'))
-            return false;
-    }
-    return true;
-}
-
 msgbus_err_t mb_outbox_new(msgbus_outbox_t **out, const struct mb_outbox_ops *ops,
                            const char *table)
 {
     if (!table)
         table = MSGBUS_OUTBOX_TABLE;
-    if (!mb_outbox_valid_table(table))
-        return mb_error(MSGBUS_ERR_INVALID,
-                        "outbox table name '%.80s' is invalid: use 1..50 bytes of "
-                        "[A-Za-z0-9_], not starting with a digit",
-                        table);
+    if (!mb_valid_table(table, false))
+        return mb_table_error(MB_SCHEMA_OUTBOX, false, table);
     msgbus_outbox_t *ob = calloc(1, sizeof *ob);
     if (!ob)
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory opening the outbox");
@@ -227,10 +205,9 @@ msgbus_err_t msgbus_outbox_put(msgbus_outbox_t *ob, const char *topic, const msg
         return mb_error(MSGBUS_ERR_INVALID, "msgbus_outbox_put: topic is NULL");
     if (!m)
         return mb_error(MSGBUS_ERR_INVALID, "msgbus_outbox_put: message is NULL");
-    if (!mb_valid_name(topic, 249))
-        return mb_error(MSGBUS_ERR_INVALID,
-                        "msgbus_outbox_put: topic '%.80s' is invalid (1..249 bytes of [A-Za-z0-9._-])",
-                        topic);
+    msgbus_err_t te = mb_check_name("topic", topic);
+    if (te != MSGBUS_OK)
+        return mb_error_prefix(te, "msgbus_outbox_put");
     if (!m->id)
         return mb_error(MSGBUS_ERR_INVALID, "msgbus_outbox_put: the message has no id");
     if (ob->thread)

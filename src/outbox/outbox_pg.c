@@ -597,6 +597,15 @@ static msgbus_err_t mb_outbox_pg_exists(msgbus_outbox_t *ob, const char *name, b
 /* Creates relation `name` with `sql` unless it exists. A failure is
  * forgiven when the relation exists afterwards (another process created
  * it meanwhile) and the connection is not inside a failed transaction. */
+/* The (quoted) name a CREATE … IF NOT EXISTS <name> statement creates. */
+static void mb_outbox_pg_created_name(const char *sql, char *name, size_t n)
+{
+    const char *p = strstr(sql, "IF NOT EXISTS ");
+    p = p ? p + 14 : "";
+    size_t k = strcspn(p, " ");
+    snprintf(name, n, "%.*s", (int)k, p);
+}
+
 static msgbus_err_t mb_outbox_pg_create(msgbus_outbox_t *ob, const char *name, const char *sql,
                                         const char *what)
 {
@@ -665,46 +674,24 @@ msgbus_err_t msgbus_outbox_open_pg(msgbus_outbox_t **out, struct pg_conn *conn, 
     s->qt = malloc(qn);
     if (s->qt)
         snprintf(s->qt, qn, "\"%s\"", ob->table);
-    const char *t = ob->table;
-    char create[1400];
-    snprintf(create, sizeof create,
-             "CREATE TABLE IF NOT EXISTS \"%s\" ("
-             " id bigserial PRIMARY KEY,"
-             " msg_id text NOT NULL DEFAULT gen_random_uuid()::text,"
-             " topic text NOT NULL,"
-             " msg_key bytea,"
-             " headers jsonb NOT NULL DEFAULT '{}',"
-             " payload bytea NOT NULL,"
-             " msg_ts bigint,"
-             " created_at bigint NOT NULL DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::bigint,"
-             " state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending','sent','failed')),"
-             " attempts integer NOT NULL DEFAULT 0,"
-             " sent_at bigint,"
-             " error text)",
-             t);
-    /* No transaction of msgbus's own around these statements: the caller
-     * may have one open, and then the table commits with it. */
+    /* The contract in SQL (src/core/rules.c; docs/outbox.md is its prose
+     * twin): the table, checked, then its indexes, one statement each
+     * (PQexecParams takes one command per call). No transaction of
+     * msgbus's own around them: the caller may have one open, and then
+     * the table commits with it. */
     if (!s->qt)
         e = mb_error(MSGBUS_ERR_NOMEM, "out of memory opening the outbox");
-    if (e == MSGBUS_OK)
-        e = mb_outbox_pg_create(ob, s->qt, create, "creating the table");
-    if (e == MSGBUS_OK)
-        e = mb_outbox_pg_check(ob);
-    /* One statement each: PQexecParams takes one command per call (the
-     * three in one string were refused, and the refusal went unnoticed). */
-    static const struct {
-        const char *suffix, *def;
-    } idx[] = {
-        {"_pending", "(id) WHERE state = 'pending'"},
-        {"_failed_key", "(msg_key, id) WHERE state = 'failed'"},
-        {"_sent", "(sent_at) WHERE state = 'sent'"},
-    };
-    for (size_t i = 0; e == MSGBUS_OK && i < sizeof idx / sizeof idx[0]; i++) {
-        char name[80], sql[240];
-        snprintf(name, sizeof name, "\"%s%s\"", t, idx[i].suffix);
-        snprintf(sql, sizeof sql, "CREATE INDEX IF NOT EXISTS %s ON \"%s\" %s", name, t,
-                 idx[i].def);
-        e = mb_outbox_pg_create(ob, name, sql, "creating an index");
+    size_t nstmt = mb_schema_count(MB_SCHEMA_OUTBOX, MB_STORE_PG);
+    for (size_t i = 0; e == MSGBUS_OK && i < nstmt; i++) {
+        char *sql = mb_schema_stmt(MB_SCHEMA_OUTBOX, MB_STORE_PG, i, ob->table);
+        char name[80];
+        if (sql)
+            mb_outbox_pg_created_name(sql, name, sizeof name);
+        e = sql ? mb_outbox_pg_create(ob, name, sql, i ? "creating an index" : "creating the table")
+                : mb_error(MSGBUS_ERR_NOMEM, "out of memory opening the outbox");
+        free(sql);
+        if (e == MSGBUS_OK && i == 0)
+            e = mb_outbox_pg_check(ob);
     }
     struct {
         char **dst;
@@ -745,7 +732,7 @@ msgbus_err_t msgbus_outbox_open_pg(msgbus_outbox_t **out, struct pg_conn *conn, 
         snprintf(lock, sizeof lock,
                  "SELECT k FROM unnest($1::text[]) AS k WHERE "
                  "pg_try_advisory_xact_lock(hashtext('%s'), hashtext(k)) LIMIT $2::bigint",
-                 t);
+                 ob->table);
         s->sql_lock = mb_strdup(lock);
         if (!s->sql_lock)
             e = mb_error(MSGBUS_ERR_NOMEM, "out of memory opening the outbox");

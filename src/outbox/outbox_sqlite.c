@@ -466,28 +466,6 @@ static const struct mb_outbox_ops mb_outbox_sqlite_ops = {
     .close = mb_outbox_sqlite_close,
 };
 
-/* The contract in SQL; docs/outbox.md is its prose twin. created_at and
- * msg_id have defaults so writers in other languages can omit them. */
-static const char mb_outbox_sqlite_create[] =
-    "CREATE TABLE IF NOT EXISTS \"%w\" ("
-    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
-    " msg_id TEXT NOT NULL DEFAULT (lower(hex(randomblob(16)))),"
-    " topic TEXT NOT NULL,"
-    " msg_key BLOB,"
-    " headers TEXT NOT NULL DEFAULT '{}',"
-    " payload BLOB NOT NULL,"
-    " msg_ts INTEGER,"
-    " created_at INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),"
-    " state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending','sent','failed')),"
-    " attempts INTEGER NOT NULL DEFAULT 0,"
-    " sent_at INTEGER,"
-    " error TEXT)";
-
-static const char mb_outbox_sqlite_indexes[] =
-    "CREATE INDEX IF NOT EXISTS \"%w_pending\" ON \"%w\" (id) WHERE state = 'pending';"
-    "CREATE INDEX IF NOT EXISTS \"%w_failed_key\" ON \"%w\" (msg_key, id) WHERE state = 'failed';"
-    "CREATE INDEX IF NOT EXISTS \"%w_sent\" ON \"%w\" (sent_at) WHERE state = 'sent';";
-
 msgbus_err_t msgbus_outbox_open_sqlite(msgbus_outbox_t **out, struct sqlite3 *db,
                                        const char *table)
 {
@@ -506,19 +484,17 @@ msgbus_err_t msgbus_outbox_open_sqlite(msgbus_outbox_t **out, struct sqlite3 *db
     }
     s->db = db;
     ob->store = s;
-    const char *t = ob->table;
-    char *sql = sqlite3_mprintf(mb_outbox_sqlite_create, t);
-    char *idx = sqlite3_mprintf(mb_outbox_sqlite_indexes, t, t, t, t, t, t);
-    if (!sql || !idx)
-        e = mb_error(MSGBUS_ERR_NOMEM, "out of memory opening the outbox");
-    if (e == MSGBUS_OK)
-        e = mb_outbox_sqlite_exec(ob, db, sql, "creating the table");
-    if (e == MSGBUS_OK)
-        e = mb_outbox_sqlite_check(ob, db);
-    if (e == MSGBUS_OK)
-        e = mb_outbox_sqlite_exec(ob, db, idx, "creating the indexes");
-    sqlite3_free(sql);
-    sqlite3_free(idx);
+    /* The contract in SQL (src/core/rules.c; docs/outbox.md is its prose
+     * twin): the table, checked, then its indexes. */
+    size_t nstmt = mb_schema_count(MB_SCHEMA_OUTBOX, MB_STORE_SQLITE);
+    for (size_t i = 0; e == MSGBUS_OK && i < nstmt; i++) {
+        char *sql = mb_schema_stmt(MB_SCHEMA_OUTBOX, MB_STORE_SQLITE, i, ob->table);
+        e = sql ? mb_outbox_sqlite_exec(ob, db, sql, i ? "creating an index" : "creating the table")
+                : mb_error(MSGBUS_ERR_NOMEM, "out of memory opening the outbox");
+        free(sql);
+        if (e == MSGBUS_OK && i == 0)
+            e = mb_outbox_sqlite_check(ob, db);
+    }
     if (e == MSGBUS_OK)
         e = mb_outbox_sqlite_prepare(
             ob, db, &s->put,

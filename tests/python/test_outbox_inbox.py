@@ -123,6 +123,15 @@ def test_outbox_bad_input_writes_nothing(app_db, topic):
         mboutbox.put(conn, topic, b"x", headers={"h": b"\xff"})
     with pytest.raises(msgbus.InvalidError, match="topic"):
         mboutbox.put(conn, "bad topic", b"x")
+    # The C rules, not a copy: names a broker reserves are refused too.
+    with pytest.raises(msgbus.InvalidError, match="invalid topic name 'amq.orders'"):
+        mboutbox.put(conn, "amq.orders", b"x")
+    with pytest.raises(msgbus.InvalidError, match="reserved"):
+        mboutbox.put(conn, topic, b"x", headers={"CloudEvents:Type": "t"})
+    with pytest.raises(msgbus.InvalidError, match="invalid CloudEvents type"):
+        mboutbox.put(conn, topic, b"x", type="a\x85b")
+    with pytest.raises(msgbus.InvalidError, match="NUL"):
+        mboutbox.put(conn, "a\0b", b"x")
     with pytest.raises(msgbus.InvalidError, match="message id"):
         mboutbox.put(conn, topic, b"x", id="a b")
     with pytest.raises(msgbus.InvalidError, match="connection"):
@@ -289,6 +298,46 @@ def test_pg_inbox_claim_twice_is_duplicate(pg):
         pg.rollback()
         pg.autocommit = False
         pg.execute(f'DROP TABLE IF EXISTS "{table}"')
+        pg.commit()
+
+
+def test_pg_inbox_table_shared_with_c_inbox(pg, pg_url):
+    """On PostgreSQL a Python and a C inbox given the same (mixed-case)
+    table name use the same table: the name is spliced unquoted by both, as
+    msgbus_inbox_schema says, so a claim committed by one is a duplicate for
+    the other. (A quoted copy in Python once made a second table.)"""
+    from ctypes import byref, c_char_p, c_void_p
+
+    from msgbus import _lib
+    from msgbus.outbox import _pq
+
+    table = "PyInbox_" + unique("t").split("-")[1]
+    pq, lib = _pq(), _lib.load()
+    pq.PQexec.argtypes, pq.PQexec.restype = [c_void_p, c_char_p], c_void_p
+    pq.PQclear.argtypes, pq.PQclear.restype = [c_void_p], None
+    conn = pq.PQconnectdb(pg_url.encode())
+    cib = c_void_p()
+    try:
+        ib = mbinbox.Inbox(pg, "billing", table=table)
+        with pg.transaction():
+            assert ib.claim("from-python") is True
+        assert pq.PQstatus(conn) == 0
+        assert lib.msgbus_inbox_open_pg(byref(cib), conn, b"billing", table.encode()) == 0, \
+            lib.msgbus_last_error()
+        pq.PQclear(pq.PQexec(conn, b"BEGIN"))
+        assert lib.msgbus_inbox_claim_id(cib, b"from-python") == 11  # MSGBUS_ERR_DUPLICATE
+        assert lib.msgbus_inbox_claim_id(cib, b"from-c") == 0
+        pq.PQclear(pq.PQexec(conn, b"COMMIT"))
+        with pg.transaction():
+            assert ib.claim("from-c") is False
+        n = pg.execute("SELECT count(*) FROM pg_tables WHERE lower(tablename) = lower(%s)",
+                       (table,)).fetchone()[0]
+        assert n == 1
+    finally:
+        lib.msgbus_inbox_close(cib)
+        pq.PQfinish(conn)
+        pg.rollback()
+        pg.execute(f"DROP TABLE IF EXISTS {table}")
         pg.commit()
 
 

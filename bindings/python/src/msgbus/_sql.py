@@ -1,19 +1,85 @@
 """What outbox.py and inbox.py share: telling sqlite3 from psycopg
-connections, their transaction state, and name and id checks."""
+connections, their transaction state, and the name rules and table SQL —
+the last two asked of the C library (msgbus_check, msgbus_outbox_schema,
+msgbus_inbox_schema), so they are the ones the C API and the C stores
+apply and cannot drift."""
 from __future__ import annotations
 
+import functools
 import os
-import re
 import sqlite3
 import time
-from typing import Any
+from ctypes import byref, c_char_p, c_int, c_void_p, string_at
+from typing import Any, List
 
-from .errors import InvalidError, InvalidTypeError, StateError
+from . import _lib
+from .errors import InvalidError, InvalidTypeError, StateError, make_error
 
-NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # topics and groups
-HEADER_RE = re.compile(r"^[A-Za-z0-9._:-]{1,255}$")
-CONSUMER_RE = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
-TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,49}$")
+# msgbus_check_t (msgbus.h)
+CHECK_TOPIC = 1
+CHECK_GROUP = 2
+CHECK_HEADER_NAME = 3
+CHECK_ID = 4
+CHECK_CONSUMER = 5
+CHECK_CE_TYPE = 6
+CHECK_CE_SOURCE = 7
+CHECK_CE_SUBJECT = 8
+
+
+@functools.lru_cache(maxsize=None)
+def _fns() -> Any:
+    lib = _lib.load()
+    chk = lib.msgbus_check
+    chk.argtypes, chk.restype = [c_int, c_char_p], c_int
+    for f in (lib.msgbus_outbox_schema, lib.msgbus_inbox_schema):
+        f.argtypes, f.restype = [c_char_p, c_char_p, c_void_p], c_int
+    free = lib.msgbus_free
+    free.argtypes, free.restype = [c_void_p], None
+    return lib
+
+
+def _utf8(text: str, what: str) -> bytes:
+    if "\0" in text:
+        raise InvalidError(f"{what} {text[:64]!r}: must not contain NUL")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidError(f"{what} {text[:64]!r}: not valid UTF-8") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _valid(kind_: int, text: str) -> bool:
+    """Only successes are cached (a failure raises)."""
+    lib = _fns()
+    e = lib.msgbus_check(kind_, _utf8(text, "value"))
+    if e != 0:
+        raise make_error(e)
+    return True
+
+
+def check_rule(kind_: int, text: str) -> str:
+    """The C library's rule `kind_` (CHECK_*) on `text`: InvalidError with
+    the C API's own message when it is broken. Returns `text`."""
+    _valid(kind_, text)
+    return text
+
+
+@functools.lru_cache(maxsize=64)
+def schema(which: str, store: str, table: str) -> List[str]:
+    """The statements that create the outbox or inbox (`which`) table on
+    `store` ("sqlite" or "pg"), as the C stores run them. InvalidError for
+    a table name the C store would refuse."""
+    lib = _fns()
+    fn = lib.msgbus_outbox_schema if which == "outbox" else lib.msgbus_inbox_schema
+    out = c_void_p()
+    e = fn(store.encode(), _utf8(table, "table"), byref(out))
+    if e != 0:
+        raise make_error(e)
+    try:
+        text = string_at(out.value).decode("utf-8") if out.value else ""
+    finally:
+        lib.msgbus_free(out)
+    return [st for st in text.split(";\n") if st.strip()]
 
 
 def kind(conn: Any) -> str:
@@ -60,33 +126,26 @@ def sqlite_autocommit(conn: sqlite3.Connection) -> bool:
     return conn.isolation_level is None
 
 
-def check_table(table: str, pg: bool) -> str:
+def check_table(which: str, store: str, table: str) -> str:
+    """The table name rule of the C store (`which` "outbox" or "inbox" on
+    `store` "sqlite" or "pg": only an inbox on PostgreSQL may name a
+    schema). Returns `table`."""
     if not isinstance(table, str):
         raise InvalidTypeError(f"table must be a str, not {type(table).__name__}")
-    t = table
-    if pg and "." in table:
-        schema, _, t = table.partition(".")
-        if not TABLE_RE.match(schema):
-            raise InvalidError(f"table {table!r}: schema must be 1..50 characters of "
-                               "A-Z a-z 0-9 _, not starting with a digit")
-    if not TABLE_RE.match(t):
-        raise InvalidError(f"table {table!r}: use 1..50 characters of A-Z a-z 0-9 _, "
-                           "not starting with a digit")
+    schema(which, store, table)
     return table
 
 
 def quote_table(table: str) -> str:
+    """The outbox table as the C store names it in SQL (quoted; the inbox's
+    is not quoted: see schema())."""
     return ".".join(f'"{p}"' for p in table.split("."))
 
 
 def check_id(mid: Any) -> str:
     if not isinstance(mid, str):
         raise InvalidTypeError(f"message id must be a str, not {type(mid).__name__}")
-    if not (1 <= len(mid) <= 255) or \
-            any(not (0x21 <= ord(c) <= 0x7e) for c in mid):
-        raise InvalidError(f"message id {mid!r}: use 1..255 printable ASCII characters "
-                           "without spaces")
-    return mid
+    return check_rule(CHECK_ID, mid)
 
 
 def now_ms() -> int:

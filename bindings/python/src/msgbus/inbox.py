@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import _check, _lib
 from ._core import Message
-from ._sql import (CONSUMER_RE, check_id, check_table, kind, now_ms, pg_status, quote_table,
+from ._sql import (CHECK_CONSUMER, check_id, check_rule, check_table, kind, now_ms, pg_status, schema,
                    require_txn_for_claim)
 from .errors import ClosedError, InvalidError, InvalidTypeError, StateError, StoreError, check
 
@@ -58,14 +58,14 @@ class Inbox:
         if not isinstance(consumer, str):
             raise InvalidTypeError(f"consumer must be a str, not {type(consumer).__name__}")
         _check.flag(create, "create")
-        if not CONSUMER_RE.match(consumer):
-            raise InvalidError(f"consumer {consumer!r}: use 1..255 characters of "
-                               "A-Z a-z 0-9 . _ -")
-        check_table(table, self._kind == "pg")
+        check_rule(CHECK_CONSUMER, consumer)
+        check_table("inbox", self._kind, table)
         self.conn = conn
         self.consumer = consumer
         self.table = table
-        self._q = quote_table(table)
+        # Unquoted, as the C stores name it (PostgreSQL folds it to lower
+        # case): C and Python consumers of one table meet in the same one.
+        self._q = table
         self._ph = "?" if self._kind == "sqlite" else "%s"
         if create:
             self.create_table()
@@ -80,35 +80,22 @@ class Inbox:
         Outside a transaction (StateError otherwise). On PostgreSQL in
         non-autocommit mode it commits the DDL it ran."""
         c = self.conn
-        q = self._q
-        idx = f'"{self.table.split(".")[-1]}_claimed_idx"'
         cur = c.cursor()
         try:
             if self._kind == "sqlite":
                 if c.in_transaction:
                     raise StateError("inbox: create the table outside a transaction")
-                cur.execute(f"CREATE TABLE IF NOT EXISTS {q} ("
-                            " consumer TEXT NOT NULL,"
-                            " message_id TEXT NOT NULL,"
-                            " claimed_at INTEGER NOT NULL DEFAULT"
-                            " (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),"
-                            " PRIMARY KEY (consumer, message_id)"
-                            ") WITHOUT ROWID")
-                cur.execute(f"CREATE INDEX IF NOT EXISTS {idx} ON {q} (consumer, claimed_at)")
             else:
                 if pg_status(c) != "idle":
                     raise StateError("inbox: create the table outside a transaction")
+                # The C store's lock: concurrent first opens (C or Python)
+                # take turns instead of racing in the catalog.
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                             (f"msgbus_inbox:{self.table}",))
-                cur.execute(f"CREATE TABLE IF NOT EXISTS {q} ("
-                            " consumer TEXT NOT NULL,"
-                            " message_id TEXT NOT NULL,"
-                            " claimed_at BIGINT NOT NULL DEFAULT"
-                            " (extract(epoch FROM clock_timestamp()) * 1000)::bigint,"
-                            " PRIMARY KEY (consumer, message_id))")
-                cur.execute(f"CREATE INDEX IF NOT EXISTS {idx} ON {q} (consumer, claimed_at)")
-                if not getattr(c, "autocommit", False):
-                    c.commit()
+            for stmt in schema("inbox", self._kind, self.table):
+                cur.execute(stmt)
+            if self._kind == "pg" and not getattr(c, "autocommit", False):
+                c.commit()
         finally:
             cur.close()
 

@@ -17,52 +17,12 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 from . import _check, _core, _lib
 from ._core import Bus
-from ._sql import HEADER_RE, NAME_RE, check_id, check_table, kind, pg_status, quote_table, uuid7
+from ._sql import (CHECK_CE_SOURCE, CHECK_CE_SUBJECT, CHECK_CE_TYPE, CHECK_HEADER_NAME, CHECK_TOPIC,
+                   check_id, check_rule, check_table, kind, pg_status, quote_table, schema, uuid7)
 from .errors import ClosedError, ConnectError, InvalidError, InvalidTypeError, StateError, \
     StoreError, check, make_error
 
 DEFAULT_TABLE = "msgbus_outbox"
-
-_SQLITE_DDL = [
-    'CREATE TABLE IF NOT EXISTS {q} ('
-    ' id INTEGER PRIMARY KEY AUTOINCREMENT,'
-    ' msg_id TEXT NOT NULL DEFAULT (lower(hex(randomblob(16)))),'
-    ' topic TEXT NOT NULL,'
-    ' msg_key BLOB,'
-    " headers TEXT NOT NULL DEFAULT '{{}}',"
-    ' payload BLOB NOT NULL,'
-    ' msg_ts INTEGER,'
-    " created_at INTEGER NOT NULL DEFAULT"
-    " (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),"
-    " state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending','sent','failed')),"
-    ' attempts INTEGER NOT NULL DEFAULT 0,'
-    ' sent_at INTEGER,'
-    ' error TEXT)',
-    'CREATE INDEX IF NOT EXISTS "{t}_pending" ON {q} (id) WHERE state = \'pending\'',
-    'CREATE INDEX IF NOT EXISTS "{t}_failed_key" ON {q} (msg_key, id) WHERE state = \'failed\'',
-    'CREATE INDEX IF NOT EXISTS "{t}_sent" ON {q} (sent_at) WHERE state = \'sent\'',
-]
-
-_PG_DDL = [
-    'CREATE TABLE IF NOT EXISTS {q} ('
-    ' id bigserial PRIMARY KEY,'
-    ' msg_id text NOT NULL DEFAULT gen_random_uuid()::text,'
-    ' topic text NOT NULL,'
-    ' msg_key bytea,'
-    " headers jsonb NOT NULL DEFAULT '{{}}',"
-    ' payload bytea NOT NULL,'
-    ' msg_ts bigint,'
-    ' created_at bigint NOT NULL DEFAULT'
-    ' (extract(epoch FROM clock_timestamp()) * 1000)::bigint,'
-    " state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending','sent','failed')),"
-    ' attempts integer NOT NULL DEFAULT 0,'
-    ' sent_at bigint,'
-    ' error text)',
-    'CREATE INDEX IF NOT EXISTS "{t}_pending" ON {q} (id) WHERE state = \'pending\'',
-    'CREATE INDEX IF NOT EXISTS "{t}_failed_key" ON {q} (msg_key, id) WHERE state = \'failed\'',
-    'CREATE INDEX IF NOT EXISTS "{t}_sent" ON {q} (sent_at) WHERE state = \'sent\'',
-]
-
 
 def create_table(conn: Any, table: str = DEFAULT_TABLE) -> None:
     """Creates the outbox table and its indexes (docs/outbox.md) if missing,
@@ -71,25 +31,13 @@ def create_table(conn: Any, table: str = DEFAULT_TABLE) -> None:
     PostgreSQL commit afterwards. The C relay creates the same table when it
     opens, so this is only needed when writers start before the relay."""
     k = kind(conn)
-    check_table(table, False)
-    q = quote_table(table)
+    check_table("outbox", k, table)
     cur = conn.cursor()
     try:
-        for stmt in (_SQLITE_DDL if k == "sqlite" else _PG_DDL):
-            cur.execute(stmt.format(q=q, t=table))
+        for stmt in schema("outbox", k, table):
+            cur.execute(stmt)
     finally:
         cur.close()
-
-
-_CE_PREFIXES = ("ce_", "ce-", "cloudevents_", "cloudevents:")
-_CE_CONTEXT = {"id", "specversion", "type", "source", "subject", "time", "datacontenttype"}
-
-
-def _ce_reserved(name: str) -> bool:
-    """A CloudEvents context attribute under a binding's prefix, which msgbus
-    writes itself (msgbus_msg_set_header refuses these names too)."""
-    low = name.lower()
-    return any(low.startswith(p) and low[len(p):] in _CE_CONTEXT for p in _CE_PREFIXES)
 
 
 def _headers_dict(headers: Optional[Mapping[str, Union[str, bytes]]]) -> Dict[str, str]:
@@ -97,12 +45,8 @@ def _headers_dict(headers: Optional[Mapping[str, Union[str, bytes]]]) -> Dict[st
     for name, value in (_check.mapping(headers, "headers") or {}).items():
         if not isinstance(name, str):
             raise InvalidTypeError(f"header name must be a str, not {type(name).__name__}")
-        if not HEADER_RE.match(name):
-            raise InvalidError(f"header name {name!r}: use 1..255 characters of "
-                               "A-Z a-z 0-9 . _ : -")
-        if name.startswith("msgbus-") or _ce_reserved(name):
-            raise InvalidError(f"header name '{name}' is reserved for msgbus (give the id, "
-                               "type, source and subject as id=, type=, source=, subject=)")
+        # The C rule, reserved names included (msgbus_msg_set_header's).
+        check_rule(CHECK_HEADER_NAME, name)
         if isinstance(value, (bytes, bytearray)):
             try:
                 value = bytes(value).decode("utf-8")
@@ -154,22 +98,17 @@ def put(conn: Any, topic: str, payload: Union[bytes, str],
     span of the relayed message is its child.
     """
     k = kind(conn)
-    check_table(table, False)
+    check_table("outbox", k, table)
     if not isinstance(topic, str):
         raise InvalidTypeError(f"topic must be a str, not {type(topic).__name__}")
-    if not NAME_RE.match(topic):
-        raise InvalidError(f"invalid topic name {topic!r}: use 1..249 characters of "
-                           "A-Z a-z 0-9 . _ -")
+    check_rule(CHECK_TOPIC, topic)
     mid = check_id(id) if id is not None else uuid7()
     hd = _headers_dict(headers)
-    for what, v in (("type", type), ("source", source), ("subject", subject)):
+    for what, ck, v in (("type", CHECK_CE_TYPE, type), ("source", CHECK_CE_SOURCE, source),
+                        ("subject", CHECK_CE_SUBJECT, subject)):
         if v is not None:
             t = (_check.text(v, what) or b"").decode("utf-8")
-            if not 1 <= len(t.encode("utf-8")) <= 1024 or any(
-                    ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f for c in t):
-                raise InvalidError(f"invalid CloudEvents {what} {t[:64]!r}: use 1..1024 bytes "
-                                   "of UTF-8 without control characters")
-            hd["ce_" + what] = t
+            hd["ce_" + what] = check_rule(ck, t)
     pb = _check.data(payload, "payload")
     kb = None if key is None else _check.data(key, "key")
     ts = None if timestamp is None else _check.int64(timestamp, "timestamp",
@@ -273,7 +212,7 @@ class Relay:
         SQLite would open a private database the application never sees."""
         pb = _check.path(path, "path")
         _check.instance(bus, Bus, "bus")
-        tb = None if table is None else check_table(table, False).encode()
+        tb = None if table is None else check_table("outbox", "sqlite", table).encode()
         lib = _lib.load()
         sq = _sqlite()
         db = c_void_p()
@@ -297,7 +236,7 @@ class Relay:
         environment variables, None is refused)."""
         cb = _check.text(conninfo, "conninfo")
         _check.instance(bus, Bus, "bus")
-        tb = None if table is None else check_table(table, True).encode()
+        tb = None if table is None else check_table("outbox", "pg", table).encode()
         lib = _lib.load()
         pq = _pq()
         conn = pq.PQconnectdb(cb)
