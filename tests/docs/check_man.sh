@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# check_man.sh SRCDIR LIBMSGBUS [CC] — the man pages cannot drift:
+# check_man.sh SRCDIR LIBMSGBUS [CC [CFLAGS]] — the man pages cannot drift:
 #  1. scripts/gen-man run into a scratch directory gives exactly the
 #     committed docs/man/man3 and docs/man/man1 (a header comment or a CLI
 #     help text changed without regenerating fails here);
@@ -7,13 +7,15 @@
 #     its page, and every function page is an exported symbol;
 #  3. groff renders every page with all warnings on (-ww) and prints none;
 #  4. the example programs of docs/man/examples (each page's EXAMPLE)
-#     compile with -Werror, link against LIBMSGBUS and run on mem://, so
-#     an EXAMPLE section cannot rot.
+#     compile with -Werror (and CFLAGS: the sanitizer flags when the
+#     library has them), link against LIBMSGBUS and run on mem://, so an
+#     EXAMPLE section cannot rot.
 # Missing tools (python3, groff, nm, the compiler) are failures, not skips.
 set -uo pipefail
 src=${1:?usage: check_man.sh SRCDIR LIBMSGBUS [CC]}
 lib=${2:?usage: check_man.sh SRCDIR LIBMSGBUS [CC]}
 cc=${3:-cc}
+read -r -a cflags <<<"${4:-}"
 man=$src/docs/man
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
@@ -80,7 +82,7 @@ for e in "$man"/examples/*.c; do
   b=$(basename "$e" .c)
   extra=()
   grep -q '<sqlite3.h>' "$e" && extra+=(-lsqlite3)
-  if ! "$cc" -std=c11 -Wall -Wextra -Werror -I "$src/include" "$e" -o "$work/$b" \
+  if ! "$cc" -std=c11 -Wall -Wextra -Werror "${cflags[@]}" -I "$src/include" "$e" -o "$work/$b" \
        "$libdir/$(basename "$lib")" "${extra[@]}" 2>"$work/cc.err"; then
     cat "$work/cc.err"; fail "example $b.c does not compile"; continue
   fi
