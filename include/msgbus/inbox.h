@@ -50,6 +50,9 @@ extern "C" {
 struct sqlite3;
 struct pg_conn;
 
+/* An inbox: one consumer's record of the message ids it processed, in one
+ * store (msgbus_inbox_open_sqlite, _open_pg, _open_memory;
+ * msgbus_inbox_close). */
 typedef struct msgbus_inbox msgbus_inbox_t;
 
 /* Default table name of the SQL stores. */

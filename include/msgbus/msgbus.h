@@ -73,9 +73,9 @@ MSGBUS_API const char *msgbus_strerror(msgbus_err_t err);
 /* The symbolic name of an error code ("MSGBUS_ERR_TIMEOUT"). Static; any thread. */
 MSGBUS_API const char *msgbus_err_name(msgbus_err_t err);
 
-/* Detail text of the most recent failure on the calling thread, e.g.
- * "unknown option 'prefech' in URL 'mem://x?prefech=10'; did you mean
- * 'prefetch'?".
+/* Detail text of the most recent failure on the calling thread. For
+ * example "unknown option 'prefech' in URL 'mem://x?prefech=10'; did you
+ * mean 'prefetch'?".
  * Never NULL ("" before any failure). The string is thread-local and is
  * overwritten by the next failing msgbus call on this thread. Secrets are
  * never included (see msgbus_redact). */
@@ -122,6 +122,9 @@ MSGBUS_API int msgbus_secret_name(const char *name);
 /* Messages                                                            */
 /* ------------------------------------------------------------------ */
 
+/* A message: payload, key, headers, id and timestamp; made with
+ * msgbus_msg_new, or received with msgbus_receive (then it also says where
+ * it came from). Freed with msgbus_msg_free. */
 typedef struct msgbus_msg msgbus_msg_t;
 
 /* Limits checked locally, before anything reaches a broker. */
@@ -242,6 +245,8 @@ MSGBUS_API const char *msgbus_msg_subject(const msgbus_msg_t *m);
 /* Bus                                                                 */
 /* ------------------------------------------------------------------ */
 
+/* An open bus: a connection to the broker a URL names (msgbus_open,
+ * msgbus_close). */
 typedef struct msgbus msgbus_t;
 
 /* Opens a bus on `url` — or on $MSGBUS_URL when url is NULL.
@@ -323,6 +328,8 @@ MSGBUS_API msgbus_err_t msgbus_declare(msgbus_t *bus, const char *topic, const c
 /* Subscribing                                                         */
 /* ------------------------------------------------------------------ */
 
+/* A subscription to one topic, as a member of a group or as a broadcast
+ * subscriber (msgbus_subscribe, msgbus_sub_close). */
 typedef struct msgbus_sub msgbus_sub_t;
 
 /* Subscribes to `topic`, as a member of `group` or, with group NULL, as a
@@ -429,14 +436,16 @@ MSGBUS_API void msgbus_sub_close(msgbus_sub_t *sub);
 MSGBUS_API msgbus_err_t msgbus_receive_batch(msgbus_sub_t *sub, size_t max, int timeout_ms,
                                              msgbus_msg_t **out, size_t *n);
 
-/* Pauses a subscription: the backend stops fetching (Kafka: its partitions
- * are paused; RabbitMQ: its consumer is cancelled, unsettled messages stay
- * unsettled; mem: nothing more is handed to it), and msgbus_receive on it
- * returns nothing (messages already buffered wait, unsettled, counted in
- * msgbus_fd only after resume). Messages received before stay valid and can
- * be settled. Pausing a paused subscription (or resuming a running one) is
- * a no-op. Never blocks on the network. MSGBUS_ERR_CLOSED after close.
- * Any thread. */
+/* Pauses a subscription, or resumes a paused one. Paused, the backend
+ * stops fetching (Kafka: its partitions are paused; RabbitMQ: its consumer
+ * is cancelled, unsettled messages stay unsettled; mem: nothing more is
+ * handed to it), and msgbus_receive on it returns nothing (messages
+ * already buffered wait, unsettled, counted in msgbus_fd only after
+ * resume). Messages received before stay valid and can be settled.
+ * msgbus_sub_resume undoes it: the backend fetches again and
+ * msgbus_receive returns messages again. Pausing a paused subscription (or
+ * resuming a running one) is a no-op. Never blocks on the network.
+ * MSGBUS_ERR_CLOSED after close. Any thread. */
 MSGBUS_API msgbus_err_t msgbus_sub_pause(msgbus_sub_t *sub);
 MSGBUS_API msgbus_err_t msgbus_sub_resume(msgbus_sub_t *sub);
 

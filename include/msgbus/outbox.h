@@ -43,6 +43,8 @@ extern "C" {
 struct sqlite3;
 struct pg_conn;
 
+/* An outbox handle: one outbox table on one database connection
+ * (msgbus_outbox_open_sqlite, _open_pg; msgbus_outbox_close). */
 typedef struct msgbus_outbox msgbus_outbox_t;
 
 /* Default table name when `table` is NULL. */
