@@ -63,13 +63,45 @@
  *  - A paused member is skipped by dispatch (its window frozen; keys it
  *    holds stay its own, so other members do not overtake it).
  *
+ * Faults on purpose (issue 24, docs/testing.md), off by default: URL
+ * options fault.* make one bus misbehave the way real brokers do, so users
+ * can test their handlers without a broker and a fault proxy:
+ *  - fault.dup=P: a delivery is followed by a copy of the same message
+ *    (same id and attempt) right behind it in its key's order;
+ *  - fault.redeliver=P: an ack is lost — it returns MSGBUS_OK but the
+ *    message stays with the group and comes again, attempt raised, at its
+ *    place in the group's order (so possibly after later messages of its
+ *    key that were already delivered, as after a real broker's requeue);
+ *  - fault.confirm_fail=P: a publish is refused by the "broker": the
+ *    message is NOT stored, and its confirm says MSGBUS_ERR_BROKER with a
+ *    text naming the injected fault;
+ *  - fault.confirm_delay_ms=D, fault.jitter_ms=J: a confirm arrives D plus
+ *    0..J ms after the publish (the message is stored at once; confirms
+ *    keep publish order, as on Kafka and RabbitMQ);
+ *  - fault.disconnect_every=N: after every N-th operation of the bus (a
+ *    publish stored, a settle done) its connection is lost: state
+ *    RECONNECTING, every unsettled message of its subscriptions goes back
+ *    to its group (other members may take it) and what the core holds for
+ *    the application but has not handed over is dropped; a later settle of
+ *    a message delivered before the loss is ignored (MSGBUS_OK, as Kafka
+ *    and RabbitMQ do); fault.reconnect_ms later (default 20) the bus is UP
+ *    again and its subscriptions receive again.
+ * Decisions come from fault.seed (default 1), one stream per fault kind,
+ * so the same seed and the same sequence of calls give the same faults.
+ * The faults belong to the bus that names them (its publishes and its
+ * subscriptions), not to the named broker. A bus with faults has a thread
+ * of its own for delayed confirms and reconnects.
+ *
  * One mutex per broker guards everything in it; delivery to the core's
  * queues happens in one batch per member per dispatch pass.
  */
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <jansson.h>
 
@@ -108,6 +140,7 @@ struct mb_mem_entry { /* the message's place in one group */
     uint64_t delivery_id;
     struct mb_backend_sub *owner; /* while in flight */
     struct mb_mem_entry *prev, *next;
+    bool copy; /* a duplicate made by fault.dup: never duplicated again */
 };
 
 struct mb_mem_keyown { /* a key some member holds unsettled messages of */
@@ -158,11 +191,48 @@ struct mb_mem_broker {
     struct mb_mem_broker *next;
 };
 
+/* A confirm waiting for its time (fault.confirm_delay_ms / jitter_ms). */
+struct mb_mem_delayed {
+    struct mb_confirm *token;
+    int64_t due_us, published_us;
+    msgbus_err_t status;
+    char *error; /* NULL on success */
+    struct mb_mem_delayed *next;
+};
+
+/* One bus's fault.* options and their state (see the top of this file). */
+struct mb_mem_faults {
+    /* As configured; fixed after open. */
+    double dup, confirm_fail, redeliver;
+    long disconnect_every, reconnect_ms, delay_ms, jitter_ms;
+    uint64_t seed;
+    /* Under the broker's lock: */
+    uint64_t rng_dup, rng_redeliver;
+    long ops;           /* publishes stored and settles done since the last loss */
+    bool down;          /* between a connection loss and its reconnect */
+    uint64_t lost_upto; /* deliveries with an id up to this one went with the connection */
+    uint64_t n_dup, n_redeliver, n_disconnect, n_settle_ignored;
+    /* Under mu: */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t rng_fail, rng_jitter;
+    uint64_t n_fail, n_delayed;
+    int64_t last_due_us;
+    struct mb_mem_delayed *head, *tail; /* by due time */
+    long losses;             /* connection losses the thread has yet to report */
+    int64_t reconnect_at_us; /* 0: no reconnect due */
+    bool stop;
+    bool threaded;
+    pthread_t thread;
+};
+
 struct mb_backend {
     msgbus_t *bus;
     struct mb_mem_broker *broker;
     long prefetch;
     long max_bytes;
+    struct mb_backend_sub *subs; /* this bus's subscriptions (broker lock) */
+    struct mb_mem_faults *f;     /* NULL: no fault.* option (the usual case) */
 };
 
 struct mb_backend_sub {
@@ -176,6 +246,7 @@ struct mb_backend_sub {
     size_t batch_len;
     bool paused; /* msgbus_sub_pause: dispatch hands it nothing */
     struct mb_backend_sub *next;
+    struct mb_backend_sub *be_next; /* in be->subs */
 };
 
 static pthread_mutex_t mb_mem_registry_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -356,10 +427,38 @@ static void mb_mem_inflight_remove(struct mb_backend_sub *bs, struct mb_mem_entr
 }
 
 /* Whether dispatch may hand `m` one more message: a paused member's window
- * is frozen, whatever room it has. */
+ * is frozen, whatever room it has, and so is that of a member whose bus has
+ * lost its connection on purpose (fault.disconnect_every). */
 static bool mb_mem_has_room(const struct mb_backend_sub *m)
 {
-    return !m->paused && m->ninflight < m->prefetch;
+    return !m->paused && m->ninflight < m->prefetch && !(m->be->f && m->be->f->down);
+}
+
+/* ---------------------------------------------- fault decisions (seeded) */
+
+/* splitmix64: small, fast, and the same numbers on every platform. */
+static uint64_t mb_mem_rand(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* True with probability p; p = 0 draws nothing, so a fault that is off
+ * leaves the other streams as they were. */
+static bool mb_mem_chance(uint64_t *s, double p)
+{
+    return p > 0 && (double)(mb_mem_rand(s) >> 11) * 0x1.0p-53 < p;
+}
+
+/* Stream `k` of `seed`: each fault kind draws from its own, so turning one
+ * fault on does not move the decisions of another. */
+static uint64_t mb_mem_stream(uint64_t seed, unsigned k)
+{
+    uint64_t s = seed ^ (0xD1B54A32D192ED03ull * (k + 1));
+    mb_mem_rand(&s);
+    return s;
 }
 
 static struct mb_backend_sub *mb_mem_least_loaded(struct mb_mem_group *g)
@@ -454,6 +553,30 @@ static void mb_mem_dispatch(struct mb_mem_broker *b, struct mb_mem_group *g)
             e->deliveries--;
             mb_log(MSGBUS_LOG_ERROR, "mem: out of memory delivering on '%s'", g->topic->name);
             break; /* stays pending; retried on the next dispatch */
+        }
+        struct mb_mem_faults *tf = to->be->f;
+        if (tf && !e->copy && mb_mem_chance(&tf->rng_dup, tf->dup)) {
+            /* fault.dup: a copy right behind it, so it is the next message
+             * of its key (key ownership sends it to the same member), with
+             * the same attempt. Out of memory: no duplicate, no harm. */
+            struct mb_mem_entry *c = calloc(1, sizeof *c);
+            if (c) {
+                c->seq = e->seq;
+                c->data = e->data;
+                atomic_fetch_add(&e->data->refs, 1);
+                c->deliveries = e->deliveries - 1;
+                c->copy = true;
+                c->prev = e;
+                c->next = e->next;
+                if (e->next)
+                    e->next->prev = c;
+                else
+                    g->tail = c;
+                e->next = c;
+                g->npending++;
+                next = c;
+                tf->n_dup++;
+            }
         }
         mb_mem_pending_remove(g, e);
         e->owner = to;
@@ -698,9 +821,274 @@ static void mb_mem_broker_free(struct mb_mem_broker *b)
     free(b);
 }
 
+/* ------------------------------------------------------------- faults */
+
+static bool mb_mem_drop_any(const msgbus_msg_t *m, void *arg)
+{
+    (void)m;
+    (void)arg;
+    return true;
+}
+
+/* fault.disconnect_every: `be` loses its connection now. Broker lock held.
+ * Everything its subscriptions hold unsettled goes back to its group, in
+ * place (other members may take it at once); what the core still queues
+ * for the application is dropped, as a real backend drops what came over
+ * a dead connection; deliveries up to now can no longer be settled (their
+ * settle is ignored). The fault thread reports RECONNECTING, then UP
+ * fault.reconnect_ms later, when the subscriptions receive again. */
+static void mb_mem_fault_disconnect(struct mb_mem_broker *b, struct mb_backend *be)
+{
+    struct mb_mem_faults *f = be->f;
+    f->down = true;
+    f->ops = 0;
+    f->n_disconnect++;
+    f->lost_upto = b->next_delivery;
+    for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->be_next) {
+        while (bs->inflight) {
+            struct mb_mem_entry *e = bs->inflight;
+            mb_mem_inflight_remove(bs, e);
+            mb_mem_key_adjust(bs->group, e->data->msg, bs, -1);
+            e->owner = NULL;
+            mb_mem_pending_insert(bs->group, e);
+        }
+        mb_sub_drop(bs->sub, mb_mem_drop_any, NULL);
+    }
+    for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->be_next)
+        mb_mem_dispatch(b, bs->group);
+    pthread_mutex_lock(&f->mu);
+    f->losses++;
+    pthread_cond_signal(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+}
+
+/* One more operation of `be` (a publish stored, a settle done); the N-th
+ * since the last loss loses the connection. Broker lock held. */
+static void mb_mem_fault_op(struct mb_mem_broker *b, struct mb_backend *be)
+{
+    struct mb_mem_faults *f = be->f;
+    if (f && f->disconnect_every && !f->down && ++f->ops >= f->disconnect_every)
+        mb_mem_fault_disconnect(b, be);
+}
+
+/* Queues a confirm for `due_us`, kept in due order (it is almost always the
+ * newest); false when out of memory. */
+static bool mb_mem_fault_delay(struct mb_mem_faults *f, struct mb_confirm *token, int64_t due_us,
+                               int64_t published_us, msgbus_err_t status, const char *error)
+{
+    struct mb_mem_delayed *d = calloc(1, sizeof *d);
+    if (!d || (error && !(d->error = mb_strdup(error)))) {
+        free(d);
+        return false;
+    }
+    d->token = token;
+    d->due_us = due_us;
+    d->published_us = published_us;
+    d->status = status;
+    pthread_mutex_lock(&f->mu);
+    if (!f->tail || f->tail->due_us <= due_us) {
+        if (f->tail)
+            f->tail->next = d;
+        else
+            f->head = d;
+        f->tail = d;
+    } else {
+        struct mb_mem_delayed **pp = &f->head;
+        while ((*pp)->due_us <= due_us)
+            pp = &(*pp)->next;
+        d->next = *pp;
+        *pp = d;
+    }
+    f->n_delayed++;
+    pthread_cond_signal(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+    return true;
+}
+
+static void mb_mem_fault_fire(struct mb_backend *be, struct mb_mem_delayed *d)
+{
+    if (d->status == MSGBUS_OK)
+        mb_bus_confirm_latency(be->bus, d->token, mb_mono_us() - d->published_us);
+    mb_bus_confirm(be->bus, d->token, d->status, d->error);
+    free(d->error);
+    free(d);
+}
+
+/* The bus's fault thread: delayed confirms, and the state events and the
+ * reconnect of a connection loss. */
+static void *mb_mem_fault_thread(void *arg)
+{
+    struct mb_backend *be = arg;
+    struct mb_mem_faults *f = be->f;
+    struct mb_mem_broker *b = be->broker;
+    pthread_mutex_lock(&f->mu);
+    while (!f->stop) {
+        int64_t now = mb_mono_us();
+        if (f->losses) {
+            f->losses = 0;
+            f->reconnect_at_us = now + f->reconnect_ms * 1000 + 1;
+            pthread_mutex_unlock(&f->mu);
+            mb_bus_state(be->bus, MSGBUS_STATE_RECONNECTING,
+                         "connection lost: injected fault (fault.disconnect_every=%ld on "
+                         "mem://%s)",
+                         f->disconnect_every, b->name);
+            pthread_mutex_lock(&f->mu);
+            continue;
+        }
+        if (f->reconnect_at_us && now >= f->reconnect_at_us) {
+            f->reconnect_at_us = 0;
+            pthread_mutex_unlock(&f->mu);
+            pthread_mutex_lock(&b->mu);
+            f->down = false;
+            for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->be_next)
+                mb_mem_dispatch(b, bs->group);
+            pthread_mutex_unlock(&b->mu);
+            mb_bus_state(be->bus, MSGBUS_STATE_UP,
+                         "reconnected after an injected connection loss");
+            pthread_mutex_lock(&f->mu);
+            continue;
+        }
+        if (f->head && f->head->due_us <= now) {
+            struct mb_mem_delayed *due = f->head, *last = f->head;
+            while (last->next && last->next->due_us <= now)
+                last = last->next;
+            f->head = last->next;
+            if (!f->head)
+                f->tail = NULL;
+            last->next = NULL;
+            pthread_mutex_unlock(&f->mu);
+            for (struct mb_mem_delayed *d = due, *n; d; d = n) {
+                n = d->next;
+                mb_mem_fault_fire(be, d);
+            }
+            pthread_mutex_lock(&f->mu);
+            continue;
+        }
+        int64_t wake = INT64_MAX;
+        if (f->head)
+            wake = f->head->due_us;
+        if (f->reconnect_at_us && f->reconnect_at_us < wake)
+            wake = f->reconnect_at_us;
+        if (wake == INT64_MAX) {
+            pthread_cond_wait(&f->cv, &f->mu);
+        } else {
+            struct timespec ts = {(time_t)(wake / 1000000), (long)(wake % 1000000) * 1000};
+            pthread_cond_timedwait(&f->cv, &f->mu, &ts);
+        }
+    }
+    pthread_mutex_unlock(&f->mu);
+    return NULL;
+}
+
+/* Reads the fault.* options of `url` into be->f (left NULL when every
+ * fault is off) and starts the fault thread when one needs it. */
+static msgbus_err_t mb_mem_faults_open(struct mb_backend *be, struct mb_url *url)
+{
+    double dup, fail, redeliver;
+    long every, reconnect, delay, jitter, seed;
+    msgbus_err_t e;
+    if ((e = mb_url_opt_double(url, "fault.dup", 0, 0, 1, &dup)) ||
+        (e = mb_url_opt_double(url, "fault.confirm_fail", 0, 0, 1, &fail)) ||
+        (e = mb_url_opt_double(url, "fault.redeliver", 0, 0, 1, &redeliver)) ||
+        (e = mb_url_opt_int(url, "fault.disconnect_every", 0, 0, 1000000000L, &every)) ||
+        (e = mb_url_opt_int(url, "fault.reconnect_ms", 20, 0, 60000, &reconnect)) ||
+        (e = mb_url_opt_int(url, "fault.confirm_delay_ms", 0, 0, 60000, &delay)) ||
+        (e = mb_url_opt_int(url, "fault.jitter_ms", 0, 0, 60000, &jitter)) ||
+        (e = mb_url_opt_int(url, "fault.seed", 1, 0, LONG_MAX, &seed)))
+        return e;
+    if (!(dup > 0 || fail > 0 || redeliver > 0 || every > 0 || delay > 0 || jitter > 0))
+        return MSGBUS_OK;
+    struct mb_mem_faults *f = calloc(1, sizeof *f);
+    if (!f)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory opening mem://");
+    f->dup = dup;
+    f->confirm_fail = fail;
+    f->redeliver = redeliver;
+    f->disconnect_every = every;
+    f->reconnect_ms = reconnect;
+    f->delay_ms = delay;
+    f->jitter_ms = jitter;
+    f->seed = (uint64_t)seed;
+    f->rng_dup = mb_mem_stream(f->seed, 0);
+    f->rng_fail = mb_mem_stream(f->seed, 1);
+    f->rng_redeliver = mb_mem_stream(f->seed, 2);
+    f->rng_jitter = mb_mem_stream(f->seed, 3);
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&f->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    be->f = f;
+    if (every > 0 || delay > 0 || jitter > 0) {
+        if (pthread_create(&f->thread, NULL, mb_mem_fault_thread, be)) {
+            pthread_cond_destroy(&f->cv);
+            pthread_mutex_destroy(&f->mu);
+            free(f);
+            be->f = NULL;
+            return mb_error(MSGBUS_ERR_NOMEM, "mem://: cannot start the thread of its fault.* "
+                                              "options");
+        }
+        f->threaded = true;
+    }
+    return MSGBUS_OK;
+}
+
+/* Stops the fault thread and gives every confirm still waiting its
+ * outcome now (close owes them all). */
+static void mb_mem_faults_close(struct mb_backend *be)
+{
+    struct mb_mem_faults *f = be->f;
+    if (!f)
+        return;
+    if (f->threaded) {
+        pthread_mutex_lock(&f->mu);
+        f->stop = true;
+        pthread_cond_signal(&f->cv);
+        pthread_mutex_unlock(&f->mu);
+        pthread_join(f->thread, NULL);
+    }
+    for (struct mb_mem_delayed *d = f->head, *n; d; d = n) {
+        n = d->next;
+        mb_mem_fault_fire(be, d);
+    }
+    pthread_cond_destroy(&f->cv);
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+    be->f = NULL;
+}
+
+/* The "faults" member of the bus's stats detail: the seed and how many of
+ * each fault were injected. */
+static void mb_mem_faults_stats(struct mb_backend *be, json_t *detail)
+{
+    struct mb_mem_faults *f = be->f;
+    struct mb_mem_broker *b = be->broker;
+    json_t *o = json_object();
+    pthread_mutex_lock(&b->mu);
+    json_object_set_new(o, "seed", json_integer((json_int_t)f->seed));
+    json_object_set_new(o, "duplicated", json_integer((json_int_t)f->n_dup));
+    json_object_set_new(o, "acks_lost", json_integer((json_int_t)f->n_redeliver));
+    json_object_set_new(o, "disconnects", json_integer((json_int_t)f->n_disconnect));
+    json_object_set_new(o, "settles_ignored", json_integer((json_int_t)f->n_settle_ignored));
+    json_object_set_new(o, "down", json_boolean(f->down));
+    pthread_mutex_unlock(&b->mu);
+    pthread_mutex_lock(&f->mu);
+    json_object_set_new(o, "confirms_failed", json_integer((json_int_t)f->n_fail));
+    json_object_set_new(o, "confirms_delayed", json_integer((json_int_t)f->n_delayed));
+    pthread_mutex_unlock(&f->mu);
+    json_object_set_new(detail, "faults", o);
+}
+
 /* ---------------------------------------------------------------- ops */
 
-static const char *const mb_mem_options[] = {"prefetch", "max_message_bytes", "retain", NULL};
+static const char *const mb_mem_options[] = {
+    "prefetch",          "max_message_bytes",      "retain",
+    "fault.dup",         "fault.redeliver",        "fault.confirm_fail",
+    "fault.jitter_ms",   "fault.confirm_delay_ms", "fault.disconnect_every",
+    "fault.reconnect_ms", "fault.seed",            NULL};
+
+static void mb_mem_close(struct mb_backend *be);
 
 static msgbus_err_t mb_mem_open(msgbus_t *bus, struct mb_url *url, struct mb_backend **out)
 {
@@ -758,13 +1146,19 @@ static msgbus_err_t mb_mem_open(msgbus_t *bus, struct mb_url *url, struct mb_bac
     b->refs++;
     pthread_mutex_unlock(&mb_mem_registry_mu);
     be->broker = b;
+    if ((e = mb_mem_faults_open(be, url))) {
+        mb_mem_close(be);
+        return e;
+    }
     *out = be;
     return MSGBUS_OK;
 }
 
 static void mb_mem_close(struct mb_backend *be)
 {
-    /* Every confirm was given inside publish: nothing is outstanding. */
+    /* Every confirm was given inside publish, but for those fault.* delays:
+     * they are given now. */
+    mb_mem_faults_close(be);
     pthread_mutex_lock(&mb_mem_registry_mu);
     struct mb_mem_broker *b = be->broker;
     if (--b->refs == 0) {
@@ -787,6 +1181,34 @@ static msgbus_err_t mb_mem_publish(struct mb_backend *be, const char *topic, con
         return mb_error(MSGBUS_ERR_TOO_LARGE,
                         "message of %zu bytes to '%s' exceeds max_message_bytes=%ld", size, topic,
                         be->max_bytes);
+    struct mb_mem_faults *f = be->f;
+    int64_t now_us = 0, due_us = 0; /* due_us > 0: the confirm waits until then */
+    if (f) {
+        pthread_mutex_lock(&f->mu);
+        bool refuse = mb_mem_chance(&f->rng_fail, f->confirm_fail);
+        if (f->delay_ms || f->jitter_ms) {
+            now_us = mb_mono_us();
+            due_us = now_us + f->delay_ms * 1000 +
+                     (f->jitter_ms ? (int64_t)(mb_mem_rand(&f->rng_jitter) %
+                                               (uint64_t)(f->jitter_ms * 1000 + 1))
+                                   : 0);
+            if (due_us < f->last_due_us) /* confirms keep publish order */
+                due_us = f->last_due_us;
+            f->last_due_us = due_us;
+        }
+        f->n_fail += refuse;
+        pthread_mutex_unlock(&f->mu);
+        if (refuse) { /* not stored: the confirm says so, and why */
+            char why[512];
+            snprintf(why, sizeof why,
+                     "publish to '%s' refused: injected fault (fault.confirm_fail=%g on "
+                     "mem://%s); the message was not stored",
+                     topic, f->confirm_fail, be->broker->name);
+            if (!due_us || !mb_mem_fault_delay(f, token, due_us, now_us, MSGBUS_ERR_BROKER, why))
+                mb_bus_confirm(be->bus, token, MSGBUS_ERR_BROKER, why);
+            return MSGBUS_OK;
+        }
+    }
     struct mb_mem_data *d = calloc(1, sizeof *d);
     if (!d || !(d->msg = mb_msg_clone(m))) {
         free(d);
@@ -852,10 +1274,14 @@ static msgbus_err_t mb_mem_publish(struct mb_backend *be, const char *topic, con
         }
         free(es);
     }
+    if (!e)
+        mb_mem_fault_op(b, be);
     pthread_mutex_unlock(&b->mu);
     mb_mem_data_unref(d);
     if (e)
         return e;
+    if (due_us && mb_mem_fault_delay(f, token, due_us, now_us, MSGBUS_OK, NULL))
+        return MSGBUS_OK; /* stored; confirmed later (out of memory: now) */
     mb_bus_confirm_latency(be->bus, token, 0); /* confirmed within the publish call */
     mb_bus_confirm(be->bus, token, MSGBUS_OK, NULL); /* in memory = confirmed */
     return MSGBUS_OK;
@@ -926,6 +1352,8 @@ static msgbus_err_t mb_mem_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
     bs->group = g;
     bs->next = g->members;
     g->members = bs;
+    bs->be_next = be->subs;
+    be->subs = bs;
     mb_mem_dispatch(b, g);
     pthread_mutex_unlock(&b->mu);
     *out = bs;
@@ -940,6 +1368,11 @@ static void mb_mem_unsubscribe(struct mb_backend_sub *bs)
     for (struct mb_backend_sub **pp = &g->members; *pp; pp = &(*pp)->next)
         if (*pp == bs) {
             *pp = bs->next;
+            break;
+        }
+    for (struct mb_backend_sub **pp = &bs->be->subs; *pp; pp = &(*pp)->be_next)
+        if (*pp == bs) {
+            *pp = bs->be_next;
             break;
         }
     while (bs->inflight) { /* unsettled: back in place for the others */
@@ -963,7 +1396,20 @@ static msgbus_err_t mb_mem_settle(struct mb_backend_sub *bs, msgbus_msg_t *m, en
     struct mb_mem_broker *b = bs->be->broker;
     struct mb_mem_group *g = bs->group;
     struct mb_mem_entry *e = (struct mb_mem_entry *)(uintptr_t)m->tag;
+    struct mb_mem_faults *f = bs->be->f;
     pthread_mutex_lock(&b->mu);
+    if (f && (uint64_t)m->offset <= f->lost_upto) {
+        /* Delivered before an injected connection loss: the group has it
+         * back (e may be gone), so the settle goes nowhere, as on Kafka and
+         * RabbitMQ; the message comes again. */
+        f->n_settle_ignored++;
+        pthread_mutex_unlock(&b->mu);
+        mb_log(MSGBUS_LOG_DEBUG,
+               "mem: %s of %s ignored: it was delivered before an injected connection loss "
+               "(fault.disconnect_every) and comes again",
+               how == MB_SETTLE_ACK ? "ack" : "nack", m->id ? m->id : "(no id)");
+        return MSGBUS_OK;
+    }
     if (e->owner != bs || e->delivery_id != (uint64_t)m->offset) {
         pthread_mutex_unlock(&b->mu);
         return mb_error(MSGBUS_ERR_STATE, "message %s is no longer held by this subscriber",
@@ -972,12 +1418,15 @@ static msgbus_err_t mb_mem_settle(struct mb_backend_sub *bs, msgbus_msg_t *m, en
     mb_mem_inflight_remove(bs, e);
     mb_mem_key_adjust(g, e->data->msg, bs, -1);
     e->owner = NULL;
-    if (how == MB_SETTLE_ACK) {
+    if (how == MB_SETTLE_ACK && !(f && mb_mem_chance(&f->rng_redeliver, f->redeliver))) {
         mb_mem_data_unref(e->data);
         free(e);
-    } else {
+    } else { /* a nack, or an ack lost on purpose (fault.redeliver) */
+        if (how == MB_SETTLE_ACK)
+            f->n_redeliver++;
         mb_mem_pending_insert(g, e);
     }
+    mb_mem_fault_op(b, bs->be);
     mb_mem_dispatch(b, g);
     pthread_mutex_unlock(&b->mu);
     return MSGBUS_OK;
@@ -1015,6 +1464,8 @@ static void mb_mem_stats(struct mb_backend *be, json_t *detail)
 {
     json_object_set_new(detail, "broker", json_string(be->broker->name ? be->broker->name : ""));
     json_object_set_new(detail, "prefetch", json_integer(be->prefetch));
+    if (be->f)
+        mb_mem_faults_stats(be, detail);
 }
 
 
