@@ -610,7 +610,8 @@ MSGBUS_API const char *msgbus_state_name(msgbus_state_t state);
  * is 0). Any thread. */
 MSGBUS_API msgbus_state_t msgbus_state(const msgbus_t *bus, char *reason, size_t size);
 
-/* The same for one subscription. */
+/* The state of one subscription (UP while it consumes), its reason
+ * copied into `reason` as msgbus_state does. Any thread. */
 MSGBUS_API msgbus_state_t msgbus_sub_state(const msgbus_sub_t *sub, char *reason, size_t size);
 
 /* One state change, as given to the state callback. Strings live only
