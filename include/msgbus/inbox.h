@@ -148,7 +148,7 @@ typedef int (*msgbus_inbox_handler_fn)(void *opaque, msgbus_msg_t *msg);
  * Returns MSGBUS_OK when the message was settled as planned; *outcome (may
  * be NULL) says which way. Otherwise:
  *   MSGBUS_ERR_INVALID — NULL argument, or `msg` has no id: the message is
- *     left unsettled, the handler not called (see the top of this file);
+ *     left unsettled, the handler not called (see the top of inbox.h);
  *   MSGBUS_ERR_STATE — a transaction was already open on the connection
  *     (message left unsettled), or the handler ended the transaction
  *     (nacked);

@@ -381,9 +381,9 @@ MSGBUS_API msgbus_err_t msgbus_nack(msgbus_msg_t *m);
  *                              so its messages are kept until read
  *   start               latest where a new group or a broadcast subscriber
  *                              begins: latest, earliest, an RFC 3339 time
- *                              or -<duration> (see "Start positions" below;
- *                              MSGBUS_ERR_UNSUPPORTED where the backend
- *                              cannot replay)
+ *                              or -<duration> (see "Start positions" at
+ *                              msgbus_group_reset; MSGBUS_ERR_UNSUPPORTED
+ *                              where the backend cannot replay)
  * `options` is read during the call, not kept. Any thread; blocks like
  * msgbus_subscribe. See docs/semantics.md, "Retry and dead letters". */
 MSGBUS_API msgbus_err_t msgbus_subscribe_ex(msgbus_t *bus, const char *topic, const char *group,

@@ -127,8 +127,8 @@ MSGBUS_API msgbus_err_t msgbus_outbox_put(msgbus_outbox_t *ob, const char *topic
  * failed), or the first transient failure (MSGBUS_ERR_CONNECT,
  * MSGBUS_ERR_TIMEOUT, …): those rows stay pending for the next pass.
  * MSGBUS_ERR_STATE when the handle's connection is inside a transaction or
- * its background relay runs. Needs its own connection (see above).
- * Blocks. */
+ * its background relay runs. Needs its own connection (see the top of
+ * outbox.h). Blocks. */
 MSGBUS_API msgbus_err_t msgbus_outbox_relay(msgbus_outbox_t *ob, msgbus_t *bus, size_t max_rows,
                                             int timeout_ms, size_t *n_published);
 
@@ -186,8 +186,8 @@ typedef struct msgbus_outbox_stats {
     int64_t oldest_pending_age_ms; /* age of the oldest pending row; 0 when none */
 } msgbus_outbox_stats_t;
 
-/* Reads the figures above with one query on the handle's connection.
- * Blocks. */
+/* Reads the figures of msgbus_outbox_stats_t with one query on the
+ * handle's connection. Blocks. */
 MSGBUS_API msgbus_err_t msgbus_outbox_stats(msgbus_outbox_t *ob, msgbus_outbox_stats_t *st);
 
 /* What the relay did on this handle since it was opened: passes run (by
