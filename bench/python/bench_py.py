@@ -426,8 +426,11 @@ def main() -> int:
     import confluent_kafka
     import pika
     import msgbus
+    msgbus.Bus("mem://bench-config").close()  # decides whether the compiled paths serve
+    sp = msgbus.speedups() if hasattr(msgbus, "speedups") else "none"
     print(f"config msgbus-py {msgbus.__version__ if hasattr(msgbus, '__version__') else '?'} "
-          f"({msgbus.library_info() if hasattr(msgbus, 'library_info') else ''}), "
+          f"({msgbus.library_info() if hasattr(msgbus, 'library_info') else ''}; "
+          f"compiled hot paths: {sp}), "
           f"confluent-kafka {confluent_kafka.version()[0]} (librdkafka "
           f"{confluent_kafka.libversion()[0]}), pika {pika.__version__}; "
           f"N={a.messages} rounds={a.rounds}", flush=True)

@@ -5,8 +5,9 @@
 #     wheel bundles BUILD_DIR's libmsgbus (default: build);
 #  2. the wheel goes into a fresh venv, which then runs from a scratch
 #     directory with no MSGBUS_LIBRARY, MSGBUS_BUILD_DIR or PYTHONPATH: it
-#     must load the bundled library and do a round trip (publish, receive,
-#     ack, same payload and id) on mem://, Kafka and RabbitMQ.
+#     must load the bundled library, use the compiled hot paths
+#     (msgbus/_speedups, built by setup.py) and do a round trip (publish,
+#     receive, ack, same payload and id) on mem://, Kafka and RabbitMQ.
 # Broker URLs come from MSGBUS_TEST_KAFKA_URL / MSGBUS_TEST_AMQP_URL; a
 # missing one fails the check. Uses a cached venv with the `build` package
 # in .venv-pybuild (PyPI on first use).
@@ -36,7 +37,9 @@ import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 assert "msgbus/libmsgbus.so.0" in names, f"the wheel bundles no library: {names}"
 assert "msgbus/py.typed" in names
-print("wheel: bundles msgbus/libmsgbus.so.0,", len(names), "files")
+ext = [n for n in names if n.startswith("msgbus/_speedups.") and n.endswith(".so")]
+assert ext, f"the wheel has no compiled msgbus/_speedups extension: {names}"
+print("wheel: bundles msgbus/libmsgbus.so.0 and", ext[0] + ",", len(names), "files")
 PY
 listing=$(tar tzf "$sdist") # (grep -q on a pipe would cut tar short under pipefail)
 grep -q 'msgbus-.*/src/msgbus/_core.py' <<<"$listing" || { echo "check_wheel: sdist lacks the package" >&2; exit 1; }
@@ -50,6 +53,9 @@ info = msgbus.library_info()
 print("library:", info)
 assert info.source == "bundled", f"loaded via {info.source}, not the bundled copy"
 assert info.path.startswith(os.path.realpath(sys.prefix)), f"{info.path} is not in the venv"
+with msgbus.Bus("mem://wheel-speedups"):
+    assert msgbus.speedups() == "in use", f"compiled hot paths: {msgbus.speedups()}"
+print("compiled hot paths: in use")
 for url in ("mem://wheel", os.environ["MSGBUS_TEST_KAFKA_URL"], os.environ["MSGBUS_TEST_AMQP_URL"]):
     topic, group = f"wheel-{uuid.uuid4().hex[:10]}", "g"
     with msgbus.Bus(url) as bus, bus.subscribe(topic, group) as sub:

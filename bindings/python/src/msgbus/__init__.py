@@ -41,6 +41,16 @@ def version() -> str:
     return library_info().version
 
 
+def speedups() -> str:
+    """Whether the compiled hot paths (``msgbus._speedups``) serve publish,
+    receive, ack and delivery reports: ``"in use"``, or why not (``"not
+    built (…)"``, ``"turned off by MSGBUS_PY_NO_SPEEDUPS=1"``). Decided when
+    the first :class:`Bus` opens (``"not tried yet"`` before). Both paths
+    behave the same; the compiled one is faster."""
+    from . import _core
+    return _core.speedups()
+
+
 def set_log_level(level: int) -> None:
     """Pins the most verbose level of the lines libmsgbus hands to the
     ``logging.getLogger("msgbus")`` logger: 0 error, 1 warn, 2 info,
@@ -89,7 +99,7 @@ def uninstrument() -> None:
 
 __all__ = [
     "Bus", "Delivery", "Message", "Subscription", "aio", "inbox", "outbox", "LibraryInfo", "LibraryNotFoundError",
-    "library_info", "version", "set_log_level", "sync_log_level", "instrument", "uninstrument",
+    "library_info", "version", "speedups", "set_log_level", "sync_log_level", "instrument", "uninstrument",
     "State", "StateEvent",
     "MsgbusError", "InvalidError", "InvalidTypeError", "ConfigError", "NoMemoryError", "TimeoutError",
     "QueueFullError", "ConnectError", "AuthError", "TooLargeError", "BrokerError",

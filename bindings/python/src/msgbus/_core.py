@@ -5,6 +5,7 @@ import collections
 import ctypes
 import itertools
 import json
+import os
 import threading
 import weakref
 from ctypes import byref, c_char_p, c_int, c_size_t, c_void_p
@@ -37,6 +38,64 @@ _tracer: Any = None
 # What ends spans: the last tracer installed, kept after uninstrument() so
 # the spans already started still end.
 _span_ops: Any = None
+
+# The compiled hot paths (msgbus/_speedups.c), when the package was built
+# with them and MSGBUS_PY_NO_SPEEDUPS is not 1; set up with the library's
+# function addresses when the first Bus opens (_speedups_init). Without
+# them every call goes through ctypes, with the same results and errors.
+_sp: Any = None
+_sp_state = 0  # 0: not tried yet, 1: in use, -1: not available or turned off
+_sp_why = "not tried yet"
+
+
+def _c_msg_free(p: int) -> None:
+    _lib.load().msgbus_msg_free(p)
+
+
+def _c_ack(p: int) -> int:
+    return int(_lib.load().msgbus_ack(p))
+
+
+# What Message uses to free and ack its C message (the compiled ones once
+# _speedups_init succeeded).
+_msg_free: Callable[[int], None] = _c_msg_free
+_msg_ack: Callable[[int], int] = _c_ack
+
+
+def _speedups_init() -> bool:
+    """Sets up the compiled hot paths once; True when they are in use."""
+    global _sp, _sp_state, _sp_why, _msg_free, _msg_ack
+    if _sp_state:
+        return _sp_state > 0
+    _sp_state = -1
+    if os.environ.get("MSGBUS_PY_NO_SPEEDUPS") == "1":
+        _sp_why = "turned off by MSGBUS_PY_NO_SPEEDUPS=1"
+        return False
+    try:
+        from . import _speedups as mod  # type: ignore[attr-defined]
+    except ImportError as e:
+        _sp_why = f"not built ({e})"
+        return False
+    lib = _lib.load()
+    names = ("msgbus_msg_new", "msgbus_msg_free", "msgbus_msg_payload", "msgbus_msg_id",
+             "msgbus_publish", "msgbus_receive_batch", "msgbus_ack", "msgbus_poll",
+             "msgbus_flush")
+    if not all(hasattr(lib, n) for n in names):
+        _sp_why = "this libmsgbus has no msgbus_receive_batch"
+        return False
+    mod.init({n: ctypes.cast(getattr(lib, n), c_void_p).value for n in names}, Message,
+             Delivery)
+    _sp, _msg_free, _msg_ack = mod, mod.msg_free, mod.ack
+    _sp_state, _sp_why = 1, "in use"
+    return True
+
+
+def speedups() -> str:
+    """Whether the compiled hot paths serve publish, receive, ack and
+    delivery reports: ``"in use"``, or why not (e.g. ``"not built (…)"``,
+    ``"turned off by MSGBUS_PY_NO_SPEEDUPS=1"``). Decided when the first
+    :class:`Bus` opens (this opens none)."""
+    return _sp_why
 
 
 def _hval(value: HeaderValue, name: str) -> bytes:
@@ -124,6 +183,12 @@ def _delivery_cb() -> Any:
     if _cb_obj is None:
         _cb_obj = _lib.DELIVERY_CB(_on_delivery)  # kept for the life of the process
     return _cb_obj
+
+
+def _drain(rq: Any) -> None:
+    """Finishes the Deliveries whose reports the compiled callback queued
+    (during the poll, flush or close that just returned), in order."""
+    rq.finish(_pending)
 
 
 class Delivery:
@@ -219,11 +284,20 @@ class Delivery:
         _check.function(fn, "fn")
         with _cb_lock:
             if self._status is None:
-                if self._callbacks is None:
-                    self._callbacks = []
-                self._callbacks.append(fn)
-                return
-        fn(self)
+                cbs = self._callbacks
+                if cbs is None:
+                    cbs = self._callbacks = []
+                cbs.append(fn)
+                # The compiled report path settles a success without the
+                # lock when it finds no callbacks: if it did so just
+                # before ours was added, nobody else will call it.
+                if self._status is None or self._callbacks is not cbs:
+                    return
+                self._callbacks = None
+            else:
+                cbs = None
+        for f in cbs or (fn,):
+            f(self)
 
     def __repr__(self) -> str:
         state = "pending" if self._status is None else \
@@ -384,7 +458,7 @@ class Message:
         with _release_lock:
             p, self._ptr = self._ptr, None
         if p:
-            _lib.load().msgbus_msg_free(p)
+            _msg_free(p)
         if self._span is not None and not self._settled:
             self._end_span("none")  # freed unsettled: the broker delivers it again
 
@@ -396,7 +470,7 @@ class Message:
             p = self._ptr
             if p:
                 self._ptr = None
-                _lib.load().msgbus_msg_free(p)
+                _msg_free(p)
             if self._span is not None and not self._settled:
                 self._end_span("none")  # freed unsettled: the broker delivers it again
         except Exception:
@@ -437,7 +511,7 @@ class Message:
         if p is None or self._settled or self._span is not None:
             self._settle(_lib.load().msgbus_ack, "ack")  # the errors, or a span to end
             return
-        rc = _lib.load().msgbus_ack(p)
+        rc = _msg_ack(p)
         if rc != 0:
             check(rc)
         self._settled = True
@@ -497,11 +571,14 @@ class Subscription:
         self._buf: "collections.deque[int]" = collections.deque()
         self._paused = False
         lib = _lib.load()
+        # With the compiled paths the deque holds Message objects it made
+        # (not handed out yet, so not tracked by the bus), else raw pointers.
+        self._sp = _sp if bus._rq is not None else None
         self._batch = hasattr(lib, "msgbus_receive_batch")
-        self._arr = (c_void_p * _RECV_BATCH)() if self._batch else None
+        self._arr = (c_void_p * _RECV_BATCH)() if self._batch and self._sp is None else None
 
-    def _wrap(self, ptr: int) -> Message:
-        m = Message(ptr)
+    def _wrap(self, x: Any) -> Message:
+        m = Message(x) if x.__class__ is int else x
         self._bus._msgs.add(m)  # Bus._track, without the call
         if _tracer is not None:
             try:
@@ -511,7 +588,17 @@ class Subscription:
         return m
 
     def _take(self, p: int, ms: int, max_n: int) -> List[int]:
-        """Up to max_n raw messages, waiting up to ms for the first."""
+        """Up to max_n raw messages (with the compiled paths: Message objects),
+        waiting up to ms for the first."""
+        sp = self._sp
+        if sp is not None:
+            got = sp.take(p, min(max_n, _RECV_BATCH), ms)
+            if got.__class__ is list:
+                return got
+            rc = got
+            if rc != 4:
+                check(rc)
+            return []
         lib = _lib.load()
         if self._batch:
             n = c_size_t()
@@ -640,7 +727,11 @@ class Subscription:
             lib = _lib.load()
             lib.msgbus_sub_close(p)
             while self._buf:  # never handed out: freed unsettled, delivered again
-                lib.msgbus_msg_free(self._buf.popleft())
+                x = self._buf.popleft()
+                if x.__class__ is int:
+                    lib.msgbus_msg_free(x)
+                else:
+                    x._release(False)
             self._bus._subs.discard(self)
 
     @property
@@ -766,6 +857,9 @@ class Bus:
         self._state_cfn: Any = None
         self._stats_cfn: Any = None
         self._otel_attrs: Any = None  # the tracer's per-bus attributes (msgbus.otel)
+        # The compiled paths' queue of this bus's delivery reports (None:
+        # ctypes callbacks); kept until the object goes (close may fill it).
+        self._rq: Any = _sp.Reports() if _speedups_init() else None
         ub = _check.text(url, "url", optional=True)
         _log.sync()  # logging configured since the last bus: follow its level
         ptr = c_void_p()
@@ -833,11 +927,17 @@ class Bus:
                 if len(_topics) >= _TOPIC_CACHE_MAX:
                     _topics.clear()
                 _topics[topic] = tb  # type: ignore[assignment]
+        rq = self._rq
         if key is None and headers is None and id is None and timestamp is None \
                 and type is None and source is None and subject is None:
             # The common case, without build_message's general path (lists
             # and checks of arguments that are not there).
             pb = payload if payload.__class__ is bytes else _check.data(payload, "payload")
+            if rq is not None and _tracer is None:
+                r = _sp.publish_payload(rq, bus, tb, pb, next(_ids), self, topic, _pending)
+                if r.__class__ is int:
+                    check(r)
+                return r  # type: ignore[no-any-return]
             out = c_void_p()
             check(lib.msgbus_msg_new(out, pb, len(pb)))  # by reference, as byref(out)
             m = out.value or 0
@@ -845,7 +945,7 @@ class Bus:
             m = build_message(payload, key, headers, id, timestamp, type, source, subject)
         span = None
         try:
-            mid = lib.msgbus_msg_id(m).decode()
+            mid = lib.msgbus_msg_id(m).decode() if rq is None else _sp.msg_id(m)
             token = next(_ids)
             d = Delivery(self, topic, mid)
             tracer = _tracer
@@ -857,7 +957,10 @@ class Bus:
                     _log.logger.exception("tracer: starting the publish span failed")
                 d._span = span
             _pending[token] = d
-            rc = lib.msgbus_publish(bus, tb, m, self._cb, token)
+            if rq is None:
+                rc = lib.msgbus_publish(bus, tb, m, self._cb, token)
+            else:
+                rc = _sp.publish(rq, bus, tb, m, token)
             if rc != 0:
                 _pending.pop(token, None)
                 check(rc)
@@ -879,23 +982,39 @@ class Bus:
         :class:`DeliveryError` (``.failed`` = how many failed since the
         previous flush) or :class:`msgbus.TimeoutError`."""
         ms = _check.timeout_ms(timeout)
-        lib = _lib.load()
-        failed = c_size_t()
-        rc = lib.msgbus_flush(self._p(), ms, byref(failed))
+        rq = self._rq
+        if rq is None:
+            failed = c_size_t()
+            rc = _lib.load().msgbus_flush(self._p(), ms, byref(failed))
+            nfailed = failed.value
+        else:
+            rc, nfailed = _sp.flush(self._p(), ms)
         if rc != 0:
-            e = make_error(rc)
+            e = make_error(rc)  # now: the reports' done-callbacks may call the library
             if isinstance(e, DeliveryError):
-                e.failed = failed.value
+                e.failed = nfailed
+            if rq is not None:
+                _drain(rq)
             raise e
+        if rq is not None:
+            _drain(rq)
 
     def poll(self, timeout: Optional[float] = 0) -> int:
         """Serves pending delivery callbacks on this thread, waiting up to
         `timeout` seconds (0: do not wait, None: forever) for the first one;
         returns how many were served."""
         ms = _check.timeout_ms(timeout)
-        served = c_int()
-        check(_lib.load().msgbus_poll(self._p(), ms, byref(served)))
-        return served.value
+        rq = self._rq
+        if rq is None:
+            served = c_int()
+            check(_lib.load().msgbus_poll(self._p(), ms, byref(served)))
+            return served.value
+        rc, n = _sp.poll(self._p(), ms)
+        e = make_error(rc) if rc != 0 else None  # before the done-callbacks run
+        _drain(rq)
+        if e is not None:
+            raise e
+        return int(n)
 
     def declare(self, topic: str, group: Optional[str] = None) -> None:
         """Creates the topic and the group's storage ahead of its first
@@ -1114,6 +1233,8 @@ class Bus:
             s.close()
         self._ptr = None
         lib.msgbus_close(p)
+        if self._rq is not None:
+            _drain(self._rq)
         self._state_cfn = self._stats_cfn = None  # close served the last of them
         # Deliveries of this bus that close could not report (none expected).
         for token, d in list(_pending.items()):

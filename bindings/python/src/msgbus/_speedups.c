@@ -1,0 +1,732 @@
+/* msgbus._speedups — the binding's hot paths in C (CPython C API).
+ *
+ * Optional: _core.py uses it when it imports, and the plain ctypes path
+ * otherwise (or with MSGBUS_PY_NO_SPEEDUPS=1); both behave the same.
+ *
+ * It does not link against libmsgbus: init() takes the addresses of the
+ * functions it calls from the library ctypes loaded (ctypes.cast(fn,
+ * c_void_p).value), so it always calls the same library as the rest of
+ * the binding. Every function takes and returns plain ints for pointers
+ * (as ctypes does) and returns the library's error codes to Python, which
+ * raises the same typed errors as the ctypes path.
+ *
+ * Delivery reports: publish() hands libmsgbus a C callback that appends
+ * (token, status, error) to the bus's Reports queue under its mutex,
+ * without the GIL; Bus.poll/flush/close take them with drain() after the
+ * C call returns and finish their Deliveries in Python, in order. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct msgbus_msg msgbus_msg_t;
+typedef struct msgbus msgbus_t;
+typedef struct msgbus_sub msgbus_sub_t;
+typedef int msgbus_err_t;
+typedef struct {
+    const char *topic;
+    const char *msg_id;
+    msgbus_err_t status;
+    const char *error;
+} report_t;
+typedef void (*delivery_cb)(void *opaque, const report_t *report);
+
+static struct {
+    msgbus_err_t (*msg_new)(msgbus_msg_t **, const void *, size_t);
+    void (*msg_free)(msgbus_msg_t *);
+    const void *(*msg_payload)(const msgbus_msg_t *, size_t *);
+    const char *(*msg_id)(const msgbus_msg_t *);
+    msgbus_err_t (*publish)(msgbus_t *, const char *, const msgbus_msg_t *, delivery_cb, void *);
+    msgbus_err_t (*receive_batch)(msgbus_sub_t *, size_t, int, msgbus_msg_t **, size_t *);
+    msgbus_err_t (*ack)(msgbus_msg_t *);
+    msgbus_err_t (*poll)(msgbus_t *, int, int *);
+    msgbus_err_t (*flush)(msgbus_t *, int, size_t *);
+} fn;
+static int ready;
+
+/* The Message class and the descriptors of the slots take() fills. */
+static PyTypeObject *msg_type;
+static PyObject *d_ptr, *d_settled, *d_span, *d_payload, *d_id;
+/* The Delivery class and its slots (publish_payload makes them). */
+static PyTypeObject *dlv_type;
+#define DLV_SLOTS 7
+static const char *dlv_slots[DLV_SLOTS] = {"_bus", "topic", "message_id", "_status",
+                                           "_exc", "_callbacks", "_span"};
+static PyObject *d_dlv[DLV_SLOTS];
+static PyObject *get_slot(PyObject *descr, PyObject *obj);
+
+#define ERR_TIMEOUT 4
+#define ERR_NOMEM 2
+
+/* ------------------------------------------------------------ helpers */
+
+static int get_ptr(PyObject *o, void **out)
+{
+    if (o == Py_None) {
+        *out = NULL;
+        return 0;
+    }
+    void *p = PyLong_AsVoidPtr(o);
+    if (!p && PyErr_Occurred())
+        return -1;
+    *out = p;
+    return 0;
+}
+
+static int need_ready(void)
+{
+    if (!ready) {
+        PyErr_SetString(PyExc_RuntimeError, "msgbus._speedups: init() was not called");
+        return -1;
+    }
+    return 0;
+}
+
+static int set_slot(PyObject *descr, PyObject *obj, PyObject *v)
+{
+    descrsetfunc f = Py_TYPE(descr)->tp_descr_set;
+    return f(descr, obj, v);
+}
+
+/* ------------------------------------------------------------ Reports */
+
+struct entry {
+    uint64_t token;
+    int status;
+    char *error; /* malloc'd, NULL on success */
+};
+
+struct queue {
+    pthread_mutex_t mu;
+    struct entry *v;
+    size_t n, cap;
+};
+
+typedef struct {
+    PyObject_HEAD
+    struct queue *q;
+} Reports;
+
+/* What libmsgbus carries to the callback: the queue and the token. */
+struct opaque {
+    struct queue *q;
+    uint64_t token;
+};
+
+static void on_report(void *opaque, const report_t *r)
+{
+    struct opaque *o = opaque;
+    struct queue *q = o->q;
+    char *err = NULL;
+    if (r->status != 0)
+        err = strdup(r->error ? r->error : "");
+    pthread_mutex_lock(&q->mu);
+    if (q->n == q->cap) {
+        size_t cap = q->cap ? q->cap * 2 : 256;
+        struct entry *v = realloc(q->v, cap * sizeof *v);
+        if (!v) { /* the outcome is lost: the Delivery fails at close */
+            pthread_mutex_unlock(&q->mu);
+            free(err);
+            free(o);
+            return;
+        }
+        q->v = v;
+        q->cap = cap;
+    }
+    q->v[q->n].token = o->token;
+    q->v[q->n].status = r->status;
+    q->v[q->n].error = err;
+    q->n++;
+    pthread_mutex_unlock(&q->mu);
+    free(o);
+}
+
+static PyObject *Reports_new(PyTypeObject *t, PyObject *a, PyObject *k)
+{
+    (void)a;
+    (void)k;
+    Reports *self = (Reports *)t->tp_alloc(t, 0);
+    if (!self)
+        return NULL;
+    self->q = calloc(1, sizeof *self->q);
+    if (!self->q) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    pthread_mutex_init(&self->q->mu, NULL);
+    return (PyObject *)self;
+}
+
+static void Reports_dealloc(Reports *self)
+{
+    /* The bus that used it is closed (Bus holds it until then): no
+     * callback can reach it any more. */
+    struct queue *q = self->q;
+    if (q) {
+        for (size_t i = 0; i < q->n; i++)
+            free(q->v[i].error);
+        free(q->v);
+        pthread_mutex_destroy(&q->mu);
+        free(q);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* drain() -> list of (token, status, error bytes or None), or None. */
+static PyObject *Reports_drain(Reports *self, PyObject *unused)
+{
+    (void)unused;
+    struct queue *q = self->q;
+    struct entry *v;
+    size_t n;
+    pthread_mutex_lock(&q->mu);
+    v = q->v;
+    n = q->n;
+    if (n) {
+        q->v = NULL;
+        q->n = q->cap = 0;
+    }
+    pthread_mutex_unlock(&q->mu);
+    if (!n)
+        Py_RETURN_NONE;
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    size_t i = 0;
+    if (list) {
+        for (; i < n; i++) {
+            PyObject *err;
+            if (v[i].error) {
+                err = PyBytes_FromString(v[i].error);
+            } else {
+                err = Py_None;
+                Py_INCREF(err);
+            }
+            PyObject *t = err ? Py_BuildValue("(KiN)", (unsigned long long)v[i].token,
+                                              v[i].status, err)
+                              : NULL;
+            if (!t) {
+                Py_CLEAR(list);
+                break;
+            }
+            PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+            free(v[i].error);
+        }
+    }
+    for (; i < n; i++)
+        free(v[i].error);
+    free(v);
+    return list;
+}
+
+static PyObject *get_slot(PyObject *descr, PyObject *obj)
+{
+    return Py_TYPE(descr)->tp_descr_get(descr, obj, (PyObject *)Py_TYPE(obj));
+}
+
+/* finish(pending) — settles the Deliveries of the queued reports, in
+ * order: each is popped from pending (token -> Delivery); a success with
+ * no span and no done-callbacks is settled here (_status 0, _bus None),
+ * anything else by its own _finish(status, error). Delivery.add_done_callback
+ * re-checks _status after adding its callback, so a callback added while
+ * this runs is not lost (see there). Errors go to sys.unraisablehook. */
+static PyObject *Reports_finish(Reports *self, PyObject *pending)
+{
+    if (!PyDict_Check(pending)) {
+        PyErr_SetString(PyExc_TypeError, "finish(pending: dict)");
+        return NULL;
+    }
+    struct queue *q = self->q;
+    struct entry *v;
+    size_t n;
+    pthread_mutex_lock(&q->mu);
+    v = q->v;
+    n = q->n;
+    if (n) {
+        q->v = NULL;
+        q->n = q->cap = 0;
+    }
+    pthread_mutex_unlock(&q->mu);
+    for (size_t i = 0; i < n; i++) {
+        PyObject *key = PyLong_FromUnsignedLongLong(v[i].token);
+        PyObject *d = key ? PyDict_GetItemWithError(pending, key) : NULL;
+        if (d) {
+            Py_INCREF(d);
+            if (PyDict_DelItem(pending, key) < 0)
+                PyErr_Clear();
+        }
+        Py_XDECREF(key);
+        if (!d) {
+            if (PyErr_Occurred())
+                PyErr_WriteUnraisable(pending);
+            free(v[i].error);
+            continue;
+        }
+        int done = 0;
+        if (v[i].status == 0 && Py_TYPE(d) == dlv_type) {
+            PyObject *span = get_slot(d_dlv[6], d), *cbs = get_slot(d_dlv[5], d);
+            if (span == Py_None && cbs == Py_None) {
+                PyObject *zero = PyLong_FromLong(0);
+                done = zero && set_slot(d_dlv[3], d, zero) == 0 &&
+                       set_slot(d_dlv[0], d, Py_None) == 0;
+                Py_XDECREF(zero);
+            }
+            Py_XDECREF(span);
+            Py_XDECREF(cbs);
+            if (PyErr_Occurred()) {
+                PyErr_WriteUnraisable(d);
+                done = 0;
+            }
+        }
+        if (!done) {
+            PyObject *err = v[i].error ? PyBytes_FromString(v[i].error) : (Py_INCREF(Py_None), Py_None);
+            PyObject *r = err ? PyObject_CallMethod(d, "_finish", "iO", v[i].status, err) : NULL;
+            if (!r)
+                PyErr_WriteUnraisable(d);
+            Py_XDECREF(r);
+            Py_XDECREF(err);
+        }
+        free(v[i].error);
+        Py_DECREF(d);
+    }
+    free(v);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Reports_methods[] = {
+    {"finish", (PyCFunction)Reports_finish, METH_O,
+     "finish(pending): settles the Deliveries of the reports queued since the last call."},
+    {"drain", (PyCFunction)Reports_drain, METH_NOARGS,
+     "The delivery reports queued since the last drain: a list of "
+     "(token, status, error bytes or None), or None when there are none."},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject ReportsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "msgbus._speedups.Reports",
+    .tp_basicsize = sizeof(Reports),
+    .tp_dealloc = (destructor)Reports_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A bus's queue of delivery reports (filled by libmsgbus's callback).",
+    .tp_methods = Reports_methods,
+    .tp_new = Reports_new,
+};
+
+/* ------------------------------------------------------------ module functions */
+
+/* Looks up the slot descriptors `names` of class t into out (new refs). */
+static int slot_descrs(PyTypeObject *t, const char **names, int n, PyObject **out)
+{
+    for (int i = 0; i < n; i++) {
+        out[i] = PyObject_GetAttrString((PyObject *)t, names[i]);
+        if (!out[i] || !Py_TYPE(out[i])->tp_descr_set) {
+            for (int j = 0; j <= i; j++)
+                Py_CLEAR(out[j]);
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "msgbus._speedups.init: %s.%s is not a slot",
+                             t->tp_name, names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* init(addresses: dict name -> int, Message class, Delivery class) */
+static PyObject *sp_init(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs != 3 || !PyDict_Check(args[0]) || !PyType_Check(args[1]) ||
+        !PyType_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "init(addresses: dict, Message: type, Delivery: type)");
+        return NULL;
+    }
+    static const char *names[] = {"msgbus_msg_new", "msgbus_msg_free", "msgbus_msg_payload",
+                                  "msgbus_msg_id", "msgbus_publish", "msgbus_receive_batch",
+                                  "msgbus_ack", "msgbus_poll", "msgbus_flush"};
+    void *addr[sizeof names / sizeof names[0]];
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        PyObject *v = PyDict_GetItemString(args[0], names[i]);
+        if (!v || (get_ptr(v, &addr[i]) < 0) || !addr[i]) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_KeyError, "msgbus._speedups.init: no address for %s",
+                             names[i]);
+            return NULL;
+        }
+    }
+    /* ISO C forbids converting object pointers to function pointers
+     * directly; memcpy of the address is the portable way. */
+    memcpy(&fn.msg_new, &addr[0], sizeof(void *));
+    memcpy(&fn.msg_free, &addr[1], sizeof(void *));
+    memcpy(&fn.msg_payload, &addr[2], sizeof(void *));
+    memcpy(&fn.msg_id, &addr[3], sizeof(void *));
+    memcpy(&fn.publish, &addr[4], sizeof(void *));
+    memcpy(&fn.receive_batch, &addr[5], sizeof(void *));
+    memcpy(&fn.ack, &addr[6], sizeof(void *));
+    memcpy(&fn.poll, &addr[7], sizeof(void *));
+    memcpy(&fn.flush, &addr[8], sizeof(void *));
+
+    PyTypeObject *t = (PyTypeObject *)args[1];
+    PyObject *ds[5], *dd[DLV_SLOTS];
+    static const char *slots[] = {"_ptr", "_settled", "_span", "payload", "id"};
+    if (slot_descrs(t, slots, 5, ds) < 0)
+        return NULL;
+    if (slot_descrs((PyTypeObject *)args[2], dlv_slots, DLV_SLOTS, dd) < 0) {
+        for (int i = 0; i < 5; i++)
+            Py_DECREF(ds[i]);
+        return NULL;
+    }
+    for (int i = 0; i < DLV_SLOTS; i++)
+        Py_XSETREF(d_dlv[i], dd[i]);
+    Py_INCREF(args[2]);
+    Py_XSETREF(dlv_type, (PyTypeObject *)args[2]);
+    Py_XSETREF(d_ptr, ds[0]);
+    Py_XSETREF(d_settled, ds[1]);
+    Py_XSETREF(d_span, ds[2]);
+    Py_XSETREF(d_payload, ds[3]);
+    Py_XSETREF(d_id, ds[4]);
+    Py_INCREF(t);
+    Py_XSETREF(msg_type, t);
+    ready = 1;
+    Py_RETURN_NONE;
+}
+
+/* msg_new(payload bytes) -> message address (int > 0), or -error code */
+static PyObject *sp_msg_new(PyObject *mod, PyObject *arg)
+{
+    (void)mod;
+    if (need_ready() < 0)
+        return NULL;
+    char *buf;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(arg, &buf, &len) < 0)
+        return NULL;
+    msgbus_msg_t *m = NULL;
+    msgbus_err_t e = fn.msg_new(&m, buf, (size_t)len);
+    if (e != 0)
+        return PyLong_FromLong(-(long)e);
+    return PyLong_FromVoidPtr(m);
+}
+
+/* msg_id(message) -> str or None */
+static PyObject *sp_msg_id(PyObject *mod, PyObject *arg)
+{
+    (void)mod;
+    void *m;
+    if (need_ready() < 0 || get_ptr(arg, &m) < 0)
+        return NULL;
+    const char *id = m ? fn.msg_id(m) : NULL;
+    if (!id)
+        Py_RETURN_NONE;
+    return PyUnicode_DecodeUTF8(id, (Py_ssize_t)strlen(id), "surrogateescape");
+}
+
+/* msg_free(message): without the GIL (freeing a received message may
+ * take its subscription's lock). */
+static PyObject *sp_msg_free(PyObject *mod, PyObject *arg)
+{
+    (void)mod;
+    void *m;
+    if (need_ready() < 0 || get_ptr(arg, &m) < 0)
+        return NULL;
+    if (m) {
+        Py_BEGIN_ALLOW_THREADS
+        fn.msg_free(m);
+        Py_END_ALLOW_THREADS
+    }
+    Py_RETURN_NONE;
+}
+
+/* ack(message) -> error code */
+static PyObject *sp_ack(PyObject *mod, PyObject *arg)
+{
+    (void)mod;
+    void *m;
+    if (need_ready() < 0 || get_ptr(arg, &m) < 0)
+        return NULL;
+    msgbus_err_t e;
+    Py_BEGIN_ALLOW_THREADS
+    e = fn.ack(m);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(e);
+}
+
+/* publish(reports, bus, topic bytes, message, token) -> error code */
+static PyObject *sp_publish(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (need_ready() < 0)
+        return NULL;
+    if (nargs != 5 || Py_TYPE(args[0]) != &ReportsType || !PyBytes_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "publish(reports: Reports, bus: int, topic: bytes, msg: int, token: int)");
+        return NULL;
+    }
+    void *bus, *m;
+    if (get_ptr(args[1], &bus) < 0 || get_ptr(args[3], &m) < 0)
+        return NULL;
+    unsigned long long token = PyLong_AsUnsignedLongLong(args[4]);
+    if (token == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    struct opaque *o = malloc(sizeof *o);
+    if (!o)
+        return PyLong_FromLong(ERR_NOMEM);
+    o->q = ((Reports *)args[0])->q;
+    o->token = token;
+    const char *topic = PyBytes_AS_STRING(args[2]);
+    msgbus_err_t e;
+    Py_BEGIN_ALLOW_THREADS
+    e = fn.publish(bus, topic, m, on_report, o);
+    Py_END_ALLOW_THREADS
+    if (e != 0)
+        free(o); /* refused: the callback is never called */
+    return PyLong_FromLong(e);
+}
+
+/* publish_payload(reports, bus, topic bytes, payload bytes, token, Bus,
+ * topic str, pending dict) -> Delivery, or an error code. Bus.publish of
+ * a payload alone: makes the message, its Delivery (registered in
+ * pending[token] before the message goes, as the ctypes path does),
+ * publishes and frees the message. On an error nothing is left behind
+ * and libmsgbus's last error is still the publish's. */
+static PyObject *sp_publish_payload(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (need_ready() < 0)
+        return NULL;
+    if (nargs != 8 || Py_TYPE(args[0]) != &ReportsType || !PyBytes_Check(args[2]) ||
+        !PyBytes_Check(args[3]) || !PyDict_Check(args[7])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "publish_payload(reports, bus: int, topic: bytes, payload: bytes, "
+                        "token: int, owner: Bus, topic: str, pending: dict)");
+        return NULL;
+    }
+    void *bus;
+    if (get_ptr(args[1], &bus) < 0)
+        return NULL;
+    PyObject *tokobj = args[4], *pending = args[7];
+    unsigned long long token = PyLong_AsUnsignedLongLong(tokobj);
+    if (token == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    msgbus_msg_t *m = NULL;
+    msgbus_err_t e = fn.msg_new(&m, PyBytes_AS_STRING(args[3]), (size_t)PyBytes_GET_SIZE(args[3]));
+    if (e != 0)
+        return PyLong_FromLong(e);
+    const char *idc = fn.msg_id(m);
+    PyObject *id = PyUnicode_DecodeUTF8(idc, (Py_ssize_t)strlen(idc), "surrogateescape");
+    PyObject *d = id ? dlv_type->tp_alloc(dlv_type, 0) : NULL;
+    struct opaque *o = NULL;
+    if (!d)
+        goto fail;
+    PyObject *vals[DLV_SLOTS] = {args[5], args[6], id, Py_None, Py_None, Py_None, Py_None};
+    for (int i = 0; i < DLV_SLOTS; i++)
+        if (set_slot(d_dlv[i], d, vals[i]) < 0)
+            goto fail;
+    if (PyDict_SetItem(pending, tokobj, d) < 0)
+        goto fail;
+    o = malloc(sizeof *o);
+    if (!o) {
+        PyDict_DelItem(pending, tokobj);
+        PyErr_NoMemory();
+        goto fail;
+    }
+    o->q = ((Reports *)args[0])->q;
+    o->token = token;
+    const char *topic = PyBytes_AS_STRING(args[2]);
+    Py_BEGIN_ALLOW_THREADS
+    e = fn.publish(bus, topic, m, on_report, o);
+    fn.msg_free(m);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(id);
+    if (e != 0) {
+        free(o); /* refused: the callback is never called */
+        /* the token is ours alone: nobody else removed it */
+        if (PyDict_DelItem(pending, tokobj) < 0)
+            PyErr_Clear();
+        Py_DECREF(d);
+        return PyLong_FromLong(e);
+    }
+    return d;
+fail:
+    Py_XDECREF(d);
+    Py_XDECREF(id);
+    fn.msg_free(m);
+    return NULL;
+}
+
+/* poll(bus, timeout_ms) -> (error code, served) */
+static PyObject *sp_poll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (need_ready() < 0)
+        return NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "poll(bus: int, timeout_ms: int)");
+        return NULL;
+    }
+    void *bus;
+    if (get_ptr(args[0], &bus) < 0)
+        return NULL;
+    long ms = PyLong_AsLong(args[1]);
+    if (ms == -1 && PyErr_Occurred())
+        return NULL;
+    int served = 0;
+    msgbus_err_t e;
+    Py_BEGIN_ALLOW_THREADS
+    e = fn.poll(bus, (int)ms, &served);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(ii)", e, served);
+}
+
+/* flush(bus, timeout_ms) -> (error code, failed) */
+static PyObject *sp_flush(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (need_ready() < 0)
+        return NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "flush(bus: int, timeout_ms: int)");
+        return NULL;
+    }
+    void *bus;
+    if (get_ptr(args[0], &bus) < 0)
+        return NULL;
+    long ms = PyLong_AsLong(args[1]);
+    if (ms == -1 && PyErr_Occurred())
+        return NULL;
+    size_t failed = 0;
+    msgbus_err_t e;
+    Py_BEGIN_ALLOW_THREADS
+    e = fn.flush(bus, (int)ms, &failed);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(in)", e, (Py_ssize_t)failed);
+}
+
+/* Makes a Message for the received C message m (ours from now on): its
+ * _ptr, _settled, _span, payload and id slots set, the other fields left
+ * unset (read when first asked for, Message.__getattr__). */
+static PyObject *make_message(msgbus_msg_t *m)
+{
+    PyObject *o = msg_type->tp_alloc(msg_type, 0);
+    if (!o)
+        return NULL;
+    size_t n = 0;
+    const void *p = fn.msg_payload(m, &n);
+    PyObject *pl = PyBytes_FromStringAndSize(n ? p : "", (Py_ssize_t)n);
+    PyObject *ptr = PyLong_FromVoidPtr(m);
+    const char *idc = fn.msg_id(m);
+    PyObject *id = idc ? PyUnicode_DecodeUTF8(idc, (Py_ssize_t)strlen(idc), "surrogateescape")
+                       : (Py_INCREF(Py_None), Py_None);
+    int bad = !pl || !ptr || !id;
+    if (!bad)
+        bad = set_slot(d_ptr, o, ptr) < 0 || set_slot(d_settled, o, Py_False) < 0 ||
+              set_slot(d_span, o, Py_None) < 0 || set_slot(d_payload, o, pl) < 0 ||
+              set_slot(d_id, o, id) < 0;
+    Py_XDECREF(pl);
+    Py_XDECREF(ptr);
+    Py_XDECREF(id);
+    if (bad) {
+        /* Its _ptr may be set: its __del__ would free m, which the
+         * caller frees. */
+        PyObject *none = Py_None;
+        set_slot(d_ptr, o, none);
+        Py_DECREF(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* take(sub, max, timeout_ms) -> list of Message (possibly empty on a
+ * timeout), or an int error code. Waits without the GIL only when nothing
+ * is there yet. */
+#define TAKE_MAX 1024
+static PyObject *sp_take(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (need_ready() < 0)
+        return NULL;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "take(sub: int, max: int, timeout_ms: int)");
+        return NULL;
+    }
+    void *sub;
+    if (get_ptr(args[0], &sub) < 0)
+        return NULL;
+    Py_ssize_t max = PyLong_AsSsize_t(args[1]);
+    if (max == -1 && PyErr_Occurred())
+        return NULL;
+    long ms = PyLong_AsLong(args[2]);
+    if (ms == -1 && PyErr_Occurred())
+        return NULL;
+    if (max < 1)
+        max = 1;
+    if (max > TAKE_MAX)
+        max = TAKE_MAX;
+    msgbus_msg_t *arr[TAKE_MAX];
+    size_t n = 0;
+    msgbus_err_t e;
+    Py_BEGIN_ALLOW_THREADS
+    e = fn.receive_batch(sub, (size_t)max, (int)ms, arr, &n);
+    Py_END_ALLOW_THREADS
+    if (e == ERR_TIMEOUT)
+        return PyList_New(0);
+    if (e != 0)
+        return PyLong_FromLong(e);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (!list)
+        goto fail;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *o = make_message(arr[i]);
+        if (!o) {
+            Py_CLEAR(list);
+            /* the ones made own theirs (freed with the list); free the rest */
+            for (size_t j = i; j < n; j++)
+                fn.msg_free(arr[j]);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, o);
+    }
+    return list;
+fail:
+    for (size_t j = 0; j < n; j++)
+        fn.msg_free(arr[j]);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"init", (PyCFunction)(void (*)(void))sp_init, METH_FASTCALL,
+     "init(addresses, Message): the libmsgbus functions to call and the class to make."},
+    {"msg_new", sp_msg_new, METH_O, "msg_new(payload: bytes) -> address, or -error code"},
+    {"msg_id", sp_msg_id, METH_O, "msg_id(msg) -> str or None"},
+    {"msg_free", sp_msg_free, METH_O, "msg_free(msg)"},
+    {"ack", sp_ack, METH_O, "ack(msg) -> error code"},
+    {"publish", (PyCFunction)(void (*)(void))sp_publish, METH_FASTCALL,
+     "publish(reports, bus, topic, msg, token) -> error code"},
+    {"publish_payload", (PyCFunction)(void (*)(void))sp_publish_payload, METH_FASTCALL,
+     "publish_payload(reports, bus, topic, payload, token, owner, topic, pending) -> "
+     "Delivery or error code"},
+    {"poll", (PyCFunction)(void (*)(void))sp_poll, METH_FASTCALL,
+     "poll(bus, timeout_ms) -> (error code, served)"},
+    {"flush", (PyCFunction)(void (*)(void))sp_flush, METH_FASTCALL,
+     "flush(bus, timeout_ms) -> (error code, failed)"},
+    {"take", (PyCFunction)(void (*)(void))sp_take, METH_FASTCALL,
+     "take(sub, max, timeout_ms) -> [Message] or error code"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "msgbus._speedups",
+                                    "The binding's hot paths in C (optional).", -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__speedups(void)
+{
+    if (PyType_Ready(&ReportsType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&moddef);
+    if (!m)
+        return NULL;
+    Py_INCREF(&ReportsType);
+    if (PyModule_AddObject(m, "Reports", (PyObject *)&ReportsType) < 0) {
+        Py_DECREF(&ReportsType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
