@@ -3,8 +3,9 @@
 #  1. scripts/gen-man run into a scratch directory gives exactly the
 #     committed docs/man/man3 and docs/man/man1 (a header comment or a CLI
 #     help text changed without regenerating fails here);
-#  2. every msgbus_* symbol the shared library exports (src/msgbus.map) has
-#     its page, and every function page is an exported symbol;
+#  2. every msgbus_* symbol the shared library exports (src/msgbus.map:
+#     its patterns, and any name it lists) has its page, and every function
+#     page is an exported symbol;
 #  3. groff renders every page with all warnings on (-ww) and prints none;
 #  4. the example programs of docs/man/examples (each page's EXAMPLE)
 #     compile with -Werror (and CFLAGS: the sanitizer flags when the
@@ -50,6 +51,18 @@ while read -r s; do
   [ -f "$man/man3/$s.3" ] || { fail "exported symbol $s has no page docs/man/man3/$s.3"; missing=1; }
 done <"$work/syms"
 [ $missing = 0 ] && pass "all $n exported symbols have a page"
+# names src/msgbus.map exports by name (not by pattern) need a page too,
+# and every pattern there must match something the library exports
+sed -n '/global:/,/local:/p' "$src/src/msgbus.map" | sed -e 's|/\*.*\*/||g' |
+  tr -d ' \t;' | grep -v '^$\|:$' >"$work/map"
+[ -s "$work/map" ] || fail "no global: names in src/msgbus.map"
+while read -r pat; do
+  case $pat in
+    *'*'*|*'?'*) grep -q "^${pat//\*/.*}\$" "$work/syms" ||
+                   fail "src/msgbus.map pattern $pat matches no exported symbol" ;;
+    *) [ -f "$man/man3/$pat.3" ] || fail "src/msgbus.map exports $pat, which has no page" ;;
+  esac
+done <"$work/map"
 stale=0
 for p in "$man"/man3/*.3; do
   b=$(basename "$p" .3)
