@@ -12,33 +12,7 @@
 #include <string.h>
 
 #include "testutil.h"
-
-/* Deletes a test's queue and exchange with rabbitmq-c directly (msgbus has
- * no delete), so tests that leave messages behind do not litter the broker. */
-static void drop_topology(const char *topic, const char *group)
-{
-    char url[1024], q[600];
-    snprintf(url, sizeof url, "%s", tu_broker_url("amqp"));
-    char *query = strchr(url, '?');
-    if (query)
-        *query = '\0';
-    struct amqp_connection_info ci;
-    if (amqp_parse_url(url, &ci) != AMQP_STATUS_OK)
-        return;
-    amqp_connection_state_t c = amqp_new_connection();
-    amqp_socket_t *s = amqp_tcp_socket_new(c);
-    if (s && amqp_socket_open(s, ci.host, ci.port) == AMQP_STATUS_OK &&
-        amqp_login(c, ci.vhost && *ci.vhost ? ci.vhost : "/", 0, 131072, 0,
-                   AMQP_SASL_METHOD_PLAIN, ci.user, ci.password)
-                .reply_type == AMQP_RESPONSE_NORMAL &&
-        amqp_channel_open(c, 1)) {
-        snprintf(q, sizeof q, "%s.%s", topic, group);
-        amqp_queue_delete(c, 1, amqp_cstring_bytes(q), 0, 0);
-        amqp_exchange_delete(c, 1, amqp_cstring_bytes(topic), 0);
-        amqp_connection_close(c, AMQP_REPLY_SUCCESS);
-    }
-    amqp_destroy_connection(c);
-}
+#include "tu_amqp.h"
 
 /* "host:port/vhost…" of the test broker, without credentials. */
 static const char *broker_rest(void)
@@ -112,7 +86,7 @@ START_TEST(oversized_message_is_refused_before_sending)
     tu_ck_ok(msgbus_flush(bus, 10000, NULL));
     msgbus_msg_free(m);
     msgbus_close(bus);
-    drop_topology(topic, "g");
+    tu_amqp_drop(topic, "g");
 }
 END_TEST
 
@@ -183,8 +157,8 @@ START_TEST(queue_arguments_reach_the_broker)
     tu_unique(other, sizeof other, "qargs2");
     tu_ck_ok(msgbus_declare(bus, other, "g"));
     msgbus_close(bus);
-    drop_topology(topic, "g");
-    drop_topology(other, "g");
+    tu_amqp_drop(topic, "g");
+    tu_amqp_drop(other, "g");
 }
 END_TEST
 

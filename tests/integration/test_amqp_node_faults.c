@@ -20,9 +20,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
-
-static char script[1200], dir[1200];
-static int port;
+#include "tu_amqp.h"
 
 static _Atomic int64_t blocked_at, lost_at;
 
@@ -37,18 +35,9 @@ static void on_log(void *opaque, msgbus_log_level_t level, const char *line)
     fprintf(stderr, "log: %s\n", line);
 }
 
-static int node(const char *args)
-{
-    char cmd[3000];
-    snprintf(cmd, sizeof cmd, "bash '%s' %s", script, args);
-    return system(cmd);
-}
-
 static int ctl(const char *args)
 {
-    char a[1600];
-    snprintf(a, sizeof a, "ctl '%s' %s", dir, args);
-    return node(a);
+    return tu_node_run("ctl '%s' %s", tu_node.dir, args);
 }
 
 struct counts {
@@ -68,7 +57,7 @@ static void on_report(void *opaque, const msgbus_report_t *r)
 
 static void url_of(char *buf, size_t n, const char *opts)
 {
-    snprintf(buf, n, "amqp://guest:guest@127.0.0.1:%d/%s%s", port, opts ? "?" : "",
+    snprintf(buf, n, "amqp://guest:guest@127.0.0.1:%d/%s%s", tu_node.port, opts ? "?" : "",
              opts ? opts : "");
 }
 
@@ -167,7 +156,7 @@ START_TEST(frozen_broker_is_noticed_by_heartbeats_and_nothing_is_lost)
     tu_ck_ok(msgbus_flush(bus, 10000, NULL));
 
     char cmd[2600];
-    snprintf(cmd, sizeof cmd, "bash '%s' pid '%s'", script, dir);
+    snprintf(cmd, sizeof cmd, "bash '%s' pid '%s'", tu_node.script, tu_node.dir);
     FILE *f = popen(cmd, "r");
     ck_assert_ptr_nonnull(f);
     ck_assert_ptr_nonnull(fgets(pidtxt, sizeof pidtxt, f));
@@ -204,32 +193,10 @@ END_TEST
 
 int main(void)
 {
-    char root[1024];
-    snprintf(root, sizeof root, "%s", __FILE__);
-    char *cut = strstr(root, "/tests/integration/");
-    if (!cut) {
-        fprintf(stderr, "FAIL: cannot find the repository from %s\n", __FILE__);
-        return 1;
-    }
-    *cut = '\0';
     setvbuf(stdout, NULL, _IOLBF, 0);
-    /* Ports 21000 + 20*k; test_amqp_tls takes k < 50, this test k in 50..99. */
-    port = 21000 + (50 + (int)(getpid() % 50)) * 20;
-    snprintf(dir, sizeof dir, "%s/.brokers/amqp-faults-%d", root, (int)getpid());
-    snprintf(script, sizeof script, "%s/tests/integration/amqp_private_node.sh", root);
     msgbus_set_log(on_log, NULL, MSGBUS_LOG_INFO);
-
-    char args[3000];
-    int64_t t0 = tu_now_ms();
-    snprintf(args, sizeof args, "start '%s' %d plain", dir, port);
-    if (node(args) != 0) {
-        fprintf(stderr, "FAIL: could not start the private RabbitMQ node\n");
-        snprintf(args, sizeof args, "stop '%s'", dir);
-        node(args);
+    if (!tu_node_start("amqp-faults", 1, "plain"))
         return 1;
-    }
-    printf("private node on 127.0.0.1:%d started in %lld ms\n", port,
-           (long long)(tu_now_ms() - t0));
 
     Suite *s = suite_create("amqp_node_faults");
     TCase *tc = tcase_create("faults");
@@ -238,12 +205,6 @@ int main(void)
     tcase_add_test(tc, frozen_broker_is_noticed_by_heartbeats_and_nothing_is_lost);
     suite_add_tcase(s, tc);
     int rc = tu_run_suite(s);
-
-    /* A failed check may leave the node frozen: wake it so it can stop. */
-    snprintf(args, sizeof args, "pid '%s' | xargs -r kill -CONT 2>/dev/null; true", dir);
-    node(args);
-    snprintf(args, sizeof args, "stop '%s' && rm -rf '%s'", dir, dir);
-    if (node(args) != 0)
-        fprintf(stderr, "warning: stopping the private node failed\n");
+    tu_node_stop(); /* (a failed check may leave the node frozen: it is woken first) */
     return rc;
 }

@@ -19,14 +19,13 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "tu_amqp.h"
 
-static char dir[1200], script[1200];
-static int port;
 
 static void url_for(char *buf, size_t n, const char *host, const char *ca, const char *extra)
 {
     snprintf(buf, n, "amqps://guest:guest@%s:%d/?cacert=%s/%s&connect_timeout_ms=5000%s", host,
-             port, dir, ca, extra);
+             tu_node.port, tu_node.dir, ca, extra);
 }
 
 START_TEST(trusted_ca_connects_and_messages_flow)
@@ -49,7 +48,7 @@ START_TEST(trusted_ca_connects_and_messages_flow)
     ck_assert_int_eq(memcmp(p, "over tls", 8), 0);
     tu_ck_ok(msgbus_ack(m));
     msgbus_msg_free(m);
-    printf("tls: published=1 received=1 over amqps://localhost:%d\n", port);
+    printf("tls: published=1 received=1 over amqps://localhost:%d\n", tu_node.port);
     msgbus_sub_close(sub);
     msgbus_close(bus);
 }
@@ -87,7 +86,7 @@ END_TEST
 START_TEST(tls_options_need_amqps)
 {
     char url[2048];
-    snprintf(url, sizeof url, "amqp://guest:guest@localhost:%d/?cacert=%s/ca.pem", port, dir);
+    snprintf(url, sizeof url, "amqp://guest:guest@localhost:%d/?cacert=%s/ca.pem", tu_node.port, tu_node.dir);
     msgbus_t *bus = NULL;
     tu_ck_err(msgbus_open(&bus, url, NULL), MSGBUS_ERR_CONFIG);
     ck_assert_msg(strstr(msgbus_last_error(), "amqps"), "%s", msgbus_last_error());
@@ -96,33 +95,8 @@ END_TEST
 
 int main(void)
 {
-    /* Repository root from this file's path (CMake passes absolute paths). */
-    char root[1024];
-    snprintf(root, sizeof root, "%s", __FILE__);
-    char *cut = strstr(root, "/tests/integration/");
-    if (!cut) {
-        fprintf(stderr, "FAIL: cannot find the repository from %s\n", __FILE__);
+    if (!tu_node_start("amqp-tls", 0, "tls"))
         return 1;
-    }
-    *cut = '\0';
-    port = 21000 + (int)(getpid() % 50) * 20; /* see amqp_private_node.sh */
-    const char *p = getenv("MSGBUS_TEST_AMQPS_PORT");
-    if (p && *p)
-        port = atoi(p);
-    snprintf(dir, sizeof dir, "%s/.brokers/amqp-tls-%d", root, (int)getpid());
-    snprintf(script, sizeof script, "%s/tests/integration/amqp_private_node.sh", root);
-
-    char cmd[6000];
-    int64_t t0 = tu_now_ms();
-    snprintf(cmd, sizeof cmd, "bash '%s' start '%s' %d", script, dir, port);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "FAIL: could not start the private TLS RabbitMQ node (%s)\n", cmd);
-        snprintf(cmd, sizeof cmd, "bash '%s' stop '%s'", script, dir);
-        system(cmd);
-        return 1;
-    }
-    printf("tls node on 127.0.0.1:%d started in %lld ms\n", port,
-           (long long)(tu_now_ms() - t0));
 
     Suite *s = suite_create("amqp_tls");
     TCase *tc = tcase_create("tls");
@@ -133,9 +107,6 @@ int main(void)
     tcase_add_test(tc, tls_options_need_amqps);
     suite_add_tcase(s, tc);
     int rc = tu_run_suite(s);
-
-    snprintf(cmd, sizeof cmd, "bash '%s' stop '%s' && rm -rf '%s'", script, dir, dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "warning: stopping the TLS node failed: %s\n", cmd);
+    tu_node_stop();
     return rc;
 }

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "tu_amqp.h"
 
 /* ---- helpers ------------------------------------------------------------------ */
 
@@ -125,37 +126,6 @@ static void publish_i(msgbus_t *bus, const char *topic, int i, struct tu_reports
     tu_ck_ok(msgbus_msg_new(&m, p, strlen(p) + 1));
     tu_ck_ok(msgbus_publish(bus, topic, m, tu_on_report, r));
     msgbus_msg_free(m);
-}
-
-/* Deletes a queue (and optionally an exchange) with rabbitmq-c directly:
- * msgbus has no delete. */
-static void raw_delete(const char *base_url, const char *queue, const char *exchange)
-{
-    char url[1024];
-    snprintf(url, sizeof url, "%s", base_url);
-    char *query = strchr(url, '?');
-    if (query)
-        *query = '\0';
-    struct amqp_connection_info ci;
-    ck_assert_int_eq(amqp_parse_url(url, &ci), AMQP_STATUS_OK);
-    amqp_connection_state_t c = amqp_new_connection();
-    amqp_socket_t *s = amqp_tcp_socket_new(c);
-    ck_assert_int_eq(amqp_socket_open(s, ci.host, ci.port), AMQP_STATUS_OK);
-    ck_assert_int_eq(amqp_login(c, ci.vhost && *ci.vhost ? ci.vhost : "/", 0, 131072, 0,
-                                AMQP_SASL_METHOD_PLAIN, ci.user, ci.password)
-                         .reply_type,
-                     AMQP_RESPONSE_NORMAL);
-    ck_assert(amqp_channel_open(c, 1) != NULL);
-    if (queue) {
-        amqp_queue_delete(c, 1, amqp_cstring_bytes(queue), 0, 0);
-        ck_assert_int_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
-    }
-    if (exchange) {
-        amqp_exchange_delete(c, 1, amqp_cstring_bytes(exchange), 0);
-        amqp_get_rpc_reply(c);
-    }
-    amqp_connection_close(c, AMQP_REPLY_SUCCESS);
-    amqp_destroy_connection(c);
 }
 
 /* Serves msgbus_poll until `sub` (NULL: the bus) is in `want`, or ms pass. */
@@ -392,12 +362,12 @@ START_TEST(counters_lag_and_detail_are_exact)
     msgbus_sub_close(bc);
     msgbus_sub_close(sub);
     msgbus_close(bus);
-    raw_delete(base, q, topic);
+    ck_assert(tu_amqp_delete(base, q, topic));
     char dq[300], dlq[200];
     snprintf(dlq, sizeof dlq, "%s.dlq", topic);
     snprintf(dq, sizeof dq, "%s.dlq", dlq);
-    raw_delete(base, dq, dlq);
-    raw_delete(base, NULL, nowhere);
+    ck_assert(tu_amqp_delete(base, dq, dlq));
+    ck_assert(tu_amqp_delete(base, NULL, nowhere));
 }
 END_TEST
 
@@ -421,7 +391,7 @@ START_TEST(deleted_queue_is_declared_again_and_consumed)
      * the queue again and consumes from it (the same happens when the node
      * holding a queue dies and the queue comes back elsewhere). */
     int64_t t0 = tu_now_ms();
-    raw_delete(base, q, NULL);
+    ck_assert(tu_amqp_delete(base, q, NULL));
     int a = -1, b = -1, c = -1;
     while (tu_now_ms() - t0 < 10000) {
         msgbus_poll(bus, 50, NULL);
@@ -454,20 +424,15 @@ START_TEST(deleted_queue_is_declared_again_and_consumed)
     json_decref(s);
     msgbus_sub_close(sub);
     msgbus_close(bus);
-    raw_delete(base, q, topic);
+    ck_assert(tu_amqp_delete(base, q, topic));
 }
 END_TEST
 
 /* ---- a private node stopped and started ---------------------------------------------------- */
 
-static char script[1200], dir[1200];
-static int port;
-
 static int node(const char *args)
 {
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "bash '%s' %s", script, args);
-    return system(cmd);
+    return tu_node_run("%s", args);
 }
 
 struct node_job {
@@ -487,7 +452,7 @@ static void *node_thread(void *arg)
 START_TEST(resource_alarm_is_said_in_the_state_reason)
 {
     char url[512], topic[128];
-    snprintf(url, sizeof url, "amqp://guest:guest@127.0.0.1:%d/", port);
+    snprintf(url, sizeof url, "amqp://guest:guest@127.0.0.1:%d/", tu_node.port);
     tu_unique(topic, sizeof topic, "observe-alarm");
     msgbus_t *bus;
     tu_ck_ok(msgbus_open(&bus, url, NULL));
@@ -499,7 +464,7 @@ START_TEST(resource_alarm_is_said_in_the_state_reason)
 
     /* A resource alarm: still UP, the reason and the detail say blocked. */
     char ctl[1600];
-    snprintf(ctl, sizeof ctl, "ctl '%s' set_vm_memory_high_watermark 0.0000001", dir);
+    snprintf(ctl, sizeof ctl, "ctl '%s' set_vm_memory_high_watermark 0.0000001", tu_node.dir);
     ck_assert_int_eq(node(ctl), 0);
     publish_i(bus, topic, 2, &r); /* a publisher is what the broker blocks */
     char reason[512] = "";
@@ -513,7 +478,7 @@ START_TEST(resource_alarm_is_said_in_the_state_reason)
     json_t *s = snapshot(bus);
     ck_assert(json_is_true(json_object_get(json_object_get(s, "detail"), "blocked")));
     json_decref(s);
-    snprintf(ctl, sizeof ctl, "ctl '%s' set_vm_memory_high_watermark 0.4", dir);
+    snprintf(ctl, sizeof ctl, "ctl '%s' set_vm_memory_high_watermark 0.4", tu_node.dir);
     ck_assert_int_eq(node(ctl), 0);
     tu_ck_ok(msgbus_flush(bus, 30000, NULL));
     t0 = tu_now_ms();
@@ -542,7 +507,7 @@ START_TEST(stopped_broker_goes_down_and_comes_back_up)
     /* heartbeat=2: a broker that vanishes without a word is noticed in
      * about two heartbeats; reconnect attempts at most 1 s apart. */
     snprintf(url, sizeof url,
-             "amqp://guest:guest@127.0.0.1:%d/?heartbeat=2&reconnect_backoff_max_ms=1000", port);
+             "amqp://guest:guest@127.0.0.1:%d/?heartbeat=2&reconnect_backoff_max_ms=1000", tu_node.port);
     tu_unique(topic, sizeof topic, "observe-down");
     msgbus_t *bus;
     tu_ck_ok(msgbus_open(&bus, url, NULL));
@@ -556,7 +521,7 @@ START_TEST(stopped_broker_goes_down_and_comes_back_up)
 
     /* Stop the node while this thread serves the state callback. */
     struct node_job stop = {.rc = -1};
-    snprintf(stop.args, sizeof stop.args, "stop '%s'", dir);
+    snprintf(stop.args, sizeof stop.args, "stop '%s'", tu_node.dir);
     pthread_t th;
     char reason[512] = "";
     int64_t t0 = tu_now_ms();
@@ -588,7 +553,7 @@ START_TEST(stopped_broker_goes_down_and_comes_back_up)
     sleep(2); /* a few failed attempts more: still one DOWN event */
 
     char args[2000];
-    snprintf(args, sizeof args, "start '%s' %d plain", dir, port);
+    snprintf(args, sizeof args, "start '%s' %d plain", tu_node.dir, tu_node.port);
     t0 = tu_now_ms();
     ck_assert_int_eq(node(args), 0);
     printf("node started again in %lld ms\n", (long long)(tu_now_ms() - t0));
@@ -636,33 +601,10 @@ END_TEST
 
 int main(void)
 {
-    char root[1024];
-    snprintf(root, sizeof root, "%s", __FILE__);
-    char *cut = strstr(root, "/tests/integration/");
-    if (!cut) {
-        fprintf(stderr, "FAIL: cannot find the repository from %s\n", __FILE__);
-        return 1;
-    }
-    *cut = '\0';
     setvbuf(stdout, NULL, _IOLBF, 0);
     tu_broker_url("amqp"); /* missing: fail now, not after starting a node */
-    /* Ports 21000 + 20*k: test_amqp_tls takes k < 50, test_amqp_node_faults
-     * 50..99, this test 100..149. */
-    port = 21000 + (100 + (int)(getpid() % 50)) * 20;
-    snprintf(dir, sizeof dir, "%s/.brokers/amqp-observe-%d", root, (int)getpid());
-    snprintf(script, sizeof script, "%s/tests/integration/amqp_private_node.sh", root);
-
-    char args[3000];
-    int64_t t0 = tu_now_ms();
-    snprintf(args, sizeof args, "start '%s' %d plain", dir, port);
-    if (node(args) != 0) {
-        fprintf(stderr, "FAIL: could not start the private RabbitMQ node\n");
-        snprintf(args, sizeof args, "stop '%s'", dir);
-        node(args);
+    if (!tu_node_start("amqp-observe", 2, "plain"))
         return 1;
-    }
-    printf("private node on 127.0.0.1:%d started in %lld ms\n", port,
-           (long long)(tu_now_ms() - t0));
 
     Suite *s = suite_create("observe_amqp");
     TCase *tc = tcase_create("observe");
@@ -673,9 +615,6 @@ int main(void)
     tcase_add_test(tc, stopped_broker_goes_down_and_comes_back_up);
     suite_add_tcase(s, tc);
     int rc = tu_run_suite(s);
-
-    snprintf(args, sizeof args, "stop '%s' && rm -rf '%s'", dir, dir);
-    if (node(args) != 0)
-        fprintf(stderr, "warning: stopping the private node failed\n");
+    tu_node_stop();
     return rc;
 }

@@ -26,19 +26,17 @@
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
 #include <jansson.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "testutil.h"
+#include "tu_amqp.h"
+#include "tu_proxy.h"
 
 /* ---- helpers ------------------------------------------------------------------ */
 
@@ -57,35 +55,6 @@ static msgbus_t *open_bus(const char *query)
     msgbus_t *bus = NULL;
     tu_ck_ok(msgbus_open(&bus, url, NULL));
     return bus;
-}
-
-/* Deletes a test's queue and exchange with rabbitmq-c directly (msgbus has
- * no delete), so the tests do not litter the shared broker. */
-static void drop_topology(const char *topic, const char *group)
-{
-    char url[1024], q[600];
-    snprintf(url, sizeof url, "%s", tu_broker_url("amqp"));
-    char *query = strchr(url, '?');
-    if (query)
-        *query = '\0';
-    struct amqp_connection_info ci;
-    if (amqp_parse_url(url, &ci) != AMQP_STATUS_OK)
-        return;
-    amqp_connection_state_t c = amqp_new_connection();
-    amqp_socket_t *s = amqp_tcp_socket_new(c);
-    if (s && amqp_socket_open(s, ci.host, ci.port) == AMQP_STATUS_OK &&
-        amqp_login(c, ci.vhost && *ci.vhost ? ci.vhost : "/", 0, 131072, 0,
-                   AMQP_SASL_METHOD_PLAIN, ci.user, ci.password)
-                .reply_type == AMQP_RESPONSE_NORMAL &&
-        amqp_channel_open(c, 1)) {
-        if (group) {
-            snprintf(q, sizeof q, "%s.%s", topic, group);
-            amqp_queue_delete(c, 1, amqp_cstring_bytes(q), 0, 0);
-        }
-        amqp_exchange_delete(c, 1, amqp_cstring_bytes(topic), 0);
-        amqp_connection_close(c, AMQP_REPLY_SUCCESS);
-    }
-    amqp_destroy_connection(c);
 }
 
 static void publish_n(msgbus_t *bus, const char *topic, const char *prefix, int from, int n)
@@ -213,7 +182,7 @@ START_TEST(start_earliest_and_times_are_refused_latest_works)
     msgbus_sub_close(bc);
     msgbus_sub_close(sub);
     msgbus_close(bus);
-    drop_topology(topic, "g");
+    tu_amqp_drop(topic, "g");
 }
 END_TEST
 
@@ -284,154 +253,9 @@ START_TEST(pause_keeps_messages_at_the_broker_and_resume_delivers_all)
     ck_assert_ptr_null(extra);
     msgbus_sub_close(sub);
     msgbus_close(bus);
-    drop_topology(topic, "g");
+    tu_amqp_drop(topic, "g");
 }
 END_TEST
-
-/* ---- a TCP proxy that can cut msgbus's connection ---------------------------------- */
-
-enum { MAX_LINKS = 32 };
-
-static struct proxy {
-    int listen_fd, port;
-    char up_host[256];
-    int up_port;
-    _Atomic int stop;
-    pthread_mutex_t mu;
-    int fds[MAX_LINKS][2];
-    pthread_t acceptor;
-} px = {.mu = PTHREAD_MUTEX_INITIALIZER};
-
-struct pump {
-    int slot, cfd, ufd;
-};
-
-static void *pump_main(void *arg)
-{
-    struct pump *pm = arg;
-    unsigned char buf[65536];
-    while (!atomic_load(&px.stop)) {
-        struct pollfd p[2] = {{pm->cfd, POLLIN, 0}, {pm->ufd, POLLIN, 0}};
-        if (poll(p, 2, 100) <= 0)
-            continue;
-        int from = p[0].revents ? pm->cfd : pm->ufd, to = from == pm->cfd ? pm->ufd : pm->cfd;
-        ssize_t r = recv(from, buf, sizeof buf, 0);
-        if (r <= 0)
-            break;
-        for (ssize_t off = 0, w; off < r; off += w)
-            if ((w = send(to, buf + off, (size_t)(r - off), MSG_NOSIGNAL)) <= 0)
-                goto out;
-    }
-out:
-    pthread_mutex_lock(&px.mu);
-    close(pm->cfd);
-    close(pm->ufd);
-    px.fds[pm->slot][0] = px.fds[pm->slot][1] = -1;
-    pthread_mutex_unlock(&px.mu);
-    free(pm);
-    return NULL;
-}
-
-static int connect_upstream(void)
-{
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai;
-    char ps[16];
-    snprintf(ps, sizeof ps, "%d", px.up_port);
-    if (getaddrinfo(px.up_host, ps, &hints, &ai) != 0)
-        return -1;
-    int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-    if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(ai);
-    return fd;
-}
-
-static void *acceptor_main(void *arg)
-{
-    (void)arg;
-    while (!atomic_load(&px.stop)) {
-        struct pollfd p = {px.listen_fd, POLLIN, 0};
-        if (poll(&p, 1, 100) <= 0)
-            continue;
-        int cfd = accept(px.listen_fd, NULL, NULL);
-        if (cfd < 0)
-            continue;
-        int ufd = connect_upstream();
-        int slot = -1;
-        pthread_mutex_lock(&px.mu);
-        for (int i = 0; i < MAX_LINKS && slot < 0 && ufd >= 0; i++)
-            if (px.fds[i][0] < 0)
-                slot = i;
-        if (slot >= 0) {
-            px.fds[slot][0] = cfd;
-            px.fds[slot][1] = ufd;
-        }
-        pthread_mutex_unlock(&px.mu);
-        if (slot < 0) {
-            close(cfd);
-            if (ufd >= 0)
-                close(ufd);
-            continue;
-        }
-        struct pump *pm = malloc(sizeof *pm);
-        *pm = (struct pump){slot, cfd, ufd};
-        pthread_t t;
-        pthread_create(&t, NULL, pump_main, pm);
-        pthread_detach(t);
-    }
-    return NULL;
-}
-
-/* Starts the proxy; returns msgbus's URL through it. */
-static void proxy_start(char *url_out, size_t n)
-{
-    char url[1024];
-    snprintf(url, sizeof url, "%s", tu_broker_url("amqp"));
-    char *q = strchr(url, '?');
-    if (q)
-        *q = '\0';
-    struct amqp_connection_info ci;
-    ck_assert_int_eq(amqp_parse_url(url, &ci), AMQP_STATUS_OK);
-    snprintf(px.up_host, sizeof px.up_host, "%s", ci.host);
-    px.up_port = ci.port;
-    atomic_store(&px.stop, 0);
-    for (int i = 0; i < MAX_LINKS; i++)
-        px.fds[i][0] = px.fds[i][1] = -1;
-    px.listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    setsockopt(px.listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    ck_assert_int_eq(bind(px.listen_fd, (struct sockaddr *)&a, sizeof a), 0);
-    ck_assert_int_eq(listen(px.listen_fd, 16), 0);
-    socklen_t al = sizeof a;
-    getsockname(px.listen_fd, (struct sockaddr *)&a, &al);
-    px.port = ntohs(a.sin_port);
-    pthread_create(&px.acceptor, NULL, acceptor_main, NULL);
-    snprintf(url_out, n, "amqp://%s:%s@127.0.0.1:%d/%s?reconnect_backoff_ms=50", ci.user,
-             ci.password, px.port, ci.vhost && strcmp(ci.vhost, "/") ? ci.vhost : "");
-}
-
-static void proxy_cut_all(void)
-{
-    pthread_mutex_lock(&px.mu);
-    for (int i = 0; i < MAX_LINKS; i++)
-        if (px.fds[i][0] >= 0) {
-            shutdown(px.fds[i][0], SHUT_RDWR);
-            shutdown(px.fds[i][1], SHUT_RDWR);
-        }
-    pthread_mutex_unlock(&px.mu);
-}
-
-static void proxy_stop(void)
-{
-    atomic_store(&px.stop, 1);
-    pthread_join(px.acceptor, NULL);
-    close(px.listen_fd);
-    proxy_cut_all();
-    usleep(300000);
-}
 
 struct states {
     _Atomic int sub_up; /* UP events of a subscription */
@@ -451,7 +275,7 @@ START_TEST(a_reconnect_while_paused_does_not_start_consuming)
     enum { N = 30 };
     char topic[128], url[1024];
     tu_unique(topic, sizeof topic, "amqp-pos-reconn");
-    proxy_start(url, sizeof url);
+    tu_proxy_start_amqp(NULL, NULL, "reconnect_backoff_ms=50", url, sizeof url);
     msgbus_t *bus = NULL;
     tu_ck_ok(msgbus_open(&bus, url, NULL));
     struct states st = {0};
@@ -463,7 +287,7 @@ START_TEST(a_reconnect_while_paused_does_not_start_consuming)
     tu_ck_ok(msgbus_subscribe(bus, topic, "g", &sub));
     tu_ck_ok(msgbus_sub_pause(sub));
     usleep(200000);
-    proxy_cut_all();
+    tu_proxy_cut_all();
     /* Wait for the subscription to be re-established (UP "resubscribed"). */
     int64_t until = tu_now_ms() + 15000;
     while (atomic_load(&st.sub_up) == 0 && tu_now_ms() < until)
@@ -487,8 +311,8 @@ START_TEST(a_reconnect_while_paused_does_not_start_consuming)
     msgbus_sub_close(sub);
     msgbus_close(bus);
     msgbus_close(obs);
-    proxy_stop();
-    drop_topology(topic, "g");
+    tu_proxy_stop();
+    tu_amqp_drop(topic, "g");
 }
 END_TEST
 
@@ -545,7 +369,7 @@ START_TEST(group_reset_latest_purges_an_idle_group)
     ck_assert_ptr_null(extra); /* nothing "old" survived */
     msgbus_sub_close(sub);
     msgbus_close(bus);
-    drop_topology(topic, "g");
+    tu_amqp_drop(topic, "g");
 }
 END_TEST
 
@@ -605,7 +429,7 @@ START_TEST(inspect_shows_ready_lag_and_members)
     ck_assert_int_eq(tu_json_int(o, "topics.0.groups.0.ready"), 7);
     json_decref(o);
     msgbus_close(bus);
-    drop_topology(topic, "g");
+    tu_amqp_drop(topic, "g");
 }
 END_TEST
 
@@ -668,7 +492,7 @@ START_TEST(capabilities_are_exactly_those_claimed)
     bus = open_bus("x-expires=3600000");
     ck_assert(!(msgbus_caps(bus) & MSGBUS_CAP_DURABLE));
     msgbus_close(bus);
-    drop_topology(topic, "g");
+    tu_amqp_drop(topic, "g");
 }
 END_TEST
 
