@@ -14,6 +14,7 @@
 #include "core/msg.h"
 #include "msgbus/inbox.h"
 #include "testutil.h"
+#include "tu_sqlite.h"
 
 static sqlite3 *db;
 static msgbus_t *bus;
@@ -27,23 +28,6 @@ struct app {
     int end_tx;      /* the handler (wrongly) commits */
     int orphan;      /* write a row that breaks a deferred foreign key */
 };
-
-static void exec(const char *sql)
-{
-    char *err = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
-    ck_assert_msg(rc == SQLITE_OK, "%s: %s", sql, err ? err : "?");
-}
-
-static long long count(const char *sql)
-{
-    sqlite3_stmt *st = NULL;
-    ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
-    long long n = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return n;
-}
 
 /* The billing effect: one ledger row per order, in the inbox's transaction. */
 static int apply(void *opaque, msgbus_msg_t *msg)
@@ -70,10 +54,10 @@ static int apply(void *opaque, msgbus_msg_t *msg)
 static void setup(void)
 {
     ck_assert_int_eq(sqlite3_open(":memory:", &db), SQLITE_OK);
-    exec("PRAGMA foreign_keys = ON");
-    exec("CREATE TABLE ledger (order_id TEXT NOT NULL)");
-    exec("CREATE TABLE parent (id INTEGER PRIMARY KEY)");
-    exec("CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)");
+    tu_sql_exec(db, "PRAGMA foreign_keys = ON");
+    tu_sql_exec(db, "CREATE TABLE ledger (order_id TEXT NOT NULL)");
+    tu_sql_exec(db, "CREATE TABLE parent (id INTEGER PRIMARY KEY)");
+    tu_sql_exec(db, "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)");
     char url[96];
     tu_unique(url, sizeof url, "mem://inbox-handle");
     tu_unique(topic, sizeof topic, "orders");
@@ -125,8 +109,8 @@ START_TEST(applied_once_then_acked)
     tu_ck_err(msgbus_ack(m), MSGBUS_ERR_STATE); /* the helper acked it */
     msgbus_msg_free(m);
     ck_assert_int_eq(a.calls, 1);
-    ck_assert_int_eq(count("SELECT count(*) FROM ledger"), 1);
-    ck_assert_int_eq(count("SELECT count(*) FROM msgbus_inbox"), 1);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM ledger"), 1);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM msgbus_inbox"), 1);
     ck_assert(sqlite3_get_autocommit(db)); /* committed, nothing left open */
     ck_assert_ptr_null(tu_receive(sub, 200));
 }
@@ -143,17 +127,17 @@ START_TEST(handler_failure_rolls_back_and_redelivers)
     ck_assert_int_eq(oc, MSGBUS_INBOX_REJECTED);
     msgbus_msg_free(m);
     /* The failed attempt's ledger row and claim are both gone. */
-    ck_assert_int_eq(count("SELECT count(*) FROM ledger"), 0);
-    ck_assert_int_eq(count("SELECT count(*) FROM msgbus_inbox"), 0);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM ledger"), 0);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM msgbus_inbox"), 0);
     m = receive(); /* nacked: delivered again */
     ck_assert_int_eq(msgbus_msg_attempt(m), 2);
     tu_ck_ok(msgbus_inbox_handle(ib, m, apply, &a, &oc));
     ck_assert_int_eq(oc, MSGBUS_INBOX_APPLIED);
     msgbus_msg_free(m);
     printf("handler_failure_rolls_back_and_redelivers: calls=%d ledger=%lld\n", a.calls,
-           count("SELECT count(*) FROM ledger"));
+           tu_sql_count(db, "SELECT count(*) FROM ledger"));
     ck_assert_int_eq(a.calls, 2);
-    ck_assert_int_eq(count("SELECT count(*) FROM ledger"), 1);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM ledger"), 1);
     ck_assert_ptr_null(tu_receive(sub, 200));
 }
 END_TEST
@@ -177,7 +161,7 @@ START_TEST(duplicate_is_acked_without_handler)
     ck_assert_int_eq(applied, 1);
     ck_assert_int_eq(duplicates, 2);
     ck_assert_int_eq(a.calls, 1);
-    ck_assert_int_eq(count("SELECT count(*) FROM ledger"), 1);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM ledger"), 1);
     ck_assert(sqlite3_get_autocommit(db));
     ck_assert_ptr_null(tu_receive(sub, 200)); /* all acked: nothing comes back */
 }
@@ -196,8 +180,8 @@ START_TEST(message_without_id_is_refused_unsettled)
     tu_ck_err(msgbus_inbox_handle(ib, m, apply, &a, &oc), MSGBUS_ERR_INVALID);
     ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "no id"));
     ck_assert_int_eq(a.calls, 0);
-    ck_assert_int_eq(count("SELECT count(*) FROM ledger"), 0);
-    ck_assert_int_eq(count("SELECT count(*) FROM msgbus_inbox"), 0);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM ledger"), 0);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM msgbus_inbox"), 0);
     ck_assert(sqlite3_get_autocommit(db));
     tu_ck_ok(msgbus_ack(m)); /* left for the application to settle */
     msgbus_msg_free(m);
@@ -215,14 +199,14 @@ START_TEST(commit_failure_nacks)
     ck_assert_int_eq(oc, MSGBUS_INBOX_REJECTED);
     msgbus_msg_free(m);
     ck_assert(sqlite3_get_autocommit(db)); /* rolled back */
-    ck_assert_int_eq(count("SELECT count(*) FROM ledger"), 0);
-    ck_assert_int_eq(count("SELECT count(*) FROM msgbus_inbox"), 0);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM ledger"), 0);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM msgbus_inbox"), 0);
     a.orphan = 0;
     m = receive(); /* nacked: comes again, and now applies */
     tu_ck_ok(msgbus_inbox_handle(ib, m, apply, &a, &oc));
     ck_assert_int_eq(oc, MSGBUS_INBOX_APPLIED);
     msgbus_msg_free(m);
-    ck_assert_int_eq(count("SELECT count(*) FROM ledger"), 1);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM ledger"), 1);
 }
 END_TEST
 
@@ -231,15 +215,15 @@ START_TEST(open_transaction_is_refused)
     struct app a = {0};
     publish("order-1", NULL, 1);
     msgbus_msg_t *m = receive();
-    exec("BEGIN");
+    tu_sql_exec(db, "BEGIN");
     tu_ck_err(msgbus_inbox_handle(ib, m, apply, &a, NULL), MSGBUS_ERR_STATE);
     ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "already open"));
     ck_assert_int_eq(a.calls, 0);
     ck_assert(!sqlite3_get_autocommit(db)); /* the application's transaction is untouched */
-    exec("ROLLBACK");
+    tu_sql_exec(db, "ROLLBACK");
     tu_ck_ok(msgbus_inbox_handle(ib, m, apply, &a, NULL)); /* still unsettled: can be handled */
     msgbus_msg_free(m);
-    ck_assert_int_eq(count("SELECT count(*) FROM ledger"), 1);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM ledger"), 1);
 }
 END_TEST
 
@@ -259,7 +243,7 @@ START_TEST(handler_ending_the_transaction_is_an_error)
     tu_ck_ok(msgbus_inbox_handle(ib, m, apply, &a, &oc));
     ck_assert_int_eq(oc, MSGBUS_INBOX_DUPLICATE);
     msgbus_msg_free(m);
-    ck_assert_int_eq(count("SELECT count(*) FROM ledger"), 1);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM ledger"), 1);
 }
 END_TEST
 

@@ -12,6 +12,7 @@
 #include "core/msg.h"
 #include "msgbus/inbox.h"
 #include "testutil.h"
+#include "tu_sqlite.h"
 
 static sqlite3 *db;
 
@@ -24,23 +25,6 @@ static void teardown(void)
 {
     ck_assert_int_eq(sqlite3_close(db), SQLITE_OK); /* fails if the inbox leaked a statement */
     db = NULL;
-}
-
-static void exec(const char *sql)
-{
-    char *err = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
-    ck_assert_msg(rc == SQLITE_OK, "%s: %s", sql, err ? err : "?");
-}
-
-static long long count(const char *sql)
-{
-    sqlite3_stmt *st = NULL;
-    ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
-    long long n = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return n;
 }
 
 static msgbus_msg_t *new_msg(void)
@@ -57,20 +41,20 @@ START_TEST(first_claim_ok_then_duplicate)
     ck_assert_str_eq(msgbus_inbox_store(ib), "sqlite");
     ck_assert_str_eq(msgbus_inbox_consumer(ib), "billing");
     msgbus_msg_t *m = new_msg();
-    exec("BEGIN");
+    tu_sql_exec(db, "BEGIN");
     tu_ck_ok(msgbus_inbox_claim(ib, m));
     /* Seen again inside the same transaction, too. */
     tu_ck_err(msgbus_inbox_claim(ib, m), MSGBUS_ERR_DUPLICATE);
-    exec("COMMIT");
-    exec("BEGIN");
+    tu_sql_exec(db, "COMMIT");
+    tu_sql_exec(db, "BEGIN");
     tu_ck_err(msgbus_inbox_claim(ib, m), MSGBUS_ERR_DUPLICATE);
-    exec("ROLLBACK");
-    ck_assert_int_eq(count("SELECT count(*) FROM msgbus_inbox"), 1);
+    tu_sql_exec(db, "ROLLBACK");
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM msgbus_inbox"), 1);
     char q[256];
     snprintf(q, sizeof q, "SELECT count(*) FROM msgbus_inbox WHERE consumer='billing' AND message_id='%s'",
              msgbus_msg_id(m));
-    ck_assert_int_eq(count(q), 1);
-    printf("first_claim_ok_then_duplicate: rows=%lld\n", count("SELECT count(*) FROM msgbus_inbox"));
+    ck_assert_int_eq(tu_sql_count(db, "%s", q), 1);
+    printf("first_claim_ok_then_duplicate: rows=%lld\n", tu_sql_count(db, "SELECT count(*) FROM msgbus_inbox"));
     msgbus_msg_free(m);
     msgbus_inbox_close(ib);
 }
@@ -81,14 +65,14 @@ START_TEST(rolled_back_transaction_forgets_the_claim)
     msgbus_inbox_t *ib = NULL;
     tu_ck_ok(msgbus_inbox_open_sqlite(&ib, db, "billing", NULL));
     msgbus_msg_t *m = new_msg();
-    exec("BEGIN");
+    tu_sql_exec(db, "BEGIN");
     tu_ck_ok(msgbus_inbox_claim(ib, m));
-    exec("ROLLBACK");
-    ck_assert_int_eq(count("SELECT count(*) FROM msgbus_inbox"), 0);
-    exec("BEGIN");
+    tu_sql_exec(db, "ROLLBACK");
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM msgbus_inbox"), 0);
+    tu_sql_exec(db, "BEGIN");
     tu_ck_ok(msgbus_inbox_claim(ib, m)); /* processed for real this time */
-    exec("COMMIT");
-    ck_assert_int_eq(count("SELECT count(*) FROM msgbus_inbox"), 1);
+    tu_sql_exec(db, "COMMIT");
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM msgbus_inbox"), 1);
     msgbus_msg_free(m);
     msgbus_inbox_close(ib);
 }
@@ -136,7 +120,7 @@ START_TEST(claim_outside_a_transaction_is_refused)
     msgbus_msg_t *m = new_msg();
     tu_ck_err(msgbus_inbox_claim(ib, m), MSGBUS_ERR_STATE);
     ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "no transaction"));
-    ck_assert_int_eq(count("SELECT count(*) FROM msgbus_inbox"), 0);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM msgbus_inbox"), 0);
     msgbus_msg_free(m);
     msgbus_inbox_close(ib);
 }
@@ -148,12 +132,12 @@ START_TEST(consumers_are_independent)
     tu_ck_ok(msgbus_inbox_open_sqlite(&a, db, "billing", NULL));
     tu_ck_ok(msgbus_inbox_open_sqlite(&b, db, "shipping", NULL));
     msgbus_msg_t *m = new_msg();
-    exec("BEGIN");
+    tu_sql_exec(db, "BEGIN");
     tu_ck_ok(msgbus_inbox_claim(a, m));
     tu_ck_ok(msgbus_inbox_claim(b, m));
     tu_ck_err(msgbus_inbox_claim(a, m), MSGBUS_ERR_DUPLICATE);
-    exec("COMMIT");
-    ck_assert_int_eq(count("SELECT count(*) FROM msgbus_inbox"), 2);
+    tu_sql_exec(db, "COMMIT");
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM msgbus_inbox"), 2);
     msgbus_msg_free(m);
     msgbus_inbox_close(a);
     msgbus_inbox_close(b);
@@ -164,12 +148,12 @@ START_TEST(custom_table_name)
 {
     msgbus_inbox_t *ib = NULL;
     tu_ck_ok(msgbus_inbox_open_sqlite(&ib, db, "billing", "billing_inbox"));
-    exec("BEGIN");
+    tu_sql_exec(db, "BEGIN");
     tu_ck_ok(msgbus_inbox_claim_id(ib, "a"));
-    exec("COMMIT");
-    ck_assert_int_eq(count("SELECT count(*) FROM billing_inbox"), 1);
-    ck_assert_int_eq(count("SELECT count(*) FROM sqlite_master WHERE name='billing_inbox_claimed_idx'"), 1);
-    ck_assert_int_eq(count("SELECT count(*) FROM sqlite_master WHERE name='msgbus_inbox'"), 0);
+    tu_sql_exec(db, "COMMIT");
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM billing_inbox"), 1);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM sqlite_master WHERE name='billing_inbox_claimed_idx'"), 1);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM sqlite_master WHERE name='msgbus_inbox'"), 0);
     msgbus_inbox_close(ib);
 }
 END_TEST
@@ -179,25 +163,25 @@ START_TEST(purge_removes_old_claims_only)
     msgbus_inbox_t *ib = NULL, *other = NULL;
     tu_ck_ok(msgbus_inbox_open_sqlite(&ib, db, "billing", NULL));
     tu_ck_ok(msgbus_inbox_open_sqlite(&other, db, "shipping", NULL));
-    exec("BEGIN");
+    tu_sql_exec(db, "BEGIN");
     tu_ck_ok(msgbus_inbox_claim_id(ib, "old-1"));
     tu_ck_ok(msgbus_inbox_claim_id(ib, "old-2"));
     tu_ck_ok(msgbus_inbox_claim_id(other, "old-1"));
-    exec("COMMIT");
+    tu_sql_exec(db, "COMMIT");
     usleep(600 * 1000);
-    exec("BEGIN");
+    tu_sql_exec(db, "BEGIN");
     tu_ck_ok(msgbus_inbox_claim_id(ib, "new-1"));
-    exec("COMMIT");
+    tu_sql_exec(db, "COMMIT");
     size_t n = 99;
     tu_ck_ok(msgbus_inbox_purge(ib, 300, &n));
     printf("purge_removes_old_claims_only: purged=%zu\n", n);
     ck_assert_uint_eq(n, 2);
     /* Another consumer's claims are its own business. */
-    ck_assert_int_eq(count("SELECT count(*) FROM msgbus_inbox WHERE consumer='shipping'"), 1);
-    exec("BEGIN");
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM msgbus_inbox WHERE consumer='shipping'"), 1);
+    tu_sql_exec(db, "BEGIN");
     tu_ck_ok(msgbus_inbox_claim_id(ib, "old-1")); /* forgotten: would be processed again */
     tu_ck_err(msgbus_inbox_claim_id(ib, "new-1"), MSGBUS_ERR_DUPLICATE);
-    exec("ROLLBACK");
+    tu_sql_exec(db, "ROLLBACK");
     tu_ck_ok(msgbus_inbox_purge(ib, 0, &n)); /* 0: everything claimed so far */
     ck_assert_uint_eq(n, 1);
     tu_ck_ok(msgbus_inbox_purge(ib, 0, NULL));
@@ -212,12 +196,12 @@ START_TEST(forget_removes_a_claim)
     msgbus_inbox_t *ib = NULL;
     tu_ck_ok(msgbus_inbox_open_sqlite(&ib, db, "billing", NULL));
     msgbus_msg_t *m = new_msg();
-    exec("BEGIN");
+    tu_sql_exec(db, "BEGIN");
     tu_ck_ok(msgbus_inbox_claim(ib, m));
     tu_ck_ok(msgbus_inbox_forget(ib, m));
     tu_ck_err(msgbus_inbox_forget(ib, m), MSGBUS_ERR_NOT_FOUND);
     tu_ck_ok(msgbus_inbox_claim(ib, m));
-    exec("COMMIT");
+    tu_sql_exec(db, "COMMIT");
     msgbus_msg_free(m);
     msgbus_inbox_close(ib);
 }
@@ -226,14 +210,14 @@ END_TEST
 START_TEST(existing_foreign_table_is_refused)
 {
     msgbus_inbox_t *ib = NULL;
-    exec("CREATE TABLE not_inbox (consumer TEXT, message_id TEXT)");
+    tu_sql_exec(db, "CREATE TABLE not_inbox (consumer TEXT, message_id TEXT)");
     tu_ck_err(msgbus_inbox_open_sqlite(&ib, db, "billing", "not_inbox"), MSGBUS_ERR_STORE);
     ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "claimed_at"));
     ck_assert_ptr_null(ib);
-    exec("CREATE TABLE no_key (consumer TEXT, message_id TEXT, claimed_at INTEGER)");
+    tu_sql_exec(db, "CREATE TABLE no_key (consumer TEXT, message_id TEXT, claimed_at INTEGER)");
     tu_ck_err(msgbus_inbox_open_sqlite(&ib, db, "billing", "no_key"), MSGBUS_ERR_STORE);
     ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "primary key"));
-    exec("CREATE TABLE wrong_key (consumer TEXT, message_id TEXT, claimed_at INTEGER,"
+    tu_sql_exec(db, "CREATE TABLE wrong_key (consumer TEXT, message_id TEXT, claimed_at INTEGER,"
          " PRIMARY KEY (message_id, consumer))");
     tu_ck_err(msgbus_inbox_open_sqlite(&ib, db, "billing", "wrong_key"), MSGBUS_ERR_STORE);
     ck_assert_ptr_null(ib);
@@ -254,14 +238,14 @@ START_TEST(bad_arguments_get_clear_errors)
     tu_ck_err(msgbus_inbox_open_sqlite(&ib, db, "billing", "main.inbox"), MSGBUS_ERR_INVALID);
     tu_ck_err(msgbus_inbox_open_sqlite(&ib, db, "billing", "1inbox"), MSGBUS_ERR_INVALID);
     tu_ck_err(msgbus_inbox_open_sqlite(&ib, db, "billing", ""), MSGBUS_ERR_INVALID);
-    exec("BEGIN");
+    tu_sql_exec(db, "BEGIN");
     tu_ck_err(msgbus_inbox_open_sqlite(&ib, db, "billing", NULL), MSGBUS_ERR_STATE);
-    exec("ROLLBACK");
+    tu_sql_exec(db, "ROLLBACK");
     ck_assert_ptr_null(ib);
-    ck_assert_int_eq(count("SELECT count(*) FROM sqlite_master"), 0); /* nothing created */
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM sqlite_master"), 0); /* nothing created */
 
     tu_ck_ok(msgbus_inbox_open_sqlite(&ib, db, "billing", NULL));
-    exec("BEGIN");
+    tu_sql_exec(db, "BEGIN");
     tu_ck_err(msgbus_inbox_claim(NULL, NULL), MSGBUS_ERR_INVALID);
     tu_ck_err(msgbus_inbox_claim(ib, NULL), MSGBUS_ERR_INVALID);
     tu_ck_err(msgbus_inbox_claim_id(ib, NULL), MSGBUS_ERR_INVALID);
@@ -269,8 +253,8 @@ START_TEST(bad_arguments_get_clear_errors)
     tu_ck_err(msgbus_inbox_claim_id(ib, "has space"), MSGBUS_ERR_INVALID);
     tu_ck_err(msgbus_inbox_forget(ib, NULL), MSGBUS_ERR_INVALID);
     tu_ck_err(msgbus_inbox_purge(NULL, 0, NULL), MSGBUS_ERR_INVALID);
-    exec("COMMIT");
-    ck_assert_int_eq(count("SELECT count(*) FROM msgbus_inbox"), 0);
+    tu_sql_exec(db, "COMMIT");
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM msgbus_inbox"), 0);
     ck_assert_ptr_null(msgbus_inbox_store(NULL));
     ck_assert_ptr_null(msgbus_inbox_consumer(NULL));
     msgbus_inbox_close(ib);
@@ -287,11 +271,11 @@ START_TEST(message_without_id_is_refused)
     msgbus_msg_t *m = mb_msg_alloc();
     ck_assert_ptr_nonnull(m);
     ck_assert_ptr_null(msgbus_msg_id(m));
-    exec("BEGIN");
+    tu_sql_exec(db, "BEGIN");
     tu_ck_err(msgbus_inbox_claim(ib, m), MSGBUS_ERR_INVALID);
     ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "no id"));
-    exec("COMMIT");
-    ck_assert_int_eq(count("SELECT count(*) FROM msgbus_inbox"), 0);
+    tu_sql_exec(db, "COMMIT");
+    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM msgbus_inbox"), 0);
     msgbus_msg_free(m);
     msgbus_inbox_close(ib);
 }

@@ -13,6 +13,7 @@
 
 #include "msgbus/outbox.h"
 #include "testutil.h"
+#include "tu_sqlite.h"
 
 /* One test's world: a database file with two connections (the
  * application's and the relay's), an outbox on each, and a mem:// bus
@@ -26,18 +27,11 @@ struct world {
     char topic[64];
 };
 
-static void exec(sqlite3 *db, const char *sql)
-{
-    char *err = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
-    ck_assert_msg(rc == SQLITE_OK, "%s: %s", sql, err ? err : "?");
-}
-
 static sqlite3 *open_db(const char *path)
 {
     sqlite3 *db = NULL;
     ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
-    exec(db, "PRAGMA journal_mode=WAL");
+    tu_sql_exec(db, "PRAGMA journal_mode=WAL");
     sqlite3_busy_timeout(db, 5000);
     return db;
 }
@@ -108,23 +102,16 @@ static size_t relay_all(struct world *w, size_t batch)
 
 static int count_rows(sqlite3 *db, const char *where)
 {
-    char sql[256];
-    snprintf(sql, sizeof sql, "SELECT count(*) FROM msgbus_outbox WHERE %s", where);
-    sqlite3_stmt *st = NULL;
-    ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
-    int n = sqlite3_column_int(st, 0);
-    sqlite3_finalize(st);
-    return n;
+    return (int)tu_sql_count(db, "SELECT count(*) FROM msgbus_outbox WHERE %s", where);
 }
 
 START_TEST(rollback_leaves_no_message)
 {
     struct world w;
     world_open(&w);
-    exec(w.app, "BEGIN");
+    tu_sql_exec(w.app, "BEGIN");
     put(&w, "k", "never");
-    exec(w.app, "ROLLBACK");
+    tu_sql_exec(w.app, "ROLLBACK");
     size_t n = 99;
     tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 100, 1000, &n));
     printf("rollback: relayed %zu, rows %d\n", n, count_rows(w.app, "1"));
@@ -139,14 +126,14 @@ START_TEST(commit_publishes_once_with_the_stored_id)
 {
     struct world w;
     world_open(&w);
-    exec(w.app, "BEGIN");
+    tu_sql_exec(w.app, "BEGIN");
     char id[64];
     snprintf(id, sizeof id, "%s", put(&w, "order-7", "hello"));
     /* Not committed yet: the relay's connection must not see it. */
     size_t n = 99;
     tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 100, 1000, &n));
     ck_assert_uint_eq(n, 0);
-    exec(w.app, "COMMIT");
+    tu_sql_exec(w.app, "COMMIT");
     tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 100, 5000, &n));
     ck_assert_uint_eq(n, 1);
     msgbus_msg_t *in = tu_receive(w.sub, 2000);
@@ -218,14 +205,14 @@ START_TEST(rows_are_published_in_commit_order)
     world_open(&w);
     enum { N = 300 };
     for (int t = 0; t < N / 30; t++) {
-        exec(w.app, "BEGIN");
+        tu_sql_exec(w.app, "BEGIN");
         for (int i = 0; i < 30; i++) {
             char key[8], text[16];
             snprintf(key, sizeof key, "k%d", (t * 30 + i) % 7);
             snprintf(text, sizeof text, "%d", t * 30 + i);
             put(&w, (i % 5) ? key : NULL, text);
         }
-        exec(w.app, "COMMIT");
+        tu_sql_exec(w.app, "COMMIT");
     }
     size_t sent = relay_all(&w, 17); /* batches that cut transactions apart */
     int got = 0;
@@ -300,7 +287,7 @@ static void raw_row(struct world *w, const char *topic, const char *key, const c
     char *sql = sqlite3_mprintf("INSERT INTO msgbus_outbox (topic, msg_key, headers, payload) "
                                 "VALUES (%Q, CAST(%Q AS BLOB), %Q, CAST(%Q AS BLOB))",
                                 topic, key, headers ? headers : "{}", payload);
-    exec(w->app, sql);
+    tu_sql_exec(w->app, sql);
     sqlite3_free(sql);
 }
 
@@ -349,9 +336,9 @@ START_TEST(poison_row_is_moved_aside_while_other_keys_flow)
     /* The operator fixes A1 and retries: A1 then A2 flow, in order. */
     char *fix = sqlite3_mprintf("UPDATE msgbus_outbox SET topic = %Q WHERE topic = 'bad topic!'",
                                 w.topic);
-    exec(w.app, fix);
+    tu_sql_exec(w.app, fix);
     sqlite3_free(fix);
-    exec(w.app, "DELETE FROM msgbus_outbox WHERE payload = CAST('poison-C1' AS BLOB)");
+    tu_sql_exec(w.app, "DELETE FROM msgbus_outbox WHERE payload = CAST('poison-C1' AS BLOB)");
     size_t retried = 0;
     tu_ck_ok(msgbus_outbox_retry_failed(w.relay, &retried));
     ck_assert_uint_eq(retried, 1);
@@ -406,7 +393,7 @@ START_TEST(too_large_row_is_moved_aside_and_blocks_only_its_key)
     ck_assert_uint_eq(st.pending, 1); /* K3 waits behind the failed row */
     ck_assert_int_eq(count_rows(w.app, "state = 'failed' AND length(payload) = 4999 AND error <> ''"), 1);
     /* deleting the failed row unblocks its key */
-    exec(w.app, "DELETE FROM msgbus_outbox WHERE state = 'failed'");
+    tu_sql_exec(w.app, "DELETE FROM msgbus_outbox WHERE state = 'failed'");
     tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 100, 5000, &n));
     ck_assert_uint_eq(n, 1);
     in = tu_receive(w.sub, 1000);
@@ -431,14 +418,14 @@ START_TEST(overlapping_slices_keep_order_and_hold_a_failed_key)
     enum { N = 400, BAD = 150 };
     static char big[3000];
     memset(big, 'x', sizeof big - 1);
-    exec(w.app, "BEGIN");
+    tu_sql_exec(w.app, "BEGIN");
     for (int i = 0; i < N; i++) {
         char key[8], text[16];
         snprintf(key, sizeof key, "K%d", i % 10);
         snprintf(text, sizeof text, "%d", i);
         put(&w, key, i == BAD ? big : text);
     }
-    exec(w.app, "COMMIT");
+    tu_sql_exec(w.app, "COMMIT");
     size_t n = 0;
     tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 1000, 5000, &n));
     int last[10], got = 0, held_back = 0;
@@ -471,7 +458,7 @@ START_TEST(overlapping_slices_keep_order_and_hold_a_failed_key)
     ck_assert_uint_eq(st.failed, 1);
     ck_assert_uint_eq(st.pending, (unsigned long long)held_back);
     /* With the failed row gone, its key follows, in order. */
-    exec(w.app, "DELETE FROM msgbus_outbox WHERE state = 'failed'");
+    tu_sql_exec(w.app, "DELETE FROM msgbus_outbox WHERE state = 'failed'");
     ck_assert_uint_eq(relay_all(&w, 1000), (size_t)held_back);
     while ((in = tu_receive(w.sub, 300)) != NULL) {
         size_t len;
@@ -499,10 +486,10 @@ START_TEST(retention_marks_overlapping_slices_sent)
     struct world w;
     world_open(&w);
     tu_ck_ok(msgbus_outbox_set_retention(w.relay, 60000));
-    exec(w.app, "BEGIN");
+    tu_sql_exec(w.app, "BEGIN");
     for (int i = 0; i < 1000; i++)
         put(&w, i % 3 ? "k" : NULL, "x");
-    exec(w.app, "COMMIT");
+    tu_sql_exec(w.app, "COMMIT");
     size_t n = 0;
     tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 800, 5000, &n));
     ck_assert_uint_eq(n, 800);
@@ -536,15 +523,15 @@ START_TEST(store_failure_in_a_long_pass_loses_nothing)
     struct world w;
     world_open(&w);
     enum { N = 3000, BOOM = 1700 };
-    exec(w.app, "BEGIN");
+    tu_sql_exec(w.app, "BEGIN");
     for (int i = 0; i < N; i++) {
         char key[8], text[16];
         snprintf(key, sizeof key, "K%d", i % 7);
         snprintf(text, sizeof text, i == BOOM ? "boom" : "%d", i);
         put(&w, key, text);
     }
-    exec(w.app, "COMMIT");
-    exec(w.app, "CREATE TRIGGER boom BEFORE DELETE ON msgbus_outbox"
+    tu_sql_exec(w.app, "COMMIT");
+    tu_sql_exec(w.app, "CREATE TRIGGER boom BEFORE DELETE ON msgbus_outbox"
                 " WHEN old.payload = CAST('boom' AS BLOB) BEGIN SELECT RAISE(ABORT, 'boom'); END");
     size_t n = 0;
     tu_ck_err(msgbus_outbox_relay(w.relay, w.bus, N, 5000, &n), MSGBUS_ERR_STORE);
@@ -552,7 +539,7 @@ START_TEST(store_failure_in_a_long_pass_loses_nothing)
     ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "boom"));
     ck_assert_uint_lt(n, BOOM);
     ck_assert_int_eq(count_rows(w.app, "state = 'pending'"), N - (int)n);
-    exec(w.app, "DROP TRIGGER boom");
+    tu_sql_exec(w.app, "DROP TRIGGER boom");
     ck_assert_uint_eq(relay_all(&w, N), (size_t)(N - (int)n));
     ck_assert_int_eq(count_rows(w.app, "1"), 0);
     /* Every row arrived exactly once (the published, unmarked ones were
@@ -597,9 +584,9 @@ START_TEST(large_rows_go_in_slices_bounded_by_bytes)
     enum { N = 12, SIZE = 300 * 1024 };
     char topic[64];
     tu_unique(topic, sizeof topic, "big"); /* no subscriber: nothing queued */
-    exec(w.app, "BEGIN");
+    tu_sql_exec(w.app, "BEGIN");
     tu_outbox_put_sized(w.ob, topic, 2 * N, SIZE);
-    exec(w.app, "COMMIT");
+    tu_sql_exec(w.app, "COMMIT");
     /* A pass of N rows relays N rows, though each slice holds 4. */
     size_t first = 0, second = 0;
     tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, N, 5000, &first));
@@ -648,14 +635,14 @@ static int drain_counts(struct world *w, int *seen, int n)
 /* Puts rows "0".."n-1" (keys k0..k4) in one transaction. */
 static void put_numbered(struct world *w, int n)
 {
-    exec(w->app, "BEGIN");
+    tu_sql_exec(w->app, "BEGIN");
     for (int i = 0; i < n; i++) {
         char key[8], text[16];
         snprintf(key, sizeof key, "k%d", i % 5);
         snprintf(text, sizeof text, "%d", i);
         put(w, key, text);
     }
-    exec(w->app, "COMMIT");
+    tu_sql_exec(w->app, "COMMIT");
 }
 
 /* The relay's store sets a 5 s busy timeout on its connection at its
@@ -681,7 +668,7 @@ START_TEST(write_lock_held_past_the_busy_timeout_publishes_each_row_once)
     enum { N = 50 };
     put_numbered(&w, N);
     sqlite3 *holder = open_db(w.path);
-    exec(holder, "BEGIN IMMEDIATE");
+    tu_sql_exec(holder, "BEGIN IMMEDIATE");
     int64_t t0 = tu_now_ms();
     int passes = 0, failed = 0;
     size_t during = 0;
@@ -700,7 +687,7 @@ START_TEST(write_lock_held_past_the_busy_timeout_publishes_each_row_once)
     }
     printf("write lock: %d passes under the lock, %d failed (last: %s)\n", passes, failed,
            msgbus_last_error());
-    exec(holder, "COMMIT");
+    tu_sql_exec(holder, "COMMIT");
     sqlite3_close(holder);
     size_t after = relay_all(&w, 100);
     static int seen[N];
@@ -732,7 +719,7 @@ START_TEST(background_relay_under_a_held_write_lock_publishes_each_row_once)
     enum { N = 50 };
     put_numbered(&w, N);
     sqlite3 *holder = open_db(w.path);
-    exec(holder, "BEGIN IMMEDIATE");
+    tu_sql_exec(holder, "BEGIN IMMEDIATE");
     msgbus_outbox_relay_opts_t o = {.batch_max = 100,
                                     .confirm_timeout_ms = 300,
                                     .poll_interval_ms = 50,
@@ -740,7 +727,7 @@ START_TEST(background_relay_under_a_held_write_lock_publishes_each_row_once)
                                     .backoff_max_ms = 100};
     tu_ck_ok(msgbus_outbox_relay_start(w.relay, w.bus, &o));
     usleep(1500 * 1000);
-    exec(holder, "COMMIT");
+    tu_sql_exec(holder, "COMMIT");
     sqlite3_close(holder);
     int64_t t0 = tu_now_ms();
     msgbus_outbox_stats_t st;
@@ -790,7 +777,7 @@ START_TEST(closing_with_unmarked_rows_logs_them_and_loses_nothing)
     enum { N = 50 };
     put_numbered(&w, N);
     sqlite3 *holder = open_db(w.path);
-    exec(holder, "BEGIN IMMEDIATE");
+    tu_sql_exec(holder, "BEGIN IMMEDIATE");
     size_t n = 0;
     tu_ck_err(msgbus_outbox_relay(w.relay, w.bus, 100, 300, &n), MSGBUS_ERR_STORE);
     printf("close with unmarked rows: pass failed: %s\n", msgbus_last_error());
@@ -801,7 +788,7 @@ START_TEST(closing_with_unmarked_rows_logs_them_and_loses_nothing)
     printf("close with unmarked rows: %d error lines: %s\n", l.errors, l.line);
     ck_assert_int_eq(l.errors, 1);
     ck_assert_msg(strstr(l.line, "50 confirmed rows") != NULL, "%s", l.line);
-    exec(holder, "COMMIT");
+    tu_sql_exec(holder, "COMMIT");
     sqlite3_close(holder);
     tu_ck_ok(msgbus_outbox_open_sqlite(&w.relay, w.rel, NULL));
     ck_assert_int_eq(count_rows(w.app, "state = 'pending'"), N);
@@ -843,7 +830,7 @@ START_TEST(existing_table_is_checked)
 {
     sqlite3 *db = NULL;
     ck_assert_int_eq(sqlite3_open(":memory:", &db), SQLITE_OK);
-    exec(db, "CREATE TABLE legacy (id INTEGER PRIMARY KEY, msg_id TEXT, topic TEXT, payload BLOB)");
+    tu_sql_exec(db, "CREATE TABLE legacy (id INTEGER PRIMARY KEY, msg_id TEXT, topic TEXT, payload BLOB)");
     msgbus_outbox_t *ob = NULL;
     tu_ck_err(msgbus_outbox_open_sqlite(&ob, db, "legacy"), MSGBUS_ERR_STORE);
     printf("table check: %s\n", msgbus_last_error());
@@ -865,10 +852,10 @@ START_TEST(relay_refuses_a_connection_inside_a_transaction)
 {
     struct world w;
     world_open(&w);
-    exec(w.rel, "BEGIN");
+    tu_sql_exec(w.rel, "BEGIN");
     size_t n;
     tu_ck_err(msgbus_outbox_relay(w.relay, w.bus, 10, 100, &n), MSGBUS_ERR_STATE);
-    exec(w.rel, "ROLLBACK");
+    tu_sql_exec(w.rel, "ROLLBACK");
     world_close(&w);
 }
 END_TEST
@@ -920,14 +907,14 @@ START_TEST(background_relay_publishes_on_wake_and_drains_on_stop)
     size_t n;
     tu_ck_err(msgbus_outbox_relay(w.relay, w.bus, 10, 100, &n), MSGBUS_ERR_STATE);
     enum { N = 500 };
-    exec(w.app, "BEGIN");
+    tu_sql_exec(w.app, "BEGIN");
     for (int i = 0; i < N; i++) {
         char text[16], key[8];
         snprintf(text, sizeof text, "%d", i);
         snprintf(key, sizeof key, "k%d", i % 3);
         put(&w, key, text);
     }
-    exec(w.app, "COMMIT");
+    tu_sql_exec(w.app, "COMMIT");
     int64_t t0 = tu_now_ms();
     msgbus_outbox_relay_wake(w.relay); /* the poll interval is a minute: only the wake can do it */
     int got = 0;

@@ -15,6 +15,7 @@
 #include "msgbus/msgbus.h"
 #include "msgbus/outbox.h"
 #include "testutil.h"
+#include "tu_sqlite.h"
 
 /* msgbus_check(kind, text) and the API call `api_rc` agree: both OK, or
  * both MSGBUS_ERR_INVALID with messages that contain one another (the API
@@ -130,13 +131,6 @@ static sqlite3 *open_db(void)
     return db;
 }
 
-static void run_sql(sqlite3 *db, const char *sql)
-{
-    char *err = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
-    ck_assert_msg(rc == SQLITE_OK, "%s: %s", sql, err ? err : "?");
-}
-
 START_TEST(outbox_schema_is_what_the_store_creates)
 {
     static const char *const tables[] = {NULL, "orders_outbox", "T2"};
@@ -148,7 +142,7 @@ START_TEST(outbox_schema_is_what_the_store_creates)
         char *sql = NULL;
         tu_ck_ok(msgbus_outbox_schema("sqlite", tables[i], &sql));
         ck_assert_ptr_nonnull(strstr(sql, ";\n"));
-        run_sql(b, sql);
+        tu_sql_exec(b, sql);
         char *ma = master(a), *mb = master(b);
         ck_assert_ptr_nonnull(strstr(ma, tables[i] ? tables[i] : MSGBUS_OUTBOX_TABLE));
         ck_assert_str_eq(ma, mb);
@@ -180,7 +174,7 @@ START_TEST(inbox_schema_is_what_the_store_creates)
         msgbus_inbox_close(ib);
         char *sql = NULL;
         tu_ck_ok(msgbus_inbox_schema("sqlite", tables[i], &sql));
-        run_sql(b, sql);
+        tu_sql_exec(b, sql);
         char *ma = master(a), *mb = master(b);
         ck_assert_ptr_nonnull(strstr(ma, "_claimed_idx"));
         ck_assert_str_eq(ma, mb);
