@@ -42,7 +42,7 @@ int main(void)
 
     int applied = 0, duplicates = 0;
     msgbus_msg_t *in;
-    while (msgbus_receive(sub, 500, &in) == MSGBUS_OK) {
+    while (applied + duplicates < 2 && msgbus_receive(sub, 5000, &in) == MSGBUS_OK) {
         msgbus_inbox_outcome_t how;
         if (msgbus_inbox_handle(ib, in, apply, db, &how) == MSGBUS_OK) {
             applied += how == MSGBUS_INBOX_APPLIED;

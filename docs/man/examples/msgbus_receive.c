@@ -21,7 +21,7 @@ int main(void)
     msgbus_msg_t *in;
     msgbus_err_t e;
     int n = 0;
-    while ((e = msgbus_receive(sub, 1000, &in)) == MSGBUS_OK) {
+    while ((e = msgbus_receive(sub, n == 0 ? 5000 : 200, &in)) == MSGBUS_OK) {
         size_t len;
         const char *payload = msgbus_msg_payload(in, &len);
         printf("%.*s (id %s, attempt %d)\n", (int)len, payload, msgbus_msg_id(in),
@@ -30,7 +30,7 @@ int main(void)
         msgbus_msg_free(in);
         n++;
     }
-    /* MSGBUS_ERR_TIMEOUT: nothing came for a second */
+    /* MSGBUS_ERR_TIMEOUT: nothing more came */
     msgbus_sub_close(sub);
     msgbus_close(bus);
     return e == MSGBUS_ERR_TIMEOUT && n == 1 ? 0 : 1;
