@@ -182,3 +182,52 @@ def test_a_failed_delivery_keeps_its_error_and_type() -> None:
         assert isinstance(e2, msgbus.TooLargeError), e2
         with pytest.raises(msgbus.TooLargeError):
             d.result(0)
+
+
+def test_a_dropped_bus_and_message_go_at_once() -> None:
+    """No reference cycle keeps a bus or a received message alive (the
+    compiled publish holds its bus weakly): both are freed when dropped."""
+    import gc
+    import weakref
+    gc.disable()
+    try:
+        bus = msgbus.Bus("mem://sp-drop")
+        topic = unique("sp-drop")
+        sub = bus.subscribe(topic, "g")
+        bus.publish(topic, b"x").result(5)
+        m = sub.receive(5)
+        assert m is not None
+        wm, wb = weakref.ref(m), weakref.ref(bus)
+        assert len(bus._msgs) == 1
+        del m
+        assert wm() is None and len(bus._msgs) == 0
+        again = sub.receive(0)  # dropped unsettled: not lost, comes back at close
+        assert again is None
+        sub.close()
+        del sub, bus
+        assert wb() is None
+    finally:
+        gc.enable()
+
+
+def test_publish_keeps_the_class_and_its_overrides() -> None:
+    calls = []
+
+    class Mine(msgbus.Bus):
+        def publish(self, topic, payload, *a, **k):  # type: ignore[override]
+            calls.append(topic)
+            return super().publish(topic, payload, *a, **k)
+
+    topic = unique("sp-sub")
+    with Mine("mem://sp-sub") as bus:
+        bus.publish(topic, b"x").result(5)
+        assert calls == [topic]
+    with msgbus.Bus("mem://sp-doc") as bus:
+        assert bus.publish.__doc__ == msgbus.Bus.publish.__doc__
+        # every form of call reaches the same checks
+        d = bus.publish(topic=topic, payload=b"kw")
+        assert d.result(5) == d.message_id
+        with pytest.raises(msgbus.InvalidError, match="topic"):
+            bus.publish("no good", b"x")
+        with pytest.raises(TypeError):
+            bus.publish(topic)  # type: ignore[call-arg]

@@ -85,6 +85,9 @@ def _speedups_init() -> bool:
         return False
     mod.init({n: ctypes.cast(getattr(lib, n), c_void_p).value for n in names}, Message,
              Delivery)
+    ack, delete = mod.message_methods(Message, check)
+    Message.ack = ack  # type: ignore[method-assign]
+    Message.__del__ = delete  # type: ignore[method-assign]
     _sp, _msg_free, _msg_ack = mod, mod.msg_free, mod.ack
     _sp_state, _sp_why = 1, "in use"
     return True
@@ -395,7 +398,7 @@ class Message:
 
     __slots__ = ("_ptr", "payload", "key", "headers", "id", "attempt", "topic", "group",
                  "timestamp", "partition", "offset", "redelivered", "type", "source",
-                 "subject", "_settled", "_span", "__weakref__")
+                 "subject", "_settled", "_span", "_reg", "__weakref__")
 
     # Declared for type checkers; the values live in the slots above.
     payload: bytes
@@ -517,6 +520,14 @@ class Message:
         self._settled = True
         # The C message stays ours (see _settle): fields not read yet can be.
 
+    # With the compiled paths, ack and __del__ are replaced by C methods
+    # (_speedups_init) that do the common case and call these otherwise.
+    _ack_py = ack
+
+    def _del_py(self) -> None:
+        if self._span is not None and not self._settled:
+            self._end_span("none")  # freed unsettled: the broker delivers it again
+
     def nack(self, reason: Optional[str] = None) -> None:
         """Failed: deliver it again with ``attempt`` + 1. ``reason`` travels in
         the dead letter's ``msgbus-dlq-error`` header if it ends up there
@@ -574,12 +585,16 @@ class Subscription:
         # With the compiled paths the deque holds Message objects it made
         # (not handed out yet, so not tracked by the bus), else raw pointers.
         self._sp = _sp if bus._rq is not None else None
+        self._reg = bus._msgs if self._sp is not None else None  # where take registers
         self._batch = hasattr(lib, "msgbus_receive_batch")
         self._arr = (c_void_p * _RECV_BATCH)() if self._batch and self._sp is None else None
 
     def _wrap(self, x: Any) -> Message:
-        m = Message(x) if x.__class__ is int else x
-        self._bus._msgs.add(m)  # Bus._track, without the call
+        if x.__class__ is int:
+            m = Message(x)
+            self._bus._msgs.add(m)  # Bus._track, without the call
+        else:
+            m = x  # made and registered by the compiled take
         if _tracer is not None:
             try:
                 m._span = _tracer.received(self._bus, m)
@@ -592,7 +607,7 @@ class Subscription:
         waiting up to ms for the first."""
         sp = self._sp
         if sp is not None:
-            got = sp.take(p, min(max_n, _RECV_BATCH), ms)
+            got = sp.take(p, min(max_n, _RECV_BATCH), ms, self._reg)
             if got.__class__ is list:
                 return got
             rc = got
@@ -860,11 +875,20 @@ class Bus:
         # The compiled paths' queue of this bus's delivery reports (None:
         # ctypes callbacks); kept until the object goes (close may fill it).
         self._rq: Any = _sp.Reports() if _speedups_init() else None
+        if self._rq is not None:
+            # Live received messages, for close: id -> weakref, filled by
+            # the compiled take and emptied by Message.__del__.
+            self._msgs = {}  # type: ignore[assignment]
         ub = _check.text(url, "url", optional=True)
         _log.sync()  # logging configured since the last bus: follow its level
         ptr = c_void_p()
         check(lib.msgbus_open(byref(ptr), ub, None))
         self._ptr = ptr.value
+        if self._rq is not None and type(self).publish is Bus.publish:
+            # publish(topic, payload) in C; any other call goes to
+            # Bus.publish (same arguments, checks and errors).
+            self.publish = _sp.publisher(self, self._rq, Bus.publish, _pending,  # type: ignore
+                                         _topics, _ids, globals())
 
     # -- helpers
     def _p(self) -> int:
@@ -874,7 +898,18 @@ class Bus:
         return p
 
     def _track(self, m: Message) -> None:
-        self._msgs.add(m)
+        msgs = self._msgs
+        if msgs.__class__ is dict:
+            msgs[id(m)] = weakref.ref(m)  # type: ignore[index]
+            m._reg = msgs
+        else:
+            msgs.add(m)
+
+    def _live_messages(self) -> List[Message]:
+        msgs = self._msgs
+        if msgs.__class__ is dict:
+            return [m for m in (r() for r in list(msgs.values())) if m is not None]  # type: ignore
+        return list(msgs)
 
     # -- properties
     @property
@@ -1227,7 +1262,7 @@ class Bus:
         lib = _lib.load()
         for dep in list(self._dependents):
             dep.close()  # a relay must stop before its bus closes
-        for m in list(self._msgs):
+        for m in self._live_messages():
             m._release()
         for s in list(self._subs):
             s.close()

@@ -17,9 +17,17 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if PY_VERSION_HEX < 0x03090000 /* Python 3.8 */
+#define PyObject_CallOneArg(f, a) PyObject_CallFunctionObjArgs((f), (a), NULL)
+#define PyObject_CallMethodNoArgs(o, n) PyObject_CallMethodObjArgs((o), (n), NULL)
+#define PyObject_Vectorcall _PyObject_Vectorcall
+#define Py_TPFLAGS_HAVE_VECTORCALL _Py_TPFLAGS_HAVE_VECTORCALL
+#endif
 
 typedef struct msgbus_msg msgbus_msg_t;
 typedef struct msgbus msgbus_t;
@@ -487,6 +495,9 @@ static PyObject *sp_publish(PyObject *mod, PyObject *const *args, Py_ssize_t nar
  * pending[token] before the message goes, as the ctypes path does),
  * publishes and frees the message. On an error nothing is left behind
  * and libmsgbus's last error is still the publish's. */
+static PyObject *do_publish(struct queue *q, void *bus, PyObject *tb, PyObject *payload,
+                            PyObject *tokobj, PyObject *owner, PyObject *topic, PyObject *pending);
+
 static PyObject *sp_publish_payload(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)mod;
@@ -502,12 +513,18 @@ static PyObject *sp_publish_payload(PyObject *mod, PyObject *const *args, Py_ssi
     void *bus;
     if (get_ptr(args[1], &bus) < 0)
         return NULL;
-    PyObject *tokobj = args[4], *pending = args[7];
+    return do_publish(((Reports *)args[0])->q, bus, args[2], args[3], args[4], args[5], args[6],
+                      args[7]);
+}
+
+static PyObject *do_publish(struct queue *q, void *bus, PyObject *tb, PyObject *payload,
+                            PyObject *tokobj, PyObject *owner, PyObject *topic, PyObject *pending)
+{
     unsigned long long token = PyLong_AsUnsignedLongLong(tokobj);
     if (token == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
     msgbus_msg_t *m = NULL;
-    msgbus_err_t e = fn.msg_new(&m, PyBytes_AS_STRING(args[3]), (size_t)PyBytes_GET_SIZE(args[3]));
+    msgbus_err_t e = fn.msg_new(&m, PyBytes_AS_STRING(payload), (size_t)PyBytes_GET_SIZE(payload));
     if (e != 0)
         return PyLong_FromLong(e);
     const char *idc = fn.msg_id(m);
@@ -516,7 +533,7 @@ static PyObject *sp_publish_payload(PyObject *mod, PyObject *const *args, Py_ssi
     struct opaque *o = NULL;
     if (!d)
         goto fail;
-    PyObject *vals[DLV_SLOTS] = {args[5], args[6], id, Py_None, Py_None, Py_None, Py_None};
+    PyObject *vals[DLV_SLOTS] = {owner, topic, id, Py_None, Py_None, Py_None, Py_None};
     for (int i = 0; i < DLV_SLOTS; i++)
         if (set_slot(d_dlv[i], d, vals[i]) < 0)
             goto fail;
@@ -528,11 +545,11 @@ static PyObject *sp_publish_payload(PyObject *mod, PyObject *const *args, Py_ssi
         PyErr_NoMemory();
         goto fail;
     }
-    o->q = ((Reports *)args[0])->q;
+    o->q = q;
     o->token = token;
-    const char *topic = PyBytes_AS_STRING(args[2]);
+    const char *tname = PyBytes_AS_STRING(tb);
     Py_BEGIN_ALLOW_THREADS
-    e = fn.publish(bus, topic, m, on_report, o);
+    e = fn.publish(bus, tname, m, on_report, o);
     fn.msg_free(m);
     Py_END_ALLOW_THREADS
     Py_DECREF(id);
@@ -550,6 +567,295 @@ fail:
     Py_XDECREF(id);
     fn.msg_free(m);
     return NULL;
+}
+
+/* ------------------------------------------------------------ Publisher */
+
+/* A bus's publish: Bus.publish(topic, payload) with a str topic already
+ * checked (in the topic cache), a bytes payload, no other argument and no
+ * tracer runs here (do_publish); every other call goes to Bus.publish
+ * itself, which checks and raises as always. Holds its bus weakly. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *bus_ref;  /* weakref to the Bus */
+    PyObject *reports;  /* the bus's Reports */
+    PyObject *func;     /* Bus.publish (the function) */
+    PyObject *pending;  /* _core._pending */
+    PyObject *topics;   /* _core._topics: str -> checked bytes */
+    PyObject *ids;      /* _core._ids (itertools.count) */
+    PyObject *globals;  /* _core's namespace (its _tracer) */
+    vectorcallfunc vectorcall;
+} Publisher;
+
+static PyObject *s_ptr, *s_tracer;
+
+static void Publisher_dealloc(Publisher *self)
+{
+    Py_XDECREF(self->bus_ref);
+    Py_XDECREF(self->reports);
+    Py_XDECREF(self->func);
+    Py_XDECREF(self->pending);
+    Py_XDECREF(self->topics);
+    Py_XDECREF(self->ids);
+    Py_XDECREF(self->globals);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Publisher_fallback(Publisher *self, PyObject *bus, PyObject *const *args,
+                                   size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *small[8];
+    PyObject **all = n + nk + 1 <= 8 ? small : PyMem_Malloc((size_t)(n + nk + 1) * sizeof(PyObject *));
+    if (!all)
+        return PyErr_NoMemory();
+    all[0] = bus;
+    for (Py_ssize_t i = 0; i < n + nk; i++)
+        all[i + 1] = args[i];
+    PyObject *r = PyObject_Vectorcall(self->func, all, (size_t)(n + 1), kwnames);
+    if (all != small)
+        PyMem_Free(all);
+    return r;
+}
+
+static PyObject *Publisher_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                      PyObject *kwnames)
+{
+    Publisher *self = (Publisher *)callable;
+    PyObject *bus = PyWeakref_GetObject(self->bus_ref); /* borrowed */
+    if (!bus)
+        return NULL;
+    if (bus == Py_None) {
+        PyErr_SetString(PyExc_ReferenceError, "publish: the bus is gone");
+        return NULL;
+    }
+    Py_INCREF(bus);
+    PyObject *r = NULL;
+    PyObject *tb = NULL, *ptr = NULL;
+    if (PyVectorcall_NARGS(nargsf) != 2 || (kwnames && PyTuple_GET_SIZE(kwnames)) ||
+        !PyUnicode_CheckExact(args[0]) || !PyBytes_CheckExact(args[1]))
+        goto slow;
+    PyObject *tracer = PyDict_GetItemWithError(self->globals, s_tracer);
+    if (tracer != Py_None)
+        goto slow; /* also when missing or on error: the general path decides */
+    tb = PyDict_GetItemWithError(self->topics, args[0]);
+    if (!tb || !PyBytes_CheckExact(tb))
+        goto slow;
+    Py_INCREF(tb);
+    ptr = PyObject_GetAttr(bus, s_ptr);
+    if (!ptr || ptr == Py_None)
+        goto slow;
+    void *busp = PyLong_AsVoidPtr(ptr);
+    if (!busp)
+        goto slow;
+    PyObject *tok = PyIter_Next(self->ids);
+    if (!tok)
+        goto done;
+    r = do_publish(((Reports *)self->reports)->q, busp, tb, args[1], tok, bus, args[0],
+                   self->pending);
+    Py_DECREF(tok);
+    if (r && PyLong_CheckExact(r)) {
+        /* refused: Bus.publish's errors (check(rc), libmsgbus's last error
+         * is still this publish's) */
+        PyObject *check = PyDict_GetItemString(self->globals, "check");
+        PyObject *x = check ? PyObject_CallOneArg(check, r) : NULL;
+        Py_XDECREF(x);
+        Py_CLEAR(r);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_SystemError, "publish: refused without an error");
+    }
+    goto done;
+slow:
+    PyErr_Clear();
+    r = Publisher_fallback(self, bus, args, nargsf, kwnames);
+done:
+    Py_XDECREF(tb);
+    Py_XDECREF(ptr);
+    Py_DECREF(bus);
+    return r;
+}
+
+static PyObject *Publisher_call(PyObject *self, PyObject *args, PyObject *kw)
+{
+    return PyVectorcall_Call(self, args, kw);
+}
+
+static PyObject *Publisher_doc(Publisher *self, void *c)
+{
+    (void)c;
+    return PyObject_GetAttrString(self->func, "__doc__");
+}
+
+static PyObject *Publisher_wrapped(Publisher *self, void *c)
+{
+    (void)c;
+    PyObject *bus = PyWeakref_GetObject(self->bus_ref);
+    if (!bus)
+        return NULL;
+    if (bus == Py_None)
+        Py_RETURN_NONE;
+    return PyMethod_New(self->func, bus);
+}
+
+static PyGetSetDef Publisher_getset[] = {
+    {"__doc__", (getter)Publisher_doc, NULL, NULL, NULL},
+    {"__wrapped__", (getter)Publisher_wrapped, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject PublisherType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "msgbus._speedups.Publisher",
+    .tp_basicsize = sizeof(Publisher),
+    .tp_dealloc = (destructor)Publisher_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Publisher, vectorcall),
+    .tp_call = Publisher_call,
+    .tp_getset = Publisher_getset,
+};
+
+/* publisher(bus, reports, Bus.publish, pending, topics, ids, globals) */
+static PyObject *sp_publisher(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (need_ready() < 0)
+        return NULL;
+    if (nargs != 7 || Py_TYPE(args[1]) != &ReportsType || !PyDict_Check(args[3]) ||
+        !PyDict_Check(args[4]) || !PyIter_Check(args[5]) || !PyDict_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "publisher(bus, reports, publish, pending: dict, "
+                                         "topics: dict, ids: iterator, globals: dict)");
+        return NULL;
+    }
+    Publisher *self = PyObject_New(Publisher, &PublisherType);
+    if (!self)
+        return NULL;
+    self->bus_ref = PyWeakref_NewRef(args[0], NULL);
+    if (!self->bus_ref) {
+        self->reports = self->func = self->pending = self->topics = self->ids = self->globals =
+            NULL;
+        Py_DECREF(self);
+        return NULL;
+    }
+    PyObject **dst[] = {&self->reports, &self->func, &self->pending, &self->topics, &self->ids,
+                        &self->globals};
+    for (int i = 0; i < 6; i++) {
+        Py_INCREF(args[i + 1]);
+        *dst[i] = args[i + 1];
+    }
+    self->vectorcall = Publisher_vectorcall;
+    return (PyObject *)self;
+}
+
+/* ------------------------------------------------------------ Message methods */
+
+static PyObject *s_reg, *s_ack_py, *s_del_py;
+static PyObject *d_reg;
+static PyObject *check_fn;
+
+/* Message.ack with the compiled paths: the common case (not settled, no
+ * span, not released) here; everything else in Message._ack_py. */
+static PyObject *msg_ack(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *ptr = get_slot(d_ptr, self);
+    PyObject *settled = ptr ? get_slot(d_settled, self) : NULL;
+    PyObject *span = settled ? get_slot(d_span, self) : NULL;
+    int fast = span && ptr != Py_None && settled == Py_False && span == Py_None;
+    void *p = fast ? PyLong_AsVoidPtr(ptr) : NULL;
+    Py_XDECREF(ptr);
+    Py_XDECREF(settled);
+    Py_XDECREF(span);
+    if (!p) {
+        PyErr_Clear();
+        return PyObject_CallMethodNoArgs(self, s_ack_py);
+    }
+    msgbus_err_t e;
+    Py_BEGIN_ALLOW_THREADS
+    e = fn.ack(p);
+    Py_END_ALLOW_THREADS
+    if (e != 0) {
+        PyObject *rc = PyLong_FromLong(e);
+        PyObject *x = rc ? PyObject_CallOneArg(check_fn, rc) : NULL;
+        Py_XDECREF(rc);
+        Py_XDECREF(x);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_SystemError, "ack: failed without an error");
+        return NULL;
+    }
+    if (set_slot(d_settled, self, Py_True) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Message.__del__ with the compiled paths: leaves its bus's registry,
+ * frees the C message; a tracer's span still open goes to _del_py. */
+static PyObject *msg_del(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *exc_type, *exc_val, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_val, &exc_tb);
+    PyObject *reg = get_slot(d_reg, self);
+    if (reg && PyDict_CheckExact(reg)) {
+        PyObject *key = PyLong_FromVoidPtr(self);
+        if (!key || PyDict_DelItem(reg, key) < 0)
+            PyErr_Clear();
+        Py_XDECREF(key);
+    }
+    Py_XDECREF(reg);
+    PyErr_Clear();
+    PyObject *ptr = get_slot(d_ptr, self);
+    if (ptr && ptr != Py_None) {
+        void *p = PyLong_AsVoidPtr(ptr);
+        set_slot(d_ptr, self, Py_None);
+        if (p) {
+            Py_BEGIN_ALLOW_THREADS
+            fn.msg_free(p);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    Py_XDECREF(ptr);
+    PyErr_Clear();
+    PyObject *span = get_slot(d_span, self);
+    if (span && span != Py_None) {
+        PyObject *x = PyObject_CallMethodNoArgs(self, s_del_py);
+        Py_XDECREF(x);
+    }
+    Py_XDECREF(span);
+    PyErr_Clear();
+    PyErr_Restore(exc_type, exc_val, exc_tb);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef msg_ack_def = {
+    "ack", msg_ack, METH_NOARGS,
+    "Done: never deliver it again. Never blocks on the network.\n"
+    ":class:`StateError` if already settled; :class:`ClosedError` if its\n"
+    "subscription or bus is closed (the broker delivers it again)."};
+static PyMethodDef msg_del_def = {"__del__", msg_del, METH_NOARGS, NULL};
+
+/* message_methods(Message, check) -> (ack, __del__): method descriptors
+ * for Message (the caller installs them). */
+static PyObject *sp_message_methods(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (need_ready() < 0)
+        return NULL;
+    if (nargs != 2 || (PyTypeObject *)args[0] != msg_type || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "message_methods(Message, check)");
+        return NULL;
+    }
+    PyObject *reg = PyObject_GetAttrString(args[0], "_reg");
+    if (!reg)
+        return NULL;
+    Py_XSETREF(d_reg, reg);
+    Py_INCREF(args[1]);
+    Py_XSETREF(check_fn, args[1]);
+    PyObject *a = PyDescr_NewMethod(msg_type, &msg_ack_def);
+    PyObject *d = a ? PyDescr_NewMethod(msg_type, &msg_del_def) : NULL;
+    if (!d) {
+        Py_XDECREF(a);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", a, d);
 }
 
 /* poll(bus, timeout_ms) -> (error code, served) */
@@ -643,10 +949,11 @@ static PyObject *sp_take(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     (void)mod;
     if (need_ready() < 0)
         return NULL;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "take(sub: int, max: int, timeout_ms: int)");
+    if (nargs != 4 || (args[3] != Py_None && !PyDict_CheckExact(args[3]))) {
+        PyErr_SetString(PyExc_TypeError, "take(sub: int, max: int, timeout_ms: int, reg)");
         return NULL;
     }
+    PyObject *reg = args[3] == Py_None ? NULL : args[3];
     void *sub;
     if (get_ptr(args[0], &sub) < 0)
         return NULL;
@@ -675,6 +982,22 @@ static PyObject *sp_take(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         goto fail;
     for (size_t i = 0; i < n; i++) {
         PyObject *o = make_message(arr[i]);
+        if (o && reg) {
+            /* the bus's registry of live messages (Bus.close releases
+             * them): id -> weakref; the message leaves it in __del__ */
+            PyObject *key = PyLong_FromVoidPtr(o);
+            PyObject *ref = key ? PyWeakref_NewRef(o, NULL) : NULL;
+            if (!ref || PyDict_SetItem(reg, key, ref) < 0 || set_slot(d_reg, o, reg) < 0)
+                Py_CLEAR(o); /* its __del__ frees arr[i]: do not free it again */
+            Py_XDECREF(key);
+            Py_XDECREF(ref);
+            if (!o) {
+                Py_CLEAR(list);
+                for (size_t j = i + 1; j < n; j++)
+                    fn.msg_free(arr[j]);
+                return NULL;
+            }
+        }
         if (!o) {
             Py_CLEAR(list);
             /* the ones made own theirs (freed with the list); free the rest */
@@ -703,6 +1026,10 @@ static PyMethodDef methods[] = {
     {"publish_payload", (PyCFunction)(void (*)(void))sp_publish_payload, METH_FASTCALL,
      "publish_payload(reports, bus, topic, payload, token, owner, topic, pending) -> "
      "Delivery or error code"},
+    {"publisher", (PyCFunction)(void (*)(void))sp_publisher, METH_FASTCALL,
+     "publisher(bus, reports, publish, pending, topics, ids, globals) -> a compiled bus.publish"},
+    {"message_methods", (PyCFunction)(void (*)(void))sp_message_methods, METH_FASTCALL,
+     "message_methods(Message, check) -> (ack, __del__) method descriptors"},
     {"poll", (PyCFunction)(void (*)(void))sp_poll, METH_FASTCALL,
      "poll(bus, timeout_ms) -> (error code, served)"},
     {"flush", (PyCFunction)(void (*)(void))sp_flush, METH_FASTCALL,
@@ -717,7 +1044,14 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "msgbus._speedups",
 
 PyMODINIT_FUNC PyInit__speedups(void)
 {
-    if (PyType_Ready(&ReportsType) < 0)
+    if (PyType_Ready(&ReportsType) < 0 || PyType_Ready(&PublisherType) < 0)
+        return NULL;
+    s_ptr = PyUnicode_InternFromString("_ptr");
+    s_tracer = PyUnicode_InternFromString("_tracer");
+    s_reg = PyUnicode_InternFromString("_reg");
+    s_ack_py = PyUnicode_InternFromString("_ack_py");
+    s_del_py = PyUnicode_InternFromString("_del_py");
+    if (!s_ptr || !s_tracer || !s_reg || !s_ack_py || !s_del_py)
         return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (!m)
