@@ -245,6 +245,7 @@ static msgbus_err_t mb_amqp_declare(struct mb_backend *be, const char *topic, co
 static void mb_amqp_sub_free(struct mb_backend_sub *bs)
 {
     free(bs->tags);
+    free(bs->parts);
     free(bs->topic);
     free(bs->group);
     free(bs);

@@ -76,6 +76,8 @@ struct mb_amqp_conf {
     long rpc_timeout_ms;
     long close_timeout_ms;     /* the core's; bounds close and unsubscribe */
     bool quorum;               /* queue_type=quorum for group queues */
+    long partitions;           /* partitions=N: a group is N queues (0: one queue) */
+    long rebalance_ms;         /* partitioned: how often a member checks its share */
     bool unroutable_ok;        /* unroutable=ok: report success, log a warning */
     struct mb_amqp_qarg *qargs; /* x-… queue arguments */
     size_t nqargs;
@@ -91,6 +93,17 @@ MB_HIDDEN void mb_amqp_conf_free(struct mb_amqp_conf *c);
 /* "<topic>.<group>"; MSGBUS_ERR_INVALID when longer than AMQP's 255. */
 MB_HIDDEN msgbus_err_t mb_amqp_group_queue(const char *topic, const char *group, char *buf,
                                            size_t n);
+
+/* Partitioned groups (partitions=N, docs/amqp.md "Partitioned groups"):
+ * part < 0 gives the group's consistent-hash exchange "<topic>.<group>~hash",
+ * else partition queue "<topic>.<group>~<part>". MSGBUS_ERR_INVALID when
+ * longer than 255 bytes. */
+MB_HIDDEN msgbus_err_t mb_amqp_part_name(const char *topic, const char *group, long part,
+                                         char *buf, size_t n);
+#define MB_AMQP_CHASH_TYPE "x-consistent-hash"
+#define MB_AMQP_WHY_NO_CHASH                                                                  \
+    "partitions= needs RabbitMQ's consistent-hash exchange: enable the plugin with "          \
+    "'rabbitmq-plugins enable rabbitmq_consistent_hash_exchange' (on every node)"
 
 /* The queue arguments table for a group queue (x-queue-type + x-… options).
  * Entries point into `c` and into `store` (numbers parsed); n <= cap. */
@@ -193,6 +206,21 @@ MB_HIDDEN bool mb_amqp_decode_body(msgbus_msg_t *m);
 struct mb_amqp_tag {
     uint64_t tag;
     uint8_t state; /* MB_AMQP_TAG_* */
+    uint16_t part; /* partitioned group: the partition it came from */
+};
+
+/* One partition queue of a partitioned group's subscription. Every member
+ * consumes every partition; the queues are single-active-consumer, so the
+ * broker delivers each to one member at a time and hands it to the next
+ * when that member goes. */
+struct mb_amqp_part {
+    char queue[256];
+    char ctag[256];     /* our consumer on it ("" : none) */
+    bool consuming;
+    bool released;      /* given away by the balancer: deliveries still on
+                         * their way are requeued, not handed on */
+    uint32_t recent;    /* deliveries since the balancer last looked */
+    uint32_t idle_rounds; /* balancer rounds without a delivery */
 };
 enum { MB_AMQP_TAG_OPEN = 0, MB_AMQP_TAG_ACK_NOW = 1, MB_AMQP_TAG_DONE = 2 };
 
@@ -209,6 +237,8 @@ struct mb_amqp_asm {
     size_t body_size, got;
     char *reply_text;      /* return */
     int reply_code;
+    uint16_t part;         /* partitioned: the partition delivered from */
+    bool stale;            /* partitioned: from a consumer we cancelled */
 };
 
 struct mb_backend_sub {
@@ -217,6 +247,10 @@ struct mb_backend_sub {
     char *topic;
     char *group;           /* NULL: broadcast */
     char queue[256];       /* queue name, server-named for broadcast */
+    /* Partitioned group (conf.partitions > 0): its partition queues. */
+    struct mb_amqp_part *parts;
+    size_t nparts;
+    int64_t balance_at_ms;    /* next balancer round */
     /* I/O thread only: */
     amqp_channel_t channel;   /* 0: not established on the current connection */
     unsigned epoch;           /* bumped every time it is (re)established */
@@ -377,6 +411,9 @@ struct mb_backend {
     bool said_down;
     bool blocked;
     uint64_t frames_in, sent; /* private counts, published into st */
+    /* The broker has no x-consistent-hash exchange type (its plugin is
+     * off): partitioned groups fail with MSGBUS_ERR_UNSUPPORTED. */
+    bool chash_missing;
 
     /* Apart from the fields above and below, which other threads write. */
     char pad_st[64];
@@ -472,6 +509,12 @@ MB_HIDDEN msgbus_err_t mb_amqp_group_reset_run(struct mb_backend *be, struct mb_
                                                char *detail, size_t n, bool *conn_lost);
 MB_HIDDEN msgbus_err_t mb_amqp_inspect_run(struct mb_backend *be, struct mb_amqp_op *op,
                                            char *detail, size_t n, bool *conn_lost);
+/* Partitioned subscriptions: how many partitions this member should hold
+ * at most with `members` members (pure). */
+MB_HIDDEN size_t mb_amqp_part_share(size_t nparts, size_t members);
+/* The balancer round for partitioned subscriptions whose time has come
+ * (I/O thread, connected). */
+MB_HIDDEN void mb_amqp_balance_due(struct mb_backend *be);
 /* Delivered-tag bookkeeping (pure, unit-tested). */
 MB_HIDDEN void mb_amqp_tag_push(struct mb_backend_sub *bs, uint64_t tag);
 MB_HIDDEN struct mb_amqp_tag *mb_amqp_tag_find(struct mb_backend_sub *bs, uint64_t tag);

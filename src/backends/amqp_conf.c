@@ -19,6 +19,9 @@
  *   unroutable=error|ok       how a message no queue receives is reported
  *   cacert, cert, key         TLS files (amqps://)
  *   tls_verify_peer=true, tls_verify_hostname=true
+ *   partitions=0              N > 0: a group is N single-active-consumer queues
+ *                             behind a consistent-hash exchange on the key
+ *   rebalance_ms=1000         partitioned: how often a member checks its share
  */
 #include "backends/amqp.h"
 
@@ -34,7 +37,7 @@ const char *const mb_amqp_option_names[] = {
     "message_timeout_ms", "rpc_timeout_ms",     "queue_type",
     "unroutable",        "cacert",              "cert",
     "key",               "tls_verify_peer",     "tls_verify_hostname",
-    NULL};
+    "partitions",        "rebalance_ms",        NULL};
 
 static msgbus_err_t mb_amqp_opt_str(const struct mb_url *url, const char *key, char **out)
 {
@@ -138,6 +141,8 @@ msgbus_err_t mb_amqp_conf_parse(struct mb_url *url, struct mb_amqp_conf *c)
         (e = mb_url_opt_int(url, "message_timeout_ms", 0, 0, 86400000L * 30,
                             &c->message_timeout_ms)) ||
         (e = mb_url_opt_int(url, "rpc_timeout_ms", 30000, 100, 3600000, &c->rpc_timeout_ms)) ||
+        (e = mb_url_opt_int(url, "partitions", 0, 0, 1000, &c->partitions)) ||
+        (e = mb_url_opt_int(url, "rebalance_ms", 1000, 50, 600000, &c->rebalance_ms)) ||
         /* The core's option, read here too: closing bounds its waits for
          * the I/O thread by it. */
         (e = mb_url_opt_int(url, "close_timeout_ms", 5000, 0, 3600000, &c->close_timeout_ms)) ||
@@ -188,6 +193,19 @@ msgbus_err_t mb_amqp_group_queue(const char *topic, const char *group, char *buf
                         "queue name '%s.%s' is longer than AMQP's limit of 255 bytes; "
                         "use a shorter topic or group name",
                         topic, group);
+    return MSGBUS_OK;
+}
+
+msgbus_err_t mb_amqp_part_name(const char *topic, const char *group, long part, char *buf,
+                               size_t n)
+{
+    int w = part < 0 ? snprintf(buf, n, "%s.%s~hash", topic, group)
+                     : snprintf(buf, n, "%s.%s~%ld", topic, group, part);
+    if (w < 0 || (size_t)w >= n || w > 255)
+        return mb_error(MSGBUS_ERR_INVALID,
+                        "partition name '%s.%s~%s' is longer than AMQP's limit of 255 bytes; "
+                        "use a shorter topic or group name",
+                        topic, group, part < 0 ? "hash" : "N");
     return MSGBUS_OK;
 }
 
@@ -247,10 +265,15 @@ void mb_amqp_caps(const struct mb_amqp_conf *c, struct mb_caps *out)
                         "the queue argument x-expires lets RabbitMQ delete an idle group queue "
                         "with the messages it holds");
     out->max_message = (size_t)c->max_message_bytes;
-    mb_amqp_why_not(out, MSGBUS_CAP_KEY_ORDER,
-                    "a RabbitMQ queue round-robins its messages over its consumers, so one "
-                    "key's messages can be processed by two members at once (with one member "
-                    "order holds)");
+    /* Partitioned: a key hashes to one single-active-consumer queue, which
+     * one member at a time receives. */
+    if (c->partitions > 0)
+        out->bits |= MSGBUS_CAP_KEY_ORDER;
+    else
+        mb_amqp_why_not(out, MSGBUS_CAP_KEY_ORDER,
+                        "a RabbitMQ queue round-robins its messages over its consumers, so one "
+                        "key's messages can be processed by two members at once (with one "
+                        "member order holds; partitions=N makes groups keep it)");
     mb_amqp_why_not(out, MSGBUS_CAP_REPLAY, MB_AMQP_WHY_NO_REPLAY);
     mb_amqp_why_not(out, MSGBUS_CAP_POSITIONS,
                     "AMQP 0-9-1 has no partitions or offsets");

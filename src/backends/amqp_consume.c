@@ -46,6 +46,157 @@ struct mb_backend_sub *mb_amqp_sub_by_channel(struct mb_backend *be, amqp_channe
 
 /* ---- topology --------------------------------------------------------------- */
 
+/* Whether exchange (is_queue false) or queue `name` exists: a passive
+ * declare on the control channel (a 404 closes that channel, which
+ * mb_amqp_ensure_ctl reopens). Any other failure is returned. */
+static msgbus_err_t mb_amqp_exists(struct mb_backend *be, bool is_queue, const char *name,
+                                   bool *found, char *detail, size_t n, bool *lost)
+{
+    *found = false;
+    if (!mb_amqp_ensure_ctl(be, detail, n, lost))
+        return MSGBUS_ERR_CONNECT;
+    if (is_queue)
+        amqp_queue_declare(be->conn, MB_AMQP_CTL_CHANNEL, amqp_cstring_bytes(name), 1, 0, 0, 0,
+                           amqp_empty_table);
+    else
+        amqp_exchange_declare(be->conn, MB_AMQP_CTL_CHANNEL, amqp_cstring_bytes(name),
+                              amqp_cstring_bytes(MB_AMQP_CHASH_TYPE), 1, 0, 0, 0,
+                              amqp_empty_table);
+    char what[300];
+    snprintf(what, sizeof what, "asking for %s '%s'", is_queue ? "queue" : "exchange", name);
+    msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), MB_AMQP_CTL_CHANNEL,
+                                         what, detail, n, lost);
+    if (e == MSGBUS_ERR_NOT_FOUND && !*lost) {
+        detail[0] = '\0';
+        return MSGBUS_OK;
+    }
+    *found = e == MSGBUS_OK;
+    return e;
+}
+
+/* A group is partitioned or not for good: the URL's partitions= must agree
+ * with what exists (docs/amqp.md "Partitioned groups"). Changing the count
+ * of an existing group would move keys between partitions while messages
+ * of those keys wait in the old ones, so it is refused, not migrated. */
+static msgbus_err_t mb_amqp_check_layout(struct mb_backend *be, const char *topic,
+                                         const char *group, char *detail, size_t n, bool *lost)
+{
+    long want = be->conf.partitions;
+    char plain[256], ex[256], q[256];
+    bool has_plain, has_ex;
+    msgbus_err_t e;
+    mb_amqp_group_queue(topic, group, plain, sizeof plain);
+    if ((e = mb_amqp_part_name(topic, group, -1, ex, sizeof ex))) {
+        snprintf(detail, n, "%s", msgbus_last_error());
+        return e;
+    }
+    if ((e = mb_amqp_exists(be, true, plain, &has_plain, detail, n, lost)) ||
+        (e = mb_amqp_exists(be, false, ex, &has_ex, detail, n, lost)))
+        return e;
+    if (want == 0) {
+        if (has_ex) {
+            snprintf(detail, n, "group '%s' of topic '%s' is partitioned (exchange '%s'): "
+                                "open the bus with the partitions= it was created with",
+                     group, topic, ex);
+            return MSGBUS_ERR_CONFIG;
+        }
+        return MSGBUS_OK;
+    }
+    if (has_plain) {
+        snprintf(detail, n, "group '%s' of topic '%s' exists unpartitioned (queue '%s'): it "
+                            "cannot become partitioned (partitions=%ld); use a new group name, "
+                            "or open the bus without partitions=",
+                 group, topic, plain, want);
+        return MSGBUS_ERR_CONFIG;
+    }
+    if (!has_ex)
+        return MSGBUS_OK; /* a new group */
+    bool last, beyond;
+    mb_amqp_part_name(topic, group, want - 1, q, sizeof q);
+    if ((e = mb_amqp_exists(be, true, q, &last, detail, n, lost)))
+        return e;
+    mb_amqp_part_name(topic, group, want, q, sizeof q);
+    if ((e = mb_amqp_exists(be, true, q, &beyond, detail, n, lost)))
+        return e;
+    if (!last || beyond) {
+        snprintf(detail, n, "group '%s' of topic '%s' exists with %s than partitions=%ld "
+                            "partitions: changing the count of an existing group is refused "
+                            "(keys would move while their messages wait); use the count it "
+                            "was created with, or a new group name",
+                 group, topic, beyond ? "more" : "fewer", want);
+        return MSGBUS_ERR_CONFIG;
+    }
+    return MSGBUS_OK;
+}
+
+/* Partitioned group: exchange "<t>.<g>~hash" of type x-consistent-hash,
+ * bound to the topic with "#", hashing the routing key (the message key)
+ * onto N single-active-consumer queues "<t>.<g>~<i>", each bound with
+ * weight "1". */
+static msgbus_err_t mb_amqp_declare_parts(struct mb_backend *be, amqp_channel_t ch,
+                                          const char *topic, const char *group, char *detail,
+                                          size_t n, bool *lost)
+{
+    char ex[256], q[256], what[600];
+    msgbus_err_t e;
+    if (be->chash_missing) {
+        snprintf(detail, n, "%s", MB_AMQP_WHY_NO_CHASH);
+        return MSGBUS_ERR_UNSUPPORTED;
+    }
+    if ((e = mb_amqp_part_name(topic, group, -1, ex, sizeof ex)) ||
+        (e = mb_amqp_part_name(topic, group, be->conf.partitions - 1, q, sizeof q))) {
+        snprintf(detail, n, "%s", msgbus_last_error());
+        return e;
+    }
+    amqp_table_entry_t xe[1];
+    xe[0].key = amqp_cstring_bytes("x-msgbus-partitions");
+    xe[0].value.kind = AMQP_FIELD_KIND_I64;
+    xe[0].value.value.i64 = be->conf.partitions;
+    amqp_table_t xargs = {1, xe};
+    amqp_exchange_declare(be->conn, ch, amqp_cstring_bytes(ex),
+                          amqp_cstring_bytes(MB_AMQP_CHASH_TYPE), 0, 1, 0, 0, xargs);
+    snprintf(what, sizeof what, "declaring exchange '%s' (%s)", ex, MB_AMQP_CHASH_TYPE);
+    e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, n, lost);
+    if (e) {
+        /* RabbitMQ answers an unknown exchange type by closing the whole
+         * connection (503 COMMAND_INVALID "invalid exchange type"): say
+         * why, and never ask again on this bus. */
+        if (strstr(detail, "exchange type")) {
+            be->chash_missing = true;
+            snprintf(detail, n, "%s", MB_AMQP_WHY_NO_CHASH);
+            return MSGBUS_ERR_UNSUPPORTED;
+        }
+        return e;
+    }
+    amqp_exchange_bind(be->conn, ch, amqp_cstring_bytes(ex), amqp_cstring_bytes(topic),
+                       amqp_cstring_bytes("#"), amqp_empty_table);
+    snprintf(what, sizeof what, "binding exchange '%s' to exchange '%s'", ex, topic);
+    if ((e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, n, lost)))
+        return e;
+    amqp_table_entry_t entries[65];
+    size_t na = mb_amqp_queue_args(&be->conf, entries, 64);
+    entries[na].key = amqp_cstring_bytes("x-single-active-consumer");
+    entries[na].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+    entries[na].value.value.boolean = 1;
+    amqp_table_t args = {(int)na + 1, entries};
+    for (long i = 0; i < be->conf.partitions; i++) {
+        mb_amqp_part_name(topic, group, i, q, sizeof q);
+        amqp_queue_declare(be->conn, ch, amqp_cstring_bytes(q), 0, 1, 0, 0, args);
+        snprintf(what, sizeof what, "declaring queue '%s'%s", q,
+                 be->conf.quorum ? " (quorum)" : "");
+        if ((e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, n,
+                                     lost)))
+            return e;
+        amqp_queue_bind(be->conn, ch, amqp_cstring_bytes(q), amqp_cstring_bytes(ex),
+                        amqp_cstring_bytes("1"), amqp_empty_table);
+        snprintf(what, sizeof what, "binding queue '%s' to exchange '%s'", q, ex);
+        if ((e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, n,
+                                     lost)))
+            return e;
+    }
+    return MSGBUS_OK;
+}
+
 msgbus_err_t mb_amqp_declare_group(struct mb_backend *be, amqp_channel_t ch, const char *topic,
                                    const char *group, char *queue, size_t qn, char *detail,
                                    size_t n, bool *lost)
@@ -57,6 +208,15 @@ msgbus_err_t mb_amqp_declare_group(struct mb_backend *be, amqp_channel_t ch, con
     }
     if ((e = mb_amqp_declare_exchange(be, ch, topic, detail, n, lost)))
         return e;
+    if ((e = mb_amqp_check_layout(be, topic, group, detail, n, lost)))
+        return e;
+    /* The checks may have left the control channel closed (404). */
+    if (ch == MB_AMQP_CTL_CHANNEL && !mb_amqp_ensure_ctl(be, detail, n, lost))
+        return MSGBUS_ERR_CONNECT;
+    if (be->conf.partitions > 0) {
+        snprintf(queue, qn, "%s.%s~0..%ld", topic, group, be->conf.partitions - 1);
+        return mb_amqp_declare_parts(be, ch, topic, group, detail, n, lost);
+    }
     amqp_table_entry_t entries[64];
     amqp_table_t args = {(int)mb_amqp_queue_args(&be->conf, entries, 64), entries};
     amqp_queue_declare(be->conn, ch, amqp_cstring_bytes(queue), 0, 1, 0, 0, args);
@@ -71,25 +231,84 @@ msgbus_err_t mb_amqp_declare_group(struct mb_backend *be, amqp_channel_t ch, con
     return mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, n, lost);
 }
 
-/* basic.consume on `ch`, keeping the consumer tag the broker chose (a
- * pause cancels by it). */
-static msgbus_err_t mb_amqp_consume(struct mb_backend *be, struct mb_backend_sub *bs,
-                                    amqp_channel_t ch, char *detail, size_t n, bool *lost)
+/* basic.consume of `queue` on `ch`, keeping the consumer tag the broker
+ * chose (a pause cancels by it) in ctag[256]. */
+static msgbus_err_t mb_amqp_consume_one(struct mb_backend *be, amqp_channel_t ch,
+                                        const char *queue, char *ctag, char *detail, size_t n,
+                                        bool *lost)
 {
     amqp_basic_consume_ok_t *ok =
-        amqp_basic_consume(be->conn, ch, amqp_cstring_bytes(bs->queue), amqp_empty_bytes, 0, 0,
-                           0, amqp_empty_table);
+        amqp_basic_consume(be->conn, ch, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0,
+                           amqp_empty_table);
     char what[300];
-    snprintf(what, sizeof what, "consuming from queue '%s'", bs->queue);
+    snprintf(what, sizeof what, "consuming from queue '%s'", queue);
     msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, n,
                                          lost);
     if (e)
         return e;
+    ctag[0] = '\0';
     if (ok)
-        snprintf(bs->ctag, sizeof bs->ctag, "%.*s", (int)ok->consumer_tag.len,
+        snprintf(ctag, 256, "%.*s", (int)ok->consumer_tag.len,
                  (const char *)ok->consumer_tag.bytes);
+    return MSGBUS_OK;
+}
+
+/* basic.consume on `ch`: the queue, or every partition queue of a
+ * partitioned group (a consumer each, on the one channel). */
+static msgbus_err_t mb_amqp_consume(struct mb_backend *be, struct mb_backend_sub *bs,
+                                    amqp_channel_t ch, char *detail, size_t n, bool *lost)
+{
+    msgbus_err_t e;
+    if (!bs->nparts) {
+        if ((e = mb_amqp_consume_one(be, ch, bs->queue, bs->ctag, detail, n, lost)))
+            return e;
+        bs->consuming = true;
+        return MSGBUS_OK;
+    }
+    for (size_t i = 0; i < bs->nparts; i++) {
+        struct mb_amqp_part *p = &bs->parts[i];
+        if (p->consuming)
+            continue;
+        if ((e = mb_amqp_consume_one(be, ch, p->queue, p->ctag, detail, n, lost)))
+            return e;
+        p->consuming = true;
+        p->released = false;
+        p->recent = 0;
+        p->idle_rounds = 0;
+    }
     bs->consuming = true;
     return MSGBUS_OK;
+}
+
+/* Cancels our consumer on partition `p` (RPC on the subscription's
+ * channel). */
+static msgbus_err_t mb_amqp_cancel_part(struct mb_backend *be, struct mb_backend_sub *bs,
+                                        struct mb_amqp_part *p, char *detail, size_t n,
+                                        bool *lost)
+{
+    if (!p->consuming)
+        return MSGBUS_OK;
+    amqp_basic_cancel(be->conn, bs->channel, amqp_cstring_bytes(p->ctag));
+    char what[300];
+    snprintf(what, sizeof what, "cancelling the consumer of queue '%s'", p->queue);
+    msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), bs->channel, what,
+                                         detail, n, lost);
+    if (!e) {
+        p->consuming = false;
+        p->ctag[0] = '\0';
+    }
+    return e;
+}
+
+static void mb_amqp_parts_forget(struct mb_backend_sub *bs)
+{
+    for (size_t i = 0; i < bs->nparts; i++) {
+        bs->parts[i].consuming = false;
+        bs->parts[i].released = false;
+        bs->parts[i].ctag[0] = '\0';
+        bs->parts[i].recent = 0;
+        bs->parts[i].idle_rounds = 0;
+    }
 }
 
 static amqp_channel_t mb_amqp_alloc_channel(struct mb_backend *be)
@@ -122,6 +341,17 @@ msgbus_err_t mb_amqp_sub_establish(struct mb_backend *be, struct mb_backend_sub 
     if ((e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, "basic.qos", detail, n,
                                  lost)))
         return e;
+    if (bs->group && be->conf.partitions > 0 && !bs->parts) {
+        bs->parts = calloc((size_t)be->conf.partitions, sizeof *bs->parts);
+        if (!bs->parts) {
+            snprintf(detail, n, "out of memory");
+            return MSGBUS_ERR_NOMEM;
+        }
+        bs->nparts = (size_t)be->conf.partitions;
+        for (size_t i = 0; i < bs->nparts; i++)
+            mb_amqp_part_name(bs->topic, bs->group, (long)i, bs->parts[i].queue,
+                              sizeof bs->parts[i].queue);
+    }
     if (bs->group) {
         e = mb_amqp_declare_group(be, ch, bs->topic, bs->group, bs->queue, sizeof bs->queue,
                                   detail, n, lost);
@@ -148,8 +378,10 @@ msgbus_err_t mb_amqp_sub_establish(struct mb_backend *be, struct mb_backend_sub 
      * paused must not start deliveries. */
     bs->consuming = false;
     bs->ctag[0] = '\0';
+    mb_amqp_parts_forget(bs);
     if (!bs->paused && (e = mb_amqp_consume(be, bs, ch, detail, n, lost)))
         return e;
+    bs->balance_at_ms = mb_mono_ms() + be->conf.rebalance_ms;
     bs->channel = ch;
     bs->epoch++;
     bs->quorum = bs->group && be->conf.quorum;
@@ -237,6 +469,7 @@ void mb_amqp_sub_reset(struct mb_backend *be, struct mb_backend_sub *bs)
     bs->channel = 0;
     bs->consuming = false;
     bs->ctag[0] = '\0';
+    mb_amqp_parts_forget(bs);
     bs->tag_head = bs->tag_len = 0;
     bs->acks_pending = false;
     mb_amqp_asm_clear(&bs->as);
@@ -317,11 +550,24 @@ static void mb_amqp_tags_pop(struct mb_backend_sub *bs)
 static void mb_amqp_deliver_done(struct mb_backend_sub *bs)
 {
     struct mb_amqp_asm *as = &bs->as;
+    if (bs->nparts && (as->stale || !bs->parts[as->part].consuming)) {
+        /* Sent by a consumer we cancelled before the cancel took effect:
+         * back to its queue, where the partition's next holder gets it. */
+        amqp_basic_nack(bs->be->conn, bs->channel, as->tag, 0, 1);
+        mb_amqp_asm_clear(as);
+        return;
+    }
     msgbus_msg_t *m = as->msg;
     as->msg = NULL;
     m->tag = as->tag;
     m->offset = bs->epoch;
     mb_amqp_tag_push(bs, as->tag);
+    if (bs->nparts) {
+        struct mb_amqp_tag *t = mb_amqp_tag_find(bs, as->tag);
+        if (t)
+            t->part = as->part;
+        bs->parts[as->part].recent++;
+    }
     m->next = NULL;
     if (bs->batch_tail)
         bs->batch_tail->next = m;
@@ -363,6 +609,20 @@ void mb_amqp_sub_frame(struct mb_backend *be, struct mb_backend_sub *bs, const a
             as->routing_key = mb_strndup(d->routing_key.bytes, d->routing_key.len);
             as->rk_len = d->routing_key.len;
             as->msg = mb_msg_new_received(bs->sub);
+            if (bs->nparts) {
+                /* Which partition: by consumer tag. One we cancelled
+                 * (given away, or paused) has none: requeued when whole. */
+                as->stale = true;
+                for (size_t i = 0; i < bs->nparts; i++) {
+                    struct mb_amqp_part *p = &bs->parts[i];
+                    if (p->consuming && d->consumer_tag.len == strlen(p->ctag) &&
+                        memcmp(d->consumer_tag.bytes, p->ctag, d->consumer_tag.len) == 0) {
+                        as->stale = false;
+                        as->part = (uint16_t)i;
+                        break;
+                    }
+                }
+            }
             if (!as->routing_key || !as->exchange || !as->msg) {
                 mb_log(MSGBUS_LOG_ERROR, "amqp: out of memory receiving a message; it is "
                                          "requeued");
@@ -488,7 +748,8 @@ void mb_amqp_settle_apply(struct mb_backend *be, struct mb_amqp_op *op)
             mb_amqp_nack_requeue(be, bs, t);
         } else {
             struct mb_amqp_out *o = NULL;
-            msgbus_err_t e = mb_amqp_out_new(&o, "", bs->queue, strlen(bs->queue), op->copy,
+            const char *q = bs->nparts ? bs->parts[t->part].queue : bs->queue;
+            msgbus_err_t e = mb_amqp_out_new(&o, "", q, strlen(q), op->copy,
                                              op->copy->attempt + 1, true,
                                              (size_t)be->conf.frame_max);
             if (e) {
@@ -601,26 +862,40 @@ msgbus_err_t mb_amqp_queue_info(struct mb_backend *be, struct mb_amqp_op *op, ch
         for (size_t i = bs->tag_head; i < bs->tag_head + bs->tag_len; i++)
             unacked += bs->tags[i].state != MB_AMQP_TAG_DONE;
     op->unacked = unacked;
-    if (!mb_amqp_ensure_ctl(be, detail, n, conn_lost))
-        return MSGBUS_ERR_CONNECT;
-    /* Passive: only asks. A queue that is gone closes the control channel
-     * with 404, which mb_amqp_reply_error answers (reopened on next use). */
-    amqp_queue_declare_ok_t *ok = amqp_queue_declare(be->conn, MB_AMQP_CTL_CHANNEL,
-                                                     amqp_cstring_bytes(op->queue), 1, 0, 0, 0,
-                                                     amqp_empty_table);
-    char what[300];
-    snprintf(what, sizeof what, "asking for queue '%s'", op->queue);
-    msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), MB_AMQP_CTL_CHANNEL,
-                                         what, detail, n, conn_lost);
-    if (e == MSGBUS_ERR_NOT_FOUND) {
-        op->found = false;
-        return MSGBUS_OK;
+    /* A partitioned group: the sum over its partition queues, and the
+     * consumers of each (every member consumes every partition). */
+    size_t nq = bs->group && be->conf.partitions > 0 ? (size_t)be->conf.partitions : 1;
+    if (nq > 1 || (bs->group && be->conf.partitions > 0))
+        snprintf(op->queue, sizeof op->queue, "%s.%s~0..%zu", bs->topic, bs->group, nq - 1);
+    op->ready = op->consumers = 0;
+    for (size_t i = 0; i < nq; i++) {
+        char q[256];
+        if (bs->group && be->conf.partitions > 0)
+            mb_amqp_part_name(bs->topic, bs->group, (long)i, q, sizeof q);
+        else
+            snprintf(q, sizeof q, "%s", op->queue);
+        if (!mb_amqp_ensure_ctl(be, detail, n, conn_lost))
+            return MSGBUS_ERR_CONNECT;
+        /* Passive: only asks. A queue that is gone closes the control
+         * channel with 404, which mb_amqp_reply_error answers (reopened
+         * on next use). */
+        amqp_queue_declare_ok_t *ok = amqp_queue_declare(
+            be->conn, MB_AMQP_CTL_CHANNEL, amqp_cstring_bytes(q), 1, 0, 0, 0, amqp_empty_table);
+        char what[300];
+        snprintf(what, sizeof what, "asking for queue '%s'", q);
+        msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn),
+                                             MB_AMQP_CTL_CHANNEL, what, detail, n, conn_lost);
+        if (e == MSGBUS_ERR_NOT_FOUND) {
+            op->found = false;
+            return MSGBUS_OK;
+        }
+        if (e || !ok)
+            return e ? e : MSGBUS_ERR_BROKER;
+        op->ready += ok->message_count;
+        if (ok->consumer_count > op->consumers)
+            op->consumers = ok->consumer_count;
     }
-    if (e || !ok)
-        return e ? e : MSGBUS_ERR_BROKER;
     op->found = true;
-    op->ready = ok->message_count;
-    op->consumers = ok->consumer_count;
     return MSGBUS_OK;
 }
 
@@ -648,7 +923,15 @@ void mb_amqp_pause_apply(struct mb_backend *be, struct mb_amqp_op *op)
     char detail[MB_AMQP_DETAIL], what[300];
     bool lost = false;
     msgbus_err_t e = MSGBUS_OK;
-    if (want && bs->consuming) {
+    if (want && bs->consuming && bs->nparts) {
+        for (size_t i = 0; i < bs->nparts && !e; i++)
+            e = mb_amqp_cancel_part(be, bs, &bs->parts[i], detail, sizeof detail, &lost);
+        if (!e) {
+            bs->consuming = false;
+            mb_log(MSGBUS_LOG_DEBUG, "amqp: subscription to '%s' paused (queues '%s')",
+                   bs->topic, bs->queue);
+        }
+    } else if (want && bs->consuming) {
         amqp_basic_cancel(be->conn, bs->channel, amqp_cstring_bytes(bs->ctag));
         snprintf(what, sizeof what, "pausing: cancelling the consumer of queue '%s'", bs->queue);
         e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), bs->channel, what, detail,
@@ -781,4 +1064,170 @@ msgbus_err_t mb_amqp_inspect_run(struct mb_backend *be, struct mb_amqp_op *op, c
     if (!e && op->queue[0])
         e = mb_amqp_passive_queue(be, op, detail, n, lost);
     return e;
+}
+
+/* ---- partition balancing ------------------------------------------------------------ */
+
+/* Every member consumes every partition queue, and the queues are
+ * single-active-consumer: the broker delivers a queue to the consumer that
+ * registered first and, when that one goes (cancel, channel or connection
+ * closed, node or process dead), to the next in line — nothing to do for
+ * msgbus, nothing lost. Left alone, the first member would hold every
+ * partition, so each member also gives partitions away: every
+ * rebalance_ms it counts the members (the consumers on partition 0) and
+ * the partitions it received from since the last round; past its share,
+ * ceil(N / members), it cancels its consumer on the excess and consumes
+ * them again at once, which puts it at the end of the line there. The
+ * next member in line takes over; one that is then past its share gives
+ * away in its turn, so the shares settle within a few rounds. */
+
+size_t mb_amqp_part_share(size_t nparts, size_t members)
+{
+    if (!members)
+        members = 1;
+    return (nparts + members - 1) / members;
+}
+
+struct mb_amqp_drop_arg {
+    struct mb_backend_sub *bs;
+    uint16_t part;
+    int64_t epoch;
+    uint64_t *tags;
+    size_t n, cap;
+};
+
+static bool mb_amqp_of_part(const msgbus_msg_t *m, void *arg)
+{
+    struct mb_amqp_drop_arg *a = arg;
+    if (m->offset != a->epoch)
+        return false;
+    struct mb_amqp_tag *t = mb_amqp_tag_find(a->bs, m->tag);
+    if (!t || t->part != a->part || t->state != MB_AMQP_TAG_OPEN)
+        return false;
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 64;
+        uint64_t *nt = realloc(a->tags, cap * sizeof *nt);
+        if (!nt)
+            return false; /* kept: the application gets it after all */
+        a->tags = nt;
+        a->cap = cap;
+    }
+    a->tags[a->n++] = m->tag;
+    return true;
+}
+
+/* Gives partition `i` away: cancel (the next member in line becomes its
+ * consumer), requeue what the application has not received yet, consume
+ * again at the end of the line. false when the connection was lost. */
+static bool mb_amqp_release_part(struct mb_backend *be, struct mb_backend_sub *bs, size_t i)
+{
+    struct mb_amqp_part *p = &bs->parts[i];
+    char detail[MB_AMQP_DETAIL];
+    bool lost = false;
+    msgbus_err_t e = mb_amqp_cancel_part(be, bs, p, detail, sizeof detail, &lost);
+    if (!e) {
+        /* A delivery of it being assembled right now is requeued too. */
+        if (bs->as.kind == 1 && bs->as.part == i)
+            bs->as.stale = true;
+        struct mb_amqp_drop_arg a = {.bs = bs, .part = (uint16_t)i, .epoch = bs->epoch};
+        mb_sub_drop(bs->sub, mb_amqp_of_part, &a);
+        for (size_t k = 0; k < a.n; k++) {
+            struct mb_amqp_tag *t = mb_amqp_tag_find(bs, a.tags[k]);
+            if (t && t->state == MB_AMQP_TAG_OPEN) {
+                int st = amqp_basic_nack(be->conn, bs->channel, t->tag, 0, 1);
+                t->state = MB_AMQP_TAG_DONE;
+                if (st != AMQP_STATUS_OK) {
+                    snprintf(detail, sizeof detail, "basic.nack: %s", amqp_error_string2(st));
+                    lost = true;
+                    e = MSGBUS_ERR_CONNECT;
+                    break;
+                }
+            }
+        }
+        free(a.tags);
+        mb_log(MSGBUS_LOG_DEBUG, "amqp: group '%s' of '%s': gave partition queue '%s' away "
+                                 "(%zu waiting message(s) requeued)",
+               bs->group, bs->topic, p->queue, a.n);
+    }
+    if (!e)
+        e = mb_amqp_consume_one(be, bs->channel, p->queue, p->ctag, detail, sizeof detail,
+                                &lost);
+    if (!e) {
+        p->consuming = true;
+        p->recent = 0;
+        p->idle_rounds = 0;
+        return true;
+    }
+    if (lost) {
+        mb_amqp_conn_lost(be, detail);
+        return false;
+    }
+    /* The broker closed the channel: establish the subscription again. */
+    mb_log(MSGBUS_LOG_ERROR, "amqp: %s; re-subscribing", detail);
+    mb_amqp_sub_reset(be, bs);
+    mb_sub_state(bs->sub, MSGBUS_STATE_RECONNECTING, "%s", detail);
+    return mb_amqp_resubscribe(be, bs);
+}
+
+/* One balancer round for `bs`. false when the connection was lost. */
+static bool mb_amqp_balance(struct mb_backend *be, struct mb_backend_sub *bs)
+{
+    char detail[MB_AMQP_DETAIL];
+    bool lost = false;
+    if (!mb_amqp_ensure_ctl(be, detail, sizeof detail, &lost)) {
+        if (lost)
+            mb_amqp_conn_lost(be, detail);
+        return !lost;
+    }
+    amqp_queue_declare_ok_t *ok =
+        amqp_queue_declare(be->conn, MB_AMQP_CTL_CHANNEL, amqp_cstring_bytes(bs->parts[0].queue),
+                           1, 0, 0, 0, amqp_empty_table);
+    char what[300];
+    snprintf(what, sizeof what, "asking for queue '%s'", bs->parts[0].queue);
+    msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), MB_AMQP_CTL_CHANNEL,
+                                         what, detail, sizeof detail, &lost);
+    if (e || !ok) {
+        if (lost)
+            mb_amqp_conn_lost(be, detail);
+        else
+            mb_log(MSGBUS_LOG_DEBUG, "amqp: balancing '%s': %s", bs->queue, detail);
+        return !lost;
+    }
+    size_t members = ok->consumer_count;
+    size_t share = mb_amqp_part_share(bs->nparts, members);
+    size_t held = 0;
+    for (size_t i = 0; i < bs->nparts; i++)
+        held += bs->parts[i].consuming && bs->parts[i].recent > 0;
+    mb_log(MSGBUS_LOG_DEBUG, "amqp: balancing '%s': %zu member(s), share %zu, receiving from %zu",
+           bs->queue, members, share, held);
+    /* Give away the highest-numbered ones first: every member does the
+     * same, so the line on each queue stays predictable. */
+    for (size_t i = bs->nparts; i-- > 0 && held > share;) {
+        struct mb_amqp_part *p = &bs->parts[i];
+        if (!p->consuming || !p->recent)
+            continue;
+        held--;
+        if (!mb_amqp_release_part(be, bs, i))
+            return false;
+        if (!bs->channel || bs->removed)
+            return true; /* re-subscribing */
+    }
+    for (size_t i = 0; i < bs->nparts; i++) {
+        bs->parts[i].idle_rounds = bs->parts[i].recent ? 0 : bs->parts[i].idle_rounds + 1;
+        bs->parts[i].recent = 0;
+    }
+    return true;
+}
+
+void mb_amqp_balance_due(struct mb_backend *be)
+{
+    int64_t now = mb_mono_ms();
+    for (struct mb_backend_sub *bs = be->subs; bs && be->conn; bs = bs->next) {
+        if (!bs->nparts || bs->removed || !bs->channel || !bs->consuming || bs->paused ||
+            bs->resub_at_ms || now < bs->balance_at_ms)
+            continue;
+        bs->balance_at_ms = now + be->conf.rebalance_ms;
+        if (!mb_amqp_balance(be, bs))
+            return;
+    }
 }

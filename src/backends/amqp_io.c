@@ -919,6 +919,9 @@ void *mb_amqp_io_main(void *arg)
             mb_amqp_flush_acks(be);
         }
         mb_amqp_push_batches(be);
+        /* After the push: no partition's messages wait in a batch. */
+        if (be->conn)
+            mb_amqp_balance_due(be);
         mb_amqp_publish_stats(be);
 
         bool busy = false;
@@ -934,11 +937,16 @@ void *mb_amqp_io_main(void *arg)
             int64_t until = be->next_connect_ms - mb_mono_ms();
             timeout = until < 0 ? 0 : until < timeout ? (int)until : timeout;
         } else {
-            for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next)
-                if (bs->resub_at_ms) {
-                    int64_t until = bs->resub_at_ms - mb_mono_ms();
+            for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next) {
+                int64_t at = bs->resub_at_ms ? bs->resub_at_ms
+                             : bs->nparts && bs->channel && bs->consuming && !bs->paused
+                                 ? bs->balance_at_ms
+                                 : 0;
+                if (at) {
+                    int64_t until = at - mb_mono_ms();
                     timeout = until < 0 ? 0 : until < timeout ? (int)until : timeout;
                 }
+            }
         }
         struct pollfd p[2] = {{be->wake_fd, POLLIN, 0}, {-1, POLLIN, 0}};
         if (be->conn)
