@@ -1,11 +1,29 @@
 /* testutil.c — see testutil.h. */
 #include "testutil.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+/* The process that runs the suite (tu_run_suite); Check forks each test
+ * from it, so its children name things after it too: its marker "-r<pid>-"
+ * in every tu_unique name lets it delete what they made on the brokers. */
+static int tu_run_pid;
+
+static int tu_marker_pid(void)
+{
+    return tu_run_pid ? tu_run_pid : (int)getpid();
+}
+
+/* The flag file saying that a test of run `pid` used broker `kind`. */
+static void tu_used_path(char *buf, size_t n, int pid, const char *kind)
+{
+    const char *tmp = getenv("TMPDIR");
+    snprintf(buf, n, "%s/msgbus-tu-%d-%s", tmp && *tmp ? tmp : "/tmp", pid, kind);
+}
 
 const char *tu_broker_url(const char *kind)
 {
@@ -23,6 +41,11 @@ const char *tu_broker_url(const char *kind)
                 var, kind);
         exit(1);
     }
+    char flag[512];
+    tu_used_path(flag, sizeof flag, tu_marker_pid(), kind);
+    int fd = open(flag, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        close(fd);
     return v;
 }
 
@@ -31,8 +54,11 @@ void tu_unique(char *buf, size_t n, const char *prefix)
     static int counter;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
+    /* The counter restarts in each forked test: the pid and the clock in
+     * the random part keep the names apart. */
     unsigned r = (unsigned)(ts.tv_nsec ^ (long)getpid() * 2654435761u);
-    snprintf(buf, n, "%s-%d-%d-%08x", prefix, (int)getpid(), __atomic_add_fetch(&counter, 1, __ATOMIC_SEQ_CST), r);
+    snprintf(buf, n, "%s-r%d-%d-%08x", prefix, tu_marker_pid(),
+             __atomic_add_fetch(&counter, 1, __ATOMIC_SEQ_CST), r);
 }
 
 int64_t tu_now_ms(void)
@@ -64,10 +90,25 @@ msgbus_msg_t *tu_receive(msgbus_sub_t *sub, int timeout_ms)
 
 int tu_run_suite(Suite *s)
 {
+    tu_run_pid = (int)getpid();
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    /* What the tests made on the shared brokers goes with them. */
+    char marker[32];
+    snprintf(marker, sizeof marker, "-r%d-", tu_run_pid);
+    static const char *const kinds[] = {"kafka", "amqp"};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        char flag[512];
+        tu_used_path(flag, sizeof flag, tu_run_pid, kinds[i]);
+        if (access(flag, F_OK) != 0)
+            continue;
+        unlink(flag);
+        const char *url = getenv(i == 0 ? "MSGBUS_TEST_KAFKA_URL" : "MSGBUS_TEST_AMQP_URL");
+        if (url && *url)
+            tu_cleanup(kinds[i], url, marker);
+    }
     return failed == 0 ? 0 : 1;
 }
 

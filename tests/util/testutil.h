@@ -67,7 +67,17 @@ json_t *tu_json_at(json_t *o, const char *path);
 /* The integer at that path; ck_asserts there is one. */
 json_int_t tu_json_int(json_t *o, const char *path);
 
-/* Runs a Check suite and returns the process exit code (0 when all passed). */
+/* Runs a Check suite and returns the process exit code (0 when all passed).
+ * Then deletes what its tests made on the shared brokers they used
+ * (tu_cleanup): every topic, group, queue and exchange whose name carries
+ * this run's tu_unique marker. */
 int tu_run_suite(Suite *s);
+
+/* Deletes on the `kind` ("kafka", "amqp") broker of msgbus URL `url` every
+ * topic and consumer group (Kafka) or queue and exchange (RabbitMQ) whose
+ * name contains `marker`; prints what it deleted. Never fails a test: a
+ * broker it cannot reach gets a warning line. Built with that backend
+ * only (else a no-op). */
+void tu_cleanup(const char *kind, const char *url, const char *marker);
 
 #endif
