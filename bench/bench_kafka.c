@@ -117,10 +117,18 @@ static void die(const char *what, const char *detail)
     exit(1);
 }
 
+/* Every topic and group name the bench made, deleted at the end
+ * (delete_made): the bench leaves the broker as it found it. */
+enum { MAX_MADE = 1024 };
+static char *g_made[MAX_MADE];
+static int g_nmade;
+
 static void unique(char *buf, size_t n, const char *prefix)
 {
     static int counter;
     snprintf(buf, n, "%s-%d-%d-%ld", prefix, (int)getpid(), ++counter, (long)time(NULL));
+    if (g_nmade < MAX_MADE)
+        g_made[g_nmade++] = strdup(buf);
 }
 
 static rd_kafka_conf_t *raw_conf(rd_kafka_type_t type, const char *group)
@@ -501,6 +509,8 @@ static void result(const char *name, double *mb, double *raw)
 
 /* Both sides' settings once: msgbus's from its debug log (a declare with
  * a group creates a consumer), raw's from raw_conf. */
+static void delete_made(void);
+
 static double print_config(void)
 {
     msgbus_set_log(config_log, NULL, MSGBUS_LOG_DEBUG);
@@ -514,6 +524,7 @@ static double print_config(void)
     msgbus_set_log(NULL, NULL, MSGBUS_LOG_ERROR);
     print_raw_config("producer", raw_conf(RD_KAFKA_PRODUCER, NULL));
     print_raw_config("consumer", raw_conf(RD_KAFKA_CONSUMER, "bench-group"));
+    delete_made(); /* this runs in a child of its own: its names die with it */
     return 0;
 }
 
@@ -693,6 +704,52 @@ static void parse_url(void)
     }
 }
 
+/* Waits up to 30 s for the admin result `type` on `q`. */
+static void admin_wait(rd_kafka_queue_t *q, rd_kafka_event_type_t type, const char *what)
+{
+    for (int i = 0; i < 300; i++) {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
+        bool done = ev && rd_kafka_event_type(ev) == type;
+        if (ev)
+            rd_kafka_event_destroy(ev);
+        if (done)
+            return;
+    }
+    fprintf(stderr, "bench_kafka: deleting the %s it made: no answer; they are left\n", what);
+}
+
+/* Deletes every topic and group the bench named (names that were only
+ * groups or only topics are refused one by one, which is fine). */
+static void delete_made(void)
+{
+    char errstr[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, raw_conf(RD_KAFKA_PRODUCER, NULL), errstr,
+                                  sizeof errstr);
+    if (!rk || !g_nmade) {
+        if (rk)
+            rd_kafka_destroy(rk);
+        return;
+    }
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_DeleteTopic_t *topics[MAX_MADE];
+    rd_kafka_DeleteGroup_t *groups[MAX_MADE];
+    for (int i = 0; i < g_nmade; i++) {
+        topics[i] = rd_kafka_DeleteTopic_new(g_made[i]);
+        groups[i] = rd_kafka_DeleteGroup_new(g_made[i]);
+    }
+    rd_kafka_DeleteGroups(rk, groups, (size_t)g_nmade, NULL, q);
+    admin_wait(q, RD_KAFKA_EVENT_DELETEGROUPS_RESULT, "groups");
+    rd_kafka_DeleteTopics(rk, topics, (size_t)g_nmade, NULL, q);
+    admin_wait(q, RD_KAFKA_EVENT_DELETETOPICS_RESULT, "topics");
+    rd_kafka_DeleteTopic_destroy_array(topics, (size_t)g_nmade);
+    rd_kafka_DeleteGroup_destroy_array(groups, (size_t)g_nmade);
+    for (int i = 0; i < g_nmade; i++)
+        free(g_made[i]);
+    g_nmade = 0;
+    rd_kafka_queue_destroy(q);
+    rd_kafka_destroy(rk);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)
@@ -751,5 +808,6 @@ int main(int argc, char **argv)
     }
     printf("(%ld messages per run, median of %d rounds, each run a process of its own, %s)\n",
            g_n, g_rounds, g_shown);
+    delete_made();
     return 0;
 }
