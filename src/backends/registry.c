@@ -16,6 +16,9 @@ extern const struct mb_backend_ops mb_kafka_ops;
 #ifdef MSGBUS_HAVE_AMQP
 extern const struct mb_backend_ops mb_amqp_ops;
 #endif
+#ifdef MSGBUS_HAVE_SQLITE
+extern const struct mb_backend_ops mb_sqlitebus_ops;
+#endif
 
 static const struct mb_backend_ops *const mb_backends[] = {
 #ifdef MSGBUS_HAVE_KAFKA
@@ -23,6 +26,9 @@ static const struct mb_backend_ops *const mb_backends[] = {
 #endif
 #ifdef MSGBUS_HAVE_AMQP
     &mb_amqp_ops,
+#endif
+#ifdef MSGBUS_HAVE_SQLITE
+    &mb_sqlitebus_ops,
 #endif
     &mb_mem_ops,
 };
