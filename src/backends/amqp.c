@@ -244,11 +244,44 @@ static msgbus_err_t mb_amqp_declare(struct mb_backend *be, const char *topic, co
 
 static void mb_amqp_sub_free(struct mb_backend_sub *bs)
 {
+    for (size_t i = 0; i < bs->nchildren; i++)
+        mb_amqp_sub_free(bs->children[i]);
+    free(bs->children);
     free(bs->tags);
-    free(bs->parts);
     free(bs->topic);
     free(bs->group);
     free(bs);
+}
+
+/* A partitioned group's subscription: a parent with a child per partition
+ * queue (amqp.h, struct mb_backend_sub). */
+static msgbus_err_t mb_amqp_sub_children(struct mb_backend *be, struct mb_backend_sub *bs)
+{
+    size_t n = (size_t)be->conf.partitions;
+    msgbus_err_t e;
+    char q[256];
+    if ((e = mb_amqp_part_name(bs->topic, bs->group, -1, q, sizeof q)) ||
+        (e = mb_amqp_part_name(bs->topic, bs->group, (long)n - 1, q, sizeof q)))
+        return e;
+    snprintf(bs->queue, sizeof bs->queue, "%s.%s~0..%zu", bs->topic, bs->group, n - 1);
+    bs->children = calloc(n, sizeof *bs->children);
+    if (!bs->children)
+        return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        struct mb_backend_sub *c = calloc(1, sizeof *c);
+        if (!c)
+            return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+        bs->children[i] = c;
+        bs->nchildren = i + 1;
+        if (!(c->topic = mb_strdup(bs->topic)) || !(c->group = mb_strdup(bs->group)))
+            return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+        c->be = be;
+        c->sub = bs->sub;
+        c->parent = bs;
+        c->part = (uint16_t)i;
+        mb_amqp_part_name(bs->topic, bs->group, (long)i, c->queue, sizeof c->queue);
+    }
+    return MSGBUS_OK;
 }
 
 static msgbus_err_t mb_amqp_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
@@ -270,6 +303,11 @@ static msgbus_err_t mb_amqp_subscribe(struct mb_backend *be, msgbus_sub_t *sub,
     bs->be = be;
     bs->sub = sub;
     op->sub = bs;
+    if (group && be->conf.partitions > 0 && (e = mb_amqp_sub_children(be, bs))) {
+        free(op);
+        mb_amqp_sub_free(bs);
+        return e;
+    }
     e = mb_amqp_submit(be, op, true);
     free(op);
     if (e) {
@@ -295,6 +333,16 @@ static msgbus_err_t mb_amqp_settle(struct mb_backend_sub *bs, msgbus_msg_t *m, e
     struct mb_amqp_op *op = calloc(1, sizeof *op);
     if (!op)
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
+    /* A partitioned group's message is settled on its partition's
+     * channel (the child it came from). */
+    if (bs->children) {
+        if (m->partition < 0 || (size_t)m->partition >= bs->nchildren) {
+            free(op);
+            return mb_error(MSGBUS_ERR_INTERNAL, "amqp: message of no partition %d",
+                            (int)m->partition);
+        }
+        bs = bs->children[m->partition];
+    }
     op->kind = MB_AMQP_OP_SETTLE;
     op->sub = bs;
     op->tag = m->tag;

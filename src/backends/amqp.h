@@ -206,21 +206,6 @@ MB_HIDDEN bool mb_amqp_decode_body(msgbus_msg_t *m);
 struct mb_amqp_tag {
     uint64_t tag;
     uint8_t state; /* MB_AMQP_TAG_* */
-    uint16_t part; /* partitioned group: the partition it came from */
-};
-
-/* One partition queue of a partitioned group's subscription. Every member
- * consumes every partition; the queues are single-active-consumer, so the
- * broker delivers each to one member at a time and hands it to the next
- * when that member goes. */
-struct mb_amqp_part {
-    char queue[256];
-    char ctag[256];     /* our consumer on it ("" : none) */
-    bool consuming;
-    bool released;      /* given away by the balancer: deliveries still on
-                         * their way are requeued, not handed on */
-    uint32_t recent;    /* deliveries since the balancer last looked */
-    uint32_t idle_rounds; /* balancer rounds without a delivery */
 };
 enum { MB_AMQP_TAG_OPEN = 0, MB_AMQP_TAG_ACK_NOW = 1, MB_AMQP_TAG_DONE = 2 };
 
@@ -237,8 +222,6 @@ struct mb_amqp_asm {
     size_t body_size, got;
     char *reply_text;      /* return */
     int reply_code;
-    uint16_t part;         /* partitioned: the partition delivered from */
-    bool stale;            /* partitioned: from a consumer we cancelled */
 };
 
 struct mb_backend_sub {
@@ -247,10 +230,22 @@ struct mb_backend_sub {
     char *topic;
     char *group;           /* NULL: broadcast */
     char queue[256];       /* queue name, server-named for broadcast */
-    /* Partitioned group (conf.partitions > 0): its partition queues. */
-    struct mb_amqp_part *parts;
-    size_t nparts;
-    int64_t balance_at_ms;    /* next balancer round */
+    /* Partitioned group (conf.partitions > 0; docs/amqp.md "Partitioned
+     * groups"): the subscription the core knows is a parent without a
+     * channel of its own. Its children, one per partition queue, are
+     * ordinary subscriptions (in be->subs) on channels of their own that
+     * push into the same msgbus_sub_t; a received message's `partition`
+     * names its child. */
+    struct mb_backend_sub *parent;    /* child: its parent */
+    struct mb_backend_sub **children; /* parent */
+    size_t nchildren;
+    uint16_t part;                    /* child: its partition */
+    /* I/O thread, balancing (amqp_consume.c): */
+    int64_t balance_at_ms;            /* parent: next round */
+    uint32_t recent;                  /* child: deliveries since the last round */
+    long in_app;                      /* child: handed to the application, not settled */
+    bool draining;                    /* child: being given away */
+    int64_t drain_since_ms;
     /* I/O thread only: */
     amqp_channel_t channel;   /* 0: not established on the current connection */
     unsigned epoch;           /* bumped every time it is (re)established */
@@ -512,9 +507,19 @@ MB_HIDDEN msgbus_err_t mb_amqp_inspect_run(struct mb_backend *be, struct mb_amqp
 /* Partitioned subscriptions: how many partitions this member should hold
  * at most with `members` members (pure). */
 MB_HIDDEN size_t mb_amqp_part_share(size_t nparts, size_t members);
-/* The balancer round for partitioned subscriptions whose time has come
- * (I/O thread, connected). */
+/* Balancing partitioned subscriptions: rounds whose time has come, and
+ * partitions being given away whose application side is done (I/O
+ * thread, connected). */
 MB_HIDDEN void mb_amqp_balance_due(struct mb_backend *be);
+/* A partitioned subscription (a parent): declares the group and
+ * establishes every child, adding them to be->subs; on failure none is
+ * left there. */
+MB_HIDDEN msgbus_err_t mb_amqp_parent_establish(struct mb_backend *be,
+                                                struct mb_backend_sub *bs, char *detail,
+                                                size_t n, bool *conn_lost);
+/* Takes a subscription (a parent: every child) off the connection and out
+ * of be->subs, handing its unacked messages back. */
+MB_HIDDEN void mb_amqp_sub_remove(struct mb_backend *be, struct mb_backend_sub *bs);
 /* Delivered-tag bookkeeping (pure, unit-tested). */
 MB_HIDDEN void mb_amqp_tag_push(struct mb_backend_sub *bs, uint64_t tag);
 MB_HIDDEN struct mb_amqp_tag *mb_amqp_tag_find(struct mb_backend_sub *bs, uint64_t tag);

@@ -134,8 +134,8 @@ static msgbus_err_t mb_amqp_check_layout(struct mb_backend *be, const char *topi
  * onto N single-active-consumer queues "<t>.<g>~<i>", each bound with
  * weight "1". */
 static msgbus_err_t mb_amqp_declare_parts(struct mb_backend *be, amqp_channel_t ch,
-                                          const char *topic, const char *group, char *detail,
-                                          size_t n, bool *lost)
+                                          const char *topic, const char *group, long from,
+                                          long to, char *detail, size_t n, bool *lost)
 {
     char ex[256], q[256], what[600];
     msgbus_err_t e;
@@ -179,7 +179,7 @@ static msgbus_err_t mb_amqp_declare_parts(struct mb_backend *be, amqp_channel_t 
     entries[na].value.kind = AMQP_FIELD_KIND_BOOLEAN;
     entries[na].value.value.boolean = 1;
     amqp_table_t args = {(int)na + 1, entries};
-    for (long i = 0; i < be->conf.partitions; i++) {
+    for (long i = from; i < to; i++) {
         mb_amqp_part_name(topic, group, i, q, sizeof q);
         amqp_queue_declare(be->conn, ch, amqp_cstring_bytes(q), 0, 1, 0, 0, args);
         snprintf(what, sizeof what, "declaring queue '%s'%s", q,
@@ -215,7 +215,8 @@ msgbus_err_t mb_amqp_declare_group(struct mb_backend *be, amqp_channel_t ch, con
         return MSGBUS_ERR_CONNECT;
     if (be->conf.partitions > 0) {
         snprintf(queue, qn, "%s.%s~0..%ld", topic, group, be->conf.partitions - 1);
-        return mb_amqp_declare_parts(be, ch, topic, group, detail, n, lost);
+        return mb_amqp_declare_parts(be, ch, topic, group, 0, be->conf.partitions, detail, n,
+                                     lost);
     }
     amqp_table_entry_t entries[64];
     amqp_table_t args = {(int)mb_amqp_queue_args(&be->conf, entries, 64), entries};
@@ -253,62 +254,14 @@ static msgbus_err_t mb_amqp_consume_one(struct mb_backend *be, amqp_channel_t ch
     return MSGBUS_OK;
 }
 
-/* basic.consume on `ch`: the queue, or every partition queue of a
- * partitioned group (a consumer each, on the one channel). */
+/* basic.consume on `ch`. */
 static msgbus_err_t mb_amqp_consume(struct mb_backend *be, struct mb_backend_sub *bs,
                                     amqp_channel_t ch, char *detail, size_t n, bool *lost)
 {
-    msgbus_err_t e;
-    if (!bs->nparts) {
-        if ((e = mb_amqp_consume_one(be, ch, bs->queue, bs->ctag, detail, n, lost)))
-            return e;
+    msgbus_err_t e = mb_amqp_consume_one(be, ch, bs->queue, bs->ctag, detail, n, lost);
+    if (!e)
         bs->consuming = true;
-        return MSGBUS_OK;
-    }
-    for (size_t i = 0; i < bs->nparts; i++) {
-        struct mb_amqp_part *p = &bs->parts[i];
-        if (p->consuming)
-            continue;
-        if ((e = mb_amqp_consume_one(be, ch, p->queue, p->ctag, detail, n, lost)))
-            return e;
-        p->consuming = true;
-        p->released = false;
-        p->recent = 0;
-        p->idle_rounds = 0;
-    }
-    bs->consuming = true;
-    return MSGBUS_OK;
-}
-
-/* Cancels our consumer on partition `p` (RPC on the subscription's
- * channel). */
-static msgbus_err_t mb_amqp_cancel_part(struct mb_backend *be, struct mb_backend_sub *bs,
-                                        struct mb_amqp_part *p, char *detail, size_t n,
-                                        bool *lost)
-{
-    if (!p->consuming)
-        return MSGBUS_OK;
-    amqp_basic_cancel(be->conn, bs->channel, amqp_cstring_bytes(p->ctag));
-    char what[300];
-    snprintf(what, sizeof what, "cancelling the consumer of queue '%s'", p->queue);
-    msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), bs->channel, what,
-                                         detail, n, lost);
-    if (!e) {
-        p->consuming = false;
-        p->ctag[0] = '\0';
-    }
     return e;
-}
-
-static void mb_amqp_parts_forget(struct mb_backend_sub *bs)
-{
-    for (size_t i = 0; i < bs->nparts; i++) {
-        bs->parts[i].consuming = false;
-        bs->parts[i].released = false;
-        bs->parts[i].ctag[0] = '\0';
-        bs->parts[i].recent = 0;
-        bs->parts[i].idle_rounds = 0;
-    }
 }
 
 static amqp_channel_t mb_amqp_alloc_channel(struct mb_backend *be)
@@ -341,18 +294,14 @@ msgbus_err_t mb_amqp_sub_establish(struct mb_backend *be, struct mb_backend_sub 
     if ((e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, "basic.qos", detail, n,
                                  lost)))
         return e;
-    if (bs->group && be->conf.partitions > 0 && !bs->parts) {
-        bs->parts = calloc((size_t)be->conf.partitions, sizeof *bs->parts);
-        if (!bs->parts) {
-            snprintf(detail, n, "out of memory");
-            return MSGBUS_ERR_NOMEM;
-        }
-        bs->nparts = (size_t)be->conf.partitions;
-        for (size_t i = 0; i < bs->nparts; i++)
-            mb_amqp_part_name(bs->topic, bs->group, (long)i, bs->parts[i].queue,
-                              sizeof bs->parts[i].queue);
-    }
-    if (bs->group) {
+    if (bs->parent) {
+        /* One partition: its queue and the exchanges it hangs on (the
+         * group's layout was checked when the parent subscribed). */
+        e = mb_amqp_declare_exchange(be, ch, bs->topic, detail, n, lost);
+        if (!e)
+            e = mb_amqp_declare_parts(be, ch, bs->topic, bs->group, bs->part, bs->part + 1,
+                                      detail, n, lost);
+    } else if (bs->group) {
         e = mb_amqp_declare_group(be, ch, bs->topic, bs->group, bs->queue, sizeof bs->queue,
                                   detail, n, lost);
     } else if (!(e = mb_amqp_declare_exchange(be, ch, bs->topic, detail, n, lost))) {
@@ -378,10 +327,8 @@ msgbus_err_t mb_amqp_sub_establish(struct mb_backend *be, struct mb_backend_sub 
      * paused must not start deliveries. */
     bs->consuming = false;
     bs->ctag[0] = '\0';
-    mb_amqp_parts_forget(bs);
     if (!bs->paused && (e = mb_amqp_consume(be, bs, ch, detail, n, lost)))
         return e;
-    bs->balance_at_ms = mb_mono_ms() + be->conf.rebalance_ms;
     bs->channel = ch;
     bs->epoch++;
     bs->quorum = bs->group && be->conf.quorum;
@@ -458,9 +405,17 @@ bool mb_amqp_resubscribe(struct mb_backend *be, struct mb_backend_sub *bs)
     return true;
 }
 
+/* The subscription's messages of epoch `offset`; a partition's (a child's)
+ * share the msgbus_sub_t with the other partitions: `partition` too. */
+struct mb_amqp_epoch_of {
+    int64_t epoch;
+    int32_t part;
+};
+
 static bool mb_amqp_old_epoch(const msgbus_msg_t *m, void *arg)
 {
-    return m->offset == *(const int64_t *)arg;
+    const struct mb_amqp_epoch_of *a = arg;
+    return m->offset == a->epoch && m->partition == a->part;
 }
 
 /* Forgets everything the subscription had on its (now gone) channel. */
@@ -469,8 +424,10 @@ void mb_amqp_sub_reset(struct mb_backend *be, struct mb_backend_sub *bs)
     bs->channel = 0;
     bs->consuming = false;
     bs->ctag[0] = '\0';
-    mb_amqp_parts_forget(bs);
     bs->tag_head = bs->tag_len = 0;
+    bs->in_app = 0;
+    bs->recent = 0;
+    bs->draining = false;
     bs->acks_pending = false;
     mb_amqp_asm_clear(&bs->as);
     while (bs->batch_head) {
@@ -483,8 +440,8 @@ void mb_amqp_sub_reset(struct mb_backend *be, struct mb_backend_sub *bs)
     bs->batch_n = 0;
     /* Messages the application has not received yet will come again. */
     if (!bs->removed) {
-        int64_t epoch = bs->epoch;
-        size_t n = mb_sub_drop(bs->sub, mb_amqp_old_epoch, &epoch);
+        struct mb_amqp_epoch_of a = {bs->epoch, bs->part};
+        size_t n = mb_sub_drop(bs->sub, mb_amqp_old_epoch, &a);
         if (n)
             mb_log(MSGBUS_LOG_DEBUG, "amqp: dropped %zu queued messages of '%s'; the broker "
                                      "delivers them again",
@@ -550,10 +507,10 @@ static void mb_amqp_tags_pop(struct mb_backend_sub *bs)
 static void mb_amqp_deliver_done(struct mb_backend_sub *bs)
 {
     struct mb_amqp_asm *as = &bs->as;
-    if (bs->nparts && (as->stale || !bs->parts[as->part].consuming)) {
-        /* Sent by a consumer we cancelled before the cancel took effect:
-         * back to its queue, where the partition's next holder gets it. */
-        amqp_basic_nack(bs->be->conn, bs->channel, as->tag, 0, 1);
+    if (bs->draining) {
+        /* A partition being given away keeps what arrives unacked: closing
+         * its channel hands it back, in order, to the next member. */
+        mb_amqp_tag_push(bs, as->tag);
         mb_amqp_asm_clear(as);
         return;
     }
@@ -561,13 +518,9 @@ static void mb_amqp_deliver_done(struct mb_backend_sub *bs)
     as->msg = NULL;
     m->tag = as->tag;
     m->offset = bs->epoch;
+    m->partition = bs->part;
+    bs->recent++;
     mb_amqp_tag_push(bs, as->tag);
-    if (bs->nparts) {
-        struct mb_amqp_tag *t = mb_amqp_tag_find(bs, as->tag);
-        if (t)
-            t->part = as->part;
-        bs->parts[as->part].recent++;
-    }
     m->next = NULL;
     if (bs->batch_tail)
         bs->batch_tail->next = m;
@@ -609,20 +562,6 @@ void mb_amqp_sub_frame(struct mb_backend *be, struct mb_backend_sub *bs, const a
             as->routing_key = mb_strndup(d->routing_key.bytes, d->routing_key.len);
             as->rk_len = d->routing_key.len;
             as->msg = mb_msg_new_received(bs->sub);
-            if (bs->nparts) {
-                /* Which partition: by consumer tag. One we cancelled
-                 * (given away, or paused) has none: requeued when whole. */
-                as->stale = true;
-                for (size_t i = 0; i < bs->nparts; i++) {
-                    struct mb_amqp_part *p = &bs->parts[i];
-                    if (p->consuming && d->consumer_tag.len == strlen(p->ctag) &&
-                        memcmp(d->consumer_tag.bytes, p->ctag, d->consumer_tag.len) == 0) {
-                        as->stale = false;
-                        as->part = (uint16_t)i;
-                        break;
-                    }
-                }
-            }
             if (!as->routing_key || !as->exchange || !as->msg) {
                 mb_log(MSGBUS_LOG_ERROR, "amqp: out of memory receiving a message; it is "
                                          "requeued");
@@ -716,6 +655,7 @@ void mb_amqp_push_batches(struct mb_backend *be)
         size_t n = bs->batch_n;
         bs->batch_head = bs->batch_tail = NULL;
         bs->batch_n = 0;
+        bs->in_app += (long)n;
         mb_sub_push(bs->sub, head, n);
     }
 }
@@ -741,6 +681,8 @@ void mb_amqp_settle_apply(struct mb_backend *be, struct mb_amqp_op *op)
     if (be->conn && bs->channel && !bs->removed && op->epoch == bs->epoch)
         t = mb_amqp_tag_find(bs, op->tag);
     if (t && t->state == MB_AMQP_TAG_OPEN) {
+        if (bs->in_app > 0)
+            bs->in_app--;
         if (op->how == MB_SETTLE_ACK) {
             t->state = MB_AMQP_TAG_ACK_NOW;
             bs->acks_pending = true;
@@ -748,8 +690,7 @@ void mb_amqp_settle_apply(struct mb_backend *be, struct mb_amqp_op *op)
             mb_amqp_nack_requeue(be, bs, t);
         } else {
             struct mb_amqp_out *o = NULL;
-            const char *q = bs->nparts ? bs->parts[t->part].queue : bs->queue;
-            msgbus_err_t e = mb_amqp_out_new(&o, "", q, strlen(q), op->copy,
+            msgbus_err_t e = mb_amqp_out_new(&o, "", bs->queue, strlen(bs->queue), op->copy,
                                              op->copy->attempt + 1, true,
                                              (size_t)be->conf.frame_max);
             if (e) {
@@ -858,22 +799,22 @@ msgbus_err_t mb_amqp_queue_info(struct mb_backend *be, struct mb_amqp_op *op, ch
         return MSGBUS_ERR_CONNECT;
     }
     size_t unacked = 0;
-    if (bs->channel)
-        for (size_t i = bs->tag_head; i < bs->tag_head + bs->tag_len; i++)
-            unacked += bs->tags[i].state != MB_AMQP_TAG_DONE;
+    for (size_t c = 0; c < (bs->children ? bs->nchildren : 1); c++) {
+        struct mb_backend_sub *x = bs->children ? bs->children[c] : bs;
+        if (x->channel)
+            for (size_t i = x->tag_head; i < x->tag_head + x->tag_len; i++)
+                unacked += x->tags[i].state != MB_AMQP_TAG_DONE;
+    }
     op->unacked = unacked;
     /* A partitioned group: the sum over its partition queues, and the
      * consumers of each (every member consumes every partition). */
-    size_t nq = bs->group && be->conf.partitions > 0 ? (size_t)be->conf.partitions : 1;
-    if (nq > 1 || (bs->group && be->conf.partitions > 0))
-        snprintf(op->queue, sizeof op->queue, "%s.%s~0..%zu", bs->topic, bs->group, nq - 1);
+    size_t nq = bs->children ? bs->nchildren : 1;
+    if (bs->children)
+        snprintf(op->queue, sizeof op->queue, "%s", bs->queue);
     op->ready = op->consumers = 0;
     for (size_t i = 0; i < nq; i++) {
         char q[256];
-        if (bs->group && be->conf.partitions > 0)
-            mb_amqp_part_name(bs->topic, bs->group, (long)i, q, sizeof q);
-        else
-            snprintf(q, sizeof q, "%s", op->queue);
+        snprintf(q, sizeof q, "%s", bs->children ? bs->children[i]->queue : op->queue);
         if (!mb_amqp_ensure_ctl(be, detail, n, conn_lost))
             return MSGBUS_ERR_CONNECT;
         /* Passive: only asks. A queue that is gone closes the control
@@ -908,11 +849,31 @@ msgbus_err_t mb_amqp_queue_info(struct mb_backend *be, struct mb_amqp_op *op, ch
  * Deliveries already on their way when the cancel goes out still arrive
  * (rabbitmq-c queues them while it waits for cancel-ok) and wait in the
  * core, which holds back a paused subscription's queue. */
+static void mb_amqp_pause_one(struct mb_backend *be, struct mb_backend_sub *bs, bool want);
+
+/* A partitioned subscription pauses every partition. */
 void mb_amqp_pause_apply(struct mb_backend *be, struct mb_amqp_op *op)
 {
     struct mb_backend_sub *bs = op->sub;
     bool want = op->paused;
     free(op);
+    if (!bs->children) {
+        mb_amqp_pause_one(be, bs, want);
+        return;
+    }
+    bs->paused = want;
+    for (size_t i = 0; i < bs->nchildren && !bs->removed; i++) {
+        mb_amqp_pause_one(be, bs->children[i], want);
+        if (!be->conn)
+            break; /* lost: the next establishment honours `paused` */
+    }
+    if (!be->conn)
+        for (size_t i = 0; i < bs->nchildren; i++)
+            bs->children[i]->paused = want;
+}
+
+static void mb_amqp_pause_one(struct mb_backend *be, struct mb_backend_sub *bs, bool want)
+{
     if (bs->removed || bs->paused == want)
         return;
     bs->paused = want;
@@ -923,15 +884,7 @@ void mb_amqp_pause_apply(struct mb_backend *be, struct mb_amqp_op *op)
     char detail[MB_AMQP_DETAIL], what[300];
     bool lost = false;
     msgbus_err_t e = MSGBUS_OK;
-    if (want && bs->consuming && bs->nparts) {
-        for (size_t i = 0; i < bs->nparts && !e; i++)
-            e = mb_amqp_cancel_part(be, bs, &bs->parts[i], detail, sizeof detail, &lost);
-        if (!e) {
-            bs->consuming = false;
-            mb_log(MSGBUS_LOG_DEBUG, "amqp: subscription to '%s' paused (queues '%s')",
-                   bs->topic, bs->queue);
-        }
-    } else if (want && bs->consuming) {
+    if (want && bs->consuming) {
         amqp_basic_cancel(be->conn, bs->channel, amqp_cstring_bytes(bs->ctag));
         snprintf(what, sizeof what, "pausing: cancelling the consumer of queue '%s'", bs->queue);
         e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), bs->channel, what, detail,
@@ -1066,20 +1019,26 @@ msgbus_err_t mb_amqp_inspect_run(struct mb_backend *be, struct mb_amqp_op *op, c
     return e;
 }
 
-/* ---- partition balancing ------------------------------------------------------------ */
+/* ---- partitioned groups: children and balancing ------------------------------------ */
 
-/* Every member consumes every partition queue, and the queues are
- * single-active-consumer: the broker delivers a queue to the consumer that
- * registered first and, when that one goes (cancel, channel or connection
- * closed, node or process dead), to the next in line — nothing to do for
- * msgbus, nothing lost. Left alone, the first member would hold every
- * partition, so each member also gives partitions away: every
- * rebalance_ms it counts the members (the consumers on partition 0) and
- * the partitions it received from since the last round; past its share,
- * ceil(N / members), it cancels its consumer on the excess and consumes
- * them again at once, which puts it at the end of the line there. The
- * next member in line takes over; one that is then past its share gives
- * away in its turn, so the shares settle within a few rounds. */
+/* Every member consumes every partition queue, each on a channel of its
+ * own, and the queues are single-active-consumer: the broker delivers a
+ * queue to the consumer that registered first and, when that one goes
+ * (its channel or connection closed, its process or node dead), hands the
+ * unacked messages back to the queue's head and delivers to the next in
+ * line — in order, nothing lost, nothing for msgbus to do. Left alone, the
+ * first member would hold every partition, so each member also gives
+ * partitions away: every rebalance_ms it counts the members (the consumers
+ * on partition 0) and the partitions it received from since the last
+ * round; past its share, ceil(N / members), it gives one away. Giving away
+ * is draining first — what the application has not received yet is taken
+ * back from the subscription, whatever else arrives is kept unacked — until
+ * the application has settled every message of that partition it got (at
+ * most 5 rounds), then closing the partition's channel: the broker puts the
+ * unacked messages back at the head of the queue before the next member in
+ * line gets any, so order holds across the hand-over. The partition is then
+ * consumed again at the end of the line. A member that is then past its
+ * share gives away in its turn, so the shares settle within a few rounds. */
 
 size_t mb_amqp_part_share(size_t nparts, size_t members)
 {
@@ -1088,143 +1047,220 @@ size_t mb_amqp_part_share(size_t nparts, size_t members)
     return (nparts + members - 1) / members;
 }
 
-struct mb_amqp_drop_arg {
-    struct mb_backend_sub *bs;
-    uint16_t part;
-    int64_t epoch;
-    uint64_t *tags;
-    size_t n, cap;
-};
-
-static bool mb_amqp_of_part(const msgbus_msg_t *m, void *arg)
+static void mb_amqp_unlink(struct mb_backend *be, struct mb_backend_sub *bs)
 {
-    struct mb_amqp_drop_arg *a = arg;
-    if (m->offset != a->epoch)
-        return false;
-    struct mb_amqp_tag *t = mb_amqp_tag_find(a->bs, m->tag);
-    if (!t || t->part != a->part || t->state != MB_AMQP_TAG_OPEN)
-        return false;
-    if (a->n == a->cap) {
-        size_t cap = a->cap ? a->cap * 2 : 64;
-        uint64_t *nt = realloc(a->tags, cap * sizeof *nt);
-        if (!nt)
-            return false; /* kept: the application gets it after all */
-        a->tags = nt;
-        a->cap = cap;
+    for (struct mb_backend_sub **pp = &be->subs; *pp; pp = &(*pp)->next)
+        if (*pp == bs) {
+            *pp = bs->next;
+            break;
+        }
+    bs->next = NULL;
+}
+
+/* Closes bs's channel (its unacked messages go back to the queue) and
+ * forgets what it had on it. false when the connection was lost. */
+static bool mb_amqp_close_sub_channel(struct mb_backend *be, struct mb_backend_sub *bs,
+                                      const char *what)
+{
+    bool lost = false;
+    if (be->conn && bs->channel) {
+        char detail[MB_AMQP_DETAIL];
+        amqp_channel_t ch = bs->channel;
+        bs->channel = 0;
+        amqp_channel_close(be->conn, ch, AMQP_REPLY_SUCCESS);
+        mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, sizeof detail,
+                            &lost);
+        if (lost) {
+            mb_amqp_sub_reset(be, bs);
+            mb_amqp_conn_lost(be, detail);
+            return false;
+        }
     }
-    a->tags[a->n++] = m->tag;
+    mb_amqp_sub_reset(be, bs);
     return true;
 }
 
-/* Gives partition `i` away: cancel (the next member in line becomes its
- * consumer), requeue what the application has not received yet, consume
- * again at the end of the line. false when the connection was lost. */
-static bool mb_amqp_release_part(struct mb_backend *be, struct mb_backend_sub *bs, size_t i)
+void mb_amqp_sub_remove(struct mb_backend *be, struct mb_backend_sub *bs)
 {
-    struct mb_amqp_part *p = &bs->parts[i];
-    char detail[MB_AMQP_DETAIL];
-    bool lost = false;
-    msgbus_err_t e = mb_amqp_cancel_part(be, bs, p, detail, sizeof detail, &lost);
-    if (!e) {
-        /* A delivery of it being assembled right now is requeued too. */
-        if (bs->as.kind == 1 && bs->as.part == i)
-            bs->as.stale = true;
-        struct mb_amqp_drop_arg a = {.bs = bs, .part = (uint16_t)i, .epoch = bs->epoch};
-        mb_sub_drop(bs->sub, mb_amqp_of_part, &a);
-        for (size_t k = 0; k < a.n; k++) {
-            struct mb_amqp_tag *t = mb_amqp_tag_find(bs, a.tags[k]);
-            if (t && t->state == MB_AMQP_TAG_OPEN) {
-                int st = amqp_basic_nack(be->conn, bs->channel, t->tag, 0, 1);
-                t->state = MB_AMQP_TAG_DONE;
-                if (st != AMQP_STATUS_OK) {
-                    snprintf(detail, sizeof detail, "basic.nack: %s", amqp_error_string2(st));
-                    lost = true;
-                    e = MSGBUS_ERR_CONNECT;
-                    break;
-                }
-            }
-        }
-        free(a.tags);
-        mb_log(MSGBUS_LOG_DEBUG, "amqp: group '%s' of '%s': gave partition queue '%s' away "
-                                 "(%zu waiting message(s) requeued)",
-               bs->group, bs->topic, p->queue, a.n);
+    bs->removed = true;
+    if (bs->children) {
+        for (size_t i = 0; i < bs->nchildren; i++)
+            mb_amqp_sub_remove(be, bs->children[i]);
+        return;
     }
-    if (!e)
-        e = mb_amqp_consume_one(be, bs->channel, p->queue, p->ctag, detail, sizeof detail,
-                                &lost);
-    if (!e) {
-        p->consuming = true;
-        p->recent = 0;
-        p->idle_rounds = 0;
-        return true;
-    }
-    if (lost) {
-        mb_amqp_conn_lost(be, detail);
-        return false;
-    }
-    /* The broker closed the channel: establish the subscription again. */
-    mb_log(MSGBUS_LOG_ERROR, "amqp: %s; re-subscribing", detail);
-    mb_amqp_sub_reset(be, bs);
-    mb_sub_state(bs->sub, MSGBUS_STATE_RECONNECTING, "%s", detail);
-    return mb_amqp_resubscribe(be, bs);
+    /* Removed first: the core releases what it still queues for this sub,
+     * so a connection loss below must not drop into it. Closing the
+     * channel hands its unacked messages back to the queue (and an
+     * exclusive broadcast queue is deleted with it). */
+    mb_amqp_close_sub_channel(be, bs, "closing a subscription");
+    mb_amqp_unlink(be, bs);
 }
 
-/* One balancer round for `bs`. false when the connection was lost. */
+msgbus_err_t mb_amqp_parent_establish(struct mb_backend *be, struct mb_backend_sub *bs,
+                                      char *detail, size_t n, bool *lost)
+{
+    *lost = false;
+    msgbus_err_t e = MSGBUS_ERR_CONNECT;
+    char q[256];
+    if (!mb_amqp_ensure_ctl(be, detail, n, lost))
+        return e;
+    if ((e = mb_amqp_declare_group(be, MB_AMQP_CTL_CHANNEL, bs->topic, bs->group, q, sizeof q,
+                                   detail, n, lost)))
+        return e;
+    size_t i = 0;
+    for (; i < bs->nchildren; i++) {
+        struct mb_backend_sub *c = bs->children[i];
+        if ((e = mb_amqp_sub_establish(be, c, detail, n, lost)))
+            break;
+        c->next = be->subs;
+        be->subs = c;
+    }
+    if (!e) {
+        bs->balance_at_ms = mb_mono_ms() + be->conf.rebalance_ms;
+        return MSGBUS_OK;
+    }
+    /* None stays: the ones established give their channels back. */
+    while (i-- > 0) {
+        struct mb_backend_sub *c = bs->children[i];
+        if (!*lost && be->conn)
+            mb_amqp_close_sub_channel(be, c, "undoing a partitioned subscription");
+        else
+            mb_amqp_sub_reset(be, c);
+        c->channel = 0;
+        mb_amqp_unlink(be, c);
+    }
+    if (!be->conn)
+        *lost = true;
+    return e;
+}
+
+struct mb_amqp_drop_arg {
+    int64_t epoch;
+    int32_t part;
+    size_t n;
+};
+
+static bool mb_amqp_of_child(const msgbus_msg_t *m, void *arg)
+{
+    struct mb_amqp_drop_arg *a = arg;
+    if (m->offset != a->epoch || m->partition != a->part)
+        return false;
+    a->n++;
+    return true;
+}
+
+/* Starts giving child `c` away: what the application has not received
+ * yet is taken back (still unacked: the channel's close returns it). */
+static void mb_amqp_drain_start(struct mb_backend_sub *c)
+{
+    struct mb_amqp_drop_arg a = {c->epoch, c->part, 0};
+    mb_sub_drop(c->sub, mb_amqp_of_child, &a);
+    c->in_app -= (long)a.n;
+    if (c->in_app < 0)
+        c->in_app = 0;
+    c->draining = true;
+    c->drain_since_ms = mb_mono_ms();
+    mb_log(MSGBUS_LOG_DEBUG, "amqp: group '%s' of '%s': giving partition queue '%s' away (%zu "
+                             "waiting message(s) taken back, %ld with the application)",
+           c->group, c->topic, c->queue, a.n, c->in_app);
+}
+
+/* Ends it: the channel's close returns every unacked message to the
+ * queue's head, the next member in line takes over; then this member
+ * consumes again, at the end of the line. false when the connection was
+ * lost. */
+static bool mb_amqp_drain_end(struct mb_backend *be, struct mb_backend_sub *c)
+{
+    mb_amqp_flush_acks(be); /* acks first: what was done must not come again */
+    if (!be->conn)
+        return false;
+    if (!mb_amqp_close_sub_channel(be, c, "giving a partition away"))
+        return false;
+    char detail[MB_AMQP_DETAIL];
+    bool lost = false;
+    if (mb_amqp_sub_establish(be, c, detail, sizeof detail, &lost) != MSGBUS_OK) {
+        if (lost) {
+            mb_amqp_conn_lost(be, detail);
+            return false;
+        }
+        mb_amqp_resub_later(be, c, detail);
+    }
+    return true;
+}
+
+/* One balancer round for parent `bs`. false when the connection was lost. */
 static bool mb_amqp_balance(struct mb_backend *be, struct mb_backend_sub *bs)
 {
     char detail[MB_AMQP_DETAIL];
     bool lost = false;
+    size_t held = 0, draining = 0;
+    for (size_t i = 0; i < bs->nchildren; i++) {
+        struct mb_backend_sub *c = bs->children[i];
+        held += c->channel && c->consuming && !c->draining && c->recent > 0;
+        draining += c->draining;
+    }
+    if (!held || draining)
+        goto done;
     if (!mb_amqp_ensure_ctl(be, detail, sizeof detail, &lost)) {
         if (lost)
             mb_amqp_conn_lost(be, detail);
         return !lost;
     }
-    amqp_queue_declare_ok_t *ok =
-        amqp_queue_declare(be->conn, MB_AMQP_CTL_CHANNEL, amqp_cstring_bytes(bs->parts[0].queue),
-                           1, 0, 0, 0, amqp_empty_table);
+    const char *q0 = bs->children[0]->queue;
+    amqp_queue_declare_ok_t *ok = amqp_queue_declare(
+        be->conn, MB_AMQP_CTL_CHANNEL, amqp_cstring_bytes(q0), 1, 0, 0, 0, amqp_empty_table);
     char what[300];
-    snprintf(what, sizeof what, "asking for queue '%s'", bs->parts[0].queue);
+    snprintf(what, sizeof what, "asking for queue '%s'", q0);
     msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), MB_AMQP_CTL_CHANNEL,
                                          what, detail, sizeof detail, &lost);
     if (e || !ok) {
-        if (lost)
+        if (lost) {
             mb_amqp_conn_lost(be, detail);
-        else
-            mb_log(MSGBUS_LOG_DEBUG, "amqp: balancing '%s': %s", bs->queue, detail);
-        return !lost;
+            return false;
+        }
+        mb_log(MSGBUS_LOG_DEBUG, "amqp: balancing '%s': %s", bs->queue, detail);
+        goto done;
     }
     size_t members = ok->consumer_count;
-    size_t share = mb_amqp_part_share(bs->nparts, members);
-    size_t held = 0;
-    for (size_t i = 0; i < bs->nparts; i++)
-        held += bs->parts[i].consuming && bs->parts[i].recent > 0;
+    size_t share = mb_amqp_part_share(bs->nchildren, members);
     mb_log(MSGBUS_LOG_DEBUG, "amqp: balancing '%s': %zu member(s), share %zu, receiving from %zu",
            bs->queue, members, share, held);
-    /* Give away the highest-numbered ones first: every member does the
-     * same, so the line on each queue stays predictable. */
-    for (size_t i = bs->nparts; i-- > 0 && held > share;) {
-        struct mb_amqp_part *p = &bs->parts[i];
-        if (!p->consuming || !p->recent)
-            continue;
-        held--;
-        if (!mb_amqp_release_part(be, bs, i))
-            return false;
-        if (!bs->channel || bs->removed)
-            return true; /* re-subscribing */
-    }
-    for (size_t i = 0; i < bs->nparts; i++) {
-        bs->parts[i].idle_rounds = bs->parts[i].recent ? 0 : bs->parts[i].idle_rounds + 1;
-        bs->parts[i].recent = 0;
-    }
+    /* One at a time, the highest-numbered first: every member does the
+     * same, so the lines on the queues stay predictable. */
+    if (held > share)
+        for (size_t i = bs->nchildren; i-- > 0;) {
+            struct mb_backend_sub *c = bs->children[i];
+            if (c->channel && c->consuming && !c->draining && c->recent > 0) {
+                mb_amqp_drain_start(c);
+                break;
+            }
+        }
+done:
+    for (size_t i = 0; i < bs->nchildren; i++)
+        bs->children[i]->recent = 0;
     return true;
 }
 
 void mb_amqp_balance_due(struct mb_backend *be)
 {
     int64_t now = mb_mono_ms();
-    for (struct mb_backend_sub *bs = be->subs; bs && be->conn; bs = bs->next) {
-        if (!bs->nparts || bs->removed || !bs->channel || !bs->consuming || bs->paused ||
-            bs->resub_at_ms || now < bs->balance_at_ms)
+    for (struct mb_backend_sub *c = be->subs; c && be->conn; c = c->next) {
+        if (!c->parent || c->removed)
+            continue;
+        if (c->draining && c->channel &&
+            (c->in_app <= 0 || now - c->drain_since_ms >= 5 * be->conf.rebalance_ms)) {
+            if (c->in_app > 0)
+                mb_log(MSGBUS_LOG_DEBUG, "amqp: partition queue '%s': %ld message(s) still "
+                                         "unsettled after %ld ms; handing over anyway (they "
+                                         "come again)",
+                       c->queue, c->in_app, 5 * be->conf.rebalance_ms);
+            if (!mb_amqp_drain_end(be, c))
+                return;
+            /* be->subs may have changed under the walk: next time. */
+            return;
+        }
+        struct mb_backend_sub *bs = c->parent;
+        if (c->part != 0 || bs->paused || now < bs->balance_at_ms)
             continue;
         bs->balance_at_ms = now + be->conf.rebalance_ms;
         if (!mb_amqp_balance(be, bs))

@@ -567,6 +567,11 @@ static void mb_amqp_control(struct mb_backend *be, struct mb_amqp_op *op)
         }
         break;
     case MB_AMQP_OP_SUBSCRIBE:
+        if (op->sub->children) {
+            /* Partitioned: the children join be->subs, the parent never. */
+            e = mb_amqp_parent_establish(be, op->sub, detail, sizeof detail, &lost);
+            break;
+        }
         e = mb_amqp_sub_establish(be, op->sub, detail, sizeof detail, &lost);
         if (e == MSGBUS_OK) {
             op->sub->next = be->subs;
@@ -602,29 +607,7 @@ static void mb_amqp_control(struct mb_backend *be, struct mb_amqp_op *op)
 
 static void mb_amqp_unsubscribe_now(struct mb_backend *be, struct mb_amqp_op *op)
 {
-    struct mb_backend_sub *bs = op->sub;
-    /* Removed first: the core releases what it still queues for this sub,
-     * so a connection loss below must not drop into it. */
-    bs->removed = true;
-    if (be->conn && bs->channel) {
-        /* Closing the channel hands its unacked messages back to the queue
-         * (and an exclusive broadcast queue is deleted with it). */
-        char detail[MB_AMQP_DETAIL];
-        bool lost;
-        amqp_channel_t ch = bs->channel;
-        bs->channel = 0;
-        amqp_channel_close(be->conn, ch, AMQP_REPLY_SUCCESS);
-        mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, "closing a subscription",
-                            detail, sizeof detail, &lost);
-        if (lost)
-            mb_amqp_conn_lost(be, detail);
-    }
-    mb_amqp_sub_reset(be, bs);
-    for (struct mb_backend_sub **pp = &be->subs; *pp; pp = &(*pp)->next)
-        if (*pp == bs) {
-            *pp = bs->next;
-            break;
-        }
+    mb_amqp_sub_remove(be, op->sub);
     mb_amqp_op_finish(be, op, MSGBUS_OK, NULL);
 }
 
@@ -938,10 +921,11 @@ void *mb_amqp_io_main(void *arg)
             timeout = until < 0 ? 0 : until < timeout ? (int)until : timeout;
         } else {
             for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next) {
-                int64_t at = bs->resub_at_ms ? bs->resub_at_ms
-                             : bs->nparts && bs->channel && bs->consuming && !bs->paused
-                                 ? bs->balance_at_ms
-                                 : 0;
+                int64_t at = bs->resub_at_ms;
+                if (!at && bs->parent && bs->part == 0 && !bs->parent->paused)
+                    at = bs->parent->balance_at_ms;
+                if (bs->draining)
+                    at = mb_mono_ms() + 50; /* look again soon */
                 if (at) {
                     int64_t until = at - mb_mono_ms();
                     timeout = until < 0 ? 0 : until < timeout ? (int)until : timeout;
