@@ -998,10 +998,13 @@ static void *sb_thread(void *arg)
         int npf = be->ino >= 0 ? 2 : 1;
         if (poll(pf, (nfds_t)npf, timeout) > 0) {
             if (pf[0].revents & POLLIN) {
-                atomic_store(&be->woken, false);
+                /* Drained first, then re-armed: a wake-up between the two
+                 * found `woken` set and wrote nothing, but queued its work
+                 * before, so the pass that follows sees it. */
                 char buf[64];
                 while (read(be->wake[0], buf, sizeof buf) > 0) {
                 }
+                atomic_store(&be->woken, false);
             }
 #ifdef __linux__
             /* Only a wake-up: data_version says whether anyone committed. */
