@@ -1067,9 +1067,11 @@ static bool mb_amqp_close_sub_channel(struct mb_backend *be, struct mb_backend_s
         char detail[MB_AMQP_DETAIL];
         amqp_channel_t ch = bs->channel;
         bs->channel = 0;
-        amqp_channel_close(be->conn, ch, AMQP_REPLY_SUCCESS);
-        mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, sizeof detail,
-                            &lost);
+        /* amqp_channel_close returns its reply; amqp_get_rpc_reply would
+         * give the previous call's (after a failed passive declare, a
+         * channel.close that is not ours to answer). */
+        amqp_rpc_reply_t r = amqp_channel_close(be->conn, ch, AMQP_REPLY_SUCCESS);
+        mb_amqp_reply_error(be, r, ch, what, detail, sizeof detail, &lost);
         if (lost) {
             mb_amqp_sub_reset(be, bs);
             mb_amqp_conn_lost(be, detail);

@@ -28,6 +28,7 @@
 #include "conformance_stats.h"
 #include "conformance_positions.h"
 #include "conformance_caps.h"
+#include "conformance_order.h"
 
 /* ------------------------------------------------------- round trips */
 
@@ -848,6 +849,7 @@ int main(int argc, char **argv)
     cf_add(s, "receive_batch", receive_batch_takes_up_to_max_in_key_order, 90);
     cf_add(s, "caps", caps_are_reported_alike_and_enforced_by_require, 120);
     cf_add(s, "caps_key_order", key_order_claimed_holds_across_members, 180);
+    cf_add(s, "key_order_killed", key_order_holds_with_three_members_and_one_killed, 240);
     cf_add(s, "caps_where", positions_and_redelivered_flag_as_claimed, 120);
     cf_add(s, "caps_list_lag", list_and_lag_as_claimed, 150);
     cf_add(s, "caps_shared", shared_claimed_reaches_another_process, 120);
