@@ -939,36 +939,49 @@ static msgbus_err_t mb_amqp_passive_exchange(struct mb_backend *be, struct mb_am
     return e;
 }
 
+/* The group's queue, or with partitions=N its N partition queues: ready
+ * counts summed, consumers those of the busiest (every member consumes
+ * every partition). */
 static msgbus_err_t mb_amqp_passive_queue(struct mb_backend *be, struct mb_amqp_op *op,
                                           char *detail, size_t n, bool *lost)
 {
     const char *group = op->queue + strlen(op->exchange) + 1;
-    if (!mb_amqp_ensure_ctl(be, detail, n, lost))
-        return MSGBUS_ERR_CONNECT;
-    amqp_queue_declare_ok_t *ok = amqp_queue_declare(be->conn, MB_AMQP_CTL_CHANNEL,
-                                                     amqp_cstring_bytes(op->queue), 1, 0, 0, 0,
-                                                     amqp_empty_table);
-    char what[300];
-    snprintf(what, sizeof what, "asking for queue '%s'", op->queue);
-    msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), MB_AMQP_CTL_CHANNEL,
-                                         what, detail, n, lost);
-    if (e == MSGBUS_ERR_NOT_FOUND)
-        snprintf(detail, n, "group '%s' does not exist on topic '%s' (no queue '%s')", group,
-                 op->exchange, op->queue);
-    if (e)
-        return e;
-    if (!ok) {
-        snprintf(detail, n, "%s: no queue.declare-ok from the broker", what);
-        return MSGBUS_ERR_BROKER;
+    size_t nq = be->conf.partitions > 0 ? (size_t)be->conf.partitions : 1;
+    op->ready = op->consumers = 0;
+    for (size_t i = 0; i < nq; i++) {
+        char q[256];
+        if (be->conf.partitions > 0)
+            mb_amqp_part_name(op->exchange, group, (long)i, q, sizeof q);
+        else
+            snprintf(q, sizeof q, "%s", op->queue);
+        if (!mb_amqp_ensure_ctl(be, detail, n, lost))
+            return MSGBUS_ERR_CONNECT;
+        amqp_queue_declare_ok_t *ok = amqp_queue_declare(
+            be->conn, MB_AMQP_CTL_CHANNEL, amqp_cstring_bytes(q), 1, 0, 0, 0, amqp_empty_table);
+        char what[300];
+        snprintf(what, sizeof what, "asking for queue '%s'", q);
+        msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn),
+                                             MB_AMQP_CTL_CHANNEL, what, detail, n, lost);
+        if (e == MSGBUS_ERR_NOT_FOUND)
+            snprintf(detail, n, "group '%s' does not exist on topic '%s' (no queue '%s')",
+                     group, op->exchange, q);
+        if (e)
+            return e;
+        if (!ok) {
+            snprintf(detail, n, "%s: no queue.declare-ok from the broker", what);
+            return MSGBUS_ERR_BROKER;
+        }
+        op->ready += ok->message_count;
+        if (ok->consumer_count > op->consumers)
+            op->consumers = ok->consumer_count;
     }
     op->found = true;
-    op->ready = ok->message_count;
-    op->consumers = ok->consumer_count;
     /* The broker counts consumers; this bus's own members of the group
-     * without one right now (paused, or re-subscribing) are members too. */
+     * without one right now (paused, or re-subscribing) are members too
+     * (a partitioned member once, by its partition 0). */
     op->local_members = 0;
     for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next)
-        op->local_members += !bs->removed && !bs->consuming && bs->group &&
+        op->local_members += !bs->removed && !bs->consuming && bs->group && bs->part == 0 &&
                              strcmp(bs->topic, op->exchange) == 0 &&
                              strcmp(bs->group, group) == 0;
     return MSGBUS_OK;
@@ -985,27 +998,39 @@ msgbus_err_t mb_amqp_group_reset_run(struct mb_backend *be, struct mb_amqp_op *o
     const char *group = op->queue + strlen(op->exchange) + 1;
     uint32_t members = op->consumers + op->local_members;
     if (members) {
-        snprintf(detail, n, "group '%s' has %u active member%s on topic '%s' (queue '%s'); "
+        snprintf(detail, n, "group '%s' has %u active member%s on topic '%s' (queue '%s'%s); "
                             "stop %s before resetting it",
                  group, members, members == 1 ? "" : "s", op->exchange, op->queue,
-                 members == 1 ? "it" : "them");
+                 be->conf.partitions > 0 ? ", partitioned" : "", members == 1 ? "it" : "them");
         return MSGBUS_ERR_STATE;
     }
     /* "latest" on a queue: drop everything waiting. Unacked deliveries are
      * not purged, but with no member there are none. A member that starts
      * between the passive declare and the purge loses what the purge drops
      * — AMQP has no way to do both at once. */
-    amqp_queue_purge_ok_t *ok =
-        amqp_queue_purge(be->conn, MB_AMQP_CTL_CHANNEL, amqp_cstring_bytes(op->queue));
-    char what[300];
-    snprintf(what, sizeof what, "purging queue '%s'", op->queue);
-    if ((e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), MB_AMQP_CTL_CHANNEL, what,
-                                 detail, n, lost)))
-        return e;
-    op->purged = ok ? ok->message_count : 0;
+    size_t nq = be->conf.partitions > 0 ? (size_t)be->conf.partitions : 1;
+    op->purged = 0;
+    for (size_t i = 0; i < nq; i++) {
+        char q[256];
+        if (be->conf.partitions > 0)
+            mb_amqp_part_name(op->exchange, group, (long)i, q, sizeof q);
+        else
+            snprintf(q, sizeof q, "%s", op->queue);
+        if (!mb_amqp_ensure_ctl(be, detail, n, lost))
+            return MSGBUS_ERR_CONNECT;
+        amqp_queue_purge_ok_t *ok =
+            amqp_queue_purge(be->conn, MB_AMQP_CTL_CHANNEL, amqp_cstring_bytes(q));
+        char what[300];
+        snprintf(what, sizeof what, "purging queue '%s'", q);
+        if ((e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), MB_AMQP_CTL_CHANNEL,
+                                     what, detail, n, lost)))
+            return e;
+        op->purged += ok ? ok->message_count : 0;
+    }
     mb_log(MSGBUS_LOG_INFO, "amqp: group '%s' on '%s' reset to latest: purged %u message(s) "
-                            "from queue '%s'",
-           group, op->exchange, op->purged, op->queue);
+                            "from queue '%s'%s",
+           group, op->exchange, op->purged, op->queue,
+           be->conf.partitions > 0 ? " (every partition)" : "");
     return MSGBUS_OK;
 }
 

@@ -25,6 +25,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "testutil.h"
 #include "tu_proxy.h"
 
@@ -277,6 +279,32 @@ END_TEST
 
 /* ---- layout ---------------------------------------------------------------------- */
 
+/* A number of the group's entry in msgbus_inspect_json(topic, group). */
+static json_int_t group_field(msgbus_t *bus, const char *topic, const char *group,
+                              const char *field)
+{
+    char *text = NULL;
+    tu_ck_ok(msgbus_inspect_json(bus, topic, group, 5000, &text));
+    json_error_t err;
+    json_t *o = json_loads(text, 0, &err);
+    ck_assert_msg(o, "inspect output does not parse: %s", err.text);
+    json_t *v = tu_json_at(o, "topics.0.groups.0");
+    ck_assert_msg(v && json_integer_value(json_object_get(v, field)) >= 0 &&
+                      json_is_integer(json_object_get(v, field)),
+                  "no %s in %s", field, text);
+    json_int_t r = json_integer_value(json_object_get(v, field));
+    json_decref(o);
+    msgbus_free(text);
+    return r;
+}
+
+static void tu_err_reset_refused(msgbus_t *bus, const char *topic, const char *group)
+{
+    tu_ck_err(msgbus_group_reset(bus, topic, group, "latest"), MSGBUS_ERR_STATE);
+    printf("reset with a member: %s\n", msgbus_last_error());
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "1 active member"));
+}
+
 START_TEST(partition_count_is_fixed_and_keyless_messages_arrive)
 {
     char topic[128], group[128], plain[128];
@@ -329,7 +357,24 @@ START_TEST(partition_count_is_fixed_and_keyless_messages_arrive)
     printf("after the refusals: %d of 30 received, %d keyless\n", got, keyless);
     ck_assert_int_eq(got, 30);
     ck_assert_int_eq(keyless, 15);
+    ck_assert_int_eq(group_field(b3, topic, group, "members"), 1);
+    tu_err_reset_refused(b3, topic, group);
     msgbus_sub_close(s);
+    /* Inspection sums the partitions; a reset purges every one. */
+    for (int i = 0; i < 12; i++) {
+        char k[8];
+        snprintf(k, sizeof k, "k%d", i);
+        tu_publish_str(b0, topic, k, "x");
+    }
+    tu_ck_ok(msgbus_flush(b0, 10000, NULL));
+    json_int_t ready = -1;
+    for (int i = 0; i < 50 && ready != 12; i++, usleep(20000))
+        ready = group_field(b3, topic, group, "ready");
+    ck_assert_int_eq(ready, 12);
+    ck_assert_int_eq(group_field(b3, topic, group, "members"), 0);
+    tu_ck_ok(msgbus_group_reset(b3, topic, group, "latest"));
+    ck_assert_int_eq(group_field(b3, topic, group, "ready"), 0);
+    printf("inspect and reset: 12 ready over 3 partitions, 0 after the reset\n");
     msgbus_close(b0);
     msgbus_close(b2);
     msgbus_close(b3);
