@@ -15,7 +15,10 @@
  *    are refused with MSGBUS_ERR_CONFIG naming the reason, changing
  *    nothing; keyless messages all reach one partition and are delivered;
  *  - capabilities: key_order is claimed with partitions=, not without, and
- *    require=key_order opens.
+ *    require=key_order opens;
+ *  - on a private node without the consistent-hash plugin
+ *    (amqp_private_node.sh), a partitioned group is MSGBUS_ERR_UNSUPPORTED
+ *    naming the plugin, at once the second time; other groups work.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -28,6 +31,7 @@
 #include <jansson.h>
 
 #include "testutil.h"
+#include "tu_amqp.h"
 #include "tu_proxy.h"
 
 enum { KEYS = 60, MEMBERS = 3 };
@@ -401,6 +405,45 @@ START_TEST(key_order_is_claimed_when_partitioned)
 }
 END_TEST
 
+/* ---- without the plugin --------------------------------------------------------- */
+
+/* A private node (amqp_private_node.sh: no plugins at all): a partitioned
+ * group fails with MSGBUS_ERR_UNSUPPORTED naming the plugin and how to
+ * enable it; asking again fails at once, and unpartitioned groups on the
+ * same bus keep working. */
+START_TEST(missing_plugin_is_unsupported_and_says_how_to_enable_it)
+{
+    char url[256], topic[128], group[128];
+    snprintf(url, sizeof url, "amqp://guest:guest@127.0.0.1:%d/?partitions=3", tu_node.port);
+    tu_unique(topic, sizeof topic, "part-noplugin");
+    tu_unique(group, sizeof group, "g");
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, url, NULL));
+    msgbus_sub_t *sub = NULL;
+    int64_t t0 = tu_now_ms();
+    tu_ck_err(msgbus_subscribe(bus, topic, group, &sub), MSGBUS_ERR_UNSUPPORTED);
+    int64_t first = tu_now_ms() - t0;
+    printf("without the plugin (%lld ms): %s\n", (long long)first, msgbus_last_error());
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "rabbitmq_consistent_hash_exchange"));
+    ck_assert_ptr_nonnull(strstr(msgbus_last_error(), "rabbitmq-plugins enable"));
+    t0 = tu_now_ms();
+    tu_ck_err(msgbus_declare(bus, topic, group), MSGBUS_ERR_UNSUPPORTED);
+    int64_t again = tu_now_ms() - t0;
+    printf("declare, again: %lld ms\n", (long long)again);
+    ck_assert_int_lt(first, 5000);
+    ck_assert_int_lt(again, 100);
+    /* Broadcast subscriptions need no plugin. */
+    tu_ck_ok(msgbus_subscribe(bus, topic, NULL, &sub));
+    tu_publish_str(bus, topic, "k", "hello");
+    tu_ck_ok(msgbus_flush(bus, 10000, NULL));
+    msgbus_msg_t *m = tu_receive(sub, 10000);
+    ck_assert_ptr_nonnull(m);
+    msgbus_msg_free(m);
+    msgbus_sub_close(sub);
+    msgbus_close(bus);
+}
+END_TEST
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -413,6 +456,12 @@ int main(void)
     tcase_add_test(tc, partition_count_is_fixed_and_keyless_messages_arrive);
     tcase_add_test(tc, three_members_share_six_partitions);
     tcase_add_test(tc, members_closing_and_dying_hand_over_without_loss);
+    tcase_add_test(tc, missing_plugin_is_unsupported_and_says_how_to_enable_it);
     suite_add_tcase(s, tc);
-    return tu_run_suite(s);
+    /* Slot 3 (tu_amqp.h): ports of their own next to the other programs'. */
+    if (!tu_node_start("amqp-partitions", 3, "plain"))
+        return 1;
+    int rc = tu_run_suite(s);
+    tu_node_stop();
+    return rc;
 }
