@@ -204,6 +204,12 @@ MB_HIDDEN void mb_bus_confirm_batch(msgbus_t *bus, struct mb_confirm *const *tok
 /* Message id and topic the token was published with (for backends that
  * need them when the confirm arrives; valid until mb_bus_confirm). */
 MB_HIDDEN const char *mb_confirm_topic(const struct mb_confirm *token);
+/* A backend that sends a message's payload in place holds the message
+ * (mb_msg_hold) until the broker's report, keeping it on the token; unhold
+ * gives it back (NULL: none, or no token) for the backend to release with
+ * msgbus_msg_free before it reports the outcome. */
+MB_HIDDEN void mb_confirm_hold(struct mb_confirm *token, msgbus_msg_t *held);
+MB_HIDDEN msgbus_msg_t *mb_confirm_unhold(struct mb_confirm *token);
 
 /* A new received message for subscription `sub`: topic and group set from
  * the sub, attempt = 1, state RECEIVED, holding a reference on the sub.

@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -282,6 +283,14 @@ static void mb_kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *
 {
     struct mb_backend *be = opaque;
     struct mb_confirm *token = rkm->_private;
+    /* librdkafka is done with a payload it sent in place: let go of the
+     * message (mb_kafka_publish; a tagged pointer when there is no token). */
+    if ((uintptr_t)token & 1) {
+        msgbus_msg_free((msgbus_msg_t *)((uintptr_t)token & ~(uintptr_t)1));
+        token = NULL;
+    } else {
+        msgbus_msg_free(mb_confirm_unhold(token));
+    }
     if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         /* Free: librdkafka timestamped the message when it was produced.
          * Successes only: the histogram's count is the confirmed count. */
@@ -449,6 +458,12 @@ static void *mb_kafka_poll_main(void *arg)
  * as often while its broker thread filled that queue. */
 #define MB_KAFKA_SERVE_EVERY 1024
 
+/* Payloads from this size on are sent in place (the message held until its
+ * report) instead of copied by librdkafka: below it the copy goes into the
+ * allocation librdkafka makes for the message anyway and costs less than
+ * holding (docs/kafka.md, "Publishing"). */
+#define MB_KAFKA_IN_PLACE 512
+
 /* ops->flush: librdkafka sends on its own; what a flush changes is who
  * waits for the reports. The core then waits for the confirms itself. */
 static msgbus_err_t mb_kafka_flush(struct mb_backend *be, int timeout_ms)
@@ -507,21 +522,38 @@ static msgbus_err_t mb_kafka_publish(struct mb_backend *be, const char *topic,
     rd_kafka_headers_t *hdrs = r.hdrs;
     rd_kafka_resp_err_t err;
     bool refreshed = false;
+    /* The value without a copy where one can be saved: a payload of
+     * MB_KAFKA_IN_PLACE bytes or more is sent in place, the message held
+     * until its report (smaller ones librdkafka copies into the allocation
+     * it makes anyway); the structured event's JSON is handed over. */
+    int flags = RD_KAFKA_MSG_F_COPY;
+    void *opq = token;
+    msgbus_msg_t *held = NULL;
+    if (r.json) {
+        flags = RD_KAFKA_MSG_F_FREE;
+    } else if (r.value == m->payload && r.len >= MB_KAFKA_IN_PLACE) {
+        flags = 0;
+        held = mb_msg_hold(m);
+        if (token)
+            mb_confirm_hold(token, held);
+        else
+            opq = (void *)((uintptr_t)held | 1);
+    }
     for (int attempt = 0;; attempt++) {
         rd_kafka_t *rk = be->producer;
         rd_kafka_topic_t *rkt = mb_kafka_topic(be, rk, topic, strlen(topic));
         if (rkt)
             err = rd_kafka_producev(
-                rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_MSGFLAGS(flags),
                 RD_KAFKA_V_VALUE((void *)r.value, r.len),
                 RD_KAFKA_V_KEY((void *)m->key, m->key_len), RD_KAFKA_V_HEADERS(hdrs),
-                RD_KAFKA_V_TIMESTAMP(m->timestamp), RD_KAFKA_V_OPAQUE(token), RD_KAFKA_V_END);
+                RD_KAFKA_V_TIMESTAMP(m->timestamp), RD_KAFKA_V_OPAQUE(opq), RD_KAFKA_V_END);
         else
             err = rd_kafka_producev(
-                rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(flags),
                 RD_KAFKA_V_VALUE((void *)r.value, r.len),
                 RD_KAFKA_V_KEY((void *)m->key, m->key_len), RD_KAFKA_V_HEADERS(hdrs),
-                RD_KAFKA_V_TIMESTAMP(m->timestamp), RD_KAFKA_V_OPAQUE(token), RD_KAFKA_V_END);
+                RD_KAFKA_V_TIMESTAMP(m->timestamp), RD_KAFKA_V_OPAQUE(opq), RD_KAFKA_V_END);
         /* "Unknown topic" from librdkafka's cache: on a cluster that can be
          * a broker that had not heard of a new topic yet. Ask again
          * (twice at most, on this one error path) before believing it. */
@@ -542,13 +574,16 @@ static msgbus_err_t mb_kafka_publish(struct mb_backend *be, const char *topic,
             nanosleep(&ts, NULL);
         }
     }
-    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) { /* librdkafka owns hdrs now */
-        free(r.json);                        /* copied (RD_KAFKA_MSG_F_COPY) */
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) { /* librdkafka owns hdrs (and the JSON) now */
         if ((atomic_fetch_add(&be->published, 1) & (MB_KAFKA_SERVE_EVERY - 1)) == 0)
             mb_kafka_serve_now(be);
         return MSGBUS_OK;
     }
     mb_kafka_record_clear(&r);
+    if (held) { /* refused: librdkafka keeps nothing */
+        mb_confirm_unhold(token);
+        msgbus_msg_free(held);
+    }
     switch (err) {
     case RD_KAFKA_RESP_ERR__QUEUE_FULL:
         /* Make room: the queue empties as reports are served. */

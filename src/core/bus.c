@@ -206,6 +206,19 @@ const char *mb_confirm_topic(const struct mb_confirm *token)
     return token ? token->topic : NULL;
 }
 
+void mb_confirm_hold(struct mb_confirm *token, msgbus_msg_t *held)
+{
+    token->held = held;
+}
+
+msgbus_msg_t *mb_confirm_unhold(struct mb_confirm *token)
+{
+    msgbus_msg_t *m = token ? token->held : NULL;
+    if (m)
+        token->held = NULL;
+    return m;
+}
+
 const char *mb_bus_url(const msgbus_t *bus)
 {
     return bus->url->redacted;
@@ -534,6 +547,7 @@ static msgbus_err_t mb_publish_token(msgbus_t *bus, const char *topic, size_t to
         token->opaque = opaque;
         token->internal = false;
         token->span = span;
+        token->held = NULL;
     }
     msgbus_err_t e = bus->ops->publish(bus->be, topic, m, token);
     if (e != MSGBUS_OK) {

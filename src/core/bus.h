@@ -89,6 +89,9 @@ struct mb_confirm {
     void *span;
     /* The slab the token was cut from (bus.c), NULL for one of its own. */
     struct mb_token_slab *slab;
+    /* The message a backend sends in place (mb_msg_hold), released by the
+     * backend when the broker's report comes. NULL: none. */
+    msgbus_msg_t *held;
 };
 
 struct msgbus_sub {

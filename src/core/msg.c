@@ -25,12 +25,41 @@ static void mb_free_id(msgbus_msg_t *m)
     m->id = NULL;
 }
 
+struct mb_retired {
+    struct mb_retired *next;
+    void *payload;
+};
+
+/* Lets go of the payload. One a backend still sends in place (the message
+ * is held: mb_msg_hold) is kept until the message itself is freed; an
+ * inline payload lives in the message's allocation anyway. */
 static void mb_free_payload(msgbus_msg_t *m)
 {
-    if (m->payload != mb_empty && !m->payload_borrowed && !m->payload_inline)
-        free(m->payload);
+    if (m->payload != mb_empty && !m->payload_borrowed && !m->payload_inline) {
+        struct mb_retired *r;
+        if (!m->sub && atomic_load_explicit(&m->refs, memory_order_acquire) > 1 &&
+            (r = malloc(sizeof *r))) {
+            r->payload = m->payload;
+            r->next = m->retired;
+            m->retired = r;
+        } else if (!m->sub && atomic_load_explicit(&m->refs, memory_order_acquire) > 1) {
+            /* No memory to remember it: leaking it is safe, freeing not. */
+        } else {
+            free(m->payload);
+        }
+    }
     m->payload = mb_empty;
     m->payload_borrowed = m->payload_inline = false;
+}
+
+static void mb_free_retired(msgbus_msg_t *m)
+{
+    while (m->retired) {
+        struct mb_retired *r = m->retired;
+        m->retired = r->next;
+        free(r->payload);
+        free(r);
+    }
 }
 
 /* Sets m->id to a copy of `id` in idbuf when it fits; false on no memory. */
@@ -196,12 +225,18 @@ MSGBUS_API void msgbus_msg_free(msgbus_msg_t *m)
      * span for it ends (the broker delivers it again). */
     if (m->hook_armed && m->sub && atomic_load(&m->state) == MB_MSG_RECEIVED)
         mb_stats_settled(m, MSGBUS_SETTLED_NONE);
-    if (m->sub && atomic_fetch_sub(&m->refs, 1) != 1)
-        return; /* the core still holds it (retry timer, dead letter) */
+    /* The core may still hold it (retry timer, dead letter), or a backend
+     * sending its payload in place; an application's message nobody else
+     * holds skips the atomic step. */
+    if ((m->sub || atomic_load_explicit(&m->refs, memory_order_acquire) != 1) &&
+        atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) != 1)
+        return;
     bool embedded = m->embedded;
     if (m->sub && !embedded)
         mb_sub_msg_released(m); /* backend release hook + sub reference */
     mb_free_payload(m);
+    if (m->retired)
+        mb_free_retired(m);
     /* Most messages have neither: skip the calls. */
     if (m->key)
         free(m->key);

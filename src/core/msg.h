@@ -86,17 +86,32 @@ struct msgbus_msg {
     bool hook_armed;
     void *hook_span;
 
-    /* Received messages only: references. The application's handle is one;
-     * the core takes more while a nacked message waits for its retry or a
-     * dead letter waits for its confirm (mb_msg_ref). msgbus_msg_free drops
-     * one and frees at zero. */
+    /* References. The application's handle is one; the core takes more
+     * while a nacked message waits for its retry or a dead letter waits for
+     * its confirm (mb_msg_ref), and a backend that sends the payload in
+     * place takes one until the broker's report (mb_msg_hold).
+     * msgbus_msg_free drops one and frees at zero. */
     _Atomic int refs;
+    /* Payloads replaced (msgbus_msg_set_payload) while a backend still
+     * sends the old one in place: freed with the message. */
+    struct mb_retired *retired;
 };
 
 /* Takes one more reference on a received message. */
 static inline void mb_msg_ref(msgbus_msg_t *m)
 {
     atomic_fetch_add(&m->refs, 1);
+}
+
+/* A backend that hands the payload to its client library in place (no
+ * copy) holds the message until the library is done with it; release with
+ * msgbus_msg_free. The payload bytes stay valid meanwhile, even if the
+ * application replaces the payload or frees the message. */
+static inline msgbus_msg_t *mb_msg_hold(const msgbus_msg_t *m)
+{
+    msgbus_msg_t *w = (msgbus_msg_t *)m; /* the count is not the message's value */
+    atomic_fetch_add_explicit(&w->refs, 1, memory_order_relaxed);
+    return w;
 }
 
 /* An empty message with no id (for received messages and clones). */
