@@ -1055,11 +1055,13 @@ msgbus_err_t mb_amqp_inspect_run(struct mb_backend *be, struct mb_amqp_op *op, c
  * first member would hold every partition, so each member also gives
  * partitions away: every rebalance_ms it counts the members (the consumers
  * on partition 0) and the partitions it received from since the last
- * round; past its share, ceil(N / members), it gives one away. Giving away
- * is draining first — what the application has not received yet is taken
+ * round; past its share, ceil(N / members), it gives one away — one of
+ * which the application holds no message right now. Giving away is
+ * draining first — what the application has not received yet is taken
  * back from the subscription, whatever else arrives is kept unacked — until
- * the application has settled every message of that partition it got (at
- * most 5 rounds), then closing the partition's channel: the broker puts the
+ * the application has settled every message of that partition it got (one
+ * it received just before the take-back; at most 5 rounds), then closing
+ * the partition's channel: the broker puts the
  * unacked messages back at the head of the queue before the next member in
  * line gets any, so order holds across the hand-over. The partition is then
  * consumed again at the end of the line. A member that is then past its
@@ -1165,6 +1167,7 @@ struct mb_amqp_drop_arg {
     int64_t epoch;
     int32_t part;
     size_t n;
+    bool drop; /* false: count only */
 };
 
 static bool mb_amqp_of_child(const msgbus_msg_t *m, void *arg)
@@ -1173,14 +1176,24 @@ static bool mb_amqp_of_child(const msgbus_msg_t *m, void *arg)
     if (m->offset != a->epoch || m->partition != a->part)
         return false;
     a->n++;
-    return true;
+    return a->drop;
+}
+
+/* How many of child c's messages the application holds right now
+ * (received, not settled): those handed over minus those still waiting in
+ * the subscription. */
+static long mb_amqp_app_holds(struct mb_backend_sub *c)
+{
+    struct mb_amqp_drop_arg a = {c->epoch, c->part, 0, false};
+    mb_sub_drop(c->sub, mb_amqp_of_child, &a);
+    return c->in_app - (long)a.n;
 }
 
 /* Starts giving child `c` away: what the application has not received
  * yet is taken back (still unacked: the channel's close returns it). */
 static void mb_amqp_drain_start(struct mb_backend_sub *c)
 {
-    struct mb_amqp_drop_arg a = {c->epoch, c->part, 0};
+    struct mb_amqp_drop_arg a = {c->epoch, c->part, 0, true};
     mb_sub_drop(c->sub, mb_amqp_of_child, &a);
     c->in_app -= (long)a.n;
     if (c->in_app < 0)
@@ -1252,12 +1265,15 @@ static bool mb_amqp_balance(struct mb_backend *be, struct mb_backend_sub *bs)
     size_t share = mb_amqp_part_share(bs->nchildren, members);
     mb_log(MSGBUS_LOG_DEBUG, "amqp: balancing '%s': %zu member(s), share %zu, receiving from %zu",
            bs->queue, members, share, held);
-    /* One at a time, the highest-numbered first: every member does the
-     * same, so the lines on the queues stay predictable. */
+    /* One at a time, the highest-numbered first (every member does the
+     * same, so the lines on the queues stay predictable), and only one
+     * whose messages the application holds none of: a message being
+     * worked on is never handed to another member meanwhile. */
     if (held > share)
         for (size_t i = bs->nchildren; i-- > 0;) {
             struct mb_backend_sub *c = bs->children[i];
-            if (c->channel && c->consuming && !c->draining && c->recent > 0) {
+            if (c->channel && c->consuming && !c->draining && c->recent > 0 &&
+                mb_amqp_app_holds(c) <= 0) {
                 mb_amqp_drain_start(c);
                 break;
             }
