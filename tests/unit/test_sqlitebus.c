@@ -49,6 +49,19 @@ static void file_rm(const struct file *f)
     unlink(p);
 }
 
+/* The number a payload holds (payloads carry no NUL terminator). */
+static int payload_int(const msgbus_msg_t *m)
+{
+    size_t len;
+    const char *p = msgbus_msg_payload(m, &len);
+    char buf[32];
+    if (len >= sizeof buf)
+        return -1;
+    memcpy(buf, p, len);
+    buf[len] = 0;
+    return atoi(buf);
+}
+
 static msgbus_t *open_bus(const char *url)
 {
     msgbus_t *bus = NULL;
@@ -195,8 +208,7 @@ static void consumer(const char *url, const char *topic, const char *group, int 
         msgbus_msg_t *m = NULL;
         if (msgbus_receive(sub, 1000, &m))
             continue;
-        size_t len;
-        int n = atoi((const char *)msgbus_msg_payload(m, &len));
+        int n = payload_int(m);
         if (n % 7 == 0) {
             report(fd, 'h', n); /* kept, never settled */
             continue;
@@ -323,8 +335,7 @@ START_TEST(sigkill_of_producer_and_consumer_loses_nothing_confirmed)
         msgbus_msg_t *m = tu_receive(sub, received ? 3000 : 15000);
         if (!m)
             break;
-        size_t len;
-        int n = atoi(msgbus_msg_payload(m, &len));
+        int n = payload_int(m);
         ck_assert_int_lt(n, CRASH_MAX);
         if (got[n])
             dup++;
@@ -477,8 +488,7 @@ START_TEST(retain_keeps_the_last_n_acked_for_replay)
     for (int i = 15; i < 20; i++) {
         msgbus_msg_t *m = tu_receive(sub, 5000);
         ck_assert_ptr_nonnull(m);
-        size_t len;
-        ck_assert_int_eq(atoi(msgbus_msg_payload(m, &len)), i);
+        ck_assert_int_eq(payload_int(m), i);
         tu_ck_ok(msgbus_ack(m));
         msgbus_msg_free(m);
     }
@@ -598,8 +608,8 @@ START_TEST(outbox_relays_into_sqlite_bus)
             msgbus_msg_t *m = NULL;
             if (msgbus_receive(s, 20000, &m))
                 _exit(5);
-            size_t len, klen;
-            int n = atoi(msgbus_msg_payload(m, &len));
+            size_t klen;
+            int n = payload_int(m);
             const char *k = msgbus_msg_key(m, &klen);
             (void)klen;
             int key = k ? k[1] - '0' : -1;
