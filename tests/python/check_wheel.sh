@@ -43,6 +43,7 @@ print("wheel: bundles msgbus/libmsgbus.so.0 and", ext[0] + ",", len(names), "fil
 PY
 listing=$(tar tzf "$sdist") # (grep -q on a pipe would cut tar short under pipefail)
 grep -q 'msgbus-.*/src/msgbus/_core.py' <<<"$listing" || { echo "check_wheel: sdist lacks the package" >&2; exit 1; }
+grep -q 'msgbus-.*/src/msgbus/_speedups.c' <<<"$listing" || { echo "check_wheel: sdist lacks _speedups.c" >&2; exit 1; }
 python3 -m venv "$tmp/venv"
 "$tmp/venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$wheel"
 env -u MSGBUS_LIBRARY -u MSGBUS_BUILD_DIR -u MSGBUS_PREFIX -u PYTHONPATH \

@@ -231,3 +231,35 @@ def test_publish_keeps_the_class_and_its_overrides() -> None:
             bus.publish("no good", b"x")
         with pytest.raises(TypeError):
             bus.publish(topic)  # type: ignore[call-arg]
+
+
+def test_reports_served_outside_the_binding_settle_on_that_thread() -> None:
+    """A confirm served by libmsgbus's own poll on another thread (as the
+    C outbox relay's thread does on the bus it relays into) settles its
+    Delivery there and then, and runs its done-callbacks on that thread."""
+    import ctypes
+    import time
+
+    from msgbus import _lib
+    topic = unique("sp-foreign")
+    with msgbus.Bus("mem://sp-foreign") as bus:
+        ran_on = []
+        d = bus.publish(topic, b"x")
+        d.add_done_callback(lambda _d: ran_on.append(threading.get_ident()))
+        lib = _lib.load()
+        seen = {}
+
+        def foreign() -> None:
+            seen["thread"] = threading.get_ident()
+            served = ctypes.c_int()
+            deadline = time.monotonic() + 10
+            while not d.done() and time.monotonic() < deadline:
+                assert lib.msgbus_poll(bus._ptr, 100, ctypes.byref(served)) == 0
+            seen["done_there"] = d.done()
+
+        t = threading.Thread(target=foreign)
+        t.start()
+        t.join()
+        assert seen["done_there"] is True
+        assert ran_on == [seen["thread"]]
+        assert d.result(0) == d.message_id

@@ -191,7 +191,7 @@ def _delivery_cb() -> Any:
 def _drain(rq: Any) -> None:
     """Finishes the Deliveries whose reports the compiled callback queued
     (during the poll, flush or close that just returned), in order."""
-    rq.finish(_pending)
+    rq.finish()
 
 
 class Delivery:
@@ -874,7 +874,7 @@ class Bus:
         self._otel_attrs: Any = None  # the tracer's per-bus attributes (msgbus.otel)
         # The compiled paths' queue of this bus's delivery reports (None:
         # ctypes callbacks); kept until the object goes (close may fill it).
-        self._rq: Any = _sp.Reports() if _speedups_init() else None
+        self._rq: Any = _sp.Reports(_pending) if _speedups_init() else None
         if self._rq is not None:
             # Live received messages, for close: id -> weakref, filled by
             # the compiled take and emptied by Message.__del__.

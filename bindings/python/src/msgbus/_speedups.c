@@ -12,8 +12,10 @@
  *
  * Delivery reports: publish() hands libmsgbus a C callback that appends
  * (token, status, error) to the bus's Reports queue under its mutex,
- * without the GIL; Bus.poll/flush/close take them with drain() after the
- * C call returns and finish their Deliveries in Python, in order. */
+ * without the GIL, when served by poll() or flush() here; Bus.poll and
+ * Bus.flush settle them (Reports.finish) once the C call returns, in
+ * order, on that thread. Served on any other thread, a report is settled
+ * there at once, with the GIL (as a ctypes callback would be). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
@@ -110,7 +112,18 @@ struct queue {
     pthread_mutex_t mu;
     struct entry *v;
     size_t n, cap;
+    PyObject *pending; /* token -> Delivery (_core._pending); a strong reference */
 };
+
+/* Set while this thread is inside poll() or flush() below: reports
+ * served then are queued and settled by the caller once the call
+ * returns. A report served on any other thread (msgbus_close through
+ * ctypes, or the C outbox relay's thread polling the bus) is settled at
+ * once on that thread, as the ctypes path's callback does. */
+static _Thread_local int serving;
+
+static void finish_entries(struct entry *v, size_t n, PyObject *pending);
+static void finish_queue(struct queue *q);
 
 typedef struct {
     PyObject_HEAD
@@ -149,12 +162,21 @@ static void on_report(void *opaque, const report_t *r)
     q->n++;
     pthread_mutex_unlock(&q->mu);
     free(o);
+    if (!serving && Py_IsInitialized()) {
+        PyGILState_STATE g = PyGILState_Ensure();
+        finish_queue(q);
+        PyGILState_Release(g);
+    }
 }
 
 static PyObject *Reports_new(PyTypeObject *t, PyObject *a, PyObject *k)
 {
-    (void)a;
-    (void)k;
+    PyObject *pending;
+    if (k || !PyArg_ParseTuple(a, "O!:Reports", &PyDict_Type, &pending)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "Reports(pending: dict)");
+        return NULL;
+    }
     Reports *self = (Reports *)t->tp_alloc(t, 0);
     if (!self)
         return NULL;
@@ -164,6 +186,8 @@ static PyObject *Reports_new(PyTypeObject *t, PyObject *a, PyObject *k)
         return PyErr_NoMemory();
     }
     pthread_mutex_init(&self->q->mu, NULL);
+    Py_INCREF(pending);
+    self->q->pending = pending;
     return (PyObject *)self;
 }
 
@@ -176,55 +200,11 @@ static void Reports_dealloc(Reports *self)
         for (size_t i = 0; i < q->n; i++)
             free(q->v[i].error);
         free(q->v);
+        Py_XDECREF(q->pending);
         pthread_mutex_destroy(&q->mu);
         free(q);
     }
     Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-/* drain() -> list of (token, status, error bytes or None), or None. */
-static PyObject *Reports_drain(Reports *self, PyObject *unused)
-{
-    (void)unused;
-    struct queue *q = self->q;
-    struct entry *v;
-    size_t n;
-    pthread_mutex_lock(&q->mu);
-    v = q->v;
-    n = q->n;
-    if (n) {
-        q->v = NULL;
-        q->n = q->cap = 0;
-    }
-    pthread_mutex_unlock(&q->mu);
-    if (!n)
-        Py_RETURN_NONE;
-    PyObject *list = PyList_New((Py_ssize_t)n);
-    size_t i = 0;
-    if (list) {
-        for (; i < n; i++) {
-            PyObject *err;
-            if (v[i].error) {
-                err = PyBytes_FromString(v[i].error);
-            } else {
-                err = Py_None;
-                Py_INCREF(err);
-            }
-            PyObject *t = err ? Py_BuildValue("(KiN)", (unsigned long long)v[i].token,
-                                              v[i].status, err)
-                              : NULL;
-            if (!t) {
-                Py_CLEAR(list);
-                break;
-            }
-            PyList_SET_ITEM(list, (Py_ssize_t)i, t);
-            free(v[i].error);
-        }
-    }
-    for (; i < n; i++)
-        free(v[i].error);
-    free(v);
-    return list;
 }
 
 static PyObject *get_slot(PyObject *descr, PyObject *obj)
@@ -238,13 +218,16 @@ static PyObject *get_slot(PyObject *descr, PyObject *obj)
  * anything else by its own _finish(status, error). Delivery.add_done_callback
  * re-checks _status after adding its callback, so a callback added while
  * this runs is not lost (see there). Errors go to sys.unraisablehook. */
-static PyObject *Reports_finish(Reports *self, PyObject *pending)
+static PyObject *Reports_finish(Reports *self, PyObject *unused)
 {
-    if (!PyDict_Check(pending)) {
-        PyErr_SetString(PyExc_TypeError, "finish(pending: dict)");
-        return NULL;
-    }
-    struct queue *q = self->q;
+    (void)unused;
+    finish_queue(self->q);
+    Py_RETURN_NONE;
+}
+
+/* Takes the queued reports and settles them (with the GIL). */
+static void finish_queue(struct queue *q)
+{
     struct entry *v;
     size_t n;
     pthread_mutex_lock(&q->mu);
@@ -255,6 +238,14 @@ static PyObject *Reports_finish(Reports *self, PyObject *pending)
         q->n = q->cap = 0;
     }
     pthread_mutex_unlock(&q->mu);
+    if (n)
+        finish_entries(v, n, q->pending);
+}
+
+static void finish_entries(struct entry *v, size_t n, PyObject *pending)
+{
+    PyObject *exc_type, *exc_val, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_val, &exc_tb);
     for (size_t i = 0; i < n; i++) {
         PyObject *key = PyLong_FromUnsignedLongLong(v[i].token);
         PyObject *d = key ? PyDict_GetItemWithError(pending, key) : NULL;
@@ -298,15 +289,12 @@ static PyObject *Reports_finish(Reports *self, PyObject *pending)
         Py_DECREF(d);
     }
     free(v);
-    Py_RETURN_NONE;
+    PyErr_Restore(exc_type, exc_val, exc_tb);
 }
 
 static PyMethodDef Reports_methods[] = {
-    {"finish", (PyCFunction)Reports_finish, METH_O,
-     "finish(pending): settles the Deliveries of the reports queued since the last call."},
-    {"drain", (PyCFunction)Reports_drain, METH_NOARGS,
-     "The delivery reports queued since the last drain: a list of "
-     "(token, status, error bytes or None), or None when there are none."},
+    {"finish", (PyCFunction)Reports_finish, METH_NOARGS,
+     "finish(): settles the Deliveries of the reports queued since the last call."},
     {NULL, NULL, 0, NULL}};
 
 static PyTypeObject ReportsType = {
@@ -877,7 +865,9 @@ static PyObject *sp_poll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     int served = 0;
     msgbus_err_t e;
     Py_BEGIN_ALLOW_THREADS
+    serving = 1;
     e = fn.poll(bus, (int)ms, &served);
+    serving = 0;
     Py_END_ALLOW_THREADS
     return Py_BuildValue("(ii)", e, served);
 }
@@ -901,7 +891,9 @@ static PyObject *sp_flush(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     size_t failed = 0;
     msgbus_err_t e;
     Py_BEGIN_ALLOW_THREADS
+    serving = 1;
     e = fn.flush(bus, (int)ms, &failed);
+    serving = 0;
     Py_END_ALLOW_THREADS
     return Py_BuildValue("(in)", e, (Py_ssize_t)failed);
 }
