@@ -708,6 +708,9 @@ size_t mb_sub_drop(msgbus_sub_t *sub, bool (*pred)(const msgbus_msg_t *, void *)
     sub->tail = prev;
     sub->qlen -= n;
     long unwork = mb_sub_work(sub, n);
+    /* Parked behind a retry (not counted as work): dropped too, else a
+     * revoked partition's messages would wait there for the hold's end. */
+    n += mb_holds_drop(sub, pred, arg, &dropped);
     pthread_mutex_unlock(&sub->mu);
     if (unwork)
         mb_work_sub(sub->bus, unwork);

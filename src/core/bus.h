@@ -271,6 +271,10 @@ MB_HIDDEN void mb_retry_policy_free(struct mb_retry_policy *p);
 MB_HIDDEN size_t mb_hold_filter(msgbus_sub_t *sub, msgbus_msg_t **first, msgbus_msg_t **last);
 /* Frees the holds of a closing subscription (their messages released). */
 MB_HIDDEN void mb_holds_free(msgbus_sub_t *sub);
+/* Under sub->mu: moves the parked messages `pred` picks onto *dropped
+ * (linked by next) and returns how many. */
+MB_HIDDEN size_t mb_holds_drop(msgbus_sub_t *sub, bool (*pred)(const msgbus_msg_t *, void *),
+                               void *arg, msgbus_msg_t **dropped);
 /* An internal confirm (token->internal) reached the core. */
 MB_HIDDEN void mb_retry_confirmed(msgbus_t *bus, struct mb_confirm *token);
 /* Stops the worker at bus close (after the subs closed and the flush). */

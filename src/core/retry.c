@@ -160,6 +160,50 @@ static void mb_hold_park(struct mb_hold *h, msgbus_msg_t *m)
     h->nparked++;
 }
 
+/* Takes the parked message with id `id` out of `h` (NULL: none). */
+static msgbus_msg_t *mb_hold_unpark_id(struct mb_hold *h, const char *id)
+{
+    msgbus_msg_t *prev = NULL;
+    for (msgbus_msg_t *p = h->ph; p; prev = p, p = p->next) {
+        if (!p->id || strcmp(p->id, id) != 0)
+            continue;
+        if (prev)
+            prev->next = p->next;
+        else
+            h->ph = p->next;
+        if (h->pt == p)
+            h->pt = prev;
+        p->next = NULL;
+        h->nparked--;
+        return p;
+    }
+    return NULL;
+}
+
+size_t mb_holds_drop(msgbus_sub_t *sub, bool (*pred)(const msgbus_msg_t *, void *), void *arg,
+                     msgbus_msg_t **dropped)
+{
+    size_t n = 0;
+    for (struct mb_hold *h = sub->holds; h; h = h->next) {
+        msgbus_msg_t **pp = &h->ph, *prev = NULL;
+        while (*pp) {
+            msgbus_msg_t *m = *pp;
+            if (pred(m, arg)) {
+                *pp = m->next;
+                m->next = *dropped;
+                *dropped = m;
+                h->nparked--;
+                n++;
+            } else {
+                prev = m;
+                pp = &m->next;
+            }
+        }
+        h->pt = prev;
+    }
+    return n;
+}
+
 static bool mb_hold_awaits(const struct mb_hold *h, const char *id)
 {
     for (size_t i = 0; i < h->nawait; i++)
@@ -499,7 +543,18 @@ static void mb_run_retry(struct mb_retry_worker *w, struct mb_job *j)
         struct mb_hold *h = mb_hold_find(sub, m->key, m->key_len);
         if (h)
             h->pending--;
-        if (h && m->id) {
+        msgbus_msg_t *back = h && m->id ? mb_hold_unpark_id(h, m->id) : NULL;
+        if (back) {
+            /* It is back already: the backend delivered it again before
+             * the timer fired (a connection lost and made again gives
+             * everything unsettled back). That copy is the return; it
+             * goes first, the rest after it once the hold ends. */
+            back->next = h->ph;
+            h->ph = back;
+            if (!h->pt)
+                h->pt = back;
+            h->nparked++;
+        } else if (h && m->id) {
             char *id = mb_strdup(m->id);
             if (id && h->nawait == h->cap) {
                 size_t cap = h->cap ? h->cap * 2 : 2;
