@@ -1157,8 +1157,8 @@ MSGBUS_API void msgbus_close(msgbus_t *bus)
     long left = atomic_load(&bus->outstanding);
     if (e == MSGBUS_ERR_TIMEOUT)
         mb_log(MSGBUS_LOG_ERROR,
-               "closing %s with %ld message(s) unconfirmed after %ld ms: they are reported as "
-               "MSGBUS_ERR_CLOSED",
+               "closing %s with %ld message(s) unconfirmed after %ld ms: each gets its report "
+               "now, MSGBUS_ERR_CLOSED unless the backend knows its outcome",
                bus->url->redacted, left, bus->close_timeout_ms);
     mb_retry_stop(bus);
     bus->ops->close(bus->be);
