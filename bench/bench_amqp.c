@@ -33,6 +33,8 @@
  * snapshots are built; for persistent_64B_stats that includes the wait for
  * confirms), summed over the case's msgbus runs:
  *   INFO case=<name> stats_callbacks=<n> last_snapshot_bytes=<n> poll_ms=<ms>
+ * partitioned_publish_64B / partitioned_consume_64B compare msgbus with
+ * itself: a partitioned group against an unpartitioned one (below).
  */
 #include <amqp.h>
 #include <amqp_ssl_socket.h>
@@ -392,7 +394,7 @@ static double msgbus_consume(const char *url, const char *topic, size_t n, bool 
 }
 
 static double msgbus_run(const char *url, const char *topic, size_t n, size_t size,
-                         bool stats)
+                         bool stats, bool keyed)
 {
     char full[1024], opt[64];
     snprintf(opt, sizeof opt, "confirm_window=%d", WINDOW);
@@ -408,6 +410,12 @@ static double msgbus_run(const char *url, const char *topic, size_t n, size_t si
         /* A fresh message each time, as an application would (new id). */
         if (msgbus_msg_new(&m, body, size) != MSGBUS_OK)
             die("msgbus_msg_new", msgbus_last_error());
+        if (keyed) {
+            char k[16];
+            int kl = snprintf(k, sizeof k, "k%zu", i % 1000);
+            if (msgbus_msg_set_key(m, k, (size_t)kl) != MSGBUS_OK)
+                die("msgbus_msg_set_key", msgbus_last_error());
+        }
         msgbus_err_t e;
         while ((e = msgbus_publish(bus, topic, m, NULL, NULL)) == MSGBUS_ERR_QUEUE_FULL)
             msgbus_poll(bus, 1, NULL);
@@ -487,6 +495,84 @@ static void consume_case(const char *url, const struct amqp_connection_info *ci,
     amqp_destroy_connection(admin);
 }
 
+/* partitioned_publish_64B / partitioned_consume_64B: msgbus against
+ * itself — a group of partitions=4 (docs/amqp.md "Partitioned groups")
+ * against an unpartitioned one, same run, alternating who goes first; 1000
+ * keys. Publish: to the topic whose group it is (the consistent-hash
+ * exchange is the extra hop). Consume: one member receives and acks n
+ * messages already waiting (over the 4 partition queues, each with its own
+ * channel and prefetch). Groups are emptied with msgbus_group_reset before
+ * each run. Prints
+ *   RESULT case=<name> partitioned=<msg/s> unpartitioned=<msg/s> ratio=<p/u> */
+static void bench_reset(const char *url, const char *topic)
+{
+    msgbus_t *bus = bench_open(url, false);
+    if (msgbus_group_reset(bus, topic, "bench", "latest") != MSGBUS_OK)
+        die("msgbus_group_reset", msgbus_last_error());
+    msgbus_close(bus);
+}
+
+static void partitioned_case(const char *url, const struct amqp_connection_info *ci,
+                             bool consume, size_t n, int rounds)
+{
+    const char *name = consume ? "partitioned_consume_64B" : "partitioned_publish_64B";
+    char purl[1100], topic[2][128];
+    url_plus(purl, sizeof purl, url, "partitions=4");
+    const char *urls[2] = {url, purl};
+    for (int side = 0; side < 2; side++) {
+        snprintf(topic[side], sizeof topic[side], "bench-amqp-%d-%s%d", (int)getpid(),
+                 consume ? "pc" : "pp", side);
+        msgbus_t *bus = bench_open(urls[side], false);
+        if (msgbus_declare(bus, topic[side], "bench") != MSGBUS_OK)
+            die("msgbus_declare", msgbus_last_error());
+        msgbus_close(bus);
+    }
+    double rate[2][16], ratio[16];
+    for (int r = 0; r < rounds; r++) {
+        for (int i = 0; i < 2; i++) {
+            int side = (r % 2 == 0) == (i == 0); /* partitioned first in even rounds */
+            bench_reset(urls[side], topic[side]);
+            if (consume) {
+                msgbus_run(urls[side], topic[side], n, 64, false, true);
+                rate[side][r] = msgbus_consume(urls[side], topic[side], n, false);
+            } else {
+                rate[side][r] = msgbus_run(urls[side], topic[side], n, 64, false, true);
+            }
+        }
+        fprintf(stderr, "  %s round %d: partitioned %.0f/s unpartitioned %.0f/s\n", name, r + 1,
+                rate[1][r], rate[0][r]);
+        ratio[r] = rate[1][r] / rate[0][r];
+    }
+    qsort(rate[0], rounds, sizeof rate[0][0], cmp_double);
+    qsort(rate[1], rounds, sizeof rate[1][0], cmp_double);
+    qsort(ratio, rounds, sizeof ratio[0], cmp_double);
+    printf("RESULT case=%s partitioned=%.0f unpartitioned=%.0f ratio=%.2f\n", name,
+           rate[1][rounds / 2], rate[0][rounds / 2], ratio[rounds / 2]);
+    fflush(stdout);
+    /* Remove what the two groups made. */
+    amqp_connection_state_t c = raw_connect(ci, 0);
+    for (int side = 0; side < 2; side++) {
+        char q[300];
+        for (int i = 0; i < (side ? 4 : 1); i++) {
+            if (side)
+                snprintf(q, sizeof q, "%s.bench~%d", topic[side], i);
+            else
+                snprintf(q, sizeof q, "%s.bench", topic[side]);
+            amqp_queue_delete(c, 1, amqp_cstring_bytes(q), 0, 0);
+            amqp_get_rpc_reply(c);
+        }
+        if (side) {
+            snprintf(q, sizeof q, "%s.bench~hash", topic[side]);
+            amqp_exchange_delete(c, 1, amqp_cstring_bytes(q), 0);
+            amqp_get_rpc_reply(c);
+        }
+        amqp_exchange_delete(c, 1, amqp_cstring_bytes(topic[side]), 0);
+        amqp_get_rpc_reply(c);
+    }
+    amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(c);
+}
+
 int main(int argc, char **argv)
 {
     const char *url = argc > 1 ? argv[1] : getenv("MSGBUS_TEST_AMQP_URL");
@@ -540,14 +626,14 @@ int main(int argc, char **argv)
             /* Alternate who goes first so broker warm-up favours neither. */
             if (r % 2 == 0) {
                 raw_purge(admin, queue);
-                mb[r] = msgbus_run(url, topic, n, cases[k].size, cases[k].stats);
+                mb[r] = msgbus_run(url, topic, n, cases[k].size, cases[k].stats, false);
                 raw_purge(admin, queue);
                 raw[r] = raw_run(&ci, topic, queue, n, cases[k].size, true);
             } else {
                 raw_purge(admin, queue);
                 raw[r] = raw_run(&ci, topic, queue, n, cases[k].size, true);
                 raw_purge(admin, queue);
-                mb[r] = msgbus_run(url, topic, n, cases[k].size, cases[k].stats);
+                mb[r] = msgbus_run(url, topic, n, cases[k].size, cases[k].stats, false);
             }
             fprintf(stderr, "  %s round %d: msgbus %.0f/s raw %.0f/s\n", cases[k].name, r + 1,
                     mb[r], raw[r]);
@@ -582,5 +668,8 @@ int main(int argc, char **argv)
         amqp_connection_close(c, AMQP_REPLY_SUCCESS);
         amqp_destroy_connection(c);
     }
+    for (int consume = 0; consume < 2; consume++)
+        if (strstr(consume ? "partitioned_consume_64B" : "partitioned_publish_64B", filter))
+            partitioned_case(url, &ci, consume, n, rounds);
     return 0;
 }
