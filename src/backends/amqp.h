@@ -95,9 +95,11 @@ MB_HIDDEN msgbus_err_t mb_amqp_group_queue(const char *topic, const char *group,
                                            size_t n);
 
 /* Partitioned groups (partitions=N, docs/amqp.md "Partitioned groups"):
- * part < 0 gives the group's consistent-hash exchange "<topic>.<group>~hash",
- * else partition queue "<topic>.<group>~<part>". MSGBUS_ERR_INVALID when
- * longer than 255 bytes. */
+ * part -1 gives the group's consistent-hash exchange "<topic>.<group>~hash",
+ * MB_AMQP_PART_MEMBERS the queue its members are counted on
+ * "<topic>.<group>~members", else partition queue "<topic>.<group>~<part>".
+ * MSGBUS_ERR_INVALID when longer than 255 bytes. */
+#define MB_AMQP_PART_MEMBERS (-2L)
 MB_HIDDEN msgbus_err_t mb_amqp_part_name(const char *topic, const char *group, long part,
                                          char *buf, size_t n);
 #define MB_AMQP_CHASH_TYPE "x-consistent-hash"
@@ -257,6 +259,7 @@ struct mb_backend_sub {
     bool paused;
     bool consuming;           /* our basic.consume is registered (ctag) */
     char ctag[256];           /* its consumer tag, as the broker named it */
+    char mtag[256];           /* partition 0: its consumer on the members queue ("": none) */
     /* Not consuming on the current connection (the broker cancelled the
      * consumer, or re-subscribing failed): try again at resub_at_ms,
      * backing off like reconnects do. 0: nothing due. */

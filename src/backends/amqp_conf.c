@@ -199,13 +199,16 @@ msgbus_err_t mb_amqp_group_queue(const char *topic, const char *group, char *buf
 msgbus_err_t mb_amqp_part_name(const char *topic, const char *group, long part, char *buf,
                                size_t n)
 {
-    int w = part < 0 ? snprintf(buf, n, "%s.%s~hash", topic, group)
-                     : snprintf(buf, n, "%s.%s~%ld", topic, group, part);
+    int w = part == MB_AMQP_PART_MEMBERS ? snprintf(buf, n, "%s.%s~members", topic, group)
+            : part < 0                   ? snprintf(buf, n, "%s.%s~hash", topic, group)
+                                         : snprintf(buf, n, "%s.%s~%ld", topic, group, part);
     if (w < 0 || (size_t)w >= n || w > 255)
         return mb_error(MSGBUS_ERR_INVALID,
                         "partition name '%s.%s~%s' is longer than AMQP's limit of 255 bytes; "
                         "use a shorter topic or group name",
-                        topic, group, part < 0 ? "hash" : "N");
+                        topic, group, part == MB_AMQP_PART_MEMBERS ? "members"
+                                      : part < 0                   ? "hash"
+                                                                   : "N");
     return MSGBUS_OK;
 }
 

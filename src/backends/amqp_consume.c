@@ -276,6 +276,41 @@ static amqp_channel_t mb_amqp_alloc_channel(struct mb_backend *be)
     return 0;
 }
 
+/* A partitioned group's members are counted as the consumers of queue
+ * "<t>.<g>~members": a classic queue (every consumer counts; a
+ * single-active-consumer quorum queue reports only its active one), bound
+ * to nothing, deleted by the broker 10 minutes after its last member left.
+ * Every member consumes it (no acks: nothing is ever routed to it) on its
+ * partition 0's channel, also while paused. */
+static msgbus_err_t mb_amqp_join_members(struct mb_backend *be, struct mb_backend_sub *bs,
+                                         amqp_channel_t ch, char *detail, size_t n, bool *lost)
+{
+    char q[256], what[300];
+    msgbus_err_t e;
+    if ((e = mb_amqp_part_name(bs->topic, bs->group, MB_AMQP_PART_MEMBERS, q, sizeof q))) {
+        snprintf(detail, n, "%s", msgbus_last_error());
+        return e;
+    }
+    amqp_table_entry_t xe[1];
+    xe[0].key = amqp_cstring_bytes("x-expires");
+    xe[0].value.kind = AMQP_FIELD_KIND_I64;
+    xe[0].value.value.i64 = 600000;
+    amqp_table_t args = {1, xe};
+    amqp_queue_declare(be->conn, ch, amqp_cstring_bytes(q), 0, 0, 0, 0, args);
+    snprintf(what, sizeof what, "declaring queue '%s'", q);
+    if ((e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, n, lost)))
+        return e;
+    amqp_basic_consume_ok_t *ok = amqp_basic_consume(be->conn, ch, amqp_cstring_bytes(q),
+                                                     amqp_empty_bytes, 0, 1, 0, amqp_empty_table);
+    snprintf(what, sizeof what, "consuming from queue '%s'", q);
+    if ((e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn), ch, what, detail, n, lost)))
+        return e;
+    if (ok)
+        snprintf(bs->mtag, sizeof bs->mtag, "%.*s", (int)ok->consumer_tag.len,
+                 (const char *)ok->consumer_tag.bytes);
+    return MSGBUS_OK;
+}
+
 msgbus_err_t mb_amqp_sub_establish(struct mb_backend *be, struct mb_backend_sub *bs,
                                    char *detail, size_t n, bool *lost)
 {
@@ -327,7 +362,10 @@ msgbus_err_t mb_amqp_sub_establish(struct mb_backend *be, struct mb_backend_sub 
      * paused must not start deliveries. */
     bs->consuming = false;
     bs->ctag[0] = '\0';
+    bs->mtag[0] = '\0';
     if (!bs->paused && (e = mb_amqp_consume(be, bs, ch, detail, n, lost)))
+        return e;
+    if (bs->parent && bs->part == 0 && (e = mb_amqp_join_members(be, bs, ch, detail, n, lost)))
         return e;
     bs->channel = ch;
     bs->epoch++;
@@ -424,6 +462,7 @@ void mb_amqp_sub_reset(struct mb_backend *be, struct mb_backend_sub *bs)
     bs->channel = 0;
     bs->consuming = false;
     bs->ctag[0] = '\0';
+    bs->mtag[0] = '\0';
     bs->tag_head = bs->tag_len = 0;
     bs->in_app = 0;
     bs->recent = 0;
@@ -554,6 +593,14 @@ void mb_amqp_sub_frame(struct mb_backend *be, struct mb_backend_sub *bs, const a
         case AMQP_BASIC_DELIVER_METHOD: {
             const amqp_basic_deliver_t *d = f->payload.method.decoded;
             mb_amqp_asm_clear(as);
+            if (bs->mtag[0] && d->consumer_tag.len == strlen(bs->mtag) &&
+                memcmp(d->consumer_tag.bytes, bs->mtag, d->consumer_tag.len) == 0) {
+                /* Something published to the members queue by name: not a
+                 * message of the group (taken without ack); its content
+                 * frames are skipped. */
+                as->kind = 3;
+                return;
+            }
             as->kind = 1;
             as->tag = d->delivery_tag;
             as->redelivered = d->redelivered;
@@ -1054,7 +1101,7 @@ msgbus_err_t mb_amqp_inspect_run(struct mb_backend *be, struct mb_amqp_op *op, c
  * line — in order, nothing lost, nothing for msgbus to do. Left alone, the
  * first member would hold every partition, so each member also gives
  * partitions away: every rebalance_ms it counts the members (the consumers
- * on partition 0) and the partitions it received from since the last
+ * of the group's members queue) and the partitions it received from since the last
  * round; past its share, ceil(N / members), it gives one away — one of
  * which the application holds no message right now. Giving away is
  * draining first — what the application has not received yet is taken
@@ -1246,7 +1293,8 @@ static bool mb_amqp_balance(struct mb_backend *be, struct mb_backend_sub *bs)
             mb_amqp_conn_lost(be, detail);
         return !lost;
     }
-    const char *q0 = bs->children[0]->queue;
+    char q0[256];
+    mb_amqp_part_name(bs->topic, bs->group, MB_AMQP_PART_MEMBERS, q0, sizeof q0);
     amqp_queue_declare_ok_t *ok = amqp_queue_declare(
         be->conn, MB_AMQP_CTL_CHANNEL, amqp_cstring_bytes(q0), 1, 0, 0, 0, amqp_empty_table);
     char what[300];

@@ -7,6 +7,10 @@
  *    partitions share a keyed stream; each gets a share, printed per
  *    member; every message arrives, per-key order holds for everything not
  *    marked redelivered;
+ *  - quorum partition queues (queue_type=quorum): two members share them
+ *    (members are counted on a classic queue: a single-active-consumer
+ *    quorum queue reports only its active consumer), one closes
+ *    mid-stream, nothing lost, order holds;
  *  - hand-over: one member of three closes mid-stream, another's
  *    connection is cut (an in-test proxy: a death as the broker sees it);
  *    the last one gets the rest, nothing is lost, order holds likewise;
@@ -281,6 +285,58 @@ START_TEST(members_closing_and_dying_hand_over_without_loss)
 }
 END_TEST
 
+/* ---- quorum ----------------------------------------------------------------------- */
+
+/* queue_type=quorum: the partitions are quorum single-active-consumer
+ * queues; two members share them, one closes mid-stream, the other gets
+ * the rest, in key order. */
+START_TEST(quorum_partitions_hand_over_in_order)
+{
+    enum { TOTAL = 6000 };
+    const char *opts = "queue_type=quorum&partitions=3&rebalance_ms=250";
+    char topic[128], group[128];
+    tu_unique(topic, sizeof topic, "part-quorum");
+    tu_unique(group, sizeof group, "g");
+    msgbus_t *pub = open_with(opts);
+    tu_ck_ok(msgbus_declare(pub, topic, group));
+    static struct rec r;
+    rec_init(&r, TOTAL);
+    msgbus_t *bus[2];
+    struct member mb[2];
+    for (int i = 0; i < 2; i++) {
+        bus[i] = open_with(opts);
+        memset(&mb[i], 0, sizeof mb[i]);
+        mb[i].r = &r;
+        mb[i].idx = i;
+        tu_ck_ok(msgbus_subscribe(bus[i], topic, group, &mb[i].sub));
+        ck_assert_int_eq(pthread_create(&mb[i].th, NULL, member_main, &mb[i]), 0);
+    }
+    publish_range(pub, topic, 0, TOTAL / 2, 200, 50);
+    wait_all(&r, TOTAL / 2, 30000);
+    atomic_store(&mb[0].stop, true);
+    pthread_join(mb[0].th, NULL);
+    msgbus_sub_close(mb[0].sub);
+    publish_range(pub, topic, TOTAL / 2, TOTAL, 200, 50);
+    int got = wait_all(&r, TOTAL, 60000);
+    atomic_store(&mb[1].stop, true);
+    pthread_join(mb[1].th, NULL);
+    msgbus_sub_close(mb[1].sub);
+    printf("quorum: %d of %d; per member %d / %d; %d again, %d out of order, %d redelivered "
+           "after later ones\n",
+           got, TOTAL, r.by[0], r.by[1], r.dups, r.out_of_order, r.redelivered_late);
+    for (int i = 0; i < 2; i++)
+        msgbus_close(bus[i]);
+    msgbus_close(pub);
+    ck_assert_int_eq(got, TOTAL);
+    ck_assert_int_eq(r.out_of_order, 0);
+    ck_assert_msg(r.by[0] > 0, "member 0 never worked");
+    ck_assert_msg(r.by[1] > TOTAL / 2,
+                  "member 1 got nothing of the first half (%d in all): the work did not spread",
+                  r.by[1]);
+    free(r.seen);
+}
+END_TEST
+
 /* ---- layout ---------------------------------------------------------------------- */
 
 /* A number of the group's entry in msgbus_inspect_json(topic, group). */
@@ -456,6 +512,7 @@ int main(void)
     tcase_add_test(tc, partition_count_is_fixed_and_keyless_messages_arrive);
     tcase_add_test(tc, three_members_share_six_partitions);
     tcase_add_test(tc, members_closing_and_dying_hand_over_without_loss);
+    tcase_add_test(tc, quorum_partitions_hand_over_in_order);
     tcase_add_test(tc, missing_plugin_is_unsupported_and_says_how_to_enable_it);
     suite_add_tcase(s, tc);
     /* Slot 3 (tu_amqp.h): ports of their own next to the other programs'. */
