@@ -1022,15 +1022,40 @@ static msgbus_err_t mb_amqp_passive_queue(struct mb_backend *be, struct mb_amqp_
         if (ok->consumer_count > op->consumers)
             op->consumers = ok->consumer_count;
     }
+    if (be->conf.partitions > 0) {
+        /* Members: the consumers of the members queue (a quorum
+         * partition reports only its active consumer); gone when nobody
+         * consumed it for 10 minutes: none. */
+        char q[256];
+        bool found = false;
+        mb_amqp_part_name(op->exchange, group, MB_AMQP_PART_MEMBERS, q, sizeof q);
+        if (!mb_amqp_ensure_ctl(be, detail, n, lost))
+            return MSGBUS_ERR_CONNECT;
+        amqp_queue_declare_ok_t *ok = amqp_queue_declare(
+            be->conn, MB_AMQP_CTL_CHANNEL, amqp_cstring_bytes(q), 1, 0, 0, 0, amqp_empty_table);
+        char what[300];
+        snprintf(what, sizeof what, "asking for queue '%s'", q);
+        msgbus_err_t e = mb_amqp_reply_error(be, amqp_get_rpc_reply(be->conn),
+                                             MB_AMQP_CTL_CHANNEL, what, detail, n, lost);
+        if (e && e != MSGBUS_ERR_NOT_FOUND)
+            return e;
+        found = !e && ok;
+        detail[0] = '\0';
+        op->consumers = found ? ok->consumer_count : 0;
+    }
     op->found = true;
     /* The broker counts consumers; this bus's own members of the group
      * without one right now (paused, or re-subscribing) are members too
      * (a partitioned member once, by its partition 0). */
     op->local_members = 0;
-    for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next)
-        op->local_members += !bs->removed && !bs->consuming && bs->group && bs->part == 0 &&
+    for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next) {
+        /* A partitioned member is counted by the broker while it consumes
+         * the members queue (also paused). */
+        bool counted = bs->parent ? bs->mtag[0] != '\0' : bs->consuming;
+        op->local_members += !bs->removed && !counted && bs->group && bs->part == 0 &&
                              strcmp(bs->topic, op->exchange) == 0 &&
                              strcmp(bs->group, group) == 0;
+    }
     return MSGBUS_OK;
 }
 
