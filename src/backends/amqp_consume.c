@@ -1070,10 +1070,16 @@ msgbus_err_t mb_amqp_group_reset_run(struct mb_backend *be, struct mb_amqp_op *o
     const char *group = op->queue + strlen(op->exchange) + 1;
     uint32_t members = op->consumers + op->local_members;
     if (members) {
-        snprintf(detail, n, "group '%s' has %u active member%s on topic '%s' (queue '%s'%s); "
-                            "stop %s before resetting it",
-                 group, members, members == 1 ? "" : "s", op->exchange, op->queue,
-                 be->conf.partitions > 0 ? ", partitioned" : "", members == 1 ? "it" : "them");
+        char where[600];
+        if (be->conf.partitions > 0)
+            snprintf(where, sizeof where, "queues '%s~0' to '%s~%ld'", op->queue, op->queue,
+                     be->conf.partitions - 1);
+        else
+            snprintf(where, sizeof where, "queue '%s'", op->queue);
+        snprintf(detail, n, "group '%s' has %u active member%s on topic '%s' (%s); stop %s "
+                            "before resetting it",
+                 group, members, members == 1 ? "" : "s", op->exchange, where,
+                 members == 1 ? "it" : "them");
         return MSGBUS_ERR_STATE;
     }
     /* "latest" on a queue: drop everything waiting. Unacked deliveries are
