@@ -423,7 +423,9 @@ static void mb_amqp_sub_stats(struct mb_backend_sub *bs, json_t *sub, int timeou
     json_t *d = json_object();
     json_object_set_new(sub, "lag_detail", d);
     char q[512] = "";
-    if (bs->group)
+    if (bs->children) /* partitioned: "t.g~0..<N-1>" */
+        snprintf(q, sizeof q, "%s", bs->queue);
+    else if (bs->group)
         mb_amqp_group_queue(bs->topic, bs->group, q, sizeof q);
     if (!atomic_load_explicit(&be->st.connected, memory_order_relaxed)) {
         /* No need to queue behind a reconnect attempt to learn that. */

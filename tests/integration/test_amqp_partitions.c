@@ -419,6 +419,18 @@ START_TEST(partition_count_is_fixed_and_keyless_messages_arrive)
     ck_assert_int_eq(keyless, 15);
     ck_assert_int_eq(group_field(b3, topic, group, "members"), 1);
     tu_err_reset_refused(b3, topic, group);
+    /* Stats: the subscription's lag is over its partition queues. */
+    json_t *st = tu_stats(b3);
+    json_t *so = tu_json_at(st, "subscriptions.0");
+    ck_assert_ptr_nonnull(so);
+    char want_q[300];
+    snprintf(want_q, sizeof want_q, "%s.%s~0..2", topic, group);
+    const char *lq = json_string_value(tu_json_at(so, "lag_detail.queue"));
+    printf("stats: lag %lld, lag_detail.queue %s\n", (long long)tu_json_int(so, "lag"),
+           lq ? lq : "(none)");
+    ck_assert_pstr_eq(lq, want_q);
+    ck_assert_int_eq(tu_json_int(so, "lag"), 0);
+    json_decref(st);
     msgbus_sub_close(s);
     /* Inspection sums the partitions; a reset purges every one. */
     for (int i = 0; i < 12; i++) {
