@@ -7,7 +7,8 @@
  *   amqp_conn.c    connecting (TCP/TLS, login, failover), errors, exchanges
  *   amqp_io.c      the I/O thread: loop, reconnect, publish + confirms
  *   amqp_consume.c the I/O thread's consumer half: deliveries, acks, nacks,
- *                  pause; group reset and inspection (passive declares)
+ *                  pause; group reset and inspection (passive declares);
+ *                  partitioned groups (children per partition, balancing)
  *
  * Threads: exactly one I/O thread per bus owns the rabbitmq-c connection
  * (it is not thread-safe). Application threads never touch it: they append
@@ -20,7 +21,7 @@
  *
  * Channels: 1 publishes in confirm mode, 2 runs topology RPCs, 3.. are one
  * per subscription (its own prefetch; closing it returns its unacked
- * messages). Subscription channel numbers are not reused soon, so frames of
+ * messages) — one per partition for a partitioned group's subscription. Subscription channel numbers are not reused soon, so frames of
  * a closed channel still queued inside rabbitmq-c can never be mistaken for
  * a new subscription's.
  */
