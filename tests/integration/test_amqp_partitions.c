@@ -11,6 +11,8 @@
  *    (members are counted on a classic queue: a single-active-consumer
  *    quorum queue reports only its active consumer), one closes
  *    mid-stream, nothing lost, order holds;
+ *  - scaling out: two members join a working one mid-stream and take a
+ *    share, order kept;
  *  - hand-over: one member of three closes mid-stream, another's
  *    connection is cut (an in-test proxy: a death as the broker sees it);
  *    the last one gets the rest, nothing is lost, order holds likewise;
@@ -209,6 +211,55 @@ START_TEST(three_members_share_six_partitions)
     for (int i = 0; i < MEMBERS; i++)
         ck_assert_msg(r.by_late[i] >= TOTAL / 2 / 10,
                       "member %d got %d of the second half's %d: the work did not spread", i,
+                      r.by_late[i], TOTAL / 2);
+    msgbus_close(pub);
+    free(r.seen);
+}
+END_TEST
+
+/* Scaling out: one member works alone, two more join mid-stream and take a
+ * share of the last third, order kept throughout. */
+START_TEST(members_joining_mid_stream_take_a_share)
+{
+    enum { TOTAL = 18000 };
+    const char *opts = "partitions=6&rebalance_ms=250";
+    char topic[128], group[128];
+    tu_unique(topic, sizeof topic, "part-join");
+    tu_unique(group, sizeof group, "g");
+    msgbus_t *pub = open_with(opts);
+    tu_ck_ok(msgbus_declare(pub, topic, group));
+    static struct rec r;
+    rec_init(&r, TOTAL);
+    msgbus_t *bus[MEMBERS];
+    struct member mb[MEMBERS];
+    for (int i = 0; i < MEMBERS; i++) {
+        if (i == 1)
+            publish_range(pub, topic, 0, TOTAL / 3, 200, 50);
+        bus[i] = open_with(opts);
+        memset(&mb[i], 0, sizeof mb[i]);
+        mb[i].r = &r;
+        mb[i].idx = i;
+        tu_ck_ok(msgbus_subscribe(bus[i], topic, group, &mb[i].sub));
+        ck_assert_int_eq(pthread_create(&mb[i].th, NULL, member_main, &mb[i]), 0);
+    }
+    int before = r.got;
+    publish_range(pub, topic, TOTAL / 3, TOTAL, 200, 50);
+    int got = wait_all(&r, TOTAL, 60000);
+    for (int i = 0; i < MEMBERS; i++) {
+        atomic_store(&mb[i].stop, true);
+        pthread_join(mb[i].th, NULL);
+        msgbus_sub_close(mb[i].sub);
+        msgbus_close(bus[i]);
+    }
+    printf("join: %d of %d (%d before the others joined); per member %d / %d / %d (second "
+           "half %d / %d / %d); %d again, %d out of order, %d redelivered after later ones\n",
+           got, TOTAL, before, r.by[0], r.by[1], r.by[2], r.by_late[0], r.by_late[1],
+           r.by_late[2], r.dups, r.out_of_order, r.redelivered_late);
+    ck_assert_int_eq(got, TOTAL);
+    ck_assert_int_eq(r.out_of_order, 0);
+    for (int i = 1; i < MEMBERS; i++)
+        ck_assert_msg(r.by_late[i] >= TOTAL / 2 / 10,
+                      "member %d, joining late, got %d of the second half's %d", i,
                       r.by_late[i], TOTAL / 2);
     msgbus_close(pub);
     free(r.seen);
@@ -523,6 +574,7 @@ int main(void)
     tcase_add_test(tc, key_order_is_claimed_when_partitioned);
     tcase_add_test(tc, partition_count_is_fixed_and_keyless_messages_arrive);
     tcase_add_test(tc, three_members_share_six_partitions);
+    tcase_add_test(tc, members_joining_mid_stream_take_a_share);
     tcase_add_test(tc, members_closing_and_dying_hand_over_without_loss);
     tcase_add_test(tc, quorum_partitions_hand_over_in_order);
     tcase_add_test(tc, missing_plugin_is_unsupported_and_says_how_to_enable_it);
