@@ -167,6 +167,7 @@ struct mb_backend {
     /* options */
     long prefetch, max_bytes, busy_ms, session_ms, poll_ms, batch_max, retain;
     bool sync_full;
+    bool tx_full; /* the connection's synchronous is FULL now */
     char node[128];
     /* dbmu: the connection, the statements, subs, topics. */
     pthread_mutex_t dbmu;
@@ -822,6 +823,16 @@ static int sb_pass(struct mb_backend *be, bool fetch)
     struct sb_batch *batches = fetch && nb ? calloc(nb, sizeof *batches) : NULL;
     int more = 0;
     const char *step = "begin";
+    /* Only a publish's commit must reach the disk before it is confirmed:
+     * a claim or a settle lost with the machine (not the process) means a
+     * delivery again, which at-least-once allows. So with
+     * synchronous=full, transactions without publishes commit without
+     * waiting for the disk (the next synced commit covers them). */
+    bool want_full = be->sync_full && pubs;
+    if (be->sync_full && want_full != be->tx_full &&
+        sb_exec(be, want_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL") ==
+            SQLITE_OK)
+        be->tx_full = want_full;
     int rc = sb_begin(be);
     if (rc == SQLITE_OK && pubs) {
         step = "publish";
@@ -1056,6 +1067,7 @@ static msgbus_err_t sb_open_db(struct mb_backend *be)
     }
     if (sb_exec(be, sql) != SQLITE_OK)
         return sb_dberr(be, MSGBUS_ERR_CONNECT, "cannot set synchronous");
+    be->tx_full = be->sync_full;
     if ((rc = sb_begin(be)) != SQLITE_OK)
         return sb_dberr(be, MSGBUS_ERR_CONNECT, "cannot lock the file to set it up");
     if (sb_exec(be, sb_ddl) != SQLITE_OK) {
