@@ -737,17 +737,22 @@ class Subscription:
         """Closes the subscription: its unsettled messages go to other members.
         Messages already received keep their fields; settling them raises
         :class:`ClosedError`. Idempotent."""
-        p, self._ptr = self._ptr, None
-        if p:
-            lib = _lib.load()
-            lib.msgbus_sub_close(p)
-            while self._buf:  # never handed out: freed unsettled, delivered again
-                x = self._buf.popleft()
-                if x.__class__ is int:
-                    lib.msgbus_msg_free(x)
-                else:
-                    x._release(False)
-            self._bus._subs.discard(self)
+        # Under the bus's close lock: a Bus.close on another thread (e.g.
+        # msgbus.aio closing the bus while a subscription's close still
+        # runs in the executor) waits for msgbus_sub_close to return
+        # before msgbus_close frees what it uses.
+        with self._bus._close_lock:
+            p, self._ptr = self._ptr, None
+            if p:
+                lib = _lib.load()
+                lib.msgbus_sub_close(p)
+                while self._buf:  # never handed out: freed unsettled, delivered again
+                    x = self._buf.popleft()
+                    if x.__class__ is int:
+                        lib.msgbus_msg_free(x)
+                    else:
+                        x._release(False)
+                self._bus._subs.discard(self)
 
     @property
     def closed(self) -> bool:
@@ -863,6 +868,9 @@ class Bus:
     def __init__(self, url: Optional[str] = None):
         lib = _lib.load()
         self._ptr: Optional[int] = None
+        # Held while the bus or one of its subscriptions closes (reentrant:
+        # Bus.close closes its subscriptions).
+        self._close_lock = threading.RLock()
         self._subs: "weakref.WeakSet[Subscription]" = weakref.WeakSet()
         self._msgs: "weakref.WeakSet[Message]" = weakref.WeakSet()
         self._dependents: "weakref.WeakSet[Any]" = weakref.WeakSet()  # outbox relays
@@ -1256,18 +1264,21 @@ class Bus:
         received messages that were not freed yet (unsettled ones are
         delivered again), after closing outbox relays that publish into
         it. Idempotent."""
-        p = self._ptr
-        if p is None:
+        if self._ptr is None:
             return
-        lib = _lib.load()
-        for dep in list(self._dependents):
-            dep.close()  # a relay must stop before its bus closes
-        for m in self._live_messages():
-            m._release()
-        for s in list(self._subs):
-            s.close()
-        self._ptr = None
-        lib.msgbus_close(p)
+        with self._close_lock:  # see Subscription.close
+            p = self._ptr
+            if p is None:
+                return
+            lib = _lib.load()
+            for dep in list(self._dependents):
+                dep.close()  # a relay must stop before its bus closes
+            for m in self._live_messages():
+                m._release()
+            for s in list(self._subs):
+                s.close()
+            self._ptr = None
+            lib.msgbus_close(p)
         if self._rq is not None:
             _drain(self._rq)
         self._state_cfn = self._stats_cfn = None  # close served the last of them
