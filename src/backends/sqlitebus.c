@@ -72,6 +72,7 @@
 #define SB_AGAIN_NOW 1
 #define SB_AGAIN_LATER 2
 #define SB_FAIR_WAIT_MS 20 /* a fair share taken: the others' turn first */
+#define SB_CLAIM_MAX 1024 /* entries one claim takes at most */
 
 enum sb_stmt {
     SB_TOPIC_ADD,
@@ -670,9 +671,9 @@ static int sb_claim(struct mb_backend *be, struct mb_backend_sub *bs, struct sb_
     if (sqlite3_step(s) == SQLITE_ROW)
         members = sqlite3_column_int64(s, 0);
     sqlite3_reset(s);
-    int64_t seqs[512];
-    int dels[512];
-    long want = room < 512 ? room : 512;
+    int64_t seqs[SB_CLAIM_MAX];
+    int dels[SB_CLAIM_MAX];
+    long want = room < SB_CLAIM_MAX ? room : SB_CLAIM_MAX;
     s = sb_st(be, SB_PENDING);
     sqlite3_bind_int64(s, 1, bs->grp);
     sqlite3_bind_int64(s, 2, bs->member);
