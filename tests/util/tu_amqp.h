@@ -24,7 +24,7 @@ void tu_amqp_drop(const char *topic, const char *group);
  * epmd and data under <repo>/.brokers/<name>-<pid>. Each test program
  * takes its own `slot` so that programs running at once never share a
  * port: 21000 + 20 * (50 * slot + pid % 50) (test_amqp_tls 0,
- * test_amqp_node_faults 1, test_observe_amqp 2). */
+ * test_amqp_node_faults 1, test_observe_amqp 2, test_amqp_partitions 3). */
 struct tu_node {
     char dir[1200], script[1200];
     int port;
