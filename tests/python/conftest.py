@@ -35,8 +35,71 @@ def need_url(kind: str) -> str:
     raise AssertionError  # unreachable
 
 
+# Every name the suite makes carries this run's marker, so that at the end
+# the run deletes what it made on the shared brokers (pytest_sessionfinish).
+RUN_MARKER = f"-s{os.getpid()}-"
+
+
 def unique(prefix: str = "py") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+    return f"{prefix}{RUN_MARKER}{uuid.uuid4().hex[:12]}"
+
+
+def _cleanup_kafka(url: str) -> str:
+    from confluent_kafka.admin import AdminClient
+    hosts = url.split("://", 1)[-1].split("?", 1)[0].split("/", 1)[0]
+    if "@" in hosts:
+        return "kafka: URL with credentials, left alone"
+    admin = AdminClient({"bootstrap.servers": hosts, "log_level": 3})
+    topics = [t for t in admin.list_topics(timeout=10).topics if RUN_MARKER in t]
+    groups = [g.group_id for g in admin.list_consumer_groups().result(timeout=10).valid
+              if RUN_MARKER in g.group_id]
+    for f in (admin.delete_consumer_groups(groups).values() if groups else []):
+        try:
+            f.result(timeout=10)
+        except Exception:  # a group still in use by a straggler: left to the broker
+            pass
+    for f in (admin.delete_topics(topics, operation_timeout=10).values() if topics else []):
+        try:
+            f.result(timeout=30)
+        except Exception:
+            pass
+    return f"kafka: deleted {len(topics)} topics and {len(groups)} groups"
+
+
+def _cleanup_amqp(url: str) -> str:
+    import pika
+    env = os.path.join(ROOT, ".brokers", "rabbitmq", "env")
+    if not os.path.exists(env):
+        return "amqp: no .brokers/rabbitmq/env to list with, left alone"
+    r = subprocess.run(["bash", "-c", f". '{env}' && rabbitmqctl -q list_queues name && "
+                        "echo --- && rabbitmqctl -q list_exchanges name"],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        return f"amqp: rabbitmqctl failed: {r.stderr.strip()[:200]}"
+    queues, _, exchanges = r.stdout.partition("---")
+    qs = [q.strip() for q in queues.splitlines() if RUN_MARKER in q]
+    xs = [x.strip() for x in exchanges.splitlines() if RUN_MARKER in x]
+    conn = pika.BlockingConnection(pika.URLParameters(url.split("?", 1)[0]))
+    ch = conn.channel()
+    for q in qs:
+        ch.queue_delete(q)
+    for x in xs:
+        ch.exchange_delete(x)
+    conn.close()
+    return f"amqp: deleted {len(qs)} queues and {len(xs)} exchanges"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Deletes what this run made on the shared Kafka and RabbitMQ (names
+    with RUN_MARKER); a broker it cannot reach gets a line, never a failure."""
+    for kind, fn in (("kafka", _cleanup_kafka), ("amqp", _cleanup_amqp)):
+        url = os.environ.get(URL_VARS[kind])
+        if not url:
+            continue
+        try:
+            FIGURES.append("cleanup: " + fn(url))
+        except Exception as e:
+            FIGURES.append(f"cleanup: {kind}: {type(e).__name__}: {e}")
 
 
 @pytest.fixture(params=["mem", "amqp", "kafka"])

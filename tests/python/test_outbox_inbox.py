@@ -166,7 +166,7 @@ def pg(pg_url):
 
 
 def test_pg_outbox_row_relayed_by_c(pg, pg_url, mem_url, topic):
-    table = "py_outbox_" + unique("t").split("-")[1]
+    table = "py_outbox_" + unique("t").rsplit("-", 1)[1]
     try:
         mboutbox.create_table(pg, table)
         pg.commit()
@@ -277,7 +277,7 @@ def test_inbox_handle_on_mem_bus(app_db, mem_url, topic):
 # ------------------------------------------------------------------ inbox, PostgreSQL and memory
 
 def test_pg_inbox_claim_twice_is_duplicate(pg):
-    table = "py_inbox_" + unique("t").split("-")[1]
+    table = "py_inbox_" + unique("t").rsplit("-", 1)[1]
     try:
         ib = mbinbox.Inbox(pg, "billing", table=table)
         with pg.transaction():
@@ -311,7 +311,7 @@ def test_pg_inbox_table_shared_with_c_inbox(pg, pg_url):
     from msgbus import _lib
     from msgbus.outbox import _pq
 
-    table = "PyInbox_" + unique("t").split("-")[1]
+    table = "PyInbox_" + unique("t").rsplit("-", 1)[1]
     pq, lib = _pq(), _lib.load()
     pq.PQexec.argtypes, pq.PQexec.restype = [c_void_p, c_char_p], c_void_p
     pq.PQclear.argtypes, pq.PQclear.restype = [c_void_p], None
