@@ -31,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "msgbus/outbox.h"
 
 static double now_s(void)
@@ -343,6 +344,7 @@ static void run(const char *tag, const char *url, size_t n, size_t bytes, size_t
     printf("RESULT case=outbox_sqlite_%s msgbus=%.0f raw=%.0f ratio=%.2f\n", tag, mr, md, mr / md);
     fflush(stdout);
     msgbus_close(bus);
+    bench_delete(url, topic, NULL);
 }
 
 int main(int argc, char **argv)

@@ -20,8 +20,7 @@
  * the second half of the run (the first half includes warm-up: librdkafka's
  * and the allocator's pools filling); flat memory is a slope near 0. `lost`
  * counts confirmed messages never received (must be 0). The topic and
- * group are unique per run and left to the broker's retention (delete them
- * with the broker's tools if the run was long).
+ * group are unique per run and deleted at the end (bench_util.h).
  */
 #include <dirent.h>
 #include <pthread.h>
@@ -34,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "msgbus/msgbus.h"
 
 static _Atomic long g_confirmed, g_failed, g_received;
@@ -173,8 +173,8 @@ int main(int argc, char **argv)
             msgbus_poll(bus, 10, NULL);
         }
         double now = now_s();
-        if (now >= next) {
-            next += 1;
+        if (now >= next || (sent >= total && ns == 0)) {
+            next = now + 1;
             long rss = rss_kib();
             int fds = count_fds(), th = count_threads();
             if (rss_first < 0)
@@ -227,5 +227,6 @@ int main(int argc, char **argv)
     free(payload);
     msgbus_sub_close(g_sub);
     msgbus_close(bus);
+    bench_delete(url, topic, "soak");
     return lost > 0 ? 1 : 0;
 }

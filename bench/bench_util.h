@@ -1,0 +1,96 @@
+/*
+ * bench_util.h — what several benches share: deleting the topic (and the
+ * group's queue) a bench made on the broker, so a run leaves the broker as
+ * it found it. msgbus has no delete; this goes to the broker's own client
+ * (librdkafka's Admin API, rabbitmq-c), each only when msgbus is built with
+ * that backend (BENCH_HAVE_KAFKA, BENCH_HAVE_AMQP from bench/CMakeLists.txt).
+ */
+#ifndef BENCH_UTIL_H
+#define BENCH_UTIL_H
+
+#include <stdio.h>
+#include <string.h>
+
+#ifdef BENCH_HAVE_KAFKA
+#include <librdkafka/rdkafka.h>
+#endif
+#ifdef BENCH_HAVE_AMQP
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#endif
+
+/* Deletes `topic` and, when not NULL, `group` (Kafka: the consumer group;
+ * RabbitMQ: the group's queue "<topic>.<group>") on the broker of the
+ * plain msgbus URL `url` (kafka:// or amqp:// without TLS; anything else is
+ * left alone). Prints a line when the broker refused or did not answer. */
+static inline void bench_delete(const char *url, const char *topic, const char *group)
+{
+    char u[1024];
+    snprintf(u, sizeof u, "%s", url);
+    u[strcspn(u, "?")] = '\0';
+#ifdef BENCH_HAVE_KAFKA
+    if (strncmp(u, "kafka://", 8) == 0 && !strchr(u, '@')) {
+        char err[256];
+        rd_kafka_conf_t *conf = rd_kafka_conf_new();
+        rd_kafka_conf_set(conf, "bootstrap.servers", u + 8, err, sizeof err);
+        rd_kafka_conf_set(conf, "log_level", "3", err, sizeof err);
+        rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+        if (!rk) {
+            fprintf(stderr, "bench: deleting '%s': %s\n", topic, err);
+            return;
+        }
+        rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+        if (group) {
+            rd_kafka_DeleteGroup_t *g = rd_kafka_DeleteGroup_new(group);
+            rd_kafka_DeleteGroups(rk, &g, 1, NULL, q);
+            rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
+            if (ev)
+                rd_kafka_event_destroy(ev);
+            rd_kafka_DeleteGroup_destroy(g);
+        }
+        rd_kafka_DeleteTopic_t *t = rd_kafka_DeleteTopic_new(topic);
+        rd_kafka_DeleteTopics(rk, &t, 1, NULL, q);
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
+        if (!ev)
+            fprintf(stderr, "bench: deleting topic '%s': no answer; it is left\n", topic);
+        else
+            rd_kafka_event_destroy(ev);
+        rd_kafka_DeleteTopic_destroy(t);
+        rd_kafka_queue_destroy(q);
+        rd_kafka_destroy(rk);
+        return;
+    }
+#endif
+#ifdef BENCH_HAVE_AMQP
+    if (strncmp(u, "amqp://", 7) == 0) {
+        struct amqp_connection_info ci;
+        if (amqp_parse_url(u, &ci) != AMQP_STATUS_OK)
+            return;
+        amqp_connection_state_t c = amqp_new_connection();
+        amqp_socket_t *s = amqp_tcp_socket_new(c);
+        if (s && amqp_socket_open(s, ci.host, ci.port) == AMQP_STATUS_OK &&
+            amqp_login(c, ci.vhost && *ci.vhost ? ci.vhost : "/", 0, 131072, 0,
+                       AMQP_SASL_METHOD_PLAIN, ci.user, ci.password)
+                    .reply_type == AMQP_RESPONSE_NORMAL &&
+            amqp_channel_open(c, 1)) {
+            if (group) {
+                char q[600];
+                snprintf(q, sizeof q, "%s.%s", topic, group);
+                amqp_queue_delete(c, 1, amqp_cstring_bytes(q), 0, 0);
+                amqp_get_rpc_reply(c);
+            }
+            amqp_exchange_delete(c, 1, amqp_cstring_bytes(topic), 0);
+            amqp_get_rpc_reply(c);
+            amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+        } else {
+            fprintf(stderr, "bench: deleting '%s': cannot reach the broker; it is left\n", topic);
+        }
+        amqp_destroy_connection(c);
+        return;
+    }
+#endif
+    (void)topic;
+    (void)group;
+}
+
+#endif
