@@ -196,6 +196,64 @@ START_TEST(group_queue_names)
 }
 END_TEST
 
+/* partitions= and rebalance_ms=: defaults, ranges, the names of a
+ * partitioned group's exchange and queues, a member's share, and the
+ * key_order capability exactly when partitioned. */
+START_TEST(partition_options_names_share_and_caps)
+{
+    struct mb_url *u = parse("amqp://h/");
+    struct mb_amqp_conf c;
+    tu_ck_ok(mb_amqp_conf_parse(u, &c));
+    ck_assert_int_eq(c.partitions, 0);
+    ck_assert_int_eq(c.rebalance_ms, 1000);
+    struct mb_caps caps;
+    memset(&caps, 0, sizeof caps);
+    mb_amqp_caps(&c, &caps);
+    ck_assert(!(caps.bits & MSGBUS_CAP_KEY_ORDER));
+    ck_assert_ptr_nonnull(caps.why_not[__builtin_ctzll(MSGBUS_CAP_KEY_ORDER)]);
+    mb_amqp_conf_free(&c);
+    mb_url_free(u);
+
+    u = parse("amqp://h/?partitions=6&rebalance_ms=250");
+    tu_ck_ok(mb_amqp_conf_parse(u, &c));
+    ck_assert_int_eq(c.partitions, 6);
+    ck_assert_int_eq(c.rebalance_ms, 250);
+    memset(&caps, 0, sizeof caps);
+    mb_amqp_caps(&c, &caps);
+    ck_assert(caps.bits & MSGBUS_CAP_KEY_ORDER);
+    mb_amqp_conf_free(&c);
+    mb_url_free(u);
+
+    expect_config_error("amqp://h/?partitions=1001", "partitions");
+    expect_config_error("amqp://h/?partitions=-1", "partitions");
+    expect_config_error("amqp://h/?partitions=four", "partitions");
+    expect_config_error("amqp://h/?rebalance_ms=10", "rebalance_ms");
+    expect_config_error("amqp://h/?rebalance_ms=600001", "rebalance_ms");
+
+    char buf[512];
+    tu_ck_ok(mb_amqp_part_name("orders", "billing", -1, buf, sizeof buf));
+    ck_assert_str_eq(buf, "orders.billing~hash");
+    tu_ck_ok(mb_amqp_part_name("orders", "billing", MB_AMQP_PART_MEMBERS, buf, sizeof buf));
+    ck_assert_str_eq(buf, "orders.billing~members");
+    tu_ck_ok(mb_amqp_part_name("orders", "billing", 0, buf, sizeof buf));
+    ck_assert_str_eq(buf, "orders.billing~0");
+    tu_ck_ok(mb_amqp_part_name("orders", "billing", 999, buf, sizeof buf));
+    ck_assert_str_eq(buf, "orders.billing~999");
+    char t[200], g[60];
+    memset(t, 't', sizeof t - 1);
+    t[sizeof t - 1] = '\0';
+    memset(g, 'g', sizeof g - 1);
+    g[sizeof g - 1] = '\0';
+    tu_ck_err(mb_amqp_part_name(t, g, 7, buf, sizeof buf), MSGBUS_ERR_INVALID);
+
+    ck_assert_uint_eq(mb_amqp_part_share(6, 3), 2);
+    ck_assert_uint_eq(mb_amqp_part_share(7, 3), 3);
+    ck_assert_uint_eq(mb_amqp_part_share(4, 1), 4);
+    ck_assert_uint_eq(mb_amqp_part_share(2, 5), 1);
+    ck_assert_uint_eq(mb_amqp_part_share(4, 0), 4);
+}
+END_TEST
+
 static msgbus_msg_t *sample(void)
 {
     msgbus_msg_t *m;
@@ -749,6 +807,7 @@ int main(void)
     tcase_add_test(tc, quorum_and_queue_arguments);
     tcase_add_test(tc, several_hosts_mean_quorum_by_default);
     tcase_add_test(tc, group_queue_names);
+    tcase_add_test(tc, partition_options_names_share_and_caps);
     tcase_add_test(tc, capabilities_as_configured);
     tcase_add_test(tc, codec_round_trip);
     tcase_add_test(tc, codec_republish_keeps_key_and_raises_attempt);
