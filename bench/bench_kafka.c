@@ -63,6 +63,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "msgbus/msgbus.h"
 
 static const char *g_url;   /* kafka://127.0.0.1:9092 */
@@ -704,50 +705,13 @@ static void parse_url(void)
     }
 }
 
-/* Waits up to 30 s for the admin result `type` on `q`. */
-static void admin_wait(rd_kafka_queue_t *q, rd_kafka_event_type_t type, const char *what)
-{
-    for (int i = 0; i < 300; i++) {
-        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
-        bool done = ev && rd_kafka_event_type(ev) == type;
-        if (ev)
-            rd_kafka_event_destroy(ev);
-        if (done)
-            return;
-    }
-    fprintf(stderr, "bench_kafka: deleting the %s it made: no answer; they are left\n", what);
-}
-
-/* Deletes every topic and group the bench named (names that were only
- * groups or only topics are refused one by one, which is fine). */
+/* Deletes every topic and group the bench named (bench_util.h). */
 static void delete_made(void)
 {
-    char errstr[512];
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, raw_conf(RD_KAFKA_PRODUCER, NULL), errstr,
-                                  sizeof errstr);
-    if (!rk || !g_nmade) {
-        if (rk)
-            rd_kafka_destroy(rk);
-        return;
-    }
-    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-    rd_kafka_DeleteTopic_t *topics[MAX_MADE];
-    rd_kafka_DeleteGroup_t *groups[MAX_MADE];
-    for (int i = 0; i < g_nmade; i++) {
-        topics[i] = rd_kafka_DeleteTopic_new(g_made[i]);
-        groups[i] = rd_kafka_DeleteGroup_new(g_made[i]);
-    }
-    rd_kafka_DeleteGroups(rk, groups, (size_t)g_nmade, NULL, q);
-    admin_wait(q, RD_KAFKA_EVENT_DELETEGROUPS_RESULT, "groups");
-    rd_kafka_DeleteTopics(rk, topics, (size_t)g_nmade, NULL, q);
-    admin_wait(q, RD_KAFKA_EVENT_DELETETOPICS_RESULT, "topics");
-    rd_kafka_DeleteTopic_destroy_array(topics, (size_t)g_nmade);
-    rd_kafka_DeleteGroup_destroy_array(groups, (size_t)g_nmade);
+    bench_kafka_delete(raw_conf(RD_KAFKA_PRODUCER, NULL), g_made, g_nmade);
     for (int i = 0; i < g_nmade; i++)
         free(g_made[i]);
     g_nmade = 0;
-    rd_kafka_queue_destroy(q);
-    rd_kafka_destroy(rk);
 }
 
 int main(int argc, char **argv)

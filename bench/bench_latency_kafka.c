@@ -42,6 +42,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "msgbus/msgbus.h"
 
 enum { PAYLOAD = 64, MAX_MADE = 256 };
@@ -503,33 +504,13 @@ static void mem_case(long rate)
     }
 }
 
-/* Deletes every topic and group the bench named. */
+/* Deletes every topic and group the bench named (bench_util.h). */
 static void delete_made(void)
 {
-    char err[512];
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, raw_conf(RD_KAFKA_PRODUCER, NULL), err, sizeof err);
-    if (!rk || !g_nmade) {
-        if (rk)
-            rd_kafka_destroy(rk);
-        return;
-    }
-    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-    rd_kafka_DeleteTopic_t *t[MAX_MADE];
-    rd_kafka_DeleteGroup_t *g[MAX_MADE];
-    for (int i = 0; i < g_nmade; i++) {
-        t[i] = rd_kafka_DeleteTopic_new(g_made[i]);
-        g[i] = rd_kafka_DeleteGroup_new(g_made[i]);
-    }
-    rd_kafka_DeleteGroups(rk, g, (size_t)g_nmade, NULL, q);
-    rd_kafka_event_destroy(rd_kafka_queue_poll(q, 30000));
-    rd_kafka_DeleteTopics(rk, t, (size_t)g_nmade, NULL, q);
-    rd_kafka_event_destroy(rd_kafka_queue_poll(q, 30000));
-    rd_kafka_DeleteTopic_destroy_array(t, (size_t)g_nmade);
-    rd_kafka_DeleteGroup_destroy_array(g, (size_t)g_nmade);
-    rd_kafka_queue_destroy(q);
-    rd_kafka_destroy(rk);
+    bench_kafka_delete(raw_conf(RD_KAFKA_PRODUCER, NULL), g_made, g_nmade);
     for (int i = 0; i < g_nmade; i++)
         free(g_made[i]);
+    g_nmade = 0;
 }
 
 int main(int argc, char **argv)

@@ -19,6 +19,41 @@
 #include <amqp_tcp_socket.h>
 #endif
 
+#ifdef BENCH_HAVE_KAFKA
+/* Deletes the Kafka topics and consumer groups named names[0 .. n-1] (each
+ * name as both: a name that is only one of them is refused for the other,
+ * which is fine) through a client made from `conf` (taken over). */
+static inline void bench_kafka_delete(rd_kafka_conf_t *conf, char *const *names, int n)
+{
+    char err[256];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+    if (!rk) {
+        fprintf(stderr, "bench: deleting what it made: %s; it is left\n", err);
+        return;
+    }
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    for (int i = 0; i < n; i++) {
+        /* One call per name: the Admin API answers per request. */
+        rd_kafka_DeleteGroup_t *g = rd_kafka_DeleteGroup_new(names[i]);
+        rd_kafka_DeleteGroups(rk, &g, 1, NULL, q);
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
+        if (ev)
+            rd_kafka_event_destroy(ev);
+        rd_kafka_DeleteGroup_destroy(g);
+        rd_kafka_DeleteTopic_t *t = rd_kafka_DeleteTopic_new(names[i]);
+        rd_kafka_DeleteTopics(rk, &t, 1, NULL, q);
+        ev = rd_kafka_queue_poll(q, 30000);
+        if (!ev)
+            fprintf(stderr, "bench: deleting '%s': no answer; it is left\n", names[i]);
+        else
+            rd_kafka_event_destroy(ev);
+        rd_kafka_DeleteTopic_destroy(t);
+    }
+    rd_kafka_queue_destroy(q);
+    rd_kafka_destroy(rk);
+}
+#endif
+
 /* Deletes `topic` and, when not NULL, `group` (Kafka: the consumer group;
  * RabbitMQ: the group's queue "<topic>.<group>") on the broker of the
  * plain msgbus URL `url` (kafka:// or amqp:// without TLS; anything else is
@@ -34,30 +69,8 @@ static inline void bench_delete(const char *url, const char *topic, const char *
         rd_kafka_conf_t *conf = rd_kafka_conf_new();
         rd_kafka_conf_set(conf, "bootstrap.servers", u + 8, err, sizeof err);
         rd_kafka_conf_set(conf, "log_level", "3", err, sizeof err);
-        rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
-        if (!rk) {
-            fprintf(stderr, "bench: deleting '%s': %s\n", topic, err);
-            return;
-        }
-        rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-        if (group) {
-            rd_kafka_DeleteGroup_t *g = rd_kafka_DeleteGroup_new(group);
-            rd_kafka_DeleteGroups(rk, &g, 1, NULL, q);
-            rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
-            if (ev)
-                rd_kafka_event_destroy(ev);
-            rd_kafka_DeleteGroup_destroy(g);
-        }
-        rd_kafka_DeleteTopic_t *t = rd_kafka_DeleteTopic_new(topic);
-        rd_kafka_DeleteTopics(rk, &t, 1, NULL, q);
-        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
-        if (!ev)
-            fprintf(stderr, "bench: deleting topic '%s': no answer; it is left\n", topic);
-        else
-            rd_kafka_event_destroy(ev);
-        rd_kafka_DeleteTopic_destroy(t);
-        rd_kafka_queue_destroy(q);
-        rd_kafka_destroy(rk);
+        char *names[2] = {(char *)topic, (char *)group};
+        bench_kafka_delete(conf, names, group ? 2 : 1);
         return;
     }
 #endif
