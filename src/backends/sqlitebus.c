@@ -71,7 +71,8 @@
 #define SB_RETAIN_MAX 100000000L
 #define SB_AGAIN_NOW 1
 #define SB_AGAIN_LATER 2
-#define SB_FAIR_WAIT_MS 20 /* a fair share taken: the others' turn first */
+#define SB_FAIR_WAIT_MS 100 /* a fair share taken: the others' turn first */
+#define SB_HOME_WAIT_MS 500 /* before a member takes other members' new keys */
 #define SB_CLAIM_MAX 1024 /* entries one claim takes at most */
 
 enum sb_stmt {
@@ -106,7 +107,9 @@ static const char *const sb_sql[SB_NSTMT] = {
     /* Pending entries of a group in order, without those whose key another
      * member holds in flight (key ownership). */
     [SB_PENDING] =
-        "SELECT e.seq,e.deliveries FROM (SELECT seq,key,deliveries FROM msgbus_entries "
+        "SELECT e.seq,e.deliveries,e.key,e.key IS NOT NULL AND EXISTS (SELECT 1 FROM "
+        "msgbus_entries m WHERE m.grp=?1 AND m.key=e.key AND m.owner=?2) FROM (SELECT seq,key,"
+        "deliveries FROM msgbus_entries "
         "WHERE grp=?1 AND owner IS NULL ORDER BY seq LIMIT " "4096" ") e WHERE e.key IS NULL "
         "OR NOT EXISTS (SELECT 1 FROM msgbus_entries o WHERE o.grp=?1 AND o.key=e.key AND "
         "o.owner IS NOT NULL AND o.owner<>?2) ORDER BY e.seq LIMIT ?3",
@@ -138,7 +141,8 @@ static const char sb_ddl[] =
     "WITHOUT ROWID;"
     "CREATE INDEX IF NOT EXISTS msgbus_entries_owned ON msgbus_entries(grp, key, owner) "
     "WHERE owner IS NOT NULL;"
-    "CREATE TABLE IF NOT EXISTS msgbus_members(id INTEGER PRIMARY KEY, grp INTEGER NOT NULL, "
+    "CREATE TABLE IF NOT EXISTS msgbus_members(id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "grp INTEGER NOT NULL, "
     "node TEXT NOT NULL, pid INTEGER NOT NULL, beat INTEGER NOT NULL);";
 
 struct sb_pub { /* a publish waiting for the I/O thread */
@@ -177,6 +181,7 @@ struct mb_backend {
     size_t ntopics, cap_topics;
     int64_t data_version;
     int64_t last_beat_ms;
+    int64_t busy_since_ms; /* the current wait for the write lock */
     /* qmu: the queues, stop. */
     pthread_mutex_t qmu;
     struct sb_pub *pub_head, *pub_tail;
@@ -198,7 +203,8 @@ struct mb_backend_sub {
     msgbus_sub_t *sub;
     int64_t grp, member;
     bool broadcast;
-    bool expired; /* its member was removed (dbmu): it receives no more */
+    bool expired; /* its member was removed (dbmu): no claims until it joins again */
+    int64_t idle_since_ms; /* claims found only others' new keys since (0: not) */
     _Atomic long ninflight;
     _Atomic bool paused;
     struct mb_backend_sub *next;
@@ -456,6 +462,40 @@ static int sb_settle_one(struct mb_backend *be, const struct sb_settle *st)
     return SQLITE_OK;
 }
 
+/* Makes `bs` a member of its group (bs->grp; for a broadcast subscriber
+ * a new private group of `topic` first). Inside a transaction. */
+static int sb_member_add(struct mb_backend *be, struct mb_backend_sub *bs, int64_t topic)
+{
+    int rc;
+    if (bs->broadcast) {
+        int64_t t[1] = {topic};
+        if ((rc = sb_run(be, "INSERT INTO msgbus_groups(topic,name) VALUES(?1,NULL)", 1, t,
+                         NULL)))
+            return rc;
+        bs->grp = sqlite3_last_insert_rowid(be->db);
+    }
+    sqlite3_stmt *s;
+    if ((rc = sqlite3_prepare_v2(be->db,
+                                 "INSERT INTO msgbus_members(grp,node,pid,beat) VALUES(?1,?2,?3,?4)",
+                                 -1, &s, NULL)))
+        return rc;
+    sqlite3_bind_int64(s, 1, bs->grp);
+    sb_bind_text(s, 2, be->node);
+    sqlite3_bind_int64(s, 3, getpid());
+    sqlite3_bind_int64(s, 4, mb_now_ms());
+    rc = sqlite3_step(s);
+    sqlite3_finalize(s);
+    if (rc != SQLITE_DONE)
+        return rc;
+    bs->member = sqlite3_last_insert_rowid(be->db);
+    if (bs->broadcast) {
+        int64_t t[2] = {bs->grp, bs->member};
+        if ((rc = sb_run(be, "UPDATE msgbus_groups SET member=?2 WHERE id=?1", 2, t, NULL)))
+            return rc;
+    }
+    return SQLITE_OK;
+}
+
 /* Gives back what member `id` of group `grp` held and removes it (with its
  * group when that was a broadcast subscriber's). */
 static int sb_member_remove(struct mb_backend *be, int64_t id, int64_t grp)
@@ -504,8 +544,8 @@ static int sb_reclaim(struct mb_backend *be, int64_t now)
     if (rc != SQLITE_DONE && rc != SQLITE_ROW)
         return rc;
     for (int i = 0; i < ndead; i++) {
-        /* One of ours silent that long (a stalled process) is removed too:
-         * its sub then receives nothing until it subscribes again. */
+        /* One of ours silent that long (a stalled process) is removed too;
+         * it joins again at its next heartbeat. */
         for (struct mb_backend_sub *bs = be->subs; bs; bs = bs->next)
             if (bs->member == dead[i][0] && !bs->expired && (bs->expired = true))
                 mb_sub_state(bs->sub, MSGBUS_STATE_DOWN,
@@ -646,6 +686,84 @@ fail:
     return NULL;
 }
 
+/* The keys of one claim's candidates (several members only): a small hash
+ * table of key → state, each candidate row pointing at its key's slot. */
+enum { SB_KEY_NONE = 0, SB_KEY_NEW, SB_KEY_TAKEN, SB_KEY_LEFT };
+#define SB_KEY_SLOTS (2 * SB_CLAIM_MAX)
+struct sb_keys {
+    bool ok;          /* false: out of memory, no key fairness this pass */
+    long distinct;    /* distinct keys among the candidates */
+    int slot_of[SB_CLAIM_MAX]; /* per candidate: its key's slot, -1 keyless */
+    struct {
+        uint32_t hash;
+        int len;
+        unsigned char *key; /* NULL: empty slot */
+        int state;
+    } slot[SB_KEY_SLOTS];
+};
+
+static struct sb_keys *sb_keys_new(void)
+{
+    struct sb_keys *ks = calloc(1, sizeof *ks);
+    if (!ks)
+        return NULL;
+    ks->ok = true;
+    for (int i = 0; i < SB_CLAIM_MAX; i++)
+        ks->slot_of[i] = -1;
+    return ks;
+}
+
+static void sb_keys_free(struct sb_keys *ks)
+{
+    if (!ks)
+        return;
+    for (int i = 0; i < SB_KEY_SLOTS; i++)
+        free(ks->slot[i].key);
+    free(ks);
+}
+
+/* Candidate `i` has key (key, len); `mine`: this member holds that key. */
+static void sb_keys_note(struct sb_keys *ks, long i, const void *key, int len, bool mine)
+{
+    if (!ks->ok || len < 0)
+        return;
+    uint32_t h = 2166136261u;
+    for (int j = 0; j < len; j++)
+        h = (h ^ ((const unsigned char *)key)[j]) * 16777619u;
+    uint32_t at = h & (SB_KEY_SLOTS - 1);
+    while (ks->slot[at].key && !(ks->slot[at].hash == h && ks->slot[at].len == len &&
+                                 memcmp(ks->slot[at].key, key, (size_t)len) == 0))
+        at = (at + 1) & (SB_KEY_SLOTS - 1);
+    if (!ks->slot[at].key) {
+        if (!(ks->slot[at].key = malloc(len ? (size_t)len : 1))) {
+            ks->ok = false;
+            return;
+        }
+        if (len)
+            memcpy(ks->slot[at].key, key, (size_t)len);
+        ks->slot[at].hash = h;
+        ks->slot[at].len = len;
+        ks->slot[at].state = mine ? SB_KEY_TAKEN : SB_KEY_NEW;
+        ks->distinct++;
+    }
+    ks->slot_of[i] = (int)at;
+}
+
+static int sb_keys_state(const struct sb_keys *ks, long i)
+{
+    return ks->slot_of[i] < 0 ? SB_KEY_TAKEN : ks->slot[ks->slot_of[i]].state;
+}
+
+static int64_t sb_keys_home(const struct sb_keys *ks, long i, int64_t members)
+{
+    return (int64_t)(ks->slot[ks->slot_of[i]].hash % (uint64_t)members);
+}
+
+static int sb_keys_set(struct sb_keys *ks, long i, int state)
+{
+    return ks->slot[ks->slot_of[i]].state = state;
+}
+
 struct sb_batch {
     struct mb_backend_sub *bs;
     msgbus_msg_t *head, *tail;
@@ -674,6 +792,15 @@ static int sb_claim(struct mb_backend *be, struct mb_backend_sub *bs, struct sb_
     int64_t seqs[SB_CLAIM_MAX];
     int dels[SB_CLAIM_MAX];
     long want = room < SB_CLAIM_MAX ? room : SB_CLAIM_MAX;
+    /* With several members, keys are shared out too: a key no member
+     * holds goes to its "home" member (its hash modulo the number of
+     * members, by rank of member id), so members start on different keys
+     * whichever wakes first; a member with nothing of its own to take
+     * takes up to a fair share of other new keys once it has had nothing
+     * for SB_HOME_WAIT_MS (a home member that is paused, slow or dead
+     * does not stall them; one that is awake has claimed them by then). A member holding a key
+     * keeps it while it holds one of its messages. */
+    struct sb_keys *ks = members > 1 ? sb_keys_new() : NULL;
     s = sb_st(be, SB_PENDING);
     sqlite3_bind_int64(s, 1, bs->grp);
     sqlite3_bind_int64(s, 2, bs->member);
@@ -682,19 +809,68 @@ static int sb_claim(struct mb_backend *be, struct mb_backend_sub *bs, struct sb_
     long n = 0;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW && n < want) {
         seqs[n] = sqlite3_column_int64(s, 0);
-        dels[n++] = sqlite3_column_int(s, 1);
+        dels[n] = sqlite3_column_int(s, 1);
+        if (ks && sqlite3_column_type(s, 2) != SQLITE_NULL)
+            sb_keys_note(ks, n, sqlite3_column_blob(s, 2), sqlite3_column_bytes(s, 2),
+                         sqlite3_column_int(s, 3) != 0);
+        n++;
     }
     sqlite3_reset(s);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        sb_keys_free(ks);
         return rc;
+    }
     long take = n;
     if (members > 1 && n > 1) {
         long share = (long)((n + members - 1) / members);
-        if (share < take) {
+        int64_t rank = 0, ra[2] = {bs->grp, bs->member};
+        if (ks && ks->ok &&
+            sb_run(be, "SELECT COUNT(*) FROM msgbus_members WHERE grp=?1 AND id<?2", 2, ra,
+                   &rank) == SQLITE_OK) {
+            /* Keep, in order, up to `share` entries: keyless ones, those of
+             * keys it holds, and those of at most a fair share of new keys;
+             * a key turned down stays turned down for this pass (its later
+             * messages must not go before its earlier ones). */
+            long key_share = (long)((ks->distinct + members - 1) / members), fresh = 0, k = 0;
+            bool own = false; /* anything keyless, held or at home here */
+            for (long i = 0; i < n && !own; i++) {
+                int st = sb_keys_state(ks, i);
+                own = st == SB_KEY_TAKEN ||
+                      (st == SB_KEY_NEW && sb_keys_home(ks, i, members) == rank);
+            }
+            int64_t now = mb_mono_ms();
+            if (own || !n)
+                bs->idle_since_ms = 0;
+            else if (!bs->idle_since_ms)
+                bs->idle_since_ms = now;
+            bool adopt = !own && bs->idle_since_ms && now - bs->idle_since_ms >= SB_HOME_WAIT_MS;
+            for (long i = 0; i < n && k < share; i++) {
+                int st = sb_keys_state(ks, i);
+                if (st == SB_KEY_NEW) {
+                    if (sb_keys_home(ks, i, members) == rank) {
+                        st = sb_keys_set(ks, i, SB_KEY_TAKEN);
+                    } else if (adopt && fresh < key_share) {
+                        fresh++;
+                        st = sb_keys_set(ks, i, SB_KEY_TAKEN);
+                    } else {
+                        st = sb_keys_set(ks, i, SB_KEY_LEFT);
+                    }
+                }
+                if (st == SB_KEY_LEFT)
+                    continue;
+                seqs[k] = seqs[i];
+                dels[k++] = dels[i];
+            }
+            if (k < n)
+                *more |= SB_AGAIN_LATER;
+            take = k;
+            n = take; /* what is left was a choice, not the end of the backlog */
+        } else if (share < take) {
             take = share;
             *more |= SB_AGAIN_LATER;
         }
     }
+    sb_keys_free(ks);
     if (n == want && take == n)
         *more |= SB_AGAIN_NOW; /* maybe more pending beyond this batch */
     for (long i = 0; i < take; i++) {
@@ -863,7 +1039,25 @@ static int sb_pass(struct mb_backend *be, bool fetch)
             sqlite3_bind_int64(s, 1, bs->member);
             sqlite3_bind_int64(s, 2, now);
             rc = sqlite3_step(s) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(be->db);
+            bool gone = rc == SQLITE_OK && sqlite3_changes(be->db) == 0;
             sqlite3_reset(s);
+            if (gone) {
+                /* Removed by another bus (our heartbeat was older than
+                 * session_timeout_ms, e.g. the process was stopped): join
+                 * again. What it held went back to the group; settles of
+                 * those go nowhere and they come again. */
+                int64_t topic = sb_topic_id(be, mb_sub_topic(bs->sub), true);
+                rc = topic > 0 ? sb_member_add(be, bs, topic) : SQLITE_ERROR;
+                if (rc == SQLITE_OK) {
+                    bs->expired = false;
+                    mb_sub_state(bs->sub, MSGBUS_STATE_UP,
+                                 "member joined the group again after its heartbeat expired%s",
+                                 bs->broadcast ? " (broadcast: what was published meanwhile is "
+                                                 "not delivered)"
+                                               : "");
+                    atomic_store(&be->fetch_needed, true);
+                }
+            }
         }
         if (rc == SQLITE_OK)
             rc = sb_reclaim(be, now);
@@ -1039,6 +1233,22 @@ static const char *const sb_options[] = {
 
 static void sb_close(struct mb_backend *be);
 
+/* Waiting for another connection's write lock: short, even sleeps (SQLite's
+ * own handler sleeps longer and longer, up to 100 ms, so a process that
+ * waited once keeps losing the lock to those that commit in a loop), up
+ * to busy_timeout_ms. Called on the thread that holds dbmu. */
+static int sb_busy(void *arg, int count)
+{
+    struct mb_backend *be = arg;
+    int64_t now = mb_mono_ms();
+    if (count == 0)
+        be->busy_since_ms = now;
+    else if (now - be->busy_since_ms >= be->busy_ms)
+        return 0;
+    usleep(count < 50 ? 200 : 1000);
+    return 1;
+}
+
 static msgbus_err_t sb_open_db(struct mb_backend *be)
 {
     int rc = sqlite3_open_v2(be->path, &be->db,
@@ -1047,7 +1257,7 @@ static msgbus_err_t sb_open_db(struct mb_backend *be)
     if (rc != SQLITE_OK)
         return mb_error(MSGBUS_ERR_CONNECT, "cannot open sqlite://%s: %s", be->path,
                         be->db ? sqlite3_errmsg(be->db) : sqlite3_errstr(rc));
-    sqlite3_busy_timeout(be->db, (int)be->busy_ms);
+    sqlite3_busy_handler(be->db, sb_busy, be);
     sqlite3_extended_result_codes(be->db, 0);
     char sql[160];
     snprintf(sql, sizeof sql, "PRAGMA synchronous=%s", be->sync_full ? "FULL" : "NORMAL");
@@ -1455,35 +1665,10 @@ static int sb_subscribe_fn(struct mb_backend *be, void *arg, msgbus_err_t *e)
         return SQLITE_ERROR;
     bool made = true;
     int rc;
-    if (a->group) {
-        if ((rc = sb_group_id(be, topic, a->group, true, &bs->grp, &made)))
-            return rc;
-    } else {
-        int64_t t[1] = {topic};
-        if ((rc = sb_run(be, "INSERT INTO msgbus_groups(topic,name) VALUES(?1,NULL)", 1, t,
-                         NULL)))
-            return rc;
-        bs->grp = sqlite3_last_insert_rowid(be->db);
-    }
-    sqlite3_stmt *s;
-    if ((rc = sqlite3_prepare_v2(be->db,
-                                 "INSERT INTO msgbus_members(grp,node,pid,beat) VALUES(?1,?2,?3,?4)",
-                                 -1, &s, NULL)))
+    if (a->group && (rc = sb_group_id(be, topic, a->group, true, &bs->grp, &made)))
         return rc;
-    sqlite3_bind_int64(s, 1, bs->grp);
-    sb_bind_text(s, 2, be->node);
-    sqlite3_bind_int64(s, 3, getpid());
-    sqlite3_bind_int64(s, 4, mb_now_ms());
-    rc = sqlite3_step(s);
-    sqlite3_finalize(s);
-    if (rc != SQLITE_DONE)
+    if ((rc = sb_member_add(be, bs, topic)))
         return rc;
-    bs->member = sqlite3_last_insert_rowid(be->db);
-    if (!a->group) {
-        int64_t t[2] = {bs->grp, bs->member};
-        if ((rc = sb_run(be, "UPDATE msgbus_groups SET member=?2 WHERE id=?1", 2, t, NULL)))
-            return rc;
-    }
     if (made && (a->start->kind == MB_START_EARLIEST || a->start->kind == MB_START_TIME))
         return sb_fill_from(be, bs->grp, topic, a->start);
     return SQLITE_OK;

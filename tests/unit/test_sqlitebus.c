@@ -524,6 +524,55 @@ START_TEST(retain_keeps_the_last_n_acked_for_replay)
 }
 END_TEST
 
+/* ------------------------------------------------- member removed */
+
+START_TEST(a_member_removed_by_another_bus_joins_again)
+{
+    struct file f;
+    file_new(&f, "");
+    char topic[64];
+    tu_unique(topic, sizeof topic, "rejoin");
+    msgbus_t *bus = open_bus(f.url);
+    msgbus_sub_t *sub = NULL;
+    tu_ck_ok(msgbus_subscribe(bus, topic, "g", &sub));
+    sqlite3 *db;
+    ck_assert_int_eq(sqlite3_open(f.path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    long long first = tu_sql_count(db, "SELECT MAX(id) FROM msgbus_members");
+    /* What another bus does to a member whose heartbeat it found stale. */
+    tu_sql_exec(db, "DELETE FROM msgbus_members");
+    long long now = -1;
+    for (int i = 0; i < 30 && now <= first; i++) {
+        usleep(100000);
+        now = tu_sql_count(db, "SELECT COALESCE(MAX(id),0) FROM msgbus_members");
+    }
+    printf("rejoin: member %lld removed, member %lld joined\n", first, now);
+    ck_assert_int_gt(now, first);
+    /* It receives as before, each message once. */
+    msgbus_t *pub = open_bus(f.url);
+    publish_n(pub, topic, 0, 20);
+    int got[20] = {0};
+    for (int i = 0; i < 20; i++) {
+        msgbus_msg_t *m = tu_receive(sub, 5000);
+        ck_assert_ptr_nonnull(m);
+        int n = payload_int(m);
+        ck_assert(n >= 0 && n < 20);
+        got[n]++;
+        tu_ck_ok(msgbus_ack(m));
+        msgbus_msg_free(m);
+    }
+    ck_assert_ptr_null(tu_receive(sub, 1500));
+    for (int i = 0; i < 20; i++)
+        ck_assert_int_eq(got[i], 1);
+    msgbus_close(pub);
+    msgbus_sub_close(sub);
+    msgbus_close(bus);
+    ck_assert_int_eq(tu_sql_count(db, "SELECT COUNT(*) FROM msgbus_members"), 0);
+    sqlite3_close(db);
+    file_rm(&f);
+}
+END_TEST
+
 /* ------------------------------------------- rows from elsewhere */
 
 START_TEST(rows_written_by_another_program_are_checked)
@@ -706,6 +755,7 @@ int main(void)
     tcase_add_test(tc, sigkill_of_producer_and_consumer_loses_nothing_confirmed);
     tcase_add_test(tc, fd_turns_readable_for_another_process_publish_without_polling);
     tcase_add_test(tc, retain_keeps_the_last_n_acked_for_replay);
+    tcase_add_test(tc, a_member_removed_by_another_bus_joins_again);
     tcase_add_test(tc, rows_written_by_another_program_are_checked);
     tcase_add_test(tc, outbox_relays_into_sqlite_bus);
     suite_add_tcase(s, tc);
