@@ -33,6 +33,8 @@ static uint64_t cf_expected_guarantees(void)
         return MSGBUS_CAP_DURABLE | MSGBUS_CAP_NO_DUPLICATE_PUBLISH;
     if (cf_is("amqp"))
         return MSGBUS_CAP_DURABLE;
+    if (cf_is("sqlite")) /* synchronous=full; a publish is one transaction */
+        return MSGBUS_CAP_DURABLE | MSGBUS_CAP_NO_DUPLICATE_PUBLISH;
     return MSGBUS_CAP_NO_DUPLICATE_PUBLISH; /* mem: publish is a function call */
 }
 

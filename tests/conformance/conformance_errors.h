@@ -106,9 +106,30 @@ static void cf_mem_too_large(void)
     msgbus_close(bus);
 }
 
+/* sqlite: a file that cannot be opened (its directory does not exist):
+ * open fails with MSGBUS_ERR_CONNECT naming the path, changing nothing. */
+static void cf_sqlite_unopenable(void)
+{
+    char url[256];
+    snprintf(url, sizeof url, "sqlite:///nonexistent-msgbus-%d/bus.db", (int)getpid());
+    msgbus_t *bus = (msgbus_t *)&url; /* sentinel: must stay untouched */
+    int64_t t0 = tu_now_ms();
+    msgbus_err_t e = msgbus_open(&bus, url, NULL);
+    printf("  unreachable sqlite: open gave %s after %lld ms: %s\n", msgbus_err_name(e),
+           (long long)(tu_now_ms() - t0), msgbus_last_error());
+    ck_assert_msg(e == MSGBUS_ERR_CONNECT, "open: %s, want MSGBUS_ERR_CONNECT",
+                  msgbus_err_name(e));
+    ck_assert_ptr_eq(bus, (msgbus_t *)&url);
+    ck_assert_msg(strstr(msgbus_last_error(), "/nonexistent-msgbus-") != NULL,
+                  "the error names the file: '%s'", msgbus_last_error());
+    ck_assert_msg(tu_now_ms() - t0 < 5000, "open took too long");
+}
+
 START_TEST(unreachable_broker_fails_clearly_within_the_timeout)
 {
-    if (cf_is("mem"))
+    if (cf_is("sqlite"))
+        cf_sqlite_unopenable();
+    else if (cf_is("mem"))
         cf_mem_too_large();
     else
         cf_unreachable_broker();
