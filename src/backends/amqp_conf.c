@@ -248,7 +248,7 @@ size_t mb_amqp_queue_args(const struct mb_amqp_conf *c, amqp_table_entry_t *entr
 
 static void mb_amqp_why_not(struct mb_caps *out, uint64_t cap, const char *why)
 {
-    out->why_not[__builtin_ctzll(cap)] = why;
+    out->why_not[MB_CAP_INDEX(cap)] = why;
 }
 
 /* Each claim is exact for the bus as configured: every message msgbus

@@ -57,6 +57,9 @@ struct mb_start {
  * why_not[i]: for bit i not claimed, a static sentence saying why ("RabbitMQ
  * round-robins a queue over its consumers"), shown by require= errors and
  * msgbus_caps_json; NULL gives a generic text. */
+/* The why_not[] slot of capability bit `cap` (one MSGBUS_CAP_* bit). */
+#define MB_CAP_INDEX(cap) (__builtin_ctzll((unsigned long long)(cap)))
+
 struct mb_caps {
     uint64_t bits;
     size_t max_message; /* bytes; 0: no limit of its own */

@@ -1075,19 +1075,19 @@ static void mb_kafka_capabilities(struct mb_backend *be, struct mb_caps *out)
     if (mb_kafka_producer_says(be, "enable.idempotence", "true"))
         out->bits |= MSGBUS_CAP_NO_DUPLICATE_PUBLISH;
     else
-        out->why_not[6] = "the bus is opened with enable.idempotence=false: a publish librdkafka "
+        out->why_not[MB_CAP_INDEX(MSGBUS_CAP_NO_DUPLICATE_PUBLISH)] = "the bus is opened with enable.idempotence=false: a publish librdkafka "
                           "retries after a lost acknowledgement may be written twice (the "
                           "inbox absorbs the copy)";
     /* acks=0: the delivery report says "sent", not "written". */
     if (mb_kafka_producer_says(be, "acks", "0"))
-        out->why_not[2] = "the bus is opened with acks=0: a confirm only says the message was "
+        out->why_not[MB_CAP_INDEX(MSGBUS_CAP_DURABLE)] = "the bus is opened with acks=0: a confirm only says the message was "
                           "sent, not that a broker wrote it";
     else
         out->bits |= MSGBUS_CAP_DURABLE;
-    out->why_not[5] = "Kafka has no redelivered flag: a message read again is the same offset "
+    out->why_not[MB_CAP_INDEX(MSGBUS_CAP_REDELIVERED)] = "Kafka has no redelivered flag: a message read again is the same offset "
                       "read again (after a restart or a rebalance), and msgbus_msg_attempt "
                       "counts the deliveries msgbus knows of";
-    out->why_not[8] = "Kafka has no delayed delivery: a record is readable as soon as it is "
+    out->why_not[MB_CAP_INDEX(MSGBUS_CAP_DELAYED)] = "Kafka has no delayed delivery: a record is readable as soon as it is "
                       "written";
     out->max_message = be->max_message_bytes > 0 ? (size_t)be->max_message_bytes : 0;
 }

@@ -1666,7 +1666,6 @@ static msgbus_err_t mb_mem_inspect(struct mb_backend *be, const char *topic, con
     return e;
 }
 
-#define MB_MEM_CAP_INDEX(cap) (__builtin_ctz(cap))
 
 static void mb_mem_capabilities(struct mb_backend *be, struct mb_caps *out)
 {
@@ -1678,19 +1677,19 @@ static void mb_mem_capabilities(struct mb_backend *be, struct mb_caps *out)
     if (be->broker->retain > 0)
         out->bits |= MSGBUS_CAP_REPLAY;
     else
-        out->why_not[MB_MEM_CAP_INDEX(MSGBUS_CAP_REPLAY)] =
+        out->why_not[MB_CAP_INDEX(MSGBUS_CAP_REPLAY)] =
             "mem:// keeps no messages once every group has them: open it with retain=N";
-    out->why_not[MB_MEM_CAP_INDEX(MSGBUS_CAP_DURABLE)] =
+    out->why_not[MB_CAP_INDEX(MSGBUS_CAP_DURABLE)] =
         "mem:// keeps messages in this process's memory: they go when the last bus on its name "
         "closes or the process ends";
-    out->why_not[MB_MEM_CAP_INDEX(MSGBUS_CAP_SHARED)] =
+    out->why_not[MB_CAP_INDEX(MSGBUS_CAP_SHARED)] =
         "mem:// lives in one process: mem://name is shared by the buses of this process only";
-    out->why_not[MB_MEM_CAP_INDEX(MSGBUS_CAP_POSITIONS)] =
+    out->why_not[MB_CAP_INDEX(MSGBUS_CAP_POSITIONS)] =
         "mem:// has no partitions or offsets";
-    out->why_not[MB_MEM_CAP_INDEX(MSGBUS_CAP_REDELIVERED)] =
+    out->why_not[MB_CAP_INDEX(MSGBUS_CAP_REDELIVERED)] =
         "mem:// sets no redelivered flag: msgbus_msg_attempt counts its deliveries (above 1 "
         "after a nack or a member's close)";
-    out->why_not[MB_MEM_CAP_INDEX(MSGBUS_CAP_DELAYED)] =
+    out->why_not[MB_CAP_INDEX(MSGBUS_CAP_DELAYED)] =
         "mem:// delivers at once: it has no delayed delivery of its own";
     out->max_message = (size_t)be->max_bytes;
 }

@@ -1926,7 +1926,6 @@ out:
     return e;
 }
 
-#define SB_CAP_INDEX(cap) (__builtin_ctz(cap))
 
 static void sb_capabilities(struct mb_backend *be, struct mb_caps *out)
 {
@@ -1938,16 +1937,16 @@ static void sb_capabilities(struct mb_backend *be, struct mb_caps *out)
     if (be->sync_full)
         out->bits |= MSGBUS_CAP_DURABLE;
     else
-        out->why_not[SB_CAP_INDEX(MSGBUS_CAP_DURABLE)] =
+        out->why_not[MB_CAP_INDEX(MSGBUS_CAP_DURABLE)] =
             "sqlite:// with synchronous=normal: a confirmed message survives a crash of the "
             "process, not of the machine (power loss)";
     if (be->retain > 0)
         out->bits |= MSGBUS_CAP_REPLAY;
     else
-        out->why_not[SB_CAP_INDEX(MSGBUS_CAP_REPLAY)] =
+        out->why_not[MB_CAP_INDEX(MSGBUS_CAP_REPLAY)] =
             "sqlite:// keeps no messages once every group has them: open it with retain=N";
-    out->why_not[SB_CAP_INDEX(MSGBUS_CAP_POSITIONS)] = "sqlite:// has no partitions or offsets";
-    out->why_not[SB_CAP_INDEX(MSGBUS_CAP_DELAYED)] =
+    out->why_not[MB_CAP_INDEX(MSGBUS_CAP_POSITIONS)] = "sqlite:// has no partitions or offsets";
+    out->why_not[MB_CAP_INDEX(MSGBUS_CAP_DELAYED)] =
         "sqlite:// delivers at once: it has no delayed delivery of its own";
     out->max_message = (size_t)be->max_bytes;
 }
