@@ -507,10 +507,7 @@ static void mem_case(long rate)
 /* Deletes every topic and group the bench named (bench_util.h). */
 static void delete_made(void)
 {
-    bench_kafka_delete(raw_conf(RD_KAFKA_PRODUCER, NULL), g_made, g_nmade);
-    for (int i = 0; i < g_nmade; i++)
-        free(g_made[i]);
-    g_nmade = 0;
+    bench_kafka_delete_made(raw_conf(RD_KAFKA_PRODUCER, NULL), g_made, &g_nmade);
 }
 
 int main(int argc, char **argv)

@@ -9,6 +9,7 @@
 #define BENCH_UTIL_H
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifdef BENCH_HAVE_KAFKA
@@ -51,6 +52,16 @@ static inline void bench_kafka_delete(rd_kafka_conf_t *conf, char *const *names,
     }
     rd_kafka_queue_destroy(q);
     rd_kafka_destroy(rk);
+}
+
+/* bench_kafka_delete of the names a bench collected (malloc'd), which are
+ * freed; *n becomes 0. */
+static inline void bench_kafka_delete_made(rd_kafka_conf_t *conf, char **names, int *n)
+{
+    bench_kafka_delete(conf, names, *n);
+    for (int i = 0; i < *n; i++)
+        free(names[i]);
+    *n = 0;
 }
 #endif
 
