@@ -6,6 +6,7 @@
  *   amqp_codec.c   msgbus message ↔ AMQP properties/headers/body
  *   amqp_conn.c    connecting (TCP/TLS, login, failover), errors, exchanges
  *   amqp_io.c      the I/O thread: loop, reconnect, publish + confirms
+ *   amqp_wire.c    publishes and acks encoded by msgbus, one write per batch
  *   amqp_consume.c the I/O thread's consumer half: deliveries, acks, nacks,
  *                  pause; group reset and inspection (passive declares);
  *                  partitioned groups (children per partition, balancing)
@@ -202,6 +203,49 @@ MB_HIDDEN bool mb_amqp_decode(msgbus_msg_t *m, const amqp_basic_properties_t *p,
  * is unpacked (mb_msg_ce_unpack; a broken one is delivered as it came,
  * with msgbus-invalid-cloudevent). false on out of memory. */
 MB_HIDDEN bool mb_amqp_decode_body(msgbus_msg_t *m);
+
+/* ---- frames msgbus writes itself (amqp_wire.c) -------------------------------- */
+
+/* Many publishes (or acks) encoded into one buffer and written with one
+ * send()/sendmsg() — rabbitmq-c writes each frame with its own send(). The
+ * bytes are those rabbitmq-c writes for the same calls. Plain TCP only: over
+ * TLS rabbitmq-c owns the SSL object and writes itself. */
+struct mb_amqp_wseg {
+    const void *ext; /* the caller's bytes (a large body), or NULL: buf + off */
+    size_t off, len;
+};
+struct mb_amqp_wire {
+    unsigned char *buf;
+    size_t len, cap;
+    size_t covered; /* buf[0, covered) is in seg[] already */
+    struct mb_amqp_wseg *seg;
+    size_t nseg, segcap;
+    size_t count; /* publishes / acks encoded since the last reset */
+};
+/* Appends basic.publish, its content header and its body frames (of at
+ * most frame_max - 8 bytes; none for an empty body), as amqp_basic_publish
+ * would write them. A body over 2 KiB is not copied: it must stay put until
+ * the write. Returns AMQP_STATUS_OK, or (w unchanged)
+ * AMQP_STATUS_BAD_AMQP_DATA (a short string over 255 bytes),
+ * AMQP_STATUS_TABLE_TOO_BIG (the header does not fit frame_max),
+ * AMQP_STATUS_INVALID_PARAMETER (frame_max), AMQP_STATUS_NO_MEMORY. */
+MB_HIDDEN int mb_amqp_wire_publish(struct mb_amqp_wire *w, amqp_channel_t ch,
+                                   amqp_bytes_t exchange, amqp_bytes_t routing_key,
+                                   bool mandatory, bool immediate,
+                                   const amqp_basic_properties_t *props, amqp_bytes_t body,
+                                   size_t frame_max);
+/* Appends basic.ack (amqp_basic_ack's bytes). */
+MB_HIDDEN int mb_amqp_wire_ack(struct mb_amqp_wire *w, amqp_channel_t ch, uint64_t tag,
+                               bool multiple);
+/* Bytes encoded and not yet written. */
+MB_HIDDEN size_t mb_amqp_wire_bytes(const struct mb_amqp_wire *w);
+/* Writes everything to the (non-blocking) socket `fd`, waiting in poll()
+ * while it is full, and resets w. 0, or -errno (the connection is broken:
+ * an unknown part was written). Blocks until written or failed, as
+ * rabbitmq-c's own sends do; mb_amqp_kick's shutdown(2) ends the wait. */
+MB_HIDDEN int mb_amqp_wire_write(struct mb_amqp_wire *w, int fd);
+MB_HIDDEN void mb_amqp_wire_reset(struct mb_amqp_wire *w);
+MB_HIDDEN void mb_amqp_wire_free(struct mb_amqp_wire *w);
 
 /* ---- subscriptions ---------------------------------------------------------- */
 
@@ -401,6 +445,9 @@ struct mb_backend {
     uint16_t next_channel;
     int channel_max;
     bool corked;
+    /* Publishes and acks encoded by msgbus (amqp_wire.c) and written with
+     * one send per pass; plain TCP only (conf.tls: rabbitmq-c's calls). */
+    struct mb_amqp_wire wire;
     unsigned long reconnects; /* connections lost since open (for the log) */
     char last_error[MB_AMQP_DETAIL]; /* why the connection was lost or not made */
     /* Connection state reporting (mb_bus_state): when the connection was
@@ -462,6 +509,10 @@ MB_HIDDEN msgbus_err_t mb_amqp_reply_error(struct mb_backend *be, amqp_rpc_reply
                                            amqp_channel_t ch, const char *what, char *detail,
                                            size_t n, bool *conn_lost);
 MB_HIDDEN void mb_amqp_conn_lost(struct mb_backend *be, const char *why);
+/* Writes the publishes and acks encoded in be->wire (one send); `what`
+ * names the write in the reason when it fails. false: the connection was
+ * lost (mb_amqp_conn_lost has run). */
+MB_HIDDEN bool mb_amqp_wire_flush(struct mb_backend *be, const char *what);
 /* Declares the topic's exchange on `ch` (RPC). */
 MB_HIDDEN msgbus_err_t mb_amqp_declare_exchange(struct mb_backend *be, amqp_channel_t ch,
                                                 const char *topic, char *detail, size_t n,

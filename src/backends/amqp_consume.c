@@ -802,9 +802,13 @@ size_t mb_amqp_ack_plan(struct mb_backend_sub *bs, uint64_t *multi, uint64_t *si
     return n;
 }
 
+/* Over plain TCP every subscription's acks of the pass are encoded into
+ * be->wire and written with one send (rabbitmq-c sends each ack alone);
+ * over TLS rabbitmq-c writes them. */
 void mb_amqp_flush_acks(struct mb_backend *be)
 {
     uint64_t singles[256], multi;
+    bool direct = !be->conf.tls;
     for (struct mb_backend_sub *bs = be->subs; bs && be->conn; bs = bs->next) {
         if (!bs->acks_pending || !bs->channel)
             continue;
@@ -813,9 +817,11 @@ void mb_amqp_flush_acks(struct mb_backend *be)
         for (;;) {
             size_t n = mb_amqp_ack_plan(bs, &multi, singles, 256);
             if (multi)
-                st = amqp_basic_ack(be->conn, bs->channel, multi, 1);
+                st = direct ? mb_amqp_wire_ack(&be->wire, bs->channel, multi, true)
+                            : amqp_basic_ack(be->conn, bs->channel, multi, 1);
             for (size_t k = 0; k < n && st == AMQP_STATUS_OK; k++)
-                st = amqp_basic_ack(be->conn, bs->channel, singles[k], 0);
+                st = direct ? mb_amqp_wire_ack(&be->wire, bs->channel, singles[k], false)
+                            : amqp_basic_ack(be->conn, bs->channel, singles[k], 0);
             if (st != AMQP_STATUS_OK || n < 256)
                 break;
         }
@@ -826,6 +832,8 @@ void mb_amqp_flush_acks(struct mb_backend *be)
             return;
         }
     }
+    if (direct)
+        mb_amqp_wire_flush(be, "basic.ack");
 }
 
 /* ---- lag ------------------------------------------------------------------------------ */

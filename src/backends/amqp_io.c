@@ -210,12 +210,36 @@ static void mb_amqp_cork(struct mb_backend *be, bool on)
     be->corked = on;
 }
 
-/* Writes queued publishes while the window allows. Many publishes in one
- * go are corked into full TCP segments (rabbitmq-c writes three frames per
- * message with separate send() calls). */
+/* Writes what the wire buffer holds (plain TCP): one send for the batch.
+ * false when the connection was lost (mb_amqp_conn_lost has run: what was
+ * in flight goes back to the send list, in order). */
+bool mb_amqp_wire_flush(struct mb_backend *be, const char *what)
+{
+    if (!be->conn || !be->wire.count)
+        return be->conn != NULL;
+    int e = mb_amqp_wire_write(&be->wire, amqp_get_sockfd(be->conn));
+    if (e == 0)
+        return true;
+    char why[MB_AMQP_DETAIL];
+    snprintf(why, sizeof why, "%s: %s", what, strerror(-e));
+    mb_amqp_conn_lost(be, why);
+    return false;
+}
+
+/* A pass's publishes go out together once this much is encoded. */
+#define MB_AMQP_WIRE_FLUSH_BYTES (256 * 1024)
+
+/* Writes queued publishes while the window allows. Over plain TCP they are
+ * encoded by msgbus (amqp_wire.c) and written with one send per pass —
+ * rabbitmq-c writes three frames per message with separate send() calls.
+ * Over TLS rabbitmq-c writes them, corked into full TCP segments. Either
+ * way a message is in flight (sequence number given) once encoded: if the
+ * write fails the connection is lost and every unconfirmed message goes
+ * back to the send list in its order. */
 static void mb_amqp_send_pending(struct mb_backend *be)
 {
     char detail[MB_AMQP_DETAIL];
+    bool direct = !be->conf.tls;
     while (be->conn && be->pub_channel_ok && be->send_head &&
            be->ninflight < (size_t)be->conf.confirm_window) {
         struct mb_amqp_out *o = be->send_head;
@@ -237,18 +261,30 @@ static void mb_amqp_send_pending(struct mb_backend *be)
             mb_amqp_fail(be, o, MSGBUS_ERR_TOO_LARGE, detail);
             continue;
         }
-        if (o->next)
-            mb_amqp_cork(be, true);
-        int st = amqp_basic_publish(be->conn, MB_AMQP_PUB_CHANNEL, amqp_cstring_bytes(o->topic),
+        int st;
+        if (direct) {
+            st = mb_amqp_wire_publish(&be->wire, MB_AMQP_PUB_CHANNEL,
+                                      amqp_cstring_bytes(o->topic), o->routing_key, !o->internal,
+                                      0, &o->props, o->body,
+                                      (size_t)amqp_get_frame_max(be->conn));
+            if (st == AMQP_STATUS_NO_MEMORY && be->wire.count) {
+                /* Send what is encoded; o waits for the next pass. */
+                break;
+            }
+        } else {
+            if (o->next)
+                mb_amqp_cork(be, true);
+            st = amqp_basic_publish(be->conn, MB_AMQP_PUB_CHANNEL, amqp_cstring_bytes(o->topic),
                                     o->routing_key, !o->internal, 0, &o->props, o->body);
+        }
         if (st == AMQP_STATUS_TABLE_TOO_BIG || st == AMQP_STATUS_BAD_AMQP_DATA ||
             st == AMQP_STATUS_INVALID_PARAMETER) {
-            /* rabbitmq-c refused to encode this message (mb_amqp_out_new
-             * should have caught it): it fails alone, it is not a lost
-             * connection, and it is not sent again. */
+            /* The message cannot be encoded (mb_amqp_out_new should have
+             * caught it): it fails alone, it is not a lost connection, and
+             * it is not sent again. */
             be->send_head = o->next;
-            snprintf(detail, sizeof detail, "rabbitmq-c cannot encode the message: %s",
-                     amqp_error_string2(st));
+            snprintf(detail, sizeof detail, "%s cannot encode the message: %s",
+                     direct ? "msgbus" : "rabbitmq-c", amqp_error_string2(st));
             mb_log(MSGBUS_LOG_ERROR, "amqp: message %s to '%s' failed: %s",
                    o->msg_id[0] ? o->msg_id : "(no id)", o->topic, detail);
             mb_amqp_fail(be, o, MSGBUS_ERR_INVALID, detail);
@@ -269,10 +305,15 @@ static void mb_amqp_send_pending(struct mb_backend *be)
             be->infl_head = o;
         be->infl_tail = o;
         be->ninflight++;
+        if (direct && be->wire.len >= MB_AMQP_WIRE_FLUSH_BYTES &&
+            !mb_amqp_wire_flush(be, "publishing"))
+            break;
     }
     if (!be->send_head)
         be->send_tail = NULL;
-    if (be->conn)
+    if (direct)
+        mb_amqp_wire_flush(be, "publishing");
+    else if (be->conn)
         mb_amqp_cork(be, false);
 }
 
@@ -333,6 +374,7 @@ void mb_amqp_conn_lost(struct mb_backend *be, const char *why)
     be->reconnects++;
     snprintf(be->last_error, sizeof be->last_error, "%s", why);
     be->corked = false;
+    mb_amqp_wire_reset(&be->wire); /* what it held is in flight: requeued below */
     be->pub_channel_ok = be->ctl_channel_ok = false;
     mb_amqp_asm_clear(&be->ret_as);
     mb_amqp_requeue_inflight(be, false, why);
@@ -943,6 +985,7 @@ void *mb_amqp_io_main(void *arg)
             wake_ready = sock_ready = true;
     }
     mb_amqp_shutdown(be);
+    mb_amqp_wire_free(&be->wire);
     pthread_mutex_lock(&be->lock);
     be->exited = true;
     pthread_cond_broadcast(&be->cond);
