@@ -28,7 +28,11 @@
  * Prints per case the median rate of each side and the median of the
  * per-round ratios (robust against load that drifts during the run):
  *   RESULT case=<name> msgbus=<msg/s> raw=<msg/s> ratio=<msgbus/raw>
- * and for the _stats cases how many snapshots the callback got, the size of
+ *          cpu_msgbus=<µs> cpu_raw=<µs> cpu_ratio=<msgbus/raw>
+ * (cpu_*: the median over the rounds of the process's CPU time per
+ * message over the timed part of a run — every thread, msgbus's I/O
+ * thread included; the runs of a round are back to back in this process,
+ * so only one side's client is alive at a time) and for the _stats cases how many snapshots the callback got, the size of
  * the last, and the time the measured loops spent in msgbus_poll (where
  * snapshots are built; for persistent_64B_stats that includes the wait for
  * confirms), summed over the case's msgbus runs:
@@ -47,9 +51,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "msgbus/msgbus.h"
 
 #define WINDOW 1000
+
+/* Process CPU (every thread, bench_util.h) per message in µs over the
+ * timed part of the last run of msgbus_run, raw_run, msgbus_consume or
+ * raw_consume. */
+static double g_cpu_us;
 
 static double now_s(void)
 {
@@ -245,7 +255,7 @@ static double raw_run(const struct amqp_connection_info *ci, const char *topic,
         p.headers.entries = hdr;
     }
     uint64_t acked = 0;
-    double t0 = now_s();
+    double t0 = now_s(), c0 = bench_cpu_s();
     for (size_t i = 0; i < n; i++) {
         /* An id as long as a UUIDv7, like msgbus's. */
         snprintf(id, sizeof id, "00000000-0000-7000-8000-%012zu", i);
@@ -270,6 +280,7 @@ static double raw_run(const struct amqp_connection_info *ci, const char *topic,
     }
     raw_wait_confirms(c, n, &acked, 0);
     double rate = n / (now_s() - t0);
+    g_cpu_us = (bench_cpu_s() - c0) * 1e6 / (double)n;
     amqp_channel_close(c, 1, AMQP_REPLY_SUCCESS);
     amqp_connection_close(c, AMQP_REPLY_SUCCESS);
     amqp_destroy_connection(c);
@@ -293,7 +304,7 @@ static double raw_consume(const struct amqp_connection_info *ci, const char *que
     amqp_basic_consume(c, 1, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0,
                        amqp_empty_table);
     check_reply(amqp_get_rpc_reply(c), "basic.consume");
-    double t0 = 0;
+    double t0 = 0, c0 = 0;
     uint64_t last = 0, acked = 0;
     for (size_t got = 0; got < n;) {
         amqp_envelope_t env;
@@ -302,7 +313,7 @@ static double raw_consume(const struct amqp_connection_info *ci, const char *que
         amqp_rpc_reply_t r = amqp_consume_message(c, &env, &tv, 0);
         check_reply(r, "raw consume");
         if (got++ == 0)
-            t0 = now_s();
+            t0 = now_s(), c0 = bench_cpu_s();
         if (env.message.properties.message_id.len != 36)
             die("raw consume", "message without a 36-byte message id");
         last = env.delivery_tag;
@@ -315,6 +326,7 @@ static double raw_consume(const struct amqp_connection_info *ci, const char *que
         }
     }
     double rate = (n - 1) / (now_s() - t0);
+    g_cpu_us = (bench_cpu_s() - c0) * 1e6 / (double)(n - 1);
     amqp_channel_close(c, 1, AMQP_REPLY_SUCCESS);
     amqp_connection_close(c, AMQP_REPLY_SUCCESS);
     amqp_destroy_connection(c);
@@ -370,13 +382,13 @@ static double msgbus_consume(const char *url, const char *topic, size_t n, bool 
     msgbus_sub_t *sub = NULL;
     if (msgbus_subscribe(bus, topic, "bench", &sub) != MSGBUS_OK)
         die("msgbus_subscribe", msgbus_last_error());
-    double t0 = 0;
+    double t0 = 0, c0 = 0;
     for (size_t got = 0; got < n;) {
         msgbus_msg_t *m = NULL;
         if (msgbus_receive(sub, 30000, &m) != MSGBUS_OK)
             die("msgbus_receive", msgbus_last_error());
         if (got++ == 0)
-            t0 = now_s();
+            t0 = now_s(), c0 = bench_cpu_s();
         if (strlen(msgbus_msg_id(m)) != 36)
             die("msgbus_receive", "message without a 36-byte id");
         msgbus_ack(m);
@@ -388,6 +400,7 @@ static double msgbus_consume(const char *url, const char *topic, size_t n, bool 
         }
     }
     double rate = (n - 1) / (now_s() - t0);
+    g_cpu_us = (bench_cpu_s() - c0) * 1e6 / (double)(n - 1);
     msgbus_sub_close(sub);
     msgbus_close(bus);
     return rate;
@@ -405,7 +418,7 @@ static double msgbus_run(const char *url, const char *topic, size_t n, size_t si
     char *body = malloc(size);
     memset(body, 'x', size);
     msgbus_msg_t *m;
-    double t0 = now_s();
+    double t0 = now_s(), c0 = bench_cpu_s();
     for (size_t i = 0; i < n; i++) {
         /* A fresh message each time, as an application would (new id). */
         if (msgbus_msg_new(&m, body, size) != MSGBUS_OK)
@@ -442,6 +455,7 @@ static double msgbus_run(const char *url, const char *topic, size_t n, size_t si
     if (msgbus_flush(bus, 120000, &failed) != MSGBUS_OK)
         die("msgbus_flush", msgbus_last_error());
     double rate = n / (now_s() - t0);
+    g_cpu_us = (bench_cpu_s() - c0) * 1e6 / (double)n;
     msgbus_close(bus);
     free(body);
     return rate;
@@ -463,7 +477,7 @@ static void consume_case(const char *url, const struct amqp_connection_info *ci,
     char topic[128], queue[160];
     snprintf(topic, sizeof topic, "bench-amqp-%d-c%zu", (int)getpid(), k);
     snprintf(queue, sizeof queue, "%s.bench", topic);
-    double mb[16], raw[16], ratio[16];
+    double mb[16], raw[16], ratio[16], mbc[16], rawc[16];
     amqp_connection_state_t admin = raw_connect(ci, 0);
     raw_topology(admin, topic, queue);
     for (int r = 0; r < rounds; r++) {
@@ -471,18 +485,20 @@ static void consume_case(const char *url, const struct amqp_connection_info *ci,
             raw_purge(admin, queue);
             raw_run(ci, topic, queue, n, size, true);
             if ((side == 0) == (r % 2 == 0))
-                mb[r] = msgbus_consume(url, topic, n, stats);
+                mb[r] = msgbus_consume(url, topic, n, stats), mbc[r] = g_cpu_us;
             else
-                raw[r] = raw_consume(ci, queue, n);
+                raw[r] = raw_consume(ci, queue, n), rawc[r] = g_cpu_us;
         }
-        fprintf(stderr, "  %s round %d: msgbus %.0f/s raw %.0f/s\n", name, r + 1, mb[r], raw[r]);
+        fprintf(stderr, "  %s round %d: msgbus %.0f/s raw %.0f/s, cpu %.2f / %.2f µs/message\n",
+                name, r + 1, mb[r], raw[r], mbc[r], rawc[r]);
         ratio[r] = mb[r] / raw[r];
     }
     qsort(mb, rounds, sizeof mb[0], cmp_double);
     qsort(raw, rounds, sizeof raw[0], cmp_double);
     qsort(ratio, rounds, sizeof ratio[0], cmp_double);
-    printf("RESULT case=%s msgbus=%.0f raw=%.0f ratio=%.2f\n", name, mb[rounds / 2],
+    printf("RESULT case=%s msgbus=%.0f raw=%.0f ratio=%.2f ", name, mb[rounds / 2],
            raw[rounds / 2], ratio[rounds / 2]);
+    bench_print_cpu(bench_median(mbc, rounds), bench_median(rawc, rounds));
     if (stats)
         printf("INFO case=%s stats_callbacks=%ld last_snapshot_bytes=%zu poll_ms=%.1f\n", name,
                g_stats.calls, g_stats.last_len, g_stats.poll_s * 1000);
@@ -527,7 +543,7 @@ static void partitioned_case(const char *url, const struct amqp_connection_info 
             die("msgbus_declare", msgbus_last_error());
         msgbus_close(bus);
     }
-    double rate[2][16], ratio[16];
+    double rate[2][16], ratio[16], cpu[2][16];
     for (int r = 0; r < rounds; r++) {
         for (int i = 0; i < 2; i++) {
             int side = (r % 2 == 0) == (i == 0); /* partitioned first in even rounds */
@@ -538,6 +554,7 @@ static void partitioned_case(const char *url, const struct amqp_connection_info 
             } else {
                 rate[side][r] = msgbus_run(urls[side], topic[side], n, 64, false, true);
             }
+            cpu[side][r] = g_cpu_us;
         }
         fprintf(stderr, "  %s round %d: partitioned %.0f/s unpartitioned %.0f/s\n", name, r + 1,
                 rate[1][r], rate[0][r]);
@@ -546,8 +563,12 @@ static void partitioned_case(const char *url, const struct amqp_connection_info 
     qsort(rate[0], rounds, sizeof rate[0][0], cmp_double);
     qsort(rate[1], rounds, sizeof rate[1][0], cmp_double);
     qsort(ratio, rounds, sizeof ratio[0], cmp_double);
-    printf("RESULT case=%s partitioned=%.0f unpartitioned=%.0f ratio=%.2f\n", name,
+    /* Both sides are msgbus: cpu_msgbus= the partitioned group's, cpu_raw=
+     * the unpartitioned one's (the baseline), as the fields are named on
+     * every RESULT line. */
+    printf("RESULT case=%s partitioned=%.0f unpartitioned=%.0f ratio=%.2f ", name,
            rate[1][rounds / 2], rate[0][rounds / 2], ratio[rounds / 2]);
+    bench_print_cpu(bench_median(cpu[1], rounds), bench_median(cpu[0], rounds));
     fflush(stdout);
     /* Remove what the two groups made. */
     amqp_connection_state_t c = raw_connect(ci, 0);
@@ -618,7 +639,7 @@ int main(int argc, char **argv)
         char topic[128], queue[160];
         snprintf(topic, sizeof topic, "bench-amqp-%d-%zu", (int)getpid(), k);
         snprintf(queue, sizeof queue, "%s.bench", topic); /* msgbus's group queue */
-        double mb[16], raw[16];
+        double mb[16], raw[16], mbc[16], rawc[16];
         /* An admin connection: same topology for both, emptied before each run. */
         amqp_connection_state_t admin = raw_connect(&ci, 0);
         raw_topology(admin, topic, queue);
@@ -627,16 +648,20 @@ int main(int argc, char **argv)
             if (r % 2 == 0) {
                 raw_purge(admin, queue);
                 mb[r] = msgbus_run(url, topic, n, cases[k].size, cases[k].stats, false);
+                mbc[r] = g_cpu_us;
                 raw_purge(admin, queue);
                 raw[r] = raw_run(&ci, topic, queue, n, cases[k].size, true);
+                rawc[r] = g_cpu_us;
             } else {
                 raw_purge(admin, queue);
                 raw[r] = raw_run(&ci, topic, queue, n, cases[k].size, true);
+                rawc[r] = g_cpu_us;
                 raw_purge(admin, queue);
                 mb[r] = msgbus_run(url, topic, n, cases[k].size, cases[k].stats, false);
+                mbc[r] = g_cpu_us;
             }
-            fprintf(stderr, "  %s round %d: msgbus %.0f/s raw %.0f/s\n", cases[k].name, r + 1,
-                    mb[r], raw[r]);
+            fprintf(stderr, "  %s round %d: msgbus %.0f/s raw %.0f/s, cpu %.2f / %.2f µs/message\n",
+                    cases[k].name, r + 1, mb[r], raw[r], mbc[r], rawc[r]);
         }
         /* The ratio is the median of the per-round ratios: each round's
          * two runs are back to back, so load from other processes on a
@@ -648,8 +673,9 @@ int main(int argc, char **argv)
         qsort(raw, rounds, sizeof raw[0], cmp_double);
         qsort(ratio, rounds, sizeof ratio[0], cmp_double);
         double m = mb[rounds / 2], w = raw[rounds / 2];
-        printf("RESULT case=%s msgbus=%.0f raw=%.0f ratio=%.2f\n", cases[k].name, m, w,
+        printf("RESULT case=%s msgbus=%.0f raw=%.0f ratio=%.2f ", cases[k].name, m, w,
                ratio[rounds / 2]);
+        bench_print_cpu(bench_median(mbc, rounds), bench_median(rawc, rounds));
         if (cases[k].stats)
             printf("INFO case=%s stats_callbacks=%ld last_snapshot_bytes=%zu poll_ms=%.1f\n",
                    cases[k].name, g_stats.calls, g_stats.last_len, g_stats.poll_s * 1000);

@@ -18,6 +18,13 @@
  * the URL names them (src/backends/kafka.c). The "config" lines show both
  * sides' properties (secrets as ***) so a mismatch is visible.
  *
+ * Prints per case the median rate of each side over the rounds, and each
+ * side's process CPU per message (every thread, librdkafka's included; µs,
+ * median over the rounds; the round lines on stderr also give the
+ * publishing or receiving thread's own):
+ *   RESULT case=<name> msgbus=<msg/s> raw=<msg/s> ratio=<msgbus/raw>
+ *          cpu_msgbus=<µs> cpu_raw=<µs> cpu_ratio=<msgbus/raw>
+ *
  * Cases: produce_64 / produce_1024 — publish N messages with a delivery
  * report for each, until the last report; consume_64 / consume_1024 —
  * receive N messages that are already in the topic, acking each (msgbus)
@@ -104,6 +111,10 @@ static double now_s(void)
 /* CPU time of the measuring thread (the publishing or receiving one) per
  * message in the timed part of the last run, for the round lines. */
 static double g_cpu_ns;
+/* The whole process's CPU (every thread: librdkafka's and msgbus's own
+ * included) per message in µs over the same timed part (bench_util.h), for
+ * the RESULT lines; and the last child's, in the parent. */
+static double g_pcpu_us, g_child_pcpu_us;
 
 static double cpu_s(void)
 {
@@ -228,10 +239,11 @@ static double produce_msgbus(const char *topic, size_t size)
     /* Warm up: connection, producer id, the topic's metadata. */
     mb_publish_n(bus, topic, payload, size, 1);
     atomic_store(&g_reports, 0);
-    double t0 = now_s(), c0 = cpu_s();
+    double t0 = now_s(), c0 = cpu_s(), pc0 = bench_cpu_s();
     mb_publish_n(bus, topic, payload, size, g_n);
     double t = now_s() - t0;
     g_cpu_ns = (cpu_s() - c0) * 1e9 / (double)g_n;
+    g_pcpu_us = (bench_cpu_s() - pc0) * 1e6 / (double)g_n;
     if (atomic_load(&g_reports) != g_n)
         die("reports", "count mismatch");
     free(payload);
@@ -312,10 +324,11 @@ static double produce_raw(const char *topic, size_t size)
     rd_kafka_t *rk = raw_producer();
     raw_produce_all(rk, topic, size, 1); /* warm up, as msgbus does */
     atomic_store(&g_reports, 0);
-    double t0 = now_s(), c0 = cpu_s();
+    double t0 = now_s(), c0 = cpu_s(), pc0 = bench_cpu_s();
     raw_produce_all(rk, topic, size, g_n);
     double t = now_s() - t0;
     g_cpu_ns = (cpu_s() - c0) * 1e9 / (double)g_n;
+    g_pcpu_us = (bench_cpu_s() - pc0) * 1e6 / (double)g_n;
     if (atomic_load(&g_reports) != g_n)
         die("raw reports", "count mismatch");
     rd_kafka_destroy(rk);
@@ -344,14 +357,14 @@ static double consume_msgbus(const char *topic, const char *group)
     msgbus_sub_t *sub = NULL;
     if (msgbus_subscribe(bus, topic, group, &sub) != MSGBUS_OK)
         die("subscribe", msgbus_last_error());
-    double t0 = 0, c0 = 0;
+    double t0 = 0, c0 = 0, pc0 = 0;
     for (long got = 0; got < g_n;) {
         msgbus_msg_t *m = NULL;
         msgbus_err_t e = msgbus_receive(sub, 30000, &m);
         if (e)
             die("receive", msgbus_last_error());
         if (got == 0)
-            t0 = now_s(), c0 = cpu_s();
+            t0 = now_s(), c0 = cpu_s(), pc0 = bench_cpu_s();
         got++;
         msgbus_ack(m);
         msgbus_msg_free(m);
@@ -361,6 +374,7 @@ static double consume_msgbus(const char *topic, const char *group)
     }
     double t = now_s() - t0;
     g_cpu_ns = (cpu_s() - c0) * 1e9 / (double)(g_n - 1);
+    g_pcpu_us = (bench_cpu_s() - pc0) * 1e6 / (double)(g_n - 1);
     msgbus_sub_close(sub);
     msgbus_close(bus);
     return (double)(g_n - 1) / t;
@@ -378,7 +392,7 @@ static double consume_raw(const char *topic, const char *group)
     rd_kafka_topic_partition_list_add(tl, topic, RD_KAFKA_PARTITION_UA);
     rd_kafka_subscribe(rk, tl);
     rd_kafka_topic_partition_list_destroy(tl);
-    double t0 = 0, c0 = 0, last_commit = 0;
+    double t0 = 0, c0 = 0, pc0 = 0, last_commit = 0;
     for (long got = 0; got < g_n;) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 30000);
         if (!m)
@@ -388,7 +402,7 @@ static double consume_raw(const char *topic, const char *group)
             continue;
         }
         if (got == 0)
-            t0 = last_commit = now_s(), c0 = cpu_s();
+            t0 = last_commit = now_s(), c0 = cpu_s(), pc0 = bench_cpu_s();
         got++;
         /* The message id, as msgbus gives it to its receivers. */
         rd_kafka_headers_t *h = NULL;
@@ -411,6 +425,7 @@ static double consume_raw(const char *topic, const char *group)
     }
     double t = now_s() - t0;
     g_cpu_ns = (cpu_s() - c0) * 1e9 / (double)(g_n - 1);
+    g_pcpu_us = (bench_cpu_s() - pc0) * 1e6 / (double)(g_n - 1);
     rd_kafka_consumer_close(rk);
     rd_kafka_destroy(rk);
     return (double)(g_n - 1) / t;
@@ -501,10 +516,11 @@ static double median(double *v, int n)
     return v[n / 2];
 }
 
-static void result(const char *name, double *mb, double *raw)
+static void result(const char *name, double *mb, double *raw, double *mbc, double *rawc)
 {
     double m = median(mb, g_rounds), r = median(raw, g_rounds);
-    printf("RESULT case=%s msgbus=%.0f raw=%.0f ratio=%.3f\n", name, m, r, r > 0 ? m / r : 0);
+    printf("RESULT case=%s msgbus=%.0f raw=%.0f ratio=%.3f ", name, m, r, r > 0 ? m / r : 0);
+    bench_print_cpu(bench_median(mbc, g_rounds), bench_median(rawc, g_rounds));
     fflush(stdout);
 }
 
@@ -566,7 +582,7 @@ static double in_child(enum job job, const char *topic, const char *group, size_
         die("fork", strerror(errno));
     if (pid == 0) {
         close(fd[0]);
-        double v[2] = {0, 0};
+        double v[3] = {0, 0, 0};
         switch (job) {
         case CONFIG: v[0] = print_config(); break;
         case DECLARE: v[0] = declare_topic(topic); break;
@@ -581,11 +597,12 @@ static double in_child(enum job job, const char *topic, const char *group, size_
         if (g_stats)
             fprintf(stderr, "(stats callbacks served during the run: %ld)\n", g_stats_seen);
         v[1] = g_cpu_ns;
+        v[2] = g_pcpu_us;
         fflush(stderr);
         _exit(write(fd[1], v, sizeof v) == (ssize_t)sizeof v ? 0 : 1);
     }
     close(fd[1]);
-    double v[2] = {0, 0};
+    double v[3] = {0, 0, 0};
     ssize_t n = read(fd[0], v, sizeof v);
     close(fd[0]);
     int status = 0;
@@ -594,29 +611,32 @@ static double in_child(enum job job, const char *topic, const char *group, size_
         die("child", "a measuring process failed (its error is above)");
     if (cpu_ns)
         *cpu_ns = v[1];
+    g_child_pcpu_us = v[2];
     return v[0];
 }
 
 /* One round of a case, msgbus first on even rounds, raw first on odd;
- * prints the round's line with each side's CPU per message. */
+ * prints the round's line with each side's CPU per message (the measuring
+ * thread's and the whole process's); *mbc / *rawc get the process's (µs). */
 static void round_pair(const char *name, int r, enum job mb_job, enum job raw_job,
                        const char *t1, const char *g1, const char *t2, const char *g2,
-                       size_t size, double *mb, double *raw)
+                       size_t size, double *mb, double *raw, double *mbc, double *rawc)
 {
     double mb_cpu = 0, raw_cpu = 0;
-    *mb = *raw = 0;
+    *mb = *raw = *mbc = *rawc = 0;
     for (int k = 0; k < 2; k++) {
         bool mb_turn = (k == 0) == (r % 2 == 0);
         if (mb_turn && side("msgbus"))
-            *mb = in_child(mb_job, t1, g1, size, &mb_cpu);
+            *mb = in_child(mb_job, t1, g1, size, &mb_cpu), *mbc = g_child_pcpu_us;
         else if (!mb_turn && side("raw"))
-            *raw = in_child(raw_job, t2, g2, size, &raw_cpu);
+            *raw = in_child(raw_job, t2, g2, size, &raw_cpu), *rawc = g_child_pcpu_us;
     }
     fprintf(stderr, "%s round %d: msgbus=%.0f raw=%.0f  (CPU of the %s thread per message: "
-            "msgbus %.0f ns, raw %.0f ns)\n", name, r, *mb, *raw,
+            "msgbus %.0f ns, raw %.0f ns; of the process: msgbus %.2f µs, raw %.2f µs)\n",
+            name, r, *mb, *raw,
             mb_job == PRODUCE_MSGBUS || mb_job == PRODUCE_MSGBUS_STATS ? "publishing"
                                                                         : "receiving",
-            mb_cpu, raw_cpu);
+            mb_cpu, raw_cpu, *mbc, *rawc);
 }
 
 /* Percent-decodes s[0..n) into a new string. */
@@ -733,7 +753,7 @@ int main(int argc, char **argv)
     in_child(CONFIG, NULL, NULL, 0, NULL);
     /* The last one: 64-byte messages with msgbus's stats on. */
     size_t sizes[] = {64, 1024, 64};
-    double mb[16], raw[16];
+    double mb[16], raw[16], mbc[16], rawc[16];
     for (int s = 0; s < 3; s++) {
         size_t size = sizes[s];
         bool stats = s == 2;
@@ -745,9 +765,9 @@ int main(int argc, char **argv)
             in_child(DECLARE, topic, NULL, 0, NULL);
             for (int r = 0; r < g_rounds; r++) {
                 round_pair(name, r, stats ? PRODUCE_MSGBUS_STATS : PRODUCE_MSGBUS, PRODUCE_RAW,
-                           topic, NULL, topic, NULL, size, &mb[r], &raw[r]);
+                           topic, NULL, topic, NULL, size, &mb[r], &raw[r], &mbc[r], &rawc[r]);
             }
-            result(name, mb, raw);
+            result(name, mb, raw, mbc, rawc);
         }
         snprintf(name, sizeof name, "consume_%zu%s", size, suffix);
         if (!strstr(name, g_filter))
@@ -763,9 +783,9 @@ int main(int argc, char **argv)
             if (side("raw"))
                 in_child(FILL, t2, g2, size, NULL);
             round_pair(name, r, stats ? CONSUME_MSGBUS_STATS : CONSUME_MSGBUS, CONSUME_RAW, t1,
-                       g1, t2, g2, size, &mb[r], &raw[r]);
+                       g1, t2, g2, size, &mb[r], &raw[r], &mbc[r], &rawc[r]);
         }
-        result(name, mb, raw);
+        result(name, mb, raw, mbc, rawc);
     }
     printf("(%ld messages per run, median of %d rounds, each run a process of its own, %s)\n",
            g_n, g_rounds, g_shown);

@@ -26,7 +26,12 @@
  * INSERTs. It is the ceiling of anything built on that file.
  * Prints per case
  *   RESULT case=sqlite_<case>_<sync> msgbus=<msg/s> raw=<msg/s> ratio=<msgbus/raw>
- * and the CPU this process used (cpu=<seconds>).
+ *          cpu=<seconds> cpu_msgbus=<µs> cpu_raw=<µs> cpu_ratio=<msgbus/raw>
+ * cpu= is the CPU this process used for the msgbus side; cpu_msgbus= and
+ * cpu_raw= are each side's CPU per message in µs (bench_util.h; one run
+ * per case, so no median). For pipeline, cpu_msgbus is the consuming
+ * process's only (the producer is a process of its own) and cpu_raw the
+ * raw batched INSERTs'.
  */
 #include <sqlite3.h>
 #include <stdbool.h>
@@ -38,6 +43,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "msgbus/msgbus.h"
 
 static double now_s(void)
@@ -203,10 +209,13 @@ static double raw_consume(const char *path, const char *sync, long n, long per_t
     return rate;
 }
 
-static void result(const char *name, const char *sync, double rate, double raw, double cpu)
+/* cpu / raw_cpu: seconds over n messages. */
+static void result(const char *name, const char *sync, double rate, double raw, double cpu,
+                   long n, double raw_cpu)
 {
-    printf("RESULT case=sqlite_%s_%s msgbus=%.0f raw=%.0f ratio=%.2f cpu=%.2f\n", name, sync,
+    printf("RESULT case=sqlite_%s_%s msgbus=%.0f raw=%.0f ratio=%.2f cpu=%.2f ", name, sync,
            rate, raw, raw > 0 ? rate / raw : 0, cpu);
+    bench_print_cpu(cpu * 1e6 / (double)n, raw_cpu * 1e6 / (double)n);
     fflush(stdout);
 }
 
@@ -227,8 +236,9 @@ static void run(const char *sync, long n, long one)
         publish(bus, topic, i);
     flush(bus);
     double rate = (double)n / (now_s() - t0), cpu = cpu_s() - c0;
-    double raw_pub = raw_insert(rpath, sync, n, 2000);
-    result("publish_batched", sync, rate, raw_pub, cpu);
+    double rc0 = cpu_s();
+    double raw_pub = raw_insert(rpath, sync, n, 2000), raw_pub_cpu = cpu_s() - rc0;
+    result("publish_batched", sync, rate, raw_pub, cpu, n, raw_pub_cpu);
     msgbus_sub_t *sub = NULL;
     c0 = cpu_s();
     t0 = now_s();
@@ -237,7 +247,9 @@ static void run(const char *sync, long n, long one)
     consume(bus, sub, n);
     rate = (double)n / (now_s() - t0);
     cpu = cpu_s() - c0;
-    result("consume_batched", sync, rate, raw_consume(rpath, sync, n, 1000), cpu);
+    rc0 = cpu_s();
+    double raw = raw_consume(rpath, sync, n, 1000);
+    result("consume_batched", sync, rate, raw, cpu, n, cpu_s() - rc0);
     msgbus_close(bus);
     rm_file(path);
     rm_file(rpath);
@@ -255,8 +267,9 @@ static void run(const char *sync, long n, long one)
     }
     rate = (double)one / (now_s() - t0);
     cpu = cpu_s() - c0;
+    rc0 = cpu_s();
     double raw_one = raw_insert(rpath, sync, one, 1);
-    result("publish_one", sync, rate, raw_one, cpu);
+    result("publish_one", sync, rate, raw_one, cpu, one, cpu_s() - rc0);
     c0 = cpu_s();
     t0 = now_s();
     if ((e = msgbus_subscribe(bus, topic, "g", &sub)))
@@ -264,7 +277,9 @@ static void run(const char *sync, long n, long one)
     consume(bus, sub, one);
     rate = (double)one / (now_s() - t0);
     cpu = cpu_s() - c0;
-    result("consume_one", sync, rate, raw_consume(rpath, sync, one, 1), cpu);
+    rc0 = cpu_s();
+    raw = raw_consume(rpath, sync, one, 1);
+    result("consume_one", sync, rate, raw, cpu, one, cpu_s() - rc0);
     msgbus_close(bus);
     rm_file(path);
     rm_file(rpath);
@@ -305,7 +320,7 @@ static void run(const char *sync, long n, long one)
     waitpid(child, &st, 0);
     if (!WIFEXITED(st) || WEXITSTATUS(st))
         fprintf(stderr, "bench_sqlitebus: the producer process failed\n");
-    result("pipeline", sync, rate, raw_pub, cpu);
+    result("pipeline", sync, rate, raw_pub, cpu, n, raw_pub_cpu);
     msgbus_close(bus);
     rm_file(path);
 }

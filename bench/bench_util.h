@@ -1,9 +1,15 @@
 /*
- * bench_util.h — what several benches share: deleting the topic (and the
- * group's queue) a bench made on the broker, so a run leaves the broker as
- * it found it. msgbus has no delete; this goes to the broker's own client
- * (librdkafka's Admin API, rabbitmq-c), each only when msgbus is built with
- * that backend (BENCH_HAVE_KAFKA, BENCH_HAVE_AMQP from bench/CMakeLists.txt).
+ * bench_util.h — what several benches share:
+ * - CPU per message: bench_cpu_s() (this process's CPU time, every thread)
+ *   read around each side's run, bench_median() over rounds, and
+ *   bench_print_cpu(), which ends a RESULT line with
+ *   " cpu_msgbus=<µs> cpu_raw=<µs> cpu_ratio=<msgbus/raw>" (medians over the
+ *   rounds, µs of process CPU per message), after the line's own fields;
+ * - deleting the topic (and the group's queue) a bench made on the broker,
+ *   so a run leaves the broker as it found it. msgbus has no delete; this
+ *   goes to the broker's own client (librdkafka's Admin API, rabbitmq-c),
+ *   each only when msgbus is built with that backend (BENCH_HAVE_KAFKA,
+ *   BENCH_HAVE_AMQP from bench/CMakeLists.txt).
  */
 #ifndef BENCH_UTIL_H
 #define BENCH_UTIL_H
@@ -11,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #ifdef BENCH_HAVE_KAFKA
 #include <librdkafka/rdkafka.h>
@@ -19,6 +26,40 @@
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
 #endif
+
+/* CPU time this process has used (all its threads), in seconds. Read it
+ * before and after one side's run: (after - before) * 1e6 / messages is
+ * that side's CPU per message in µs, the client library's own threads
+ * included. */
+static inline double bench_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static inline int bench_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The median of v[0..n) (sorts v in place). */
+static inline double bench_median(double *v, int n)
+{
+    if (n <= 0)
+        return 0;
+    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
+    return v[n / 2];
+}
+
+/* Ends a RESULT line: the medians of both sides' CPU per message (µs) and
+ * their ratio, then a newline. */
+static inline void bench_print_cpu(double cpu_msgbus_us, double cpu_raw_us)
+{
+    printf("cpu_msgbus=%.2f cpu_raw=%.2f cpu_ratio=%.2f\n", cpu_msgbus_us, cpu_raw_us,
+           cpu_raw_us > 0 ? cpu_msgbus_us / cpu_raw_us : 0);
+}
 
 #ifdef BENCH_HAVE_KAFKA
 /* Deletes the Kafka topics and consumer groups named names[0 .. n-1] (each
