@@ -414,7 +414,7 @@ static void mb_kafka_replace(struct mb_backend *be)
 /* Publishing at fewer than this many messages per millisecond (50,000/s),
  * the thread does not nap: it waits in rd_kafka_poll, which returns as soon
  * as a report arrives, so confirms come without the nap's delay (up to
- * MB_KAFKA_NAP_MAX_MS; bench/bench_latency_kafka.c). Above it the reports
+ * MB_KAFKA_NAP_MAX_MS; bench/bench_latency.c). Above it the reports
  * come in batches anyway and napping saves the publisher's cores. */
 #define MB_KAFKA_NAP_FROM_PER_MS 50
 static void *mb_kafka_poll_main(void *arg)
