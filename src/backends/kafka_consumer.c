@@ -678,6 +678,24 @@ static void mb_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 /* ---- receiving ----------------------------------------------------------- */
 
+/* Bytes a record's CloudEvents type and source take as C strings (see
+ * mb_kafka_deliver). Parsing the headers here is not extra work:
+ * librdkafka keeps them parsed for mb_kafka_convert. */
+static size_t mb_kafka_ce_room(rd_kafka_message_t *rkm)
+{
+    rd_kafka_headers_t *h = NULL;
+    if (rd_kafka_message_headers(rkm, &h) != RD_KAFKA_RESP_ERR_NO_ERROR || !h)
+        return 0;
+    size_t room = 0;
+    const void *v;
+    size_t vn;
+    if (rd_kafka_header_get_last(h, "ce_type", &v, &vn) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        room += vn + 1;
+    if (rd_kafka_header_get_last(h, "ce_source", &v, &vn) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        room += vn + 1;
+    return room;
+}
+
 /* Turns a record into a new received message, or NULL. With `held` the
  * message holds a reference on held->batch (dropped by mb_kafka_release,
  * also on failure here) and either copies the payload to `slab` (then the
@@ -686,7 +704,8 @@ static void mb_kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
  * Without `held` the payload is copied to a malloc of its own and the
  * caller keeps the record. */
 static msgbus_msg_t *mb_kafka_convert(struct mb_backend_sub *bs, rd_kafka_message_t *rkm,
-                                      struct mb_kafka_held *held, unsigned char *slab)
+                                      struct mb_kafka_held *held, unsigned char *slab,
+                                      char **ce_area, size_t *ce_left)
 {
     /* mb_kafka_deliver took the ref. With `held`, the message itself lives
      * in the batch too, next to held[] (see mb_kafka_deliver). */
@@ -725,8 +744,30 @@ static msgbus_msg_t *mb_kafka_convert(struct mb_backend_sub *bs, rd_kafka_messag
     rd_kafka_headers_t *hdrs = NULL;
     if (rd_kafka_message_headers(rkm, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
         hdrs = NULL; /* none (__NOENT) */
-    if (mb_kafka_decode_headers(m, hdrs) != MSGBUS_OK || mb_msg_ce_unpack(m) != MSGBUS_OK)
+    /* The CloudEvents strings go to the batch's block while it has room
+     * (mb_kafka_deliver counted them). */
+    if (ce_area) {
+        m->ce_spare = *ce_area;
+        m->ce_spare_len = *ce_left;
+    }
+    msgbus_err_t e = mb_kafka_decode_headers(m, hdrs);
+    if (ce_area) {
+        *ce_area = m->ce_spare;
+        *ce_left = m->ce_spare_len;
+        m->ce_spare = NULL;
+        m->ce_spare_len = 0;
+    }
+    if (e != MSGBUS_OK || mb_msg_ce_unpack(m) != MSGBUS_OK)
         goto fail;
+    /* Everything of the headers is copied: a record kept for its payload
+     * lets go of them here, on the thread whose allocator made them
+     * (freeing them on the application's thread with the record costs
+     * each free a trip to this thread's arena). */
+    if (held && !slab && hdrs) {
+        rd_kafka_headers_t *own = NULL;
+        if (rd_kafka_message_detach_headers(rkm, &own) == RD_KAFKA_RESP_ERR_NO_ERROR && own)
+            rd_kafka_headers_destroy(own);
+    }
     m->partition = rkm->partition;
     m->offset = rkm->offset;
     m->has_position = true;
@@ -744,23 +785,37 @@ static void mb_kafka_deliver(struct mb_backend_sub *bs, rd_kafka_message_t **rkm
     msgbus_msg_t *conv[MB_KAFKA_BATCH];
     /* The batch: held[] and the slab for the short payloads. Out of
      * memory for it: copy each payload to a malloc of its own instead. */
-    size_t slab_len = 0, records = 0;
+    size_t slab_len = 0, records = 0, ce_len = 0;
     for (size_t i = 0; i < n; i++) {
         if (rkms[i]->err)
             continue;
         records++;
         if (rkms[i]->len < MB_KAFKA_BORROW_MIN)
             slab_len += rkms[i]->len;
+        /* Room for every record's CloudEvents strings as long as the
+         * first's (a stream's are usually all alike; a longer one is
+         * malloc'd). Only the first record's headers are parsed here:
+         * parsing them all before converting any would make every
+         * allocation of the batch's headers miss the allocator's
+         * per-thread cache, which serves each record's parse from the
+         * previous record's just-freed headers. */
+        if (!ce_len)
+            ce_len = mb_kafka_ce_room(rkms[i]) + 8;
     }
+    ce_len *= records;
     /* One block for the batch: held[n], the n message structs (made on
      * this thread, freed on the application's: one malloc and one
      * cross-thread free per batch instead of per message), the slab. */
     struct mb_kafka_batch *b =
-        malloc(sizeof *b + n * (sizeof b->held[0] + sizeof(msgbus_msg_t)) + slab_len);
+        malloc(sizeof *b + n * (sizeof b->held[0] + sizeof(msgbus_msg_t)) + slab_len + ce_len);
     unsigned char *slab = NULL;
+    char *ce_area = NULL;
+    size_t ce_left = 0;
     if (b) {
         b->msgs = (msgbus_msg_t *)(void *)&b->held[n];
         slab = (unsigned char *)&b->msgs[n];
+        ce_area = (char *)slab + slab_len;
+        ce_left = ce_len;
         /* One reference per record, + ours until the loop is done: taken
          * at once, as the sub's below (the application's thread drops
          * them one by one as it frees messages). */
@@ -795,7 +850,7 @@ static void mb_kafka_deliver(struct mb_backend_sub *bs, rd_kafka_message_t **rkm
                     slab += rkm->len;
                 }
             }
-            conv[i] = mb_kafka_convert(bs, rkm, held, copy_to);
+            conv[i] = mb_kafka_convert(bs, rkm, held, copy_to, b ? &ce_area : NULL, &ce_left);
             if (!conv[i])
                 mb_log(MSGBUS_LOG_ERROR, "kafka: out of memory converting %s[%d]@%lld; it will "
                        "be delivered again after a restart", bs->topic, (int)part,

@@ -80,7 +80,23 @@ msgbus_err_t mb_ce_check(const char *what, const char *v)
                     what, shown, n > 64 ? "…" : "", n, MSGBUS_MAX_CE_ATTR);
 }
 
-static msgbus_err_t mb_ce_set(msgbus_msg_t *m, char **field, const char *what, const char *v)
+static char **mb_ce_field(msgbus_msg_t *m, int i)
+{
+    return i == 0 ? &m->ce_type : i == 1 ? &m->ce_source : &m->ce_subject;
+}
+
+/* Replaces attribute i (0 type, 1 source, 2 subject) with `v`, a malloc'd
+ * string or NULL, freeing the old one unless it lives in a backend's block. */
+static void mb_ce_put(msgbus_msg_t *m, int i, char *v)
+{
+    char **f = mb_ce_field(m, i);
+    if (!(m->ce_inline & (1u << i)))
+        free(*f);
+    m->ce_inline &= (unsigned char)~(1u << i);
+    *f = v;
+}
+
+static msgbus_err_t mb_ce_set(msgbus_msg_t *m, int i, const char *what, const char *v)
 {
     if (!m)
         return mb_error(MSGBUS_ERR_INVALID, "msgbus_msg_set_%s: message is NULL", what);
@@ -93,24 +109,23 @@ static msgbus_err_t mb_ce_set(msgbus_msg_t *m, char **field, const char *what, c
         if (!(copy = mb_memdup(v, n + 1)))
             return mb_error(MSGBUS_ERR_NOMEM, "out of memory for a CloudEvents %s", what);
     }
-    free(*field);
-    *field = copy;
+    mb_ce_put(m, i, copy);
     return MSGBUS_OK;
 }
 
 MSGBUS_API msgbus_err_t msgbus_msg_set_type(msgbus_msg_t *m, const char *type)
 {
-    return mb_ce_set(m, m ? &m->ce_type : NULL, "type", type);
+    return mb_ce_set(m, 0, "type", type);
 }
 
 MSGBUS_API msgbus_err_t msgbus_msg_set_source(msgbus_msg_t *m, const char *source)
 {
-    return mb_ce_set(m, m ? &m->ce_source : NULL, "source", source);
+    return mb_ce_set(m, 1, "source", source);
 }
 
 MSGBUS_API msgbus_err_t msgbus_msg_set_subject(msgbus_msg_t *m, const char *subject)
 {
-    return mb_ce_set(m, m ? &m->ce_subject : NULL, "subject", subject);
+    return mb_ce_set(m, 2, "subject", subject);
 }
 
 MSGBUS_API const char *msgbus_msg_type(const msgbus_msg_t *m)
@@ -154,10 +169,8 @@ bool mb_ce_reserved_header(const char *name)
 
 void mb_ce_free(msgbus_msg_t *m)
 {
-    free(m->ce_type);
-    free(m->ce_source);
-    free(m->ce_subject);
-    m->ce_type = m->ce_source = m->ce_subject = NULL;
+    for (int i = 0; i < 3; i++)
+        mb_ce_put(m, i, NULL);
 }
 
 bool mb_ce_copy(msgbus_msg_t *dst, const msgbus_msg_t *src)
@@ -401,20 +414,26 @@ msgbus_err_t mb_msg_received_ce(msgbus_msg_t *m, const char *name, size_t n, con
         vn = 0;
     if (mb_is(name, n, "id"))
         return mb_msg_received_id(m, value, vn);
-    char **field = mb_is(name, n, "type")      ? &m->ce_type
-                   : mb_is(name, n, "source")  ? &m->ce_source
-                   : mb_is(name, n, "subject") ? &m->ce_subject
-                                               : NULL;
-    if (field) {
+    int field = mb_is(name, n, "type")      ? 0
+                : mb_is(name, n, "source")  ? 1
+                : mb_is(name, n, "subject") ? 2
+                                            : -1;
+    if (field >= 0) {
         if (!mb_ce_valid(value, vn))
             return mb_ce_as_header(m, name, n, value, vn);
-        char *copy = malloc(vn + 1);
+        /* In the backend's block when it left room, else a malloc. */
+        bool spare = m->ce_spare_len > vn;
+        char *copy = spare ? m->ce_spare : malloc(vn + 1);
         if (!copy)
             return MSGBUS_ERR_NOMEM;
         memcpy(copy, value, vn);
         copy[vn] = '\0';
-        free(*field);
-        *field = copy;
+        mb_ce_put(m, field, copy);
+        if (spare) {
+            m->ce_inline |= (unsigned char)(1u << field);
+            m->ce_spare += vn + 1;
+            m->ce_spare_len -= vn + 1;
+        }
         return MSGBUS_OK;
     }
     if (mb_is(name, n, "time")) {

@@ -38,6 +38,16 @@ struct msgbus_msg {
     /* CloudEvents attributes of the message's own (malloc'd; NULL: none,
      * the bus's default on publish). */
     char *ce_type, *ce_source, *ce_subject;
+    /* Bit i (0 type, 1 source, 2 subject) set: that string lives in a
+     * backend's block (a Kafka batch, see ce_spare), not in a malloc of
+     * its own, and is never freed alone. */
+    unsigned char ce_inline;
+    /* While a backend converts a record on its own thread: room in its
+     * block for the CloudEvents strings (ce_spare_len bytes left), so they
+     * are not malloc'd on that thread and freed on the application's. The
+     * backend clears it before the message is handed out. */
+    char *ce_spare;
+    size_t ce_spare_len;
 
     /* Received messages only. topic and group point into the subscription,
      * which the message keeps alive by a reference. */

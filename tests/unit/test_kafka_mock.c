@@ -1484,6 +1484,82 @@ START_TEST(in_place_payloads_survive_free_and_change)
 }
 END_TEST
 
+/* A received record's CloudEvents type and source are stored in its
+ * batch's block, room sized by the batch's first record (kafka_consumer.c):
+ * later records with longer strings, repeated attributes and records
+ * without any all read right, and the strings can be replaced, cleared
+ * and freed in any order (ASan: no free of block memory, no leak). */
+START_TEST(ce_strings_live_in_the_batch)
+{
+    enum { N = 40 };
+    struct mock mk;
+    mock_start(&mk, "create_topics=false&auto.offset.reset=earliest");
+    rd_kafka_t *rk = raw_producer(&mk);
+    static char types[N][200], sources[N][64], payload[700];
+    memset(payload, 'p', sizeof payload);
+    for (int i = 0; i < N; i++) {
+        /* the first short; then growing, over the first's room */
+        snprintf(types[i], sizeof types[i], "t%d.%.*s", i, i * 4,
+                 "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                 "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+        snprintf(sources[i], sizeof sources[i], "/src/%d", i);
+        rd_kafka_headers_t *h = rd_kafka_headers_new(8);
+        if (i % 7 != 3) { /* some records carry no attributes at all */
+            rd_kafka_header_add(h, "ce_id", -1, "id", -1);
+            if (i % 5 == 1) /* repeated: the last one wins */
+                rd_kafka_header_add(h, "ce_type", -1, "first-of-two", -1);
+            rd_kafka_header_add(h, "ce_type", -1, types[i], -1);
+            rd_kafka_header_add(h, "ce_source", -1, sources[i], -1);
+        }
+        /* short payloads are copied, long ones borrowed: both kinds */
+        size_t len = i % 2 ? sizeof payload : 10;
+        ck_assert_int_eq(rd_kafka_producev(rk, RD_KAFKA_V_TOPIC("t1"), RD_KAFKA_V_PARTITION(0),
+                                           RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                           RD_KAFKA_V_VALUE(payload, len), RD_KAFKA_V_HEADERS(h),
+                                           RD_KAFKA_V_END),
+                         0);
+    }
+    ck_assert_int_eq(rd_kafka_flush(rk, 5000), 0);
+    rd_kafka_destroy(rk);
+
+    msgbus_t *bus = NULL;
+    tu_ck_ok(msgbus_open(&bus, mk.url, NULL));
+    msgbus_sub_t *sub = NULL;
+    tu_ck_ok(msgbus_subscribe(bus, "t1", "ce-batch", &sub));
+    msgbus_msg_t *got[N];
+    for (int i = 0; i < N; i++) {
+        got[i] = tu_receive(sub, 15000);
+        ck_assert_ptr_nonnull(got[i]);
+        msgbus_msg_t *m = got[i];
+        if (i % 7 == 3) {
+            ck_assert_ptr_null(msgbus_msg_type(m));
+            ck_assert_ptr_null(msgbus_msg_source(m));
+        } else {
+            ck_str("type", msgbus_msg_type(m), types[i]);
+            ck_str("source", msgbus_msg_source(m), sources[i]);
+        }
+        tu_ck_ok(msgbus_ack(m));
+        if (i % 3 == 0) /* replaced while in the block */
+            tu_ck_ok(msgbus_msg_set_type(m, "replaced.type"));
+        if (i % 4 == 0)
+            tu_ck_ok(msgbus_msg_set_source(m, NULL));
+    }
+    /* freed out of order, the block's last message in the middle */
+    for (int i = 0; i < N; i += 2)
+        msgbus_msg_free(got[i]);
+    for (int i = N - 1; i > 0; i -= 2) {
+        if (i % 3 == 0)
+            ck_str("type", msgbus_msg_type(got[i]), "replaced.type");
+        else if (i % 7 != 3)
+            ck_str("type", msgbus_msg_type(got[i]), types[i]);
+        msgbus_msg_free(got[i]);
+    }
+    msgbus_sub_close(sub);
+    msgbus_close(bus);
+    mock_stop(&mk);
+}
+END_TEST
+
 static Suite *kafka_mock_suite(void)
 {
     Suite *s = suite_create("kafka_mock");
@@ -1523,6 +1599,7 @@ static Suite *kafka_mock_suite(void)
     tcase_add_test(ce, off_writes_only_the_id);
     tcase_add_test(ce, too_large_counts_the_attributes_and_the_json);
     tcase_add_test(ce, foreign_records_decode_right);
+    tcase_add_test(ce, ce_strings_live_in_the_batch);
     suite_add_tcase(s, ce);
     return s;
 }
