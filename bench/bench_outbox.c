@@ -16,7 +16,10 @@
  *            same transactions, no publishing: the ceiling of any relay on
  *            this table, printed as the highest ratio it allows.
  * Each phase also prints the CPU it used (this process, and the machine),
- * which says whether a side was short of CPU or waiting.
+ * which says whether a side was short of CPU or waiting, and each bus
+ * gets a CPU bound for the ratio (direct publishing's CPU per message,
+ * the broker's included, plus SQLite alone's, over the cores there are)
+ * and how much of it the relay reached (median over the rounds).
  * (RabbitMQ: the topic has no queue bound, so the URL gets unroutable=ok
  * and the broker confirms then drops; the same for both sides.)
  * and prints
@@ -320,7 +323,7 @@ static void run(const char *tag, const char *url, size_t n, size_t bytes, size_t
     }
     /* Warm-up: connections, metadata. */
     bench_raw(bus, topic, n / 20 + 1, bytes, NULL, NULL);
-    double raw[64], relay[64], alone[64], cbound[64];
+    double raw[64], relay[64], alone[64], cbound[64], of_bound[64];
     char what[64];
     snprintf(what, sizeof what, "%s direct", tag);
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -333,6 +336,9 @@ static void run(const char *tag, const char *url, size_t n, size_t bytes, size_t
          * share) plus the store's work; with every core busy it can reach
          * at most ncpu / (both costs per row). */
         cbound[r] = (double)ncpu / ((direct_cpu + alone_cpu) / (double)n) / raw[r];
+        /* How much of that bound the relay reached in this round (the
+         * issue's target is >= 0.9 as a median). */
+        of_bound[r] = cbound[r] > 0 ? relay[r] / raw[r] / cbound[r] : 0;
         printf("info: %s round %zu: relay %.0f/s direct %.0f/s ratio %.2f; SQLite alone %.0f/s\n",
                tag, r + 1, relay[r], raw[r], relay[r] / raw[r], alone[r]);
     }
@@ -341,6 +347,9 @@ static void run(const char *tag, const char *url, size_t n, size_t bytes, size_t
            "table passes ratio %.2f; with this machine's %ld cores shared by the broker, the "
            "CPU it all takes allows at most %.2f\n",
            tag, ma, ma / md, ncpu, median(cbound, rounds));
+    printf("info: %s: the relay reached %.2f of that CPU bound (median of the rounds' "
+           "relay/direct/bound)\n",
+           tag, median(of_bound, rounds));
     printf("RESULT case=outbox_sqlite_%s msgbus=%.0f raw=%.0f ratio=%.2f\n", tag, mr, md, mr / md);
     fflush(stdout);
     msgbus_close(bus);
