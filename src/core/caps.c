@@ -268,10 +268,18 @@ bool mb_rfc3339_parse(const char *s, int64_t *ms)
     bool leap = (Y % 4 == 0 && Y % 100 != 0) || Y % 400 == 0;
     if (D > mdays[M - 1] || (M == 2 && D == 29 && !leap))
         return false;
-    struct tm tm = {.tm_year = Y - 1900, .tm_mon = M - 1, .tm_mday = D, .tm_hour = h,
-                    .tm_min = mi, .tm_sec = se};
-    time_t t = timegm(&tm);
-    *ms = ((int64_t)t - (int64_t)off * 60) * 1000 + frac;
+    /* Days since 1970-01-01 of the proleptic Gregorian date (the
+     * days-from-civil arithmetic; timegm took ~500 instructions of every
+     * received event's ce_time). A second of 60 runs into the next minute,
+     * as timegm has it. */
+    int64_t y = M <= 2 ? Y - 1 : Y;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (M > 2 ? M - 3 : M + 9) + 2) / 5 + D - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    int64_t days = era * 146097 + doe - 719468;
+    int64_t t = days * 86400 + h * 3600 + mi * 60 + se;
+    *ms = (t - (int64_t)off * 60) * 1000 + frac;
     return true;
 }
 

@@ -27,7 +27,7 @@ static bool mb_ce_valid(const unsigned char *s, size_t n)
 {
     if (n == 0 || n > MSGBUS_MAX_CE_ATTR)
         return false;
-    for (size_t i = 0; i < n;) {
+    for (size_t i = mb_ascii_span(s, n, 0x20); i < n;) {
         unsigned char c = s[i];
         size_t len;
         if (c < 0x20 || c == 0x7f)
@@ -407,17 +407,45 @@ static bool mb_is(const char *name, size_t n, const char *what)
     return strlen(what) == n && strncasecmp(name, what, n) == 0;
 }
 
+enum mb_ce_attr { MB_CE_ID, MB_CE_TYPE, MB_CE_SOURCE, MB_CE_SUBJECT, MB_CE_TIME,
+                  MB_CE_SPECVERSION, MB_CE_DATACONTENTTYPE, MB_CE_OTHER };
+
+/* Which context attribute a name is (any case): by its length first, as
+ * this runs for every attribute of every received event. */
+static enum mb_ce_attr mb_ce_which(const char *name, size_t n)
+{
+    switch (n) {
+    case 2:
+        return mb_is(name, n, "id") ? MB_CE_ID : MB_CE_OTHER;
+    case 4:
+        return mb_is(name, n, "type") ? MB_CE_TYPE
+               : mb_is(name, n, "time") ? MB_CE_TIME
+                                        : MB_CE_OTHER;
+    case 6:
+        return mb_is(name, n, "source") ? MB_CE_SOURCE : MB_CE_OTHER;
+    case 7:
+        return mb_is(name, n, "subject") ? MB_CE_SUBJECT : MB_CE_OTHER;
+    case 11:
+        return mb_is(name, n, "specversion") ? MB_CE_SPECVERSION : MB_CE_OTHER;
+    case 15:
+        return mb_is(name, n, "datacontenttype") ? MB_CE_DATACONTENTTYPE : MB_CE_OTHER;
+    default:
+        return MB_CE_OTHER;
+    }
+}
+
 msgbus_err_t mb_msg_received_ce(msgbus_msg_t *m, const char *name, size_t n, const void *value,
                                 size_t vn)
 {
     if (!value)
         vn = 0;
-    if (mb_is(name, n, "id"))
+    enum mb_ce_attr which = mb_ce_which(name, n);
+    if (which == MB_CE_ID)
         return mb_msg_received_id(m, value, vn);
-    int field = mb_is(name, n, "type")      ? 0
-                : mb_is(name, n, "source")  ? 1
-                : mb_is(name, n, "subject") ? 2
-                                            : -1;
+    int field = which == MB_CE_TYPE      ? 0
+                : which == MB_CE_SOURCE  ? 1
+                : which == MB_CE_SUBJECT ? 2
+                                         : -1;
     if (field >= 0) {
         if (!mb_ce_valid(value, vn))
             return mb_ce_as_header(m, name, n, value, vn);
@@ -436,7 +464,7 @@ msgbus_err_t mb_msg_received_ce(msgbus_msg_t *m, const char *name, size_t n, con
         }
         return MSGBUS_OK;
     }
-    if (mb_is(name, n, "time")) {
+    if (which == MB_CE_TIME) {
         char buf[64];
         int64_t ms;
         if (vn > 0 && vn < sizeof buf && !memchr(value, '\0', vn)) {
@@ -449,9 +477,9 @@ msgbus_err_t mb_msg_received_ce(msgbus_msg_t *m, const char *name, size_t n, con
         }
         return mb_ce_as_header(m, name, n, value, vn);
     }
-    if (mb_is(name, n, "specversion") && vn == 3 && memcmp(value, "1.0", 3) == 0)
+    if (which == MB_CE_SPECVERSION && vn == 3 && memcmp(value, "1.0", 3) == 0)
         return MSGBUS_OK;
-    if (mb_is(name, n, "datacontenttype")) {
+    if (which == MB_CE_DATACONTENTTYPE) {
         if (msgbus_msg_header(m, "content-type"))
             return MSGBUS_OK; /* the binding's own content type says it */
         return mb_msg_received_header(m, "content-type", 12, value, vn);

@@ -89,6 +89,9 @@ MB_HIDDEN char *mb_schema_stmt(enum mb_schema which, enum mb_store store, size_t
 /* The id rule on `len` raw bytes (no NUL needed): 1..MSGBUS_MAX_ID bytes of
  * printable ASCII without spaces (0x21..0x7e). */
 MB_HIDDEN bool mb_valid_id_bytes(const void *s, size_t len);
+/* Length of the longest prefix of p[0..n) whose bytes are all printable
+ * ASCII from `lo` (0x20 or 0x21) to 0x7e; 8 bytes a step. */
+MB_HIDDEN size_t mb_ascii_span(const unsigned char *p, size_t n, unsigned char lo);
 
 /* Whether an option or variable named `name` holds a secret, by rule, not
  * by list: its name (any case) says password, secret, token, credential,

@@ -2,6 +2,7 @@
  * util.c — clocks, string duplication, UUIDv7 ids, a per-thread random
  * generator and the name checks shared by the public API.
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -255,15 +256,31 @@ bool mb_valid_header_name(const char *s)
     return n <= MSGBUS_MAX_HEADER_NAME;
 }
 
+size_t mb_ascii_span(const unsigned char *p, size_t n, unsigned char lo)
+{
+    /* Every received message's id, type and source go through here. A word
+     * is all good when no byte has its high bit set, none is below `lo`
+     * and none is 0x7f (the classic has-less / has-zero byte tests, which
+     * may only err towards "bad"); a bad word is looked at byte by byte. */
+    const uint64_t ones = 0x0101010101010101u, high = 0x8080808080808080u;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        uint64_t del = w ^ (ones * 0x7f);
+        if ((w & high) | ((w - ones * lo) & ~w & high) | ((del - ones) & ~del & high))
+            break;
+    }
+    while (i < n && p[i] >= lo && p[i] < 0x7f)
+        i++;
+    return i;
+}
+
 bool mb_valid_id_bytes(const void *s, size_t len)
 {
-    const unsigned char *p = s;
     if (!len || len > MSGBUS_MAX_ID)
         return false;
-    for (size_t i = 0; i < len; i++)
-        if (p[i] <= 0x20 || p[i] >= 0x7f)
-            return false;
-    return true;
+    return mb_ascii_span(s, len, 0x21) == len;
 }
 
 bool mb_secret_name(const char *name)

@@ -7,9 +7,11 @@
  */
 #include <jansson.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "testutil.h"
 
@@ -86,6 +88,69 @@ START_TEST(rfc3339_format_round_trips)
         ck_assert(mb_rfc3339_parse(out, &back));
         ck_assert_int_eq(back, ms[i]);
     }
+}
+END_TEST
+
+/* The parser's own date arithmetic agrees with timegm over years
+ * 0000..9999, every month end, leap days, a leap second and offsets. */
+START_TEST(rfc3339_parse_agrees_with_timegm)
+{
+    static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    uint64_t seed = 0x9e3779b97f4a7c15u;
+    long checked = 0;
+    for (int i = 0; i < 20000; i++) {
+        seed = seed * 6364136223846793005u + 1442695040888963407u;
+        uint64_t r = seed >> 11;
+        int Y = i < 12 ? (int[]){0, 1, 4, 99, 100, 400, 1899, 1900, 1969, 1970, 2000, 9999}[i]
+                       : (int)(r % 10000);
+        int M = (int)((r >> 14) % 12) + 1;
+        bool leap = (Y % 4 == 0 && Y % 100 != 0) || Y % 400 == 0;
+        int last = mdays[M - 1] + (M == 2 && leap);
+        int D = (i % 3 == 0) ? last : (int)((r >> 18) % (unsigned)last) + 1;
+        int h = (int)((r >> 23) % 24), mi = (int)((r >> 28) % 60), se = (int)((r >> 34) % 61);
+        int oh = (int)((r >> 40) % 24), om = (int)((r >> 45) % 60), ms = (int)((r >> 51) % 1000);
+        char text[64], off[8];
+        if (i % 4 == 0)
+            snprintf(off, sizeof off, "Z");
+        else
+            snprintf(off, sizeof off, "%c%02d:%02d", i % 4 == 1 ? '+' : '-', oh, om);
+        snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%03d%s", Y, M, D, h, mi, se,
+                 ms, off);
+        struct tm tm = {.tm_year = Y - 1900, .tm_mon = M - 1, .tm_mday = D, .tm_hour = h,
+                        .tm_min = mi, .tm_sec = se};
+        int64_t sign = i % 4 == 0 ? 0 : i % 4 == 1 ? 1 : -1;
+        int64_t want = ((int64_t)timegm(&tm) - sign * (oh * 60 + om) * 60) * 1000 + ms;
+        int64_t got = 0;
+        ck_assert_msg(mb_rfc3339_parse(text, &got), "'%s' refused", text);
+        ck_assert_msg(got == want, "'%s': %lld, timegm says %lld", text, (long long)got,
+                      (long long)want);
+        checked++;
+    }
+    ck_assert_int_eq(checked, 20000);
+}
+END_TEST
+
+/* The word-at-a-time printable-ASCII scan finds what a byte loop finds:
+ * every length, every position of one bad byte, both lower bounds. */
+START_TEST(ascii_span_agrees_with_a_byte_loop)
+{
+    static const unsigned char probes[] = {0x00, 0x1f, 0x20, 0x21, 0x41, 0x7e, 0x7f, 0x80, 0xa0, 0xff};
+    unsigned char buf[40];
+    for (int lo = 0x20; lo <= 0x21; lo++)
+        for (size_t n = 0; n <= sizeof buf; n++)
+            for (size_t at = 0; at <= n; at++)
+                for (size_t k = 0; k < sizeof probes; k++) {
+                    for (size_t j = 0; j < n; j++)
+                        buf[j] = (unsigned char)(0x21 + (j * 7) % 0x5d); /* all good */
+                    if (at < n)
+                        buf[at] = probes[k];
+                    size_t want = 0;
+                    while (want < n && buf[want] >= lo && buf[want] < 0x7f)
+                        want++;
+                    size_t got = mb_ascii_span(buf, n, (unsigned char)lo);
+                    ck_assert_msg(got == want, "lo %#x n %zu byte %#x at %zu: %zu, want %zu", lo,
+                                  n, probes[k], at, got, want);
+                }
 }
 END_TEST
 
@@ -296,6 +361,8 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, start_positions_parse);
     tcase_add_test(tc, rfc3339_format_round_trips);
+    tcase_add_test(tc, rfc3339_parse_agrees_with_timegm);
+    tcase_add_test(tc, ascii_span_agrees_with_a_byte_loop);
     tcase_add_test(tc, a_bad_start_option_fails_and_subscribes_nothing);
     tcase_add_test(tc, replay_is_refused_where_not_claimed);
     tcase_add_test(tc, require_names_what_is_missing);
