@@ -859,7 +859,10 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
             }
         }
         /* Settle the oldest published slice once the window is full, or
-         * when nothing else can move. */
+         * when nothing else can move, or as soon as all its confirms are
+         * in: its mark then goes to the worker between the claims, so
+         * the broker and the publishing overlap the marks instead of a
+         * pass ending with every mark of its slices in a row. */
         if (settle_at < pub_at) {
             struct mb_piped_slice *ps = &p->ring[settle_at % MB_RELAY_RING];
             bool window_full = pub_at - settle_at >= MB_PIPED_WINDOW;
@@ -870,7 +873,15 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
                 progressed = true;
                 continue;
             }
-            if (ps->state == MB_SL_SENT && (window_full || nothing_to_publish || stopping)) {
+            bool confirmed = false;
+            if (ps->state == MB_SL_SENT && ps->sl.ctx &&
+                !(window_full || nothing_to_publish || stopping)) {
+                pthread_mutex_lock(&ps->sl.ctx->mu);
+                confirmed = ps->sl.ctx->done >= ps->sl.npub;
+                pthread_mutex_unlock(&ps->sl.ctx->mu);
+            }
+            if (ps->state == MB_SL_SENT &&
+                (window_full || nothing_to_publish || stopping || confirmed)) {
                 settle_at++;
                 /* Decided even after a store error: its rows went out, so
                  * they are held for marking, not published again. */
