@@ -404,7 +404,14 @@ static msgbus_err_t mb_ce_as_header(msgbus_msg_t *m, const char *name, size_t n,
 
 static bool mb_is(const char *name, size_t n, const char *what)
 {
-    return strlen(what) == n && strncasecmp(name, what, n) == 0;
+    /* ASCII case folding by hand: `what` is lower case, and this runs for
+     * every attribute of every received event. */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (!what[i] || (c >= 'A' && c <= 'Z' ? c + 32 : c) != (unsigned char)what[i])
+            return false;
+    }
+    return what[n] == '\0';
 }
 
 enum mb_ce_attr { MB_CE_ID, MB_CE_TYPE, MB_CE_SOURCE, MB_CE_SUBJECT, MB_CE_TIME,
