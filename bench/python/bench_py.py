@@ -9,7 +9,8 @@ $MSGBUS_TEST_AMQP_URL (amqp://user:pass@host:port/vhost); a case whose
 broker URL is missing fails (exit 1), it is never skipped. bench/python/run
 sets up the venv and runs this.
 
-Cases (each side gets its own fresh topic / queue every round):
+Cases (each side gets its own fresh topic / queue every round, deleted
+after it):
 
   kafka_produce_64 / _1024   publish N messages, a delivery report for each
                              (msgbus: Delivery objects; confluent-kafka:
@@ -398,9 +399,43 @@ CASES = [
 ]
 
 
+def cleanup(url: str, broker: str, topic: str, group: str) -> None:
+    """Deletes what one timed run made: the Kafka topic and group, or the
+    RabbitMQ queue and exchange (100,000 persistent messages each, left
+    behind, slow the broker down for every later run)."""
+    try:
+        if broker == "kafka":
+            from confluent_kafka.admin import AdminClient
+            a = AdminClient({"bootstrap.servers": kafka_bootstrap(url)})
+            for f in a.delete_topics([topic], operation_timeout=30).values():
+                f.result()
+            for f in a.delete_consumer_groups([group], request_timeout=30).values():
+                try:
+                    f.result()
+                except Exception:  # a produce case's group never existed
+                    pass
+        else:
+            import pika
+            conn = pika.BlockingConnection(pika.URLParameters(url))
+            ch = conn.channel()
+            ch.queue_delete(queue=f"{topic}.{group}")
+            ch.exchange_delete(exchange=topic)
+            conn.close()
+    except Exception as e:  # noqa: BLE001 — a leftover is not a failed run
+        print(f"bench_py: could not delete {topic}: {e}", file=sys.stderr, flush=True)
+
+
 def one(url: str, broker: str, what: str, size: int, batch: int, side: str, n: int) -> dict:
     topic = _unique(f"{side}-{what}-{size}")
     group = _unique("g")
+    try:
+        return _one(url, broker, what, size, batch, side, n, topic, group)
+    finally:
+        cleanup(url, broker, topic, group)
+
+
+def _one(url: str, broker: str, what: str, size: int, batch: int, side: str, n: int,
+         topic: str, group: str) -> dict:
     murl = url if broker == "kafka" else url + ("&" if "?" in url else "?") + "confirm_window=1000"
     surl = murl if side == "msgbus" else url  # the peer's URL without msgbus's options
     if what == "produce":
