@@ -260,15 +260,7 @@ static double raw_run(const struct amqp_connection_info *ci, const char *topic,
         /* An id as long as a UUIDv7, like msgbus's. */
         snprintf(id, sizeof id, "00000000-0000-7000-8000-%012zu", i);
         p.message_id = amqp_cstring_bytes(id);
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        p.timestamp = (uint64_t)ts.tv_sec;
-        int64_t t_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-        struct tm tm;
-        gmtime_r(&ts.tv_sec, &tm);
-        size_t wn = strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
-        snprintf(when + wn, sizeof when - wn, ".%03dZ", (int)(t_ms % 1000));
-        snprintf(ms, sizeof ms, "%lld", (long long)t_ms);
+        p.timestamp = bench_event_time(when, sizeof when, ms, sizeof ms);
         hdr[1].value.value.bytes = p.message_id;
         hdr[4].value.value.bytes = amqp_cstring_bytes(when);
         hdr[5].value.value.bytes = amqp_cstring_bytes(ms);

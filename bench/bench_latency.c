@@ -584,15 +584,7 @@ static void amqp_send(void *arg, long seq)
                AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_HEADERS_FLAG;
     p.delivery_mode = 2;
     p.message_id = amqp_cstring_bytes(id);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    p.timestamp = (uint64_t)ts.tv_sec;
-    int64_t t_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    size_t wn = strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(when + wn, sizeof when - wn, ".%03dZ", (int)(t_ms % 1000));
-    snprintf(ms, sizeof ms, "%lld", (long long)t_ms);
+    p.timestamp = bench_event_time(when, sizeof when, ms, sizeof ms);
     static const char *const names[6] = {"cloudEvents_specversion", "cloudEvents_id",
                                          "cloudEvents_source",      "cloudEvents_type",
                                          "cloudEvents_time",        "msgbus-timestamp-ms"};

@@ -14,10 +14,28 @@
 #ifndef BENCH_UTIL_H
 #define BENCH_UTIL_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+/* The wall-clock time as msgbus writes it on a published event: `when`
+ * RFC 3339 with milliseconds (cloudEvents_time), `ms` milliseconds since
+ * the epoch (msgbus-timestamp-ms); returns the seconds (the AMQP
+ * timestamp property). The raw sides of the benches write the same. */
+static inline uint64_t bench_event_time(char *when, size_t wn, char *ms, size_t mn)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t t_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    size_t k = strftime(when, wn, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(when + k, wn - k, ".%03dZ", (int)(t_ms % 1000));
+    snprintf(ms, mn, "%lld", (long long)t_ms);
+    return (uint64_t)ts.tv_sec;
+}
 
 #ifdef BENCH_HAVE_KAFKA
 #include <librdkafka/rdkafka.h>
