@@ -25,6 +25,12 @@
 #include "testutil.h"
 #include "tu_sqlite.h"
 
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#else
+#define RUNNING_ON_VALGRIND 0
+#endif
+
 /* A fresh file per test: path and URL (with `opts`, "" for none). */
 struct file {
     char path[160];
@@ -440,8 +446,13 @@ START_TEST(fd_turns_readable_for_another_process_publish_without_polling)
     struct pollfd pf = {.fd = fd, .events = POLLIN};
     ck_assert_int_eq(poll(&pf, 1, 2000), 0);
     double idle = cpu_seconds() - c0;
-    printf("fd: idle 2 s cost %.1f ms of CPU\n", idle * 1000);
-    ck_assert_msg(idle < 0.2, "idle bus used %.3f s of CPU in 2 s", idle);
+    /* Under valgrind every instruction costs ~50 times as much: the idle
+     * bus's heartbeats took 0.17–0.83 s there (the machine busy), while
+     * a spinning thread takes the whole 2 s (valgrind runs one thread at
+     * a time). */
+    double bound = RUNNING_ON_VALGRIND ? 1.5 : 0.2;
+    printf("fd: idle 2 s cost %.1f ms of CPU (bound %.0f ms)\n", idle * 1000, bound * 1000);
+    ck_assert_msg(idle < bound, "idle bus used %.3f s of CPU in 2 s", idle);
     ck_assert_int_eq(write(go[1], "x", 1), 1);
     close(go[1]);
     int64_t t0 = tu_now_ms();
