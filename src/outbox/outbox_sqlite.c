@@ -19,23 +19,13 @@
 
 #include "outbox/outbox_store.h"
 
-/* What a claim uses, on one connection: the application's, or the
- * relay's read-only second one (see "the second connection" below). */
-struct mb_outbox_sqlite_claims {
+struct mb_outbox_sqlite {
     sqlite3 *db;
+    sqlite3_stmt *put;
     sqlite3_stmt *claim;
     sqlite3_stmt *claim_plain; /* when no row is 'failed': no per-key check needed */
     sqlite3_stmt *first_pending;
     sqlite3_stmt *any_failed;
-};
-
-struct mb_outbox_sqlite {
-    sqlite3 *db;
-    sqlite3_stmt *put;
-    struct mb_outbox_sqlite_claims main; /* main.db == db */
-    struct mb_outbox_sqlite_claims rd;   /* rd.db: open during a piped pass, or NULL */
-    bool rd_off;                          /* not possible on this handle: never again */
-    _Atomic uint64_t rd_claims;           /* claims made on rd (tests) */
     sqlite3_stmt *mark_retry;
     sqlite3_stmt *mark_failed;
     sqlite3_stmt *mark_sent_many;   /* ids as a JSON array: one statement per batch */
@@ -114,25 +104,16 @@ static msgbus_err_t mb_outbox_sqlite_check(msgbus_outbox_t *ob, sqlite3 *db)
     return MSGBUS_OK;
 }
 
-static void mb_outbox_sqlite_claims_free(struct mb_outbox_sqlite_claims *c)
-{
-    sqlite3_finalize(c->claim);
-    sqlite3_finalize(c->claim_plain);
-    sqlite3_finalize(c->first_pending);
-    sqlite3_finalize(c->any_failed);
-    c->claim = c->claim_plain = c->first_pending = c->any_failed = NULL;
-}
-
-static void mb_outbox_sqlite_reader_close(msgbus_outbox_t *ob);
-
 static void mb_outbox_sqlite_close(msgbus_outbox_t *ob)
 {
     struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
     if (!s)
         return;
-    mb_outbox_sqlite_reader_close(ob);
     sqlite3_finalize(s->put);
-    mb_outbox_sqlite_claims_free(&s->main);
+    sqlite3_finalize(s->claim);
+    sqlite3_finalize(s->claim_plain);
+    sqlite3_finalize(s->first_pending);
+    sqlite3_finalize(s->any_failed);
     sqlite3_finalize(s->mark_retry);
     sqlite3_finalize(s->mark_failed);
     sqlite3_finalize(s->mark_sent_many);
@@ -190,10 +171,16 @@ static msgbus_err_t mb_outbox_sqlite_check_idle(msgbus_outbox_t *ob)
     return MSGBUS_OK;
 }
 
-static msgbus_err_t mb_outbox_sqlite_claim_on(msgbus_outbox_t *ob,
-                                              struct mb_outbox_sqlite_claims *s, size_t max,
-                                              int64_t after, struct mb_outbox_batch *b)
+static msgbus_err_t mb_outbox_sqlite_claim(msgbus_outbox_t *ob, size_t max, int64_t after,
+                                           struct mb_outbox_batch *b)
 {
+    struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
+    if (!s->busy_set) {
+        /* The relay's writes queue behind the application's: wait for the
+         * write lock rather than fail the pass at once. */
+        sqlite3_busy_timeout(s->db, 5000);
+        s->busy_set = true;
+    }
     /* The per-key check against failed rows costs an index probe per
      * row; with no failed row at all (the normal case) it is skipped. */
     sqlite3_reset(s->any_failed);
@@ -270,203 +257,6 @@ static msgbus_err_t mb_outbox_sqlite_claim_on(msgbus_outbox_t *ob,
         e = mb_outbox_sqlite_err(ob, s->db, "reading pending rows");
     sqlite3_reset(st);
     return e;
-}
-
-static msgbus_err_t mb_outbox_sqlite_claim(msgbus_outbox_t *ob, size_t max, int64_t after,
-                                           struct mb_outbox_batch *b)
-{
-    struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
-    if (!s->busy_set) {
-        /* The relay's writes queue behind the application's: wait for the
-         * write lock rather than fail the pass at once. */
-        sqlite3_busy_timeout(s->db, 5000);
-        s->busy_set = true;
-    }
-    return mb_outbox_sqlite_claim_on(ob, &s->main, max, after, b);
-}
-
-/* ---- the second connection ----
- *
- * In a long pass the store's worker claims and marks on the application's
- * connection, one after the other, and it is the pass's critical path.
- * For a plain file database in WAL mode the claims can run instead on a
- * read-only connection of their own, on another thread, beside the marks:
- * WAL lets one reader run beside the writer.
- *
- * Why a claim there sees what it must: a read on that connection sees the
- * snapshot of every transaction committed before it began, which
- * includes every row the application committed before the claim and
- * every mark the relay committed before it. The marks it may not see yet
- * (one being written beside it) touch only rows at or below `after`,
- * which the claim does not read — except that a row just marked 'failed'
- * may not hold back a later row of its key in this claim. That later row
- * is not published: its key is already in the pass's held or skip set
- * (decided on the calling thread before the mark was queued), so it stays
- * pending and the next pass's claim, which sees the failed row, leaves it
- * out. `dense` stays true only when the claim took every pending row of
- * its id range in its snapshot; no row can become pending inside that
- * range later (ids are handed out in commit order by the single writer,
- * top of this file), and a batch with a held row is marked by its ids, not
- * by its range. Rows the application commits while a claim runs are
- * missed by it exactly as by a claim on the main connection that ran a
- * little earlier: the next claim or pass takes them.
- *
- * Only where this cannot change what the application's connection does
- * or sees: a file database (not :memory: or temp), journal_mode WAL,
- * locking_mode NORMAL, the VFS found again by its name, SQLite with its
- * mutexes on (two connections on two threads). The connection is opened
- * for each piped pass and closed after it: an idle WAL connection keeps
- * a shared lock on the file, which would make the application's switch
- * out of WAL mode fail with "database is locked". Any failure to open or
- * probe it (an encrypted database without its key, another VFS, the table
- * in another schema) turns it off for the handle: the claims stay on the
- * main connection, as before. */
-
-static msgbus_err_t mb_outbox_sqlite_claims_prepare(msgbus_outbox_t *ob, sqlite3 *db,
-                                                    struct mb_outbox_sqlite_claims *c);
-
-/* The text of the first value a one-row statement (a PRAGMA) gives on db. */
-static bool mb_outbox_sqlite_pragma(sqlite3 *db, const char *sql, char *out, size_t size)
-{
-    sqlite3_stmt *st = NULL;
-    out[0] = '\0';
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        return false;
-    bool ok = false;
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        const char *t = (const char *)sqlite3_column_text(st, 0);
-        snprintf(out, size, "%s", t ? t : "");
-        ok = true;
-    }
-    sqlite3_finalize(st);
-    return ok;
-}
-
-/* Why the second connection is not possible for this handle's database
- * (NULL: it is); fills *vfs_name. */
-static const char *mb_outbox_sqlite_reader_why_not(msgbus_outbox_t *ob, const char **vfs_name)
-{
-    struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
-    if (!sqlite3_threadsafe())
-        return "SQLite was built without mutexes";
-    const char *file = sqlite3_db_filename(s->db, "main");
-    if (!file || !*file)
-        return "not a file database";
-    if (strncmp(file, "file:", 5) == 0)
-        return "its file name reads as a URI";
-    char mode[32];
-    if (!mb_outbox_sqlite_pragma(s->db, "PRAGMA main.journal_mode", mode, sizeof mode) ||
-        strcmp(mode, "wal") != 0)
-        return "journal_mode is not WAL";
-    if (!mb_outbox_sqlite_pragma(s->db, "PRAGMA main.locking_mode", mode, sizeof mode) ||
-        strcmp(mode, "normal") != 0)
-        return "locking_mode is not NORMAL";
-    sqlite3_vfs *vfs = NULL;
-    if (sqlite3_file_control(s->db, "main", SQLITE_FCNTL_VFS_POINTER, &vfs) != SQLITE_OK || !vfs ||
-        !vfs->zName || sqlite3_vfs_find(vfs->zName) != vfs)
-        return "its VFS is not found by its name";
-    /* The statements name the table unqualified: on the application's
-     * connection that is temp's first, then main's; the second connection
-     * has main only. */
-    char *sql = sqlite3_mprintf(
-        "SELECT NOT EXISTS (SELECT 1 FROM temp.sqlite_master WHERE name = '%q' COLLATE NOCASE)"
-        " AND EXISTS (SELECT 1 FROM main.sqlite_master WHERE type = 'table'"
-        " AND name = '%q' COLLATE NOCASE)",
-        ob->table, ob->table);
-    bool mains = sql && mb_outbox_sqlite_pragma(s->db, sql, mode, sizeof mode) &&
-                 strcmp(mode, "1") == 0;
-    sqlite3_free(sql);
-    if (!mains)
-        return "the table is not main's";
-    *vfs_name = vfs->zName;
-    return NULL;
-}
-
-static bool mb_outbox_sqlite_reader_open(msgbus_outbox_t *ob)
-{
-    struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
-    if (s->rd_off)
-        return false;
-    if (s->rd.db)
-        return true;
-    const char *vfs = NULL;
-    const char *why = mb_outbox_sqlite_reader_why_not(ob, &vfs);
-    char detail[256] = "";
-    if (!why) {
-        /* FULLMUTEX: sqlite3_db_mutex() is then NULL only when SQLite runs
-         * single-threaded (SQLITE_CONFIG_SINGLETHREAD at start-up). */
-        sqlite3 *rd = NULL;
-        int rc = sqlite3_open_v2(sqlite3_db_filename(s->db, "main"), &rd,
-                                 SQLITE_OPEN_READONLY | SQLITE_OPEN_FULLMUTEX |
-                                     SQLITE_OPEN_PRIVATECACHE,
-                                 vfs);
-        if (rc != SQLITE_OK) {
-            why = "cannot open it";
-        } else if (!sqlite3_db_mutex(rd)) {
-            why = "SQLite runs single-threaded";
-        } else if (sqlite3_db_readonly(rd, "main") != 1) {
-            why = "it is not read-only";
-        } else {
-            /* The probe: the claim's statements prepare, and one runs —
-             * waiting little for a lock: a database whose VFS holds the
-             * file exclusively would otherwise stall the pass for the
-             * whole timeout before falling back. */
-            sqlite3_busy_timeout(rd, 100);
-            struct mb_outbox_sqlite_claims c = {.db = rd};
-            if (mb_outbox_sqlite_claims_prepare(ob, rd, &c) != MSGBUS_OK) {
-                why = "its statements do not prepare";
-            } else {
-                rc = sqlite3_step(c.any_failed);
-                sqlite3_reset(c.any_failed);
-                if (rc != SQLITE_ROW)
-                    why = "reading the table failed";
-            }
-            if (!why) {
-                sqlite3_busy_timeout(rd, 5000); /* as the main connection's claims */
-                s->rd = c;
-                return true;
-            }
-            mb_outbox_sqlite_claims_free(&c);
-        }
-        if (rd)
-            snprintf(detail, sizeof detail, " (%s)", sqlite3_errmsg(rd));
-        sqlite3_close_v2(rd);
-    }
-    s->rd_off = true;
-    mb_log(MSGBUS_LOG_DEBUG,
-           "outbox %s: relay claims stay on the application's connection, no second "
-           "connection: %s%s",
-           ob->table, why, detail);
-    return false;
-}
-
-static msgbus_err_t mb_outbox_sqlite_reader_claim(msgbus_outbox_t *ob, size_t max, int64_t after,
-                                                  struct mb_outbox_batch *b)
-{
-    struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
-    atomic_fetch_add(&s->rd_claims, 1);
-    msgbus_err_t e = mb_outbox_sqlite_claim_on(ob, &s->rd, max, after, b);
-    if (e != MSGBUS_OK)
-        /* Its statements are reset; a later pass opens it again, or, if
-         * that fails, stays on the main connection. */
-        mb_log(MSGBUS_LOG_DEBUG, "outbox %s: claim on the second connection failed: %s",
-               ob->table, msgbus_last_error());
-    return e;
-}
-
-static void mb_outbox_sqlite_reader_close(msgbus_outbox_t *ob)
-{
-    struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
-    if (!s->rd.db)
-        return;
-    mb_outbox_sqlite_claims_free(&s->rd);
-    sqlite3_close_v2(s->rd.db);
-    s->rd.db = NULL;
-}
-
-uint64_t mb_outbox_sqlite_reader_claims(msgbus_outbox_t *ob)
-{
-    return atomic_load(&mb_outbox_sqlite_of(ob)->rd_claims);
 }
 
 static msgbus_err_t mb_outbox_sqlite_step(msgbus_outbox_t *ob, sqlite3_stmt *st)
@@ -599,8 +389,8 @@ static bool mb_outbox_sqlite_busy(msgbus_outbox_t *ob)
 static void mb_outbox_sqlite_abort(msgbus_outbox_t *ob)
 {
     struct mb_outbox_sqlite *s = mb_outbox_sqlite_of(ob);
-    sqlite3_reset(s->main.claim);
-    sqlite3_reset(s->main.claim_plain);
+    sqlite3_reset(s->claim);
+    sqlite3_reset(s->claim_plain);
 }
 
 static msgbus_err_t mb_outbox_sqlite_run(msgbus_outbox_t *ob, const char *fmt, int64_t arg,
@@ -661,35 +451,6 @@ static msgbus_err_t mb_outbox_sqlite_stats(msgbus_outbox_t *ob, int64_t now_ms,
     return e;
 }
 
-static msgbus_err_t mb_outbox_sqlite_claims_prepare(msgbus_outbox_t *ob, sqlite3 *db,
-                                                    struct mb_outbox_sqlite_claims *c)
-{
-    msgbus_err_t e = MSGBUS_OK;
-    if (e == MSGBUS_OK)
-        /* A keyed row waits while an earlier row of its key is 'failed';
-         * earlier pending rows of the key come first in id order anyway. */
-        e = mb_outbox_sqlite_prepare(
-            ob, db, &c->claim,
-            "SELECT id, msg_id, topic, msg_key, headers, payload, coalesce(msg_ts, created_at)"
-            " FROM \"%w\" AS o WHERE state = 'pending' AND id > ?2 AND (msg_key IS NULL OR NOT EXISTS"
-            " (SELECT 1 FROM \"%w\" AS f WHERE f.state = 'failed' AND f.msg_key = o.msg_key"
-            " AND f.id < o.id)) ORDER BY id LIMIT ?1");
-    if (e == MSGBUS_OK)
-        e = mb_outbox_sqlite_prepare(
-            ob, db, &c->claim_plain,
-            /* By id, not through the _pending index: one b-tree walk
-             * instead of an index walk plus a table probe per row. */
-            "SELECT id, msg_id, topic, msg_key, headers, payload, coalesce(msg_ts, created_at)"
-            " FROM \"%w\" NOT INDEXED WHERE id > ?2 AND state = 'pending' ORDER BY id LIMIT ?1");
-    if (e == MSGBUS_OK)
-        e = mb_outbox_sqlite_prepare(ob, db, &c->first_pending,
-                                     "SELECT min(id) FROM \"%w\" WHERE state = 'pending'");
-    if (e == MSGBUS_OK)
-        e = mb_outbox_sqlite_prepare(ob, db, &c->any_failed,
-                                     "SELECT EXISTS (SELECT 1 FROM \"%w\" WHERE state = 'failed')");
-    return e;
-}
-
 static const struct mb_outbox_ops mb_outbox_sqlite_ops = {
     .name = "sqlite",
     .put = mb_outbox_sqlite_put,
@@ -698,9 +459,6 @@ static const struct mb_outbox_ops mb_outbox_sqlite_ops = {
     .overlap = true, /* claims read without a transaction (see the top of this file) */
     .finish = mb_outbox_sqlite_finish,
     .abort = mb_outbox_sqlite_abort,
-    .reader_open = mb_outbox_sqlite_reader_open,
-    .reader_claim = mb_outbox_sqlite_reader_claim,
-    .reader_close = mb_outbox_sqlite_reader_close,
     .busy = mb_outbox_sqlite_busy,
     .purge = mb_outbox_sqlite_purge,
     .retry_failed = mb_outbox_sqlite_retry_failed,
@@ -742,10 +500,28 @@ msgbus_err_t msgbus_outbox_open_sqlite(msgbus_outbox_t **out, struct sqlite3 *db
             ob, db, &s->put,
             "INSERT INTO \"%w\" (msg_id, topic, msg_key, headers, payload, msg_ts, created_at, state)"
             " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')");
-    if (e == MSGBUS_OK) {
-        s->main.db = db;
-        e = mb_outbox_sqlite_claims_prepare(ob, db, &s->main);
-    }
+    if (e == MSGBUS_OK)
+        /* A keyed row waits while an earlier row of its key is 'failed';
+         * earlier pending rows of the key come first in id order anyway. */
+        e = mb_outbox_sqlite_prepare(
+            ob, db, &s->claim,
+            "SELECT id, msg_id, topic, msg_key, headers, payload, coalesce(msg_ts, created_at)"
+            " FROM \"%w\" AS o WHERE state = 'pending' AND id > ?2 AND (msg_key IS NULL OR NOT EXISTS"
+            " (SELECT 1 FROM \"%w\" AS f WHERE f.state = 'failed' AND f.msg_key = o.msg_key"
+            " AND f.id < o.id)) ORDER BY id LIMIT ?1");
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_prepare(
+            ob, db, &s->claim_plain,
+            /* By id, not through the _pending index: one b-tree walk
+             * instead of an index walk plus a table probe per row. */
+            "SELECT id, msg_id, topic, msg_key, headers, payload, coalesce(msg_ts, created_at)"
+            " FROM \"%w\" NOT INDEXED WHERE id > ?2 AND state = 'pending' ORDER BY id LIMIT ?1");
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_prepare(ob, db, &s->first_pending,
+                                     "SELECT min(id) FROM \"%w\" WHERE state = 'pending'");
+    if (e == MSGBUS_OK)
+        e = mb_outbox_sqlite_prepare(ob, db, &s->any_failed,
+                                     "SELECT EXISTS (SELECT 1 FROM \"%w\" WHERE state = 'failed')");
     if (e == MSGBUS_OK)
         e = mb_outbox_sqlite_prepare(ob, db, &s->mark_delete_range,
                                      "DELETE FROM \"%w\" WHERE id BETWEEN ?1 AND ?2"

@@ -91,19 +91,6 @@ struct mb_outbox_ops {
     msgbus_err_t (*finish)(msgbus_outbox_t *ob, const struct mb_outbox_batch *b, int64_t now_ms);
     /* Gives the claim up (rollback); best effort. */
     void (*abort)(msgbus_outbox_t *ob);
-    /* Optional (NULL: none), for a store with `overlap`. A second,
-     * read-only connection for the claims of one long pass, so that they
-     * run on a thread of their own beside finish/abort on the main
-     * connection. reader_open is called by the pass's thread under ob->mu
-     * while the main connection is idle; false: not possible here (the
-     * claims stay on the main connection). reader_claim is ops->claim on
-     * that connection: it may run while another thread is inside
-     * finish/abort, and leaves nothing open (no abort needed).
-     * reader_close ends it (the pass's thread, after the pass). */
-    bool (*reader_open)(msgbus_outbox_t *ob);
-    msgbus_err_t (*reader_claim)(msgbus_outbox_t *ob, size_t max, int64_t after,
-                                 struct mb_outbox_batch *b);
-    void (*reader_close)(msgbus_outbox_t *ob);
     /* After a failed finish: whether it failed on something a retry after
      * a short wait may get past — a lock another transaction holds
      * (SQLITE_BUSY, a PostgreSQL lock, deadlock or serialization error) or
@@ -155,9 +142,6 @@ MB_HIDDEN void mb_outbox_batch_drop_data(struct mb_outbox_batch *b);
 /* A NUL-terminated copy of n bytes at p in the batch's storage; NULL when
  * out of memory. */
 MB_HIDDEN void *mb_outbox_batch_copy(struct mb_outbox_batch *b, const void *p, size_t n);
-
-/* Claims made on the SQLite store's second connection so far (tests). */
-MB_HIDDEN uint64_t mb_outbox_sqlite_reader_claims(msgbus_outbox_t *ob);
 
 /* The column names every outbox table must have (NULL-terminated), for
  * the stores' table checks. */

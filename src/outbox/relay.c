@@ -636,14 +636,7 @@ static msgbus_err_t mb_relay_settle(struct mb_relay_run *run, struct mb_relay_sl
  * decides. The connection is used by one thread at a time (the caller
  * waits in msgbus_outbox_relay meanwhile), so any SQLite threading mode
  * will do. The decisions, and so every ordering rule above, stay on the
- * calling thread and are made in id order as before.
- *
- * Where the store has a second, read-only connection for the pass
- * (ops->reader_open: SQLite in WAL mode on a file), the claims go to a
- * second worker on that connection and run beside the marks on the first:
- * claims stay one after the other, each from where the last ended, and
- * marks stay in the order asked, so nothing above changes (why a claim on
- * the other connection still reads what it must: outbox_sqlite.c). */
+ * calling thread and are made in id order as before. */
 #ifndef MB_PIPED_WINDOW
 #define MB_PIPED_WINDOW 8 /* published slices awaiting confirms */
 #endif
@@ -669,26 +662,13 @@ struct mb_piped_slice {
     bool unmarked; /* MARKED without its outcomes recorded: to be held */
 };
 
-struct mb_piped;
-
-/* A store worker: its thread and the slices queued for it. */
-struct mb_piped_worker {
-    struct mb_piped *p;
-    pthread_t th;
-    pthread_cond_t work;
-    size_t queue[2 * MB_RELAY_RING]; /* slice indexes, in the order asked */
-    size_t qhead, qlen;
-    bool reader; /* claims on the store's second connection (ops->reader_claim) */
-};
-
 struct mb_piped {
     msgbus_outbox_t *ob;
+    pthread_t th;
     pthread_mutex_t mu;
-    pthread_cond_t done;
-    /* [0]: the main connection's: marks, and claims when there is no [1];
-     * [1]: claims on the second connection. */
-    struct mb_piped_worker w[2];
-    size_t nworkers;
+    pthread_cond_t work, done;
+    size_t queue[2 * MB_RELAY_RING]; /* slice indexes, in the order asked */
+    size_t qhead, qlen;
     bool stop;
     /* The worker's own state, read by the caller only under mu. */
     int64_t after;          /* last id claimed */
@@ -700,30 +680,20 @@ struct mb_piped {
     struct mb_piped_slice ring[MB_RELAY_RING];
 };
 
-/* Queues slice `slot` for its worker (under p->mu). */
-static void mb_piped_push(struct mb_piped *p, size_t slot, bool claim)
-{
-    struct mb_piped_worker *w = &p->w[claim && p->nworkers > 1 ? 1 : 0];
-    w->queue[(w->qhead + w->qlen) % (2 * MB_RELAY_RING)] = slot;
-    w->qlen++;
-    pthread_cond_signal(&w->work);
-}
-
 static void *mb_piped_main(void *arg)
 {
-    struct mb_piped_worker *w = arg;
-    mb_thread_name(w->reader ? "msgbus-oread" : "msgbus-ostore");
-    struct mb_piped *p = w->p;
+    mb_thread_name("msgbus-ostore");
+    struct mb_piped *p = arg;
     msgbus_outbox_t *ob = p->ob;
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (w->qlen == 0 && !p->stop)
-            pthread_cond_wait(&w->work, &p->mu);
-        if (w->qlen == 0)
+        while (p->qlen == 0 && !p->stop)
+            pthread_cond_wait(&p->work, &p->mu);
+        if (p->qlen == 0)
             break;
-        struct mb_piped_slice *ps = &p->ring[w->queue[w->qhead]];
-        w->qhead = (w->qhead + 1) % (2 * MB_RELAY_RING);
-        w->qlen--;
+        struct mb_piped_slice *ps = &p->ring[p->queue[p->qhead]];
+        p->qhead = (p->qhead + 1) % (2 * MB_RELAY_RING);
+        p->qlen--;
         bool claiming = ps->state == MB_SL_CLAIMING;
         bool skip = claiming ? p->ended : p->store_err != MSGBUS_OK;
         int64_t after = p->after;
@@ -734,10 +704,9 @@ static void *mb_piped_main(void *arg)
         enum mb_piped_state next;
         if (claiming) {
             if (!skip)
-                e = w->reader ? ob->ops->reader_claim(ob, ps->want, after, &ps->sl.b)
-                              : ob->ops->claim(ob, ps->want, after, &ps->sl.b);
+                e = ob->ops->claim(ob, ps->want, after, &ps->sl.b);
             if (skip || e != MSGBUS_OK || ps->sl.b.n == 0) {
-                if (!skip && !w->reader) /* reader_claim leaves nothing open */
+                if (!skip)
                     ob->ops->abort(ob);
                 if (e != MSGBUS_OK)
                     snprintf(why, sizeof why, "%s", msgbus_last_error());
@@ -789,31 +758,18 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
     struct mb_piped *p = calloc(1, sizeof *p);
     if (!p)
         return MSGBUS_OK;
-    msgbus_outbox_t *ob = run->ob;
-    p->ob = ob;
+    p->ob = run->ob;
     pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->work, NULL);
     pthread_cond_init(&p->done, NULL);
-    for (size_t i = 0; i < 2; i++) {
-        p->w[i].p = p;
-        p->w[i].reader = i == 1;
-        pthread_cond_init(&p->w[i].work, NULL);
-    }
     p->after = first->b.rows[first->b.n - 1].id;
-    p->nworkers = 1;
-    if (pthread_create(&p->w[0].th, NULL, mb_piped_main, &p->w[0]) != 0) {
-        for (size_t i = 0; i < 2; i++)
-            pthread_cond_destroy(&p->w[i].work);
+    if (pthread_create(&p->th, NULL, mb_piped_main, p) != 0) {
         pthread_cond_destroy(&p->done);
+        pthread_cond_destroy(&p->work);
         pthread_mutex_destroy(&p->mu);
         free(p);
         return MSGBUS_OK;
     }
-    /* The claims on a connection of their own, when the store has one. */
-    bool reader = ob->ops->reader_open && ob->ops->reader_open(ob);
-    if (reader && pthread_create(&p->w[1].th, NULL, mb_piped_main, &p->w[1]) == 0)
-        p->nworkers = 2; /* no slice is queued yet: nothing went to [0] */
-    else if (reader)
-        ob->ops->reader_close(ob);
     *started = true;
     p->ring[0].sl = *first;
     p->ring[0].state = MB_SL_CLAIMED;
@@ -865,7 +821,9 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
             ps->want = max_rows - requested < per_slice ? max_rows - requested : per_slice;
             requested += ps->want;
             ps->state = MB_SL_CLAIMING;
-            mb_piped_push(p, claim_at % MB_RELAY_RING, true);
+            p->queue[(p->qhead + p->qlen) % (2 * MB_RELAY_RING)] = claim_at % MB_RELAY_RING;
+            p->qlen++;
+            pthread_cond_signal(&p->work);
             claim_at++;
             progressed = true;
         }
@@ -937,7 +895,10 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
                     ps->unmarked = true;
                 } else if (any) {
                     ps->state = MB_SL_MARKING;
-                    mb_piped_push(p, (settle_at - 1) % MB_RELAY_RING, false);
+                    p->queue[(p->qhead + p->qlen) % (2 * MB_RELAY_RING)] =
+                        (settle_at - 1) % MB_RELAY_RING;
+                    p->qlen++;
+                    pthread_cond_signal(&p->work);
                 } else {
                     ps->state = MB_SL_MARKED;
                     ps->n_sent = 0;
@@ -951,20 +912,15 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
             pthread_cond_wait(&p->done, &p->mu);
     }
     p->stop = true;
-    for (size_t i = 0; i < p->nworkers; i++)
-        pthread_cond_signal(&p->w[i].work);
+    pthread_cond_signal(&p->work);
     if (p->claim_err != MSGBUS_OK) {
         *claim_err = p->claim_err;
         snprintf(claim_why, why_size, "%s", p->claim_why);
     }
     pthread_mutex_unlock(&p->mu);
-    for (size_t i = 0; i < p->nworkers; i++)
-        pthread_join(p->w[i].th, NULL);
-    if (p->nworkers > 1)
-        ob->ops->reader_close(ob);
-    for (size_t i = 0; i < 2; i++)
-        pthread_cond_destroy(&p->w[i].work);
+    pthread_join(p->th, NULL);
     pthread_cond_destroy(&p->done);
+    pthread_cond_destroy(&p->work);
     pthread_mutex_destroy(&p->mu);
     free(p);
     if (store != MSGBUS_OK)

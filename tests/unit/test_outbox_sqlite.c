@@ -12,7 +12,6 @@
 #include <unistd.h>
 
 #include "msgbus/outbox.h"
-#include "outbox/outbox_store.h" /* mb_outbox_sqlite_reader_claims */
 #include "testutil.h"
 #include "tu_sqlite.h"
 
@@ -429,9 +428,6 @@ START_TEST(overlapping_slices_keep_order_and_hold_a_failed_key)
     tu_sql_exec(w.app, "COMMIT");
     size_t n = 0;
     tu_ck_ok(msgbus_outbox_relay(w.relay, w.bus, 1000, 5000, &n));
-    /* A WAL file database: the pass's claims after its first ran on the
-     * second connection, beside the marks (the failed row's among them). */
-    ck_assert_uint_gt(mb_outbox_sqlite_reader_claims(w.relay), 0);
     int last[10], got = 0, held_back = 0;
     for (int k = 0; k < 10; k++)
         last[k] = -1;
@@ -961,165 +957,6 @@ START_TEST(background_relay_publishes_on_wake_and_drains_on_stop)
 }
 END_TEST
 
-/* Receives everything the subscriber has, checking that payloads count up
- * from 0 (global order); returns how many. */
-static int receive_in_order(msgbus_sub_t *sub)
-{
-    int got = 0;
-    msgbus_msg_t *in;
-    while ((in = tu_receive(sub, 300)) != NULL) {
-        size_t len;
-        const char *p = msgbus_msg_payload(in, &len);
-        char text[16];
-        snprintf(text, sizeof text, "%.*s", (int)len, p);
-        ck_assert_int_eq(atoi(text), got);
-        got++;
-        msgbus_ack(in);
-        msgbus_msg_free(in);
-    }
-    return got;
-}
-
-/* Puts n rows, keyed k0..k6 with every fifth unkeyed, payloads "0".."n-1",
- * in transactions of 100, through outbox `ob` on `db`. */
-static void put_rows(sqlite3 *db, msgbus_outbox_t *ob, const char *topic, int n)
-{
-    for (int i = 0; i < n; i++) {
-        if (i % 100 == 0)
-            tu_sql_exec(db, "BEGIN");
-        char key[8], text[16];
-        snprintf(key, sizeof key, "k%d", i % 7);
-        snprintf(text, sizeof text, "%d", i);
-        msgbus_msg_t *m = NULL;
-        tu_ck_ok(msgbus_msg_new(&m, text, strlen(text)));
-        if (i % 5)
-            tu_ck_ok(msgbus_msg_set_key(m, key, strlen(key)));
-        tu_ck_ok(msgbus_outbox_put(ob, topic, m));
-        msgbus_msg_free(m);
-        if (i % 100 == 99 || i == n - 1)
-            tu_sql_exec(db, "COMMIT");
-    }
-}
-
-/* A long pass on a WAL file database claims on a second, read-only
- * connection (its first claim excepted), keeps the order, marks every row,
- * and closes that connection with the pass: an idle WAL connection would
- * keep the application from leaving WAL mode ("database is locked"). */
-START_TEST(long_pass_on_a_wal_file_claims_on_a_second_connection)
-{
-    char name[64], path[128], url[160], topic[64], p[160];
-    tu_unique(name, sizeof name, "ob2");
-    snprintf(path, sizeof path, "/tmp/msgbus-%s.db", name);
-    sqlite3 *db = open_db(path); /* WAL; the application's and the relay's */
-    msgbus_outbox_t *ob = NULL;
-    tu_ck_ok(msgbus_outbox_open_sqlite(&ob, db, NULL));
-    snprintf(url, sizeof url, "mem://%s", name);
-    msgbus_t *bus = NULL;
-    tu_ck_ok(msgbus_open(&bus, url, NULL));
-    tu_unique(topic, sizeof topic, "orders");
-    msgbus_sub_t *sub = NULL;
-    tu_ck_ok(msgbus_subscribe(bus, topic, NULL, &sub));
-    enum { N = 3000 };
-    put_rows(db, ob, topic, N);
-    size_t n = 0;
-    tu_ck_ok(msgbus_outbox_relay(ob, bus, N, 5000, &n)); /* slices of 375: piped */
-    uint64_t claims = mb_outbox_sqlite_reader_claims(ob);
-    printf("second connection: %zu rows relayed, %llu claims on it\n", n,
-           (unsigned long long)claims);
-    ck_assert_uint_eq(n, N);
-    ck_assert_uint_ge(claims, 7); /* the 7 slices after the first */
-    ck_assert_int_eq(receive_in_order(sub), N);
-    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM msgbus_outbox"), 0);
-    /* Closed after the pass: the application may leave WAL mode. */
-    tu_sql_exec(db, "PRAGMA journal_mode=DELETE");
-    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM pragma_journal_mode"
-                                      " WHERE journal_mode = 'delete'"),
-                     1);
-    /* Not WAL any more: the next long pass stays on the main connection. */
-    put_rows(db, ob, topic, N);
-    tu_ck_ok(msgbus_outbox_relay(ob, bus, N, 5000, &n));
-    ck_assert_uint_eq(n, N);
-    ck_assert_uint_eq(mb_outbox_sqlite_reader_claims(ob), claims);
-    msgbus_sub_close(sub);
-    msgbus_outbox_close(ob);
-    msgbus_close(bus);
-    sqlite3_close(db);
-    unlink(path);
-    snprintf(p, sizeof p, "%s-wal", path);
-    unlink(p);
-    snprintf(p, sizeof p, "%s-shm", path);
-    unlink(p);
-}
-END_TEST
-
-/* Where a second connection could not see what the application's sees, or
- * could not run beside it, a long pass claims on the application's
- * connection, as before, and relays everything in order: an in-memory
- * database, a temporary one, a file in rollback-journal mode, a WAL file
- * in exclusive locking mode. */
-static const struct fallback_case {
-    const char *what;
-    bool file;
-    const char *setup;
-} fallback_cases[] = {
-    {":memory:", false, ""},
-    {"", false, ""}, /* a temporary database */
-    {"rollback journal", true, "PRAGMA journal_mode=DELETE"},
-    {"exclusive locking", true, "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL"},
-};
-
-START_TEST(long_pass_falls_back_to_one_connection)
-{
-    const struct fallback_case *c = &fallback_cases[_i];
-    char name[64], path[128], url[160], topic[64], p[160];
-    tu_unique(name, sizeof name, "ob1c");
-    snprintf(path, sizeof path, "/tmp/msgbus-%s.db", name);
-    sqlite3 *db = NULL;
-    ck_assert_int_eq(sqlite3_open(c->file ? path : c->what, &db), SQLITE_OK);
-    tu_sql_exec(db, c->setup);
-    msgbus_outbox_t *ob = NULL;
-    tu_ck_ok(msgbus_outbox_open_sqlite(&ob, db, NULL));
-    snprintf(url, sizeof url, "mem://%s", name);
-    msgbus_t *bus = NULL;
-    tu_ck_ok(msgbus_open(&bus, url, NULL));
-    tu_unique(topic, sizeof topic, "orders");
-    msgbus_sub_t *sub = NULL;
-    tu_ck_ok(msgbus_subscribe(bus, topic, NULL, &sub));
-    enum { N = 2000 };
-    put_rows(db, ob, topic, N);
-    size_t n = 0;
-    int64_t t0 = mb_mono_ms();
-    tu_ck_ok(msgbus_outbox_relay(ob, bus, N, 5000, &n)); /* slices of 250: piped */
-    int64_t ms = mb_mono_ms() - t0;
-    printf("fallback (%s): %zu rows relayed in %lld ms, %llu claims on a second connection\n",
-           c->what[0] ? c->what : "temporary", n, (long long)ms,
-           (unsigned long long)mb_outbox_sqlite_reader_claims(ob));
-    ck_assert_uint_eq(n, N);
-    ck_assert_uint_eq(mb_outbox_sqlite_reader_claims(ob), 0);
-    ck_assert_int_lt(ms, 2000); /* no probe waiting out a lock */
-    ck_assert_int_eq(receive_in_order(sub), N);
-    ck_assert_int_eq(tu_sql_count(db, "SELECT count(*) FROM msgbus_outbox"), 0);
-    /* And again: the fallback holds for the handle. */
-    put_rows(db, ob, topic, N);
-    tu_ck_ok(msgbus_outbox_relay(ob, bus, N, 5000, &n));
-    ck_assert_uint_eq(n, N);
-    ck_assert_uint_eq(mb_outbox_sqlite_reader_claims(ob), 0);
-    msgbus_sub_close(sub);
-    msgbus_outbox_close(ob);
-    msgbus_close(bus);
-    sqlite3_close(db);
-    if (c->file) {
-        unlink(path);
-        snprintf(p, sizeof p, "%s-wal", path);
-        unlink(p);
-        snprintf(p, sizeof p, "%s-shm", path);
-        unlink(p);
-        snprintf(p, sizeof p, "%s-journal", path);
-        unlink(p);
-    }
-}
-END_TEST
-
 int main(void)
 {
     Suite *s = suite_create("outbox_sqlite");
@@ -1146,9 +983,6 @@ int main(void)
     tcase_add_test(tc, relay_refuses_a_connection_inside_a_transaction);
     tcase_add_test(tc, bad_arguments_are_refused);
     tcase_add_test(tc, background_relay_publishes_on_wake_and_drains_on_stop);
-    tcase_add_test(tc, long_pass_on_a_wal_file_claims_on_a_second_connection);
-    tcase_add_loop_test(tc, long_pass_falls_back_to_one_connection, 0,
-                        (int)(sizeof fallback_cases / sizeof fallback_cases[0]));
     suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }
