@@ -420,6 +420,47 @@ START_TEST(time_as_timestamp_or_integer)
 }
 END_TEST
 
+/* Integer headers that arrive as strings (msgbus-timestamp-ms, msgbus-attempt,
+ * x-delivery-count, an integer time) are read whole: white space, a sign and
+ * digits to the last byte, within int64 — as strtoll reads a number, but no
+ * NUL or junk after it and no overflow clamped to INT64_MAX. */
+START_TEST(integer_strings_are_read_whole)
+{
+    struct {
+        const char *v;
+        size_t len;
+        long long want; /* -1: refused */
+    } cases[] = {
+        {"1700000000123", 13, 1700000000123LL},
+        {" 42", 3, 42},
+        {"\t+42", 4, 42},
+        {"0", 1, 0},
+        {"12\0x", 4, -1},       /* strtoll on a copy stopped at the NUL: 12 */
+        {"4x", 2, -1},
+        {"", 0, -1},
+        {"+", 1, -1},
+        {"42 ", 3, -1},
+        {"9223372036854775808", 19, -1},                     /* INT64_MAX + 1 */
+        {"1234567890123456789012345678901234567890", 40, -1}, /* was INT64_MAX */
+        {"1700000000123000000000000000000x", 32, -1},         /* junk past byte 31 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        amqp_table_entry_t e = str_entry("msgbus-timestamp-ms", "");
+        e.value.value.bytes.bytes = (void *)cases[i].v;
+        e.value.value.bytes.len = cases[i].len;
+        msgbus_msg_t *r = decode_headers(&e, 1);
+        int64_t ts = msgbus_msg_timestamp(r);
+        if (cases[i].want >= 0)
+            ck_assert_msg(ts == cases[i].want, "case %zu: timestamp %lld, want %lld", i,
+                          (long long)ts, cases[i].want);
+        else
+            ck_assert_msg(ts != 12 && ts != 4 && ts != INT64_MAX && ts != 1700000000123LL,
+                          "case %zu ('%s') was read as %lld", i, cases[i].v, (long long)ts);
+        msgbus_msg_free(r);
+    }
+}
+END_TEST
+
 START_TEST(older_integer_headers_are_read)
 {
     /* msgbus before issue 21: cloudEvents:id, msgbus-timestamp-ms as I64,
@@ -614,6 +655,7 @@ int main(void)
     tcase_add_test(tc, retry_copies_write_strings_and_keep_what_arrived);
     tcase_add_test(tc, every_prefix_is_read);
     tcase_add_test(tc, time_as_timestamp_or_integer);
+    tcase_add_test(tc, integer_strings_are_read_whole);
     tcase_add_test(tc, older_integer_headers_are_read);
     tcase_add_test(tc, foreign_properties_become_headers);
     tcase_add_test(tc, foreign_structured_events_are_unpacked);
