@@ -29,6 +29,12 @@ static void mb_amqp_free(struct mb_backend *be)
         free(d->group);
         free(d);
     }
+    for (struct mb_amqp_op *l[2] = {be->op_pool, be->op_spare}, **pl = l; pl < l + 2; pl++)
+        while (*pl) {
+            struct mb_amqp_op *n = (*pl)->next;
+            free(*pl);
+            *pl = n;
+        }
     mb_amqp_conf_free(&be->conf);
     if (be->wake_fd >= 0)
         close(be->wake_fd);
@@ -330,8 +336,16 @@ static void mb_amqp_unsubscribe(struct mb_backend_sub *bs)
 static msgbus_err_t mb_amqp_settle(struct mb_backend_sub *bs, msgbus_msg_t *m, enum mb_settle how)
 {
     struct mb_backend *be = bs->be;
-    struct mb_amqp_op *op = calloc(1, sizeof *op);
-    if (!op)
+    pthread_mutex_lock(&be->lock);
+    struct mb_amqp_op *op = be->op_pool;
+    if (op) {
+        be->op_pool = op->next;
+        be->op_pool_n--;
+    }
+    pthread_mutex_unlock(&be->lock);
+    if (op)
+        memset(op, 0, sizeof *op);
+    else if (!(op = calloc(1, sizeof *op)))
         return mb_error(MSGBUS_ERR_NOMEM, "out of memory");
     /* A partitioned group's message is settled on its partition's
      * channel (the child it came from). */

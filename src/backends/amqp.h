@@ -39,6 +39,8 @@
 #define MB_AMQP_CTL_CHANNEL 2
 #define MB_AMQP_FIRST_SUB_CHANNEL 3
 #define MB_AMQP_DETAIL 512
+/* Applied settle requests kept for reuse, per bus, at most. */
+#define MB_AMQP_OP_POOL 256
 
 /* Header names msgbus writes and strips again on receipt. The id also
  * rides in cloudEvents_id (the CloudEvents AMQP binding's prefix as its
@@ -414,6 +416,12 @@ struct mb_backend {
     int wake_fd;
     /* under lock: */
     bool wake_pending;
+    /* Settle requests the I/O thread has applied, kept for the next
+     * msgbus_ack to reuse (at most MB_AMQP_OP_POOL): a request per ack
+     * was a malloc on the application's thread and a free on the I/O
+     * thread, which glibc serves slowly (~470 instructions a calloc). */
+    struct mb_amqp_op *op_pool;
+    size_t op_pool_n;
     bool stopping;
     struct mb_amqp_out *pub_head, *pub_tail;
     struct mb_amqp_op *op_head, *op_tail;
@@ -429,6 +437,10 @@ struct mb_backend {
 
     /* I/O thread only (and open, before the thread starts): */
     amqp_connection_state_t conn;
+    /* Applied settle requests on their way to op_pool (moved there when
+     * the thread next takes the queues, under the lock it takes anyway). */
+    struct mb_amqp_op *op_spare, *op_spare_tail;
+    size_t op_spare_n;
     size_t host_index;
     int64_t next_connect_ms;
     long backoff_ms;
@@ -544,8 +556,10 @@ MB_HIDDEN struct mb_backend_sub *mb_amqp_sub_by_channel(struct mb_backend *be,
 /* Handles one frame on a subscription channel. */
 MB_HIDDEN void mb_amqp_sub_frame(struct mb_backend *be, struct mb_backend_sub *bs,
                                  const amqp_frame_t *f);
-/* Applies one settle request (I/O thread). */
+/* Applies one settle request (I/O thread) and recycles it. */
 MB_HIDDEN void mb_amqp_settle_apply(struct mb_backend *be, struct mb_amqp_op *op);
+/* Keeps an applied settle request for reuse, or frees it (I/O thread). */
+MB_HIDDEN void mb_amqp_op_recycle(struct mb_backend *be, struct mb_amqp_op *op);
 /* Answers a queue info request: a passive queue.declare on the control
  * channel (I/O thread, connected). Returns the error with `detail` set. */
 MB_HIDDEN msgbus_err_t mb_amqp_queue_info(struct mb_backend *be, struct mb_amqp_op *op,

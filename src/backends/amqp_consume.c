@@ -763,7 +763,20 @@ void mb_amqp_settle_apply(struct mb_backend *be, struct mb_amqp_op *op)
         }
     }
     msgbus_msg_free(op->copy);
-    free(op);
+    mb_amqp_op_recycle(be, op);
+}
+
+void mb_amqp_op_recycle(struct mb_backend *be, struct mb_amqp_op *op)
+{
+    if (be->op_spare_n >= MB_AMQP_OP_POOL) {
+        free(op);
+        return;
+    }
+    op->next = be->op_spare;
+    if (!be->op_spare)
+        be->op_spare_tail = op;
+    be->op_spare = op;
+    be->op_spare_n++;
 }
 
 void mb_amqp_republish_done(struct mb_backend *be, struct mb_amqp_out *o, bool ok)

@@ -894,9 +894,28 @@ void *mb_amqp_io_main(void *arg)
         be->pub_head = be->pub_tail = NULL;
         be->op_head = be->op_tail = NULL;
         be->wake_pending = false;
+        struct mb_amqp_op *spare = NULL;
+        if (be->op_spare) {
+            /* Applied settle requests go back to the pool for reuse; what
+             * the pool has no room for is freed below, after the lock. */
+            if (be->op_pool_n + be->op_spare_n <= MB_AMQP_OP_POOL) {
+                be->op_spare_tail->next = be->op_pool;
+                be->op_pool = be->op_spare;
+                be->op_pool_n += be->op_spare_n;
+            } else {
+                spare = be->op_spare;
+            }
+            be->op_spare = be->op_spare_tail = NULL;
+            be->op_spare_n = 0;
+        }
         be->kick_pending = false; /* whatever was blocked has returned */
         bool stopping = be->stopping;
         pthread_mutex_unlock(&be->lock);
+        while (spare) {
+            struct mb_amqp_op *n = spare->next;
+            free(spare);
+            spare = n;
+        }
         if (pubs) {
             if (be->send_tail)
                 be->send_tail->next = pubs;
