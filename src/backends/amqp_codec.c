@@ -389,7 +389,8 @@ static bool mb_amqp_field_int(const amqp_field_value_t *v, int64_t *out)
         uint64_t x = 0;
         for (; i < n; i++) {
             unsigned d = (unsigned)(unsigned char)c[i] - '0';
-            if (d > 9 || x > (UINT64_MAX - d) / 10)
+            /* x * 10 + d past UINT64_MAX (18446744073709551615)? */
+            if (d > 9 || (x >= 1844674407370955161u && (x > 1844674407370955161u || d > 5)))
                 return false;
             x = x * 10 + d;
         }
