@@ -29,12 +29,8 @@ static void mb_amqp_free(struct mb_backend *be)
         free(d->group);
         free(d);
     }
-    for (struct mb_amqp_op *l[2] = {be->op_pool, be->op_spare}, **pl = l; pl < l + 2; pl++)
-        while (*pl) {
-            struct mb_amqp_op *n = (*pl)->next;
-            free(*pl);
-            *pl = n;
-        }
+    mb_amqp_ops_free(be->op_pool);
+    mb_amqp_ops_free(be->op_spare);
     mb_amqp_conf_free(&be->conf);
     if (be->wake_fd >= 0)
         close(be->wake_fd);

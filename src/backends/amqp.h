@@ -560,6 +560,9 @@ MB_HIDDEN void mb_amqp_sub_frame(struct mb_backend *be, struct mb_backend_sub *b
 MB_HIDDEN void mb_amqp_settle_apply(struct mb_backend *be, struct mb_amqp_op *op);
 /* Keeps an applied settle request for reuse, or frees it (I/O thread). */
 MB_HIDDEN void mb_amqp_op_recycle(struct mb_backend *be, struct mb_amqp_op *op);
+/* Frees a list of applied settle requests (pool or spare: nothing else
+ * points into them). */
+MB_HIDDEN void mb_amqp_ops_free(struct mb_amqp_op *list);
 /* Answers a queue info request: a passive queue.declare on the control
  * channel (I/O thread, connected). Returns the error with `detail` set. */
 MB_HIDDEN msgbus_err_t mb_amqp_queue_info(struct mb_backend *be, struct mb_amqp_op *op,

@@ -766,6 +766,15 @@ void mb_amqp_settle_apply(struct mb_backend *be, struct mb_amqp_op *op)
     mb_amqp_op_recycle(be, op);
 }
 
+void mb_amqp_ops_free(struct mb_amqp_op *list)
+{
+    while (list) {
+        struct mb_amqp_op *n = list->next;
+        free(list);
+        list = n;
+    }
+}
+
 void mb_amqp_op_recycle(struct mb_backend *be, struct mb_amqp_op *op)
 {
     if (be->op_spare_n >= MB_AMQP_OP_POOL) {

@@ -911,11 +911,7 @@ void *mb_amqp_io_main(void *arg)
         be->kick_pending = false; /* whatever was blocked has returned */
         bool stopping = be->stopping;
         pthread_mutex_unlock(&be->lock);
-        while (spare) {
-            struct mb_amqp_op *n = spare->next;
-            free(spare);
-            spare = n;
-        }
+        mb_amqp_ops_free(spare);
         if (pubs) {
             if (be->send_tail)
                 be->send_tail->next = pubs;
