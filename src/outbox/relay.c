@@ -827,42 +827,15 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
             claim_at++;
             progressed = true;
         }
-        /* Publish the next claimed slice while the confirms of at most
-         * MB_PIPED_WINDOW earlier ones are awaited: with the store off this
-         * thread, publishing outruns a Kafka confirm's latency (linger.ms
-         * plus acks=all), and four slices left it waiting for confirms
-         * half the pass. */
-        if (pub_at < claim_at && pub_at - settle_at < MB_PIPED_WINDOW) {
-            struct mb_piped_slice *ps = &p->ring[pub_at % MB_RELAY_RING];
-            if (ps->state == MB_SL_EMPTY) {
-                ended = true;
-                pub_at++;
-                progressed = true;
-            } else if (ps->state == MB_SL_CLAIMED) {
-                pub_at++;
-                progressed = true;
-                /* A slice capped by bytes asked for more rows than it
-                 * holds: the pass may still claim the difference. */
-                requested -= ps->want - ps->sl.b.n;
-                if (stopping) {
-                    /* Claimed after the pass stopped: left pending. */
-                    ps->state = MB_SL_EMPTY;
-                } else {
-                    pthread_mutex_unlock(&p->mu);
-                    msgbus_err_t e = mb_relay_publish(run, &ps->sl);
-                    if (e != MSGBUS_OK)
-                        mb_relay_stop(run, e, "%s", msgbus_last_error());
-                    pthread_mutex_lock(&p->mu);
-                    ps->state = MB_SL_SENT;
-                }
-                continue;
-            }
-        }
         /* Settle the oldest published slice once the window is full, or
          * when nothing else can move, or as soon as all its confirms are
          * in: its mark then goes to the worker between the claims, so
          * the broker and the publishing overlap the marks instead of a
-         * pass ending with every mark of its slices in a row. */
+         * pass ending with every mark of its slices in a row. Looked at
+         * before publishing the next slice: checked only when nothing was
+         * left to publish, a confirmed slice waited for the whole pass's
+         * publishing, and the worker, idle meanwhile, did every mark
+         * after the last publish. */
         if (settle_at < pub_at) {
             struct mb_piped_slice *ps = &p->ring[settle_at % MB_RELAY_RING];
             bool window_full = pub_at - settle_at >= MB_PIPED_WINDOW;
@@ -902,6 +875,37 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
                 } else {
                     ps->state = MB_SL_MARKED;
                     ps->n_sent = 0;
+                }
+                continue;
+            }
+        }
+        /* Publish the next claimed slice while the confirms of at most
+         * MB_PIPED_WINDOW earlier ones are awaited: with the store off this
+         * thread, publishing outruns a Kafka confirm's latency (linger.ms
+         * plus acks=all), and four slices left it waiting for confirms
+         * half the pass. */
+        if (pub_at < claim_at && pub_at - settle_at < MB_PIPED_WINDOW) {
+            struct mb_piped_slice *ps = &p->ring[pub_at % MB_RELAY_RING];
+            if (ps->state == MB_SL_EMPTY) {
+                ended = true;
+                pub_at++;
+                progressed = true;
+            } else if (ps->state == MB_SL_CLAIMED) {
+                pub_at++;
+                progressed = true;
+                /* A slice capped by bytes asked for more rows than it
+                 * holds: the pass may still claim the difference. */
+                requested -= ps->want - ps->sl.b.n;
+                if (stopping) {
+                    /* Claimed after the pass stopped: left pending. */
+                    ps->state = MB_SL_EMPTY;
+                } else {
+                    pthread_mutex_unlock(&p->mu);
+                    msgbus_err_t e = mb_relay_publish(run, &ps->sl);
+                    if (e != MSGBUS_OK)
+                        mb_relay_stop(run, e, "%s", msgbus_last_error());
+                    pthread_mutex_lock(&p->mu);
+                    ps->state = MB_SL_SENT;
                 }
                 continue;
             }
