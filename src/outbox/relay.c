@@ -818,6 +818,7 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
         if (!ended && !stopping && requested < max_rows && claim_at - reap_at < MB_RELAY_RING &&
             claim_at - pub_at < 2) {
             struct mb_piped_slice *ps = &p->ring[claim_at % MB_RELAY_RING];
+            ps->n_sent = 0; /* the slot may have served an earlier slice */
             ps->want = max_rows - requested < per_slice ? max_rows - requested : per_slice;
             requested += ps->want;
             ps->state = MB_SL_CLAIMING;
