@@ -134,7 +134,7 @@ MSGBUS_API msgbus_err_t msgbus_outbox_relay(msgbus_outbox_t *ob, msgbus_t *bus, 
 
 /* Options of the background relay; zero fields take the defaults. */
 typedef struct msgbus_outbox_relay_opts {
-    size_t batch_max;       /* rows per pass (default 10000) */
+    size_t batch_max;       /* rows per pass (default 10000); see below */
     int confirm_timeout_ms; /* per pass (default 10000) */
     int poll_interval_ms;   /* idle re-check without a wake-up (default 1000) */
     int backoff_min_ms;     /* first retry delay after a failure (default 100) */
@@ -145,9 +145,15 @@ typedef struct msgbus_outbox_relay_opts {
  * connection must be the relay's own) into `bus` until stopped: passes
  * back to back while full batches come, then waits for a wake-up or
  * `poll_interval_ms`; after a failed pass it backs off (doubling, capped),
- * so a broker outage leaves rows pending and is retried. With a retention
- * time set it also purges. `opts` may be NULL (defaults); it is copied.
- * `bus` must stay open until msgbus_outbox_relay_stop returns.
+ * so a broker outage leaves rows pending and is retried. On SQLite a pass
+ * is a stream: once it has claimed `batch_max` rows it goes on claiming
+ * while full slices come, for up to half of `confirm_timeout_ms` (so its
+ * last slices keep the other half for their confirms) or until
+ * msgbus_outbox_relay_stop, instead of ending — and waiting for its last
+ * confirms and marks with nothing else to do — every `batch_max` rows.
+ * With a retention time set it also purges. `opts` may be NULL
+ * (defaults); it is copied. `bus` must stay open until
+ * msgbus_outbox_relay_stop returns.
  * MSGBUS_ERR_STATE if already running. */
 MSGBUS_API msgbus_err_t msgbus_outbox_relay_start(msgbus_outbox_t *ob, msgbus_t *bus,
                                                   const msgbus_outbox_relay_opts_t *opts);
@@ -158,9 +164,10 @@ MSGBUS_API msgbus_err_t msgbus_outbox_relay_start(msgbus_outbox_t *ob, msgbus_t 
 MSGBUS_API void msgbus_outbox_relay_wake(msgbus_outbox_t *ob);
 
 /* Stops the background relay: lets the pass in flight finish (publish,
- * confirms, marking), then joins the thread. Returns the last pass's
- * error (MSGBUS_OK when it succeeded); MSGBUS_ERR_STATE if not running.
- * Blocks up to one pass. */
+ * confirms, marking; a stream claims nothing more), then joins the
+ * thread. Returns the last pass's error (MSGBUS_OK when it succeeded);
+ * MSGBUS_ERR_STATE if not running. Blocks up to one pass's confirms and
+ * marks. */
 MSGBUS_API msgbus_err_t msgbus_outbox_relay_stop(msgbus_outbox_t *ob);
 
 /* Retention of sent rows: 0 (the default) deletes a row as soon as it is

@@ -244,7 +244,23 @@ struct mb_relay_run {
     /* Keys with a row that failed while being published, in any slice not
      * yet settled: later rows of theirs are not published at all. */
     struct mb_relay_keys skip;
+    /* The background relay's pass goes on claiming past max_rows while
+     * full slices come, until this time (mb_mono_ms; 0: never) or until
+     * *stop: a stream has no drain (the last slices' confirms and marks,
+     * with nothing else to do) every max_rows rows. */
+    int64_t stream_until;
+    const atomic_bool *stop;
 };
+
+/* Whether the pass may claim another slice, having asked for `requested`
+ * rows so far. */
+static bool mb_relay_more(const struct mb_relay_run *run, size_t requested, size_t max_rows)
+{
+    if (requested < max_rows)
+        return true;
+    return run->stream_until && !atomic_load_explicit(run->stop, memory_order_relaxed) &&
+           mb_mono_ms() < run->stream_until;
+}
 
 static void mb_relay_stop(struct mb_relay_run *run, msgbus_err_t e, const char *fmt, ...)
     MB_PRINTF(3, 4);
@@ -815,11 +831,13 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
         }
         bool stopping = store != MSGBUS_OK || run->transient != MSGBUS_OK;
         /* Claim ahead: at most two slices claimed and not yet published. */
-        if (!ended && !stopping && requested < max_rows && claim_at - reap_at < MB_RELAY_RING &&
-            claim_at - pub_at < 2) {
+        if (!ended && !stopping && claim_at - reap_at < MB_RELAY_RING && claim_at - pub_at < 2 &&
+            mb_relay_more(run, requested, max_rows)) {
             struct mb_piped_slice *ps = &p->ring[claim_at % MB_RELAY_RING];
             ps->n_sent = 0; /* the slot may have served an earlier slice */
-            ps->want = max_rows - requested < per_slice ? max_rows - requested : per_slice;
+            ps->want = requested < max_rows && max_rows - requested < per_slice
+                           ? max_rows - requested
+                           : per_slice;
             requested += ps->want;
             ps->state = MB_SL_CLAIMING;
             p->queue[(p->qhead + p->qlen) % (2 * MB_RELAY_RING)] = claim_at % MB_RELAY_RING;
@@ -840,7 +858,7 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
         if (settle_at < pub_at) {
             struct mb_piped_slice *ps = &p->ring[settle_at % MB_RELAY_RING];
             bool window_full = pub_at - settle_at >= MB_PIPED_WINDOW;
-            bool claims_done = ended || stopping || requested >= max_rows;
+            bool claims_done = ended || stopping || !mb_relay_more(run, requested, max_rows);
             bool nothing_to_publish = pub_at == claim_at && claims_done;
             if (ps->state == MB_SL_EMPTY) {
                 settle_at++;
@@ -934,14 +952,15 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
 }
 
 static msgbus_err_t mb_relay_pass_run(msgbus_outbox_t *ob, msgbus_t *bus, size_t max_rows,
-                                      int timeout_ms, size_t *n_published);
+                                      int timeout_ms, const atomic_bool *stop,
+                                      size_t *n_published);
 
 /* One pass, counted for msgbus_outbox_relay_counters. */
 static msgbus_err_t mb_relay_pass(msgbus_outbox_t *ob, msgbus_t *bus, size_t max_rows,
-                                  int timeout_ms, size_t *n_published)
+                                  int timeout_ms, const atomic_bool *stop, size_t *n_published)
 {
     size_t n = 0;
-    msgbus_err_t e = mb_relay_pass_run(ob, bus, max_rows, timeout_ms, &n);
+    msgbus_err_t e = mb_relay_pass_run(ob, bus, max_rows, timeout_ms, stop, &n);
     atomic_fetch_add(&ob->passes, 1);
     atomic_fetch_add(&ob->relayed, n);
     if (e != MSGBUS_OK)
@@ -966,8 +985,13 @@ MSGBUS_API msgbus_err_t msgbus_outbox_relay_counters(msgbus_outbox_t *ob,
     return MSGBUS_OK;
 }
 
+/* `stop` (the background relay's; NULL for msgbus_outbox_relay) makes the
+ * pass a stream: on a store with a worker it claims past max_rows while
+ * full slices come, for up to half of timeout_ms, so every slice still has
+ * at least the other half for its confirms. */
 static msgbus_err_t mb_relay_pass_run(msgbus_outbox_t *ob, msgbus_t *bus, size_t max_rows,
-                                      int timeout_ms, size_t *n_published)
+                                      int timeout_ms, const atomic_bool *stop,
+                                      size_t *n_published)
 {
     msgbus_err_t e = ob->ops->check_idle(ob);
     if (e != MSGBUS_OK)
@@ -977,6 +1001,8 @@ static msgbus_err_t mb_relay_pass_run(msgbus_outbox_t *ob, msgbus_t *bus, size_t
         .bus = bus,
         .timeout_ms = timeout_ms,
         .deadline = timeout_ms < 0 ? -1 : mb_mono_ms() + timeout_ms,
+        .stop = stop,
+        .stream_until = stop && timeout_ms > 1 ? mb_mono_ms() + timeout_ms / 2 : 0,
     };
     size_t per_slice = mb_relay_slice_rows(ob, max_rows);
     size_t depth = ob->ops->overlap ? MB_RELAY_DEPTH : 1;
@@ -1090,7 +1116,7 @@ msgbus_err_t msgbus_outbox_relay(msgbus_outbox_t *ob, msgbus_t *bus, size_t max_
         return mb_error(MSGBUS_ERR_STATE,
                         "msgbus_outbox_relay: the background relay runs on this handle");
     pthread_mutex_lock(&ob->mu);
-    msgbus_err_t e = mb_relay_pass(ob, bus, max_rows, timeout_ms, n_published);
+    msgbus_err_t e = mb_relay_pass(ob, bus, max_rows, timeout_ms, NULL, n_published);
     pthread_mutex_unlock(&ob->mu);
     return e;
 }
@@ -1102,6 +1128,7 @@ struct mb_outbox_thread {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool stop, wake;
+    atomic_bool stopping; /* stop, read by a pass without the lock */
     msgbus_t *bus;
     msgbus_outbox_relay_opts_t opts;
     msgbus_err_t last;
@@ -1131,7 +1158,8 @@ static void *mb_relay_main(void *arg)
     for (;;) {
         size_t n = 0;
         pthread_mutex_lock(&ob->mu);
-        msgbus_err_t e = mb_relay_pass(ob, t->bus, t->opts.batch_max, t->opts.confirm_timeout_ms, &n);
+        msgbus_err_t e = mb_relay_pass(ob, t->bus, t->opts.batch_max, t->opts.confirm_timeout_ms,
+                                       &t->stopping, &n);
         int64_t keep = ob->retention_ms;
         pthread_mutex_unlock(&ob->mu);
         pthread_mutex_lock(&t->mu);
@@ -1244,6 +1272,7 @@ msgbus_err_t msgbus_outbox_relay_stop(msgbus_outbox_t *ob)
         return mb_error(MSGBUS_ERR_STATE, "msgbus_outbox_relay_stop: the relay is not running");
     pthread_mutex_lock(&t->mu);
     t->stop = true;
+    atomic_store(&t->stopping, true);
     pthread_cond_signal(&t->cv);
     pthread_mutex_unlock(&t->mu);
     pthread_join(t->th, NULL);
