@@ -73,21 +73,31 @@ static void raw_read(const char *topic, int n, struct tu_raw_rec *out)
 
 /* kcat's view of the first record: its headers as kcat -f '%h' prints
  * them (name=value, comma separated). */
+/* The headers of the topic's first record, as kcat prints them. The record
+ * was confirmed before this runs, yet kcat with -e now and then meets the
+ * end of a new topic's partition before it (exit 0, nothing printed: seen
+ * once in CI), so an empty answer is asked again, up to 10 times. */
 static void kcat_headers(const char *topic, char *out, size_t n)
 {
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
              "kcat -C -b '%s' -t '%s' -p 0 -o beginning -c 1 -e -q -f '%%h\\n' 2>&1", hosts(),
              topic);
-    FILE *p = popen(cmd, "r");
-    ck_assert_ptr_nonnull(p);
-    out[0] = '\0';
-    if (!fgets(out, (int)n, p))
+    for (int attempt = 0; attempt < 10; attempt++) {
+        if (attempt)
+            usleep(300 * 1000);
+        FILE *p = popen(cmd, "r");
+        ck_assert_ptr_nonnull(p);
         out[0] = '\0';
-    int rc = pclose(p);
-    out[strcspn(out, "\n")] = '\0';
-    printf("$ %s\n%s\n", cmd, out);
-    ck_assert_msg(rc == 0, "kcat exited with %d: %s", rc, out);
+        if (!fgets(out, (int)n, p))
+            out[0] = '\0';
+        int rc = pclose(p);
+        out[strcspn(out, "\n")] = '\0';
+        printf("$ %s\n%s\n", cmd, out);
+        ck_assert_msg(rc == 0, "kcat exited with %d: %s", rc, out);
+        if (out[0])
+            return;
+    }
 }
 
 static void ck_time_is(const char *got, int64_t ms)
