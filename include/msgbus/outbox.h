@@ -204,7 +204,8 @@ MSGBUS_API msgbus_err_t msgbus_outbox_stats(msgbus_outbox_t *ob, msgbus_outbox_s
 typedef struct msgbus_outbox_relay_counters {
     uint64_t passes;
     uint64_t failures;
-    uint64_t relayed;        /* rows */
+    uint64_t relayed;        /* rows; a long pass on SQLite adds its rows as
+                              * it marks them, any other pass at its end */
     int64_t last_success_ms; /* ms since the Unix epoch; 0: none yet */
 } msgbus_outbox_relay_counters_t;
 

@@ -210,7 +210,8 @@ static int render_relay(void *opaque, FILE *f)
                     "Outbox rows this relay published and marked sent.");
     cli_prom_sample(f, "msgbus_outbox_rows_relayed_total", NULL, (double)c.relayed);
     cli_prom_family(f, "msgbus_outbox_relay_passes_total", "counter",
-                    "Relay passes run (each publishes up to --batch rows).");
+                    "Relay passes run (up to --batch rows each; on SQLite a pass goes on "
+                    "while full batches come).");
     cli_prom_sample(f, "msgbus_outbox_relay_passes_total", NULL, (double)c.passes);
     cli_prom_family(f, "msgbus_outbox_relay_failures_total", "counter",
                     "Relay passes that failed (their rows stay pending and are retried).");

@@ -250,6 +250,10 @@ struct mb_relay_run {
      * with nothing else to do) every max_rows rows. */
     int64_t stream_until;
     const atomic_bool *stop;
+    /* Rows already added to the handle's `relayed` counter during the
+     * pass (as the store worker's slices are marked), so a long pass's
+     * progress shows while it runs; the rest is added at its end. */
+    size_t counted;
 };
 
 /* Whether the pass may claim another slice, having asked for `requested`
@@ -809,8 +813,11 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
             if (ps->state != MB_SL_MARKED && ps->state != MB_SL_EMPTY)
                 break;
             bool hold = ps->unmarked;
-            if (!hold)
+            if (!hold) {
                 *sent += ps->n_sent;
+                atomic_fetch_add(&run->ob->relayed, ps->n_sent);
+                run->counted += ps->n_sent;
+            }
             if (p->store_err != MSGBUS_OK && store == MSGBUS_OK) {
                 store = p->store_err;
                 memcpy(store_why, p->store_why, sizeof store_why);
@@ -953,16 +960,16 @@ static msgbus_err_t mb_relay_piped(struct mb_relay_run *run, struct mb_relay_sli
 
 static msgbus_err_t mb_relay_pass_run(msgbus_outbox_t *ob, msgbus_t *bus, size_t max_rows,
                                       int timeout_ms, const atomic_bool *stop,
-                                      size_t *n_published);
+                                      size_t *n_published, size_t *counted);
 
 /* One pass, counted for msgbus_outbox_relay_counters. */
 static msgbus_err_t mb_relay_pass(msgbus_outbox_t *ob, msgbus_t *bus, size_t max_rows,
                                   int timeout_ms, const atomic_bool *stop, size_t *n_published)
 {
-    size_t n = 0;
-    msgbus_err_t e = mb_relay_pass_run(ob, bus, max_rows, timeout_ms, stop, &n);
+    size_t n = 0, counted = 0;
+    msgbus_err_t e = mb_relay_pass_run(ob, bus, max_rows, timeout_ms, stop, &n, &counted);
     atomic_fetch_add(&ob->passes, 1);
-    atomic_fetch_add(&ob->relayed, n);
+    atomic_fetch_add(&ob->relayed, n - counted);
     if (e != MSGBUS_OK)
         atomic_fetch_add(&ob->failures, 1);
     else
@@ -991,7 +998,7 @@ MSGBUS_API msgbus_err_t msgbus_outbox_relay_counters(msgbus_outbox_t *ob,
  * at least the other half for its confirms. */
 static msgbus_err_t mb_relay_pass_run(msgbus_outbox_t *ob, msgbus_t *bus, size_t max_rows,
                                       int timeout_ms, const atomic_bool *stop,
-                                      size_t *n_published)
+                                      size_t *n_published, size_t *counted)
 {
     msgbus_err_t e = ob->ops->check_idle(ob);
     if (e != MSGBUS_OK)
@@ -1089,6 +1096,7 @@ static msgbus_err_t mb_relay_pass_run(msgbus_outbox_t *ob, msgbus_t *bus, size_t
     }
     if (n_published)
         *n_published = sent;
+    *counted = run.counted;
     if (store != MSGBUS_OK)
         return store;
     if (claim_err != MSGBUS_OK)
