@@ -36,14 +36,17 @@
  * attribute names are lower-case letters and digits (CloudEvents 1.0,
  * "Attribute Naming Convention"); Kafka header names are case-sensitive,
  * so ce_Type or ce_trace-id cannot name an attribute: such a header is the
- * producer's own and is kept as it came. */
-static const char *mb_kafka_ce_attr(const char *name)
+ * producer's own and is kept as it came. *n gets the attribute name's
+ * length. */
+static const char *mb_kafka_ce_attr(const char *name, size_t *n)
 {
     if (name[0] != 'c' || name[1] != 'e' || name[2] != '_' || !name[3])
         return NULL;
-    for (const char *p = name + 3; *p; p++)
+    const char *p = name + 3;
+    for (; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9')))
             return NULL;
+    *n = (size_t)(p - (name + 3)); /* the scan found the end: no strlen */
     return name + 3;
 }
 
@@ -65,8 +68,9 @@ msgbus_err_t mb_kafka_decode_headers(msgbus_msg_t *m, const rd_kafka_headers_t *
      * names over as C strings: a name with a NUL inside is seen up to the
      * NUL. */
     for (size_t i = 0; !rd_kafka_header_get_all(hdrs, i, &name, &value, &size); i++) {
-        const char *attr = mb_kafka_ce_attr(name);
-        msgbus_err_t e = attr ? mb_msg_received_ce(m, attr, strlen(attr), value, size)
+        size_t an = 0;
+        const char *attr = mb_kafka_ce_attr(name, &an);
+        msgbus_err_t e = attr ? mb_msg_received_ce(m, attr, an, value, size)
                               : mb_msg_received_header(m, name, strlen(name), value, size);
         if (e)
             return MSGBUS_ERR_NOMEM;

@@ -402,10 +402,9 @@ static msgbus_err_t mb_ce_as_header(msgbus_msg_t *m, const char *name, size_t n,
     return mb_msg_received_header(m, hname, n + 3, v, vn);
 }
 
-static bool mb_is(const char *name, size_t n, const char *what)
+static bool mb_is_folded(const char *name, size_t n, const char *what)
 {
-    /* ASCII case folding by hand: `what` is lower case, and this runs for
-     * every attribute of every received event. */
+    /* ASCII case folding by hand: `what` is lower case. */
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)name[i];
         if (!what[i] || (c >= 'A' && c <= 'Z' ? c + 32 : c) != (unsigned char)what[i])
@@ -413,6 +412,14 @@ static bool mb_is(const char *name, size_t n, const char *what)
     }
     return what[n] == '\0';
 }
+
+/* Whether name (n bytes, n == strlen(lit)) is the lower-case literal `lit`
+ * in any case. A name as the bindings write it (lower case) is settled by
+ * a memcmp of constant size, which the compiler turns into a load and a
+ * compare or two; this runs for every attribute of every received event
+ * (a byte-at-a-time fold cost ~430 instructions per Kafka event). */
+#define MB_IS(name, n, lit) \
+    (memcmp((name), (lit), sizeof(lit) - 1) == 0 || mb_is_folded((name), (n), (lit)))
 
 enum mb_ce_attr { MB_CE_ID, MB_CE_TYPE, MB_CE_SOURCE, MB_CE_SUBJECT, MB_CE_TIME,
                   MB_CE_SPECVERSION, MB_CE_DATACONTENTTYPE, MB_CE_OTHER };
@@ -423,19 +430,19 @@ static enum mb_ce_attr mb_ce_which(const char *name, size_t n)
 {
     switch (n) {
     case 2:
-        return mb_is(name, n, "id") ? MB_CE_ID : MB_CE_OTHER;
+        return MB_IS(name, n, "id") ? MB_CE_ID : MB_CE_OTHER;
     case 4:
-        return mb_is(name, n, "type") ? MB_CE_TYPE
-               : mb_is(name, n, "time") ? MB_CE_TIME
+        return MB_IS(name, n, "type") ? MB_CE_TYPE
+               : MB_IS(name, n, "time") ? MB_CE_TIME
                                         : MB_CE_OTHER;
     case 6:
-        return mb_is(name, n, "source") ? MB_CE_SOURCE : MB_CE_OTHER;
+        return MB_IS(name, n, "source") ? MB_CE_SOURCE : MB_CE_OTHER;
     case 7:
-        return mb_is(name, n, "subject") ? MB_CE_SUBJECT : MB_CE_OTHER;
+        return MB_IS(name, n, "subject") ? MB_CE_SUBJECT : MB_CE_OTHER;
     case 11:
-        return mb_is(name, n, "specversion") ? MB_CE_SPECVERSION : MB_CE_OTHER;
+        return MB_IS(name, n, "specversion") ? MB_CE_SPECVERSION : MB_CE_OTHER;
     case 15:
-        return mb_is(name, n, "datacontenttype") ? MB_CE_DATACONTENTTYPE : MB_CE_OTHER;
+        return MB_IS(name, n, "datacontenttype") ? MB_CE_DATACONTENTTYPE : MB_CE_OTHER;
     default:
         return MB_CE_OTHER;
     }
