@@ -287,14 +287,15 @@ static double bench_relay(msgbus_t *bus, const char *topic, size_t n, size_t byt
                 die("relay counters");
         }
         total = (size_t)c.relayed;
-    }
-    while (!background && total < n) {
-        size_t k = 0;
-        if (msgbus_outbox_relay(relay, bus, batch, 120000, &k) != MSGBUS_OK)
-            die("relay");
-        if (k == 0)
-            break;
-        total += k;
+    } else {
+        while (total < n) {
+            size_t k = 0;
+            if (msgbus_outbox_relay(relay, bus, batch, 120000, &k) != MSGBUS_OK)
+                die("relay");
+            if (k == 0)
+                break;
+            total += k;
+        }
     }
     double rate = (double)total / (now_s() - t0);
     cpu_report(what, &cm, true);

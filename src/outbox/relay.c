@@ -1135,8 +1135,8 @@ struct mb_outbox_thread {
     pthread_t th;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool stop, wake;
-    atomic_bool stopping; /* stop, read by a pass without the lock */
+    atomic_bool stop; /* set under mu; a pass also reads it without */
+    bool wake;
     msgbus_t *bus;
     msgbus_outbox_relay_opts_t opts;
     msgbus_err_t last;
@@ -1167,7 +1167,7 @@ static void *mb_relay_main(void *arg)
         size_t n = 0;
         pthread_mutex_lock(&ob->mu);
         msgbus_err_t e = mb_relay_pass(ob, t->bus, t->opts.batch_max, t->opts.confirm_timeout_ms,
-                                       &t->stopping, &n);
+                                       &t->stop, &n);
         int64_t keep = ob->retention_ms;
         pthread_mutex_unlock(&ob->mu);
         pthread_mutex_lock(&t->mu);
@@ -1280,7 +1280,6 @@ msgbus_err_t msgbus_outbox_relay_stop(msgbus_outbox_t *ob)
         return mb_error(MSGBUS_ERR_STATE, "msgbus_outbox_relay_stop: the relay is not running");
     pthread_mutex_lock(&t->mu);
     t->stop = true;
-    atomic_store(&t->stopping, true);
     pthread_cond_signal(&t->cv);
     pthread_mutex_unlock(&t->mu);
     pthread_join(t->th, NULL);
