@@ -404,13 +404,13 @@ static msgbus_err_t mb_ce_as_header(msgbus_msg_t *m, const char *name, size_t n,
 
 static bool mb_is_folded(const char *name, size_t n, const char *what)
 {
-    /* ASCII case folding by hand: `what` is lower case. */
+    /* ASCII case folding by hand: `what` is lower case, n bytes long. */
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)name[i];
-        if (!what[i] || (c >= 'A' && c <= 'Z' ? c + 32 : c) != (unsigned char)what[i])
+        if ((c >= 'A' && c <= 'Z' ? c + 32 : c) != (unsigned char)what[i])
             return false;
     }
-    return what[n] == '\0';
+    return true;
 }
 
 /* Whether name (n bytes, n == strlen(lit)) is the lower-case literal `lit`

@@ -897,6 +897,27 @@ START_TEST(bad_arguments_are_refused)
 }
 END_TEST
 
+/* Takes what the subscriber has (up to `want`, waiting up to 5 s for each
+ * message): each payload is its row's number, which must be new and come
+ * in order. Returns how many arrived. */
+static int take_in_order(struct world *w, int *next, int want)
+{
+    int got = 0;
+    msgbus_msg_t *in;
+    while (got < want && (in = tu_receive(w->sub, 5000)) != NULL) {
+        size_t len;
+        const char *p = msgbus_msg_payload(in, &len);
+        char text[16];
+        snprintf(text, sizeof text, "%.*s", (int)(len < 15 ? len : 15), p);
+        ck_assert_int_eq(atoi(text), *next);
+        (*next)++;
+        got++;
+        msgbus_ack(in);
+        msgbus_msg_free(in);
+    }
+    return got;
+}
+
 START_TEST(background_relay_publishes_on_wake_and_drains_on_stop)
 {
     struct world w;
@@ -918,17 +939,7 @@ START_TEST(background_relay_publishes_on_wake_and_drains_on_stop)
     int64_t t0 = tu_now_ms();
     msgbus_outbox_relay_wake(w.relay); /* the poll interval is a minute: only the wake can do it */
     int got = 0;
-    msgbus_msg_t *in;
-    while (got < N && (in = tu_receive(w.sub, 5000)) != NULL) {
-        size_t len;
-        const char *p = msgbus_msg_payload(in, &len);
-        char text[16];
-        snprintf(text, sizeof text, "%.*s", (int)len, p);
-        ck_assert_int_eq(atoi(text), got);
-        got++;
-        msgbus_ack(in);
-        msgbus_msg_free(in);
-    }
+    take_in_order(&w, &got, N);
     printf("background: %d of %d received in order within %lld ms\n", got, N,
            (long long)(tu_now_ms() - t0));
     ck_assert_int_eq(got, N);
@@ -956,27 +967,6 @@ START_TEST(background_relay_publishes_on_wake_and_drains_on_stop)
     world_close(&w);
 }
 END_TEST
-
-/* Takes what the subscriber has (up to `want`, waiting up to 5 s for each
- * message): each payload is its row's number, which must be new and come
- * in order. Returns how many arrived. */
-static int take_in_order(struct world *w, int *next, int want)
-{
-    int got = 0;
-    msgbus_msg_t *in;
-    while (got < want && (in = tu_receive(w->sub, 5000)) != NULL) {
-        size_t len;
-        const char *p = msgbus_msg_payload(in, &len);
-        char text[16];
-        snprintf(text, sizeof text, "%.*s", (int)(len < 15 ? len : 15), p);
-        ck_assert_int_eq(atoi(text), *next);
-        (*next)++;
-        got++;
-        msgbus_ack(in);
-        msgbus_msg_free(in);
-    }
-    return got;
-}
 
 /* A pass of more slices than the store worker's ring reuses its slots
  * (rows of 256 KiB: slices of 4 rows, capped at 1 MiB); the claims queued
