@@ -1039,6 +1039,9 @@ static msgbus_err_t mb_check_known(const struct mb_url *url, const struct mb_bac
 static void mb_bus_free(msgbus_t *bus)
 {
     mb_retry_release(bus);
+    /* The stats thread stops before the locks it takes are destroyed
+     * (mb_stats_stop takes bus->mu too). */
+    mb_stats_stop(bus);
     if (bus->efd >= 0)
         close(bus->efd);
     pthread_mutex_destroy(&bus->mu);
@@ -1046,7 +1049,6 @@ static void mb_bus_free(msgbus_t *bus)
     pthread_mutex_destroy(&bus->fd_mu);
     pthread_mutex_destroy(&bus->subs_mu);
     pthread_mutex_destroy(&bus->worker_mu);
-    mb_stats_stop(bus);
     mb_stats_destroy(bus);
     mb_retry_policy_free(&bus->policy);
     free(bus->ce_source);
