@@ -35,6 +35,7 @@ static void mb_amqp_free(struct mb_backend *be)
     if (be->wake_fd >= 0)
         close(be->wake_fd);
     pthread_mutex_destroy(&be->lock);
+    pthread_mutex_destroy(&be->io_lock);
     pthread_cond_destroy(&be->cond);
     free(be);
 }
@@ -48,6 +49,7 @@ static msgbus_err_t mb_amqp_open(msgbus_t *bus, struct mb_url *url, struct mb_ba
     be->wake_fd = -1;
     be->sockfd = -1;
     pthread_mutex_init(&be->lock, NULL);
+    pthread_mutex_init(&be->io_lock, NULL);
     mb_cond_init(&be->cond);
     /* Every option is read (and a typo refused) before any network I/O. */
     msgbus_err_t e = mb_amqp_conf_parse(url, &be->conf);
@@ -206,6 +208,8 @@ static msgbus_err_t mb_amqp_publish(struct mb_backend *be, const char *topic,
         mb_amqp_out_free(o);
         return mb_error(MSGBUS_ERR_CLOSED, "the bus is closing");
     }
+    if (!be->pub_head && mb_amqp_publish_now(be, o))
+        return MSGBUS_OK;
     if (be->pub_tail)
         be->pub_tail->next = o;
     else
@@ -420,6 +424,9 @@ static void mb_amqp_stats(struct mb_backend *be, json_t *detail)
                                                                       memory_order_relaxed)));
     json_object_set_new(detail, "messages_sent",
                         json_integer((json_int_t)atomic_load_explicit(&st->sent,
+                                                                      memory_order_relaxed)));
+    json_object_set_new(detail, "messages_sent_by_caller",
+                        json_integer((json_int_t)atomic_load_explicit(&st->sent_by_caller,
                                                                       memory_order_relaxed)));
 }
 

@@ -223,6 +223,7 @@ struct mb_amqp_wire {
     struct mb_amqp_wseg *seg;
     size_t nseg, segcap;
     size_t count; /* publishes / acks encoded since the last reset */
+    size_t done;  /* bytes of it written (mb_amqp_wire_write_now ran short) */
 };
 /* Appends basic.publish, its content header and its body frames (of at
  * most frame_max - 8 bytes; none for an empty body), as amqp_basic_publish
@@ -246,6 +247,9 @@ MB_HIDDEN size_t mb_amqp_wire_bytes(const struct mb_amqp_wire *w);
  * an unknown part was written). Blocks until written or failed, as
  * rabbitmq-c's own sends do; mb_amqp_kick's shutdown(2) ends the wait. */
 MB_HIDDEN int mb_amqp_wire_write(struct mb_amqp_wire *w, int fd);
+/* The same without waiting: -EAGAIN when the socket took only part of it
+ * (what was written is remembered; the next write goes on from there). */
+MB_HIDDEN int mb_amqp_wire_write_now(struct mb_amqp_wire *w, int fd);
 MB_HIDDEN void mb_amqp_wire_reset(struct mb_amqp_wire *w);
 MB_HIDDEN void mb_amqp_wire_free(struct mb_amqp_wire *w);
 
@@ -403,6 +407,7 @@ struct mb_amqp_stats {
     _Atomic int64_t down_since_ms;   /* mb_mono_ms() of the loss; 0: connected */
     _Atomic uint64_t frames_in;      /* frames read */
     _Atomic uint64_t sent;           /* messages written (resends and retry copies too) */
+    _Atomic uint64_t sent_by_caller; /* of them, by the publishing thread itself */
 };
 
 struct mb_backend {
@@ -435,8 +440,18 @@ struct mb_backend {
     bool kick_pending; /* shut down every socket until the loop comes round */
     bool exited;       /* the I/O thread has finished its shutdown */
 
+    /* Held by the I/O thread except while it sleeps in poll(). A
+     * publishing thread that takes it (trylock, under `lock`) owns every
+     * "I/O thread only" field below for as long as it holds it, and may
+     * write its publish itself (mb_amqp_publish_now). Order: io_lock, then
+     * lock; a thread holding `lock` only ever tries io_lock. */
+    pthread_mutex_t io_lock;
+
     /* I/O thread only (and open, before the thread starts): */
     amqp_connection_state_t conn;
+    /* A publishing thread's write failed (errno): the connection is lost
+     * at the I/O thread's next round. */
+    int wire_err;
     /* Applied settle requests on their way to op_pool (moved there when
      * the thread next takes the queues, under the lock it takes anyway). */
     struct mb_amqp_op *op_spare, *op_spare_tail;
@@ -469,6 +484,7 @@ struct mb_backend {
     bool said_down;
     bool blocked;
     uint64_t frames_in, sent; /* private counts, published into st */
+    uint64_t sent_by_caller;  /* mb_amqp_publish_now's (with io_lock) */
     /* The broker has no x-consistent-hash exchange type (its plugin is
      * off): partitioned groups fail with MSGBUS_ERR_UNSUPPORTED. */
     bool chash_missing;
@@ -503,6 +519,13 @@ MB_HIDDEN void *mb_amqp_io_main(void *arg);
  * held; returns whether the caller must write the eventfd after unlock). */
 MB_HIDDEN bool mb_amqp_need_wake(struct mb_backend *be);
 MB_HIDDEN void mb_amqp_wake(struct mb_backend *be);
+/* Publishing on the caller's thread: with be->lock held and nothing queued
+ * before o, writes o to the socket itself when the I/O thread sleeps in
+ * poll() with little in flight (plain TCP, the topic's exchange known, the
+ * window open). true: o is in flight (or handed to the I/O thread) and
+ * be->lock is released; false: nothing changed, be->lock still held, o is
+ * to be queued as usual. */
+MB_HIDDEN bool mb_amqp_publish_now(struct mb_backend *be, struct mb_amqp_out *o);
 /* Publishes the connection's socket (-1: none) for mb_amqp_kick; a socket
  * published while a kick is pending is shut down at once. */
 MB_HIDDEN void mb_amqp_set_sockfd(struct mb_backend *be, int fd);
@@ -540,6 +563,8 @@ MB_HIDDEN bool mb_amqp_ensure_ctl(struct mb_backend *be, char *detail, size_t n,
 MB_HIDDEN void mb_amqp_topics_clear(struct mb_backend *be);
 /* The topic's exchange exists on this connection (declared once per
  * connection); false with a detail when publishes to it must fail. */
+/* The topic's exchange is declared on this connection (no broker call). */
+MB_HIDDEN bool mb_amqp_topic_known(struct mb_backend *be, const char *topic);
 MB_HIDDEN bool mb_amqp_topic_ready(struct mb_backend *be, const char *topic, char *detail,
                                    size_t n);
 

@@ -124,6 +124,7 @@ void mb_amqp_wire_reset(struct mb_amqp_wire *w)
     w->nseg = 0;
     w->covered = 0;
     w->count = 0;
+    w->done = 0;
 }
 
 void mb_amqp_wire_free(struct mb_amqp_wire *w)
@@ -295,7 +296,7 @@ size_t mb_amqp_wire_bytes(const struct mb_amqp_wire *w)
     size_t n = w->len - w->covered;
     for (size_t i = 0; i < w->nseg; i++)
         n += w->seg[i].len;
-    return n;
+    return n - w->done;
 }
 
 /* Waits until `fd` takes more (the socket is non-blocking). A shutdown(2)
@@ -312,12 +313,18 @@ static int mb_wire_wait_out(int fd)
     }
 }
 
-int mb_amqp_wire_write(struct mb_amqp_wire *w, int fd)
+/* Writes from w->done on; `wait`: poll() while the socket is full, else
+ * keep the progress in w->done and return -EAGAIN. */
+static int mb_wire_send(struct mb_amqp_wire *w, int fd, bool wait)
 {
     if (!mb_wire_seg(w, NULL, w->covered, w->len - w->covered))
         return -ENOMEM;
     w->covered = w->len;
-    size_t i = 0, skip = 0; /* the next segment and how much of it is written */
+    size_t i = 0, skip = w->done; /* the next segment and how much of it is written */
+    while (i < w->nseg && skip >= w->seg[i].len) {
+        skip -= w->seg[i].len;
+        i++;
+    }
     while (i < w->nseg) {
         struct iovec iov[64];
         int n = 0;
@@ -339,6 +346,8 @@ int mb_amqp_wire_write(struct mb_amqp_wire *w, int fd)
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                if (!wait)
+                    return -EAGAIN;
                 int e = mb_wire_wait_out(fd);
                 if (e)
                     return e;
@@ -347,6 +356,7 @@ int mb_amqp_wire_write(struct mb_amqp_wire *w, int fd)
             return -errno;
         }
         size_t done = (size_t)r;
+        w->done += done;
         while (i < w->nseg && done >= w->seg[i].len - skip) {
             done -= w->seg[i].len - skip;
             skip = 0;
@@ -356,4 +366,14 @@ int mb_amqp_wire_write(struct mb_amqp_wire *w, int fd)
     }
     mb_amqp_wire_reset(w);
     return 0;
+}
+
+int mb_amqp_wire_write(struct mb_amqp_wire *w, int fd)
+{
+    return mb_wire_send(w, fd, true);
+}
+
+int mb_amqp_wire_write_now(struct mb_amqp_wire *w, int fd)
+{
+    return mb_wire_send(w, fd, false);
 }

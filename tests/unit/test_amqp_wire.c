@@ -7,7 +7,8 @@
  * table, id, timestamp, persistent), every basic property, an empty body,
  * bodies split over several frames (copied and referenced), many publishes
  * and acks in one write, a write through a full socket (partial writes and
- * EAGAIN), a broken socket, and what cannot be encoded.
+ * EAGAIN), a write that cannot wait and is finished later, a broken
+ * socket, and what cannot be encoded.
  */
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
@@ -325,6 +326,67 @@ START_TEST(a_full_socket_is_waited_for_and_nothing_is_lost)
 }
 END_TEST
 
+START_TEST(a_write_that_cannot_wait_goes_on_where_it_stopped)
+{
+    /* mb_amqp_wire_write_now on a socket nobody reads yet: it writes what fits
+     * and says -EAGAIN; more publishes are appended behind (as the I/O
+     * thread does after a publishing thread's short write); the waiting
+     * write then sends the rest once, in order — rabbitmq-c's bytes. */
+    struct mb_amqp_out *o[2] = {msgbus_out(70000), msgbus_out(64)};
+    struct pub p[4];
+    for (size_t i = 0; i < 4; i++)
+        p[i] = (struct pub){"orders", "k-1", true, &o[i == 3]->props, o[i == 3]->body};
+    struct raw r;
+    raw_open(&r, 131072);
+    for (size_t i = 0; i < 4; i++)
+        ck_assert_int_eq(amqp_basic_publish(r.conn, 1, amqp_cstring_bytes(p[i].exchange),
+                                            amqp_cstring_bytes(p[i].rk), p[i].mandatory, 0,
+                                            p[i].props, p[i].body),
+                         AMQP_STATUS_OK);
+    raw_close(&r);
+
+    int sv[2];
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    int small = 4096;
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+    struct mb_amqp_wire w = {0};
+    for (size_t i = 0; i < 3; i++)
+        ck_assert_int_eq(mb_amqp_wire_publish(&w, 1, amqp_cstring_bytes(p[i].exchange),
+                                              amqp_cstring_bytes(p[i].rk), true, 0, p[i].props,
+                                              p[i].body, 131072),
+                         AMQP_STATUS_OK);
+    size_t all = mb_amqp_wire_bytes(&w);
+    ck_assert_int_eq(mb_amqp_wire_write_now(&w, sv[0]), -EAGAIN);
+    size_t left = mb_amqp_wire_bytes(&w);
+    ck_assert_uint_gt(left, 0);
+    ck_assert_uint_lt(left, all); /* some of it went */
+    ck_assert_uint_eq(w.count, 3);
+    ck_assert_int_eq(mb_amqp_wire_write_now(&w, sv[0]), -EAGAIN);
+    ck_assert_uint_eq(mb_amqp_wire_bytes(&w), left); /* still full: nothing lost */
+    ck_assert_int_eq(mb_amqp_wire_publish(&w, 1, amqp_cstring_bytes(p[3].exchange),
+                                          amqp_cstring_bytes(p[3].rk), true, 0, p[3].props,
+                                          p[3].body, 131072),
+                     AMQP_STATUS_OK);
+    struct collector c;
+    memset(&c, 0, sizeof c);
+    c.fd = sv[1];
+    ck_assert_int_eq(pthread_create(&c.t, NULL, collect, &c), 0);
+    ck_assert_int_eq(mb_amqp_wire_write(&w, sv[0]), 0);
+    ck_assert_uint_eq(w.count, 0);
+    ck_assert_uint_eq(mb_amqp_wire_bytes(&w), 0);
+    close(sv[0]);
+    collector_join(&c);
+    ck_same(c.got, c.len, r.c.got, r.c.len);
+    free(c.got);
+    free(r.c.got);
+    mb_amqp_wire_free(&w);
+    mb_amqp_out_free(o[0]);
+    mb_amqp_out_free(o[1]);
+}
+END_TEST
+
 START_TEST(a_broken_socket_is_an_error_not_a_signal)
 {
     struct mb_amqp_out *o = msgbus_out(64);
@@ -405,6 +467,7 @@ int main(void)
     tcase_add_test(tc, bodies_split_over_frames_as_rabbitmq_c_splits_them);
     tcase_add_test(tc, many_publishes_and_acks_in_one_write);
     tcase_add_test(tc, a_full_socket_is_waited_for_and_nothing_is_lost);
+    tcase_add_test(tc, a_write_that_cannot_wait_goes_on_where_it_stopped);
     tcase_add_test(tc, a_broken_socket_is_an_error_not_a_signal);
     tcase_add_test(tc, what_cannot_be_encoded_leaves_the_batch_as_it_was);
     suite_add_tcase(s, tc);
