@@ -136,6 +136,8 @@ static msgbus_err_t mb_amqp_submit(struct mb_backend *be, struct mb_amqp_op *op,
     else
         be->op_head = op;
     be->op_tail = op;
+    if (op->kind != MB_AMQP_OP_SETTLE)
+        be->ctl_queued = true;
     bool wake = mb_amqp_need_wake(be);
     pthread_mutex_unlock(&be->lock);
     if (wake)

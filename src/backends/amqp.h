@@ -430,6 +430,10 @@ struct mb_backend {
     bool stopping;
     struct mb_amqp_out *pub_head, *pub_tail;
     struct mb_amqp_op *op_head, *op_tail;
+    /* op_head holds a request other than a settle (a pause, a declare…):
+     * a publish made after it must not overtake it to the socket, so
+     * mb_amqp_publish_now leaves it to the I/O thread. */
+    bool ctl_queued;
     /* The connection's socket while one exists (-1: none), published so
      * that a closing thread can shutdown(2) it: a thread blocked inside a
      * rabbitmq-c RPC on a stalled link cannot be asked to stop, but its
@@ -522,7 +526,7 @@ MB_HIDDEN void mb_amqp_wake(struct mb_backend *be);
 /* Publishing on the caller's thread: with be->lock held and nothing queued
  * before o, writes o to the socket itself when the I/O thread sleeps in
  * poll() with little in flight (plain TCP, the topic's exchange known, the
- * window open). true: o is in flight (or handed to the I/O thread) and
+ * window open, no control request queued). true: o is in flight (or handed to the I/O thread) and
  * be->lock is released; false: nothing changed, be->lock still held, o is
  * to be queued as usual. */
 MB_HIDDEN bool mb_amqp_publish_now(struct mb_backend *be, struct mb_amqp_out *o);

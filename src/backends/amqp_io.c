@@ -333,7 +333,9 @@ static void mb_amqp_send_pending(struct mb_backend *be)
 
 bool mb_amqp_publish_now(struct mb_backend *be, struct mb_amqp_out *o)
 {
-    if (be->conf.tls || o->body.len > MB_AMQP_NOW_BODY ||
+    /* A control request queued before this publish (a pause: its
+     * basic.cancel) goes to the socket first: the I/O thread's turn. */
+    if (be->conf.tls || be->ctl_queued || o->body.len > MB_AMQP_NOW_BODY ||
         pthread_mutex_trylock(&be->io_lock) != 0)
         return false;
     /* The I/O thread is in poll() (or not yet in its loop): its fields are
@@ -959,6 +961,7 @@ void *mb_amqp_io_main(void *arg)
         struct mb_amqp_op *ops = be->op_head;
         be->pub_head = be->pub_tail = NULL;
         be->op_head = be->op_tail = NULL;
+        be->ctl_queued = false; /* run below, before this thread sleeps */
         be->wake_pending = false;
         struct mb_amqp_op *spare = NULL;
         if (be->op_spare) {
