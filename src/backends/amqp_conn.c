@@ -602,16 +602,16 @@ void mb_amqp_topics_clear(struct mb_backend *be)
     }
 }
 
-/* The topic's exchange exists on this connection (declared once per
- * connection, on the control channel so that a refusal — an exchange of
- * another type by that name — cannot close the publish channel). Returns
- * false and a detail when publishes to it must fail. */
 bool mb_amqp_topic_known(struct mb_backend *be, const char *topic)
 {
     struct mb_amqp_topic *t = mb_amqp_topic_find(be, topic);
     return t && !t->failure;
 }
 
+/* The topic's exchange exists on this connection (declared once per
+ * connection, on the control channel so that a refusal — an exchange of
+ * another type by that name — cannot close the publish channel). Returns
+ * false and a detail when publishes to it must fail. */
 bool mb_amqp_topic_ready(struct mb_backend *be, const char *topic, char *detail, size_t n)
 {
     struct mb_amqp_topic *t = mb_amqp_topic_find(be, topic);
